@@ -1,0 +1,30 @@
+# Two entry points, both from a fresh clone with only Python and pip:
+#   make demo   the main job: a short long-lag experiment and the gate viewer
+#   make test   the whole test suite
+# torch is pinned here (a CPU build) so that pip does not pull a multi-GB CUDA build;
+# pyproject.toml itself accepts torch>=2.4.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test,triton]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gatedrnn demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,93 @@
+"""Argument checks shared by the layers and cells: each error says what was expected and what was given."""
+
+from __future__ import annotations
+
+import numbers
+
+import torch
+from torch import Tensor
+
+from .config import LSTM_VARIANTS
+
+
+def positive_int(owner: str, name: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} ({value!r})")
+    if value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value}")
+    return value
+
+
+def flag(owner: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
+
+
+def probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
+    """A number in [0, 1] (``allow_one``) or [0, 1)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} ({value!r})")
+    upper_ok = value <= 1 if allow_one else value < 1
+    if not (0 <= value and upper_ok):
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{owner}: {name} must be in {interval}, got {value}")
+    return float(value)
+
+
+def choice(owner: str, name: str, value: object, options) -> str:
+    if value not in options:
+        known = ", ".join(repr(o) for o in options)
+        raise ValueError(f"{owner}: unknown {name} {value!r}; expected one of {known}")
+    return value  # type: ignore[return-value]
+
+
+def variant(owner: str, value: object) -> str:
+    return choice(owner, "variant", value, tuple(LSTM_VARIANTS))
+
+
+def proj_size(owner: str, value: object, hidden_size: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{owner}: proj_size must be an int, got {type(value).__name__} ({value!r})")
+    if value < 0 or value >= hidden_size:
+        raise ValueError(
+            f"{owner}: proj_size must be 0 (no projection) or in [1, hidden_size={hidden_size}), got {value}"
+        )
+    return value
+
+
+def forget_bias(owner: str, value: object, *, bias: bool, has_forget_gate: bool) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{owner}: forget_bias must be a number or None, got {type(value).__name__} ({value!r})")
+    if not bias:
+        raise ValueError(f"{owner}: forget_bias={value} needs bias=True, got bias=False")
+    if not has_forget_gate:
+        raise ValueError(f"{owner}: forget_bias={value} needs a forget gate, but variant 'nfg' has none")
+    return float(value)
+
+
+def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` must be a floating-point tensor of the parameters' dtype and device."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(
+            f"{owner}: expected {name} to be a floating-point tensor of dtype {dtype}, got dtype {value.dtype}"
+        )
+    if value.dtype != dtype and not torch.is_autocast_enabled():
+        raise TypeError(
+            f"{owner}: {name} has dtype {value.dtype} but the parameters are {dtype}; "
+            f"convert the tensor with .to({dtype}) or the module with .to({value.dtype})"
+        )
+    if value.device != device:
+        raise ValueError(f"{owner}: {name} is on {value.device} but the parameters are on {device}")
+    return value
+
+
+def shape(owner: str, name: str, value: Tensor, expected: tuple[int, ...], legend: str) -> None:
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(
+            f"{owner}: expected {name} of shape {legend} = {tuple(expected)}, got {tuple(value.shape)}"
+        )

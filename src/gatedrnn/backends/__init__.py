@@ -1,0 +1,86 @@
+"""Backends: the implementations a module can run on, chosen by its ``backend=`` keyword.
+
+- ``"torch"``: torch's own fused kernels (cuDNN on GPU, native on CPU) for the configurations
+  torch.nn computes (plain LSTM, GRU with reset after, RNN, without zoneout or recurrent dropout).
+  It runs the whole stack in one call.
+- Layer backends, which run one layer and direction at a time through ``run_layer`` (see
+  :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop,
+  the specification), ``"cpu"`` (fused forward and backward through time on the CPU) and
+  ``"triton"`` (fused GPU kernels), each where it is installed and supports the configuration.
+- ``"auto"``: ``"torch"`` where it applies, else the fastest layer backend that supports the
+  configuration on the input's device, else ``"reference"``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from torch import Tensor
+
+from ..config import CellConfig
+
+BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
+LAYER_BACKENDS = ("reference", "cpu", "triton")
+_MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton"}
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",)}
+
+
+def check_backend_name(backend: object) -> str:
+    """Return ``backend`` if it names a known backend, else raise ValueError listing them."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(map(repr, BACKENDS))}")
+    return backend
+
+
+def load_layer_backend(name: str) -> ModuleType | None:
+    """The module of layer backend ``name``, or None where it cannot be imported here."""
+    try:
+        return importlib.import_module(_MODULES[name], __name__)
+    except ImportError:
+        return None
+
+
+def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool) -> str:
+    """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
+
+    ``regularised`` is True when zoneout or recurrent dropout act on this call, which torch's
+    kernels cannot do. Raises ValueError when an explicitly named backend cannot run it.
+    """
+    torch_ok = cfg.torch_mode is not None and not regularised
+    if backend == "auto":
+        if torch_ok:
+            return "torch"
+        for candidate in _AUTO_ORDER.get(x.device.type, ()):
+            module = load_layer_backend(candidate)
+            if module is not None and module.supports(cfg, x) is None:
+                return candidate
+        return "reference"
+    if backend == "torch":
+        if not torch_ok:
+            raise ValueError(
+                "backend='torch' runs only what torch.nn computes (plain LSTM, GRU with reset_after=True, "
+                f"RNN; no layer norm, zoneout or recurrent dropout), got {describe(cfg, regularised)}"
+            )
+        return "torch"
+    module = load_layer_backend(backend)
+    if module is None:
+        raise ValueError(f"backend {backend!r} is not available in this installation")
+    reason = module.supports(cfg, x)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} cannot run this layer: {reason}")
+    return backend
+
+
+def describe(cfg: CellConfig, regularised: bool = False) -> str:
+    """A short human description of a configuration, for error messages."""
+    parts = [cfg.family]
+    if cfg.family == "lstm":
+        parts.append(f"variant={cfg.variant!r}")
+    if cfg.family == "gru" and not cfg.reset_after:
+        parts.append("reset_after=False")
+    if cfg.layer_norm:
+        parts.append("layer_norm=True")
+    if regularised:
+        parts.append("zoneout/recurrent dropout")
+    return " ".join(parts)

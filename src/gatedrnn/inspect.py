@@ -1,0 +1,66 @@
+"""Gate inspection: every layer's and direction's gate activations at every time step.
+
+The normal forward pass never records anything; :func:`inspect_gates` runs the module once more
+on the reference backend with recording on, so it costs one reference-speed pass when asked for
+and nothing otherwise. Gradients flow through the trace (the memory-span analysis of the viewer
+differentiates h_t with respect to earlier inputs through it).
+
+Example::
+
+    >>> import torch, gatedrnn
+    >>> lstm = gatedrnn.LSTM(8, 16, num_layers=2)
+    >>> trace = gatedrnn.inspect_gates(lstm, torch.randn(12, 1, 8))
+    >>> sorted(trace.gates[(1, 0)]), trace.gates[(1, 0)]["f"].shape
+    (['c', 'f', 'g', 'h', 'i', 'o'], torch.Size([12, 1, 16]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .config import TRACE_NAMES
+from .nn import _RecurrentBase
+
+
+@dataclass
+class GateTrace:
+    """The result of :func:`inspect_gates`.
+
+    Attributes:
+        output: exactly what ``module(input, hx)`` returns as output (for the same random masks).
+        final_state: what it returns as the final state.
+        gates: ``gates[(layer, direction)][name]`` is a (T, B, H) tensor, time-major whatever the
+            input layout (padded positions of shorter sequences are zero); names per family:
+            LSTM i, f, g, o, c, h (h before any projection); GRU r, z, n, h; RNN h. A gate a variant
+            removes is recorded as its constant (i = 1 for ``nig``, i = 1 - f for ``cifg``).
+        names: the gate names of this family, in display order.
+    """
+
+    output: object
+    final_state: object
+    gates: dict[tuple[int, int], dict[str, Tensor]]
+    names: tuple[str, ...]
+
+
+def inspect_gates(module: _RecurrentBase, input, hx=None) -> GateTrace:
+    """Run ``module`` on ``input`` (any layout its forward accepts) and record its gates.
+
+    Args:
+        module: a :class:`gatedrnn.LSTM`, :class:`gatedrnn.GRU` or :class:`gatedrnn.RNN`.
+        input, hx: as for ``module(input, hx)``.
+
+    Returns:
+        A :class:`GateTrace`.
+    """
+    if not isinstance(module, _RecurrentBase):
+        raise TypeError(
+            f"inspect_gates: expected a gatedrnn.LSTM, GRU or RNN module, got {type(module).__name__}; "
+            "load torch.nn weights into the gatedrnn module of the same configuration with load_state_dict"
+        )
+    prep = module._prepare(input)
+    states = module._initial_states(hx, prep)
+    out, finals, traces = module.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
+    output, final_state = module._finish(out, finals, prep)
+    return GateTrace(output, final_state, traces, TRACE_NAMES[module.cell_config.family])

@@ -1,0 +1,855 @@
+"""LSTM, GRU and RNN layers and cells: torch.nn's API, parameters and numbers, plus the variants.
+
+Shape legend: T sequence length, B batch, I ``input_size``, H ``hidden_size``, R the size of h
+(``proj_size`` if > 0, else H), L ``num_layers``, D 2 if ``bidirectional`` else 1.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _checks as check
+from .backends import check_backend_name, choose, load_layer_backend
+from .cells import STEPS, initial_carry
+from .config import CellConfig, LayerWeights, Noise
+
+_TORCH_LAYER_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+_TORCH_CELL_FNS = {
+    "LSTM": _VF.lstm_cell,
+    "GRU": _VF.gru_cell,
+    "RNN_TANH": _VF.rnn_tanh_cell,
+    "RNN_RELU": _VF.rnn_relu_cell,
+}
+
+
+def extra_parameter_shapes(cfg: CellConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the parameters torch.nn lacks, by weight key (see :data:`gatedrnn.config.WEIGHT_KEYS`)."""
+    H, G = cfg.hidden_size, cfg.num_gates
+    shapes: dict[str, tuple[int, ...]] = {}
+    if cfg.family == "lstm" and cfg.variant == "peephole":
+        shapes["weight_ch"] = (3 * H,)
+    if cfg.family == "lstm" and cfg.variant == "fgr":
+        shapes["weight_gg"] = (3 * H, 3 * H)
+    if cfg.layer_norm:
+        shapes.update(ln_weight_ih=(G * H,), ln_bias_ih=(G * H,), ln_weight_hh=(G * H,), ln_bias_hh=(G * H,))
+        if cfg.family == "lstm":
+            shapes.update(ln_weight_c=(H,), ln_bias_c=(H,))
+    return shapes
+
+
+def reset_recurrent_parameters(module: nn.Module, cfg: CellConfig, forget_bias: float | None) -> None:
+    """torch.nn's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)) in registration order
+    (so a default module draws exactly torch.nn's numbers from the same seed); then layer-norm
+    gains 1 and shifts 0, and the forget-gate bias set to ``forget_bias`` (split as b_ih = value,
+    b_hh = 0) when given."""
+    stdv = 1.0 / math.sqrt(cfg.hidden_size)
+    with torch.no_grad():
+        for name, weight in module.named_parameters():
+            if name.startswith("ln_weight"):
+                weight.fill_(1.0)
+            elif name.startswith("ln_bias"):
+                weight.zero_()
+            else:
+                weight.uniform_(-stdv, stdv)
+        if forget_bias is not None:
+            k = cfg.gates.index("f")
+            rows = slice(k * cfg.hidden_size, (k + 1) * cfg.hidden_size)
+            for name, weight in module.named_parameters():
+                if name.startswith("bias_ih"):
+                    weight[rows] = forget_bias
+                elif name.startswith("bias_hh"):
+                    weight[rows] = 0.0
+
+
+@dataclass
+class _Prepared:
+    """A forward call's input, normalised to time-major padded form."""
+
+    x: Tensor  # (T, B, I)
+    lengths: Tensor | None  # (B,) int64 on x's device, None when every sequence has length T
+    packed: PackedSequence | None
+    batched: bool
+
+
+class _RecurrentBase(nn.Module):
+    """What LSTM, GRU and RNN share: parameters, checks, backend dispatch and the layer loop."""
+
+    _family = ""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        variant: str = "vanilla",
+        layer_norm: bool = False,
+        reset_after: bool = True,
+        nonlinearity: str = "tanh",
+        forget_bias: float | None = None,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.mode = mode
+        self.input_size = check.positive_int(owner, "input_size", input_size)
+        self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
+        self.num_layers = check.positive_int(owner, "num_layers", num_layers)
+        self.bias = check.flag(owner, "bias", bias)
+        self.batch_first = check.flag(owner, "batch_first", batch_first)
+        self.dropout = check.probability(owner, "dropout", dropout, allow_one=False)
+        self.bidirectional = check.flag(owner, "bidirectional", bidirectional)
+        self.proj_size = check.proj_size(owner, proj_size, hidden_size)
+        self.zoneout = check.probability(owner, "zoneout", zoneout, allow_one=True)
+        self.recurrent_dropout = check.probability(owner, "recurrent_dropout", recurrent_dropout, allow_one=False)
+        self.backend = backend
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.cell_config = CellConfig(
+            family=self._family,
+            hidden_size=hidden_size,
+            proj_size=self.proj_size,
+            variant=variant,
+            layer_norm=check.flag(owner, "layer_norm", layer_norm),
+            reset_after=check.flag(owner, "reset_after", reset_after),
+            nonlinearity=nonlinearity,
+            bias=self.bias,
+        )
+        self.forget_bias = check.forget_bias(
+            owner, forget_bias, bias=self.bias, has_forget_gate="f" in self.cell_config.gates
+        )
+        self._register_parameters(torch.device(device) if device is not None else None, dtype)
+        self.reset_parameters()
+
+    # ----- parameters -------------------------------------------------------------------------
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @staticmethod
+    def _suffix(layer: int, direction: int) -> str:
+        return f"_l{layer}{'_reverse' if direction == 1 else ''}"
+
+    def _register_parameters(self, device, dtype) -> None:
+        cfg = self.cell_config
+        gate_rows = cfg.num_gates * self.hidden_size
+        R = cfg.output_size
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        extras = extra_parameter_shapes(cfg)
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                layer_input = self.input_size if layer == 0 else R * self.num_directions
+                shapes = {"weight_ih": (gate_rows, layer_input), "weight_hh": (gate_rows, R)}
+                if self.bias:
+                    shapes.update(bias_ih=(gate_rows,), bias_hh=(gate_rows,))
+                if self.proj_size > 0:
+                    shapes["weight_hr"] = (self.proj_size, self.hidden_size)
+                names = []
+                for key, shape in {**shapes, **extras}.items():
+                    name = key + self._suffix(layer, direction)
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+                    names.append(name)
+                self._flat_weights_names.extend(names[: len(shapes)])
+                self._all_weights.append(names)
+
+    def reset_parameters(self) -> None:
+        """Re-draw every parameter as torch.nn does (see :func:`reset_recurrent_parameters`)."""
+        reset_recurrent_parameters(self, self.cell_config, self.forget_bias)
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        """torch.nn's weights for the fused kernels, in their order (per layer and direction:
+        w_ih, w_hh, [b_ih, b_hh], [w_hr])."""
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """The parameters per layer and direction, as torch.nn's ``all_weights``."""
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    def layer_weights(self, layer: int, direction: int) -> LayerWeights:
+        """The weights of one layer and direction keyed by their names without the suffix."""
+        suffix = self._suffix(layer, direction)
+        return {name[: -len(suffix)]: getattr(self, name) for name in self._all_weights[layer * self.num_directions + direction]}
+
+    def flatten_parameters(self) -> None:
+        """Make torch's weights one contiguous cuDNN buffer (as torch.nn does); a no-op off CUDA
+        or for configurations cuDNN does not run."""
+        weights = self._flat_weights
+        if self.cell_config.torch_mode is None or not weights:
+            return
+        first = weights[0]
+        if any(
+            not w.is_cuda or w.dtype != first.dtype or not torch.backends.cudnn.is_acceptable(w) for w in weights
+        ):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+
+        with torch.cuda.device_of(first), torch.no_grad():
+            if torch._use_cudnn_rnn_flatten_weight():
+                torch._cudnn_rnn_flatten_weight(
+                    weights,
+                    (4 if self.bias else 2) + (1 if self.proj_size > 0 else 0),
+                    self.input_size,
+                    cudnn_rnn.get_cudnn_mode(self.mode),
+                    self.hidden_size,
+                    self.proj_size,
+                    self.num_layers,
+                    self.batch_first,
+                    bool(self.bidirectional),
+                )
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()
+        return result
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend_name(value)
+
+    # ----- forward ----------------------------------------------------------------------------
+
+    @property
+    def _param(self) -> Tensor:
+        return self.weight_ih_l0
+
+    def _prepare(self, input) -> _Prepared:
+        owner = type(self).__name__
+        p = self._param
+        if isinstance(input, PackedSequence):
+            check.float_tensor(owner, "input", input.data, p.dtype, p.device)
+            if input.data.dim() != 2 or input.data.shape[-1] != self.input_size:
+                raise ValueError(
+                    f"{owner}: expected PackedSequence data of shape (sum of lengths, input_size={self.input_size}), "
+                    f"got {tuple(input.data.shape)}"
+                )
+            padded, lengths = pad_packed_sequence(input)
+            return _Prepared(padded, lengths.to(padded.device), input, True)
+        check.float_tensor(owner, "input", input, p.dtype, p.device)
+        if input.dim() not in (2, 3):
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            raise ValueError(
+                f"{owner}: expected input to be 3-D {layout} (batched) or 2-D (T, input_size) (unbatched), "
+                f"got {input.dim()}-D input of shape {tuple(input.shape)}"
+            )
+        if input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{owner}: expected input.size(-1) == input_size = {self.input_size}, "
+                f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
+            )
+        batched = input.dim() == 3
+        x = input.unsqueeze(1) if not batched else (input.transpose(0, 1) if self.batch_first else input)
+        return _Prepared(x, None, None, batched)
+
+    def _state_legends(self) -> tuple[str, ...]:
+        return ("h_0",)
+
+    def _initial_states(self, hx, prep: _Prepared) -> tuple[Tensor, ...]:
+        """Check the user's initial state and return it as a tuple of (L*D, B, size) tensors."""
+        owner = type(self).__name__
+        p = self._param
+        B = prep.x.shape[1]
+        LD = self.num_layers * self.num_directions
+        sizes = self.cell_config.state_sizes
+        if hx is None:
+            return tuple(prep.x.new_zeros(LD, B, s) for s in sizes)
+        legends = self._state_legends()
+        if len(sizes) == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                got = f"a {type(hx).__name__} of length {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+                raise TypeError(f"{owner}: expected hx to be a tuple (h_0, c_0) of two tensors, got {got}")
+            states = tuple(hx)
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"{owner}: expected hx to be a Tensor h_0, got a {type(hx).__name__}")
+            states = (hx,)
+        out = []
+        for name, value, size in zip(legends, states, sizes):
+            check.float_tensor(owner, name, value, p.dtype, p.device)
+            what = "hidden_size" if size == self.hidden_size else "proj_size"
+            if prep.batched:
+                check.shape(owner, name, value, (LD, B, size), f"(num_layers * num_directions, batch, {what})")
+                out.append(value)
+            else:
+                check.shape(owner, name, value, (LD, size), f"(num_layers * num_directions, {what}) for unbatched input")
+                out.append(value.unsqueeze(1))
+        return tuple(out)
+
+    def _regularised(self) -> bool:
+        return self.zoneout > 0 or (self.training and self.recurrent_dropout > 0)
+
+    def forward(self, input, hx=None):
+        prep = self._prepare(input)
+        states = self._initial_states(hx, prep)
+        T, B = prep.x.shape[:2]
+        if T == 0 or B == 0:
+            out = prep.x.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
+            finals = tuple(s.clone() for s in states)
+        else:
+            backend = choose(self.backend, self.cell_config, prep.x, self._regularised())
+            if backend == "torch":
+                return self._forward_torch(input, states, prep)
+            out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)
+        return self._finish(out, finals, prep)
+
+    def _finish(self, out: Tensor, finals: tuple[Tensor, ...], prep: _Prepared):
+        """Turn time-major results back into the caller's layout (packed, batch_first, unbatched)."""
+        if prep.packed is not None:
+            output = _repack(out, prep.lengths, prep.packed)
+        elif not prep.batched:
+            output = out.squeeze(1)
+            finals = tuple(f.squeeze(1) for f in finals)
+        else:
+            output = out.transpose(0, 1) if self.batch_first else out
+        return output, self._pack_state(finals)
+
+    def _pack_state(self, finals: tuple[Tensor, ...]):
+        return finals[0]
+
+    def _forward_torch(self, input, states: tuple[Tensor, ...], prep: _Prepared):
+        """Run torch's own fused kernels over the whole stack, exactly as torch.nn does."""
+        fn = _TORCH_LAYER_FNS[self.cell_config.torch_mode]
+        hx = self._pack_state(states)
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if prep.packed is not None:
+            permute = prep.packed.sorted_indices
+            if permute is not None:
+                hx = _map_state(hx, lambda s: s.index_select(1, permute))
+            result = fn(prep.packed.data, prep.packed.batch_sizes, hx, *args)
+            output = PackedSequence(result[0], prep.packed.batch_sizes, permute, prep.packed.unsorted_indices)
+            hidden = result[1:] if len(result) > 2 else result[1]
+            if prep.packed.unsorted_indices is not None:
+                hidden = _map_state(hidden, lambda s: s.index_select(1, prep.packed.unsorted_indices))
+            return output, hidden
+        x = prep.x.transpose(0, 1) if (self.batch_first and prep.batched) else prep.x
+        result = fn(x, hx, *args, self.batch_first and prep.batched)
+        output, hidden = result[0], (result[1:] if len(result) > 2 else result[1])
+        if not prep.batched:
+            output = output.squeeze(1)
+            hidden = _map_state(hidden, lambda s: s.squeeze(1))
+        return output, hidden
+
+    def _noise(self, x: Tensor) -> Noise | None:
+        """Draw this call's regularisation masks for one layer and direction (None if none act)."""
+        cfg = self.cell_config
+        if not self._regularised():
+            return None
+        T, B = x.shape[:2]
+        noise = Noise(zoneout=self.zoneout)
+        if self.training and self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            noise.recurrent_mask = torch.bernoulli(x.new_full((B, cfg.output_size), keep)) / keep
+        if self.training and self.zoneout > 0:
+            noise.zoneout_h = torch.bernoulli(x.new_full((T, B, cfg.output_size), self.zoneout))
+            if cfg.family == "lstm":
+                noise.zoneout_c = torch.bernoulli(x.new_full((T, B, cfg.hidden_size), self.zoneout))
+        return noise
+
+    def run_layers(
+        self,
+        x: Tensor,
+        states: tuple[Tensor, ...],
+        lengths: Tensor | None = None,
+        backend: str = "reference",
+        record: bool = False,
+    ) -> tuple[Tensor, tuple[Tensor, ...], dict[tuple[int, int], dict[str, Tensor]]]:
+        """Run the stack one layer and direction at a time on a layer backend.
+
+        Args:
+            x: (T, B, I) time-major padded input.
+            states: initial states, each (L*D, B, size).
+            lengths: (B,) sequence lengths, or None when all are T.
+            backend: a layer backend name (``"reference"``, ``"cpu"``, ``"triton"``).
+            record: also return each layer's and direction's gate activations.
+
+        Returns:
+            output (T, B, D*R), final states (each (L*D, B, size)) and the gate traces keyed by
+            (layer, direction) (empty unless ``record``).
+        """
+        module = load_layer_backend(backend)
+        D = self.num_directions
+        finals: list[tuple[Tensor, ...]] = []
+        traces: dict[tuple[int, int], dict[str, Tensor]] = {}
+        layer_input = x
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                out, final, gates = module.run_layer(
+                    self.cell_config,
+                    layer_input,
+                    tuple(s[k] for s in states),
+                    self.layer_weights(layer, direction),
+                    reverse=direction == 1,
+                    lengths=lengths,
+                    noise=self._noise(layer_input),
+                    record=record,
+                )
+                outputs.append(out)
+                finals.append(final)
+                if record and gates is not None:
+                    traces[(layer, direction)] = gates
+            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        stacked = tuple(torch.stack([f[i] for f in finals]) for i in range(len(states)))
+        return layer_input, stacked, traces
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.batch_first is not False:
+            s += f", batch_first={self.batch_first}"
+        if self.dropout != 0:
+            s += f", dropout={self.dropout}"
+        if self.bidirectional is not False:
+            s += f", bidirectional={self.bidirectional}"
+        return s + _variant_repr(self.cell_config, self)
+
+
+def _variant_repr(cfg: CellConfig, module: nn.Module) -> str:
+    s = ""
+    if cfg.family == "lstm" and cfg.variant != "vanilla":
+        s += f", variant={cfg.variant!r}"
+    if cfg.layer_norm:
+        s += ", layer_norm=True"
+    if cfg.family == "gru" and not cfg.reset_after:
+        s += ", reset_after=False"
+    for name in ("forget_bias", "zoneout", "recurrent_dropout"):
+        value = getattr(module, name, None)
+        if value:
+            s += f", {name}={value}"
+    if getattr(module, "backend", "auto") != "auto":
+        s += f", backend={module.backend!r}"
+    return s
+
+
+def _map_state(state, fn):
+    return tuple(fn(s) for s in state) if isinstance(state, tuple) else fn(state)
+
+
+def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack (T, B, F) output in the original batch order into ``like``'s layout."""
+    order = like.sorted_indices
+    if order is not None:
+        out = out.index_select(1, order)
+        lengths = lengths.index_select(0, order)
+    data = pack_padded_sequence(out, lengths.cpu(), enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+class LSTM(_RecurrentBase):
+    r"""A multi-layer long short-term memory (LSTM) network, drop-in for :class:`torch.nn.LSTM`.
+
+    For each element in the input sequence, each layer computes
+
+    .. math::
+        \begin{array}{ll}
+        i_t = \sigma(W_{ii} x_t + b_{ii} + W_{hi} h_{t-1} + b_{hi}) \\
+        f_t = \sigma(W_{if} x_t + b_{if} + W_{hf} h_{t-1} + b_{hf}) \\
+        g_t = \tanh(W_{ig} x_t + b_{ig} + W_{hg} h_{t-1} + b_{hg}) \\
+        o_t = \sigma(W_{io} x_t + b_{io} + W_{ho} h_{t-1} + b_{ho}) \\
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t \\
+        h_t = o_t \odot \tanh(c_t)
+        \end{array}
+
+    with :math:`h_t = W_{hr} h_t` when ``proj_size > 0``. The arguments, parameter names
+    (``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``,
+    ``..._reverse``), gate order (i, f, g, o), initialisation, inputs and outputs are torch.nn's.
+
+    Args:
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+        proj_size, device, dtype: as :class:`torch.nn.LSTM`.
+
+    Keyword-only args (all off by default, where the module is numerically torch.nn's):
+        variant: the cell: ``"vanilla"``, ``"peephole"``, ``"cifg"``, ``"nig"``, ``"nfg"``,
+            ``"nog"``, ``"niaf"``, ``"noaf"``, ``"fgr"`` (see :mod:`gatedrnn.cells.lstm`).
+            Variants without a gate have no rows for it (e.g. cifg's weight_ih is (3H, I), rows f, g, o);
+            peephole adds ``weight_ch_l{k}`` (3H,), fgr adds ``weight_gg_l{k}`` (3H, 3H).
+        layer_norm: layer-normalised gates and cell (Ba et al. 2016); adds ``ln_weight_ih_l{k}``,
+            ``ln_bias_ih_l{k}``, ``ln_weight_hh_l{k}``, ``ln_bias_hh_l{k}`` (G*H,) and
+            ``ln_weight_c_l{k}``, ``ln_bias_c_l{k}`` (H,).
+        forget_bias: initial forget-gate bias (b_ih's f rows; b_hh's f rows are zeroed).
+            Jozefowicz et al. 2015 recommend 1.0.
+        zoneout: probability that each unit of h and c keeps its previous value at each step
+            (Krueger et al. 2016); random in training, its expectation in evaluation.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrent matmul,
+            one mask per sequence and layer (Gal & Ghahramani 2016); training only.
+        backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"cpu"`` or ``"triton"``
+            (see :mod:`gatedrnn.backends`).
+
+    Inputs: input, (h_0, c_0)
+        - input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a PackedSequence.
+        - h_0: (L*D, B, R) or (L*D, R) unbatched; c_0: (L*D, B, H) or (L*D, H). Zeros if omitted.
+
+    Outputs: output, (h_n, c_n)
+        - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).
+        - h_n: (L*D, B, R); c_n: (L*D, B, H): the states after each sequence's last element.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> lstm = gatedrnn.LSTM(10, 20, num_layers=2, variant="peephole")
+        >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape, c_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    _family = "lstm"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+        *,
+        variant: str = "vanilla",
+        layer_norm: bool = False,
+        forget_bias: float | None = None,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
+            device, dtype, variant=check.variant("LSTM", variant), layer_norm=layer_norm,
+            forget_bias=forget_bias, zoneout=zoneout, recurrent_dropout=recurrent_dropout, backend=backend,
+        )
+
+    def _state_legends(self) -> tuple[str, ...]:
+        return ("h_0", "c_0")
+
+    def _pack_state(self, finals: tuple[Tensor, ...]):
+        return (finals[0], finals[1])
+
+
+class GRU(_RecurrentBase):
+    r"""A multi-layer gated recurrent unit (GRU) network, drop-in for :class:`torch.nn.GRU`.
+
+    .. math::
+        \begin{array}{ll}
+        r_t = \sigma(W_{ir} x_t + b_{ir} + W_{hr} h_{t-1} + b_{hr}) \\
+        z_t = \sigma(W_{iz} x_t + b_{iz} + W_{hz} h_{t-1} + b_{hz}) \\
+        n_t = \tanh(W_{in} x_t + b_{in} + r_t \odot (W_{hn} h_{t-1} + b_{hn})) \\
+        h_t = (1 - z_t) \odot n_t + z_t \odot h_{t-1}
+        \end{array}
+
+    Arguments, parameters (gate order r, z, n), inputs and outputs are torch.nn's. Keyword-only:
+    ``layer_norm`` (adds ``ln_*`` parameters of shape (3H,)), ``reset_after=False`` for Cho et
+    al.'s original :math:`n_t = \tanh(W_{in} x_t + b_{in} + W_{hn}(r_t \odot h_{t-1}) + b_{hn})`,
+    ``zoneout`` (on h), ``recurrent_dropout`` and ``backend``, as for :class:`LSTM`.
+
+    Shapes: input (T, B, I) / (B, T, I) / (T, I) / PackedSequence; h_0 and h_n (L*D, B, H);
+    output (T, B, D*H).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> gru = gatedrnn.GRU(10, 20, reset_after=False)
+        >>> output, h_n = gru(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
+    """
+
+    _family = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        layer_norm: bool = False,
+        reset_after: bool = True,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+            device, dtype, layer_norm=layer_norm, reset_after=reset_after, zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout, backend=backend,
+        )
+
+
+class RNN(_RecurrentBase):
+    r"""A multi-layer Elman RNN, drop-in for :class:`torch.nn.RNN`:
+    :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})` (or ReLU).
+
+    Arguments (``nonlinearity`` is the 4th positional one, as in torch.nn), parameters, inputs
+    and outputs are torch.nn's; keyword-only ``zoneout``, ``recurrent_dropout`` and ``backend``
+    as for :class:`LSTM`.
+
+    Shapes: input (T, B, I) / (B, T, I) / (T, I) / PackedSequence; h_0 and h_n (L*D, B, H);
+    output (T, B, D*H).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> rnn = gatedrnn.RNN(10, 20, 2, "relu")
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    _family = "rnn"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        self.nonlinearity = check.choice("RNN", "nonlinearity", nonlinearity, ("tanh", "relu"))
+        super().__init__(
+            "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers, bias,
+            batch_first, dropout, bidirectional, 0, device, dtype, nonlinearity=nonlinearity, zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout, backend=backend,
+        )
+
+
+# ----- cells ----------------------------------------------------------------------------------
+
+
+class _CellBase(nn.Module):
+    """What the cells share: torch.nn's RNNCellBase parameters plus the variants' extras."""
+
+    _family = ""
+
+    def __init__(self, input_size, hidden_size, bias, device, dtype, *, backend="auto", **config) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.input_size = check.positive_int(owner, "input_size", input_size)
+        self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
+        self.bias = check.flag(owner, "bias", bias)
+        self.backend = backend
+        self.cell_config = CellConfig(family=self._family, hidden_size=hidden_size, bias=self.bias, **config)
+        rows = self.cell_config.num_gates * hidden_size
+        kw = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))
+        self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size, **kw))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(rows, **kw))
+            self.bias_hh = nn.Parameter(torch.empty(rows, **kw))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        for key, shape in extra_parameter_shapes(self.cell_config).items():
+            self.register_parameter(key, nn.Parameter(torch.empty(shape, **kw)))
+        self.forget_bias = None
+
+    backend = _RecurrentBase.backend
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation (see :func:`reset_recurrent_parameters`)."""
+        reset_recurrent_parameters(self, self.cell_config, self.forget_bias)
+
+    def _weights(self) -> LayerWeights:
+        return {name: p for name, p in self.named_parameters(recurse=False) if p is not None}
+
+    def _check_step(self, input, hx) -> tuple[Tensor, tuple[Tensor, ...], bool]:
+        owner = type(self).__name__
+        p = self.weight_ih
+        check.float_tensor(owner, "input", input, p.dtype, p.device)
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{owner}: expected input of shape (batch, input_size={self.input_size}) or (input_size,), "
+                f"got {tuple(input.shape)}"
+            )
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        sizes = self.cell_config.state_sizes
+        if hx is None:
+            return x, tuple(x.new_zeros(x.shape[0], s) for s in sizes), batched
+        if len(sizes) == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{owner}: expected hx to be a tuple (h, c) of two tensors, got {type(hx).__name__}")
+            states, names = tuple(hx), ("h", "c")
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"{owner}: expected hx to be a Tensor, got a {type(hx).__name__}")
+            states, names = (hx,), ("hx",)
+        out = []
+        for name, value, size in zip(names, states, sizes):
+            check.float_tensor(owner, name, value, p.dtype, p.device)
+            expected = (x.shape[0], size) if batched else (size,)
+            check.shape(owner, name, value, expected, "(batch, hidden_size)" if batched else "(hidden_size,)")
+            out.append(value if batched else value.unsqueeze(0))
+        return x, tuple(out), batched
+
+    def forward(self, input: Tensor, hx=None):
+        x, states, batched = self._check_step(input, hx)
+        cfg = self.cell_config
+        use_torch = self.backend in ("auto", "torch") and cfg.torch_mode is not None
+        if self.backend == "torch" and cfg.torch_mode is None:
+            choose("torch", cfg, x, False)  # raises the explanatory ValueError
+        if use_torch:
+            fn = _TORCH_CELL_FNS[cfg.torch_mode]
+            hx_arg = states if len(states) == 2 else states[0]
+            result = fn(x, hx_arg, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+            new = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+        else:
+            new, _ = STEPS[cfg.family](x, initial_carry(states, cfg), self._weights(), cfg)
+            new = new[: len(states)]
+        if not batched:
+            new = tuple(s.squeeze(0) for s in new)
+        return new if len(new) == 2 else new[0]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if self.cell_config.family == "rnn" and self.cell_config.nonlinearity != "tanh":
+            s += f", nonlinearity={self.cell_config.nonlinearity}"
+        return s + _variant_repr(self.cell_config, self)
+
+
+class LSTMCell(_CellBase):
+    r"""An LSTM cell, drop-in for :class:`torch.nn.LSTMCell`: one step of :class:`LSTM`'s equations.
+
+    Keyword-only ``variant`` (all of :class:`LSTM`'s except ``"fgr"``, whose gate recurrence needs
+    the previous step's gates: use :class:`LSTM` for it), ``layer_norm``, ``forget_bias`` and
+    ``backend`` (``"auto"``, ``"torch"`` or ``"reference"``).
+
+    Inputs: input (B, I) or (I,); hx = (h, c) each (B, H) or (H,), zeros if omitted.
+    Outputs: (h', c'), each (B, H) or (H,).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> cell = gatedrnn.LSTMCell(10, 20, variant="cifg")
+        >>> h, c = cell(torch.randn(3, 10))
+        >>> h.shape
+        torch.Size([3, 20])
+    """
+
+    _family = "lstm"
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+        variant: str = "vanilla", layer_norm: bool = False, forget_bias: float | None = None, backend: str = "auto",
+    ) -> None:
+        variant = check.variant("LSTMCell", variant)
+        if variant == "fgr":
+            raise ValueError(
+                "LSTMCell: variant 'fgr' feeds the previous step's gates back and so needs the whole "
+                "sequence; use gatedrnn.LSTM(..., variant='fgr') instead"
+            )
+        super().__init__(
+            input_size, hidden_size, bias, device, dtype, backend=backend, variant=variant,
+            layer_norm=check.flag("LSTMCell", "layer_norm", layer_norm),
+        )
+        self.forget_bias = check.forget_bias(
+            "LSTMCell", forget_bias, bias=self.bias, has_forget_gate="f" in self.cell_config.gates
+        )
+        self.reset_parameters()
+
+
+class GRUCell(_CellBase):
+    r"""A GRU cell, drop-in for :class:`torch.nn.GRUCell`: one step of :class:`GRU`'s equations.
+
+    Keyword-only ``layer_norm``, ``reset_after`` and ``backend``.
+    Inputs: input (B, I) or (I,); hx (B, H) or (H,). Output: h' (B, H) or (H,).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> gatedrnn.GRUCell(10, 20, reset_after=False)(torch.randn(3, 10)).shape
+        torch.Size([3, 20])
+    """
+
+    _family = "gru"
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
+        layer_norm: bool = False, reset_after: bool = True, backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            input_size, hidden_size, bias, device, dtype, backend=backend,
+            layer_norm=check.flag("GRUCell", "layer_norm", layer_norm),
+            reset_after=check.flag("GRUCell", "reset_after", reset_after),
+        )
+        self.reset_parameters()
+
+
+class RNNCell(_CellBase):
+    r"""An Elman RNN cell, drop-in for :class:`torch.nn.RNNCell`:
+    :math:`h' = \tanh(W_{ih} x + b_{ih} + W_{hh} h + b_{hh})` (or ReLU).
+
+    Inputs: input (B, I) or (I,); hx (B, H) or (H,). Output: h' (B, H) or (H,).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> gatedrnn.RNNCell(10, 20, nonlinearity="relu")(torch.randn(3, 10)).shape
+        torch.Size([3, 20])
+    """
+
+    _family = "rnn"
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+        device=None, dtype=None, *, backend: str = "auto",
+    ) -> None:
+        self.nonlinearity = check.choice("RNNCell", "nonlinearity", nonlinearity, ("tanh", "relu"))
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend, nonlinearity=nonlinearity)
+        self.reset_parameters()

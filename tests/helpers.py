@@ -1,0 +1,61 @@
+"""Shared test helpers: relative errors and gradient collection."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| (0 when both are zero); NaN anywhere gives inf."""
+    if a.shape != b.shape:
+        raise AssertionError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if torch.isnan(a).any() or torch.isnan(b).any():
+        return float("inf")
+    denom = b.norm().item()
+    diff = (a - b).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+def flatten_result(result):
+    """(output, state) as returned by a layer -> list of tensors."""
+    output, state = result
+    out = output.data if isinstance(output, PackedSequence) else output
+    states = list(state) if isinstance(state, tuple) else [state]
+    return [out] + states
+
+
+def run_and_grad(module, make_input, hx=None):
+    """Forward, a fixed random-weighted scalar loss over every output, backward.
+
+    Returns (outputs, grads) where grads maps "input", "hx<k>" and each parameter name to its gradient.
+    """
+    module.zero_grad(set_to_none=True)
+    leaf, model_input = make_input()
+    hx_leaves = None
+    if hx is not None:
+        hx_leaves = tuple(h.detach().clone().requires_grad_(True) for h in hx)
+    arg = None if hx_leaves is None else (hx_leaves if len(hx_leaves) > 1 else hx_leaves[0])
+    outs = flatten_result(module(model_input, arg))
+    gen = torch.Generator().manual_seed(1234)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss.backward()
+    grads = {"input": leaf.grad}
+    if hx_leaves is not None:
+        grads.update({f"hx{k}": h.grad for k, h in enumerate(hx_leaves)})
+    grads.update({name: p.grad for name, p in module.named_parameters()})
+    return [o.detach() for o in outs], grads
+
+
+def assert_close_results(a, b, tol=1e-10):
+    outs_a, grads_a = a
+    outs_b, grads_b = b
+    for k, (x, y) in enumerate(zip(outs_a, outs_b)):
+        assert rel_err(x, y) < tol, f"output {k}: rel err {rel_err(x, y)}"
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        ga, gb = grads_a[name], grads_b[name]
+        if ga is None or gb is None:
+            assert ga is None and gb is None, f"gradient {name}: one side missing"
+            continue
+        assert rel_err(ga, gb) < tol, f"gradient {name}: rel err {rel_err(ga, gb)}"
