@@ -40,6 +40,24 @@ def test_gradcheck_stacked_bidirectional(cls, kw, backend):
     assert gradcheck(f, (x,) + params, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cls,kw", [
+    pytest.param(gatedrnn.LSTM, dict(zoneout=0.4, recurrent_dropout=0.3, variant="peephole"), id="lstm"),
+    pytest.param(gatedrnn.GRU, dict(zoneout=0.4, recurrent_dropout=0.3, reset_after=False), id="gru"),
+])
+def test_gradcheck_training_regularisers_with_fixed_masks(cls, kw):
+    module = cls(2, 3, num_layers=2, bidirectional=True, dropout=0.2, dtype=torch.float64, **kw).train()
+    names = [n for n, _ in module.named_parameters()]
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in module.parameters())
+
+    def f(x, *ps):
+        torch.manual_seed(11)  # the same zoneout, recurrent and inter-layer masks on every evaluation
+        out, state = functional_call(module, dict(zip(names, ps)), (x,))
+        return (out,) + (state if isinstance(state, tuple) else (state,))
+
+    assert gradcheck(f, (x,) + params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 def _trace(module, x):
     return gatedrnn.inspect_gates(module, x).gates[(0, 0)]
 
