@@ -154,3 +154,16 @@ def test_default_module_uses_torch_kernels_and_variants_do_not():
     assert choose("auto", gatedrnn.LSTM(4, 5, variant="peephole").cell_config, x, False) != "torch"
     assert choose("auto", gatedrnn.GRU(4, 5, reset_after=False).cell_config, x, False) != "torch"
     assert choose("auto", gatedrnn.LSTM(4, 5).cell_config, x, True) != "torch"
+
+
+@pytest.mark.parametrize("kw", [{}, {"variant": "peephole"}], ids=["vanilla", "peephole"])
+def test_torch_compile_gives_the_eager_numbers_and_gradients(kw):
+    module = gatedrnn.LSTM(4, 6, num_layers=2, dtype=torch.float64, **kw)
+    x = torch.randn(5, 2, 4, dtype=torch.float64, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend="aot_eager")
+    out_c = compiled(x)[0]
+    (gx_c,) = torch.autograd.grad(out_c.sum(), x)
+    out_e = module(x)[0]
+    (gx_e,) = torch.autograd.grad(out_e.sum(), x)
+    assert rel_err(out_c, out_e) < 1e-12 and rel_err(gx_c, gx_e) < 1e-12

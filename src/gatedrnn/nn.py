@@ -336,6 +336,9 @@ class _RecurrentBase(nn.Module):
     def _pack_state(self, finals: tuple[Tensor, ...]):
         return finals[0]
 
+    # torch.compile does not trace torch's fused RNN kernels (dynamo leaves torch.nn.LSTM/GRU/RNN
+    # to run eagerly); we do the same so compiled modules stay correct.
+    @torch.compiler.disable
     def _forward_torch(self, input, states: tuple[Tensor, ...], prep: _Prepared):
         """Run torch's own fused kernels over the whole stack, exactly as torch.nn does."""
         fn = _TORCH_LAYER_FNS[self.cell_config.torch_mode]
