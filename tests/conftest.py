@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Triton decides at decoration time whether a @triton.jit function is compiled or interpreted, so
+# the interpreter must be switched on before any test module imports the kernels (on a machine
+# without CUDA, the kernels can only run in the interpreter).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

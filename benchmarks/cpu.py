@@ -1,0 +1,368 @@
+"""CPU benchmark of one recurrent layer: torch.nn (native kernels), gatedrnn's reference loop, a plain
+autograd time loop of the same cell, and the fused CPU backend, side by side in one process.
+
+    python benchmarks/cpu.py                   # the issue's targets, then the grid
+    python benchmarks/cpu.py --quick           # a fast smoke run (small sizes, 1 repeat)
+    python benchmarks/cpu.py --rows targets,memory --threads 2 --repeats 7
+
+Every row times its providers interleaved (A B C D, A B C D, ...) and reports medians in ms, with
+ratios against torch.nn. Rows (``--rows``): ``targets`` (the issue's targets at B=32, H=256),
+``memory`` (peak training memory per variant against torch.nn.LSTM), ``linear`` (T=128 against
+T=1024), ``stream`` (cells called one step at a time) and ``grid`` (B x T x H for ``--cells``).
+
+Memory is measured two ways, both for one forward+backward at B=32, H=256, T=256:
+
+- ``saved``: bytes of the distinct storages autograd keeps for the backward pass (a
+  ``saved_tensors_hooks`` count, exact and noise-free); this is what grows with T;
+- ``peak``: growth of the process's peak resident set (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) during that call, in a fresh child process per provider after a
+  small warm-up, so it includes every temporary of both passes and the gradients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import gatedrnn
+from gatedrnn.cells import STEPS, initial_carry
+
+TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+OUR_CLASSES = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}
+CELLS = {  # --cells names -> (family, module keywords)
+    "lstm": ("lstm", {}),
+    "lstm-ln": ("lstm", {"layer_norm": True}),
+    "gru": ("gru", {}),
+    "gru-ln": ("gru", {"layer_norm": True}),
+    **{f"lstm-{v}": ("lstm", {"variant": v}) for v in gatedrnn.config.LSTM_VARIANTS if v != "vanilla"},
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str
+    B: int
+    T: int
+    H: int
+
+    @property
+    def family(self) -> str:
+        return CELLS[self.cell][0]
+
+    @property
+    def label(self) -> str:
+        return f"{self.cell} B={self.B} T={self.T} H={self.H}"
+
+
+def build(case: Case, provider: str) -> torch.nn.Module:
+    """The module a provider runs: torch.nn's plain cell of the same size, or gatedrnn's cell."""
+    torch.manual_seed(0)
+    if provider == "torch":
+        return TORCH_CLASSES[case.family](case.H, case.H)
+    family, kw = CELLS[case.cell]
+    backend = {"default": "auto", "loop": "reference"}.get(provider, provider)
+    return OUR_CLASSES[family](case.H, case.H, backend=backend, **kw)
+
+
+def plain_loop(module: torch.nn.Module, x: torch.Tensor):
+    """What a user writes without a fused kernel: the cell's step function in a Python loop over
+    time, autograd recording every operation (layer 0, one direction, no masking)."""
+    cfg = module.cell_config
+    w = module.layer_weights(0, 0)
+    state = initial_carry(tuple(x.new_zeros(x.shape[1], s) for s in cfg.state_sizes), cfg)
+    outputs = []
+    for t in range(x.shape[0]):
+        state, _ = STEPS[cfg.family](x[t], state, w, cfg)
+        outputs.append(state[0])
+    return torch.stack(outputs), state
+
+
+def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
+    """A closure running one forward (no grad) or forward+backward of ``provider`` on ``case``."""
+    module = build(case, provider)
+    x = torch.randn(case.T, case.B, case.H)
+    run = (lambda: plain_loop(module, x)) if provider == "loop" else (lambda: module(x))
+
+    def forward_backward():
+        module.zero_grad(set_to_none=True)
+        out, _ = run()
+        out.sum().backward()
+
+    def forward():
+        with torch.no_grad():
+            run()
+
+    return forward_backward if train else forward
+
+
+@dataclass
+class Row:
+    label: str
+    providers: list[str]
+    train: bool
+    case_of: Callable[[str], Case]
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+    def run(self, repeats: int) -> None:
+        fns = {p: call(self.case_of(p), p, self.train) for p in self.providers}
+        for fn in fns.values():  # warm-up: allocator, thread pool, lazy init
+            fn()
+        self.times = {p: [] for p in fns}
+        for _ in range(repeats):
+            for p, fn in fns.items():
+                gc.collect()
+                start = time.perf_counter()
+                fn()
+                self.times[p].append(time.perf_counter() - start)
+
+    def median_ms(self, provider: str) -> float:
+        return 1e3 * statistics.median(self.times[provider])
+
+
+def print_rows(title: str, rows: list[Row], baseline: str = "torch") -> None:
+    providers = list(dict.fromkeys(p for r in rows for p in r.providers))
+    print(f"\n### {title}\n")
+    head = ["case", "pass"] + [f"{p} ms" for p in providers] + [f"{baseline}/{p}" for p in providers if p != baseline]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        cells = [r.label, "fwd+bwd" if r.train else "fwd"]
+        cells += [f"{r.median_ms(p):.1f}" if p in r.times else "" for p in providers]
+        if baseline in r.times:
+            cells += [f"{r.median_ms(baseline) / r.median_ms(p):.2f}x" if p in r.times else "" for p in providers
+                      if p != baseline]
+        print("| " + " | ".join(cells) + " |")
+    sys.stdout.flush()
+
+
+def fixed(case: Case) -> Callable[[str], Case]:
+    return lambda provider: case
+
+
+def target_rows(quick: bool) -> list[tuple[str, list[Row]]]:
+    B, H = (4, 32) if quick else (32, 256)
+    Ts = (16,) if quick else (128, 256)
+    sections = []
+    for cell in ("lstm", "gru"):
+        sections.append((f"{cell}: default backend vs torch.nn (target >= 0.95x)",
+                         [Row(Case(cell, B, T, H).label, ["torch", "default"], True, fixed(Case(cell, B, T, H)))
+                          for T in Ts]))
+    ln = [Row(Case("lstm-ln", B, T, H).label, ["torch", "loop", "cpu"], True, _torch_plain(Case("lstm-ln", B, T, H)))
+          for T in Ts]
+    sections.append(("layer-norm LSTM: cpu vs plain autograd loop (target loop/cpu >= 1.8x at T=128, 5x at T=256) "
+                     "and vs torch.nn.LSTM (target torch/cpu >= 0.6x)", ln))
+    peep = [Row(Case("lstm-peephole", B, T, H).label, ["torch", "cpu"], True, _torch_plain(Case("lstm-peephole", B, T, H)))
+            for T in Ts]
+    sections.append(("peephole LSTM vs torch.nn.LSTM (target >= 0.7x)", peep))
+    variants = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
+                for c in CELLS if c.startswith("lstm-") and c not in ("lstm-ln", "lstm-peephole")]
+    sections.append(("other variants vs torch.nn.LSTM (information)", variants))
+    return sections
+
+
+def _torch_plain(case: Case) -> Callable[[str], Case]:
+    """torch runs the plain cell of the family; the others the case's cell."""
+    plain = Case(case.family, case.B, case.T, case.H)
+    return lambda provider: plain if provider == "torch" else case
+
+
+def linear_rows(quick: bool) -> list[Row]:
+    B, H = (4, 32) if quick else (32, 256)
+    Ts = (16, 128) if quick else (128, 1024)
+    rows = []
+    for cell, provider in (("lstm", "torch"), ("lstm-ln", "cpu"), ("lstm-peephole", "cpu"), ("lstm-ln", "loop")):
+        for T in Ts:
+            case = Case(cell, B, T, H)
+            rows.append(Row(f"{case.label} [{provider}]", [provider], True, fixed(case)))
+    return rows
+
+
+def print_linearity(rows: list[Row]) -> None:
+    print("\n### time per step, T=short vs T=long (target: ratio ~1, no cliff)\n")
+    print("| cell [provider] | short T ms/step | long T ms/step | long/short |")
+    print("|---|---|---|---|")
+    for short, long in zip(rows[::2], rows[1::2]):
+        p = short.providers[0]
+        a = short.median_ms(p) / short.case_of(p).T
+        b = long.median_ms(p) / long.case_of(p).T
+        print(f"| {short.label.split(' T=')[0]} [{p}] | {a:.3f} | {b:.3f} | {b / a:.2f} |")
+
+
+def grid_rows(cells: list[str], quick: bool) -> list[Row]:
+    sizes = [(b, t, h) for b in (1, 32) for t in (64, 256) for h in (128, 256, 512)]
+    if quick:
+        sizes = [(1, 8, 16), (4, 16, 32)]
+    rows = []
+    for cell in cells:
+        for B, T, H in sizes:
+            case = Case(cell, B, T, H)
+            for train in (False, True):
+                rows.append(Row(case.label, ["torch", "reference", "loop", "cpu"], train, _torch_plain(case)))
+    return rows
+
+
+def stream_rows(quick: bool, repeats: int) -> None:
+    """Cells called one step at a time with carried state (inference), per step in µs."""
+    steps, H = (20, 32) if quick else (500, 256)
+    print(f"\n### single-step streaming: {steps} steps, carried state, no grad (target: gatedrnn <= torch.nn)\n")
+    print("| cell | B | torch.nn.LSTMCell µs/step | gatedrnn µs/step | torch/gatedrnn |")
+    print("|---|---|---|---|---|")
+    for variant in ("vanilla", "peephole"):
+        for B in (1, 32):
+            torch.manual_seed(0)
+            cells = {"torch": torch.nn.LSTMCell(H, H), "ours": gatedrnn.LSTMCell(H, H, variant=variant)}
+            xs = torch.randn(steps, B, H)
+            times: dict[str, list[float]] = {k: [] for k in cells}
+            for r in range(repeats + 1):
+                for k, cell in cells.items():
+                    state = (torch.zeros(B, H), torch.zeros(B, H))
+                    with torch.no_grad():
+                        start = time.perf_counter()
+                        for x in xs:
+                            state = cell(x, state)
+                        elapsed = time.perf_counter() - start
+                    if r > 0:
+                        times[k].append(elapsed)
+            a, b = (1e6 * statistics.median(times[k]) / steps for k in ("torch", "ours"))
+            print(f"| LSTMCell {variant} | {B} | {a:.1f} | {b:.1f} | {a / b:.2f}x |")
+
+
+def saved_bytes(case: Case, provider: str) -> int:
+    """Bytes of the distinct storages autograd saves for the backward pass of one forward."""
+    module = build(case, provider)
+    x = torch.randn(case.T, case.B, case.H)
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out, _ = plain_loop(module, x) if provider == "loop" else module(x)
+    params = {p.untyped_storage().data_ptr() for p in module.parameters()}
+    return sum(n for ptr, n in storages.items() if ptr not in params and ptr != x.untyped_storage().data_ptr())
+
+
+def _vm(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
+
+
+def peak_child(cell: str, provider: str, B: int, T: int, H: int) -> None:
+    """(In a child process.) Print the peak RSS growth of one forward+backward."""
+    case = Case(cell, B, T, H)
+    call(Case(cell, B, 2, H), provider, True)()  # load kernels and pools outside the measurement
+    fn = call(case, provider, True)
+    gc.collect()
+    base = _vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    fn()
+    print(_vm("VmHWM") - base)
+
+
+def peak_bytes(case: Case, provider: str, threads: int) -> int | None:
+    cmd = [sys.executable, __file__, "--threads", str(threads), "--peak-child", case.cell, provider,
+           str(case.B), str(case.T), str(case.H)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        return int(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"(peak measurement failed for {case.label} {provider}: {result.stderr.strip()[-200:]})")
+        return None
+
+
+def memory_rows(quick: bool, threads: int) -> None:
+    B, T, H = (4, 32, 32) if quick else (32, 256, 256)
+    print(f"\n### training memory, B={B} T={T} H={H} (target: every variant <= 1.5x torch.nn.LSTM)\n")
+    print("| cell [provider] | saved MiB | saved / torch | peak MiB | peak / torch |")
+    print("|---|---|---|---|---|")
+    base = Case("lstm", B, T, H)
+    ref_saved, ref_peak = saved_bytes(base, "torch"), peak_bytes(base, "torch", threads)
+    entries = [("lstm", "torch"), ("lstm", "cpu")] + [(c, "cpu") for c in CELLS if c.startswith("lstm-")]
+    entries += [("lstm-ln", "loop"), ("gru", "torch"), ("gru-ln", "cpu")]
+    for cell, provider in entries:
+        case = Case(cell, B, T, H)
+        saved = ref_saved if (cell, provider) == ("lstm", "torch") else saved_bytes(case, provider)
+        peak = ref_peak if (cell, provider) == ("lstm", "torch") else peak_bytes(case, provider, threads)
+        peak_s = "n/a" if peak is None or ref_peak is None else f"{peak / 2**20:.1f} | {peak / ref_peak:.2f}x"
+        print(f"| {cell} [{provider}] | {saved / 2**20:.1f} | {saved / ref_saved:.2f}x | {peak_s} |")
+        sys.stdout.flush()
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
+            f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default="targets,memory,linear,stream,grid",
+                        help="comma-separated: targets, memory, linear, stream, grid (default all)")
+    parser.add_argument("--cells", default="lstm,lstm-ln", help=f"grid cells, from {', '.join(CELLS)}")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
+    parser.add_argument("--peak-child", nargs=5, metavar=("CELL", "PROVIDER", "B", "T", "H"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.peak_child:
+        cell, provider, *sizes = args.peak_child
+        peak_child(cell, provider, *map(int, sizes))
+        return
+    rows = set(args.rows.split(","))
+    unknown = rows - {"targets", "memory", "linear", "stream", "grid"}
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}: expected targets, memory, linear, stream, grid")
+    cells = args.cells.split(",")
+    if set(cells) - set(CELLS):
+        parser.error(f"unknown cells {sorted(set(cells) - set(CELLS))}: expected some of {', '.join(CELLS)}")
+    repeats = 1 if args.quick else args.repeats
+    print(f"## CPU benchmark\n\nMachine: {machine()}\n\nMedians of {repeats} interleaved calls per provider; "
+          "`torch` is torch.nn's plain cell of the same size, `default` gatedrnn with backend='auto', "
+          "`reference` its reference backend, `loop` a plain autograd time loop of the same cell, `cpu` the "
+          "fused CPU backend. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
+    if "targets" in rows:
+        for title, section in target_rows(args.quick):
+            for r in section:
+                r.run(repeats)
+            print_rows(title, section)
+    if "memory" in rows:
+        memory_rows(args.quick, args.threads)
+    if "linear" in rows:
+        lin = linear_rows(args.quick)
+        for r in lin:
+            r.run(repeats)
+        print_linearity(lin)
+    if "stream" in rows:
+        stream_rows(args.quick, repeats)
+    if "grid" in rows:
+        grid = grid_rows(cells, args.quick)
+        for r in grid:
+            r.run(repeats)
+        print_rows("grid: torch.nn, reference, plain loop and cpu backend", grid)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (device tool, timeout_s=600): the gpu-marked tests (compiled
+# Triton kernels at real sizes, every dtype, against a float64 reference), then the benchmark,
+# issue targets first, then a short summary table last (the device tool returns the output's end).
+# Results go to $OUT (the device tool's output folder) when set, else benchmarks/results/.
+#
+#   bash benchmarks/gpu_check.sh [TEST_BUDGET_S] [BENCH_BUDGET_S]   # defaults 270 and 170
+#   bash benchmarks/gpu_check.sh --dry-run                          # CPU-side checks only, no GPU
+#
+# The package runs from src/ (PYTHONPATH), nothing is installed. GATEDRNN_TRITON_CUDA=1 lets the
+# not-yet-verified kernels run on CUDA (the backend refuses CUDA without it).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dry=0
+if [ "${1:-}" = "--dry-run" ]; then dry=1; shift; fi
+test_budget="${1:-270}"
+bench_budget="${2:-170}"
+out="${OUT:-benchmarks/results}"
+if [ "$dry" = 1 ] && [ -z "${OUT:-}" ]; then out="$(mktemp -d)"; fi
+mkdir -p "$out"
+py="${PYTHON:-python3}"
+export GATEDRNN_TRITON_CUDA=1 PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+
+# parallel test workers where pytest-xdist exists; a per-test timeout (pytest-timeout) turns a
+# hung persistent kernel into one failed test: its worker is killed and replaced
+pytest_opts=(-m gpu -q -rfE -p no:cacheprovider --junitxml="$out/gpu_tests.xml")
+if "$py" -c "import xdist" 2>/dev/null; then pytest_opts+=(-n 4); fi
+if "$py" -c "import pytest_timeout" 2>/dev/null; then pytest_opts+=(--timeout 150 --timeout-method thread); fi
+
+if [ "$dry" = 1 ]; then
+    echo "dry run: $py, pytest options: ${pytest_opts[*]}"
+    "$py" -m pytest tests/test_triton_backend.py --collect-only -q -m gpu -p no:cacheprovider | tail -1
+    "$py" benchmarks/gpu.py --dry-run > "$out/gpu_bench_cases.txt" && head -8 "$out/gpu_bench_cases.txt"
+    exit $?
+fi
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi failed"
+  "$py" -c "import torch, triton; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'triton', triton.__version__)"
+} | tee "$out/machine.txt"
+
+start=$(date +%s)
+timeout -s INT -k 20 "$test_budget" "$py" -m pytest tests/test_triton_backend.py "${pytest_opts[@]}" \
+    > "$out/gpu_tests.txt" 2>&1
+tests_rc=$?
+tests_s=$(( $(date +%s) - start ))
+
+start=$(date +%s)
+timeout -s INT -k 20 $(( bench_budget + 120 )) "$py" benchmarks/gpu.py --budget-s "$bench_budget" --rep-ms 100 \
+    --csv "$out/gpu_bench.csv" --markdown "$out/gpu_bench.md" > "$out/gpu_bench.log" 2>&1
+bench_rc=$?
+bench_s=$(( $(date +%s) - start ))
+
+echo
+echo "== machine: $(head -1 "$out/machine.txt") | $(sed -n 2p "$out/machine.txt")"
+echo "== gpu tests: exit $tests_rc in ${tests_s}s (0 all passed, 1 failures, 124/130 out of time); $out/gpu_tests.txt"
+grep -E "^(FAILED|ERROR)" "$out/gpu_tests.txt" | cut -c1-220 | head -25
+tail -1 "$out/gpu_tests.txt"
+echo "== benchmark: exit $bench_rc in ${bench_s}s; table $out/gpu_bench.md, log $out/gpu_bench.log"
+if grep -q "^Summary" "$out/gpu_bench.log"; then
+    sed -n '/^Summary/,$p' "$out/gpu_bench.log"
+    grep "^Not run" "$out/gpu_bench.md" | cut -c1-300
+else
+    tail -25 "$out/gpu_bench.log"
+fi

@@ -1,0 +1,134 @@
+"""The CPU backend: fused forward and backward through time, one layer and direction per call
+(the ``run_layer`` contract of :mod:`gatedrnn.backends.reference`).
+
+Per layer and direction:
+
+:class:`.function.Recurrence`, a ``torch.autograd.Function``, whose forward
+
+1. computes the input part of all steps as one matmul, ``x W_ih^T`` (T, B, G*H) (layer-normalised
+   per gate block if configured), with every bias that only adds to a pre-activation folded in
+   (``b_ih + b_hh`` and the layer-norm shifts; the GRU's n-block recurrent shift stays apart when
+   the reset multiplies it);
+2. loops over time doing only the recurrent matmul (into preallocated buffers) and the pointwise
+   gate math, saving the gate activations, the carried states and the layer-norm statistics;
+
+and whose backward loop applies the hand-derived step gradients (see :mod:`.lstm`, :mod:`.gru`,
+:mod:`.rnn`), then forms every weight gradient as one matmul or reduction over all steps.
+
+The LSTM's gate rows are reordered inside the backend so that the sigmoid gates (those of i, f, o
+that the variant has) come first and g last: one sigmoid and one tanh per step cover all gates,
+and ``fgr``'s (i, f, o) block is contiguous. Runs every configuration on CPU tensors; gate
+recording (:func:`gatedrnn.inspect_gates`) runs on the reference loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...config import CellConfig, LayerWeights, Noise
+from .. import reference
+from . import gru, lstm, rnn
+from .function import Plan, Recurrence
+
+name = "cpu"
+
+_FAMILIES = {"lstm": lstm, "gru": gru, "rnn": rnn}
+_PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
+
+
+def supports(cfg: CellConfig, x: Tensor) -> str | None:
+    """None for every configuration on CPU floating-point tensors, else the reason not."""
+    if x.device.type != "cpu":
+        return f"expected a CPU tensor, got one on {x.device.type}"
+    if not x.dtype.is_floating_point:
+        return f"expected a floating-point input, got {x.dtype}"
+    return None
+
+
+def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
+    """Row indices taking torch's gate order to the backend's (None when they agree)."""
+    if cfg.family != "lstm":
+        return None
+    order = lstm.internal_order(cfg)
+    if order == cfg.gates:
+        return None
+    H = cfg.hidden_size
+    return torch.cat([torch.arange(k * H, (k + 1) * H, device=device) for k in map(cfg.gates.index, order)])
+
+
+def _total(*parts: Tensor | None) -> Tensor | None:
+    present = [p for p in parts if p is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
+def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
+            ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor]]:
+    """The Function's weights from the module's, in the backend's row order (differentiable with
+    autograd): ``(weight_ih, in_gain, bias, params)`` with every foldable bias summed in ``bias``."""
+    rows = _internal_rows(cfg, device)
+
+    def reorder(t: Tensor | None) -> Tensor | None:
+        return t if t is None or rows is None else t.index_select(0, rows)
+
+    H = cfg.hidden_size
+    recurrent_bias = _total(w.get("bias_hh"), w.get("ln_bias_hh"))
+    params = {"weight_hh": reorder(w["weight_hh"]), "rec_gain": reorder(w.get("ln_weight_hh"))}
+    if cfg.family == "gru" and cfg.reset_after and recurrent_bias is not None:
+        # r multiplies the n block's recurrent part including its shift, so that shift stays inside
+        params["rec_shift"] = recurrent_bias[2 * H:]
+        recurrent_bias = torch.cat([recurrent_bias[: 2 * H], recurrent_bias.new_zeros(H)])
+    bias = reorder(_total(w.get("bias_ih"), w.get("ln_bias_ih"), recurrent_bias))
+    for key in ("weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr"):
+        params[key] = w.get(key)
+    return reorder(w["weight_ih"]), reorder(w.get("ln_weight_ih")), bias, params
+
+
+def _keep(noise: Noise | None, mask: Tensor | None, active: Tensor | None, T: int, x: Tensor) -> Tensor | None:
+    """The weight of the old state in the carried one per step (see :mod:`.function`), or None."""
+    keep = None
+    if noise is not None and noise.zoneout > 0:
+        keep = mask if mask is not None else x.new_full((T, 1, 1), noise.zoneout)
+    if active is None:
+        return keep
+    if keep is None:
+        return 1.0 - active
+    return 1.0 - (1.0 - keep) * active
+
+
+def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise | None, reverse: bool) -> Plan:
+    T, B = x.shape[:2]
+    active = None
+    if lengths is not None and bool((lengths < T).any()):
+        active = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).to(x.dtype).unsqueeze(-1)
+    zoneout_h = zoneout_c = recurrent_mask = None
+    if noise is not None:
+        zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
+    keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.family == "lstm" else None
+    return Plan(cfg, T, B, reverse, active, _keep(noise, zoneout_h, active, T, x), keep_c, recurrent_mask)
+
+
+def run_layer(
+    cfg: CellConfig,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    weights: LayerWeights,
+    *,
+    reverse: bool = False,
+    lengths: Tensor | None = None,
+    noise: Noise | None = None,
+    record: bool = False,
+) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
+    """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
+    reason = supports(cfg, x)
+    if reason is not None:
+        raise ValueError(f"backend 'cpu' cannot run this layer: {reason}")
+    if record or x.shape[0] == 0:
+        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
+                                   record=record)
+    weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
+    plan = make_plan(cfg, x, lengths, noise, reverse)
+    c0 = state[1].contiguous() if cfg.family == "lstm" else None
+    out, *final = Recurrence.apply(plan, _FAMILIES[cfg.family], _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
+                                   state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
+    return out, tuple(final), None

@@ -1,0 +1,317 @@
+"""Host side of the recurrence kernels: buffers, block sizes, and how the steps are launched.
+
+:func:`forward` and :func:`backward` run :mod:`.kernels.recurrence` over a whole sequence and
+return the raw buffers the kernels fill (see that module's docstring for their layout).
+
+Two independent choices per kernel (:func:`_plan`):
+
+- *how the steps are driven*: persistent (one launch for all T steps, a grid barrier between
+  phases) on CUDA when every program gets its own SM (grid <= SM count, one program per SM);
+  otherwise, and always under ``TRITON_INTERPRET=1`` (which runs programs one after another, so
+  a spin barrier would never open), one launch per step and phase.
+- *where the weights live*: resident (each program loads its weight slices once; Triton keeps
+  them in shared memory as the dot operand) when the slices and the staged exchange vector fit
+  the device's shared memory per block, else streamed: each phase re-reads its slice in chunks
+  of ``KA`` / ``KB`` columns every step (from L2 on a GPU), which works at any size. A resident
+  launch that the device still refuses (``OutOfResources``) is retried streamed.
+
+:data:`tuning` lets tests and benchmarks force either choice and the block sizes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.runtime.errors import OutOfResources
+from torch import Tensor
+
+from ...config import LSTM_VARIANTS, CellConfig
+from .kernels.recurrence import recurrence_bwd_kernel, recurrence_fwd_kernel
+
+_LSTM_GATE_FLAGS = ("i", "f", "g", "o")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass
+class Tuning:
+    """Launch overrides, None = choose. ``mode``: ``"auto"``, ``"persistent"`` or ``"stepwise"``;
+    ``resident``: keep weight slices on chip (True) or stream them (False); ``block_h`` (units per
+    program), ``block_b`` (batch rows per block) and ``block_k`` (streamed chunk width): powers of two."""
+
+    mode: str = "auto"
+    resident: bool | None = None
+    block_h: int | None = None
+    block_b: int | None = None
+    block_k: int | None = None
+
+
+#: the last plan each kernel ran with, by kernel name (what the benchmark reports)
+last_plans: dict[str, "_Launch"] = {}
+
+# shared memory Triton needs beside the operands (layout conversions of the gate tiles)
+_SMEM_MARGIN = 8192
+# streamed chunk width on the GPU
+_STREAM_K = 64
+
+
+tuning = Tuning()
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the op's string args)."""
+
+    family: str
+    variant: str = "vanilla"
+    reset_after: bool = True
+    relu: bool = False
+    proj: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: CellConfig) -> KernelSpec:
+        return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0)
+
+    @property
+    def gates(self) -> tuple[str, ...]:
+        if self.family == "lstm":
+            return LSTM_VARIANTS[self.variant]
+        return ("r", "z", "n") if self.family == "gru" else ("h",)
+
+    @property
+    def num_gates(self) -> int:
+        return len(self.gates)
+
+    @property
+    def gru_before(self) -> bool:
+        """GRU with the reset applied before the matmul (two phases per step)."""
+        return self.family == "gru" and not self.reset_after
+
+    @property
+    def split_recurrent_grad(self) -> bool:
+        """GRU with the reset after the matmul: the n rows' recurrent gradient is r * da_n."""
+        return self.family == "gru" and self.reset_after
+
+    @property
+    def matmul_gates(self) -> int:
+        """GA: gate blocks whose recurrent matmul takes h_{t-1} directly."""
+        return 2 if self.gru_before else self.num_gates
+
+    @property
+    def saved_gates(self) -> int:
+        """GS: activation blocks saved per step (the GRU adds U_n h + b_hn when reset after)."""
+        if self.family == "lstm":
+            return self.num_gates
+        if self.family == "gru":
+            return 4 if self.reset_after else 3
+        return 0
+
+    @property
+    def two_phase(self) -> bool:
+        return self.proj or self.gru_before
+
+    def constexprs(self) -> dict[str, object]:
+        index = {name: (self.gates.index(name) if name in self.gates else -1) for name in _LSTM_GATE_FLAGS}
+        return dict(
+            FAMILY={"lstm": 0, "gru": 1, "rnn": 2}[self.family],
+            G=self.num_gates, GA=self.matmul_gates, GS=self.saved_gates,
+            IDX_I=index["i"], IDX_F=index["f"], IDX_G=index["g"], IDX_O=index["o"],
+            CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
+            G_ACT=self.variant != "niaf", O_ACT=self.variant != "noaf",
+            PROJ=self.proj, RESET_AFTER=self.reset_after, RELU=self.relu, TWO_PHASE=self.two_phase,
+        )
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Grid and block sizes for one kernel; ``persistent`` selects the single-launch path."""
+
+    programs: int
+    persistent: bool
+    consts: dict[str, object]
+    num_warps: int
+
+    def describe(self) -> str:
+        c = self.consts
+        how = "persistent" if self.persistent else "stepwise"
+        where = "resident" if c["RESIDENT"] else f"streamed (KA={c['KA']}, KB={c['KB']})"
+        return f"{how}, {where} weights, {self.programs} programs x {c['BH']} units, BB={c['BB']}"
+
+
+def _device_limits(device: torch.device) -> tuple[int, int]:
+    """(SM count, shared memory per block in bytes) of a CUDA device; the interpreter's stand-in is
+    one SM (only one-program grids run persistent there) and no shared memory limit."""
+    if device.type != "cuda":
+        return 1, 1 << 40
+    props = torch.cuda.get_device_properties(device)
+    smem = getattr(props, "shared_memory_per_block_optin", 0) or 232448
+    return props.multi_processor_count, smem
+
+
+def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, KB: int, itemsize: int) -> int:
+    """Shared memory of the resident operands: each phase's weight tile plus its staged
+    exchange vector (BB rows), e.g. (R, G*BH) + (BB, R) for the forward matmul of h_{t-1}."""
+    GAP = _pow2(spec.matmul_gates)
+    if backward:
+        a = GAP * KA * BH + BB * GAP * KA
+    else:
+        a = KA * GAP * BH + BB * KA
+    b = KB * BH + BB * KB if spec.two_phase else 0
+    return (a + b) * itemsize
+
+
+def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch.dtype, device: torch.device,
+          reverse: bool, allow_tf32: bool, resident: bool | None = None) -> _Launch:
+    """Grid, blocks and path for the forward (``backward=False``) or backward kernel."""
+    on_gpu = device.type == "cuda"
+    # tl.dot needs every dimension >= 16 on the GPU; the interpreter takes any size
+    low = 16 if on_gpu else 1
+    n_sm, smem = _device_limits(device)
+    GAP = _pow2(spec.matmul_gates)
+    if tuning.mode == "persistent" and not on_gpu:
+        block_h = _pow2(H)  # the interpreter runs programs in turn: only one program can pass a barrier
+    elif tuning.block_h is not None:
+        block_h = max(low, tuning.block_h)
+    elif on_gpu:
+        block_h = max(low, _pow2(triton.cdiv(H, n_sm)))
+    else:
+        block_h = _pow2(triton.cdiv(H, 2))
+    programs = triton.cdiv(H, block_h)
+    if tuning.mode == "auto":
+        persistent = on_gpu and programs <= n_sm
+    else:
+        persistent = tuning.mode == "persistent"
+    # phase A's K runs over R (forward: h_{t-1}) or each gate's H units (backward: d_{t+1});
+    # phase B's over H (forward: h_pre or r * h) or R (backward: dh_r or da_n, R == H for the GRU)
+    ka_full, kb_full = (H, R) if backward else (R, H)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    resident_bb = max(low, tuning.block_b or (16 if on_gpu else _pow2(min(B, 4))))
+    if resident is None:
+        resident = tuning.resident
+    if resident is None:
+        need = resident_bytes(spec, backward, resident_bb, block_h, max(low, _pow2(ka_full)),
+                              max(low, _pow2(kb_full)), itemsize)
+        resident = need + _SMEM_MARGIN <= smem
+    if resident:
+        block_b = resident_bb
+        KA, KB = max(low, _pow2(ka_full)), max(low, _pow2(kb_full))
+    else:
+        # streamed weights are re-read per batch block: larger blocks re-read them less often
+        block_b = max(low, tuning.block_b or (min(64, _pow2(B)) if on_gpu else _pow2(min(B, 4))))
+        chunk = tuning.block_k or (_STREAM_K if on_gpu else 2)
+        KA, KB = max(low, min(_pow2(ka_full), chunk)), max(low, min(_pow2(kb_full), chunk))
+    consts = dict(
+        spec.constexprs(), REVERSE=reverse, RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
+        GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
+        PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
+    )
+    tile = max(KA * GAP * block_h, KB * block_h)
+    return _Launch(programs, persistent, consts, 8 if tile >= 32768 else 4)
+
+
+def _launch(kernel, plan: _Launch, args: tuple, sizes: tuple[int, ...], T: int) -> None:
+    """All T steps with one plan: one persistent launch, or a launch per step and phase."""
+    grid = (plan.programs,)
+    device = args[0].device
+    if plan.persistent:
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        # num_stages=1: no software pipelining, so no load of a later step is issued before the
+        # grid barrier that makes its data visible
+        kernel[grid](*args, barrier, *sizes, 0, T, PHASE=0, num_warps=plan.num_warps, num_stages=1,
+                     **plan.consts)
+        return
+    phases = (1, 2) if plan.consts["TWO_PHASE"] else (1,)
+    unused = torch.empty(1, dtype=torch.int32, device=device)
+    for s in range(T):
+        for phase in phases:
+            kernel[grid](*args, unused, *sizes, s, 1, PHASE=phase, num_warps=plan.num_warps, **plan.consts)
+
+
+def _run(kernel, name: str, plan_args: tuple, args: tuple, sizes: tuple[int, ...], T: int,
+         extra: dict[str, object] | None = None) -> None:
+    """Plan and launch ``kernel``; a resident plan the device refuses for lack of resources is
+    retried with streamed weights (shared memory estimates can miss Triton's own scratch)."""
+    plan = _plan(*plan_args)
+    plan.consts.update(extra or {})
+    try:
+        _launch(kernel, plan, args, sizes, T)
+    except OutOfResources:
+        if not plan.consts["RESIDENT"]:
+            raise
+        plan = _plan(*plan_args, resident=False)
+        plan.consts.update(extra or {})
+        _launch(kernel, plan, args, sizes, T)
+    last_plans[name] = plan
+
+
+def _new_buffer(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer the kernels fill completely (tests replace this to fill it with NaN first)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
+            weight_hr: Tensor | None, weight_ch: Tensor | None, bias_hn: Tensor | None, reverse: bool,
+            allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux)."""
+    T, B, _ = xw.shape
+    H = weight_hh.shape[0] // spec.num_gates
+    R = weight_hh.shape[1]
+    dev, dt, acc = xw.device, xw.dtype, accumulation_dtype(xw.dtype)
+    start = T if reverse else 0
+    hs = _new_buffer((T + 1, B, R), dt, dev)
+    hs[start] = h0
+    none = xw  # stands in for absent tensors; the constexpr switches keep the kernel off them
+    cs = _new_buffer((T + 1, B, H), acc, dev) if spec.family == "lstm" else xw.new_empty(0, dtype=acc)
+    if c0 is not None:
+        cs[start] = c0
+    gates = _new_buffer((T, B, spec.saved_gates * H), acc, dev)
+    aux = _new_buffer((T, B, H), dt, dev) if spec.two_phase else xw.new_empty(0)
+    args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(bias_hn, none),
+            hs, _or(cs, none), _or(gates, none), _or(aux, none))
+    _run(recurrence_fwd_kernel, "forward", (spec, False, B, H, R, dt, dev, reverse, allow_tf32), args,
+         (T, B, H, R), T, {"HAS_BN": bias_hn is not None})
+    return hs, cs, gates, aux
+
+
+def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor,
+             gates: Tensor, weight_hh: Tensor, weight_hr: Tensor | None, weight_ch: Tensor | None, reverse: bool,
+             allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Run the backward recurrence. Returns (d, drec, ghr, carry_h, carry_c): d (T, B, G*H) the
+    gradients of the input-side pre-activations, drec those of the recurrent side (empty when
+    equal to d), ghr (T, B, R) dL/dh_r (empty without projection), and the carried gradients
+    w.r.t. the initial state before the last gather (see :func:`..op` for how they finish)."""
+    T, B, R = dhs.shape[0] - 1, dhs.shape[1], dhs.shape[2]
+    H = weight_hh.shape[0] // spec.num_gates
+    dev, dt, acc = hs.device, hs.dtype, accumulation_dtype(hs.dtype)
+    none = hs
+    d = _new_buffer((T, B, spec.num_gates * H), dt, dev)
+    drec = _new_buffer((T, B, spec.num_gates * H), dt, dev) if spec.split_recurrent_grad else hs.new_empty(0)
+    ghr = _new_buffer((T, B, R), dt, dev) if spec.proj else hs.new_empty(0)
+    carry_h = torch.zeros((B, R), dtype=acc, device=dev)
+    if spec.family == "lstm":
+        carry_c = dc.to(acc, copy=True).contiguous() if dc is not None else torch.zeros((B, H), dtype=acc, device=dev)
+    else:
+        carry_c = hs.new_empty(0, dtype=acc)
+    args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), hs, _or(cs, none), _or(gates, none),
+            dhs, d, _or(drec, d), _or(ghr, none), carry_h, _or(carry_c, none))
+    _run(recurrence_bwd_kernel, "backward", (spec, True, B, H, R, dt, dev, reverse, allow_tf32), args,
+         (T, B, H, R), T)
+    return d, drec, ghr, carry_h, carry_c
+
+
+def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:
+    return fallback if tensor is None or tensor.numel() == 0 else tensor

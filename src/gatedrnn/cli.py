@@ -1,0 +1,264 @@
+"""The ``gatedrnn`` command (console script and ``python -m gatedrnn``): argument parsing only.
+
+Commands: ``train`` (one run, :func:`gatedrnn.train.train`), ``compare`` (several cells with the
+same budget and seed), ``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate
+viewer's ``gates``, ``sample`` and ``demo`` (:mod:`gatedrnn.viz.commands`).
+
+Bad arguments print one ``error: ...`` line on stderr and exit with code 2, never a traceback:
+argparse does this for unknown flags and choices, :class:`gatedrnn.train.ConfigError` carries the
+rest (unknown task option, non-positive size, an ``--out`` that is a file, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import LSTM_VARIANTS
+from .models import CELLS
+from .tasks import task_names, task_options
+from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_table, train
+
+DEFAULTS = TrainConfig()
+
+
+class UsageError(ValueError):
+    """A command-line value that cannot be used; printed as ``error: <message>``, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``error: ...``, exit code 2) instead of the usage block."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _convert(task: str, key: str, text: str, default: object) -> object:
+    """``--task-opt KEY=TEXT`` -> a value of the type of the option's default (a number when the
+    default is None)."""
+    if isinstance(default, bool):
+        kind, parse = "true or false", {"true": True, "false": False}.__getitem__
+    elif isinstance(default, int):
+        kind, parse = "an integer", int
+    elif isinstance(default, float):
+        kind, parse = "a number", float
+    elif default is None:
+        kind, parse = "a number", lambda t: int(t) if t.lstrip("-").isdigit() else float(t)
+    else:
+        kind, parse = "a string", str
+    try:
+        return parse(text.lower() if isinstance(default, bool) else text)
+    except (KeyError, ValueError):
+        raise UsageError(f"--task-opt {key}={text}: task {task!r} expects {kind} for {key}") from None
+
+
+def parse_task_options(task: str, pairs: Sequence[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` -> the task's keyword arguments, converted to their defaults' types."""
+    if task not in task_names():
+        raise UsageError(f"unknown task {task!r}; expected one of {', '.join(task_names())}")
+    known = task_options(task)
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise UsageError(f"--task-opt expects KEY=VALUE, got {pair!r}")
+        if key == "seq_len":
+            raise UsageError("use --seq-len, not --task-opt seq_len=...")
+        if key not in known:
+            others = ", ".join(k for k in sorted(known) if k != "seq_len") or "none"
+            raise UsageError(f"task {task!r} has no option {key!r}; its options are: {others}")
+        options[key] = _convert(task, key, text, known[key])
+    return options
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``compare``: everything in :class:`TrainConfig` but the cell."""
+    d = DEFAULTS
+    p.add_argument("--task", required=True, metavar="NAME",
+                   help=f"the experiment: {', '.join(task_names())}")
+    p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: the task's own)")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="another size of the task, e.g. --task-opt distractors=50 (repeatable)")
+    p.add_argument("--variant", default=d.variant, choices=sorted(LSTM_VARIANTS), metavar="V",
+                   help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate)")
+    p.add_argument("--forget-bias", type=float, metavar="X",
+                   help="LSTM forget-gate bias at initialisation (default: --lstm-init's)")
+    p.add_argument("--input-bias", type=float, metavar="X",
+                   help="LSTM input-gate bias at initialisation (default: --lstm-init's)")
+    p.add_argument("--lstm-init", default=d.lstm_init, choices=tuple(LSTM_INITS),
+                   help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, metavar="N", help=f"hidden units (default {d.hidden})")
+    p.add_argument("--layers", type=_positive_int, default=d.layers, metavar="N", help=f"stacked layers (default {d.layers})")
+    p.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim, metavar="E",
+                   help=f"embedding width for token tasks (default {d.embedding_dim})")
+    p.add_argument("--steps", type=_positive_int, default=d.steps, metavar="N",
+                   help=f"optimiser steps at most (default {d.steps})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, metavar="N",
+                   help=f"sequences per step, over all processes (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, metavar="X", help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--clip", type=float, default=d.clip, metavar="X",
+                   help=f"gradient-norm clip, 0 for none (default {d.clip})")
+    p.add_argument("--seed", type=int, default=d.seed, metavar="S", help=f"seed of weights and data (default {d.seed})")
+    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="(default auto)")
+    p.add_argument("--threads", type=_positive_int, default=d.threads, metavar="N",
+                   help=f"CPU threads per process (default {d.threads}: fastest for small recurrent nets)")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, metavar="N",
+                   help=f"steps between checkpoints (default {d.checkpoint_every})")
+    p.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+                   help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})")
+    p.add_argument("--log-every", type=_positive_int, default=d.log_every, metavar="N",
+                   help=f"steps between metrics lines (default {d.log_every})")
+    p.add_argument("--no-stop", dest="stop_when_solved", action="store_false",
+                   help="train all --steps even after the task is solved")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+
+def config_from_args(args: argparse.Namespace, cell: str, out: str | None) -> TrainConfig:
+    """The :class:`TrainConfig` the parsed flags describe, for ``cell``, writing into ``out``."""
+    return TrainConfig(task=args.task, seq_len=args.seq_len, task_options=parse_task_options(args.task, args.task_opt),
+                       cell=cell, variant=args.variant if cell == "lstm" else "vanilla",
+                       forget_bias=args.forget_bias if cell == "lstm" else None,
+                       input_bias=args.input_bias if cell == "lstm" else None, lstm_init=args.lstm_init,
+                       hidden=args.hidden, layers=args.layers, embedding_dim=args.embedding_dim, steps=args.steps,
+                       batch=args.batch, lr=args.lr, clip=args.clip, seed=args.seed, device=args.device,
+                       threads=args.threads, out=out,
+                       resume=getattr(args, "resume", False), checkpoint_every=args.checkpoint_every,
+                       eval_every=args.eval_every, log_every=args.log_every, stop_when_solved=args.stop_when_solved,
+                       progress=args.progress and sys.stderr.isatty())
+
+
+def _result_line(summary: dict[str, Any]) -> str:
+    solved = (f"solved after {summary['solved_sequences']} sequences" if summary["solved_sequences"] is not None
+              else "not solved")
+    return (f"{summary['task']} {summary['cell']}: {summary['steps']} steps, test loss {summary['final_loss']:.4g}, "
+            f"accuracy {summary['accuracy']:.1%}, {solved}; {summary['seconds']:.1f} s; files in {summary['out']}")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``gatedrnn train --task NAME --cell C ...``: one run; see ``gatedrnn train --help``."""
+    if args.variant != "vanilla" and args.cell != "lstm":
+        raise UsageError(f"--variant applies to --cell lstm only, got --cell {args.cell}")
+    for flag in ("forget_bias", "input_bias"):
+        if getattr(args, flag) is not None and args.cell != "lstm":
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {args.cell}")
+    summary = train(config_from_args(args, args.cell, args.out))
+    if summary["rank"] != 0:  # under torchrun only rank 0 reports
+        return 0
+    print(_result_line(summary))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``gatedrnn compare --task NAME --cells rnn,lstm,gru ...``: each cell with the same budget and
+    seed (runs in OUT/<cell>), a table and ``OUT/compare.png``."""
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in CELLS]
+    if not cells or unknown:
+        raise UsageError(f"--cells expects a comma-separated list of {', '.join(CELLS)}, got {args.cells!r}")
+    if len(set(cells)) != len(cells):
+        raise UsageError(f"--cells lists a cell twice: {args.cells!r}")
+    out = Path(args.out or f"runs/compare-{args.task}")
+    base = config_from_args(args, "lstm", None)
+    configs = [replace(base, cell=c, variant=base.variant if c == "lstm" else "vanilla",
+                       forget_bias=base.forget_bias if c == "lstm" else None,
+                       input_bias=base.input_bias if c == "lstm" else None, out=str(out / c)) for c in cells]
+    summaries, plot = compare(configs, out)
+    print("\n".join(comparison_table(summaries)))
+    print(f"wrote {plot} (runs, metrics and checkpoints in {out}/<cell>)")
+    if args.json:
+        print(json.dumps(summaries))
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    """``gatedrnn reproduce hochreiter1997 [--quick|--full]``: the 1997 paper's experiments, and a
+    Markdown table of the measured results beside the paper's."""
+    from .reproduce import reproduce
+
+    reproduce(args.paper, full=args.full, out=Path(args.out), seeds=args.seeds, rows=args.rows,
+              variant=args.variant, budget_scale=args.budget_scale, progress=sys.stderr.isatty())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments "
+                                     "and the gate viewer.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
+    _add_run_options(p)
+    p.add_argument("--cell", default=DEFAULTS.cell, choices=CELLS, help=f"(default {DEFAULTS.cell})")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("compare", help="train several cells with the same budget and seed, print a table",
+                       description=run_compare.__doc__)
+    _add_run_options(p)
+    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells (default rnn,lstm,gru)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<task>)")
+    p.set_defaults(func=run_compare)
+
+    p = sub.add_parser("reproduce", help="rerun a paper's table of experiments", description=run_reproduce.__doc__)
+    p.add_argument("paper", choices=("hochreiter1997",), help="which paper (hochreiter1997: LSTM, sec. 5)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--quick", dest="full", action="store_false", default=False,
+                        help="reduced budgets, about 10 minutes on 2 CPU cores (default)")
+    budget.add_argument("--full", dest="full", action="store_true", help="the paper's budgets (hours)")
+    p.add_argument("--seeds", type=_positive_int, metavar="N", help="trials per row (default: 3 quick, 10 full)")
+    p.add_argument("--rows", metavar="NAMES", help="comma-separated rows to run, e.g. 2a,4 (default: all)")
+    p.add_argument("--variant", default="vanilla", choices=sorted(LSTM_VARIANTS), metavar="V",
+                   help="LSTM variant to train (nfg: the paper's LSTM, without forget gate; default vanilla)")
+    p.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
+                   help="multiply every row's training steps by X (default 1)")
+    p.add_argument("--out", default="runs/reproduce-hochreiter1997", metavar="DIR",
+                   help="output directory (default runs/reproduce-hochreiter1997)")
+    p.set_defaults(func=run_reproduce)
+
+    from .viz.commands import add_subcommands
+
+    add_subcommands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (UsageError, ConfigError) as e:
+        return _error(str(e))
+    except OSError as e:
+        return _error(f"cannot write the output: {e}")
+    except KeyboardInterrupt:
+        print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

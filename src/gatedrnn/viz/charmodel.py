@@ -1,0 +1,179 @@
+"""A character-level model as the viewer sees it: embedding -> gatedrnn recurrent stack -> linear
+head, plus the vocabulary that maps text to ids.
+
+:class:`CharModel` holds the three parts of a trained :class:`gatedrnn.models.SequenceModel`
+(found by type, so the viewer follows the model whatever its attribute names) and offers what the
+viewer and ``gatedrnn sample`` need:
+
+- :meth:`CharModel.record`: the gates of every layer on a text (a :class:`GateRecord`);
+- :meth:`CharModel.span`: the memory-span measurement on a text (a :class:`SpanResult`);
+- :meth:`CharModel.sample`: text generated after a prompt, one character at a time, carrying the
+  recurrent state (so each new character costs one step, not a rerun of the prefix).
+
+Shapes: T characters, D embedding size, H units, V vocabulary size (id 0 = unknown character).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..inspect import inspect_gates
+from ..nn import _RecurrentBase
+from ..tasks.charlm import decode, encode
+from .page import GateRecord
+from .span import SpanResult, distance_curve, influence, mean_distance, measure_span
+
+
+SPAN_CHUNK_NUMBERS = 2**23
+"""Numbers per recorded activation in one chunk of the memory-span analysis (64 MB in float64):
+bounds its memory to a few hundred MB whatever the text length."""
+
+
+def _only(model: nn.Module, kind: type, what: str) -> nn.Module:
+    found = [m for m in model.modules() if isinstance(m, kind)]
+    if len(found) != 1:
+        raise ValueError(f"expected a character model with exactly one {what}, "
+                         f"found {len(found)} in {type(model).__name__}")
+    return found[0]
+
+
+@dataclass
+class CharModel:
+    """The parts of a character-level model (see the module docstring).
+
+    Attributes:
+        embedding: ``nn.Embedding(V, D)``.
+        rnn: the :class:`gatedrnn.LSTM` / ``GRU`` / ``RNN`` stack (unidirectional).
+        head: ``nn.Linear(H, V)`` from the top layer's output to next-character logits.
+        vocab: the characters of ids 1..V-1.
+        name: shown in titles and tables, e.g. ``"LSTM"``.
+    """
+
+    embedding: nn.Embedding
+    rnn: _RecurrentBase
+    head: nn.Linear
+    vocab: str
+    name: str
+
+    @classmethod
+    def from_module(cls, model: nn.Module, vocab: str, name: str | None = None) -> "CharModel":
+        """Take the embedding, recurrent stack and head out of ``model`` (e.g. a SequenceModel)."""
+        parts = cls(_only(model, nn.Embedding, "nn.Embedding"), _only(model, _RecurrentBase, "gatedrnn LSTM/GRU/RNN"),
+                    _only(model, nn.Linear, "nn.Linear head"), vocab, "")
+        if parts.rnn.bidirectional:
+            raise ValueError("a character model predicts the next character: expected a unidirectional stack, "
+                             "got bidirectional=True")
+        if parts.embedding.num_embeddings != len(vocab) + 1:
+            raise ValueError(f"the embedding has {parts.embedding.num_embeddings} rows but the vocabulary "
+                             f"has {len(vocab)} characters + 1 unknown")
+        parts.name = name or parts.cell.upper()
+        return parts
+
+    @property
+    def cell(self) -> str:
+        """``"lstm"``, ``"gru"`` or ``"rnn"``."""
+        return self.rnn.cell_config.family
+
+    def encode(self, text: str) -> tuple[Tensor, list[int]]:
+        """Ids (T,) and the positions of characters outside the vocabulary (read as unknown)."""
+        if not text:
+            raise ValueError("the text is empty: give at least one character")
+        return encode(text, self.vocab)
+
+    def _time_major(self, x: Tensor) -> Tensor:
+        """(T, D) -> the (T, 1, D) or (1, T, D) layout the stack expects."""
+        return x.unsqueeze(0) if self.rnn.batch_first else x.unsqueeze(1)
+
+    @torch.no_grad()
+    def record(self, text: str) -> GateRecord:
+        """Every layer's gates on ``text`` (batch of one), as the page and gates.png need them."""
+        ids, unknown = self.encode(text)
+        trace = inspect_gates(self.rnn.eval(), self._time_major(self.embedding(ids)))
+        layers = [{k: v[:, 0].float().numpy() for k, v in trace.gates[(layer, 0)].items()}
+                  for layer in range(self.rnn.num_layers)]
+        return GateRecord(text=text, cell=self.cell, layers=layers, unknown=unknown,
+                          title=f"{self.name}: gates on {len(text)} characters")
+
+    @property
+    def memory(self) -> tuple[str, ...]:
+        """The recorded states that carry information forward: ``("h", "c")`` for an LSTM, ``("h",)``
+        otherwise."""
+        return ("h", "c") if self.cell == "lstm" else ("h",)
+
+    def span(self, text: str) -> tuple[list[SpanResult], dict[str, list[np.ndarray]]]:
+        """The memory span on ``text`` (see :mod:`gatedrnn.viz.span`): the influence of each
+        character's embedding x_s on the states h_t (and, for an LSTM, the cell states c_t),
+        exactly, in float64 on the reference backend.
+
+        Returns the top layer's :class:`SpanResult` per state in :attr:`memory` (label ``"LSTM"``
+        for h, ``"LSTM c"`` for c) and, per state name, every layer's per-unit influence-weighted
+        mean distance (H,) (the page's "memory span" orders).
+        """
+        ids, _ = self.encode(text)
+        rnn = copy.deepcopy(self.rnn).eval().to(torch.float64)
+        keys = [(name, k) for name in self.memory for k in range(rnn.num_layers)]
+
+        def states(x: Tensor, hx=None) -> Tensor:  # (T, D) -> (T, len(keys) * H)
+            gates = inspect_gates(rnn, self._time_major(x), hx).gates
+            return torch.cat([gates[(k, 0)][name][:, 0] for name, k in keys], dim=-1)
+
+        def resume(start: int):  # states from `start` on, from the state the text reaches there
+            with torch.no_grad():
+                hx = rnn(self._time_major(x[:start]))[1] if start else None
+            return lambda suffix: states(suffix, hx)
+
+        with torch.no_grad():
+            x = self.embedding(ids).to(torch.float64)
+        # each recorded (T, C*D, H) activation of a chunk of C positions stays within SPAN_CHUNK_NUMBERS
+        T, D = x.shape
+        chunk = int(np.clip(SPAN_CHUNK_NUMBERS // (T * D * rnn.hidden_size * rnn.num_layers), 1, 16))
+        J = influence(states, x, positions_per_chunk=chunk, resume=resume)
+        per_unit = dict(zip(keys, np.split(J, len(keys), axis=-1)))  # (T, T, H) each
+        top = rnn.num_layers - 1
+        results = [measure_span(self.name if name == "h" else f"{self.name} {name}", text, per_unit[(name, top)],
+                                quantity=name) for name in self.memory]
+        distances = {name: [mean_distance(distance_curve(per_unit[(name, k)])) for k in range(rnn.num_layers)]
+                     for name in self.memory}
+        return results, distances
+
+    @torch.no_grad()
+    def sample(self, prompt: str, length: int, temperature: float, generator: torch.Generator) -> str:
+        """``length`` characters drawn after ``prompt`` from softmax(logits / temperature);
+        temperature 0 takes the most likely character each time."""
+        if length < 0:
+            raise ValueError(f"length must be >= 0, got {length}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        ids, _ = self.encode(prompt)
+        self.rnn.eval()
+        out, state = self.rnn(self._time_major(self.embedding(ids)))
+        logits = self.head(out[0, -1] if self.rnn.batch_first else out[-1, 0])  # (V,)
+        drawn = []
+        for _ in range(length):
+            if temperature == 0:
+                nxt = int(logits[1:].argmax()) + 1
+            else:
+                # never draw the unknown symbol: it stands for characters the corpus lacks
+                probs = torch.softmax(logits[1:] / temperature, dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=generator)) + 1
+            drawn.append(nxt)
+            out, state = self.rnn(self._time_major(self.embedding(torch.tensor([nxt]))), state)
+            logits = self.head(out.reshape(-1, out.shape[-1])[-1])
+        return decode(drawn, self.vocab)
+
+    @torch.no_grad()
+    def bits_per_char(self, text: str) -> float:
+        """Bits per character of ``text`` under the model (each character predicted from those
+        before it; the first is not scored)."""
+        ids, _ = self.encode(text)
+        if len(ids) < 2:
+            raise ValueError("need at least two characters to score a prediction")
+        out = self.rnn.eval()(self._time_major(self.embedding(ids[:-1])))[0]
+        logits = self.head(out.reshape(-1, out.shape[-1]))  # (T-1, V)
+        nats = torch.nn.functional.cross_entropy(logits, ids[1:])
+        return float(nats) / float(np.log(2.0))

@@ -1,0 +1,186 @@
+"""The viewer's command-line commands: ``gatedrnn gates``, ``gatedrnn sample`` and ``gatedrnn demo``.
+
+Each command is a function of the parsed arguments that returns the exit code; bad input (empty
+text, a missing or unreadable model, impossible options) is reported as one ``error:`` line on
+stderr with exit code 2, never a traceback. :func:`add_subcommands` declares their arguments on
+an ``argparse`` sub-parser set, so ``cli.py`` registers all three in one call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .loading import CELLS, UsageError, load_char_model, load_shipped
+from .page import write_gates_html
+from .plots import plot_gates, plot_memory_span
+from .span import summary_lines, word_positions
+
+TUTORIAL = ("John wanted to visit his friend's house, but he couldn't find the address. "
+            "He spent hours searching for it.")
+"""The sentence the LSTM tutorial explains gates with (issue 6)."""
+
+PROBE = ("John", "hours")
+"""The tutorial's claim: has the state at "hours" lost "John"?"""
+
+MAX_TEXT = 2000
+"""Longest text the page accepts (the page stores every gate of every unit at every character)."""
+
+MAX_SPAN_TEXT = 400
+"""Longest text the memory-span analysis runs on (its cost grows as T^2 H)."""
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` torch CPU threads. The commands default to 1: their matrix products are
+    small, and on a loaded 2-core machine a second thread made the memory-span analysis 8x
+    slower (79 s against 9.5 s), as ``gatedrnn train`` found for training steps."""
+    if threads <= 0:
+        raise UsageError(f"--threads must be a positive integer, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads (default 1: fastest for these small networks on a shared machine)")
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_text(text: str) -> None:
+    if not text or not text.strip():
+        raise UsageError("the text is empty: give the characters to run the model on, e.g. "
+                         f'gatedrnn gates "{TUTORIAL[:30]}..."')
+    if len(text) > MAX_TEXT:
+        raise UsageError(f"the text has {len(text)} characters; the gate viewer takes at most {MAX_TEXT}")
+
+
+def _model_from_args(args: argparse.Namespace):
+    return load_char_model(args.model) if args.model else load_shipped(args.cell)
+
+
+def _unknown_note(model, text: str) -> str | None:
+    _, unknown = model.encode(text)
+    if not unknown:
+        return None
+    chars = " ".join(sorted({repr(text[t]) for t in unknown}))
+    return (f"note: {len(unknown)} character(s) outside {model.name}'s vocabulary ({chars}) are read as its "
+            "unknown symbol and marked in the page and the figure")
+
+
+def span_figure(results, text: str, out: Path) -> tuple[Path, list[str]]:
+    """Draw ``memory_span.png`` in ``out`` for the span results of several models on ``text`` and
+    return its path and the printed summary; marks the tutorial's "John" -> "hours" distance when
+    both words occur."""
+    probe = PROBE if all(w in text for w in PROBE) else None
+    marks = []
+    if probe:
+        marks = [(f"{probe[0]} -> {probe[1]}", word_positions(text, probe[0]), word_positions(text, probe[1]).stop - 1)]
+    return plot_memory_span(results, out / "memory_span.png", marks=marks), summary_lines(results, probe=probe)
+
+
+def run_gates(args: argparse.Namespace) -> int:
+    """``gatedrnn gates TEXT [--model PATH | --cell lstm|gru|rnn] [--out DIR]``: write gates.html
+    and gates.png for one model and memory_span.png (the given model, or the three shipped ones
+    side by side), print the memory-span summary and where the files are."""
+    start = time.perf_counter()
+    text, out = args.text, Path(args.out)
+    try:
+        set_threads(args.threads)
+        _check_text(text)
+        if args.model:
+            models = [load_char_model(args.model)]
+            model = models[0]
+        else:
+            models = [load_shipped(c) for c in CELLS]
+            model = models[CELLS.index(args.cell)]
+        record = model.record(text)
+        note = _unknown_note(model, text)
+        if note:
+            print(note)
+        figure = None
+        if len(text) <= MAX_SPAN_TEXT:
+            spans = [m.span(text) for m in models]
+            record.unit_scores = {f"memory span of {name} (mean influence distance, chars)": distances
+                                  for name, distances in reversed(spans[models.index(model)][1].items())}
+            figure, lines = span_figure([r for results, _ in spans for r in results], text, out)
+            print("\n".join(lines))
+        else:
+            print(f"note: memory span skipped: the text has {len(text)} characters, the analysis takes at most "
+                  f"{MAX_SPAN_TEXT}")
+        page = write_gates_html(record, out / "gates.html")
+        png = plot_gates(record, out / "gates.png")
+    except UsageError as e:
+        return _error(str(e))
+    except OSError as e:
+        return _error(f"cannot write to {args.out!r}: {e.strerror or e}")
+    print(f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
+          f"{model.rnn.hidden_size} units; open it in a browser)")
+    print(f"wrote {png}")
+    if figure:
+        print(f"wrote {figure}")
+    print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``gatedrnn sample [--model PATH | --cell C] --prompt TEXT [--temperature] [--length]``:
+    print the prompt followed by generated characters."""
+    try:
+        set_threads(args.threads)
+        if args.length < 0:
+            raise UsageError(f"--length must be >= 0, got {args.length}")
+        if args.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
+        _check_text(args.prompt)
+        model = _model_from_args(args)
+        note = _unknown_note(model, args.prompt)
+        if note:
+            print(note, file=sys.stderr)
+        text = model.sample(args.prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed))
+    except UsageError as e:
+        return _error(str(e))
+    print(args.prompt + text)
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="PATH", help="a char-level model saved by `gatedrnn train --task charlm` "
+                       "(its .safetensors file or the run directory)")
+    which.add_argument("--cell", choices=CELLS, default="lstm",
+                       help="use the model shipped with gatedrnn for this cell (default: lstm)")
+
+
+def add_subcommands(subparsers) -> None:
+    """Declare ``gates``, ``sample`` and ``demo`` on an argparse sub-parser set; each parser's
+    ``func`` default is the function to call with the parsed arguments."""
+    from .demo import add_demo_arguments, run_demo
+
+    p = subparsers.add_parser("gates", help="gate viewer page, gate heatmaps and memory span of a text",
+                              description=run_gates.__doc__)
+    p.add_argument("text", help="the text to run the model on")
+    _model_options(p)
+    p.add_argument("--out", default="gates_out", metavar="DIR", help="output directory (default: gates_out)")
+    add_threads_option(p)
+    p.set_defaults(func=run_gates)
+
+    p = subparsers.add_parser("sample", help="generate text with a char-level model", description=run_sample.__doc__)
+    _model_options(p)
+    p.add_argument("--prompt", required=True, help="text the model reads before generating")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 = most likely (default 0.8)")
+    p.add_argument("--length", type=int, default=300, help="characters to generate (default 300)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default 0)")
+    add_threads_option(p)
+    p.set_defaults(func=run_sample)
+
+    p = subparsers.add_parser("demo", help="the main job in a few CPU minutes: long-lag comparison, then the gate "
+                              "viewer and memory span on the tutorial's sentence", description=run_demo.__doc__)
+    add_demo_arguments(p)
+    p.set_defaults(func=run_demo)

@@ -1,0 +1,155 @@
+"""The gate viewer page: one self-contained ``gates.html`` per text and model.
+
+The page shows the text with each character coloured by one quantity (a gate, the cell state or
+the hidden state) of one unit in one layer; hovering a character lists every quantity of that unit
+there; units can be ordered by how long they hold information. Everything it needs (the data as
+JSON, the script and the styles of ``gates.html`` beside this file) is inlined, so it opens from the
+file system with no network.
+
+Shapes: T characters, H units per layer; ``layers[k][name]`` is a (T, H) array of layer k's
+``name`` (LSTM ``i f g o c h``, GRU ``r z n h``, RNN ``h``), as
+:func:`gatedrnn.inspect_gates` records for a batch of one.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..config import TRACE_NAMES
+
+BOUNDED = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "r": (0.0, 1.0), "z": (0.0, 1.0),
+           "g": (-1.0, 1.0), "n": (-1.0, 1.0)}
+"""Range of each gate activation (sigmoid gates in [0, 1], tanh candidates in [-1, 1]); h and c
+are scaled per unit by their largest magnitude on the text."""
+
+DESCRIPTIONS = {
+    "i": "input gate: how much of the candidate g enters the cell",
+    "f": "forget gate: how much of the previous cell state is kept",
+    "g": "candidate cell update",
+    "o": "output gate: how much of tanh(c) is shown as h",
+    "c": "cell state",
+    "h": "hidden state (the layer's output)",
+    "r": "reset gate: how much of the previous state the candidate n sees",
+    "z": "update gate: how much of the previous state is kept (h = (1-z) n + z h_prev)",
+    "n": "candidate state",
+}
+
+RETENTION_GATE = {"lstm": "f", "gru": "z"}
+"""The gate whose value is the fraction of the previous state a unit keeps at each step."""
+
+INITIAL = {"lstm": "c", "gru": "h", "rnn": "h"}
+"""The quantity the page colours by when it opens: the state that carries the memory."""
+
+DIGITS = 4
+
+
+@dataclass
+class GateRecord:
+    """What the page shows: the text and, per layer, the recorded quantities.
+
+    Attributes:
+        text: the input characters, length T.
+        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        layers: per layer, name -> (T, H) array.
+        unknown: positions of characters outside the model's vocabulary (shown marked).
+        unit_scores: extra ways to order units: label -> per layer a (H,) array (larger first),
+            e.g. the memory span of each unit from :mod:`gatedrnn.viz.span`.
+        title: shown at the top of the page.
+    """
+
+    text: str
+    cell: str
+    layers: Sequence[Mapping[str, np.ndarray]]
+    unknown: Sequence[int] = ()
+    unit_scores: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
+    title: str = ""
+
+    def __post_init__(self):
+        if self.cell not in TRACE_NAMES:
+            raise ValueError(f"cell must be one of {sorted(TRACE_NAMES)}, got {self.cell!r}")
+        if not self.text:
+            raise ValueError("text is empty: the gate viewer needs at least one character")
+        if not self.layers:
+            raise ValueError("layers is empty: expected one dict of (T, H) arrays per layer")
+        for k, layer in enumerate(self.layers):
+            missing = [n for n in TRACE_NAMES[self.cell] if n not in layer]
+            if missing:
+                raise ValueError(f"layer {k} of a {self.cell} lacks {missing}; has {sorted(layer)}")
+            for name, values in layer.items():
+                if np.ndim(values) != 2 or np.shape(values)[0] != len(self.text):
+                    raise ValueError(f"layer {k} {name!r}: expected shape (T={len(self.text)}, H), "
+                                     f"got {np.shape(values)}")
+        for label, per_layer in self.unit_scores.items():
+            if len(per_layer) != len(self.layers):
+                raise ValueError(f"unit score {label!r}: expected {len(self.layers)} layers, "
+                                 f"got {len(per_layer)}")
+        bad = [t for t in self.unknown if not 0 <= t < len(self.text)]
+        if bad:
+            raise ValueError(f"unknown positions {bad} outside the text (length {len(self.text)})")
+
+
+def default_unit_scores(record: GateRecord) -> dict[str, list[np.ndarray]]:
+    """Per-unit orderings every page offers, before any given in ``record.unit_scores``.
+
+    ``mean f`` (LSTM) / ``mean z`` (GRU): the average fraction of its state a unit keeps per
+    step; a unit that keeps a fraction a holds an input for about 1 / (1 - a) steps. ``activity``:
+    the standard deviation of h over the text (how much the unit reacts to it).
+    """
+    scores = {}
+    gate = RETENTION_GATE.get(record.cell)
+    if gate is not None:
+        scores[f"mean {gate} (retention)"] = [np.asarray(layer[gate]).mean(axis=0) for layer in record.layers]
+    scores["activity (std of h)"] = [np.asarray(layer["h"]).std(axis=0) for layer in record.layers]
+    return scores
+
+
+def _rounded(values: np.ndarray) -> list:
+    return np.round(np.asarray(values, dtype=np.float64), DIGITS).tolist()
+
+
+def page_data(record: GateRecord) -> dict:
+    """The JSON the page script reads: text, names, per layer the (H, T) values, the unit orders."""
+    names = list(TRACE_NAMES[record.cell])
+    # the caller's orders (e.g. the measured memory span) come first: the page opens with the first
+    scores = {**record.unit_scores, **default_unit_scores(record)}
+    return {
+        "title": record.title,
+        "cell": record.cell,
+        "text": list(record.text),
+        "unknown": sorted(set(int(t) for t in record.unknown)),
+        "names": names,
+        "initial": INITIAL[record.cell],
+        "descriptions": {n: DESCRIPTIONS[n] for n in names},
+        "ranges": {n: BOUNDED.get(n) for n in names},
+        # per layer: name -> (H, T) so one unit's row is contiguous
+        "layers": [{n: _rounded(np.asarray(layer[n]).T) for n in names} for layer in record.layers],
+        "scores": {label: [_rounded(s) for s in per_layer] for label, per_layer in scores.items()},
+    }
+
+
+def _template() -> str:
+    return resources.files(__package__).joinpath("gates.html").read_text(encoding="utf-8")
+
+
+def render_page(record: GateRecord) -> str:
+    """The complete HTML of the page for ``record`` (a string; see :func:`write_gates_html`)."""
+    # "</" inside the JSON would close the <script> element early
+    data = json.dumps(page_data(record), separators=(",", ":")).replace("</", "<\\/")
+    title = html.escape(record.title or f"gatedrnn gate viewer ({record.cell.upper()})")
+    head, tail = _template().split("__DATA__")
+    return head.replace("__TITLE__", title) + data + tail
+
+
+def write_gates_html(record: GateRecord, path: str | Path) -> Path:
+    """Write the page for ``record`` to ``path`` (a file, parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_page(record), encoding="utf-8")
+    return path

@@ -1,0 +1,117 @@
+"""The ``gatedrnn`` command: one-line errors with exit code 2, the files and the JSON summary of a
+run, ``compare``'s table and figure, ``reproduce``'s Markdown table, and ``python -m gatedrnn``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gatedrnn.cli import main
+
+TINY = ["--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "20", "--eval-every", "10",
+        "--checkpoint-every", "10", "--no-progress"]
+
+
+def one_error_line(capsys, argv: list[str]) -> str:
+    """Run ``gatedrnn argv``; assert exit code 2 and a single ``error:`` line; return that line."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--task", "nope"], "unknown task 'nope'; expected one of adding"),
+    (["train", "--task", "adding", "--cell", "lstmx"], "invalid choice: 'lstmx'"),
+    (["train", "--task", "adding", "--variant", "forgetless"], "invalid choice: 'forgetless'"),
+    (["train", "--task", "adding", "--cell", "gru", "--variant", "nfg"], "--variant applies to --cell lstm only"),
+    (["train", "--task", "adding", "--variant", "nfg", "--forget-bias", "1"], "variant 'nfg' has none"),
+    (["train", "--task", "adding", "--hidden", "0"], "--hidden: expected a positive integer, got 0"),
+    (["train", "--task", "adding", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
+    (["train", "--task", "adding", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+    (["train", "--task", "adding", "--batch", "x"], "expected a positive integer, got 'x'"),
+    (["train", "--task", "adding", "--seq-len", "10"], "seq_len must be at least 22"),
+    (["train", "--task", "adding", "--lr", "-1"], "lr must be a positive number, got -1"),
+    (["train", "--task", "adding", "--task-opt", "nope=1"], "task 'adding' has no option 'nope'; its options are: tolerance"),
+    (["train", "--task", "adding", "--task-opt", "tolerance=abc"], "task 'adding' expects a number for tolerance"),
+    (["train", "--task", "adding", "--task-opt", "tolerance"], "--task-opt expects KEY=VALUE"),
+    (["compare", "--task", "adding", "--cells", "rnn,tree"], "--cells expects a comma-separated list of rnn, lstm, gru"),
+    (["reproduce", "hochreiter2000"], "invalid choice: 'hochreiter2000'"),
+    (["reproduce", "hochreiter1997", "--rows", "nope"], "unknown row 'nope'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, expected):
+    assert expected in one_error_line(capsys, argv)
+
+
+def test_out_that_is_a_file_is_refused(capsys, tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("")
+    line = one_error_line(capsys, ["train", "--task", "adding-modern", *TINY, "--out", str(path)])
+    assert f"--out must be a directory, but {path} is a file" in line
+
+
+def test_train_writes_its_files_and_a_json_summary_last(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "adding-modern", "--cell", "gru", *TINY, "--out", str(out), "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    assert {"task", "cell", "steps", "final_loss", "solved"} <= set(summary)
+    assert (summary["task"], summary["cell"], summary["steps"]) == ("adding-modern", "gru", 20)
+    assert isinstance(summary["solved"], bool) and summary["final_loss"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["hidden"] == 8 and config["train"]["cell"] == "gru" and config["task"]["seq_len"] == 12
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval" in r] == [10, 20]
+    assert records[-1]["eval"]["loss"] == summary["final_loss"]
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pointer = json.loads((out / "checkpoint.json").read_text())
+    assert pointer["step"] == 20 and (out / pointer["tensors"]).is_file()
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_task_options_reach_the_task(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--task", "lag-2c", *TINY, "--task-opt", "distractors=5", "--out", str(out), "--json"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["task_options"] == {"distractors": 5} and config["task"]["input_size"] == 9
+
+
+def test_compare_prints_one_table_and_writes_a_figure(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--task", "adding-modern", "--cells", "rnn,gru", *TINY, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.split()[:1] in (["rnn"], ["gru"])]
+    assert len(rows) == 2 and "baseline loss 0.1667" in text
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "rnn" / "summary.json").is_file() and (out / "gru" / "summary.json").is_file()
+
+
+def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
+    out = tmp_path / "rep"
+    assert main(["reproduce", "hochreiter1997", "--rows", "2a", "--seeds", "1", "--budget-scale", "0.01", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "hochreiter1997-quick.md").read_text()
+    assert table.strip() in printed
+    header = next(line for line in table.splitlines() if line.startswith("| exp"))
+    assert "paper" in header and "measured" in header
+    row = next(line for line in table.splitlines() if line.startswith("| 2a"))
+    assert "5,040" in row and "100%" in row  # the paper's numbers beside ours
+    assert (out / "2a" / "seed0" / "summary.json").is_file()
+
+
+def test_python_dash_m_and_the_console_script(tmp_path):
+    ran = subprocess.run([sys.executable, "-m", "gatedrnn", "train", "--task", "nope"], capture_output=True, text=True)
+    assert ran.returncode == 2 and ran.stderr.startswith("error: unknown task 'nope'")
+    assert "Traceback" not in ran.stderr
+    ran = subprocess.run([sys.executable, "-m", "gatedrnn", "--help"], capture_output=True, text=True)
+    assert ran.returncode == 0 and all(c in ran.stdout for c in ("train", "compare", "reproduce", "gates", "demo"))

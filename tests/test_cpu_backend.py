@@ -1,0 +1,242 @@
+"""The CPU backend against the reference loop: outputs, final states and every gradient in float64.
+
+Every buffer the backend allocates with ``torch.empty`` starts as NaN here (torch's
+``fill_uninitialized_memory`` under deterministic mode), so an element it forgets to write fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+from torch.func import functional_call
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gatedrnn
+from gatedrnn.backends import choose
+from gatedrnn.backends import cpu as cpu_backend
+from gatedrnn.backends.cpu import function
+from gatedrnn.config import LSTM_VARIANTS, CellConfig
+from helpers import assert_close_results, run_and_grad
+
+I, H, T, B = 3, 5, 7, 4
+LENGTHS = [7, 3, 1, 5]
+
+
+@pytest.fixture(autouse=True)
+def _poison_empty_one_thread():
+    """Uninitialised memory reads as NaN for the duration of a test. One intra-op thread: these
+    tensors are tiny, and on a shared machine a second thread's wake-ups cost milliseconds per op."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
+                torch.get_num_threads())
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    torch.set_num_threads(1)
+    yield
+    torch.use_deterministic_algorithms(previous[0])
+    torch.utils.deterministic.fill_uninitialized_memory = previous[1]
+    torch.set_num_threads(previous[2])
+
+
+def _cells():
+    cells = [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=ln), id=f"lstm-{v}{'-ln' if ln else ''}")
+             for v in LSTM_VARIANTS for ln in (False, True)]
+    cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=2, layer_norm=ln, bias=bias),
+                           id=f"lstm-{v}-proj{'-ln' if ln else ''}{'' if bias else '-nobias'}")
+              for v, ln, bias in [("vanilla", False, True), ("peephole", True, False), ("fgr", True, True),
+                                  ("cifg", False, False), ("noaf", True, True)]]
+    cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, bias=False), id=f"lstm-{v}-nobias") for v in ("fgr", "nfg")]
+    cells += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln, bias=bias),
+                           id=f"gru-ra{int(ra)}{'-ln' if ln else ''}{'' if bias else '-nobias'}")
+              for ra in (True, False) for ln in (False, True) for bias in (True, False)]
+    cells += [pytest.param(gatedrnn.RNN, dict(nonlinearity=nl, bias=bias), id=f"rnn-{nl}{'' if bias else '-nobias'}")
+              for nl in ("tanh", "relu") for bias in (True, False)]
+    return cells
+
+
+LAYOUTS = {
+    "stacked-packed": dict(num_layers=2, lengths=True, hx=False),
+    "stacked-hx": dict(num_layers=2, lengths=False, hx=True),
+    "bidir-packed-hx": dict(num_layers=1, bidirectional=True, lengths=True, hx=True),
+    "bidir-stacked": dict(num_layers=2, bidirectional=True, lengths=False, hx=False),
+}
+
+
+def _pair(cls, kw, seed=1, **module_kw):
+    """The same module (perturbed parameters, so layer-norm gains are not all 1) on both backends."""
+    torch.manual_seed(seed)
+    ref = cls(I, H, dtype=torch.float64, backend="reference", **kw, **module_kw)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    fast = cls(I, H, dtype=torch.float64, backend="cpu", **kw, **module_kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _compare(ref, fast, *, lengths: bool, hx: bool, batch_first=False, seed=5):
+    x = torch.randn(T, B, I, dtype=torch.float64)
+
+    def make_input():
+        leaf = x.clone().requires_grad_(True)
+        if lengths:
+            return leaf, pack_padded_sequence(leaf, LENGTHS, enforce_sorted=False)
+        return leaf, leaf
+
+    states = None
+    if hx:
+        LD = ref.num_layers * ref.num_directions
+        states = tuple(torch.randn(LD, B, s, dtype=torch.float64) for s in ref.cell_config.state_sizes)
+    results = []
+    for module in (fast, ref):
+        torch.manual_seed(seed)  # the same zoneout / dropout masks for both
+        results.append(run_and_grad(module, make_input, states))
+    assert_close_results(*results)
+    return results
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("cls,kw", _cells())
+def test_matches_reference(cls, kw, layout):
+    spec = dict(LAYOUTS[layout])
+    lengths, hx = spec.pop("lengths"), spec.pop("hx")
+    ref, fast = _pair(cls, kw, **spec)
+    _compare(ref, fast, lengths=lengths, hx=hx)
+
+
+REGULARISED = [
+    pytest.param(gatedrnn.LSTM, dict(variant="vanilla"), id="lstm"),
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", proj_size=2), id="lstm-peephole-proj"),
+    pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True), id="lstm-fgr-ln"),
+    pytest.param(gatedrnn.LSTM, dict(variant="cifg"), id="lstm-cifg"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=True, layer_norm=True), id="gru-ra1-ln"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=False), id="gru-ra0"),
+    pytest.param(gatedrnn.RNN, dict(nonlinearity="relu"), id="rnn-relu"),
+]
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("cls,kw", REGULARISED)
+def test_zoneout_and_recurrent_dropout_in_training(cls, kw, lengths):
+    ref, fast = _pair(cls, kw, num_layers=2, bidirectional=True, dropout=0.3, zoneout=0.3, recurrent_dropout=0.25)
+    _compare(ref.train(), fast.train(), lengths=lengths, hx=True)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    draws = []
+    for seed in (5, 6):
+        torch.manual_seed(seed)
+        draws.append(fast(x)[0])
+    assert not torch.allclose(*draws), "the masks made no difference: the comparison would not catch them"
+
+
+@pytest.mark.parametrize("cls,kw", REGULARISED)
+def test_zoneout_in_evaluation(cls, kw):
+    ref, fast = _pair(cls, kw, bidirectional=True, zoneout=0.4, recurrent_dropout=0.3)
+    _compare(ref.eval(), fast.eval(), lengths=True, hx=True)
+
+
+def test_batch_first_unbatched_and_long_sequence():
+    ref, fast = _pair(gatedrnn.LSTM, dict(variant="peephole", batch_first=True, layer_norm=True))
+    x = torch.randn(B, 63, I, dtype=torch.float64)
+    for module_input in (x, x[0]):
+        a, b = fast(module_input), ref(module_input)
+        assert torch.allclose(a[0], b[0], rtol=1e-10, atol=1e-12)
+        assert all(torch.allclose(s, t, rtol=1e-10, atol=1e-12) for s, t in zip(a[1], b[1]))
+
+
+GRADCHECK = [  # the big parameter sets run one direction only, to keep gradcheck's cost down
+    pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, proj_size=2), id="lstm-fgr-ln-proj"),
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", zoneout=0.3, bidirectional=True), id="lstm-peephole-zoneout-eval"),
+    pytest.param(gatedrnn.GRU, dict(layer_norm=True, reset_after=True), id="gru-ra1-ln"),
+    pytest.param(gatedrnn.GRU, dict(layer_norm=True, reset_after=False, bidirectional=True), id="gru-ra0-ln"),
+    pytest.param(gatedrnn.RNN, dict(nonlinearity="relu", bidirectional=True), id="rnn-relu"),
+]
+
+
+@pytest.mark.parametrize("cls,kw", GRADCHECK)
+def test_gradcheck(cls, kw):
+    module = cls(2, 3, dtype=torch.float64, backend="cpu", **kw).eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    names = [n for n, _ in module.named_parameters()]
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    D = module.num_directions
+    h0 = tuple(torch.randn(D, 2, s, dtype=torch.float64, requires_grad=True) for s in module.cell_config.state_sizes)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in module.parameters())
+    n_states = len(h0)
+
+    def f(x, *rest):
+        states, ps = rest[:n_states], rest[n_states:]
+        hx = states if n_states == 2 else states[0]
+        out, state = functional_call(module, dict(zip(names, ps)), (x, hx))
+        return (out,) + (state if isinstance(state, tuple) else (state,))
+
+    assert gradcheck(f, (x,) + h0 + params, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _count_recurrence_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = function.Recurrence.forward
+
+    def counting(ctx, *args):
+        calls.append(1)
+        return original(ctx, *args)
+
+    monkeypatch.setattr(function.Recurrence, "forward", staticmethod(counting))
+    return calls
+
+
+@pytest.mark.parametrize("kw", [dict(variant="peephole"), dict(layer_norm=True), dict(zoneout=0.1)],
+                         ids=["peephole", "layer_norm", "zoneout"])
+def test_auto_picks_cpu_for_what_torch_lacks(monkeypatch, kw):
+    calls = _count_recurrence_calls(monkeypatch)
+    module = gatedrnn.LSTM(I, H, num_layers=2, bidirectional=True, **kw)
+    assert choose("auto", module.cell_config, torch.zeros(1), module._regularised()) == "cpu"
+    module(torch.randn(T, B, I))
+    assert len(calls) == 4  # one Function per layer and direction
+    assert choose("auto", CellConfig("lstm", H), torch.zeros(1), False) == "torch"
+
+
+def _graph_size(tensor: torch.Tensor) -> int:
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize("kw", [dict(variant="fgr", layer_norm=True, proj_size=2), dict(variant="cifg")])
+def test_autograd_graph_does_not_grow_with_time(kw):
+    module = gatedrnn.LSTM(I, H, backend="cpu", **kw)
+    sizes = [_graph_size(module(torch.randn(steps, B, I, requires_grad=True))[0]) for steps in (3, 40)]
+    assert sizes[0] == sizes[1] < 30
+
+
+def test_refuses_other_devices_with_a_reason():
+    x = torch.empty(T, B, I, device="meta")
+    reason = cpu_backend.supports(CellConfig("lstm", H), x)
+    assert reason is not None and "meta" in reason
+    with pytest.raises(ValueError, match="backend 'cpu' cannot run this layer: expected a CPU tensor"):
+        choose("cpu", CellConfig("lstm", H), x, False)
+
+
+def test_gate_recording_runs_on_the_reference():
+    module = gatedrnn.LSTM(I, H, variant="peephole", backend="cpu", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    trace = gatedrnn.inspect_gates(module, x)
+    assert torch.allclose(trace.output, module(x)[0], rtol=1e-10, atol=1e-12)
+    assert trace.gates[(0, 0)]["o"].shape == (T, B, H)
+
+
+@pytest.mark.parametrize("kw", [dict(layer_norm=True, variant="fgr"), dict(variant="peephole", proj_size=2)],
+                         ids=["fgr-ln", "peephole-proj"])
+def test_retained_graph_gives_the_same_gradients_twice(kw):
+    module = gatedrnn.LSTM(I, H, backend="cpu", dtype=torch.float64, **kw)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    out, _ = module(x)
+    first = torch.autograd.grad(out.square().sum(), [x, *module.parameters()], retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))

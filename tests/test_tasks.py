@@ -1,0 +1,335 @@
+"""Each task's generator against its published definition: shapes, markers, target formula,
+loss, per-sequence criterion, success rule, baselines and seeding."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gatedrnn.tasks import Batch, make_task, task_names, task_options
+from gatedrnn.tasks.reber import SYMBOLS as REBER_SYMBOLS
+from gatedrnn.tasks.temporal_order import SYMBOLS as ORDER_SYMBOLS
+
+PAPER_1997 = {"reber", "lag-2a", "lag-2c", "two-sequence", "adding", "multiplication", "order-6a", "order-6b"}
+MODERN = {"adding-modern", "copy", "digits", "digits-permuted"}
+SMALL = {"reber": 40, "lag-2a": 12, "lag-2c": 12, "two-sequence": 30, "adding": 30, "multiplication": 30,
+         "order-6a": 40, "order-6b": 40, "adding-modern": 30, "copy": 15, "digits": 64, "digits-permuted": 64}
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_batch_equal(a: Batch, b: Batch) -> None:
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    assert (a.lengths is None) == (b.lengths is None)
+    if a.lengths is not None:
+        assert torch.equal(a.lengths, b.lengths)
+
+
+def test_registry_has_every_experiment():
+    assert PAPER_1997 | MODERN <= set(task_names())
+
+
+def test_unknown_task_and_option_name_the_choices():
+    with pytest.raises(ValueError, match="unknown task 'nope'.*adding"):
+        make_task("nope")
+    with pytest.raises(ValueError, match="no option bogus.*tolerance"):
+        make_task("adding", bogus=1)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN))
+def test_every_task_takes_seq_len_and_rejects_non_positive(name):
+    assert "seq_len" in task_options(name)
+    with pytest.raises(ValueError, match="seq_len"):
+        make_task(name, seq_len=0)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN))
+def test_shapes_seeding_loss_and_criterion_types(name):
+    task = make_task(name, seq_len=SMALL[name])
+    batch = task.sample(6, gen(1))
+    assert_batch_equal(batch, task.sample(6, gen(1)))
+    other = task.sample(6, gen(2))
+    assert not (batch.inputs.shape == other.inputs.shape and torch.equal(batch.inputs, other.inputs)) \
+        or not torch.equal(batch.targets, other.targets)
+    steps = batch.inputs.shape[1]
+    assert batch.inputs.shape == (6, steps, task.input_size) and batch.inputs.dtype == torch.float32
+    if batch.lengths is not None:
+        assert batch.lengths.shape == (6,) and int(batch.lengths.max()) == steps
+    output = torch.randn(6, steps, task.output_size, requires_grad=True)
+    loss = task.loss(output, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert output.grad.abs().sum() > 0
+    ok = task.correct(output.detach(), batch)
+    assert ok.shape == (6,) and ok.dtype == torch.bool
+    assert set(task.describe()) >= {"name", "seq_len", "input_size", "output_size"}
+
+
+def real_steps(batch: Batch, b: int) -> int:
+    return int(batch.lengths[b]) if batch.lengths is not None else batch.inputs.shape[1]
+
+
+def last_step_output(batch: Batch, value: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, T, O) output that is ``value`` (B, O) at each sequence's last real step, 0 elsewhere."""
+    out = torch.zeros(len(batch), batch.inputs.shape[1], size)
+    for b in range(len(batch)):
+        out[b, real_steps(batch, b) - 1] = value[b]
+    return out
+
+
+@pytest.mark.parametrize("T", [22, 100, 131])
+def test_adding_1997_marking_scheme_and_target(T):
+    task = make_task("adding", seq_len=T)
+    batch = task.sample(400, gen(T))
+    values, marker = batch.inputs[..., 0], batch.inputs[..., 1]
+    assert ((batch.lengths >= T) & (batch.lengths <= T + T // 10)).all()
+    assert batch.lengths.unique().numel() > 1 or T < 30
+    for b in range(len(batch)):
+        n = int(batch.lengths[b])
+        marks = (marker[b] == 1).nonzero().flatten()
+        assert len(marks) == 2
+        assert min(marks) < 10 and max(marks) < T // 2
+        assert marker[b, n - 1] == -1 and (marker[b, 0] == -1 or 0 in marks.tolist())
+        assert (marker[b, 1:n - 1].abs() == (marker[b, 1:n - 1] == 1).float()).all()  # only 0 and the marks
+        assert (values[b, n:] == 0).all() and (marker[b, n:] == 0).all()
+        assert values[b, :n].min() >= -1 and values[b, :n].max() <= 1
+        if 0 in marks.tolist():
+            assert values[b, 0] == 0  # "X1 is set to zero" when the first pair is marked
+        x1, x2 = values[b, marks]
+        assert torch.isclose(batch.targets[b, 0], 0.5 + (x1 + x2) / 4)
+    assert batch.targets.shape == (400, 1)
+
+
+def test_adding_1997_criterion_is_absolute_error_below_004():
+    task = make_task("adding", seq_len=30)
+    batch = task.sample(4, gen())
+    offsets = torch.tensor([[0.0], [0.039], [-0.041], [0.5]])
+    ok = task.correct(last_step_output(batch, batch.targets + offsets, 1), batch)
+    assert ok.tolist() == [True, True, False, False]
+    assert task.solved(0.0, 1.0, abs_error=0.0) and not task.solved(0.0, 2559 / 2560, abs_error=0.0)
+
+
+@pytest.mark.parametrize("name", ["adding", "multiplication"])
+def test_1997_marked_baseline_is_the_best_constant_predictors_mse(name):
+    task = make_task(name, seq_len=24)
+    targets = task.sample(100_000, gen()).targets
+    assert task.baseline == pytest.approx(float(targets.var()), rel=0.02)
+
+
+def test_adding_1997_second_mark_reaches_every_allowed_slot():
+    task = make_task("adding", seq_len=22)  # marks in {0..9} and {0..10}
+    marker = task.sample(3000, gen()).inputs[..., 1]
+    positions = set((marker == 1).nonzero()[:, 1].tolist())
+    assert positions == set(range(11))
+
+
+def test_multiplication_target_is_product_of_values_in_0_1():
+    task = make_task("multiplication", seq_len=40)
+    batch = task.sample(300, gen())
+    values, marker = batch.inputs[..., 0], batch.inputs[..., 1]
+    real = torch.arange(values.shape[1]) < batch.lengths.view(-1, 1)
+    assert values[real].min() >= 0 and values[real].max() <= 1
+    for b in range(len(batch)):
+        marks = (marker[b] == 1).nonzero().flatten()
+        x = values[b, marks]
+        if 0 in marks.tolist():
+            assert values[b, 0] == 1.0  # the neutral element of the product
+        assert torch.isclose(batch.targets[b, 0], x[0] * x[1])
+    assert task.solved(0.0, 0.5, abs_error=0.029) and not task.solved(0.0, 1.0, abs_error=0.031)
+
+
+def test_modern_adding_definition_and_baseline():
+    task = make_task("adding-modern", seq_len=50)
+    batch = task.sample(20000, gen())
+    values, marker = batch.inputs[..., 0], batch.inputs[..., 1]
+    assert batch.inputs.shape == (20000, 50, 2) and batch.lengths is None
+    assert (marker.sum(1) == 2).all() and set(marker.unique().tolist()) == {0.0, 1.0}
+    assert values.min() >= 0 and values.max() <= 1
+    assert torch.allclose(batch.targets[:, 0], (values * marker).sum(1))
+    # Always predicting 1 scores Var(X1 + X2) = 1/6.
+    ones = torch.ones(20000, 50, 1)
+    assert task.baseline == pytest.approx(1 / 6)
+    assert float(task.loss(ones, batch)) == pytest.approx(1 / 6, abs=0.005)
+    assert not task.solved(0.0011, 1.0) and task.solved(0.0009, 0.0)
+    first_positions = marker.argmax(1)
+    assert first_positions.float().mean() < 25  # both markers anywhere, the first one early on average
+
+
+@pytest.mark.parametrize("T", [1, 30, 100])
+def test_copy_memory_layout(T):
+    task = make_task("copy", seq_len=T)
+    batch = task.sample(50, gen())
+    ids = batch.inputs.argmax(-1)
+    assert batch.inputs.shape == (50, T + 20, 10) and batch.targets.shape == (50, T + 20)
+    data = ids[:, :10]
+    assert ((data >= 1) & (data <= 8)).all()
+    assert (ids[:, 10:T + 9] == 0).all() and (ids[:, T + 9] == 9).all() and (ids[:, T + 10:] == 0).all()
+    assert (batch.targets[:, :T + 10] == 0).all() and torch.equal(batch.targets[:, T + 10:], data)
+
+
+@pytest.mark.parametrize("T", [10, 100])
+def test_copy_memoryless_baseline_is_10_ln8_over_T_plus_20(T):
+    task = make_task("copy", seq_len=T)
+    batch = task.sample(64, gen())
+    # Blank with certainty for T + 10 steps, then uniform over the 8 data symbols.
+    out = torch.full((64, T + 20, 9), -1e4)
+    out[:, :T + 10, 0] = 0.0
+    out[:, T + 10:, 1:] = 0.0
+    assert task.baseline == pytest.approx(10 * math.log(8) / (T + 20))
+    assert float(task.loss(out, batch)) == pytest.approx(task.baseline, rel=1e-5)
+    perfect = F.one_hot(batch.targets, 9).float() * 10
+    assert task.correct(perfect, batch).all()
+    perfect[0, -1] = perfect[0, -1].roll(1)
+    assert task.correct(perfect, batch).tolist() == [False] + [True] * 63
+
+
+def test_lag_2a_two_sequences_and_next_symbol_targets():
+    p = 12
+    task = make_task("lag-2a", seq_len=p)
+    batch = task.sample(200, gen())
+    ids = batch.inputs.argmax(-1)
+    assert batch.inputs.shape == (200, p, p + 1) and batch.targets.shape == (200, p)
+    assert set(ids[:, 0].tolist()) == {p - 1, p}  # x and y both occur
+    assert (ids[:, 1:] == torch.arange(p - 1)).all()  # a_1 .. a_{p-1}
+    assert torch.equal(batch.targets[:, :-1], ids[:, 1:]) and torch.equal(batch.targets[:, -1], ids[:, 0])
+    test = list(task.test_batches(gen(), 100))
+    assert len(test) == 1 and sorted(test[0].targets[:, -1].tolist()) == [p - 1, p]
+    perfect = F.one_hot(batch.targets, p + 1).float()
+    assert task.correct(perfect, batch).all()
+    perfect[:, -1] = perfect[:, -1].flip(-1)
+    assert not task.correct(perfect, batch).any()
+
+
+def test_lag_2c_structure_and_length_distribution():
+    q, p = 12, 20
+    task = make_task("lag-2c", seq_len=q, distractors=p)
+    batch = task.sample(4000, gen())
+    e, b_sym, x = p, p + 1, p + 2
+    ids = batch.inputs.argmax(-1)
+    assert task.input_size == p + 4 and task.output_size == 2
+    assert (batch.lengths >= q + 3).all()
+    for i in range(50):
+        n = int(batch.lengths[i])
+        assert ids[i, 0] == b_sym and ids[i, 1] == x + batch.targets[i] and ids[i, n - 1] == e
+        assert (ids[i, 2:n - 1] < p).all()
+        assert batch.inputs[i, n:].abs().sum() == 0
+    extra = (batch.lengths - q - 3).float()
+    assert float(extra.mean()) == pytest.approx(9.0, abs=0.5)  # P(k) = 0.1 * 0.9^k
+    assert float((extra == 0).float().mean()) == pytest.approx(0.1, abs=0.02)
+    assert set(batch.targets.tolist()) == {0, 1}
+    logits = torch.zeros(4000, batch.inputs.shape[1], 2)
+    good = last_step_output(batch, F.one_hot(batch.targets, 2).float() * 3.0, 2)  # softmax 0.95 / 0.05
+    assert task.correct(good, batch).all()
+    assert not task.correct(logits, batch).any()  # 0.5 / 0.5 is off by 0.5 > 0.2
+
+
+def test_two_sequence_definition():
+    T, N = 60, 3
+    task = make_task("two-sequence", seq_len=T, info=N)
+    batch = task.sample(3000, gen())
+    x = batch.inputs[..., 0]
+    assert ((batch.lengths >= T) & (batch.lengths <= T + T // 10)).all()
+    sign = 2 * batch.targets - 1  # class 1 -> +1, class 2 -> -1
+    assert torch.equal(x[:, :N], sign.expand(-1, N))
+    noise = torch.cat([x[i, N:int(batch.lengths[i])] for i in range(len(batch))])
+    assert float(noise.var()) == pytest.approx(0.2, rel=0.05) and abs(float(noise.mean())) < 0.01
+    assert set(batch.targets.flatten().tolist()) == {0.0, 1.0}
+    assert task.solved(0.0, 1.0, abs_error=0.009)
+    assert not task.solved(0.0, 1.0, abs_error=0.011) and not task.solved(0.0, 0.99, abs_error=0.0)
+
+
+def reber_valid(string: str) -> bool:
+    """An independent check of the embedded Reber grammar: the outer frame, then the inner string
+    run through the Reber automaton (Cleeremans et al. 1989, fig. 1)."""
+    edges = {0: {"T": 1, "P": 2}, 1: {"S": 1, "X": 3}, 2: {"T": 2, "V": 4}, 3: {"X": 2, "S": 5}, 4: {"P": 3, "V": 5}}
+    if len(string) < 9 or string[0] != "B" or string[1] not in "TP" or string[-2] != string[1] or string[-1] != "E":
+        return False
+    body = string[2:-2]
+    if body[0] != "B" or body[-1] != "E":
+        return False
+    state = 0
+    for c in body[1:-1]:
+        if state == 5 or c not in edges[state]:
+            return False
+        state = edges[state][c]
+    return state == 5
+
+
+def test_embedded_reber_strings_are_grammatical_and_legal_sets_are_right():
+    task = make_task("reber")
+    batch = task.sample(300, gen())
+    assert task.input_size == task.output_size == 7
+    steps = batch.inputs.shape[1]
+    assert batch.targets.shape == (300, steps, 8)
+    seen_second = set()
+    for b in range(len(batch)):
+        n = int(batch.lengths[b])
+        string = "".join(REBER_SYMBOLS[i] for i in batch.inputs[b, :n].argmax(-1)) + REBER_SYMBOLS[batch.targets[b, n - 1, 0]]
+        assert reber_valid(string), string
+        seen_second.add(string[1])
+        legal = batch.targets[b, :n, 1:].bool()
+        assert legal[torch.arange(n), batch.targets[b, :n, 0]].all()  # the real next symbol is legal
+        assert legal[n - 2].sum() == 1 and REBER_SYMBOLS[int(legal[n - 2].float().argmax())] == string[1]
+        assert (batch.targets[b, n:, 0] == -100).all()
+    assert seen_second == {"T", "P"}
+    perfect = batch.targets[..., 1:].float()
+    assert task.correct(perfect, batch).all()
+    wrong = perfect.clone()
+    n0 = int(batch.lengths[0])
+    wrong[0, n0 - 2] = 1.0 - wrong[0, n0 - 2]  # the long-lag prediction gets it backwards
+    assert task.correct(wrong, batch).tolist() == [False] + [True] * 299
+
+
+def test_reber_seq_len_bounds_string_length():
+    task = make_task("reber", seq_len=12)
+    batch = task.sample(50, gen())
+    assert int(batch.lengths.max()) + 1 <= 12
+
+
+@pytest.mark.parametrize("name, windows", [("order-6a", [(10, 20), (50, 60)]),
+                                           ("order-6b", [(10, 20), (33, 43), (66, 76)])])
+def test_temporal_order_definition(name, windows):
+    task = make_task(name, seq_len=100)
+    batch = task.sample(500, gen())
+    ids = batch.inputs.argmax(-1)
+    assert task.input_size == 8 and task.output_size == 2 ** len(windows)
+    assert ((batch.lengths >= 100) & (batch.lengths <= 110)).all()
+    x_id = ORDER_SYMBOLS.index("X")
+    for b in range(len(batch)):
+        n = int(batch.lengths[b])
+        assert ids[b, 0] == ORDER_SYMBOLS.index("start") and ids[b, n - 1] == ORDER_SYMBOLS.index("trigger")
+        where = ((ids[b, :n] == x_id) | (ids[b, :n] == x_id + 1)).nonzero().flatten().tolist()
+        assert len(where) == len(windows)
+        assert all(lo <= t <= hi for t, (lo, hi) in zip(where, windows))
+        assert (ids[b, 1:n - 1][(ids[b, 1:n - 1] < 4)].numel() == n - 2 - len(windows))
+        bits = [int(ids[b, t] == x_id + 1) for t in where]
+        assert int(batch.targets[b]) == int("".join(map(str, bits)), 2)  # XX -> Q=0, XY -> R=1, ...
+    assert set(batch.targets.tolist()) == set(range(2 ** len(windows)))
+    # Correct: every softmax output within 0.3 of the one-hot target.
+    out = last_step_output(batch, F.one_hot(batch.targets, task.output_size).float() * 5, task.output_size)
+    assert task.correct(out, batch).all()
+    assert not task.correct(last_step_output(batch, torch.zeros(500, task.output_size), task.output_size), batch).any()
+
+
+def test_digits_sequential_and_permuted():
+    seq, perm = make_task("digits"), make_task("digits-permuted")
+    a, b = seq.sample(30, gen()), perm.sample(30, gen())
+    assert a.inputs.shape == (30, 64, 1) and a.targets.dtype == torch.int64
+    assert a.inputs.min() >= 0 and a.inputs.max() <= 1 and set(a.targets.tolist()) <= set(range(10))
+    assert torch.equal(a.targets, b.targets)
+    # One fixed permutation of the same pixels for every image (and for every task instance).
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(order, torch.arange(64))
+    assert torch.equal(b.inputs, a.inputs[:, order])
+    assert torch.equal(make_task("digits-permuted").sample(30, gen()).inputs, b.inputs)
+    test = list(seq.test_batches(gen(), 100))
+    assert sum(len(t) for t in test) == 297
+    assert torch.equal(torch.cat([t.targets for t in test]),
+                       torch.cat([t.targets for t in seq.test_batches(gen(5), 297)]))
+    with pytest.raises(ValueError, match="fixed at 64"):
+        make_task("digits", seq_len=63)

@@ -1,0 +1,245 @@
+"""The training loop's promises: atomic checkpoints that load without running code, a run killed
+with SIGKILL and resumed ends exactly like an uninterrupted one, and a 2-process DDP run follows
+the single-process run with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gatedrnn import checkpoint
+from gatedrnn.train import ConfigError, TrainConfig, comparison_table, evaluate, train
+from gatedrnn.tasks import make_task
+from gatedrnn.models import model_for_task
+
+TINY = ["--task", "adding-modern", "--seq-len", "12", "--cell", "lstm", "--hidden", "8", "--batch", "8",
+        "--lr", "0.01", "--eval-every", "40", "--log-every", "5", "--no-stop", "--no-progress", "--json"]
+
+
+def gatedrnn(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gatedrnn", *args], capture_output=True, text=True, timeout=240,
+                          **kwargs)
+
+
+def tiny_config(out: Path, **changes) -> TrainConfig:
+    values = dict(task="adding-modern", seq_len=12, cell="lstm", hidden=8, batch=8, lr=0.01, steps=30,
+                  eval_every=10, log_every=5, checkpoint_every=10, stop_when_solved=False, progress=False,
+                  device="cpu", out=str(out))
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def model_and_optimizer(seed: int = 0):
+    torch.manual_seed(seed)
+    model = model_for_task(make_task("adding-modern", seq_len=5), "gru", hidden_size=4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(2, 5, 2))[0].sum().backward()
+    optimizer.step()
+    return model, optimizer
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_and_rng(tmp_path):
+    model, optimizer = model_and_optimizer()
+    generator = torch.Generator().manual_seed(7)
+    torch.rand(3, generator=generator)
+    checkpoint.save(tmp_path, 12, model, optimizer, generator, extra={"note": [1, 2]})
+    expected_next = torch.rand(4, generator=generator)
+    expected_global = torch.rand(4)
+    torch.rand(10)
+
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.step == 12 and loaded.extra == {"note": [1, 2]}
+    assert loaded.model.keys() == model.state_dict().keys()
+    assert all(torch.equal(loaded.model[k], v) for k, v in model.state_dict().items())
+    fresh_model, fresh_optimizer = model_and_optimizer(seed=1)
+    fresh_optimizer.load_state_dict(loaded.optimizer)
+    for a, b in zip(fresh_optimizer.state.values(), optimizer.state.values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+    other = torch.Generator()
+    checkpoint.set_rng_state(loaded.rng, other)
+    assert torch.equal(torch.rand(4, generator=other), expected_next)
+    assert torch.equal(torch.rand(4), expected_global)
+
+
+def test_a_write_killed_midway_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, optimizer = model_and_optimizer()
+    generator = torch.Generator().manual_seed(0)
+    checkpoint.save(tmp_path, 1, model, optimizer, generator)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+
+    def dies_while_writing(tensors, filename):
+        Path(filename).write_bytes(b"half a safetensors file")
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(checkpoint, "save_file", dies_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 2, model, optimizer, generator)
+    loaded = checkpoint.load(tmp_path)
+    assert loaded.step == 1
+    assert all(torch.equal(loaded.model[k], before[k]) for k in before)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(checkpoint.Path, "write_text", lambda self, text: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 3, model, optimizer, generator)  # tensors renamed, pointer not yet
+    assert checkpoint.load(tmp_path).step == 1
+    monkeypatch.undo()
+    checkpoint.save(tmp_path, 4, model, optimizer, generator)
+    assert checkpoint.load(tmp_path).step == 4
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*.safetensors")) == ["checkpoint-000000004.safetensors"]
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_loading_cannot_execute_code(tmp_path, monkeypatch):
+    model, optimizer = model_and_optimizer()
+    checkpoint.save(tmp_path, 1, model, optimizer, torch.Generator())
+    with monkeypatch.context() as m:
+        def refuse(*args, **kwargs):
+            raise AssertionError("a checkpoint loader must not unpickle")
+        for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
+            m.setattr(module, name, refuse)
+        assert checkpoint.load(tmp_path).step == 1
+    pointer = json.loads((tmp_path / checkpoint.POINTER).read_text())
+    proof = tmp_path / "code-ran"
+    (tmp_path / pointer["tensors"]).write_bytes(pickle.dumps(_Trap(str(proof))))
+    with pytest.raises(Exception):
+        checkpoint.load(tmp_path)
+    assert not proof.exists()
+
+
+def _final(out: Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:
+    summary = json.loads((out / "summary.json").read_text())
+    tensors = load_file(str(next(out.glob("checkpoint-*.safetensors"))))
+    return summary, tensors, (out / "metrics.jsonl").read_text().splitlines()
+
+
+def _checkpointed_step(out: Path) -> int:
+    """The step of the checkpoint a run is writing (0 before the first; -1 while unreadable)."""
+    try:
+        return json.loads((out / checkpoint.POINTER).read_text())["step"]
+    except FileNotFoundError:
+        return 0
+    except ValueError:  # cannot happen with atomic writes: the test then fails below
+        return -1
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    args = [*TINY, "--steps", "1500", "--checkpoint-every", "25"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    victim = subprocess.Popen([sys.executable, "-m", "gatedrnn", "train", *args, "--out", str(broken)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 200
+    while _checkpointed_step(broken) < 100 and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = checkpoint.load(broken).step
+    assert 100 <= killed_at < 1500, "the run finished before it could be killed; make it longer"
+
+    done = gatedrnn("train", *args, "--out", str(whole))
+    assert done.returncode == 0, done.stderr
+    resumed = gatedrnn("train", *args, "--out", str(broken), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    (a, a_tensors, a_metrics), (b, b_tensors, b_metrics) = _final(whole), _final(broken)
+    assert b["steps"] == a["steps"] == 1500
+    assert b["final_loss"] == a["final_loss"] and b["train_loss"] == a["train_loss"]
+    assert json.loads(resumed.stdout.splitlines()[-1])["final_loss"] == a["final_loss"]
+    assert a_tensors.keys() == b_tensors.keys()
+    assert all(torch.equal(a_tensors[k], b_tensors[k]) for k in a_tensors)
+    assert a_metrics == b_metrics  # the log is continued, not restarted or duplicated
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    train(tiny_config(tmp_path, steps=10))
+    with pytest.raises(ConfigError, match="hidden: checkpoint 8, now 9"):
+        train(tiny_config(tmp_path, steps=20, hidden=9, resume=True))
+    summary = train(tiny_config(tmp_path, steps=20, resume=True))
+    assert summary["steps"] == 20
+
+
+def test_stop_when_solved_and_the_summary(tmp_path):
+    summary = train(tiny_config(tmp_path, task="lag-2a", seq_len=4, hidden=32, steps=600, stop_when_solved=True))
+    assert summary["solved"] and summary["steps"] < 600
+    assert summary["solved_step"] == summary["steps"] and summary["solved_sequences"] == summary["steps"] * 8
+    assert evaluate(model_for_task(make_task("lag-2a", seq_len=4), "lstm", 8), make_task("lag-2a", seq_len=4), 0,
+                    torch.device("cpu"))["sequences"] == 2
+    lines = comparison_table([summary])
+    assert "lag-2a (T=4)" in lines[0] and "yes" in lines[2]
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    args = [*TINY, "--steps", "40", "--batch", "16", "--checkpoint-every", "40"]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    # --standalone: torchrun picks a free port itself; gloo talks over the loopback interface.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                 "-m", "gatedrnn", "train", *args, "--out", str(ddp)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+    try:
+        stdout, stderr = launcher.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # torchrun and its workers: leave no process behind
+        stdout, stderr = launcher.communicate()
+        pytest.fail(f"torchrun did not finish in 240 s; its stderr ends with:\n{stderr[-3000:]}")
+    assert launcher.returncode == 0, stderr[-3000:]
+    alone = gatedrnn("train", *args, "--out", str(single))
+    assert alone.returncode == 0, alone.stderr
+    (a, a_tensors, a_metrics), (b, b_tensors, b_metrics) = _final(single), _final(ddp)
+    assert b["world_size"] == 2 and a["world_size"] == 1
+    summaries = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1  # only rank 0 reports
+    assert len(b_metrics) == len(a_metrics)  # only rank 0 writes
+    assert b["final_loss"] == pytest.approx(a["final_loss"], rel=1e-4)
+    for key in a_tensors:
+        torch.testing.assert_close(b_tensors[key], a_tensors[key], rtol=1e-4, atol=1e-5, msg=key)
+    a_losses = [json.loads(r)["loss"] for r in a_metrics if '"loss"' in r and '"eval"' not in r]
+    b_losses = [json.loads(r)["loss"] for r in b_metrics if '"loss"' in r and '"eval"' not in r]
+    assert b_losses == pytest.approx(a_losses, rel=1e-4)
+
+
+@pytest.mark.parametrize("variant, lstm_init, forget, input_", [
+    ("vanilla", "long-lag", 3.0, -3.0), ("nfg", "long-lag", None, -3.0), ("cifg", "long-lag", 3.0, None),
+    ("vanilla", "torch", None, None)])
+def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
+    from gatedrnn.config import LSTM_VARIANTS
+    from gatedrnn.train import build_model, gate_biases
+
+    config = TrainConfig(task="adding-modern", seq_len=5, hidden=6, layers=2, variant=variant, lstm_init=lstm_init)
+    assert gate_biases(config) == (forget, input_)
+    model = build_model(config, make_task("adding-modern", seq_len=5))
+    gates = LSTM_VARIANTS[variant]
+    for layer in range(2):
+        b_ih, b_hh = getattr(model.rnn, f"bias_ih_l{layer}"), getattr(model.rnn, f"bias_hh_l{layer}")
+        for gate, value in (("f", forget), ("i", input_)):
+            if value is not None:
+                rows = slice(gates.index(gate) * 6, (gates.index(gate) + 1) * 6)
+                assert (b_ih[rows] == value).all() and (b_hh[rows] == 0).all()
+        if lstm_init == "torch":
+            assert b_ih.abs().max() < 1 / 6 ** 0.5 + 1e-6  # torch.nn's U(-1/sqrt(H), 1/sqrt(H))
+    assert gate_biases(TrainConfig(cell="gru")) == (None, None)
+    with pytest.raises(ConfigError, match="--input-bias needs the 'i' gate, but variant 'cifg' has none"):
+        TrainConfig(variant="cifg", input_bias=-1.0).validate()
