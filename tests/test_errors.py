@@ -112,6 +112,23 @@ def test_cell_errors():
         cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 5)))
     with pytest.raises(TypeError, match=r"expected hx to be a tuple \(h, c\)"):
         cell(torch.randn(2, 3), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"expected h of shape \(batch, hidden_size\) = \(2, 4\), got \(3, 4\)"):
+        cell(torch.randn(2, 3), (torch.zeros(3, 4), torch.zeros(2, 4)))
+    with pytest.raises(TypeError, match=r"c has dtype torch.float64 but the parameters are torch.float32"):
+        cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4, dtype=torch.float64)))
+
+
+def test_gru_and_rnn_cell_errors():
+    """A cell's state is one tensor: a tuple, a wrong shape or dtype is refused, not passed to torch's kernel."""
+    for cell in (gatedrnn.GRUCell(3, 4), gatedrnn.RNNCell(3, 4)):
+        with pytest.raises(TypeError, match=r"expected hx to be a Tensor, got a tuple"):
+            cell(torch.randn(2, 3), (torch.zeros(2, 4),))
+        with pytest.raises(ValueError, match=r"expected hx of shape \(batch, hidden_size\) = \(2, 4\), got \(2, 3\)"):
+            cell(torch.randn(2, 3), torch.zeros(2, 3))
+        with pytest.raises(TypeError, match=r"input has dtype torch.float64 but the parameters are torch.float32"):
+            cell(torch.randn(2, 3, dtype=torch.float64), torch.zeros(2, 4))
+        with pytest.raises(TypeError, match=r"expected input to be a floating-point tensor"):
+            cell(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))
 
 
 def test_backend_that_cannot_run_the_config():
