@@ -205,6 +205,25 @@ def test_lag_2a_two_sequences_and_next_symbol_targets():
     assert not task.correct(perfect, batch).any()
 
 
+def test_lag_2a_loss_weighs_the_long_lag_prediction_like_all_the_others_together():
+    p = 12
+    task = make_task("lag-2a", seq_len=p)
+    batch = next(task.test_batches(gen(), 2))
+    # every deterministic prediction certain and right, the last one a coin flip between x and y
+    output = F.one_hot(batch.targets, p + 1).float() * 1e4
+    output[:, -1] = -1e4
+    output[:, -1, [p - 1, p]] = 0.0
+    last = math.log(2.0)
+    assert task.last_weight == p - 1
+    assert task.loss(output, batch).item() == pytest.approx(last * (p - 1) / (2 * (p - 1)))
+    plain = make_task("lag-2a", seq_len=p, last_weight=1)
+    assert plain.loss(output, batch).item() == pytest.approx(last / p)
+    assert plain.loss(output, batch).item() == pytest.approx(
+        F.cross_entropy(output.flatten(0, 1), batch.targets.flatten()).item())
+    with pytest.raises(ValueError, match="last_weight must be a positive number"):
+        make_task("lag-2a", seq_len=p, last_weight=0)
+
+
 def test_lag_2c_structure_and_length_distribution():
     q, p = 12, 20
     task = make_task("lag-2c", seq_len=q, distractors=p)

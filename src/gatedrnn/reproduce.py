@@ -74,7 +74,7 @@ def _lstm(task: str, seq_len: int | None, hidden: int, lr: float, batch: int = 3
 HOCHREITER_1997: tuple[Row, ...] = (
     Row("1", "embedded Reber grammar (tab. 1, best row)", _lstm("reber", None, 32, 1e-2, eval_every=50),
         quick_steps=2000, paper_success="100%", paper_sequences=8_440),
-    Row("2a", "noise-free lag, p = 100 (tab. 2)", _lstm("lag-2a", 100, 32, 1e-2, eval_every=25),
+    Row("2a", "noise-free lag, p = 100 (tab. 2)", _lstm("lag-2a", 100, 32, 3e-3, eval_every=25),
         quick_steps=2000, paper_success="100%", paper_sequences=5_040),
     Row("2c", "no local regularities, q = p = 100 (tab. 2)", _lstm("lag-2c", 100, 32, 1e-2, eval_every=250),
         quick_steps=3000, paper_success="100%", paper_sequences=31_000),
