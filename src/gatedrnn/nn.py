@@ -686,7 +686,6 @@ class _CellBase(nn.Module):
         self.bias = check.flag(owner, "bias", bias)
         self.backend = backend
         self.cell_config = CellConfig(family=self._family, hidden_size=hidden_size, bias=self.bias, **config)
-        self._state_sizes = self.cell_config.state_sizes
         rows = self.cell_config.num_gates * hidden_size
         kw = {"device": device, "dtype": dtype}
         self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))
@@ -710,29 +709,31 @@ class _CellBase(nn.Module):
     def _weights(self) -> LayerWeights:
         return {name: p for name, p in self.named_parameters(recurse=False) if p is not None}
 
-    def _well_formed_batched_step(self, input, hx, weight: Tensor) -> bool:
-        """True for the common streaming call, a (B, I) input with its state(s) given, each (B, size), all of
-        the parameters' dtype and device: checked with a few cheap comparisons so that a step costs no more
-        than torch.nn's. Anything else (False) goes through :meth:`_check_step`'s explanatory checks."""
+    def _well_formed_batched_states(self, input, hx, weight: Tensor) -> tuple[Tensor, ...] | None:
+        """The state tuple of the common streaming call, a (B, I) input with its state(s) given, each
+        (B, size), all of the parameters' dtype and device, checked with a few cheap comparisons so that a
+        step costs no more than torch.nn's; None for anything else, which :meth:`_check_step`'s
+        explanatory checks then take."""
         if not (isinstance(input, Tensor) and input.dim() == 2 and input.shape[1] == self.input_size):
-            return False
+            return None
         dtype, device, batch = weight.dtype, weight.device, input.shape[0]
         if input.dtype != dtype or input.device != device:
-            return False
-        sizes = self._state_sizes
+            return None
+        sizes = self.cell_config.state_sizes
         states = (hx,) if len(sizes) == 1 else hx
         if len(sizes) == 2 and not (isinstance(hx, tuple) and len(hx) == 2):
-            return False
+            return None
         for value, size in zip(states, sizes):
             if not (isinstance(value, Tensor) and value.shape == (batch, size)
                     and value.dtype == dtype and value.device == device):
-                return False
-        return True
+                return None
+        return states
 
     def _check_step(self, input, hx) -> tuple[Tensor, tuple[Tensor, ...], bool]:
         p = self._parameters["weight_ih"]
-        if self._well_formed_batched_step(input, hx, p):
-            return input, ((hx,) if isinstance(hx, Tensor) else hx), True
+        states = self._well_formed_batched_states(input, hx, p)
+        if states is not None:
+            return input, states, True
         owner = type(self).__name__
         check.float_tensor(owner, "input", input, p.dtype, p.device)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
@@ -742,7 +743,7 @@ class _CellBase(nn.Module):
             )
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
-        sizes = self._state_sizes
+        sizes = self.cell_config.state_sizes
         if hx is None:
             return x, tuple(x.new_zeros(x.shape[0], s) for s in sizes), batched
         if len(sizes) == 2:

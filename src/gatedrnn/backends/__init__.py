@@ -66,10 +66,15 @@ def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool) -> str:
     module = load_layer_backend(backend)
     if module is None:
         raise ValueError(f"backend {backend!r} is not available in this installation")
-    reason = module.supports(cfg, x)
+    require_support(backend, module.supports(cfg, x))
+    return backend
+
+
+def require_support(backend: str, reason: str | None) -> None:
+    """Raise the ValueError that names ``backend`` and why it refuses a layer (``reason`` from its
+    ``supports``); nothing when ``reason`` is None."""
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run this layer: {reason}")
-    return backend
 
 
 def describe(cfg: CellConfig, regularised: bool = False) -> str:

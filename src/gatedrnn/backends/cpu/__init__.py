@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ...config import CellConfig, LayerWeights, Noise
-from .. import reference
+from .. import reference, require_support
 from . import gru, lstm, rnn
 from .function import Plan, Recurrence
 
@@ -120,9 +120,7 @@ def run_layer(
     record: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
-    reason = supports(cfg, x)
-    if reason is not None:
-        raise ValueError(f"backend 'cpu' cannot run this layer: {reason}")
+    require_support(name, supports(cfg, x))
     if record or x.shape[0] == 0:
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                    record=record)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ...config import CellConfig, LayerWeights, Noise
-from .. import reference
+from .. import reference, require_support
 from .launch import interpreting
 from .op import recurrence
 
@@ -100,9 +100,7 @@ def run_layer(
     record: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`)."""
-    reason = supports(cfg, x)
-    if reason is not None:
-        raise ValueError(f"backend 'triton' cannot run this layer: {reason}")
+    require_support(name, supports(cfg, x))
     if record or (noise is not None and noise.active):
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                    record=record)

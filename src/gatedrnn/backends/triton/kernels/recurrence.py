@@ -55,6 +55,14 @@ from .primitives import (
 
 
 @triton.jit
+def _pre_activation(acc, x_row, g: tl.constexpr, H, mask, BB: tl.constexpr, GAP: tl.constexpr, BH: tl.constexpr,
+                    ACC: tl.constexpr):
+    """Gate g's (BB, BH) pre-activation: its block of the recurrent product ``acc`` plus its part of
+    the input projection xw_t (``x_row``, gate-major rows of width H)."""
+    return pick_gate(acc, g, BB, GAP, BH) + tl.load(x_row + g * H, mask=mask, other=0.0).to(ACC)
+
+
+@triton.jit
 def _rows(ptr, t, offs_b, B, width):
     """Row pointers (BB, 1) of batch rows ``offs_b`` at time ``t`` of a (., B, width) buffer."""
     return ptr + (t.to(tl.int64) * B + offs_b[:, None]) * width
@@ -111,7 +119,7 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                 BB: tl.constexpr, GAP: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr):
     """LSTM gates, saved to ``g_row``; returns (c_t, h_t before projection)."""
-    pre_g = pick_gate(acc, IDX_G, BB, GAP, BH) + tl.load(x_row + IDX_G * H, mask=mask, other=0.0).to(ACC)
+    pre_g = _pre_activation(acc, x_row, IDX_G, H, mask, BB, GAP, BH, ACC)
     one = tl.full(pre_g.shape, 1.0, ACC)
     if PEEP:
         p_i = tl.load(peep_ptr + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
@@ -119,7 +127,7 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
         p_o = tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0).to(ACC)[None, :]
     f = one
     if IDX_F >= 0:
-        pre_f = pick_gate(acc, IDX_F, BB, GAP, BH) + tl.load(x_row + IDX_F * H, mask=mask, other=0.0).to(ACC)
+        pre_f = _pre_activation(acc, x_row, IDX_F, H, mask, BB, GAP, BH, ACC)
         if PEEP:
             pre_f += p_f * c_prev
         f = sigmoid(pre_f)
@@ -128,7 +136,7 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
     if CIFG:
         i = 1.0 - f
     elif IDX_I >= 0:
-        pre_i = pick_gate(acc, IDX_I, BB, GAP, BH) + tl.load(x_row + IDX_I * H, mask=mask, other=0.0).to(ACC)
+        pre_i = _pre_activation(acc, x_row, IDX_I, H, mask, BB, GAP, BH, ACC)
         if PEEP:
             pre_i += p_i * c_prev
         i = sigmoid(pre_i)
@@ -140,7 +148,7 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
     c = f * c_prev + i * g
     o = one
     if IDX_O >= 0:
-        pre_o = pick_gate(acc, IDX_O, BB, GAP, BH) + tl.load(x_row + IDX_O * H, mask=mask, other=0.0).to(ACC)
+        pre_o = _pre_activation(acc, x_row, IDX_O, H, mask, BB, GAP, BH, ACC)
         if PEEP:
             pre_o += p_o * c
         o = sigmoid(pre_o)
@@ -194,15 +202,15 @@ def _fwd_phase_a(t, prev, new, b0, s0,
     else:
         h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
         if FAMILY == 2:
-            a = pick_gate(acc, 0, BB, GAP, BH) + tl.load(x_row, mask=mask, other=0.0).to(ACC)
+            a = _pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC)
             if RELU:
                 h = tl.maximum(a, 0.0)
             else:
                 h = tanh(a)
             tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
         else:
-            r = sigmoid(pick_gate(acc, 0, BB, GAP, BH) + tl.load(x_row, mask=mask, other=0.0).to(ACC))
-            z = sigmoid(pick_gate(acc, 1, BB, GAP, BH) + tl.load(x_row + H, mask=mask, other=0.0).to(ACC))
+            r = sigmoid(_pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC))
+            z = sigmoid(_pre_activation(acc, x_row, 1, H, mask, BB, GAP, BH, ACC))
             tl.store(g_row, r, mask=mask)
             tl.store(g_row + H, z, mask=mask)
             if RESET_AFTER:
