@@ -1,5 +1,7 @@
 """CPU benchmark of one recurrent layer: torch.nn (native kernels), gatedrnn's reference loop, a plain
-autograd time loop of the same cell, and the fused CPU backend, side by side in one process.
+autograd time loop of the same cell, and the fused CPU backend (``cpu``: its compiled LSTM loop
+where it applies; ``cpu-py``: the same backend with that loop switched off, its Python loop), side
+by side in one process.
 
     python benchmarks/cpu.py                   # the issue's targets, then the grid
     python benchmarks/cpu.py --quick           # a fast smoke run (small sizes, 1 repeat)
@@ -35,6 +37,7 @@ from typing import Callable
 import torch
 
 import gatedrnn
+from gatedrnn.backends.cpu import compiled
 from gatedrnn.cells import STEPS, initial_carry
 
 TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
@@ -70,7 +73,7 @@ def build(case: Case, provider: str) -> torch.nn.Module:
     if provider == "torch":
         return TORCH_CLASSES[case.family](case.H, case.H)
     family, kw = CELLS[case.cell]
-    backend = {"default": "auto", "loop": "reference"}.get(provider, provider)
+    backend = {"default": "auto", "loop": "reference", "cpu-py": "cpu"}.get(provider, provider)
     return OUR_CLASSES[family](case.H, case.H, backend=backend, **kw)
 
 
@@ -92,6 +95,8 @@ def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
     module = build(case, provider)
     x = torch.randn(case.T, case.B, case.H)
     run = (lambda: plain_loop(module, x)) if provider == "loop" else (lambda: module(x))
+    if provider == "cpu-py":
+        run = _without_compiled_loop(run)
 
     def forward_backward():
         module.zero_grad(set_to_none=True)
@@ -103,6 +108,23 @@ def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
             run()
 
     return forward_backward if train else forward
+
+
+def _without_compiled_loop(run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with the CPU backend's compiled LSTM loop switched off (its Python loop runs)."""
+
+    def python_loop():
+        previous = os.environ.get(compiled.ENV)
+        os.environ[compiled.ENV] = "0"
+        try:
+            return run()
+        finally:
+            if previous is None:
+                del os.environ[compiled.ENV]
+            else:
+                os.environ[compiled.ENV] = previous
+
+    return python_loop
 
 
 @dataclass
@@ -157,14 +179,16 @@ def target_rows(quick: bool) -> list[tuple[str, list[Row]]]:
         sections.append((f"{cell}: default backend vs torch.nn (target >= 0.95x)",
                          [Row(Case(cell, B, T, H).label, ["torch", "default"], True, fixed(Case(cell, B, T, H)))
                           for T in Ts]))
-    ln = [Row(Case("lstm-ln", B, T, H).label, ["torch", "loop", "cpu"], True, _torch_plain(Case("lstm-ln", B, T, H)))
+    ln = [Row(Case("lstm-ln", B, T, H).label, ["torch", "loop", "cpu-py", "cpu"], True,
+              _torch_plain(Case("lstm-ln", B, T, H)))
           for T in Ts]
     sections.append(("layer-norm LSTM: cpu vs plain autograd loop (target loop/cpu >= 1.8x at T=128, 5x at T=256) "
                      "and vs torch.nn.LSTM (target torch/cpu >= 0.6x)", ln))
-    peep = [Row(Case("lstm-peephole", B, T, H).label, ["torch", "cpu"], True, _torch_plain(Case("lstm-peephole", B, T, H)))
+    peep = [Row(Case("lstm-peephole", B, T, H).label, ["torch", "cpu-py", "cpu"], True,
+                _torch_plain(Case("lstm-peephole", B, T, H)))
             for T in Ts]
     sections.append(("peephole LSTM vs torch.nn.LSTM (target >= 0.7x)", peep))
-    variants = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
+    variants = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
                 for c in CELLS if c.startswith("lstm-") and c not in ("lstm-ln", "lstm-peephole")]
     sections.append(("other variants vs torch.nn.LSTM (information)", variants))
     return sections
@@ -294,7 +318,8 @@ def memory_rows(quick: bool, threads: int) -> None:
     base = Case("lstm", B, T, H)
     ref_saved, ref_peak = saved_bytes(base, "torch"), peak_bytes(base, "torch", threads)
     entries = [("lstm", "torch"), ("lstm", "cpu")] + [(c, "cpu") for c in CELLS if c.startswith("lstm-")]
-    entries += [("lstm-ln", "loop"), ("gru", "torch"), ("gru-ln", "cpu")]
+    entries += [("lstm-ln", "cpu-py"), ("lstm-peephole", "cpu-py"), ("lstm-ln", "loop"), ("gru", "torch"),
+                ("gru-ln", "cpu")]
     for cell, provider in entries:
         case = Case(cell, B, T, H)
         saved = ref_saved if (cell, provider) == ("lstm", "torch") else saved_bytes(case, provider)
@@ -312,8 +337,10 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    loop = compiled.unavailable_reason() or f"built for {torch.backends.cpu.get_cpu_capability()}"
     return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
-            f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}")
+            f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}; "
+            f"compiled LSTM loop: {loop}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -342,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## CPU benchmark\n\nMachine: {machine()}\n\nMedians of {repeats} interleaved calls per provider; "
           "`torch` is torch.nn's plain cell of the same size, `default` gatedrnn with backend='auto', "
           "`reference` its reference backend, `loop` a plain autograd time loop of the same cell, `cpu` the "
-          "fused CPU backend. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
+          "fused CPU backend, `cpu-py` the same with its compiled LSTM loop off. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
     if "targets" in rows:
         for title, section in target_rows(args.quick):
             for r in section:

@@ -14,3 +14,14 @@ if not torch.cuda.is_available():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_cpu_loop_built_first():
+    """Build the CPU backend's compiled LSTM loop (if this machine can) before any test, so that the
+    build, about 20 s on a fresh machine, never happens inside a test's subprocess or timing."""
+    from gatedrnn.backends.cpu import compiled
+
+    if not compiled.disabled():
+        compiled.unavailable_reason()
+    yield

@@ -1,10 +1,16 @@
 """The CPU backend against the reference loop: outputs, final states and every gradient in float64.
 
-Every buffer the backend allocates with ``torch.empty`` starts as NaN here (torch's
-``fill_uninitialized_memory`` under deterministic mode), so an element it forgets to write fails.
+Every buffer the backend allocates with ``torch.empty`` (in Python or in the compiled loop) starts
+as NaN here (torch's ``fill_uninitialized_memory`` under deterministic mode), so an element it
+forgets to write fails. Every test runs twice: with the compiled LSTM loop and with the Python one
+that replaces it where it cannot be built.
 """
 
 from __future__ import annotations
+
+import os
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -15,9 +21,9 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gatedrnn
 from gatedrnn.backends import choose
 from gatedrnn.backends import cpu as cpu_backend
-from gatedrnn.backends.cpu import function
+from gatedrnn.backends.cpu import compiled, function
 from gatedrnn.config import LSTM_VARIANTS, CellConfig
-from helpers import assert_close_results, run_and_grad
+from helpers import assert_close_results, rel_err, run_and_grad
 
 I, H, T, B = 3, 5, 7, 4
 LENGTHS = [7, 3, 1, 5]
@@ -36,6 +42,22 @@ def _poison_empty_one_thread():
     torch.use_deterministic_algorithms(previous[0])
     torch.utils.deterministic.fill_uninitialized_memory = previous[1]
     torch.set_num_threads(previous[2])
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def loop(request, monkeypatch):
+    """Which LSTM loop the CPU backend runs: the compiled one, or the Python one (switched to with
+    the environment variable users have)."""
+    if request.param == "python":
+        monkeypatch.setenv(compiled.ENV, "0")
+        return request.param
+    monkeypatch.delenv(compiled.ENV, raising=False)
+    reason = compiled.unavailable_reason()
+    if reason is not None:
+        if shutil.which(os.environ.get("CXX", "c++")) is None:
+            pytest.skip(f"no C++ compiler here: {reason}")
+        pytest.fail(f"this machine has a C++ compiler, yet the compiled loop is unavailable: {reason}")
+    return request.param
 
 
 def _cells():
@@ -240,3 +262,70 @@ def test_retained_graph_gives_the_same_gradients_twice(kw):
     first = torch.autograd.grad(out.square().sum(), [x, *module.parameters()], retain_graph=True)
     second = torch.autograd.grad(out.square().sum(), [x, *module.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def _count_compiled_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = compiled.LSTMLoop.forward
+
+    def counting(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(compiled.LSTMLoop, "forward", staticmethod(counting))
+    return calls
+
+
+@pytest.mark.parametrize("kw,runs_compiled", [(dict(variant="peephole", layer_norm=True), True),
+                                               (dict(variant="cifg", proj_size=2, zoneout=0.2), True),
+                                               (dict(variant="fgr"), False)], ids=["peephole-ln", "cifg", "fgr"])
+def test_the_compiled_loop_runs_every_lstm_but_fgr(loop, monkeypatch, kw, runs_compiled):
+    calls = _count_compiled_calls(monkeypatch)
+    gatedrnn.LSTM(I, H, bidirectional=True, backend="cpu", **kw)(torch.randn(T, B, I))
+    assert len(calls) == (2 if runs_compiled and loop == "compiled" else 0)
+    gatedrnn.GRU(I, H, layer_norm=True, backend="cpu")(torch.randn(T, B, I))
+    gatedrnn.LSTM(I, H, layer_norm=True, backend="cpu", dtype=torch.bfloat16)(torch.randn(T, B, I, dtype=torch.bfloat16))
+    assert len(calls) == (2 if runs_compiled and loop == "compiled" else 0)
+
+
+def test_float32_loops_are_as_accurate_as_each_other(loop, monkeypatch):
+    """In float32 the compiled loop and the Python one both stay close to the float64 reference."""
+    torch.manual_seed(3)
+    kw = dict(variant="peephole", layer_norm=True, proj_size=3, num_layers=2)
+    module = gatedrnn.LSTM(I, H, backend="cpu", **kw)
+    exact = gatedrnn.LSTM(I, H, backend="reference", dtype=torch.float64, **kw)
+    exact.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
+    x, weights = torch.randn(T, B, I), torch.randn(T, B, 3)
+
+    def output_and_grads(m, dtype):
+        leaf = x.to(dtype).requires_grad_(True)
+        out, _ = m(leaf)
+        grads = torch.autograd.grad((out * weights.to(dtype)).sum(), [leaf, *m.parameters()])
+        return [out.double(), *(g.double() for g in grads)]
+
+    error = max(map(rel_err, output_and_grads(module, torch.float32), output_and_grads(exact, torch.float64)))
+    assert error < 2e-5, f"{loop} loop in float32: rel err {error:.1e} against float64"
+
+
+def test_without_the_compiled_loop_the_python_one_runs_and_says_why(loop, monkeypatch):
+    if loop == "python":
+        pytest.skip("switches the compiled loop off itself")
+    monkeypatch.setattr(compiled, "unavailable_reason", lambda: "no C++ compiler found (looked for 'c++')")
+    compiled._warn_once.cache_clear()
+    calls = _count_compiled_calls(monkeypatch)
+    ref, fast = _pair(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True))
+    with pytest.warns(RuntimeWarning, match=r"compiled LSTM loop is unavailable \(no C\+\+ compiler found.*Python loop"):
+        _compare(ref, fast, lengths=True, hx=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per reason, not at every call
+        _compare(ref, fast, lengths=False, hx=False)
+    assert calls == []
+    compiled._warn_once.cache_clear()
+
+
+def test_a_failed_build_reports_the_compilers_first_error():
+    log = ("Error building extension 'x': [1/2] c++ -c lstm_loop.cpp -o lstm_loop.o\n"
+           "lstm_loop.cpp:12:5: error: 'foo' was not declared in this scope\n"
+           "lstm_loop.cpp:30:1: error: expected ';'\nninja: build stopped: subcommand failed.")
+    assert compiled._first_error(log) == "lstm_loop.cpp:12:5: error: 'foo' was not declared in this scope"
+    assert compiled._first_error("linker said no") == "linker said no"

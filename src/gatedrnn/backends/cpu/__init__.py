@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ...config import CellConfig, LayerWeights, Noise
 from .. import reference, require_support
-from . import gru, lstm, rnn
+from . import compiled, gru, lstm, rnn
 from .function import Plan, Recurrence
 
 name = "cpu"
@@ -127,6 +127,7 @@ def run_layer(
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
     c0 = state[1].contiguous() if cfg.family == "lstm" else None
-    out, *final = Recurrence.apply(plan, _FAMILIES[cfg.family], _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
+    family = compiled.LSTMLoop if compiled.accepts(cfg, x.dtype) else _FAMILIES[cfg.family]
+    out, *final = Recurrence.apply(plan, family, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
                                    state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
     return out, tuple(final), None
