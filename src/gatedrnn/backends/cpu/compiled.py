@@ -131,19 +131,23 @@ def _layout(cfg: CellConfig) -> list[int]:
 
 
 def _weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
-    return [w["weight_hh"], w["rec_gain"], w["weight_ch"], w["ln_weight_c"], w["ln_bias_c"], w["weight_hr"]]
+    return [w["weight_hh"], w.get("in_gain"), w.get("in_bias"), w["rec_gain"], w["weight_ch"], w["ln_weight_c"],
+            w["ln_bias_c"], w["weight_hr"]]
 
 
 def _masks(plan: Plan) -> list[Tensor | None]:
     return [plan.keep_h, plan.keep_c, plan.recurrent_mask]
 
 
-_SAVED = ("states", "cells", "acts", "c_new", "h_hat", "normed", "rstd", "c_stats")
+_SAVED = ("states", "cells", "acts", "c_new", "h_hat", "normed", "rstd", "in_stats", "c_stats")
 
 
 class LSTMLoop:
     """The cell-family interface of :mod:`.lstm` (``forward`` and ``backward`` for
-    :class:`.function.Recurrence`), run by the compiled ops."""
+    :class:`.function.Recurrence`), run by the compiled ops, which also normalise the input
+    product step by step (saving it, ``xa``, and its statistics instead of its normalised copy)."""
+
+    normalises_input = True
 
     @staticmethod
     def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor | None]):
@@ -151,6 +155,8 @@ class LSTMLoop:
         results = torch.ops.gatedrnn_cpu.lstm_forward(xw, h0, c0, *_weights(w), *_masks(plan), _layout(cfg),
                                                       plan.reverse, cfg.eps)
         saved = {k: (v if v.numel() else None) for k, v in zip(_SAVED, results)}
+        if w.get("in_gain") is not None:
+            saved["xa"] = xw  # x W^T, normalised again in the backward pass
         states, cells = saved["states"], saved["cells"]
         outputs = (plan.outputs(states), states[plan.final].clone(), cells[plan.final].clone())
         return outputs, saved
@@ -161,9 +167,10 @@ class LSTMLoop:
         d_out, d_hn, d_cn = grads
         d_out = d_out if plan.active is None else d_out * plan.active
         s = [saved[k] for k in _SAVED]
-        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr = torch.ops.gatedrnn_cpu.lstm_backward(
-            d_out, d_hn, d_cn, *s, *_weights(w), *_masks(plan), _layout(plan.cfg), plan.reverse)
+        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias = (
+            torch.ops.gatedrnn_cpu.lstm_backward(d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan),
+                                                 _layout(plan.cfg), plan.reverse))
         present = {"rec_gain": d_gain, "weight_ch": d_peep, "ln_weight_c": d_ln_w, "ln_bias_c": d_ln_b,
-                   "weight_hr": d_hr}
+                   "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias}
         return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh,
-                **{k: (g if w[k] is not None else None) for k, g in present.items()}}
+                **{k: (g if w.get(k) is not None else None) for k, g in present.items()}}

@@ -288,17 +288,27 @@ class Recurrence(torch.autograd.Function):
     ``apply(plan, family, names, x, weight_ih, in_gain, bias, h0, c0, *params)`` with ``family`` a
     module offering ``forward(plan, xw, h0, c0, w) -> (outputs, saved)`` and
     ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n]).
+
+    A family whose ``normalises_input`` is True (the compiled LSTM loop) takes the input's layer
+    norm over: with layer norm it receives the plain product ``x W^T`` as ``xw``, the input gain
+    and the summed bias in ``w`` (``in_gain``, ``in_bias``), and returns the gradient at ``x W^T``
+    as ``grads["xw"]`` with those of the gain and bias.
     """
 
     @staticmethod
     def forward(ctx, plan: Plan, family, names: tuple[str, ...], x: Tensor, weight_ih: Tensor,
                 in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None, *params: Tensor):
         w = dict(zip(names, params))
-        xw, saved = input_pre_activations(plan.cfg, x, weight_ih, in_gain, bias)
+        fused = in_gain is not None and getattr(family, "normalises_input", False)
+        if fused:
+            xw, saved = input_pre_activations(plan.cfg, x, weight_ih, None, None)
+            w.update(in_gain=in_gain, in_bias=bias if bias is not None else torch.zeros_like(in_gain))
+        else:
+            xw, saved = input_pre_activations(plan.cfg, x, weight_ih, in_gain, bias)
         outputs, loop_saved = family.forward(plan, xw, h0, c0, w)
         del xw  # before stacking the per-step lists: the two would otherwise meet at the peak
         saved.update(_stacked(loop_saved))
-        ctx.plan, ctx.family, ctx.names, ctx.saved_names = plan, family, names, tuple(saved)
+        ctx.plan, ctx.family, ctx.names, ctx.saved_names, ctx.fused = plan, family, names, tuple(saved), fused
         ctx.save_for_backward(x, weight_ih, in_gain, bias, *params, *saved.values())
         return outputs
 
@@ -309,7 +319,13 @@ class Recurrence(torch.autograd.Function):
         k = len(ctx.names)
         w = dict(zip(ctx.names, rest[:k]))
         saved = dict(zip(ctx.saved_names, rest[k:]))
-        d = ctx.family.backward(ctx.plan, w, saved, grads)
-        d_x, d_w, d_gain, d_bias = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, in_gain, bias, saved,
-                                               ctx.needs_input_grad[3])
+        need_x = ctx.needs_input_grad[3]
+        if ctx.fused:
+            w.update(in_gain=in_gain, in_bias=bias if bias is not None else torch.zeros_like(in_gain))
+            d = ctx.family.backward(ctx.plan, w, saved, grads)
+            d_x, d_w, _, _ = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, None, None, saved, need_x)
+            d_gain, d_bias = d["in_gain"], (d["in_bias"] if bias is not None else None)
+        else:
+            d = ctx.family.backward(ctx.plan, w, saved, grads)
+            d_x, d_w, d_gain, d_bias = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, in_gain, bias, saved, need_x)
         return (None, None, None, d_x, d_w, d_gain, d_bias, d["h0"], d.get("c0"), *(d.get(n) for n in ctx.names))
