@@ -1,7 +1,7 @@
 """CPU benchmark of one recurrent layer: torch.nn (native kernels), gatedrnn's reference loop, a plain
-autograd time loop of the same cell, and the fused CPU backend (``cpu``: its compiled LSTM loop
-where it applies; ``cpu-py``: the same backend with that loop switched off, its Python loop), side
-by side in one process.
+autograd time loop of the same cell, and the fused CPU backend (``cpu``: its compiled loops where
+they apply; ``cpu-py``: the same backend with them switched off, its Python loops), side by side
+in one process.
 
     python benchmarks/cpu.py                   # the issue's targets, then the grid
     python benchmarks/cpu.py --quick           # a fast smoke run (small sizes, 1 repeat)
@@ -47,6 +47,8 @@ CELLS = {  # --cells names -> (family, module keywords)
     "lstm-ln": ("lstm", {"layer_norm": True}),
     "gru": ("gru", {}),
     "gru-ln": ("gru", {"layer_norm": True}),
+    "gru-ra0": ("gru", {"reset_after": False}),
+    "gru-ra0-ln": ("gru", {"reset_after": False, "layer_norm": True}),
     **{f"lstm-{v}": ("lstm", {"variant": v}) for v in gatedrnn.config.LSTM_VARIANTS if v != "vanilla"},
 }
 
@@ -111,7 +113,7 @@ def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
 
 
 def _without_compiled_loop(run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` with the CPU backend's compiled LSTM loop switched off (its Python loop runs)."""
+    """``run`` with the CPU backend's compiled loops switched off (its Python loops run)."""
 
     def python_loop():
         previous = os.environ.get(compiled.ENV)
@@ -191,6 +193,9 @@ def target_rows(quick: bool) -> list[tuple[str, list[Row]]]:
     variants = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
                 for c in CELLS if c.startswith("lstm-") and c not in ("lstm-ln", "lstm-peephole")]
     sections.append(("other variants vs torch.nn.LSTM (information)", variants))
+    grus = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
+            for c in ("gru-ln", "gru-ra0", "gru-ra0-ln")]
+    sections.append(("GRU variants torch.nn lacks vs torch.nn.GRU (information)", grus))
     return sections
 
 
@@ -319,7 +324,7 @@ def memory_rows(quick: bool, threads: int) -> None:
     ref_saved, ref_peak = saved_bytes(base, "torch"), peak_bytes(base, "torch", threads)
     entries = [("lstm", "torch"), ("lstm", "cpu")] + [(c, "cpu") for c in CELLS if c.startswith("lstm-")]
     entries += [("lstm-ln", "cpu-py"), ("lstm-peephole", "cpu-py"), ("lstm-ln", "loop"), ("gru", "torch"),
-                ("gru-ln", "cpu")]
+                ("gru-ln", "cpu"), ("gru-ra0-ln", "cpu"), ("gru-ln", "cpu-py")]
     for cell, provider in entries:
         case = Case(cell, B, T, H)
         saved = ref_saved if (cell, provider) == ("lstm", "torch") else saved_bytes(case, provider)
@@ -340,7 +345,7 @@ def machine() -> str:
     loop = compiled.unavailable_reason() or f"built for {torch.backends.cpu.get_cpu_capability()}"
     return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
             f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}; "
-            f"compiled LSTM loop: {loop}")
+            f"compiled loops: {loop}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## CPU benchmark\n\nMachine: {machine()}\n\nMedians of {repeats} interleaved calls per provider; "
           "`torch` is torch.nn's plain cell of the same size, `default` gatedrnn with backend='auto', "
           "`reference` its reference backend, `loop` a plain autograd time loop of the same cell, `cpu` the "
-          "fused CPU backend, `cpu-py` the same with its compiled LSTM loop off. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
+          "fused CPU backend, `cpu-py` the same with its compiled loops off. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
     if "targets" in rows:
         for title, section in target_rows(args.quick):
             for r in section:

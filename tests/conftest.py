@@ -18,8 +18,8 @@ def _seed():
 
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_cpu_loop_built_first():
-    """Build the CPU backend's compiled LSTM loop (if this machine can) before any test, so that the
-    build, about 20 s on a fresh machine, never happens inside a test's subprocess or timing."""
+    """Build the CPU backend's compiled loops (if this machine can) before any test, so that the
+    build, about 30 s on a fresh machine, never happens inside a test's subprocess or timing."""
     from gatedrnn.backends.cpu import compiled
 
     if not compiled.disabled():

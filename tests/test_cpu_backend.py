@@ -2,8 +2,8 @@
 
 Every buffer the backend allocates with ``torch.empty`` (in Python or in the compiled loop) starts
 as NaN here (torch's ``fill_uninitialized_memory`` under deterministic mode), so an element it
-forgets to write fails. Every test runs twice: with the compiled LSTM loop and with the Python one
-that replaces it where it cannot be built.
+forgets to write fails. Every test runs twice: with the compiled loops (LSTM and GRU) and with the
+Python ones that replace them where they cannot be built.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def _poison_empty_one_thread():
 
 @pytest.fixture(autouse=True, params=["compiled", "python"])
 def loop(request, monkeypatch):
-    """Which LSTM loop the CPU backend runs: the compiled one, or the Python one (switched to with
-    the environment variable users have)."""
+    """Which loops the CPU backend runs: the compiled ones, or the Python ones (switched to with the
+    environment variable users have)."""
     if request.param == "python":
         monkeypatch.setenv(compiled.ENV, "0")
         return request.param
@@ -56,7 +56,7 @@ def loop(request, monkeypatch):
     if reason is not None:
         if shutil.which(os.environ.get("CXX", "c++")) is None:
             pytest.skip(f"no C++ compiler here: {reason}")
-        pytest.fail(f"this machine has a C++ compiler, yet the compiled loop is unavailable: {reason}")
+        pytest.fail(f"this machine has a C++ compiler, yet the compiled loops are unavailable: {reason}")
     return request.param
 
 
@@ -165,12 +165,16 @@ def test_batch_first_unbatched_and_long_sequence():
         assert all(torch.allclose(s, t, rtol=1e-10, atol=1e-12) for s, t in zip(a[1], b[1]))
 
 
-@pytest.mark.parametrize("kw", [dict(layer_norm=True, variant="peephole", proj_size=2, zoneout=0.2),
-                                dict(layer_norm=True, variant="cifg", recurrent_dropout=0.3)], ids=["peephole", "cifg"])
-def test_long_sequences_match_in_every_gradient(kw):
+@pytest.mark.parametrize("cls,kw", [
+    (gatedrnn.LSTM, dict(layer_norm=True, variant="peephole", proj_size=2, zoneout=0.2)),
+    (gatedrnn.LSTM, dict(layer_norm=True, variant="cifg", recurrent_dropout=0.3)),
+    (gatedrnn.GRU, dict(layer_norm=True, reset_after=True, zoneout=0.2)),
+    (gatedrnn.GRU, dict(reset_after=False, recurrent_dropout=0.3)),
+], ids=["lstm-peephole", "lstm-cifg", "gru-ra1-ln", "gru-ra0"])
+def test_long_sequences_match_in_every_gradient(cls, kw):
     """Long enough (37 steps, lengths down to 20) for the compiled loop's chunked weight gradient
     (16 steps a chunk) to cover several chunks and a partial one, in both directions."""
-    ref, fast = _pair(gatedrnn.LSTM, kw, bidirectional=True, num_layers=2)
+    ref, fast = _pair(cls, kw, bidirectional=True, num_layers=2)
     _compare(ref.train(), fast.train(), lengths=True, hx=True, steps=37, step_counts=[37, 20, 33, 29])
 
 
@@ -273,38 +277,44 @@ def test_retained_graph_gives_the_same_gradients_twice(kw):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def _count_compiled_calls(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    original = compiled.LSTMLoop.forward
+def _count_compiled_calls(monkeypatch) -> list[str]:
+    """Records the family of every compiled-loop forward pass."""
+    calls: list[str] = []
+    for loop_class in (compiled.LSTMLoop, compiled.GRULoop):
+        original = loop_class.forward
 
-    def counting(*args):
-        calls.append(1)
-        return original(*args)
+        def counting(*args, _original=original, _name=loop_class.__name__):
+            calls.append(_name)
+            return _original(*args)
 
-    monkeypatch.setattr(compiled.LSTMLoop, "forward", staticmethod(counting))
+        monkeypatch.setattr(loop_class, "forward", staticmethod(counting))
     return calls
 
 
-@pytest.mark.parametrize("kw,runs_compiled", [(dict(variant="peephole", layer_norm=True), True),
-                                               (dict(variant="cifg", proj_size=2, zoneout=0.2), True),
-                                               (dict(variant="fgr"), False)], ids=["peephole-ln", "cifg", "fgr"])
-def test_the_compiled_loop_runs_every_lstm_but_fgr(loop, monkeypatch, kw, runs_compiled):
+@pytest.mark.parametrize("cls,kw,expected", [
+    (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True), "LSTMLoop"),
+    (gatedrnn.LSTM, dict(variant="cifg", proj_size=2, zoneout=0.2), "LSTMLoop"),
+    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), "GRULoop"),
+    (gatedrnn.LSTM, dict(variant="fgr"), None),
+    (gatedrnn.RNN, dict(nonlinearity="relu"), None),
+], ids=["lstm-peephole-ln", "lstm-cifg", "gru-ra0-ln", "lstm-fgr", "rnn"])
+def test_the_compiled_loops_run_every_lstm_but_fgr_and_every_gru(loop, monkeypatch, cls, kw, expected):
     calls = _count_compiled_calls(monkeypatch)
-    gatedrnn.LSTM(I, H, bidirectional=True, backend="cpu", **kw)(torch.randn(T, B, I))
-    assert len(calls) == (2 if runs_compiled and loop == "compiled" else 0)
-    gatedrnn.GRU(I, H, layer_norm=True, backend="cpu")(torch.randn(T, B, I))
-    gatedrnn.LSTM(I, H, layer_norm=True, backend="cpu", dtype=torch.bfloat16)(torch.randn(T, B, I, dtype=torch.bfloat16))
-    assert len(calls) == (2 if runs_compiled and loop == "compiled" else 0)
+    cls(I, H, bidirectional=True, backend="cpu", **kw)(torch.randn(T, B, I))
+    assert calls == ([expected] * 2 if expected and loop == "compiled" else [])
+    cls(I, H, backend="cpu", dtype=torch.bfloat16, **kw)(torch.randn(T, B, I, dtype=torch.bfloat16))
+    assert len(calls) == (2 if expected and loop == "compiled" else 0), "bfloat16 runs the Python loop"
 
 
-def test_float32_loops_are_as_accurate_as_each_other(loop, monkeypatch):
-    """In float32 the compiled loop and the Python one both stay close to the float64 reference."""
+@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=3)),
+                                    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True))], ids=["lstm", "gru"])
+def test_float32_loops_are_as_accurate_as_each_other(loop, cls, kw):
+    """In float32 the compiled loops and the Python ones both stay close to the float64 reference."""
     torch.manual_seed(3)
-    kw = dict(variant="peephole", layer_norm=True, proj_size=3, num_layers=2)
-    module = gatedrnn.LSTM(I, H, backend="cpu", **kw)
-    exact = gatedrnn.LSTM(I, H, backend="reference", dtype=torch.float64, **kw)
+    module = cls(I, H, backend="cpu", num_layers=2, **kw)
+    exact = cls(I, H, backend="reference", dtype=torch.float64, num_layers=2, **kw)
     exact.load_state_dict({k: v.double() for k, v in module.state_dict().items()})
-    x, weights = torch.randn(T, B, I), torch.randn(T, B, 3)
+    x, weights = torch.randn(T, B, I), torch.randn(T, B, module.cell_config.output_size)
 
     def output_and_grads(m, dtype):
         leaf = x.to(dtype).requires_grad_(True)
@@ -323,7 +333,7 @@ def test_without_the_compiled_loop_the_python_one_runs_and_says_why(loop, monkey
     compiled._warn_once.cache_clear()
     calls = _count_compiled_calls(monkeypatch)
     ref, fast = _pair(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True))
-    with pytest.warns(RuntimeWarning, match=r"compiled LSTM loop is unavailable \(no C\+\+ compiler found.*Python loop"):
+    with pytest.warns(RuntimeWarning, match=r"compiled loops are unavailable \(no C\+\+ compiler found.*Python loops"):
         _compare(ref, fast, lengths=True, hx=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # said once per reason, not at every call

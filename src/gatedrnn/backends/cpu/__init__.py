@@ -127,7 +127,7 @@ def run_layer(
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
     c0 = state[1].contiguous() if cfg.family == "lstm" else None
-    family = compiled.LSTMLoop if compiled.accepts(cfg, x.dtype) else _FAMILIES[cfg.family]
+    family = compiled.loop_for(cfg, x.dtype) or _FAMILIES[cfg.family]
     out, *final = Recurrence.apply(plan, family, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
                                    state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
     return out, tuple(final), None

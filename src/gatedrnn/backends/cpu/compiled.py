@@ -1,25 +1,30 @@
-"""The CPU backend's compiled LSTM loop (``csrc/lstm_loop.cpp``): built on first use, then cached.
+"""The CPU backend's compiled loops (``csrc/``): built on first use, then cached.
 
-The Python loop of :mod:`.lstm` drives each step with a dozen small aten calls, whose per-call
-cost (a few microseconds each, serial, in Python) is what keeps a layer-norm or peephole LSTM
-behind torch.nn's native loop at training sizes. The compiled loop runs the same steps in C++:
-the matrix products through ATen, the gate math one vectorised pass per batch row, the rows split
-over the intra-op threads. It computes what :mod:`.lstm`'s loop computes (the same equations, the
-same saved state), and is tested against the reference loop in float64 like it.
+The Python loops of :mod:`.lstm` and :mod:`.gru` drive each step with a dozen small aten calls,
+whose per-call cost (a few microseconds each, serial, in Python) is what keeps a layer-norm or
+peephole LSTM behind torch.nn's native loop at training sizes. The compiled loops run the same
+steps in C++: one parallel region per step over blocks of batch rows, in which each thread runs
+its rows' matrix products (ATen) and their gate math (one vectorised pass per row, with ATen's
+``Vectorized`` and Sleef's exp and tanh). They also normalise the input product step by step
+when the layer has layer norm, so that no normalised copy of the whole sequence is made. They
+compute what the Python loops compute and are tested against the reference loop in float64
+like them.
 
-It covers every LSTM variant but ``fgr`` (whose gate recurrence stays in :mod:`.lstm`), in float32
-and float64, with layer norm, projection, zoneout, packed lengths and recurrent dropout.
+They cover every LSTM variant but ``fgr`` (whose gate recurrence stays in :mod:`.lstm`) and both
+GRU forms, in float32 and float64, with layer norm, projection, peepholes, zoneout, packed lengths
+and recurrent dropout.
 
-Building needs a C++ compiler and ninja (a dependency of gatedrnn); it takes about 20 s once per
+Building needs a C++ compiler and ninja (a dependency of gatedrnn); it takes about 30 s once per
 machine, torch version and source, in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``). Where it cannot be built the backend says why once (a
-``RuntimeWarning``) and runs the Python loop, which gives the same results more slowly. Set
-``GATEDRNN_CPU_COMPILED=0`` to skip the build and always run the Python loop.
+``RuntimeWarning``) and runs the Python loops, which give the same results more slowly. Set
+``GATEDRNN_CPU_COMPILED=0`` to skip the build and always run the Python loops.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import sys
@@ -35,7 +40,8 @@ from .function import Plan
 from .lstm import Layout
 
 ENV = "GATEDRNN_CPU_COMPILED"
-_SOURCE = Path(__file__).with_name("csrc") / "lstm_loop.cpp"
+_SOURCE_DIR = Path(__file__).with_name("csrc")
+_SOURCES = sorted(str(p) for p in _SOURCE_DIR.glob("*.cpp"))
 _DTYPES = (torch.float32, torch.float64)
 
 # compiler flags for the vector instruction set torch itself dispatches to on this CPU, so that
@@ -47,7 +53,7 @@ _ISA_FLAGS = {
 
 
 def disabled() -> bool:
-    """Whether the user switched the compiled loop off (:data:`ENV` set to 0, false, no or off)."""
+    """Whether the user switched the compiled loops off (:data:`ENV` set to 0, false, no or off)."""
     return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
@@ -56,7 +62,9 @@ def _build_flags() -> tuple[str, list[str]]:
     capability = torch.backends.cpu.get_cpu_capability()
     flags, macro = _ISA_FLAGS.get(capability, ([], None))
     version = "".join(ch if ch.isalnum() else "_" for ch in torch.__version__)
-    name = f"gatedrnn_cpu_{version}_{capability.lower()}"
+    # torch rebuilds when a listed source changes, not when a header does: name the sources' hash
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_SOURCE_DIR.iterdir()) if p.is_file()))
+    name = f"gatedrnn_cpu_{version}_{capability.lower()}_{digest.hexdigest()[:10]}"
     return name, ["-O3", *flags, *([f"-D{macro}"] if macro else [])]
 
 
@@ -85,11 +93,11 @@ def unavailable_reason() -> str | None:
         return "ninja is not installed (pip install ninja)"
     name, flags = _build_flags()
     # loading a cached build takes well under a second: say something only when it is compiling
-    notice = threading.Timer(1.0, print, [f"gatedrnn: building the CPU backend's compiled LSTM loop ({name}; once "
-                                          "per machine and torch version, about 20 s)"], {"file": sys.stderr})
+    notice = threading.Timer(1.0, print, [f"gatedrnn: building the CPU backend's compiled loops ({name}; once "
+                                          "per machine and torch version, about 30 s)"], {"file": sys.stderr})
     notice.start()
     try:
-        cpp_extension.load(name, [str(_SOURCE)], extra_cflags=flags, is_python_module=False, verbose=False)
+        cpp_extension.load(name, _SOURCES, extra_cflags=flags, is_python_module=False, verbose=False)
     except Exception as exc:  # a compiler error, a missing header: the Python loop still works
         return f"the build failed: {_first_error(str(exc)) or type(exc).__name__}"
     finally:
@@ -107,19 +115,23 @@ def _first_error(log: str) -> str:
 
 @functools.cache
 def _warn_once(reason: str) -> None:
-    warnings.warn(f"gatedrnn: the CPU backend's compiled LSTM loop is unavailable ({reason}); running its "
-                  f"Python loop instead, which gives the same results more slowly. Set {ENV}=0 to silence this.",
+    warnings.warn(f"gatedrnn: the CPU backend's compiled loops are unavailable ({reason}); running its "
+                  f"Python loops instead, which give the same results more slowly. Set {ENV}=0 to silence this.",
                   RuntimeWarning, stacklevel=4)
 
 
-def accepts(cfg: CellConfig, dtype: torch.dtype) -> bool:
-    """Whether the compiled loop runs this LSTM layer (building it on first use)."""
-    if cfg.family != "lstm" or cfg.variant == "fgr" or dtype not in _DTYPES or disabled():
-        return False
+@torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
+def loop_for(cfg: CellConfig, dtype: torch.dtype) -> type | None:
+    """The compiled loop that runs this layer (building the loops on first use), or None: the
+    LSTM's for every variant but fgr, the GRU's for both reset forms, in float32 and float64."""
+    family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.family)
+    if family is None or cfg.variant == "fgr" or dtype not in _DTYPES or disabled():
+        return None
     reason = unavailable_reason()
     if reason is not None:
         _warn_once(reason)
-    return reason is None
+        return None
+    return family
 
 
 def _layout(cfg: CellConfig) -> list[int]:
@@ -139,6 +151,21 @@ def _masks(plan: Plan) -> list[Tensor | None]:
     return [plan.keep_h, plan.keep_c, plan.recurrent_mask]
 
 
+def _present(grads: dict[str, Tensor], w: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
+    """The gradients of the weights this layer has (the ops return empty tensors for the others)."""
+    return {k: (g if w.get(k) is not None else None) for k, g in grads.items()}
+
+
+def _saved(names: tuple[str, ...], results: list[Tensor], xw: Tensor, w: dict[str, Tensor | None]
+           ) -> dict[str, Tensor | None]:
+    """A forward op's results by name (None for the empty ones), with x W^T when layer norm will
+    normalise it again in the backward pass."""
+    saved = {k: (v if v.numel() else None) for k, v in zip(names, results)}
+    if w.get("in_gain") is not None:
+        saved["xa"] = xw
+    return saved
+
+
 _SAVED = ("states", "cells", "acts", "c_new", "h_hat", "normed", "rstd", "in_stats", "c_stats")
 
 
@@ -154,9 +181,7 @@ class LSTMLoop:
         cfg = plan.cfg
         results = torch.ops.gatedrnn_cpu.lstm_forward(xw, h0, c0, *_weights(w), *_masks(plan), _layout(cfg),
                                                       plan.reverse, cfg.eps)
-        saved = {k: (v if v.numel() else None) for k, v in zip(_SAVED, results)}
-        if w.get("in_gain") is not None:
-            saved["xa"] = xw  # x W^T, normalised again in the backward pass
+        saved = _saved(_SAVED, results, xw, w)
         states, cells = saved["states"], saved["cells"]
         outputs = (plan.outputs(states), states[plan.final].clone(), cells[plan.final].clone())
         return outputs, saved
@@ -172,5 +197,38 @@ class LSTMLoop:
                                                  _layout(plan.cfg), plan.reverse))
         present = {"rec_gain": d_gain, "weight_ch": d_peep, "ln_weight_c": d_ln_w, "ln_bias_c": d_ln_b,
                    "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias}
-        return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh,
-                **{k: (g if w.get(k) is not None else None) for k, g in present.items()}}
+        return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh, **_present(present, w)}
+
+
+_GRU_SAVED = ("states", "acts", "normed", "rstd", "in_stats")
+
+
+def _gru_weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
+    return [w["weight_hh"], w.get("in_gain"), w.get("in_bias"), w["rec_gain"], w["rec_shift"]]
+
+
+class GRULoop:
+    """The cell-family interface of :mod:`.gru`, run by the compiled ops (which normalise the
+    input product themselves, as :class:`LSTMLoop`)."""
+
+    normalises_input = True
+
+    @staticmethod
+    def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor | None]):
+        cfg = plan.cfg
+        results = torch.ops.gatedrnn_cpu.gru_forward(xw, h0, *_gru_weights(w), plan.keep_h, plan.recurrent_mask,
+                                                     cfg.reset_after, plan.reverse, cfg.eps)
+        saved = _saved(_GRU_SAVED, results, xw, w)
+        states = saved["states"]
+        return (plan.outputs(states), states[plan.final].clone()), saved
+
+    @staticmethod
+    def backward(plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
+                 ) -> dict[str, Tensor | None]:
+        d_out, d_hn = grads
+        d_out = d_out if plan.active is None else d_out * plan.active
+        d_z, dh, d_hh, d_gain, d_shift, d_in_gain, d_in_bias = torch.ops.gatedrnn_cpu.gru_backward(
+            d_out, d_hn, saved.get("xa"), *(saved[k] for k in _GRU_SAVED), *_gru_weights(w), plan.keep_h,
+            plan.recurrent_mask, plan.cfg.reset_after, plan.reverse)
+        present = {"rec_gain": d_gain, "rec_shift": d_shift, "in_gain": d_in_gain, "in_bias": d_in_bias}
+        return {"xw": d_z, "h0": dh, "weight_hh": d_hh, **_present(present, w)}

@@ -289,7 +289,7 @@ class Recurrence(torch.autograd.Function):
     module offering ``forward(plan, xw, h0, c0, w) -> (outputs, saved)`` and
     ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n]).
 
-    A family whose ``normalises_input`` is True (the compiled LSTM loop) takes the input's layer
+    A family whose ``normalises_input`` is True (the compiled loops) takes the input's layer
     norm over: with layer norm it receives the plain product ``x W^T`` as ``xw``, the input gain
     and the summed bias in ``w`` (``in_gain``, ``in_bias``), and returns the gradient at ``x W^T``
     as ``grads["xw"]`` with those of the gain and bias.

@@ -9,20 +9,11 @@
 // H columns in the backend's order (the variant's sigmoid gates among i, f, o, then g).
 // Carried states live in (T+1, B, .) buffers: step t reads slot prev(t) and writes new(t).
 
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
-#include <ATen/cpu/vec/vec.h>
-#include <torch/library.h>
-
-#include <cmath>
-#include <optional>
-#include <vector>
+#include "common.h"
 
 namespace {
 
-using at::Tensor;
-using OptTensor = std::optional<Tensor>;
+using namespace gatedrnn_cpu;
 
 // Where the gate blocks are, from the Python side's Layout: column offsets (-1 when the variant
 // lacks the gate), the columns [0, sig_first) that take a sigmoid before c_t, and the switches.
@@ -36,74 +27,6 @@ struct Layout {
     cifg = v[5] != 0, peephole = v[6] != 0, tanh_g = v[7] != 0, tanh_y = v[8] != 0;
   }
 };
-
-// Step t's slots in the state buffers.
-struct Slots {
-  int64_t T;
-  bool reverse;
-  int64_t step(int64_t k) const { return reverse ? T - 1 - k : k; }  // k-th step of the forward pass
-  int64_t prev(int64_t t) const { return reverse ? t + 1 : t; }
-  int64_t next(int64_t t) const { return reverse ? t : t + 1; }
-};
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-template <typename T>
-T* ptr(const Tensor& t) { return t.data_ptr<T>(); }
-
-template <typename T>
-T* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
-
-OptTensor contiguous(const OptTensor& t) {
-  return t.has_value() && t->defined() ? OptTensor(t->contiguous()) : std::nullopt;
-}
-
-template <typename T>
-void sigmoid_inplace(T* x, int64_t n) {
-  at::vec::map([](Vec<T> v) { return Vec<T>(T(1)) / (Vec<T>(T(1)) + v.neg().exp()); }, x, x, n);
-}
-
-template <typename T>
-void tanh_inplace(T* x, int64_t n) {
-  at::vec::map([](Vec<T> v) { return v.tanh(); }, x, x, n);
-}
-
-template <typename T>
-T sum(const T* x, int64_t n) {
-  return at::vec::reduce_all<T>([](Vec<T> a, Vec<T> b) { return a + b; }, x, n);
-}
-
-template <typename T>
-T dot(const T* x, const T* y, int64_t n) {
-  return at::vec::map2_reduce_all<T>([](Vec<T> a, Vec<T> b) { return a * b; },
-                                     [](Vec<T> a, Vec<T> b) { return a + b; }, x, y, n);
-}
-
-// acc += x * y, element-wise.
-template <typename T>
-void accumulate_product(T* acc, const T* x, const T* y, int64_t n) {
-  at::vec::map3([](Vec<T> a, Vec<T> u, Vec<T> v) { return a + u * v; }, acc, acc, x, y, n);
-}
-
-// Layer norm statistics of one H-unit row, (mean, 1 / sqrt(var + eps)), var the biased variance.
-template <typename T>
-std::pair<T, T> moments(const T* x, int64_t n, double eps) {
-  const T mean = sum(x, n) / T(n);
-  const T var = at::vec::map_reduce_all<T>(
-                    [mean](Vec<T> v) { auto d = v - Vec<T>(mean); return d * d; },
-                    [](Vec<T> a, Vec<T> b) { return a + b; }, x, n) / T(n);
-  return {mean, T(1) / std::sqrt(var + T(eps))};
-}
-
-// Backward of a layer norm without gain, for one row: from the gradient ``grad`` at the
-// normalised values ``normed``, writes rstd (grad - mean(grad) - normed mean(grad normed)) to out.
-template <typename T>
-void norm_backward(T* out, const T* grad, const T* normed, T rstd, int64_t n) {
-  const T m1 = sum(grad, n) / T(n), m2 = dot(grad, normed, n) / T(n);
-  at::vec::map2([=](Vec<T> d, Vec<T> x) { return Vec<T>(rstd) * (d - Vec<T>(m1) - x * Vec<T>(m2)); },
-                out, grad, normed, n);
-}
 
 // The weights a step reads, as raw pointers (null where the configuration has none). With layer
 // norm, in_gain / in_bias (the input blocks' gain, every bias summed) and rec_gain come together.
@@ -130,15 +53,9 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
   if (w.rec_gain != nullptr) {
     for (int64_t k = 0; k < G; ++k) {
       const int64_t off = k * H;
-      const auto [mean, rs] = moments(raw + off, H, eps);
-      rstd[k] = rs;
-      at::vec::map([mean = mean, rs = rs](Vec<T> v) { return (v - Vec<T>(mean)) * Vec<T>(rs); },
-                   normed + off, raw + off, H);
-      const auto [in_mean, in_rs] = moments(xw + off, H, eps);
-      in_stats[2 * k] = in_mean, in_stats[2 * k + 1] = in_rs;
-      at::vec::map3([m = in_mean, r = in_rs](Vec<T> x, Vec<T> gain, Vec<T> shift) {
-        return (x - Vec<T>(m)) * Vec<T>(r) * gain + shift;
-      }, a + off, xw + off, w.in_gain + off, w.in_bias + off, H);
+      rstd[k] = normalise(normed + off, raw + off, H, eps).second;
+      std::tie(in_stats[2 * k], in_stats[2 * k + 1]) =
+          normalise_affine(a + off, xw + off, w.in_gain + off, w.in_bias + off, H, eps);
       at::vec::map3([](Vec<T> x, Vec<T> n, Vec<T> gain) { return x + n * gain; }, a + off, a + off,
                     normed + off, w.rec_gain + off, H);
     }
@@ -167,11 +84,7 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
     sigmoid_inplace(a + L.o, H);
   }
   if (w.ln_w != nullptr) {  // y = tanh(LN(c) * w + b)
-    const auto [mean, rs] = moments(c, H, eps);
-    c_stats[0] = mean, c_stats[1] = rs;
-    at::vec::map3([mean = mean, rs = rs](Vec<T> v, Vec<T> gain, Vec<T> shift) {
-      return (v - Vec<T>(mean)) * Vec<T>(rs) * gain + shift;
-    }, y, c, w.ln_w, w.ln_b, H);
+    std::tie(c_stats[0], c_stats[1]) = normalise_affine(y, c, w.ln_w, w.ln_b, H, eps);
   } else {
     std::copy(c, c + H, y);
   }
@@ -182,29 +95,6 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
     std::copy(y, y + H, h);
   }
 }
-
-// Steps grouped in chunks of ``size`` consecutive time indices [first, first + length), visited by
-// the backward pass in its order (descending t, or ascending in reverse): a step's slot in a
-// chunk-sized buffer, and whether it is the last step of its chunk that the pass visits.
-struct Chunks {
-  int64_t size, T;
-  bool reverse;
-  int64_t slot(int64_t t) const { return t % size; }
-  int64_t first(int64_t t) const { return t - t % size; }
-  int64_t length(int64_t t) const { return std::min(first(t) + size, T) - first(t); }
-  bool completes(int64_t t) const { return reverse ? t == first(t) + length(t) - 1 : t == first(t); }
-};
-
-// Rows [begin, end) of a (B, ...) tensor; a broadcast (1, ...) one as it is.
-struct Rows {
-  int64_t begin, end;
-  Tensor operator()(const Tensor& x) const { return x.size(0) == 1 ? x : x.narrow(0, begin, end - begin); }
-};
-
-// Batch rows per task of a step's parallel region: whole blocks of rows, so that each thread's
-// matrix product has a few rows (one thread's product of 16 rows takes about half the time of
-// 32 rows, better than a two-thread product of 32), and tiny layers stay on one thread.
-int64_t row_grain(int64_t row_size) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(row_size, 1)); }
 
 std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tensor& c0, const Tensor& weight_hh,
                                  const OptTensor& in_gain_, const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& peep_, const OptTensor& ln_w_,
@@ -295,7 +185,7 @@ struct RowScratch {
   std::vector<T> y, d_c, normed_c, scaled, normed_in;
   std::vector<T> d_in_gain, d_in_bias, d_gain, d_peep, d_ln_w, d_ln_b;
   RowScratch(int64_t H, int64_t GH, bool norm, bool peephole, bool cell_norm)
-      : y(H), d_c(H), normed_c(cell_norm ? H : 0), scaled(norm ? H : 0), normed_in(norm ? H : 0),
+      : y(H), d_c(H), normed_c(cell_norm ? H : 0), scaled(norm || cell_norm ? H : 0), normed_in(norm ? H : 0),
         d_in_gain(norm ? GH : 0, T(0)), d_in_bias(norm ? GH : 0, T(0)), d_gain(norm ? GH : 0, T(0)),
         d_peep(peephole ? 3 * H : 0, T(0)), d_ln_w(cell_norm ? H : 0, T(0)), d_ln_b(cell_norm ? H : 0, T(0)) {}
 
@@ -338,10 +228,7 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
   }
   if (L.tanh_y) at::vec::map2([one](V g, V yy) { return g * (one - yy * yy); }, d_c, d_c, y, H);
   if (w.ln_w != nullptr) {  // through the cell layer norm; d_c holds the gradient at its output
-    accumulate_product(s.d_ln_w.data(), d_c, cn, H);
-    at::vec::map2([](V acc, V g) { return acc + g; }, s.d_ln_b.data(), s.d_ln_b.data(), d_c, H);
-    at::vec::map2([](V g, V gain) { return g * gain; }, d_c, d_c, w.ln_w, H);
-    norm_backward(d_c, d_c, cn, c_stats[1], H);
+    affine_norm_backward(d_c, d_c, cn, c_stats[1], w.ln_w, s.d_ln_w.data(), s.d_ln_b.data(), s.scaled.data(), H);
   }
   T* dc_tot = d_c;
   at::vec::map2([](V x, V g) { return x + g; }, dc_tot, dc_tot, dc_in, H);
@@ -380,16 +267,12 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
     T* xn = s.normed_in.data();
     for (int64_t k = 0; k < G; ++k) {
       const int64_t off = k * H;
-      accumulate_product(s.d_gain.data() + off, d + off, normed + off, H);
-      at::vec::map2([](V gr, V gain) { return gr * gain; }, scaled, d + off, w.rec_gain + off, H);
-      norm_backward(d_raw + off, scaled, normed + off, rstd[k], H);
+      affine_norm_backward(d_raw + off, d + off, normed + off, rstd[k], w.rec_gain + off, s.d_gain.data() + off,
+                           static_cast<T*>(nullptr), scaled, H);
       const T in_mean = in_stats[2 * k], in_rs = in_stats[2 * k + 1];
       at::vec::map([=](V v) { return (v - V(in_mean)) * V(in_rs); }, xn, xw + off, H);
-      accumulate_product(s.d_in_gain.data() + off, d + off, xn, H);
-      at::vec::map2([](V acc, V gr) { return acc + gr; }, s.d_in_bias.data() + off, s.d_in_bias.data() + off,
-                    d + off, H);
-      at::vec::map2([](V gr, V gain) { return gr * gain; }, scaled, d + off, w.in_gain + off, H);
-      norm_backward(d + off, scaled, xn, in_rs, H);
+      affine_norm_backward(d + off, d + off, xn, in_rs, w.in_gain + off, s.d_in_gain.data() + off,
+                           s.d_in_bias.data() + off, scaled, H);
     }
   }
 }
@@ -501,13 +384,9 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
     // the threads' parameter-gradient sums, added up
     RowScratch<scalar>& total = scratch[0];
     for (int64_t k = 1; k < threads; ++k) total.add(scratch[k]);
-    auto as_tensor = [&](const std::vector<scalar>& v) {
-      Tensor out = at::empty({static_cast<int64_t>(v.size())}, opts);
-      std::copy(v.begin(), v.end(), ptr<scalar>(out));
-      return out;
-    };
-    scratch_sums = {as_tensor(total.d_gain), as_tensor(total.d_peep), as_tensor(total.d_ln_w),
-                    as_tensor(total.d_ln_b), as_tensor(total.d_in_gain), as_tensor(total.d_in_bias)};
+    scratch_sums = {to_tensor(total.d_gain, opts),    to_tensor(total.d_peep, opts),
+                    to_tensor(total.d_ln_w, opts),    to_tensor(total.d_ln_b, opts),
+                    to_tensor(total.d_in_gain, opts), to_tensor(total.d_in_bias, opts)};
   });
   if (!norm) d_weight_hh = d_raw.view({T * B, GH}).t().mm(inputs.reshape({T * B, R}));
   Tensor d_weight_hr = proj ? d_h_new.view({T * B, R}).t().mm(h_hat->view({T * B, H})) : at::empty({0}, opts);

@@ -1,0 +1,150 @@
+// What the compiled loops (lstm_loop.cpp, gru_loop.cpp) share: time bookkeeping, row blocks,
+// and the vectorised row operations (activations, reductions, layer norm and its backward).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace gatedrnn_cpu {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// Step t's slots in the state buffers.
+struct Slots {
+  int64_t T;
+  bool reverse;
+  int64_t step(int64_t k) const { return reverse ? T - 1 - k : k; }  // k-th step of the forward pass
+  int64_t prev(int64_t t) const { return reverse ? t + 1 : t; }
+  int64_t next(int64_t t) const { return reverse ? t : t + 1; }
+};
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+T* ptr(const Tensor& t) { return t.data_ptr<T>(); }
+
+template <typename T>
+T* ptr(const OptTensor& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; }
+
+inline OptTensor contiguous(const OptTensor& t) {
+  return t.has_value() && t->defined() ? OptTensor(t->contiguous()) : std::nullopt;
+}
+
+template <typename T>
+void sigmoid_inplace(T* x, int64_t n) {
+  at::vec::map([](Vec<T> v) { return Vec<T>(T(1)) / (Vec<T>(T(1)) + v.neg().exp()); }, x, x, n);
+}
+
+template <typename T>
+void tanh_inplace(T* x, int64_t n) {
+  at::vec::map([](Vec<T> v) { return v.tanh(); }, x, x, n);
+}
+
+template <typename T>
+T sum(const T* x, int64_t n) {
+  return at::vec::reduce_all<T>([](Vec<T> a, Vec<T> b) { return a + b; }, x, n);
+}
+
+template <typename T>
+T dot(const T* x, const T* y, int64_t n) {
+  return at::vec::map2_reduce_all<T>([](Vec<T> a, Vec<T> b) { return a * b; },
+                                     [](Vec<T> a, Vec<T> b) { return a + b; }, x, y, n);
+}
+
+// acc += x * y, element-wise.
+template <typename T>
+void accumulate_product(T* acc, const T* x, const T* y, int64_t n) {
+  at::vec::map3([](Vec<T> a, Vec<T> u, Vec<T> v) { return a + u * v; }, acc, acc, x, y, n);
+}
+
+// Layer norm statistics of one H-unit row, (mean, 1 / sqrt(var + eps)), var the biased variance.
+template <typename T>
+std::pair<T, T> moments(const T* x, int64_t n, double eps) {
+  const T mean = sum(x, n) / T(n);
+  const T var = at::vec::map_reduce_all<T>(
+                    [mean](Vec<T> v) { auto d = v - Vec<T>(mean); return d * d; },
+                    [](Vec<T> a, Vec<T> b) { return a + b; }, x, n) / T(n);
+  return {mean, T(1) / std::sqrt(var + T(eps))};
+}
+
+// Backward of a layer norm without gain, for one row: from the gradient ``grad`` at the
+// normalised values ``normed``, writes rstd (grad - mean(grad) - normed mean(grad normed)) to out.
+template <typename T>
+void norm_backward(T* out, const T* grad, const T* normed, T rstd, int64_t n) {
+  const T m1 = sum(grad, n) / T(n), m2 = dot(grad, normed, n) / T(n);
+  at::vec::map2([=](Vec<T> d, Vec<T> x) { return Vec<T>(rstd) * (d - Vec<T>(m1) - x * Vec<T>(m2)); },
+                out, grad, normed, n);
+}
+
+// Writes the normalised row (x - mean) / sigma to out; returns (mean, 1 / sigma).
+template <typename T>
+std::pair<T, T> normalise(T* out, const T* x, int64_t n, double eps) {
+  const auto [mean, rs] = moments(x, n, eps);
+  at::vec::map([m = mean, r = rs](Vec<T> v) { return (v - Vec<T>(m)) * Vec<T>(r); }, out, x, n);
+  return {mean, rs};
+}
+
+// Writes the layer norm ((x - mean) / sigma) gain + shift to out; returns (mean, 1 / sigma).
+template <typename T>
+std::pair<T, T> normalise_affine(T* out, const T* x, const T* gain, const T* shift, int64_t n, double eps) {
+  const auto [mean, rs] = moments(x, n, eps);
+  at::vec::map3([m = mean, r = rs](Vec<T> v, Vec<T> g, Vec<T> b) { return (v - Vec<T>(m)) * Vec<T>(r) * g + b; },
+                out, x, gain, shift, n);
+  return {mean, rs};
+}
+
+// Backward of y = normed * gain (+ shift) for one row, normed = (x - mean) rstd: from ``grad`` at
+// y adds grad * normed to d_gain and grad to d_shift (when given), and writes the gradient at x
+// to dx (which may be grad itself). ``scaled`` is an n-long scratch row.
+template <typename T>
+void affine_norm_backward(T* dx, const T* grad, const T* normed, T rstd, const T* gain, T* d_gain, T* d_shift,
+                          T* scaled, int64_t n) {
+  accumulate_product(d_gain, grad, normed, n);
+  if (d_shift != nullptr) at::vec::map2([](Vec<T> acc, Vec<T> g) { return acc + g; }, d_shift, d_shift, grad, n);
+  at::vec::map2([](Vec<T> g, Vec<T> gn) { return g * gn; }, scaled, grad, gain, n);
+  norm_backward(dx, scaled, normed, rstd, n);
+}
+
+// Steps grouped in chunks of ``size`` consecutive time indices [first, first + length), visited by
+// the backward pass in its order (descending t, or ascending in reverse): a step's slot in a
+// chunk-sized buffer, and whether it is the last step of its chunk that the pass visits.
+struct Chunks {
+  int64_t size, T;
+  bool reverse;
+  int64_t slot(int64_t t) const { return t % size; }
+  int64_t first(int64_t t) const { return t - t % size; }
+  int64_t length(int64_t t) const { return std::min(first(t) + size, T) - first(t); }
+  bool completes(int64_t t) const { return reverse ? t == first(t) + length(t) - 1 : t == first(t); }
+};
+
+// Rows [begin, end) of a (B, ...) tensor; a broadcast (1, ...) one as it is.
+struct Rows {
+  int64_t begin, end;
+  Tensor operator()(const Tensor& x) const { return x.size(0) == 1 ? x : x.narrow(0, begin, end - begin); }
+};
+
+// Batch rows per task of a step's parallel region: whole blocks of rows, so that each thread's
+// matrix product has a few rows (one thread's product of 16 rows takes about half the time of
+// 32 rows, better than a two-thread product of 32), and tiny layers stay on one thread.
+inline int64_t row_grain(int64_t row_size) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(row_size, 1)); }
+
+// A 1-d tensor with v's values (a thread's parameter-gradient sums, for instance).
+template <typename T>
+Tensor to_tensor(const std::vector<T>& v, const at::TensorOptions& opts) {
+  Tensor out = at::empty({static_cast<int64_t>(v.size())}, opts);
+  std::copy(v.begin(), v.end(), out.data_ptr<T>());
+  return out;
+}
+
+}  // namespace gatedrnn_cpu
