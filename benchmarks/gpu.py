@@ -7,7 +7,8 @@ kernels side by side, forward and forward+backward, medians of CUDA-event timing
 
 Reports µs per time step, the speed-up over cuDNN, the peak memory of forward+backward and the
 path the Triton kernels took (persistent or per step, resident or streamed weights). The grid
-runs the issue's targets first, then breadth first (B=16 and H=1024 before the corners), and
+runs the issue's targets first (and the layer-norm LSTM and GRU at B=16, H=1024 against cuDNN's
+plain cells, which have no layer norm), then breadth first (B=16 and H=1024 before the corners), and
 starts no new case once ``--budget-s`` is spent (the skipped ones are listed).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import platform
 import subprocess
@@ -31,6 +33,9 @@ import gatedrnn  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM), "gru": (torch.nn.GRU, gatedrnn.GRU)}
+# layer-norm cells, timed against cuDNN's plain cell of the same size (cuDNN has no layer norm)
+LAYER_NORM_CELLS = {"lstm-ln": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, layer_norm=True)),
+                    "gru-ln": (torch.nn.GRU, functools.partial(gatedrnn.GRU, layer_norm=True))}
 PROVIDERS = ("cudnn", "triton", "reference")
 
 
@@ -48,7 +53,8 @@ class Case:
 
 
 TARGETS = (Case("lstm", "bf16", 16, 1024), Case("gru", "bf16", 16, 1024), Case("lstm", "fp16", 16, 1024),
-           Case("lstm", "fp16", 16, 768, 1024), Case("gru", "fp16", 16, 768, 1024), Case("gru", "bf16", 16, 768, 1024))
+           Case("lstm", "fp16", 16, 768, 1024), Case("gru", "fp16", 16, 768, 1024), Case("gru", "bf16", 16, 768, 1024),
+           Case("lstm-ln", "bf16", 16, 1024), Case("gru-ln", "bf16", 16, 1024))
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
@@ -63,7 +69,7 @@ def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
 
 def build(case: Case, provider: str) -> torch.nn.Module:
     dtype = DTYPES[case.dtype]
-    torch_cls, ours = CELLS[case.cell]
+    torch_cls, ours = {**CELLS, **LAYER_NORM_CELLS}[case.cell]
     if provider == "cudnn":
         return torch_cls(case.H, case.H, device="cuda", dtype=dtype)
     return ours(case.H, case.H, device="cuda", dtype=dtype, backend=provider)

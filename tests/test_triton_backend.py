@@ -30,6 +30,7 @@ from gatedrnn.backends import reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
 from gatedrnn.backends.triton import launch  # noqa: E402
 from gatedrnn.config import CellConfig  # noqa: E402
+from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
 
 from helpers import assert_close_results, rel_err, run_and_grad  # noqa: E402
 
@@ -53,7 +54,17 @@ CONFIGS = {
     "gru": CellConfig("gru", 5),
     "gru_reset_before": CellConfig("gru", 5, reset_after=False),
     "gru_nobias": CellConfig("gru", 5, bias=False),
+    "lstm_ln": CellConfig("lstm", 5, layer_norm=True),
+    "lstm_peephole_ln": CellConfig("lstm", 5, variant="peephole", layer_norm=True),
+    "lstm_cifg_ln_nobias": CellConfig("lstm", 5, variant="cifg", layer_norm=True, bias=False),
+    "lstm_nog_ln": CellConfig("lstm", 5, variant="nog", layer_norm=True),
+    "lstm_noaf_ln": CellConfig("lstm", 5, variant="noaf", layer_norm=True),
+    "lstm_proj_ln": CellConfig("lstm", 5, proj_size=3, layer_norm=True),
+    "gru_ln": CellConfig("gru", 5, layer_norm=True),
+    "gru_reset_before_ln": CellConfig("gru", 5, reset_after=False, layer_norm=True),
+    "gru_ln_nobias": CellConfig("gru", 5, layer_norm=True, bias=False),
 }
+LN_NAMES = ["lstm_ln", "lstm_proj_ln", "gru_ln", "gru_reset_before_ln"]
 
 
 @pytest.fixture(autouse=True)
@@ -75,10 +86,13 @@ def layer_weights(cfg: CellConfig, input_size: int, dtype=torch.float64, device=
         shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
     if cfg.proj_size:
         shapes["weight_hr"] = (R, H)
-    if cfg.variant == "peephole":
-        shapes["weight_ch"] = (3 * H,)
+    shapes.update(extra_parameter_shapes(cfg))
     scale = 1.5 / H**0.5
-    return {k: (torch.rand(s, dtype=dtype, device=device) * 2 - 1) * scale for k, s in shapes.items()}
+    weights = {k: (torch.rand(s, dtype=dtype, device=device) * 2 - 1) * scale for k, s in shapes.items()}
+    for k in weights:
+        if k.startswith("ln_weight"):  # gains around 1, all different, so that a wrong gain index shows
+            weights[k] = 1.0 + weights[k]
+    return weights
 
 
 def layer_run(backend, cfg, x, state, weights, reverse, lengths):
@@ -126,7 +140,7 @@ def test_layer_matches_reference(name, reverse):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", *LN_NAMES])
 def test_persistent_kernel_path(name):
     """The single-launch path with grid barriers (one program: the interpreter runs programs in turn)."""
     launch.tuning.mode = "persistent"
@@ -134,16 +148,18 @@ def test_persistent_kernel_path(name):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_proj", "gru_reset_before", "lstm_peephole"])
+@pytest.mark.parametrize("name", ["lstm_proj", "gru_reset_before", "lstm_peephole", *LN_NAMES])
 def test_many_programs_and_batch_blocks(name):
-    """One unit per program and one batch row per block: every slice boundary is exercised."""
+    """One unit per program and one batch row per block: every slice boundary is exercised (and
+    with layer norm, statistics merged from five programs)."""
     launch.tuning.block_h, launch.tuning.block_b = 1, 1
     compare_layer(CONFIGS[name], T=3, B=3, I=2, reverse=False, lengths=None)
 
 
 @interpreter
 @pytest.mark.parametrize("mode", ["persistent", "stepwise"])
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "rnn_tanh", "lstm_cifg"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "rnn_tanh", "lstm_cifg",
+                                  "lstm_proj_ln", "gru_reset_before_ln"])
 def test_streamed_weights(name, mode):
     """The weights-don't-fit path: every phase re-reads its weight slice in chunks of 2 columns
     (R = 5 or 2: a ragged last chunk), in batch blocks of 2 rows, with a zero-length sequence."""
@@ -155,7 +171,7 @@ def test_streamed_weights(name, mode):
 
 @interpreter
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu"])
+@pytest.mark.parametrize("name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln"])
 def test_low_precision_matches_float64_reference(name, dtype, tol):
     """fp32 / fp16 storage with fp32 accumulation against float64 on the same rounded inputs
     (bfloat16 runs on the GPU only: the interpreter's tl.dot is wrong for it)."""
@@ -163,7 +179,7 @@ def test_low_precision_matches_float64_reference(name, dtype, tol):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln"])
 def test_bitwise_deterministic(name):
     """Two runs on the same inputs give bitwise equal outputs, final states and gradients."""
     cfg = CONFIGS[name]
@@ -191,6 +207,10 @@ MODULES = {
     "gru_2layer_bidir_before": (gatedrnn.GRU, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
                                                    reset_after=False)),
     "rnn_relu_2layer": (gatedrnn.RNN, dict(input_size=3, hidden_size=4, num_layers=2, nonlinearity="relu")),
+    "lstm_ln_2layer_bidir_peephole": (gatedrnn.LSTM, dict(input_size=3, hidden_size=5, num_layers=2,
+                                                          bidirectional=True, variant="peephole", layer_norm=True)),
+    "gru_ln_bidir_before": (gatedrnn.GRU, dict(input_size=3, hidden_size=4, bidirectional=True, reset_after=False,
+                                               layer_norm=True)),
 }
 
 
@@ -244,7 +264,7 @@ def test_compiles_with_torch_compile():
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "lstm_proj_ln", "gru_ln"])
 def test_custom_op_registration(name):
     """torch.library's own check of the ops: schema, fake implementation (shapes under
     FakeTensor, i.e. torch.compile tracing) and the registered autograd formula."""
@@ -258,27 +278,57 @@ def test_custom_op_registration(name):
         torch.randn(B, H, dtype=torch.float64) if lstm else None, w["weight_hh"].requires_grad_(True),
         w.get("weight_hr"), w.get("weight_ch"),
         torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
-        cfg.family, cfg.variant, cfg.reset_after, False, False, False,
+        w.get("ln_weight_hh"), w.get("ln_weight_c"), w.get("ln_bias_c"),
+        cfg.family, cfg.variant, cfg.reset_after, False, cfg.eps, False, False,
     )
     torch.library.opcheck(triton_backend.recurrence, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-@pytest.mark.parametrize(
-    "cfg, fragment",
-    [
-        (CellConfig("lstm", 4, layer_norm=True), "layer_norm"),
-        (CellConfig("gru", 4, layer_norm=True), "layer_norm"),
-        (CellConfig("lstm", 4, variant="fgr"), "fgr"),
-    ],
-    ids=["lstm_layer_norm", "gru_layer_norm", "fgr"],
-)
-def test_supports_names_what_it_refuses(cfg, fragment, monkeypatch):
+def test_supports_names_what_it_refuses(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = CellConfig("lstm", 4, variant="fgr")
     reason = triton_backend.supports(cfg, torch.zeros(1, dtype=torch.float32))
-    assert reason is not None and fragment in reason
-    with pytest.raises(ValueError, match=fragment):
+    assert reason is not None and "fgr" in reason
+    with pytest.raises(ValueError, match="fgr"):
         choose("triton", cfg, torch.zeros(1), regularised=False)
+    for layer_norm_cfg in (CellConfig("lstm", 4, layer_norm=True), CellConfig("gru", 4, layer_norm=True)):
+        assert triton_backend.supports(layer_norm_cfg, torch.zeros(1, dtype=torch.float32)) is None
+
+
+@interpreter
+@pytest.mark.parametrize("name", LN_NAMES)
+def test_layer_norm_phases_and_saved_statistics(name):
+    """The layer-norm plans add the exchange phases the design says (forward SA/A/SB/C/B, backward
+    A/DN/B/C/D), and the saved statistics are the reference's: x̂ of every gate block's recurrent
+    product has zero mean and unit variance over its H units, r = 1 / sqrt(var + eps)."""
+    cfg = CONFIGS[name]
+    spec = launch.KernelSpec.from_config(cfg)
+    expected = {"lstm_ln": (3, 3), "lstm_proj_ln": (4, 4), "gru_ln": (2, 2), "gru_reset_before_ln": (4, 4)}[name]
+    assert (spec.phase_slots(False)["NPH"], spec.phase_slots(True)["NPH"]) == expected
+    launch.tuning.block_h = 2
+    T, B, I, H = 3, 2, 3, cfg.hidden_size
+    w = layer_weights(cfg, I)
+    h0 = torch.randn(B, cfg.output_size, dtype=torch.float64)
+    xw, bias_hn = triton_backend.input_projection(cfg, torch.randn(T, B, I, dtype=torch.float64), w)
+    ln = launch.LayerNormWeights(w["ln_weight_hh"], w.get("ln_weight_c"), w.get("ln_bias_c"), cfg.eps)
+    c0 = torch.randn(B, H, dtype=torch.float64) if cfg.family == "lstm" else None
+    hs, cs, _, aux, hat, hatc, rstd = launch.forward(spec, xw, torch.full((B,), T, dtype=torch.int32), h0, c0,
+                                                     w["weight_hh"], w.get("weight_hr"), None, bias_hn, ln, False,
+                                                     False)
+    blocks = hat.unflatten(-1, (cfg.num_gates, H))  # (T, B, G, H)
+    assert blocks.mean(-1).abs().max() < 1e-12
+    # var(x̂) = var / (var + eps) = 1 - eps r^2
+    assert (blocks.var(-1, unbiased=False) - (1 - cfg.eps * rstd[..., : cfg.num_gates] ** 2)).abs().max() < 1e-12
+    raw = hs[:-1].matmul(w["weight_hh"].t()).unflatten(-1, (cfg.num_gates, H))  # (T, B, G, H)
+    rz = slice(0, 2) if spec.gru_before else slice(None)  # the n block of the reset-before GRU multiplies r * h
+    ref_rstd = torch.rsqrt(raw[..., rz, :].var(-1, unbiased=False) + cfg.eps)
+    assert torch.allclose(rstd[..., : cfg.num_gates][..., rz], ref_rstd, rtol=1e-12)
+    if spec.gru_before:
+        n_raw = aux.matmul(w["weight_hh"][2 * H:].t())
+        assert torch.allclose(rstd[..., 2], torch.rsqrt(n_raw.var(-1, unbiased=False) + cfg.eps), rtol=1e-12)
+    if cfg.family == "lstm":
+        assert torch.allclose(hatc, torch.nn.functional.layer_norm(cs[1:], (H,), eps=cfg.eps), atol=1e-12)
 
 
 def test_supports_devices_and_dtypes(monkeypatch):
@@ -327,6 +377,12 @@ SM90_CASES = {
     "gru_bf16_H1024_bwd_streamed": (launch.KernelSpec("gru"), True, torch.bfloat16, 1024, 1024),
     "lstm_proj_fp32_fwd_streamed": (launch.KernelSpec("lstm", proj=True), False, torch.float32, 1024, 512),
     "gru_before_bf16_H512_bwd_resident": (launch.KernelSpec("gru", reset_after=False), True, torch.bfloat16, 512, 512),
+    "lstm_ln_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm", layer_norm=True), False, torch.bfloat16, 1024, 1024),
+    "lstm_proj_ln_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", proj=True, layer_norm=True), True,
+                                             torch.bfloat16, 1024, 512),
+    "gru_before_ln_bf16_H512_fwd_resident": (launch.KernelSpec("gru", reset_after=False, layer_norm=True), False,
+                                             torch.bfloat16, 512, 512),
+    "gru_ln_bf16_H512_bwd_resident": (launch.KernelSpec("gru", layer_norm=True), True, torch.bfloat16, 512, 512),
 }
 
 
@@ -341,9 +397,10 @@ def sm90_shared_bytes(case: str) -> tuple[int, int]:
     kernel = launch.recurrence_bwd_kernel if backward else launch.recurrence_fwd_kernel
     consts = dict(plan.consts, PHASE=0, **({} if backward else {"HAS_BN": spec.split_recurrent_grad}))
     float_type = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
-    fp32_buffers = ("cs_ptr", "gates_ptr", "carry_h_ptr", "carry_c_ptr")
+    fp32_buffers = ("cs_ptr", "gates_ptr", "carry_h_ptr", "carry_c_ptr", "hat_ptr", "hatc_ptr", "rstd_ptr",
+                    "part_ptr", "dchat_ptr")
     signature = {
-        n: "constexpr" if n in consts else "i32" if not n.endswith("_ptr")
+        n: "constexpr" if n in consts else "fp32" if n == "eps" else "i32" if not n.endswith("_ptr")
         else "*i32" if n in ("len_ptr", "bar_ptr") else "*fp32" if n in fp32_buffers else float_type
         for n in kernel.arg_names
     }
@@ -389,6 +446,10 @@ GPU_CONFIGS = {
     "gru_reset_before": CellConfig("gru", 256, reset_after=False),
     "rnn_tanh": CellConfig("rnn", 256),
     "rnn_relu": CellConfig("rnn", 256, nonlinearity="relu"),
+    "lstm_ln": CellConfig("lstm", 256, layer_norm=True),
+    "lstm_proj_ln": CellConfig("lstm", 256, proj_size=128, layer_norm=True),
+    "gru_ln": CellConfig("gru", 256, layer_norm=True),
+    "gru_reset_before_ln": CellConfig("gru", 256, reset_after=False, layer_norm=True),
 }
 GPU_DTYPES = {  # dtype, allow_tf32, tolerance (issue 4)
     "fp32": (torch.float32, False, 1e-5),
@@ -412,6 +473,7 @@ GPU_CASES = (
     + [(name, d, "streamed") for name in ("lstm", "gru", "lstm_proj", "gru_reset_before") for d in ("fp32", "bf16")]
     + [(name, "bf16", "stepwise") for name in ("lstm_proj", "gru_reset_before", "lstm")]
     + [("gru", "bf16", "stepwise_streamed")]
+    + [(name, "bf16", "streamed") for name in ("lstm_proj_ln", "gru_reset_before_ln")]
 )
 # the issue's target sizes, as the planner runs them (T shortened: the float64 reference is slow)
 GPU_TARGETS = {
@@ -421,6 +483,8 @@ GPU_TARGETS = {
     "gru_fp16_H768": (CellConfig("gru", 768), "fp16"),
     "lstm_fp32_H1024": (CellConfig("lstm", 1024), "fp32"),
     "lstm_tf32_H2048": (CellConfig("lstm", 2048), "tf32"),
+    "lstm_ln_bf16_H1024": (CellConfig("lstm", 1024, layer_norm=True), "bf16"),
+    "gru_ln_bf16_H1024": (CellConfig("gru", 1024, layer_norm=True), "bf16"),
 }
 
 

@@ -13,14 +13,15 @@ Per layer and direction:
 3. in the backward pass, the recurrence backwards in Triton, then the weight gradients as large
    matmuls over all steps (:mod:`.op`), so the result is deterministic (no float atomics).
 
-Runs: LSTM (vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf; with projection), GRU (both reset
-forms), RNN (tanh, relu), in float16, bfloat16, float32 (tf32 per
+Runs: LSTM (vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf; with projection and layer norm),
+GRU (both reset forms, layer norm), RNN (tanh, relu), in float16, bfloat16, float32 (tf32 per
 ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation and cell state; under the
 interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for bfloat16). Calls with
 zoneout, recurrent dropout or gate recording run on the reference loop (same numbers, same
-autograd). Refused, with the reason: layer norm (each gate's recurrent pre-activation is
-normalised over all H units, which the column split spreads over every program: it needs a
-cross-program reduction and one more barrier per step) and ``fgr`` (a third exchange per step).
+autograd). Layer norm normalises each gate block over all H units, which the column split spreads
+over every program: its statistics are exchanged between programs with one more barrier per
+normalisation (:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
+matmul needs a third exchange per step).
 
 On CUDA the kernels have so far been checked only under the interpreter and by compiling them for
 sm_90 without a GPU, so they are used only when ``GATEDRNN_TRITON_CUDA=1`` is set
@@ -34,6 +35,7 @@ import os
 import torch
 from torch import Tensor
 
+from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
 from .. import reference, require_support
 from .launch import interpreting
@@ -67,25 +69,31 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         return ("torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
                 "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there")
-    if cfg.layer_norm:
-        return ("layer_norm=True is not implemented: it normalises each gate's recurrent pre-activation over all "
-                "H units, which the kernels split across programs (it needs a cross-program reduction per step)")
     if cfg.family == "lstm" and cfg.variant == "fgr":
         return "variant='fgr' is not implemented (its gate-to-gate matmul needs a third exchange per step)"
     return None
 
 
+def _sum_present(*parts: Tensor | None) -> Tensor | None:
+    present = [p for p in parts if p is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
 def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
-    """``x W_ih^T + b_ih + b_hh`` for all steps: (T, B, I) -> (T, B, G*H), and the GRU's ``b_hn``
-    when it must stay inside the recurrence (reset after the matmul), else None."""
+    """``[LN](x W_ih^T) + b_ih`` plus every shift added after the recurrent product (``b_hh``, and
+    ``ln_bias_hh`` with layer norm) for all steps: (T, B, I) -> (T, B, G*H); and the GRU's n-block
+    recurrent shift when it must stay inside the recurrence (reset after the matmul: r multiplies
+    it), else None."""
     xw = x.matmul(w["weight_ih"].t())
-    if not cfg.bias:
-        return xw, None
-    if cfg.family == "gru" and cfg.reset_after:
+    if cfg.layer_norm:
+        xw = gatewise_layer_norm(xw, w["ln_weight_ih"], w["ln_bias_ih"], cfg.hidden_size, cfg.eps)
+    recurrent = _sum_present(w.get("bias_hh"), w.get("ln_bias_hh"))
+    bias_hn = None
+    if cfg.family == "gru" and cfg.reset_after and recurrent is not None:
         H = cfg.hidden_size
-        folded = torch.cat([w["bias_ih"][: 2 * H] + w["bias_hh"][: 2 * H], w["bias_ih"][2 * H:]])
-        return xw + folded, w["bias_hh"][2 * H:]
-    return xw + (w["bias_ih"] + w["bias_hh"]), None
+        recurrent, bias_hn = torch.cat([recurrent[: 2 * H], recurrent.new_zeros(H)]), recurrent[2 * H:]
+    bias = _sum_present(w.get("bias_ih"), recurrent)
+    return (xw if bias is None else xw + bias), bias_hn
 
 
 def run_layer(
@@ -108,13 +116,16 @@ def run_layer(
     xw, bias_hn = input_projection(cfg, x, weights)
     lens = torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None else lengths.to(torch.int32)
     lstm = cfg.family == "lstm"
-    hs, c_final, _, _, _ = recurrence(
+
+    def given(key: str, present: bool = True) -> Tensor | None:
+        return weights[key].contiguous() if present else None
+
+    hs, c_final, *_ = recurrence(
         xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if lstm else None,
-        weights["weight_hh"].contiguous(),
-        weights["weight_hr"].contiguous() if cfg.proj_size > 0 else None,
-        weights["weight_ch"].contiguous() if cfg.variant == "peephole" and lstm else None,
-        bias_hn, cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", reverse,
-        bool(torch.backends.cuda.matmul.allow_tf32),
+        given("weight_hh"), given("weight_hr", cfg.proj_size > 0), given("weight_ch", cfg.variant == "peephole"),
+        bias_hn, given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
+        given("ln_bias_c", cfg.layer_norm and lstm), cfg.family, cfg.variant, cfg.reset_after,
+        cfg.nonlinearity == "relu", float(cfg.eps), reverse, bool(torch.backends.cuda.matmul.allow_tf32),
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
     if lengths is not None:

@@ -20,6 +20,7 @@ Two independent choices per kernel (:func:`_plan`):
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -73,10 +74,12 @@ class KernelSpec:
     reset_after: bool = True
     relu: bool = False
     proj: bool = False
+    layer_norm: bool = False
 
     @classmethod
     def from_config(cls, cfg: CellConfig) -> KernelSpec:
-        return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0)
+        return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0,
+                   cfg.layer_norm)
 
     @property
     def gates(self) -> tuple[str, ...]:
@@ -116,6 +119,33 @@ class KernelSpec:
     def two_phase(self) -> bool:
         return self.proj or self.gru_before
 
+    @property
+    def stat_slots(self) -> int:
+        """NS: layer-norm statistics per batch row and step, one per gate block and one for the cell."""
+        return self.num_gates + 1
+
+    def phase_slots(self, backward: bool) -> dict[str, int]:
+        """Each phase's 1-based place in a step (0 where absent) and NPH, the phases per step.
+
+        Forward: SA (LN: raw product and partial moments), A (gates), SB (LN, GRU reset before:
+        the n block's product), C (LN LSTM: h from the normalised cell), B (projection, or the
+        GRU's n block). Backward: A (gather and pointwise), DN (LN, GRU reset before: the n block's
+        layer-norm backward), B (projection, or the GRU's n block), C (LN LSTM: the cell and gate
+        gradients), D (LN: the gate blocks' layer-norm backward). See ``kernels/recurrence.py``.
+        """
+        ln, lstm = self.layer_norm, self.family == "lstm"
+        if backward:
+            present = {"A": True, "DN": ln and self.gru_before, "B": self.two_phase, "C": ln and lstm, "D": ln}
+        else:
+            present = {"SA": ln, "A": True, "SB": ln and self.gru_before, "C": ln and lstm, "B": self.two_phase}
+        order = [name for name, here in present.items() if here]
+        slots = {f"PH_{name}": (order.index(name) + 1 if name in order else 0) for name in present}
+        slots["NPH"] = len(order)
+        if not backward:
+            slots["PH_UA"] = slots["PH_SA"] if ln else slots["PH_A"]
+            slots["PH_WB"] = slots["PH_SB"] if ln and self.gru_before else slots["PH_B"]
+        return slots
+
     def constexprs(self) -> dict[str, object]:
         index = {name: (self.gates.index(name) if name in self.gates else -1) for name in _LSTM_GATE_FLAGS}
         return dict(
@@ -125,7 +155,20 @@ class KernelSpec:
             CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
             G_ACT=self.variant != "niaf", O_ACT=self.variant != "noaf",
             PROJ=self.proj, RESET_AFTER=self.reset_after, RELU=self.relu, TWO_PHASE=self.two_phase,
+            LN=self.layer_norm, NS=self.stat_slots,
         )
+
+
+@dataclass(frozen=True)
+class LayerNormWeights:
+    """What the kernels need of a layer norm: the recurrent products' gain ``ln_weight_hh``
+    (G*H,), the LSTM cell's gain and shift (H,) (None where absent: no layer norm, or the GRU)
+    and epsilon. The shifts of the products fold into the input projection."""
+
+    gain: Tensor | None = None
+    cell_gain: Tensor | None = None
+    cell_shift: Tensor | None = None
+    eps: float = 1e-5
 
 
 def _pow2(n: int) -> int:
@@ -211,7 +254,7 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
         chunk = tuning.block_k or (_STREAM_K if on_gpu else 2)
         KA, KB = max(low, min(_pow2(ka_full), chunk)), max(low, min(_pow2(kb_full), chunk))
     consts = dict(
-        spec.constexprs(), REVERSE=reverse, RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
+        spec.constexprs(), **spec.phase_slots(backward), PP=_pow2(programs), REVERSE=reverse, RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
         GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
         PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
     )
@@ -219,25 +262,30 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
     return _Launch(programs, persistent, consts, 8 if tile >= 32768 else 4)
 
 
-def _launch(kernel, plan: _Launch, args: tuple, sizes: tuple[int, ...], T: int) -> None:
-    """All T steps with one plan: one persistent launch, or a launch per step and phase."""
+def _launch(kernel, plan: _Launch, args: tuple, sizes: tuple, T: int) -> None:
+    """All T steps with one plan: one persistent launch, or a launch per step and phase. Adds the
+    layer-norm scratch (P, B, NS, 2) for the plan's P programs."""
     grid = (plan.programs,)
-    device = args[0].device
+    x = args[0]
+    c = plan.consts
+    if c["LN"]:
+        acc = torch.float64 if c["ACC"] == triton.language.float64 else torch.float32
+        part = _new_buffer((plan.programs, sizes[1], c["NS"], 2), acc, x.device)
+    else:
+        part = x
     if plan.persistent:
-        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        barrier = torch.zeros(1, dtype=torch.int32, device=x.device)
         # num_stages=1: no software pipelining, so no load of a later step is issued before the
         # grid barrier that makes its data visible
-        kernel[grid](*args, barrier, *sizes, 0, T, PHASE=0, num_warps=plan.num_warps, num_stages=1,
-                     **plan.consts)
+        kernel[grid](*args, part, barrier, *sizes, 0, T, PHASE=0, num_warps=plan.num_warps, num_stages=1, **c)
         return
-    phases = (1, 2) if plan.consts["TWO_PHASE"] else (1,)
-    unused = torch.empty(1, dtype=torch.int32, device=device)
+    unused = torch.empty(1, dtype=torch.int32, device=x.device)
     for s in range(T):
-        for phase in phases:
-            kernel[grid](*args, unused, *sizes, s, 1, PHASE=phase, num_warps=plan.num_warps, **plan.consts)
+        for phase in range(1, c["NPH"] + 1):
+            kernel[grid](*args, part, unused, *sizes, s, 1, PHASE=phase, num_warps=plan.num_warps, **c)
 
 
-def _run(kernel, name: str, plan_args: tuple, args: tuple, sizes: tuple[int, ...], T: int,
+def _run(kernel, name: str, plan_args: tuple, args: tuple, sizes: tuple, T: int,
          extra: dict[str, object] | None = None) -> None:
     """Plan and launch ``kernel``; a resident plan the device refuses for lack of resources is
     retried with streamed weights (shared memory estimates can miss Triton's own scratch)."""
@@ -264,9 +312,10 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
-            weight_hr: Tensor | None, weight_ch: Tensor | None, bias_hn: Tensor | None, reverse: bool,
-            allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux)."""
+            weight_hr: Tensor | None, weight_ch: Tensor | None, bias_hn: Tensor | None, ln: LayerNormWeights,
+            reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+    """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux, hat, hatc, rstd)
+    (the last three, the layer norms' saved statistics, empty without layer norm)."""
     T, B, _ = xw.shape
     H = weight_hh.shape[0] // spec.num_gates
     R = weight_hh.shape[1]
@@ -275,42 +324,63 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     hs = _new_buffer((T + 1, B, R), dt, dev)
     hs[start] = h0
     none = xw  # stands in for absent tensors; the constexpr switches keep the kernel off them
-    cs = _new_buffer((T + 1, B, H), acc, dev) if spec.family == "lstm" else xw.new_empty(0, dtype=acc)
+    lstm = spec.family == "lstm"
+    cs = _new_buffer((T + 1, B, H), acc, dev) if lstm else xw.new_empty(0, dtype=acc)
     if c0 is not None:
         cs[start] = c0
     gates = _new_buffer((T, B, spec.saved_gates * H), acc, dev)
     aux = _new_buffer((T, B, H), dt, dev) if spec.two_phase else xw.new_empty(0)
+    ln_buffer = functools.partial(_buffer_if, spec.layer_norm, dtype=acc, device=dev)  # distinct empties: outputs
+    hat = ln_buffer((T, B, spec.num_gates * H))
+    hatc = ln_buffer((T, B, H), lstm)
+    rstd = ln_buffer((T, B, spec.stat_slots))
     args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(bias_hn, none),
-            hs, _or(cs, none), _or(gates, none), _or(aux, none))
+            hs, _or(cs, none), _or(gates, none), _or(aux, none), _or(hat, none), _or(hatc, none), _or(rstd, none),
+            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none))
     _run(recurrence_fwd_kernel, "forward", (spec, False, B, H, R, dt, dev, reverse, allow_tf32), args,
-         (T, B, H, R), T, {"HAS_BN": bias_hn is not None})
-    return hs, cs, gates, aux
+         (T, B, H, R, ln.eps), T, {"HAS_BN": bias_hn is not None})
+    return hs, cs, gates, aux, hat, hatc, rstd
 
 
 def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor,
-             gates: Tensor, weight_hh: Tensor, weight_hr: Tensor | None, weight_ch: Tensor | None, reverse: bool,
-             allow_tf32: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the backward recurrence. Returns (d, drec, ghr, carry_h, carry_c): d (T, B, G*H) the
-    gradients of the input-side pre-activations, drec those of the recurrent side (empty when
-    equal to d), ghr (T, B, R) dL/dh_r (empty without projection), and the carried gradients
-    w.r.t. the initial state before the last gather (see :func:`..op` for how they finish)."""
+             gates: Tensor, hat: Tensor, hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
+             weight_ch: Tensor | None, ln: LayerNormWeights, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+    """Run the backward recurrence. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
+    (T, B, G*H) the gradients of the input-side pre-activations; drec those of the recurrent terms
+    as they are added (empty when equal to d); dprod those of the recurrent products h_{t-1} U^T
+    (empty when equal to drec: without layer norm); ghr (T, B, R) dL/dh_r (empty without
+    projection); dchat (T, B, H) the gradient of the LSTM's normalised cell γ_c ĉ (empty without
+    layer norm); and the carried gradients w.r.t. the initial state before the last gather (see
+    :mod:`.op` for how they finish)."""
     T, B, R = dhs.shape[0] - 1, dhs.shape[1], dhs.shape[2]
     H = weight_hh.shape[0] // spec.num_gates
     dev, dt, acc = hs.device, hs.dtype, accumulation_dtype(hs.dtype)
     none = hs
+    lstm = spec.family == "lstm"
     d = _new_buffer((T, B, spec.num_gates * H), dt, dev)
     drec = _new_buffer((T, B, spec.num_gates * H), dt, dev) if spec.split_recurrent_grad else hs.new_empty(0)
+    dprod = _new_buffer((T, B, spec.num_gates * H), dt, dev) if spec.layer_norm else hs.new_empty(0)
     ghr = _new_buffer((T, B, R), dt, dev) if spec.proj else hs.new_empty(0)
+    dchat = _new_buffer((T, B, H), acc, dev) if spec.layer_norm and lstm else hs.new_empty(0, dtype=acc)
     carry_h = torch.zeros((B, R), dtype=acc, device=dev)
-    if spec.family == "lstm":
+    if lstm:
         carry_c = dc.to(acc, copy=True).contiguous() if dc is not None else torch.zeros((B, H), dtype=acc, device=dev)
     else:
         carry_c = hs.new_empty(0, dtype=acc)
+    rec = _or(drec, d)
     args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), hs, _or(cs, none), _or(gates, none),
-            dhs, d, _or(drec, d), _or(ghr, none), carry_h, _or(carry_c, none))
+            dhs, d, rec, _or(dprod, rec), _or(ghr, none), _or(dchat, none), carry_h, _or(carry_c, none),
+            _or(hat, none), _or(hatc, none), _or(rstd, none),
+            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none))
     _run(recurrence_bwd_kernel, "backward", (spec, True, B, H, R, dt, dev, reverse, allow_tf32), args,
-         (T, B, H, R), T)
-    return d, drec, ghr, carry_h, carry_c
+         (T, B, H, R, ln.eps), T)
+    return d, drec, dprod, ghr, dchat, carry_h, carry_c
+
+
+def _buffer_if(wanted: bool, shape: tuple[int, ...], also: bool = True, *, dtype: torch.dtype,
+               device: torch.device) -> Tensor:
+    """A buffer to fill, or a fresh empty tensor where it is not needed (op outputs must not alias)."""
+    return _new_buffer(shape, dtype, device) if wanted and also else torch.empty(0, dtype=dtype, device=device)
 
 
 def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:

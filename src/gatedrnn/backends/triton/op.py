@@ -11,7 +11,10 @@ backward recurrence (no atomics, so the result is deterministic):
     \\frac{\\partial L}{\\partial p_{i,f}} = \\sum_{t,b} \\delta^{i,f}_t c_{t-1}, \\quad
     \\frac{\\partial L}{\\partial p_o} = \\sum_{t,b} \\delta^{o}_t c_t
 
-and for the GRU with the reset before the matmul the n rows of U take :math:`r_t \\odot h_{t-1}`.
+and for the GRU with the reset before the matmul the n rows of U take :math:`r_t \\odot h_{t-1}`. With
+layer norm, :math:`\\delta^{rec}` is the gradient of the raw product before its normalisation,
+and the gains take :math:`\\sum_{t,b} \\delta_t \\odot \\hat a_t` (products) and
+:math:`\\sum_{t,b} \\delta^{\\hat c}_t \\odot \\hat c_t` (cell), the cell's shift :math:`\\sum \\delta^{\\hat c}_t`.
 The gradient of the input projection xw is :math:`\\delta_t` itself; the module's own matmul
 ``x @ W_ih^T`` carries it on to x and W_ih.
 """
@@ -25,99 +28,118 @@ from . import launch
 from .launch import KernelSpec
 
 
-def _spec(family: str, variant: str, reset_after: bool, relu: bool, weight_hr: Tensor | None) -> KernelSpec:
-    return KernelSpec(family, variant, reset_after, relu, weight_hr is not None)
+def _spec(family: str, variant: str, reset_after: bool, relu: bool, weight_hr: Tensor | None,
+          ln_weight_hh: Tensor | None) -> KernelSpec:
+    return KernelSpec(family, variant, reset_after, relu, weight_hr is not None, ln_weight_hh is not None)
 
 
 @torch.library.custom_op("gatedrnn::triton_recurrence", mutates_args=())
 def recurrence(
     xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor, weight_hr: Tensor | None,
-    weight_ch: Tensor | None, bias_hn: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool,
-    reverse: bool, allow_tf32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Forward recurrence: returns (hs (T+1, B, R), c_final (B, H) or empty, cs, gates, aux)."""
-    spec = _spec(family, variant, reset_after, relu, weight_hr)
-    hs, cs, gates, aux = launch.forward(spec, xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, bias_hn,
-                                        reverse, allow_tf32)
+    weight_ch: Tensor | None, bias_hn: Tensor | None, ln_weight_hh: Tensor | None, ln_weight_c: Tensor | None,
+    ln_bias_c: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool, eps: float, reverse: bool,
+    allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Forward recurrence: returns (hs (T+1, B, R), c_final (B, H) or empty, cs, gates, aux, hat,
+    hatc, rstd), see :func:`.launch.forward`. ``ln_weight_hh`` given means layer norm."""
+    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh)
+    ln = launch.LayerNormWeights(ln_weight_hh, ln_weight_c, ln_bias_c, eps)
+    hs, cs, gates, aux, hat, hatc, rstd = launch.forward(spec, xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch,
+                                                         bias_hn, ln, reverse, allow_tf32)
     c_final = cs[0 if reverse else -1].clone() if cs.numel() else cs.new_empty(0)
-    return hs, c_final, cs, gates, aux
+    return hs, c_final, cs, gates, aux, hat, hatc, rstd
 
 
 @recurrence.register_fake
-def _(xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, bias_hn, family, variant, reset_after, relu,
-      reverse, allow_tf32):
-    spec = _spec(family, variant, reset_after, relu, weight_hr)
+def _(xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, family,
+      variant, reset_after, relu, eps, reverse, allow_tf32):
+    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh)
     T, B, _ = xw.shape
     H, R = weight_hh.shape[0] // spec.num_gates, weight_hh.shape[1]
     acc = launch.accumulation_dtype(xw.dtype)
     lstm = family == "lstm"
+    ln = spec.layer_norm
     return (
         xw.new_empty((T + 1, B, R)),
         xw.new_empty((B, H) if lstm else (0,), dtype=acc),
         xw.new_empty((T + 1, B, H) if lstm else (0,), dtype=acc),
         xw.new_empty((T, B, spec.saved_gates * H), dtype=acc),
         xw.new_empty((T, B, H) if spec.two_phase else (0,)),
+        xw.new_empty((T, B, spec.num_gates * H) if ln else (0,), dtype=acc),
+        xw.new_empty((T, B, H) if ln and lstm else (0,), dtype=acc),
+        xw.new_empty((T, B, spec.stat_slots) if ln else (0,), dtype=acc),
     )
 
 
 @torch.library.custom_op("gatedrnn::triton_recurrence_backward", mutates_args=())
 def recurrence_backward(
-    dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor, gates: Tensor, weight_hh: Tensor,
-    weight_hr: Tensor | None, weight_ch: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool,
-    reverse: bool, allow_tf32: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward recurrence: (d, drec, ghr, carry_h, carry_c), see :func:`.launch.backward`."""
-    spec = _spec(family, variant, reset_after, relu, weight_hr)
-    return launch.backward(spec, dhs, dc, lengths, hs, cs, gates, weight_hh, weight_hr, weight_ch, reverse,
-                           allow_tf32)
+    dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor, gates: Tensor, hat: Tensor,
+    hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None, weight_ch: Tensor | None,
+    ln_weight_hh: Tensor | None, ln_weight_c: Tensor | None, ln_bias_c: Tensor | None, family: str, variant: str,
+    reset_after: bool, relu: bool, eps: float, reverse: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`."""
+    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh)
+    ln = launch.LayerNormWeights(ln_weight_hh, ln_weight_c, ln_bias_c, eps)
+    return launch.backward(spec, dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch,
+                           ln, reverse, allow_tf32)
 
 
 @recurrence_backward.register_fake
-def _(dhs, dc, lengths, hs, cs, gates, weight_hh, weight_hr, weight_ch, family, variant, reset_after, relu,
-      reverse, allow_tf32):
-    spec = _spec(family, variant, reset_after, relu, weight_hr)
+def _(dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, ln_weight_hh, ln_weight_c,
+      ln_bias_c, family, variant, reset_after, relu, eps, reverse, allow_tf32):
+    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh)
     T1, B, R = dhs.shape
     GH = weight_hh.shape[0]
+    H = GH // spec.num_gates
     acc = launch.accumulation_dtype(hs.dtype)
+    ln, lstm = spec.layer_norm, family == "lstm"
     return (
         hs.new_empty((T1 - 1, B, GH)),
         hs.new_empty((T1 - 1, B, GH) if spec.split_recurrent_grad else (0,)),
+        hs.new_empty((T1 - 1, B, GH) if ln else (0,)),
         hs.new_empty((T1 - 1, B, R) if spec.proj else (0,)),
+        hs.new_empty((T1 - 1, B, H) if ln and lstm else (0,), dtype=acc),
         hs.new_empty((B, R), dtype=acc),
-        hs.new_empty((B, GH // spec.num_gates) if family == "lstm" else (0,), dtype=acc),
+        hs.new_empty((B, H) if lstm else (0,), dtype=acc),
     )
 
 
-_CONFIG_ARGS = ("family", "variant", "reset_after", "relu", "reverse", "allow_tf32")
+_CONFIG_ARGS = ("family", "variant", "reset_after", "relu", "eps", "reverse", "allow_tf32")
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, bias_hn, *config = inputs
-    hs, _, cs, gates, aux = output
+    (xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c,
+     *config) = inputs
+    hs, _, cs, gates, aux, hat, hatc, rstd = output
     ctx.config = dict(zip(_CONFIG_ARGS, config))
     ctx.has = (c0 is not None, weight_hr is not None, weight_ch is not None, bias_hn is not None)
-    ctx.mark_non_differentiable(cs, gates, aux)
+    ctx.mark_non_differentiable(cs, gates, aux, hat, hatc, rstd)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(lengths, hs, cs, gates, aux, weight_hh, weight_hr, weight_ch)
+    ctx.save_for_backward(lengths, hs, cs, gates, aux, hat, hatc, rstd, weight_hh, weight_hr, weight_ch,
+                          ln_weight_hh, ln_weight_c, ln_bias_c)
 
 
-def _backward(ctx, dhs, dc, _dcs, _dgates, _daux):
-    lengths, hs, cs, gates, aux, weight_hh, weight_hr, weight_ch = ctx.saved_tensors
+def _backward(ctx, dhs, dc, *_non_differentiable):
+    (lengths, hs, cs, gates, aux, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, ln_weight_hh, ln_weight_c,
+     ln_bias_c) = ctx.saved_tensors
     cfg = ctx.config
-    spec = _spec(cfg["family"], cfg["variant"], cfg["reset_after"], cfg["relu"], weight_hr)
+    spec = _spec(cfg["family"], cfg["variant"], cfg["reset_after"], cfg["relu"], weight_hr, ln_weight_hh)
     reverse = cfg["reverse"]
     dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
-    d, drec, ghr, carry_h, carry_c = recurrence_backward(
-        dhs, dc, lengths, hs, cs, gates, weight_hh, weight_hr, weight_ch, **cfg)
+    d, drec, dprod, ghr, dchat, carry_h, carry_c = recurrence_backward(
+        dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, ln_weight_hh, ln_weight_c,
+        ln_bias_c, **cfg)
     T, B = d.shape[:2]
     H = weight_hh.shape[0] // spec.num_gates
-    rec = drec if spec.split_recurrent_grad else d
+    added = drec if spec.split_recurrent_grad else d  # dL/d(recurrent term as added to the pre-activation)
+    prod = dprod if spec.layer_norm else added  # dL/d(h_{t-1} U^T)
     first, start = (T - 1, T) if reverse else (0, 0)
     h_prev = hs[1:] if reverse else hs[:-1]  # (T, B, R): h_{t-1} of every step t
     rows = spec.matmul_gates * H
     # the last gather of the recurrence: dL/dh_{-1} through the first step's recurrent matmul
-    dh0 = carry_h + dhs[start] + rec[first, :, :rows].matmul(weight_hh[:rows]).to(carry_h.dtype)
-    flat = rec.reshape(T * B, -1)
+    dh0 = carry_h + dhs[start] + prod[first, :, :rows].matmul(weight_hh[:rows]).to(carry_h.dtype)
+    flat = prod.reshape(T * B, -1)
     if spec.gru_before:
         d_weight_hh = torch.cat([flat[:, :rows].t().matmul(h_prev.reshape(T * B, -1)),
                                  flat[:, rows:].t().matmul(aux.reshape(T * B, -1))])
@@ -131,10 +153,16 @@ def _backward(ctx, dhs, dc, _dcs, _dgates, _daux):
         gi, gf, _, go = d.to(cs.dtype).split(H, dim=-1)
         d_weight_ch = torch.cat([(gi * c_prev).sum((0, 1)), (gf * c_prev).sum((0, 1)), (go * c_new).sum((0, 1))])
         d_weight_ch = d_weight_ch.to(weight_ch.dtype)
-    d_bias_hn = rec[..., 2 * H:].sum((0, 1)) if has_bn else None
+    d_bias_hn = added[..., 2 * H:].sum((0, 1)) if has_bn else None
+    d_ln = [None, None, None]
+    if spec.layer_norm:
+        d_ln[0] = (added.to(hat.dtype) * hat).sum((0, 1)).to(ln_weight_hh.dtype)
+        if spec.family == "lstm":
+            d_ln[1] = (dchat * hatc).sum((0, 1)).to(ln_weight_c.dtype)
+            d_ln[2] = dchat.sum((0, 1)).to(ln_bias_c.dtype)
     dc0 = carry_c.to(hs.dtype) if has_c0 else None
     return (d, None, dh0.to(hs.dtype), dc0, d_weight_hh.to(weight_hh.dtype), d_weight_hr, d_weight_ch,
-            d_bias_hn, None, None, None, None, None, None)
+            d_bias_hn, *d_ln) + (None,) * len(_CONFIG_ARGS)
 
 
 recurrence.register_autograd(_backward, setup_context=_setup_context)

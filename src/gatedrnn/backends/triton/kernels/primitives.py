@@ -45,6 +45,12 @@ def grid_sync(bar_ptr, count):
 
 
 @triton.jit
+def rows_of(ptr, t, offs_b, B, width):
+    """Row pointers (BB, 1) of batch rows ``offs_b`` at time ``t`` of a (., B, width) buffer."""
+    return ptr + (t.to(tl.int64) * B + offs_b[:, None]) * width
+
+
+@triton.jit
 def gate_index(n_gates, span, BLK: tl.constexpr, GP: tl.constexpr):
     """Offsets ``g * span + j`` and validity for a (GP * BLK,) vector laid out gate by gate,
     with gates g < n_gates (GP a power of two >= n_gates) and j < BLK."""

@@ -12,10 +12,13 @@ The constexpr ``PHASE`` selects how the same phase code is driven:
 
 - ``PHASE == 0``: persistent, one launch runs ``n_steps`` steps with a barrier after every phase
   (all programs must be co-resident: the launcher keeps the grid within the SM count).
-- ``PHASE == 1`` / ``2``: run only phase A / B of the single step ``s_first``; the host launches
-  the phases one after another, and the kernel boundary is the barrier. This is the path for the
-  Triton interpreter, which runs programs one after another (a spin barrier would never open),
-  and the fallback where the grid cannot be co-resident.
+- ``PHASE == k > 0``: run only the k-th phase of the single step ``s_first``; the host launches
+  the ``NPH`` phases one after another, and the kernel boundary is the barrier. This is the path
+  for the Triton interpreter, which runs programs one after another (a spin barrier would never
+  open), and the fallback where the grid cannot be co-resident.
+
+Each phase's place in the step comes from the host as ``PH_*`` constexprs (0 = absent; see
+``KernelSpec.phase_slots``).
 
 Phases per step (R = output size, H = hidden size, G gates, ``[S]`` a program's slice):
 
@@ -27,10 +30,23 @@ LSTM with projection   A: as LSTM, h_pre[S]; B: h_pre @ W_hr[S]^T  A: dh_r[S]; B
 GRU, reset before      A: r, z[S], (r h)[S]; B: (r h) @ U_n[S]^T   A: dn, dz[S]; B: dn @ U_n[:, S]
 =====================  ==========================================  ==============================
 
+With layer norm every normalisation needs statistics over all H units, which other programs
+hold, so it adds one exchange (see :mod:`.layer_norm`): forward, SA (product h_{t-1} U[S]^T, raw
+to ``hat``, partial moments) before A (which normalises it instead of multiplying); for the LSTM,
+A stops at c_t and its partials and C computes h_t = o tanh(LN(c_t)); for the GRU with the reset
+before, SB ((r h) U_n[S]^T and its partials) before B. Backward, the mirror image: A (gather,
+then the LSTM as far as d(LN(c_t)) and its sums; the GRU's gate gradients and their sums), for
+the GRU with the reset before DN (the n block's layer-norm backward, gathered by B), C (LSTM: the
+cell's layer-norm backward and the gate gradients, with their sums), D (each gate block's
+layer-norm backward into ``dprod``, which the next step gathers). Steps: LSTM 3 phases (4 with
+projection), GRU 2 (4 with the reset before), forward and backward alike.
+
 Saved for the backward pass (all indexed by real time t, so ``reverse`` only changes the order):
 ``hs`` (T+1, B, R) the carried h, with h_{t-1} at ``t + REVERSE`` and h_t at ``t + 1 - REVERSE``;
 ``cs`` (T+1, B, H) the LSTM cell the same way; ``gates`` (T, B, GS*H) activations; ``aux``
-(T, B, H) h before the projection, or r * h_{t-1} for the GRU with the reset before the matmul.
+(T, B, H) h before the projection, or r * h_{t-1} for the GRU with the reset before the matmul;
+with layer norm ``hat`` (T, B, G*H) the normalised products, ``hatc`` (T, B, H) the normalised
+LSTM cell and ``rstd`` (T, B, G+1) their 1 / sqrt(var + eps).
 A step where ``t >= lengths[b]`` copies the state and saves zero gradients, so the backward pass
 passes the carried gradient through it unchanged.
 
@@ -42,6 +58,16 @@ the LSTM); the part through the recurrent matmul is gathered at the start of the
 import triton
 import triton.language as tl
 
+from .layer_norm import (
+    bwd_phase_d,
+    combined_rstd_mean,
+    normalize_block,
+    normalized_grad,
+    normalized_products,
+    store_block_grad_sums,
+    store_grad_sums,
+    store_moments,
+)
 from .primitives import (
     grid_sync,
     load_gated_cols,
@@ -49,6 +75,7 @@ from .primitives import (
     load_gated_rows_t,
     load_row_chunk,
     pick_gate,
+    rows_of,
     sigmoid,
     tanh,
 )
@@ -60,12 +87,6 @@ def _pre_activation(acc, x_row, g: tl.constexpr, H, mask, BB: tl.constexpr, GAP:
     """Gate g's (BB, BH) pre-activation: its block of the recurrent product ``acc`` plus its part of
     the input projection xw_t (``x_row``, gate-major rows of width H)."""
     return pick_gate(acc, g, BB, GAP, BH) + tl.load(x_row + g * H, mask=mask, other=0.0).to(ACC)
-
-
-@triton.jit
-def _rows(ptr, t, offs_b, B, width):
-    """Row pointers (BB, 1) of batch rows ``offs_b`` at time ``t`` of a (., B, width) buffer."""
-    return ptr + (t.to(tl.int64) * B + offs_b[:, None]) * width
 
 
 @triton.jit
@@ -108,6 +129,81 @@ def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY: tl.constexpr, BH: tl.co
         return load_gated_cols(whr_ptr, 1, R, 0, k0, H, s0, H, BH, 1, KC)
     else:
         return load_gated_cols(u_ptr, 1, H, 2 * H, k0, R, s0, H, BH, 1, KC)
+
+
+@triton.jit
+def fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexpr, RESIDENT: tl.constexpr,
+                  BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr,
+                  PREC: tl.constexpr):
+    """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} = hs[prev]."""
+    acc = tl.zeros((BB, GAP * BH), ACC)
+    # one chunk of KA >= R columns when the weights are resident, else streamed in chunks of KA
+    for k0 in range(0, R, KA):
+        h_chunk = load_row_chunk(hs_ptr + prev.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KA)  # (BB, KA)
+        if RESIDENT:
+            w = u_tile
+        else:
+            w = _fwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
+        acc += tl.dot(h_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, GAP*BH)
+    return acc
+
+
+@triton.jit
+def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
+                  RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr,
+                  PREC: tl.constexpr):
+    """(BB, BH): aux_t @ W_hr[S]^T (LSTM, aux = h before projection) or aux_t @ U_n[S]^T (GRU, aux = r h)."""
+    acc = tl.zeros((BB, BH), ACC)
+    for k0 in range(0, H, KB):
+        a_chunk = load_row_chunk(aux_ptr + t.to(tl.int64) * B * H, H, offs_b, mb, k0, H, KB)  # (BB, KB)
+        if RESIDENT:
+            w = w_tile
+        else:
+            w = _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
+        acc += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    return acc
+
+
+@triton.jit
+def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0, B, H, R,
+                    G: tl.constexpr, GA: tl.constexpr, RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                    KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """(BB, BH) dL/dh_t[S]: the carried local part (``ch_ptr``), dL/dhs, and the gather
+    rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0)."""
+    # no step after the forward's last one: gather zeros at backward step s == 0
+    has_next = mb & ((offs_b * 0 + s) > 0)
+    gather = tl.zeros((BB, BH), ACC)
+    for k0 in range(0, H, KA):
+        d_next = load_gated_full(rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
+                                 GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
+        if RESIDENT:
+            w = u_tile
+        else:
+            w = _bwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
+        gather += tl.dot(d_next, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    return (tl.load(ch_ptr, mask=mask, other=0.0) + gather
+            + tl.load(rows_of(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC))
+
+
+@triton.jit
+def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
+                  G: tl.constexpr, RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr):
+    """(BB, BH): LSTM dh_r @ W_hr[:, S] (dh_r from ``ghr_ptr``), GRU da_n @ U_n[:, S] (the n block of
+    the (T, B, G*H) buffer ``d_ptr``). K = R for the LSTM and H = R for the GRU."""
+    prod = tl.zeros((BB, BH), ACC)
+    for k0 in range(0, R, KB):
+        if FAMILY == 0:
+            a_chunk = load_row_chunk(ghr_ptr + t.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KB)  # (BB, KB)
+        else:
+            a_chunk = load_gated_full(d_ptr + t.to(tl.int64) * B * (G * H), G * H, offs_b, mb,
+                                      1, H, 2, k0, 1, KB)  # (BB, KB) of da_n
+        if RESIDENT:
+            w = w_tile
+        else:
+            w = _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
+        prod += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    return prod
 
 
 # ----- forward ------------------------------------------------------------------------------------
@@ -163,44 +259,47 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
 @triton.jit
 def _fwd_phase_a(t, prev, new, b0, s0,
                  xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
+                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
                  B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
+                 LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr,
                  RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr,
                  GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """h_{t-1} @ U[S]^T and the cell's pointwise step for batch rows b0.. and units s0.."""
+    """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials)
+    and the cell's pointwise step for batch rows b0.. and units s0.. (with LN the LSTM stops at
+    c_t and its partials; phase C finishes h_t)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
-    acc = tl.zeros((BB, GAP * BH), ACC)
-    # one chunk of KA >= R columns when the weights are resident, else streamed in chunks of KA
-    for k0 in range(0, R, KA):
-        h_chunk = load_row_chunk(hs_ptr + prev.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KA)  # (BB, KA)
-        if RESIDENT:
-            w = u_tile
-        else:
-            w = _fwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
-        acc += tl.dot(h_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, GAP*BH)
+    if LN:
+        acc = normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps,
+                                  G, GA, NS, BH, GAP, PP)
+    else:
+        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, BB, BH, KA, GAP,
+                            ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
-    x_row = _rows(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    g_row = _rows(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-    h_new_ptr = _rows(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
+    x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+    g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+    h_new_ptr = rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
     if FAMILY == 0:
-        c_prev = tl.load(_rows(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
         c, h = _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
                            IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, BB, GAP, BH, ACC)
-        tl.store(_rows(cs_ptr, new, offs_b, B, H) + offs_j[None, :], tl.where(act, c, c_prev), mask=mask)
-        if PROJ:
-            tl.store(_rows(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
+        tl.store(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], tl.where(act, c, c_prev), mask=mask)
+        if LN:
+            store_moments(c, mask, mb, part_ptr, G, offs_b, s0, B, H, NS, BH)
+        elif PROJ:
+            tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
         else:
-            h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+            h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
             tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
     else:
-        h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
         if FAMILY == 2:
             a = _pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC)
             if RELU:
@@ -224,56 +323,128 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                 tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
             else:
                 rh = r * h_prev.to(ACC)
-                tl.store(_rows(aux_ptr, t, offs_b, B, H) + offs_j[None, :], rh.to(h_prev.dtype), mask=mask)
+                tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], rh.to(h_prev.dtype), mask=mask)
 
 
 @triton.jit
 def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr, w_tile,
-                 B, H, R, FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, RESIDENT: tl.constexpr,
+                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
+                 B, H, R, FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
+                 NS: tl.constexpr, PP: tl.constexpr, RESIDENT: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
-    """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t."""
+    """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t
+    (with LN the product's normalised form, from phase SB)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
-    acc = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, H, KB):
-        a_chunk = load_row_chunk(aux_ptr + t.to(tl.int64) * B * H, H, offs_b, mb, k0, H, KB)  # (BB, KB)
-        if RESIDENT:
-            w = w_tile
-        else:
-            w = _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
-        acc += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
-    act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     offs_j = s0 + tl.arange(0, BH)
     if FAMILY == 0:
         mask = mb[:, None] & (offs_j < R)[None, :]
     else:
         mask = mb[:, None] & (offs_j < H)[None, :]
-    h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+    if LN and FAMILY == 1:
+        hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+        rstd_row = rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS
+        xhat = normalize_block(hat_row, rstd_row, 2, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
+        acc = xhat * tl.load(gln_ptr + 2 * H + offs_j, mask=offs_j < H, other=0.0).to(ACC)[None, :]
+    else:
+        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, RESIDENT, BB, BH,
+                            KB, ACC, PREC)
+    act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
+    h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
     h = acc
     if FAMILY == 1:
-        g_row = _rows(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-        n = tanh(tl.load(_rows(xw_ptr, t, offs_b, B, G * H) + 2 * H + offs_j[None, :], mask=mask, other=0.0).to(ACC) + acc)
+        g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+        n = tanh(tl.load(rows_of(xw_ptr, t, offs_b, B, G * H) + 2 * H + offs_j[None, :], mask=mask, other=0.0).to(ACC) + acc)
         tl.store(g_row + 2 * H, n, mask=mask)
         z = tl.load(g_row + H, mask=mask, other=0.0)
         h = (1.0 - z) * n + z * h_prev.to(ACC)
-    tl.store(_rows(hs_ptr, new, offs_b, B, R) + offs_j[None, :], tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+    tl.store(rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :], tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+
+
+@triton.jit
+def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr, B, H, R,
+               SIDE_B: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, RESIDENT: tl.constexpr,
+               BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, GAP: tl.constexpr,
+               ACC: tl.constexpr, PREC: tl.constexpr):
+    """LN phase SA (``SIDE_B`` False): h_{t-1} @ U[S]^T for gate blocks 0 .. GA-1; phase SB (the GRU
+    with the reset before): (r h) @ U_n[S]^T for block 2. Saves the raw products to ``hat`` and
+    this program's partial moments of each block."""
+    offs_b = b0 + tl.arange(0, BB)
+    mb = offs_b < B
+    offs_j = s0 + tl.arange(0, BH)
+    mask = mb[:, None] & (offs_j < H)[None, :]
+    hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+    if SIDE_B:
+        v = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, 1, RESIDENT, BB, BH, KB,
+                          ACC, PREC)
+        tl.store(hat_row + 2 * H, v, mask=mask)
+        store_moments(v, mask, mb, part_ptr, 2, offs_b, s0, B, H, NS, BH)
+    else:
+        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, BB, BH, KA, GAP,
+                            ACC, PREC)
+        for g in tl.static_range(GA):
+            v = pick_gate(acc, g, BB, GAP, BH)
+            tl.store(hat_row + g * H, v, mask=mask)
+            store_moments(v, mask, mb, part_ptr, g, offs_b, s0, B, H, NS, BH)
+
+
+@triton.jit
+def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr, part_ptr,
+                 cw_ptr, cb_ptr, eps, B, H, R, G: tl.constexpr, GS: tl.constexpr, IDX_O: tl.constexpr,
+                 O_ACT: tl.constexpr, PROJ: tl.constexpr, NS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                 PP: tl.constexpr):
+    """LN LSTM phase C: h_t = o ⊙ tanh(γ_c ĉ_t + β_c), ĉ_t the normalised cell (from phase A's partials)."""
+    offs_b = b0 + tl.arange(0, BB)
+    mb = offs_b < B
+    offs_j = s0 + tl.arange(0, BH)
+    mj = offs_j < H
+    mask = mb[:, None] & mj[None, :]
+    c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    mean, rstd = combined_rstd_mean(part_ptr, G, offs_b, mb, B, H, eps, NS, BH, PP)
+    xc = (c - mean[:, None]) * rstd[:, None]
+    tl.store(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], xc, mask=mask)
+    tl.store(rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS + G, rstd, mask=mb & (offs_b * 0 + tl.program_id(0) == 0))
+    chat = (tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(c.dtype)[None, :] * xc
+            + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(c.dtype)[None, :])
+    o = tl.full(c.shape, 1.0, c.dtype)
+    if IDX_O >= 0:
+        o = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + IDX_O * H + offs_j[None, :], mask=mask, other=0.0)
+    if O_ACT:
+        h = o * tanh(chat)
+    else:
+        h = o * chat
+    if PROJ:
+        tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
+    else:
+        act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
+        h_ptr = rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        tl.store(h_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
 
 
 @triton.jit
 def recurrence_fwd_kernel(
-    xw_ptr,     # (T, B, G*H) input projections W_ih x_t + folded biases
+    xw_ptr,     # (T, B, G*H) input projections W_ih x_t + folded biases (and layer-norm shifts)
     len_ptr,    # (B,) int32 sequence lengths
     u_ptr,      # (G*H, R) weight_hh
     whr_ptr,    # (R, H) weight_hr (PROJ)
     peep_ptr,   # (3H,) weight_ch (PEEP)
-    bn_ptr,     # (H,) bias_hh of the GRU's n rows (HAS_BN)
+    bn_ptr,     # (H,) bias_hh (+ ln_bias_hh) of the GRU's n rows (HAS_BN)
     hs_ptr,     # (T+1, B, R) carried h, initial state already at its index
     cs_ptr,     # (T+1, B, H) LSTM cell, initial state already at its index
     gates_ptr,  # (T, B, GS*H) saved activations
     aux_ptr,    # (T, B, H) h before projection (PROJ) or r * h_{t-1} (GRU, reset before)
+    hat_ptr,    # (T, B, G*H) LN: normalised recurrent products x̂
+    hatc_ptr,   # (T, B, H) LN LSTM: normalised cell ĉ
+    rstd_ptr,   # (T, B, NS) LN: 1 / sqrt(var + eps) per gate block, slot G the cell's
+    gln_ptr,    # (G*H,) LN gain of the recurrent products (ln_weight_hh)
+    cw_ptr,     # (H,) LN gain of the cell (ln_weight_c)
+    cb_ptr,     # (H,) LN shift of the cell (ln_bias_c)
+    part_ptr,   # (P, B, NS, 2) LN scratch: each program's partial moments
     bar_ptr,    # (1,) int32 zeroed barrier counter (PHASE == 0)
     T, B, H, R,
+    eps,        # layer-norm epsilon
     s_first,    # first processing step of this launch
     n_steps,    # steps in this launch
     FAMILY: tl.constexpr,       # 0 LSTM, 1 GRU, 2 RNN
@@ -284,8 +455,16 @@ def recurrence_fwd_kernel(
     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,    # LSTM variant switches
     PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
     TWO_PHASE: tl.constexpr,    # PROJ or GRU with the reset before the matmul
+    LN: tl.constexpr,           # layer norm (see kernels/layer_norm.py)
+    NS: tl.constexpr,           # LN statistics slots: G + 1
+    PP: tl.constexpr,           # the grid size rounded up to a power of two (LN partial tiles)
+    PH_SA: tl.constexpr, PH_A: tl.constexpr, PH_SB: tl.constexpr, PH_C: tl.constexpr, PH_B: tl.constexpr,
+    # ^ each phase's place in the step, 1-based, 0 absent (module doc)
+    PH_UA: tl.constexpr,        # the phase that multiplies by phase A's weight slice
+    PH_WB: tl.constexpr,        # the phase that multiplies by phase B's weight slice
+    NPH: tl.constexpr,          # phases per step
     REVERSE: tl.constexpr,      # walk t = T-1 .. 0
-    PHASE: tl.constexpr,        # 0 persistent with barriers, 1 / 2 only phase A / B (see module doc)
+    PHASE: tl.constexpr,        # 0 persistent with barriers, k > 0 only the k-th phase of step s_first
     RESIDENT: tl.constexpr,     # weight slices loaded once (on chip), else streamed per step in chunks
     BB: tl.constexpr,           # batch rows per block
     BH: tl.constexpr,           # units per program
@@ -298,69 +477,94 @@ def recurrence_fwd_kernel(
     s0 = tl.program_id(0) * BH
     u_tile = 0
     w_tile = 0
-    if RESIDENT and PHASE != 2:
+    if RESIDENT and (PHASE == 0 or PHASE == PH_UA):
         u_tile = _fwd_a_weights(u_ptr, 0, s0, H, R, GA, BH, GAP, KA)  # (KA, GAP*BH)
-    if RESIDENT and TWO_PHASE and PHASE != 1:
+    if RESIDENT and TWO_PHASE and (PHASE == 0 or PHASE == PH_WB):
         w_tile = _fwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, FAMILY, BH, KB)  # (KB, BH)
     for k in range(n_steps):
         t, prev, new = _times(s_first + k, T, REVERSE)
-        if PHASE != 2:
+        if PH_SA > 0 and (PHASE == 0 or PHASE == PH_SA):
+            for b0 in range(0, B, BB):
+                _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
+                           B, H, R, False, G, GA, NS, RESIDENT, BB, BH, KA, KB, GAP, ACC, PREC)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_SA)
+        if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
                 _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr,
-                             gates_ptr, aux_ptr, u_tile, B, H, R, FAMILY, G, GA, GS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, HAS_BN, RELU, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
-        if PHASE == 0:
-            grid_sync(bar_ptr, k * (1 + TWO_PHASE) + 1)
-        if TWO_PHASE and PHASE != 1:
+                             gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
+                             B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
+                             PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_A)
+        if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
+            for b0 in range(0, B, BB):
+                _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
+                           B, H, R, True, G, GA, NS, RESIDENT, BB, BH, KA, KB, GAP, ACC, PREC)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_SB)
+        if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
+            for b0 in range(0, B, BB):
+                _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr,
+                             part_ptr, cw_ptr, cb_ptr, eps, B, H, R, G, GS, IDX_O, O_ACT, PROJ, NS, BB, BH, PP)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_C)
+        if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
                 _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr,
-                             w_tile, B, H, R, FAMILY, G, GS, RESIDENT, BB, BH, KB, ACC, PREC)
+                             w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps, B, H, R, FAMILY, G, GS, LN, NS, PP,
+                             RESIDENT, BB, BH, KB, ACC, PREC)
             if PHASE == 0:
-                grid_sync(bar_ptr, k * 2 + 2)
+                grid_sync(bar_ptr, k * NPH + PH_B)
 
 
 # ----- backward -----------------------------------------------------------------------------------
 
 
 @triton.jit
-def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-              B, H, G: tl.constexpr, GS: tl.constexpr,
-              IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-              CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr):
-    """From dL/dh_t (before projection) to the gate pre-activation gradients; carries dL/dc."""
-    mj = offs_j < H
-    g_row = _rows(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-    d_row = _rows(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    cc_ptr = carry_c_ptr + offs_b[:, None] * H + offs_j[None, :]
-    gc_in = tl.load(cc_ptr, mask=mask, other=0.0)
-    c_prev = tl.load(_rows(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    c = tl.load(_rows(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
-    one = tl.full(g.shape, 1.0, g.dtype)
-    f = one
-    if IDX_F >= 0:
-        f = tl.load(g_row + IDX_F * H, mask=mask, other=0.0)
-    i = one
-    if CIFG:
-        i = 1.0 - f
-    elif IDX_I >= 0:
-        i = tl.load(g_row + IDX_I * H, mask=mask, other=0.0)
-    o = one
-    if IDX_O >= 0:
-        o = tl.load(g_row + IDX_O * H, mask=mask, other=0.0)
+def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: tl.constexpr):
+    """Through h = o ⊙ tanh(cell) (``noaf``: o ⊙ cell), cell = c_t or its layer norm: stores the
+    output gate's pre-activation gradient and returns (dL/dcell from h, da_o)."""
     if O_ACT:
-        tc = tanh(c)
-        gc = gc_in + gh * o * (1.0 - tc * tc)
+        tc = tanh(cell)
+        dcell = gh * o * (1.0 - tc * tc)
     else:
-        tc = c
-        gc = gc_in + gh * o
-    zero = tl.zeros(g.shape, g.dtype)
+        tc = cell
+        dcell = gh * o
+    da_o = tl.zeros(gh.shape, gh.dtype)
     if IDX_O >= 0:
         da_o = gh * tc * o * (1.0 - o)
-        tl.store(d_row + IDX_O * H, tl.where(act, da_o, zero), mask=mask)
-        if PEEP:
-            gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
+        tl.store(d_row + IDX_O * H, tl.where(act, da_o, tl.zeros(gh.shape, gh.dtype)), mask=mask)
+    return dcell, da_o
+
+
+@triton.jit
+def _lstm_gate(g_row, idx: tl.constexpr, one, mask, H):
+    """Gate block ``idx`` of the saved activations, or ``one`` where the variant has no such gate."""
+    if idx >= 0:
+        return tl.load(g_row + idx * H, mask=mask, other=0.0)
+    return one
+
+
+@triton.jit
+def _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+                   B, H, G: tl.constexpr, GS: tl.constexpr,
+                   IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
+                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr):
+    """From dL/dc_t (``gc``, all of it) to the i, f, g pre-activation gradients; carries
+    dL/dc_{t-1} (``gc_in`` passes unchanged through an inactive step)."""
+    mj = offs_j < H
+    g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+    d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+    c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
+    one = tl.full(g.shape, 1.0, g.dtype)
+    zero = tl.zeros(g.shape, g.dtype)
+    f = _lstm_gate(g_row, IDX_F, one, mask, H)
+    if CIFG:
+        i = 1.0 - f
+    else:
+        i = _lstm_gate(g_row, IDX_I, one, mask, H)
     di = gc * g
     df = gc * c_prev
     dg = gc * i
@@ -380,117 +584,200 @@ def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_
         tl.store(d_row + IDX_F * H, tl.where(act, da_f, zero), mask=mask)
         if PEEP:
             gc_prev += da_f * tl.load(peep_ptr + H + offs_j, mask=mj, other=0.0)[None, :]
-    tl.store(cc_ptr, tl.where(act, gc_prev, gc_in), mask=mask)
+    tl.store(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], tl.where(act, gc_prev, gc_in), mask=mask)
+
+
+@triton.jit
+def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+              B, H, G: tl.constexpr, GS: tl.constexpr,
+              IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
+              CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr):
+    """From dL/dh_t (before projection) to the gate pre-activation gradients; carries dL/dc."""
+    mj = offs_j < H
+    g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+    d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+    gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
+    c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
+    dcell, da_o = _lstm_bwd_out(gh, c, o, act, d_row, mask, H, IDX_O, O_ACT)
+    gc = gc_in + dcell
+    if PEEP:
+        gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
+    _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+                   B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
+
+
+@triton.jit
+def _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr,
+                     part_ptr, B, H, G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, IDX_O: tl.constexpr,
+                     O_ACT: tl.constexpr):
+    """LN LSTM, first half of a step's backward: through h = o ⊙ tanh(γ_c ĉ + β_c) to dL/d(γ_c ĉ)
+    (saved to ``dchat``) and this program's sums for the cell's layer-norm backward."""
+    mj = offs_j < H
+    xc = tl.load(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    cw = tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
+    cell = cw * xc + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
+    g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+    o = _lstm_gate(g_row, IDX_O, tl.full(xc.shape, 1.0, xc.dtype), mask, H)
+    dcell, _ = _lstm_bwd_out(gh, cell, o, act, rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], mask, H,
+                             IDX_O, O_ACT)
+    dcell = tl.where(act, dcell, tl.zeros(dcell.shape, dcell.dtype))
+    tl.store(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], dcell, mask=mask)
+    store_grad_sums(dcell, xc, cw, mask, mb, part_ptr, G, offs_b, B, NS)
+
+
+@triton.jit
+def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr, hatc_ptr,
+                 rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, B, H,
+                 G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
+                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
+                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr):
+    """LN LSTM, second half: dL/dc_t = carry + the cell layer norm's backward (with every program's
+    sums) + the output peephole; the gate gradients; this program's sums for each gate block's
+    layer-norm backward (finished in phase D)."""
+    offs_b = b0 + tl.arange(0, BB)
+    mb = offs_b < B
+    offs_j = s0 + tl.arange(0, BH)
+    mj = offs_j < H
+    mask = mb[:, None] & mj[None, :]
+    act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
+    dcell = tl.load(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    xc = tl.load(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    cw = tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
+    rstd = tl.load(rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS + G, mask=mb, other=0.0)
+    gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
+    gc = gc_in + normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, PP)
+    d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+    if PEEP:
+        da_o = tl.load(d_row + IDX_O * H, mask=mask, other=0.0)
+        gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
+    _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+                   B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
+    # the gate gradients are read back by other threads of this program
+    tl.debug_barrier()
+    for g in tl.static_range(G):
+        dy = tl.load(d_row + g * H, mask=mask, other=0.0)
+        store_block_grad_sums(dy, g, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
 
 
 @triton.jit
 def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
-                 len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, ghr_ptr,
-                 carry_h_ptr, carry_c_ptr, u_tile, B, H, R,
+                 len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr,
+                 carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
+                 B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, RESIDENT: tl.constexpr,
+                 PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
+                 NS: tl.constexpr, RESIDENT: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
-    """dL/dh_t[S] = carry + dL/dhs + d_{t+1} @ U[:, S], then the cell's pointwise backward."""
+    """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S], then the cell's pointwise backward
+    (with LN as far as the first exchange of layer-norm sums)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
+    mj = offs_j < H
     mask = mb[:, None] & (offs_j < R)[None, :]
-    # no step after the forward's last one: gather zeros at backward step s == 0
-    has_next = mb & ((offs_b * 0 + s) > 0)
-    gather = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, H, KA):
-        d_next = load_gated_full(drec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
-                                 GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
-        if RESIDENT:
-            w = u_tile
-        else:
-            w = _bwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
-        gather += tl.dot(d_next, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
     ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
-    gh = (tl.load(ch_ptr, mask=mask, other=0.0) + gather
-          + tl.load(_rows(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC))
+    gh = bwd_gathered_dh(dprod_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0,
+                         B, H, R, G, GA, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     zero = tl.zeros(gh.shape, ACC)
     if FAMILY == 0:
         if PROJ:
-            tl.store(_rows(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gh, zero), mask=mask)
+            tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gh, zero), mask=mask)
+        elif LN:
+            _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
+                             dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
         else:
             _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
                       peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT)
         tl.store(ch_ptr, tl.where(act, zero, gh), mask=mask)
     elif FAMILY == 2:
-        h = tl.load(_rows(hs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+        h = tl.load(rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
         if RELU:
             da = tl.where(h > 0, gh, zero)
         else:
             da = gh * (1.0 - h * h)
-        tl.store(_rows(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], tl.where(act, da, zero), mask=mask)
+        tl.store(rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], tl.where(act, da, zero), mask=mask)
         tl.store(ch_ptr, tl.where(act, zero, gh), mask=mask)
     else:
-        g_row = _rows(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-        d_row = _rows(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+        g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
+        d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
         z = tl.load(g_row + H, mask=mask, other=0.0)
         n = tl.load(g_row + 2 * H, mask=mask, other=0.0)
-        h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
-        da_n = gh * (1.0 - z) * (1.0 - n * n)
-        da_z = gh * (h_prev - n) * z * (1.0 - z)
-        tl.store(d_row + H, tl.where(act, da_z, zero), mask=mask)
-        tl.store(d_row + 2 * H, tl.where(act, da_n, zero), mask=mask)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+        da_n = tl.where(act, gh * (1.0 - z) * (1.0 - n * n), zero)
+        da_z = tl.where(act, gh * (h_prev - n) * z * (1.0 - z), zero)
+        tl.store(d_row + H, da_z, mask=mask)
+        tl.store(d_row + 2 * H, da_n, mask=mask)
         if RESET_AFTER:
             r = tl.load(g_row, mask=mask, other=0.0)
             da_r = da_n * tl.load(g_row + 3 * H, mask=mask, other=0.0) * r * (1.0 - r)
-            tl.store(d_row, tl.where(act, da_r, zero), mask=mask)
-            rec_row = _rows(drec_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-            tl.store(rec_row, tl.where(act, da_r, zero), mask=mask)
-            tl.store(rec_row + H, tl.where(act, da_z, zero), mask=mask)
-            tl.store(rec_row + 2 * H, tl.where(act, da_n * r, zero), mask=mask)
+            tl.store(d_row, da_r, mask=mask)
+            rec_row = rows_of(drec_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+            tl.store(rec_row, da_r, mask=mask)
+            tl.store(rec_row + H, da_z, mask=mask)
+            tl.store(rec_row + 2 * H, da_n * r, mask=mask)
+            if LN:
+                store_block_grad_sums(da_r, 0, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
+                store_block_grad_sums(da_z, 1, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
+                store_block_grad_sums(da_n * r, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H,
+                                      G, NS)
+        elif LN:
+            store_block_grad_sums(da_n, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
         tl.store(ch_ptr, tl.where(act, gh * z, gh), mask=mask)
 
 
 @triton.jit
-def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr, d_ptr,
-                 ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, B, H, R,
+def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr, d_ptr, dprod_ptr,
+                 ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
+                 dchat_ptr, B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
+                 LN: tl.constexpr, NS: tl.constexpr,
                  RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
-    d(r h)[S] = da_n @ U_n[:, S], giving da_r and the r * d(r h) part of dL/dh_{t-1}."""
+    d(r h)[S] = da_n @ U_n[:, S] (with LN the normalised product's gradient, from ``dprod``),
+    giving da_r and the r * d(r h) part of dL/dh_{t-1}."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
-    mask = mb[:, None] & (offs_j < H)[None, :]
+    mj = offs_j < H
+    mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
-    # K = R for the LSTM (dh_r) and H = R for the GRU (da_n)
-    prod = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, R, KB):
-        if FAMILY == 0:
-            a_chunk = load_row_chunk(ghr_ptr + t.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KB)  # (BB, KB)
-        else:
-            a_chunk = load_gated_full(d_ptr + t.to(tl.int64) * B * (G * H), G * H, offs_b, mb,
-                                      1, H, 2, k0, 1, KB)  # (BB, KB) of da_n
-        if RESIDENT:
-            w = w_tile
-        else:
-            w = _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
-        prod += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    if LN:
+        prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G,
+                             RESIDENT, BB, BH, KB, ACC, PREC)
+    else:
+        prod = bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G,
+                             RESIDENT, BB, BH, KB, ACC, PREC)
     if FAMILY == 0:
         gh = prod
-        _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                  carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT)
+        if LN:
+            _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
+                             dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
+        else:
+            _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                      carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT)
     else:
         drh = prod
-        r = tl.load(_rows(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
-        h_prev = tl.load(_rows(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+        r = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
         zero = tl.zeros(drh.shape, ACC)
-        tl.store(_rows(d_ptr, t, offs_b, B, G * H) + offs_j[None, :],
-                 tl.where(act, h_prev * drh * r * (1.0 - r), zero), mask=mask)
+        d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
+        da_r = tl.where(act, h_prev * drh * r * (1.0 - r), zero)
+        tl.store(d_row, da_r, mask=mask)
         ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
         tl.store(ch_ptr, tl.load(ch_ptr, mask=mask, other=0.0) + tl.where(act, r * drh, zero), mask=mask)
+        if LN:
+            da_z = tl.load(d_row + H, mask=mask, other=0.0)
+            store_block_grad_sums(da_r, 0, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
+            store_block_grad_sums(da_z, 1, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
 
 
 @triton.jit
@@ -504,18 +791,32 @@ def recurrence_bwd_kernel(
     gates_ptr,    # (T, B, GS*H) forward's activations
     dhs_ptr,      # (T+1, B, R) dL/dhs from the outputs and the final state
     d_ptr,        # (T, B, G*H) out: dL/d(input-side pre-activations), zero where inactive
-    drec_ptr,     # (T, B, G*H) out: dL/d(recurrent pre-activations) (== d_ptr unless GRU reset after)
+    drec_ptr,     # (T, B, G*H) out: dL/d(recurrent terms as added) (== d_ptr unless GRU reset after)
+    dprod_ptr,    # (T, B, G*H) out: dL/d(h_{t-1} U^T), what the next step gathers (== drec_ptr without LN)
     ghr_ptr,      # (T, B, R) out: dL/dh_r, the projected h (PROJ)
+    dchat_ptr,    # (T, B, H) out, LN LSTM: dL/d(γ_c ĉ_t)
     carry_h_ptr,  # (B, R) zeroed; out: local part of dL/dh_{-1}
     carry_c_ptr,  # (B, H) dL/dc_final; out: dL/dc_{-1}
+    hat_ptr,      # (T, B, G*H) LN: forward's normalised recurrent products
+    hatc_ptr,     # (T, B, H) LN LSTM: forward's normalised cells
+    rstd_ptr,     # (T, B, NS) LN: forward's 1 / sqrt(var + eps)
+    gln_ptr,      # (G*H,) LN gain of the recurrent products
+    cw_ptr,       # (H,) LN gain of the cell
+    cb_ptr,       # (H,) LN shift of the cell
+    part_ptr,     # (P, B, NS, 2) LN scratch: each program's partial sums
     bar_ptr,      # (1,) int32 zeroed barrier counter (PHASE == 0)
     T, B, H, R,
+    eps,          # layer-norm epsilon (unused: the forward's statistics are saved)
     s_first,      # first backward step of this launch (0 = the forward's last step)
     n_steps,      # steps in this launch
     FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
     PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, TWO_PHASE: tl.constexpr,
+    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr,
+    PH_A: tl.constexpr, PH_DN: tl.constexpr, PH_B: tl.constexpr, PH_C: tl.constexpr, PH_D: tl.constexpr,
+    # ^ each phase's place in the step, 1-based, 0 absent (module doc)
+    NPH: tl.constexpr,            # phases per step
     REVERSE: tl.constexpr, PHASE: tl.constexpr, RESIDENT: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr,
     KA: tl.constexpr,             # phase A's chunk of each gate's H units (>= H when RESIDENT)
@@ -525,27 +826,48 @@ def recurrence_bwd_kernel(
     s0 = tl.program_id(0) * BH
     u_tile = 0
     w_tile = 0
-    if RESIDENT and PHASE != 2:
+    if RESIDENT and (PHASE == 0 or PHASE == PH_A):
         u_tile = _bwd_a_weights(u_ptr, 0, s0, H, R, GA, BH, GAP, KA)  # (GAP*KA, BH)
-    if RESIDENT and TWO_PHASE and PHASE != 1:
+    if RESIDENT and TWO_PHASE and (PHASE == 0 or PHASE == PH_B):
         w_tile = _bwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, FAMILY, BH, KB)  # (KB, BH)
     for k in range(n_steps):
         s = s_first + k
         t, prev, new = _times(T - 1 - s, T, REVERSE)
         t_next = tl.maximum(tl.minimum(t + 1 - 2 * REVERSE, T - 1), 0)
-        if PHASE != 2:
+        if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
                 _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr,
-                             gates_ptr, dhs_ptr, d_ptr, drec_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
+                             gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
+                             hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
                              B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, RELU, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
-        if PHASE == 0:
-            grid_sync(bar_ptr, k * (1 + TWO_PHASE) + 1)
-        if TWO_PHASE and PHASE != 1:
+                             PROJ, RESET_AFTER, RELU, LN, NS, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_A)
+        if PH_DN > 0 and (PHASE == 0 or PHASE == PH_DN):
+            for b0 in range(0, B, BB):
+                bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H,
+                            2, 3, G, NS, BB, BH, PP)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_DN)
+        if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
                 _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
-                             d_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, B, H, R, FAMILY, G, GS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, RESIDENT, BB, BH, KB,
+                             d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
+                             gln_ptr, cw_ptr, cb_ptr, dchat_ptr, B, H, R, FAMILY, G, GS,
+                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, RESIDENT, BB, BH, KB,
                              ACC, PREC)
             if PHASE == 0:
-                grid_sync(bar_ptr, k * 2 + 2)
+                grid_sync(bar_ptr, k * NPH + PH_B)
+        if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
+            for b0 in range(0, B, BB):
+                _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr,
+                             hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, B, H, G, GS, NS,
+                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, BB, BH, PP)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_C)
+        if PH_D > 0 and (PHASE == 0 or PHASE == PH_D):
+            for b0 in range(0, B, BB):
+                bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H,
+                            0, GA, G, NS, BB, BH, PP)
+            if PHASE == 0:
+                grid_sync(bar_ptr, k * NPH + PH_D)
