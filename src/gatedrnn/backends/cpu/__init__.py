@@ -121,7 +121,7 @@ def run_layer(
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
     require_support(name, supports(cfg, x))
-    if record or x.shape[0] == 0:
+    if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                    record=record)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)

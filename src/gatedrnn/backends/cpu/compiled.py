@@ -18,18 +18,24 @@ Building needs a C++ compiler and ninja (a dependency of gatedrnn); it takes abo
 machine, torch version and source, in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by
 default ``~/.cache/torch_extensions``). Where it cannot be built the backend says why once (a
 ``RuntimeWarning``) and runs the Python loops, which give the same results more slowly. Set
-``GATEDRNN_CPU_COMPILED=0`` to skip the build and always run the Python loops.
+``GATEDRNN_CPU_COMPILED=0`` to skip the build and always run the Python loops. The steps' rows
+are split between threads only where the build has OpenMP (GCC on Linux, see
+:func:`_openmp_flags`); elsewhere each step runs on one thread. Processes building at once (DDP
+ranks) wait for one build, and a build killed midway does not block the next (:func:`_build_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import shlex
 import shutil
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -57,15 +63,39 @@ def disabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off")
 
 
-def _build_flags() -> tuple[str, list[str]]:
-    """(a name for this build, compiler flags)."""
+def _openmp_flags(compiler: str) -> list[str]:
+    """``-fopenmp`` where torch's intra-op threads are OpenMP's (GNU libgomp, which torch's Linux
+    wheels load) and the compiler is GCC, whose OpenMP runtime is that same libgomp; else none.
+
+    ATen's ``parallel_for`` is a header template: compiled without OpenMP it runs every step's
+    rows in one serial call, whatever ``torch.get_num_threads()`` says. Another compiler's runtime
+    (clang's libomp) would start threads that libgomp, loaded first, may not number (each would
+    take the first block of rows), so there the loops stay serial (correct, one thread a step)."""
+    from torch.utils import cpp_extension
+
+    if not sys.platform.startswith("linux") or not torch._C.has_openmp:
+        return []
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return []
+    try:
+        return ["-fopenmp"] if cpp_extension.check_compiler_is_gcc(compiler) else []
+    except Exception:  # an unusual CXX: build without
+        return []
+
+
+def _build_flags(compiler: str = "c++") -> tuple[str, list[str], list[str]]:
+    """(a name for this build, compiler flags, linker flags)."""
     capability = torch.backends.cpu.get_cpu_capability()
     flags, macro = _ISA_FLAGS.get(capability, ([], None))
+    openmp = _openmp_flags(compiler)
+    cflags = ["-O3", *flags, *([f"-D{macro}"] if macro else []), *openmp]
     version = "".join(ch if ch.isalnum() else "_" for ch in torch.__version__)
     # torch rebuilds when a listed source changes, not when a header does: name the sources' hash
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(_SOURCE_DIR.iterdir()) if p.is_file()))
+    # (and the flags', so that builds with and without OpenMP keep apart)
+    sources = b"".join(p.read_bytes() for p in sorted(_SOURCE_DIR.iterdir()) if p.is_file())
+    digest = hashlib.sha256(sources + " ".join(cflags).encode())
     name = f"gatedrnn_cpu_{version}_{capability.lower()}_{digest.hexdigest()[:10]}"
-    return name, ["-O3", *flags, *([f"-D{macro}"] if macro else [])]
+    return name, cflags, openmp
 
 
 def _ninja_on_path() -> None:
@@ -79,6 +109,49 @@ def _ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: str | None) -> Iterator[None]:
+    """Serialise this extension's builds across processes (DDP ranks, parallel test runs) with a
+    lock the kernel releases when its holder dies, and clear torch's own lock file if one is left.
+
+    torch's builder guards a build directory with a plain ``lock`` file that it waits on forever;
+    a build killed by a signal (SIGTERM or SIGKILL: a timeout, a cancelled CI job, torchrun ending
+    its workers) leaves that file behind, and every later process would hang on it in silence.
+    Every process that builds here holds this flock while torch's file exists, so a ``lock`` found
+    while holding the flock is such a leftover."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file only
+        fcntl = None
+    if fcntl is None or build_dir is None:
+        yield
+        return
+    with open(os.path.join(build_dir, "gatedrnn.lock"), "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(build_dir, "lock"))
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _build_directory(cpp_extension, name: str) -> str | None:
+    """The directory ``cpp_extension.load`` builds ``name`` in (created), from torch's private
+    helper; None where this torch lacks it (``load`` then picks the same one itself, unlocked)."""
+    find = getattr(cpp_extension, "_get_build_directory", None)
+    return None if find is None else find(name, False)
+
+
+def _compiler_found(compiler: str) -> bool:
+    """Whether ``compiler`` (CXX, which may carry a launcher or flags: ``ccache g++``) runs."""
+    try:
+        words = shlex.split(compiler)
+    except ValueError:  # an unbalanced quote: take it as one name
+        words = [compiler]
+    return bool(words) and shutil.which(words[0]) is not None
+
+
 @functools.cache
 def unavailable_reason() -> str | None:
     """None once the compiled ops are loaded in this process (building them on first call), else
@@ -86,19 +159,22 @@ def unavailable_reason() -> str | None:
     from torch.utils import cpp_extension
 
     compiler = os.environ.get("CXX", "c++")
-    if shutil.which(compiler) is None:
+    if not _compiler_found(compiler):
         return f"no C++ compiler found (looked for {compiler!r}; set CXX to use another)"
     _ninja_on_path()
     if not cpp_extension.is_ninja_available():
         return "ninja is not installed (pip install ninja)"
-    name, flags = _build_flags()
+    name, flags, ldflags = _build_flags(compiler)
     # loading a cached build takes well under a second: say something only when it is compiling
     notice = threading.Timer(1.0, print, [f"gatedrnn: building the CPU backend's compiled loops ({name}; once "
                                           "per machine and torch version, about 30 s)"], {"file": sys.stderr})
     notice.start()
     try:
-        cpp_extension.load(name, _SOURCES, extra_cflags=flags, is_python_module=False, verbose=False)
-    except Exception as exc:  # a compiler error, a missing header: the Python loop still works
+        build_dir = _build_directory(cpp_extension, name)
+        with _build_lock(build_dir):
+            cpp_extension.load(name, _SOURCES, extra_cflags=flags, extra_ldflags=ldflags, build_directory=build_dir,
+                               is_python_module=False, verbose=False)
+    except Exception as exc:  # a compiler error, a missing header, no writable cache: the Python loop still works
         return f"the build failed: {_first_error(str(exc)) or type(exc).__name__}"
     finally:
         notice.cancel()

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
@@ -138,6 +139,23 @@ struct Rows {
 // matrix product has a few rows (one thread's product of 16 rows takes about half the time of
 // 32 rows, better than a two-thread product of 32), and tiny layers stay on one thread.
 inline int64_t row_grain(int64_t row_size) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(row_size, 1)); }
+
+// at::parallel_for over [0, B) in blocks of ``grain`` rows, each worker thread running its block
+// under ``state``, the calling thread's thread-local state (taken once per op). The tasks call
+// ATen ops (the products, the blends), and an OpenMP worker's own state has grad mode on and
+// none of the caller's dispatch settings: an out= product of a weight that requires grad, in
+// the backward pass, would raise there. The calling thread (number 0) runs under its own.
+template <typename F>
+void parallel_rows(const at::ThreadLocalState& state, int64_t B, int64_t grain, const F& f) {
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    if (at::get_thread_num() == 0) {
+      f(begin, end);
+    } else {
+      at::ThreadLocalStateGuard guard(state);
+      f(begin, end);
+    }
+  });
+}
 
 // A 1-d tensor with v's values (a thread's parameter-gradient sums, for instance).
 template <typename T>

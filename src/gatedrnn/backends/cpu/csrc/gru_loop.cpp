@@ -98,6 +98,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
   const Tensor weight_t = weight_hh.t().contiguous();  // (H, 3H)
   const Tensor w_rz = weight_t.narrow(1, 0, 2 * H).contiguous(), w_n = weight_t.narrow(1, 2 * H, H).contiguous();
 
+  const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gatedrnn_gru_forward", [&] {
     using scalar = scalar_t;
     const GruWeights<scalar> w{ptr<scalar>(in_gain), ptr<scalar>(in_bias), ptr<scalar>(rec_gain),
@@ -106,7 +107,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
       const int64_t t = slot.step(k), p = slot.prev(t), n = slot.next(t);
       const Tensor h_prev = states.select(0, p), h_next = states.select(0, n);
       const Tensor h_out = keep_h ? h_tmp : h_next;
-      at::parallel_for(0, B, row_grain(A), [&](int64_t begin, int64_t end) {
+      parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         Tensor h_in = rows(h_prev);
         if (rec_mask) {
@@ -257,6 +258,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
   const int64_t threads = at::get_num_threads();
   std::vector<Tensor> sums;
 
+  const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gatedrnn_gru_backward", [&] {
     using scalar = scalar_t;
     using V = Vec<scalar>;
@@ -268,7 +270,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = slot.step(k), p = slot.prev(t), c = chunks.slot(t);
       const Tensor h_prev = states.select(0, p), d_out_t = d_out_c.select(0, t), d_raw_t = d_raw.select(0, c);
-      at::parallel_for(0, B, row_grain(A), [&](int64_t begin, int64_t end) {
+      parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         GruScratch<scalar>& s = scratch[at::get_thread_num()];
         Tensor g = rows(gh);

@@ -130,6 +130,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
   // operand is 20-30% faster at these shapes (B rows against G*H columns)
   const Tensor weight_t = weight_hh.t().contiguous(), proj_t = proj ? weight_hr->t().contiguous() : Tensor();
 
+  const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gatedrnn_lstm_forward", [&] {
     using scalar = scalar_t;
     const Weights<scalar> w(in_gain, in_bias, rec_gain, peep, ln_w, ln_b);
@@ -141,7 +142,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
       const Tensor h = proj ? h_hat.select(0, t) : (keep_h ? h_tmp : h_next);  // h before projection and blend
       const Tensor h_out = keep_h ? h_tmp : h_next;                                 // h before the blend
       // one parallel region per step: each task runs its rows' product, gate math, projection, blend
-      at::parallel_for(0, B, row_grain(GH), [&](int64_t begin, int64_t end) {
+      parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         Tensor h_in = rows(h_prev), raw_rows = rows(raw);
         if (rec_mask) {
@@ -318,6 +319,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   const int64_t threads = at::get_num_threads();
   std::vector<Tensor> scratch_sums;
 
+  const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gatedrnn_lstm_backward", [&] {
     using scalar = scalar_t;
     const Weights<scalar> w(in_gain, in_bias, rec_gain, peep, ln_w, ln_b);
@@ -338,7 +340,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       const scalar* cs = cell_norm ? ptr<scalar>(c_stats) + t * B * 2 : nullptr;
       const Tensor d_out_t = d_out_c.select(0, t), d_raw_t = d_raw.select(0, chunks.slot(t));
       // one parallel region per step, as in the forward pass
-      at::parallel_for(0, B, row_grain(GH), [&](int64_t begin, int64_t end) {
+      parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         RowScratch<scalar>& s = scratch[at::get_thread_num()];
         Tensor g = rows(gh);
