@@ -16,9 +16,10 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+import torch
 from torch import Tensor
 
-from ..config import CellConfig
+from ..config import CellConfig, LayerWeights
 
 BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
 LAYER_BACKENDS = ("reference", "cpu", "triton")
@@ -75,6 +76,25 @@ def require_support(backend: str, reason: str | None) -> None:
     ``supports``); nothing when ``reason`` is None."""
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run this layer: {reason}")
+
+
+def sum_present(*parts: Tensor | None) -> Tensor | None:
+    """The sum of the given tensors that are not None, or None if all are."""
+    present = [p for p in parts if p is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
+def recurrent_shifts(cfg: CellConfig, w: LayerWeights) -> tuple[Tensor | None, Tensor | None]:
+    """The shifts added after the recurrent product (``bias_hh``, plus ``ln_bias_hh`` with layer
+    norm), for a fused backend to fold into the input projection: ``(folded, n_shift)``, where
+    ``folded`` (G*H,) has the GRU's n block zeroed and ``n_shift`` (H,) is that block when the reset
+    acts after the matmul (r multiplies it, so it stays inside the recurrence); else
+    ``(all of them, None)``. ``(None, None)`` without any shift."""
+    recurrent = sum_present(w.get("bias_hh"), w.get("ln_bias_hh"))
+    if cfg.family == "gru" and cfg.reset_after and recurrent is not None:
+        H = cfg.hidden_size
+        return torch.cat([recurrent[: 2 * H], recurrent.new_zeros(H)]), recurrent[2 * H:]
+    return recurrent, None
 
 
 def describe(cfg: CellConfig, regularised: bool = False) -> str:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ...config import CellConfig, LayerWeights, Noise
-from .. import reference, require_support
+from .. import recurrent_shifts, reference, require_support, sum_present
 from . import compiled, gru, lstm, rnn
 from .function import Plan, Recurrence
 
@@ -57,11 +57,6 @@ def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
     return torch.cat([torch.arange(k * H, (k + 1) * H, device=device) for k in map(cfg.gates.index, order)])
 
 
-def _total(*parts: Tensor | None) -> Tensor | None:
-    present = [p for p in parts if p is not None]
-    return sum(present[1:], present[0]) if present else None
-
-
 def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
             ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor]]:
     """The Function's weights from the module's, in the backend's row order (differentiable with
@@ -71,14 +66,11 @@ def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
     def reorder(t: Tensor | None) -> Tensor | None:
         return t if t is None or rows is None else t.index_select(0, rows)
 
-    H = cfg.hidden_size
-    recurrent_bias = _total(w.get("bias_hh"), w.get("ln_bias_hh"))
+    recurrent_bias, rec_shift = recurrent_shifts(cfg, w)
     params = {"weight_hh": reorder(w["weight_hh"]), "rec_gain": reorder(w.get("ln_weight_hh"))}
-    if cfg.family == "gru" and cfg.reset_after and recurrent_bias is not None:
-        # r multiplies the n block's recurrent part including its shift, so that shift stays inside
-        params["rec_shift"] = recurrent_bias[2 * H:]
-        recurrent_bias = torch.cat([recurrent_bias[: 2 * H], recurrent_bias.new_zeros(H)])
-    bias = reorder(_total(w.get("bias_ih"), w.get("ln_bias_ih"), recurrent_bias))
+    if rec_shift is not None:
+        params["rec_shift"] = rec_shift
+    bias = reorder(sum_present(w.get("bias_ih"), w.get("ln_bias_ih"), recurrent_bias))
     for key in ("weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr"):
         params[key] = w.get(key)
     return reorder(w["weight_ih"]), reorder(w.get("ln_weight_ih")), bias, params

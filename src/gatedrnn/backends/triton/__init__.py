@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
-from .. import reference, require_support
+from .. import recurrent_shifts, reference, require_support, sum_present
 from .launch import interpreting
 from .op import recurrence
 
@@ -74,11 +74,6 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     return None
 
 
-def _sum_present(*parts: Tensor | None) -> Tensor | None:
-    present = [p for p in parts if p is not None]
-    return sum(present[1:], present[0]) if present else None
-
-
 def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
     """``[LN](x W_ih^T) + b_ih`` plus every shift added after the recurrent product (``b_hh``, and
     ``ln_bias_hh`` with layer norm) for all steps: (T, B, I) -> (T, B, G*H); and the GRU's n-block
@@ -87,12 +82,8 @@ def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tenso
     xw = x.matmul(w["weight_ih"].t())
     if cfg.layer_norm:
         xw = gatewise_layer_norm(xw, w["ln_weight_ih"], w["ln_bias_ih"], cfg.hidden_size, cfg.eps)
-    recurrent = _sum_present(w.get("bias_hh"), w.get("ln_bias_hh"))
-    bias_hn = None
-    if cfg.family == "gru" and cfg.reset_after and recurrent is not None:
-        H = cfg.hidden_size
-        recurrent, bias_hn = torch.cat([recurrent[: 2 * H], recurrent.new_zeros(H)]), recurrent[2 * H:]
-    bias = _sum_present(w.get("bias_ih"), recurrent)
+    recurrent, bias_hn = recurrent_shifts(cfg, w)
+    bias = sum_present(w.get("bias_ih"), recurrent)
     return (xw if bias is None else xw + bias), bias_hn
 
 

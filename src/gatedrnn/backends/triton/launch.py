@@ -20,7 +20,6 @@ Two independent choices per kernel (:func:`_plan`):
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 
@@ -254,7 +253,8 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
         chunk = tuning.block_k or (_STREAM_K if on_gpu else 2)
         KA, KB = max(low, min(_pow2(ka_full), chunk)), max(low, min(_pow2(kb_full), chunk))
     consts = dict(
-        spec.constexprs(), **spec.phase_slots(backward), PP=_pow2(programs), REVERSE=reverse, RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
+        spec.constexprs(), **spec.phase_slots(backward), PP=_pow2(programs), REVERSE=reverse,
+        RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
         GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
         PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
     )
@@ -324,16 +324,15 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     hs = _new_buffer((T + 1, B, R), dt, dev)
     hs[start] = h0
     none = xw  # stands in for absent tensors; the constexpr switches keep the kernel off them
-    lstm = spec.family == "lstm"
-    cs = _new_buffer((T + 1, B, H), acc, dev) if lstm else xw.new_empty(0, dtype=acc)
+    lstm, normed = spec.family == "lstm", spec.layer_norm
+    cs = _buffer_if(lstm, (T + 1, B, H), acc, dev)
     if c0 is not None:
         cs[start] = c0
     gates = _new_buffer((T, B, spec.saved_gates * H), acc, dev)
-    aux = _new_buffer((T, B, H), dt, dev) if spec.two_phase else xw.new_empty(0)
-    ln_buffer = functools.partial(_buffer_if, spec.layer_norm, dtype=acc, device=dev)  # distinct empties: outputs
-    hat = ln_buffer((T, B, spec.num_gates * H))
-    hatc = ln_buffer((T, B, H), lstm)
-    rstd = ln_buffer((T, B, spec.stat_slots))
+    aux = _buffer_if(spec.two_phase, (T, B, H), dt, dev)
+    hat = _buffer_if(normed, (T, B, spec.num_gates * H), acc, dev)
+    hatc = _buffer_if(normed and lstm, (T, B, H), acc, dev)
+    rstd = _buffer_if(normed, (T, B, spec.stat_slots), acc, dev)
     args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(bias_hn, none),
             hs, _or(cs, none), _or(gates, none), _or(aux, none), _or(hat, none), _or(hatc, none), _or(rstd, none),
             _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none))
@@ -356,12 +355,12 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     H = weight_hh.shape[0] // spec.num_gates
     dev, dt, acc = hs.device, hs.dtype, accumulation_dtype(hs.dtype)
     none = hs
-    lstm = spec.family == "lstm"
+    lstm, normed = spec.family == "lstm", spec.layer_norm
     d = _new_buffer((T, B, spec.num_gates * H), dt, dev)
-    drec = _new_buffer((T, B, spec.num_gates * H), dt, dev) if spec.split_recurrent_grad else hs.new_empty(0)
-    dprod = _new_buffer((T, B, spec.num_gates * H), dt, dev) if spec.layer_norm else hs.new_empty(0)
-    ghr = _new_buffer((T, B, R), dt, dev) if spec.proj else hs.new_empty(0)
-    dchat = _new_buffer((T, B, H), acc, dev) if spec.layer_norm and lstm else hs.new_empty(0, dtype=acc)
+    drec = _buffer_if(spec.split_recurrent_grad, (T, B, spec.num_gates * H), dt, dev)
+    dprod = _buffer_if(normed, (T, B, spec.num_gates * H), dt, dev)
+    ghr = _buffer_if(spec.proj, (T, B, R), dt, dev)
+    dchat = _buffer_if(normed and lstm, (T, B, H), acc, dev)
     carry_h = torch.zeros((B, R), dtype=acc, device=dev)
     if lstm:
         carry_c = dc.to(acc, copy=True).contiguous() if dc is not None else torch.zeros((B, H), dtype=acc, device=dev)
@@ -377,10 +376,10 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     return d, drec, dprod, ghr, dchat, carry_h, carry_c
 
 
-def _buffer_if(wanted: bool, shape: tuple[int, ...], also: bool = True, *, dtype: torch.dtype,
-               device: torch.device) -> Tensor:
-    """A buffer to fill, or a fresh empty tensor where it is not needed (op outputs must not alias)."""
-    return _new_buffer(shape, dtype, device) if wanted and also else torch.empty(0, dtype=dtype, device=device)
+def _buffer_if(wanted: bool, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A buffer the kernels fill, or a fresh empty tensor where it is not needed (op outputs must
+    not alias one another, so every absent one is its own)."""
+    return _new_buffer(shape, dtype, device) if wanted else torch.empty(0, dtype=dtype, device=device)
 
 
 def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:

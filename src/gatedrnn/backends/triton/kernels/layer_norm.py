@@ -35,8 +35,23 @@ from .primitives import gate_index, load_gated_full, rows_of
 
 @triton.jit
 def _part_rows(part_ptr, program, offs_b, B, slot, NS: tl.constexpr):
-    """Pointers to the (first of two) partials of ``program`` for rows offs_b and a slot."""
+    """Pointers to the (first of two) partials of ``program`` for rows offs_b and a slot (both
+    may be tiles that broadcast)."""
     return part_ptr + ((program * B + offs_b) * NS + slot) * 2
+
+
+@triton.jit
+def rstd_rows(rstd_ptr, t, offs_b, B, NS: tl.constexpr):
+    """Pointers (BB,) to the saved 1 / sqrt(var + eps) of rows offs_b at time t (add the slot)."""
+    return rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS
+
+
+@triton.jit
+def block_xhat_gain(hat_ptr, gain_ptr, t, offset, width, offs_b, B, offs_j, mj, mask):
+    """A saved normalised block x̂ (BB, BH) at ``offset`` of a (T, B, width) buffer, and its gain (1, BH)."""
+    xhat = tl.load(rows_of(hat_ptr, t, offs_b, B, width) + offset + offs_j[None, :], mask=mask, other=0.0)
+    gain = tl.load(gain_ptr + offset + offs_j, mask=mj, other=0.0).to(xhat.dtype)[None, :]
+    return xhat, gain
 
 
 @triton.jit
@@ -56,7 +71,7 @@ def _load_partials(part_ptr, slot, offs_b, mb, B, NS: tl.constexpr, PP: tl.const
     """(BB, PP) tiles of both partials of every program (zeros past the grid), and its mask."""
     p = tl.arange(0, PP)
     mp = p < tl.num_programs(0)
-    ptr = part_ptr + ((p[None, :] * B + offs_b[:, None]) * NS + slot) * 2
+    ptr = _part_rows(part_ptr, p[None, :], offs_b[:, None], B, slot, NS)
     m = mb[:, None] & mp[None, :]
     first = tl.load(ptr, mask=m, other=0.0, cache_modifier=".cg")
     second = tl.load(ptr + 1, mask=m, other=0.0, cache_modifier=".cg")
@@ -76,16 +91,25 @@ def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, 
 
 
 @triton.jit
+def normalize(src, dst, rstd_row, slot, mask, mb, offs_b, B, H, eps, part_ptr, NS: tl.constexpr,
+              BH: tl.constexpr, PP: tl.constexpr):
+    """Phase 2 of a forward normalisation: x̂ (BB, BH) of the values at ``src`` (whose partials
+    phase 1 left in ``slot``), stored at ``dst``; program 0 saves r at ``rstd_row + slot``."""
+    raw = tl.load(src, mask=mask, other=0.0)
+    mean, rstd = combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS, BH, PP)
+    xhat = (raw - mean[:, None]) * rstd[:, None]
+    tl.store(dst, xhat, mask=mask)
+    tl.store(rstd_row + slot, rstd, mask=mb & (offs_b * 0 + tl.program_id(0) == 0))
+    return xhat
+
+
+@triton.jit
 def normalize_block(hat_row, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS: tl.constexpr,
                     BH: tl.constexpr, PP: tl.constexpr):
-    """x̂ (BB, BH) of gate block g: its raw product (left in ``hat_row + g*H`` by phase 1) is
-    replaced there by x̂; program 0 saves r at ``rstd_row + g``."""
-    raw = tl.load(hat_row + g * H, mask=mask, other=0.0)
-    mean, rstd = combined_rstd_mean(part_ptr, g, offs_b, mb, B, H, eps, NS, BH, PP)
-    xhat = (raw - mean[:, None]) * rstd[:, None]
-    tl.store(hat_row + g * H, xhat, mask=mask)
-    tl.store(rstd_row + g, rstd, mask=mb & (offs_b * 0 + tl.program_id(0) == 0))
-    return xhat
+    """:func:`normalize` of gate block g in place: its raw product, left in ``hat_row + g*H`` by
+    phase 1, is replaced there by x̂."""
+    return normalize(hat_row + g * H, hat_row + g * H, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH,
+                     PP)
 
 
 @triton.jit
@@ -95,7 +119,7 @@ def normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, off
     """(BB, GAP*BH) gate-major ``γ ⊙ x̂`` of gate blocks 0 .. GA-1: the layer-normalised
     recurrent terms, laid out like the product they replace (see ``fwd_product_a``)."""
     hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    rstd_row = rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS
+    rstd_row = rstd_rows(rstd_ptr, t, offs_b, B, NS)
     for g in tl.static_range(GA):
         normalize_block(hat_row, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
     # x̂ is read back in the gate-major layout, by other threads of this program
@@ -128,8 +152,7 @@ def normalized_grad(dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: 
 def store_block_grad_sums(dy, g, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H,
                           G: tl.constexpr, NS: tl.constexpr):
     """:func:`store_grad_sums` for gate block g of the recurrent products at time t."""
-    xhat = tl.load(rows_of(hat_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], mask=mask, other=0.0)
-    gain = tl.load(gln_ptr + g * H + offs_j, mask=mj, other=0.0).to(xhat.dtype)[None, :]
+    xhat, gain = block_xhat_gain(hat_ptr, gln_ptr, t, g * H, G * H, offs_b, B, offs_j, mj, mask)
     store_grad_sums(dy, xhat, gain, mask, mb, part_ptr, g, offs_b, B, NS)
 
 
@@ -144,12 +167,10 @@ def bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
-    rstd_row = rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS
+    rstd_row = rstd_rows(rstd_ptr, t, offs_b, B, NS)
     for g in tl.static_range(G0, G1):
-        off = rows_of(drec_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :]
-        dy = tl.load(off, mask=mask, other=0.0)
-        xhat = tl.load(rows_of(hat_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], mask=mask, other=0.0)
-        gain = tl.load(gln_ptr + g * H + offs_j, mask=mj, other=0.0).to(xhat.dtype)[None, :]
+        dy = tl.load(rows_of(drec_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], mask=mask, other=0.0)
+        xhat, gain = block_xhat_gain(hat_ptr, gln_ptr, t, g * H, G * H, offs_b, B, offs_j, mj, mask)
         rstd = tl.load(rstd_row + g, mask=mb, other=0.0)
         da = normalized_grad(dy.to(xhat.dtype), xhat, gain, rstd, part_ptr, g, offs_b, mb, B, H, NS, PP)
         tl.store(rows_of(dprod_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], da, mask=mask)

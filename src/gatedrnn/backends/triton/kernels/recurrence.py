@@ -59,11 +59,13 @@ import triton
 import triton.language as tl
 
 from .layer_norm import (
+    block_xhat_gain,
     bwd_phase_d,
-    combined_rstd_mean,
+    normalize,
     normalize_block,
     normalized_grad,
     normalized_products,
+    rstd_rows,
     store_block_grad_sums,
     store_grad_sums,
     store_moments,
@@ -210,6 +212,14 @@ def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, 
 
 
 @triton.jit
+def _lstm_gate(g_row, idx: tl.constexpr, one, mask, H):
+    """Gate block ``idx`` of the saved activations, or ``one`` where the variant has no such gate."""
+    if idx >= 0:
+        return tl.load(g_row + idx * H, mask=mask, other=0.0)
+    return one
+
+
+@triton.jit
 def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
@@ -344,8 +354,8 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
         mask = mb[:, None] & (offs_j < H)[None, :]
     if LN and FAMILY == 1:
         hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-        rstd_row = rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS
-        xhat = normalize_block(hat_row, rstd_row, 2, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
+        xhat = normalize_block(hat_row, rstd_rows(rstd_ptr, t, offs_b, B, NS), 2, mask, mb, offs_b, B, H, eps,
+                               part_ptr, NS, BH, PP)
         acc = xhat * tl.load(gln_ptr + 2 * H + offs_j, mask=offs_j < H, other=0.0).to(ACC)[None, :]
     else:
         acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, RESIDENT, BB, BH,
@@ -355,7 +365,8 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
     h = acc
     if FAMILY == 1:
         g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-        n = tanh(tl.load(rows_of(xw_ptr, t, offs_b, B, G * H) + 2 * H + offs_j[None, :], mask=mask, other=0.0).to(ACC) + acc)
+        x_n = tl.load(rows_of(xw_ptr, t, offs_b, B, G * H) + 2 * H + offs_j[None, :], mask=mask, other=0.0)
+        n = tanh(x_n.to(ACC) + acc)
         tl.store(g_row + 2 * H, n, mask=mask)
         z = tl.load(g_row + H, mask=mask, other=0.0)
         h = (1.0 - z) * n + z * h_prev.to(ACC)
@@ -400,16 +411,13 @@ def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_p
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
-    c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    mean, rstd = combined_rstd_mean(part_ptr, G, offs_b, mb, B, H, eps, NS, BH, PP)
-    xc = (c - mean[:, None]) * rstd[:, None]
-    tl.store(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], xc, mask=mask)
-    tl.store(rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS + G, rstd, mask=mb & (offs_b * 0 + tl.program_id(0) == 0))
-    chat = (tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(c.dtype)[None, :] * xc
-            + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(c.dtype)[None, :])
-    o = tl.full(c.shape, 1.0, c.dtype)
-    if IDX_O >= 0:
-        o = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + IDX_O * H + offs_j[None, :], mask=mask, other=0.0)
+    c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
+    xc = normalize(c_row, rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], rstd_rows(rstd_ptr, t, offs_b, B, NS),
+                   G, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
+    chat = (tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :] * xc
+            + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :])
+    o = _lstm_gate(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], IDX_O, tl.full(xc.shape, 1.0, xc.dtype),
+                   mask, H)
     if O_ACT:
         h = o * tanh(chat)
     else:
@@ -539,21 +547,16 @@ def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: 
 
 
 @triton.jit
-def _lstm_gate(g_row, idx: tl.constexpr, one, mask, H):
-    """Gate block ``idx`` of the saved activations, or ``one`` where the variant has no such gate."""
-    if idx >= 0:
-        return tl.load(g_row + idx * H, mask=mask, other=0.0)
-    return one
-
-
-@triton.jit
-def _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-                   B, H, G: tl.constexpr, GS: tl.constexpr,
+def _lstm_bwd_cell(gc, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
+                   peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
                    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
                    CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr):
-    """From dL/dc_t (``gc``, all of it) to the i, f, g pre-activation gradients; carries
-    dL/dc_{t-1} (``gc_in`` passes unchanged through an inactive step)."""
+    """From dL/dc_t (``gc`` from the output side, plus the output peephole's da_o p_o) to the i, f, g
+    pre-activation gradients; carries dL/dc_{t-1} (``gc_in`` passes unchanged through an inactive
+    step)."""
     mj = offs_j < H
+    if PEEP:
+        gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
@@ -593,18 +596,14 @@ def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_
               IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
               CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr):
     """From dL/dh_t (before projection) to the gate pre-activation gradients; carries dL/dc."""
-    mj = offs_j < H
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
     c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
     o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
     dcell, da_o = _lstm_bwd_out(gh, c, o, act, d_row, mask, H, IDX_O, O_ACT)
-    gc = gc_in + dcell
-    if PEEP:
-        gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
-    _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-                   B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
+    _lstm_bwd_cell(gc_in + dcell, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
 
 
 @triton.jit
@@ -614,8 +613,7 @@ def _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hat
     """LN LSTM, first half of a step's backward: through h = o ⊙ tanh(γ_c ĉ + β_c) to dL/d(γ_c ĉ)
     (saved to ``dchat``) and this program's sums for the cell's layer-norm backward."""
     mj = offs_j < H
-    xc = tl.load(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    cw = tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
+    xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
     cell = cw * xc + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     o = _lstm_gate(g_row, IDX_O, tl.full(xc.shape, 1.0, xc.dtype), mask, H)
@@ -643,16 +641,15 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     dcell = tl.load(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    xc = tl.load(rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    cw = tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
-    rstd = tl.load(rstd_ptr + (t.to(tl.int64) * B + offs_b) * NS + G, mask=mb, other=0.0)
+    xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
+    rstd = tl.load(rstd_rows(rstd_ptr, t, offs_b, B, NS) + G, mask=mb, other=0.0)
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
     gc = gc_in + normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, PP)
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    if PEEP:
+    da_o = tl.zeros(gc.shape, gc.dtype)
+    if PEEP:  # the output gate's gradient, stored by phase A or B
         da_o = tl.load(d_row + IDX_O * H, mask=mask, other=0.0)
-        gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
-    _lstm_bwd_cell(gc, gc_in, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+    _lstm_bwd_cell(gc, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
                    B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
     # the gate gradients are read back by other threads of this program
     tl.debug_barrier()
@@ -742,7 +739,7 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
                  RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
-    d(r h)[S] = da_n @ U_n[:, S] (with LN the normalised product's gradient, from ``dprod``),
+    d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
     giving da_r and the r * d(r h) part of dL/dh_{t-1}."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
@@ -750,12 +747,9 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
-    if LN:
-        prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G,
-                             RESIDENT, BB, BH, KB, ACC, PREC)
-    else:
-        prod = bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G,
-                             RESIDENT, BB, BH, KB, ACC, PREC)
+    # the GRU's n block of dprod: the raw product's gradient with LN, else the same buffer as d
+    prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G, RESIDENT,
+                         BB, BH, KB, ACC, PREC)
     if FAMILY == 0:
         gh = prod
         if LN:
