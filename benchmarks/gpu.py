@@ -4,11 +4,18 @@ kernels side by side, forward and forward+backward, medians of CUDA-event timing
     python benchmarks/gpu.py                      # the issue's grid (T=512), targets first
     python benchmarks/gpu.py --budget-s 240 --csv out.csv --markdown out.md
     python benchmarks/gpu.py --dry-run            # list the cases in run order (no GPU needed)
+    python benchmarks/gpu.py --auto-table src/gatedrnn/backends/triton/measured.json --verified
+
+With ``--auto-table`` the run's speed-ups over cuDNN are recorded for ``backend="auto"`` (see
+:mod:`gatedrnn.backends.triton.measured`), replacing this GPU's earlier record; ``--verified``
+says the GPU tests passed on this device (``benchmarks/gpu_check.sh`` passes it only then).
 
 Reports µs per time step, the speed-up over cuDNN, the peak memory of forward+backward and the
 path the Triton kernels took (persistent or per step, resident or streamed weights). The grid
 runs the issue's targets first (and the layer-norm LSTM and GRU at B=16, H=1024 against cuDNN's
-plain cells, which have no layer norm), then breadth first (B=16 and H=1024 before the corners), and
+plain cells, which have no layer norm), then a few cases under each launch override of ``SWEEP``
+(units per program, warps, where the weights live, the batch block: what the planner chose without
+a GPU against the alternatives), then breadth first (B=16 and H=1024 before the corners), and
 starts no new case once ``--budget-s`` is spent (the skipped ones are listed).
 """
 
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
+import json
 import os
 import platform
 import subprocess
@@ -26,7 +34,6 @@ from dataclasses import dataclass
 
 import torch
 
-os.environ.setdefault("GATEDRNN_TRITON_CUDA", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 import gatedrnn  # noqa: E402
@@ -55,6 +62,19 @@ class Case:
 TARGETS = (Case("lstm", "bf16", 16, 1024), Case("gru", "bf16", 16, 1024), Case("lstm", "fp16", 16, 1024),
            Case("lstm", "fp16", 16, 768, 1024), Case("gru", "fp16", 16, 768, 1024), Case("gru", "bf16", 16, 768, 1024),
            Case("lstm-ln", "bf16", 16, 1024), Case("gru-ln", "bf16", 16, 1024))
+
+
+# launch overrides (gatedrnn.backends.triton.launch.Tuning) tried after the targets: the planner's
+# choices were made without a GPU (from compiler reports: benchmarks/sm90_build.py), this shows
+# what a GPU prefers. At B=16 the units per program, warps, where the weights live and the
+# pipelining of the streamed loops (the backward streams at H=1024); at B=256 the streamed batch
+# block (BB=32 re-reads the weights twice as often as 64) and the pipelining
+_SMALL_BATCH = {"planner's choice": {}, "block_h=8": {"block_h": 8}, "block_h=32": {"block_h": 32},
+                "4 warps": {"num_warps": 4}, "8 warps": {"num_warps": 8}, "streamed weights": {"resident": False},
+                "2 stages": {"stages": 2}, "3 stages": {"stages": 3}}
+SWEEP = {TARGETS[0]: _SMALL_BATCH, TARGETS[1]: _SMALL_BATCH,
+         Case("lstm", "bf16", 256, 1024): {"planner's choice": {}, "block_b=32": {"block_b": 32},
+                                           "8 warps": {"num_warps": 8}, "3 stages": {"stages": 3}}}
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
@@ -137,6 +157,11 @@ def main(argv=None) -> int:
     p.add_argument("--csv")
     p.add_argument("--markdown")
     p.add_argument("--dry-run", action="store_true", help="print the cases in run order and exit")
+    p.add_argument("--no-sweep", action="store_true", help="skip the launch-override sweep after the targets")
+    p.add_argument("--sweep-budget-s", type=float, default=float("inf"), help="start no new sweep case after this "
+                   "long in the sweep (within --budget-s)")
+    p.add_argument("--auto-table", help="record the speed-ups in this measured.json for backend='auto'")
+    p.add_argument("--verified", action="store_true", help="the GPU tests passed on this device")
     args = p.parse_args(argv)
     planned = cases(args.batches, args.hiddens, args.dtypes, args.cells, args.T)
     if args.dry_run:
@@ -145,35 +170,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/gpu.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    os.environ.setdefault("GATEDRNN_TRITON_CUDA", "1")  # time the kernels even before a device is verified
     torch.backends.cuda.matmul.allow_tf32 = False
     header = machine()
     print(header, flush=True)
-    start = time.time()
-    rows, skipped = [], []
-    for case in planned:
-        if time.time() - start > args.budget_s:
-            skipped.append(case.label)
-            continue
-        results = {}
-        for provider in PROVIDERS:
-            if provider == "reference" and (args.reference_for not in f"{case.label} " or case.H > 1024):
-                continue
-            try:
-                results[provider] = measure(case, provider, args.rep_ms)
-            except Exception as exc:  # a failing provider is a result to report, not a crash
-                results[provider] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
-        base = results["cudnn"]
-        for provider, r in results.items():
-            row = {"case": case.label, "provider": provider, **r}
-            if "error" not in r and "error" not in base:
-                row["us_step_fwd"] = 1000 * r["fwd_ms"] / case.T
-                row["us_step_fwdbwd"] = 1000 * r["fwdbwd_ms"] / case.T
-                row["speedup_fwd"] = base["fwd_ms"] / r["fwd_ms"]
-                row["speedup_fwdbwd"] = base["fwdbwd_ms"] / r["fwdbwd_ms"]
-            rows.append(row)
-            print(format_row(row), flush=True)
-    table = markdown(header, rows, skipped)
-    summary = summarise(rows)
+    rows, skipped, swept = run(planned, args)
+    table = markdown(header, rows, skipped) + sweep_markdown(swept)
+    summary = summarise(rows) + sweep_summary(swept)
     if args.csv:
         keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "case", k != "provider", k))
         with open(args.csv, "w", newline="") as f:
@@ -185,7 +188,166 @@ def main(argv=None) -> int:
             f.write(table)
     print("\n" + table)
     print(summary)
+    if args.auto_table:
+        import triton
+
+        record = auto_record(rows, planned, torch.cuda.get_device_name(0), args.verified,
+                             list(torch.cuda.get_device_capability(0)), triton.__version__, header)
+        write_auto_table(args.auto_table, record)
+        print(auto_summary(record))
     return 0
+
+
+def run(planned: list[Case], args) -> tuple[list[dict], list[str], list[dict]]:
+    """The targets, the sweep, then the rest of ``planned`` until the budget is spent: (rows,
+    labels of the cases not run, sweep rows). An interrupt (the caller's timeout sends SIGINT)
+    ends the run early with what was measured, so the tables are still written."""
+    start = time.time()
+    rows, swept, done = [], [], 0
+
+    def spent() -> bool:
+        return time.time() - start > args.budget_s
+
+    try:
+        for case in planned[:len(TARGETS)]:  # cases() puts the targets first
+            if spent():
+                break
+            rows += measure_case(case, args)
+            done += 1
+        if not args.no_sweep:
+            sweep(SWEEP, args.rep_ms, min(start + args.budget_s, time.time() + args.sweep_budget_s), swept)
+        for case in planned[done:]:
+            if spent():
+                break
+            rows += measure_case(case, args)
+            done += 1
+    except KeyboardInterrupt:
+        print("interrupted: writing what was measured", flush=True)
+    return rows, [c.label for c in planned[done:]], swept
+
+
+def measure_case(case: Case, args) -> list[dict]:
+    """Rows of one case: each provider's times and its speed-ups over cuDNN."""
+    results = {}
+    for provider in PROVIDERS:
+        if provider == "reference" and (args.reference_for not in f"{case.label} " or case.H > 1024):
+            continue
+        try:
+            results[provider] = measure(case, provider, args.rep_ms)
+        except Exception as exc:  # a failing provider is a result to report, not a crash
+            results[provider] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+    base = results["cudnn"]
+    rows = []
+    for provider, r in results.items():
+        row = {"case": case.label, "provider": provider, **r}
+        if "error" not in r and "error" not in base:
+            row["us_step_fwd"] = 1000 * r["fwd_ms"] / case.T
+            row["us_step_fwdbwd"] = 1000 * r["fwdbwd_ms"] / case.T
+            row["speedup_fwd"] = base["fwd_ms"] / r["fwd_ms"]
+            row["speedup_fwdbwd"] = base["fwdbwd_ms"] / r["fwdbwd_ms"]
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
+
+
+def sweep(plan: dict[Case, dict[str, dict]], rep_ms: int, deadline: float, rows: list[dict]) -> None:
+    """Time the kernels on each case of ``plan`` under each of its launch overrides (as
+    :data:`SWEEP`), until ``deadline`` (time.time()), appending to ``rows`` as it goes (so an
+    interrupt keeps what was measured)."""
+    from gatedrnn.backends.triton import launch
+
+    for case, overrides_by_name in plan.items():
+        for name, overrides in overrides_by_name.items():
+            if time.time() > deadline:
+                return
+            saved = launch.tuning
+            launch.tuning = launch.Tuning(**overrides)
+            try:
+                r = measure(case, "triton", rep_ms)
+            except Exception as exc:  # an override the device refuses is a result too
+                r = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
+            finally:
+                launch.tuning = saved
+            row = {"case": case.label, "tuning": name, **r}
+            if "error" not in r:
+                row.update(us_step_fwd=1000 * r["fwd_ms"] / case.T, us_step_fwdbwd=1000 * r["fwdbwd_ms"] / case.T)
+            print(f"sweep {case.label} [{name}] " + (row.get("error") or
+                  f"fwd {row['us_step_fwd']:.2f} fwd+bwd {row['us_step_fwdbwd']:.2f} us/step; {row['path']}"), flush=True)
+            rows.append(row)
+
+
+def sweep_summary(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "Sweep (triton µs/step under launch overrides; fwd | fwd+bwd):"]
+    for r in rows:
+        what = r.get("error") or f"{r['us_step_fwd']:7.2f} | {r['us_step_fwdbwd']:7.2f}"
+        lines.append(f"  {r['case']:<30} {r['tuning']:<17} {what}")
+    return "\n".join(lines)
+
+
+def sweep_markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    lines = ["", "| case | launch override | fwd µs/step | fwd+bwd µs/step | peak MiB | path |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['case']} | {r['tuning']} | {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['case']} | {r['tuning']} | {r['us_step_fwd']:.2f} | {r['us_step_fwdbwd']:.2f} | "
+                         f"{r['peak_mib']:.0f} | {r['path']} |")
+    return "\n".join(lines) + "\n"
+
+
+def auto_record(rows: list[dict], planned: list[Case], device: str, verified: bool, capability: list[int],
+                triton_version: str, source: str) -> dict:
+    """This run as a device record of measured.json: the speed-ups of every case of a cell cuDNN
+    also runs (not the layer-norm rows, which compare against cuDNN's plain cell). A case where
+    the kernels or cuDNN failed is recorded with speed-ups 0: no neighbouring measurement may
+    then choose the kernels there."""
+    by_label = {c.label: c for c in planned}
+    cases = []
+    for r in rows:
+        case = by_label.get(r["case"])
+        if r["provider"] != "triton" or case is None or case.cell not in CELLS:
+            continue
+        fwd, train = (r["speedup_fwd"], r["speedup_fwdbwd"]) if "speedup_fwd" in r else (0.0, 0.0)
+        cases.append({"cell": case.cell, "dtype": case.dtype, "B": case.B, "H": case.H, "T": case.T,
+                      "fwd": round(fwd, 3), "train": round(train, 3)})
+    return {"name": device, "capability": capability, "verified": bool(verified), "triton": triton_version,
+            "torch": torch.__version__, "source": source, "measured": time.strftime("%Y-%m-%d"), "cases": cases}
+
+
+def write_auto_table(path: str, record: dict) -> None:
+    """Put ``record`` into the table at ``path`` in place of any earlier record of that device,
+    checked by the same parser ``auto`` uses, written atomically."""
+    from gatedrnn.backends.triton import measured
+
+    table = {"devices": []}
+    if os.path.exists(path):
+        with open(path) as f:
+            table = json.load(f)
+    table["devices"] = [d for d in table.get("devices", []) if d.get("name") != record["name"]] + [record]
+    measured.parse(table, path)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(table, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+    measured.load.cache_clear()
+
+
+def auto_summary(record: dict) -> str:
+    """How many cases ``auto`` now runs on the kernels instead of cuDNN (forward, training), and which."""
+    from gatedrnn.backends.triton.measured import MARGIN
+
+    cases = record["cases"] if record["verified"] else []
+    fwd = [c for c in cases if c["fwd"] >= MARGIN]
+    train = [c for c in cases if c["train"] >= MARGIN]
+    lines = [f"auto on {record['name']} (verified: {record['verified']}): triton instead of cuDNN where "
+             f">= {MARGIN}x, forward in {len(fwd)} and training in {len(train)} of {len(record['cases'])} cases"]
+    lines += [f"  train: {c['cell']} {c['dtype']} B={c['B']} H={c['H']} x{c['train']:.2f}" for c in train]
+    return "\n".join(lines)
 
 
 def summarise(rows: list[dict]) -> str:
@@ -227,7 +389,7 @@ def markdown(header: str, rows: list[dict], skipped: list[str]) -> str:
         else:
             lines.append(f"| {r['case']} | {r['provider']} | {r.get('error', 'cuDNN failed')} | | | | | |")
     if skipped:
-        lines += ["", f"Not run (time budget): {', '.join(skipped)}"]
+        lines += ["", f"Not run (time budget or interrupt): {', '.join(skipped)}"]
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,7 @@ import gatedrnn  # noqa: E402
 from gatedrnn.backends import choose  # noqa: E402
 from gatedrnn.backends import reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
-from gatedrnn.backends.triton import launch  # noqa: E402
+from gatedrnn.backends.triton import launch, measured, offline  # noqa: E402
 from gatedrnn.config import CellConfig  # noqa: E402
 from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
 
@@ -162,10 +162,14 @@ def test_many_programs_and_batch_blocks(name):
                                   "lstm_proj_ln", "gru_reset_before_ln"])
 def test_streamed_weights(name, mode):
     """The weights-don't-fit path: every phase re-reads its weight slice in chunks of 2 columns
-    (R = 5 or 2: a ragged last chunk), in batch blocks of 2 rows, with a zero-length sequence."""
-    launch.tuning.mode, launch.tuning.resident, launch.tuning.block_k, launch.tuning.block_b = mode, False, 2, 2
+    (R = 5 or 2: a ragged last chunk), in batch blocks of 2 rows, with a zero-length sequence;
+    the persistent path with its chunk loops marked for 3-stage pipelining (the interpreter runs
+    them plainly: what it checks is that the marked loops compute the same)."""
+    stages = 3 if mode == "persistent" else 1
+    launch.tuning = launch.Tuning(mode=mode, resident=False, block_k=2, block_b=2, stages=stages)
     compare_layer(CONFIGS[name], T=4, B=3, I=2, reverse=mode == "stepwise", lengths=torch.tensor([4, 0, 3]))
     assert not launch.last_plans["forward"].consts["RESIDENT"]
+    assert launch.last_plans["forward"].consts["STAGES"] == stages
     assert launch.last_plans["backward"].persistent == (mode == "persistent")
 
 
@@ -363,15 +367,51 @@ def test_plan_keeps_resident_weights_only_where_they_fit():
             assert need <= 232448
 
 
+def test_step_loop_spills_counts_only_inside_the_widest_backward_branch():
+    listing = """
+        /*0010*/                   STL [R1], R2 ;          /* prologue: once per launch */
+        /*0020*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0030*/                   LDL R3, [R1] ;          /* step loop from here */
+        /*0040*/                   STL.64 [R1+0x8], R6 ;
+        /*0050*/              @P1 BRA 0x40 ;                /* an inner loop */
+        /*0060*/                   LDL.LU R5, [R1+0x4] ;
+        /*0070*/              @P0 BRA 0x30 ;
+        /*0080*/                   STL [R1], R2 ;
+        /*0090*/                   EXIT ;
+        /*00a0*/                   BRA 0xa0;
+    """
+    assert offline.step_loop_spills(listing) == 3
+    assert offline.step_loop_spills("/*0010*/ STL [R1], R2 ;") == 0
+
+
+def test_plan_pipelines_only_streamed_loops_and_bounds_units_by_the_dot(monkeypatch):
+    """``stages`` reaches the streamed chunk loops only (a resident loop runs once, and pipelining
+    it would only multiply its shared memory), by default none in the persistent kernel and
+    Triton's default depth in per-step launches; ``block_h`` may go below 16 only where every
+    tl.dot keeps N >= 16 (the one-phase forward multiplies into all gate blocks at once)."""
+    monkeypatch.setattr(launch, "tuning", launch.Tuning(stages=3))
+    plan = functools.partial(_h100_plan, launch.KernelSpec("lstm"), B=16, H=1024, R=1024)
+    assert plan(False, torch.bfloat16).consts["RESIDENT"] and plan(False, torch.bfloat16).consts["STAGES"] == 1
+    assert not plan(True, torch.bfloat16).consts["RESIDENT"] and plan(True, torch.bfloat16).consts["STAGES"] == 3
+    monkeypatch.setattr(launch, "tuning", launch.Tuning())  # defaults: none in the persistent kernel,
+    assert plan(True, torch.bfloat16).consts["STAGES"] == 1  # Triton's 3 in per-step launches
+    monkeypatch.setattr(launch, "tuning", launch.Tuning(mode="stepwise"))
+    assert not plan(True, torch.bfloat16).persistent and plan(True, torch.bfloat16).consts["STAGES"] == 3
+    monkeypatch.setattr(launch, "tuning", launch.Tuning(block_h=1))
+    cases = {(launch.KernelSpec("lstm"), False): 4, (launch.KernelSpec("lstm"), True): 16,
+             (launch.KernelSpec("gru", reset_after=False), False): 16, (launch.KernelSpec("rnn"), False): 16,
+             (launch.KernelSpec("lstm", "cifg"), False): 4, (launch.KernelSpec("lstm", proj=True), False): 16}
+    for (spec, backward), block_h in cases.items():
+        p = _h100_plan(spec, backward, torch.bfloat16, B=16, H=1024, R=512 if spec.proj else 1024)
+        assert p.consts["BH"] == block_h and p.programs == 1024 // block_h, (spec, backward)
+
+
 def _h100_plan(spec, backward, dtype, *, B, H, R):
-    class H100:
-        multi_processor_count, shared_memory_per_block_optin = 132, 232448
-
-    with mock.patch.object(torch.cuda, "get_device_properties", lambda device: H100):
-        return launch._plan(spec, backward, B, H, R, dtype, torch.device("cuda"), False, False)
+    return offline.plan_for(offline.H100, spec, backward, dtype, B, H, R)
 
 
-# what the planner's estimate must cover, and did in Triton 3.9 for sm_90 (shared bytes)
+# what the planner's estimate must cover, and did in Triton 3.6 and 3.9 for sm_90 (shared bytes),
+# and what the table of benchmarks/sm90_build.py showed spill-free with both
 SM90_CASES = {
     "lstm_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm"), False, torch.bfloat16, 1024, 1024),
     "gru_bf16_H1024_bwd_streamed": (launch.KernelSpec("gru"), True, torch.bfloat16, 1024, 1024),
@@ -386,29 +426,13 @@ SM90_CASES = {
 }
 
 
-def sm90_shared_bytes(case: str) -> tuple[int, int]:
-    """Build SM90_CASES[case] for sm_90 (compiler only, no GPU): (shared bytes Triton allocated,
-    the planner's estimate plus margin). Needs Triton's compiled path, i.e. no interpreter."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+def sm90_build(case: str) -> dict[str, int]:
+    """Build SM90_CASES[case] for sm_90 (compiler only, no GPU) with the plan an H100 gets: what
+    Triton and ptxas allocated, and the planner's estimate. Needs the compiled path (no interpreter)."""
     spec, backward, dtype, H, R = SM90_CASES[case]
-    plan = _h100_plan(spec, backward, dtype, B=16, H=H, R=R)
-    kernel = launch.recurrence_bwd_kernel if backward else launch.recurrence_fwd_kernel
-    consts = dict(plan.consts, PHASE=0, **({} if backward else {"HAS_BN": spec.split_recurrent_grad}))
-    float_type = {torch.bfloat16: "*bf16", torch.float32: "*fp32"}[dtype]
-    fp32_buffers = ("cs_ptr", "gates_ptr", "carry_h_ptr", "carry_c_ptr", "hat_ptr", "hatc_ptr", "rstd_ptr",
-                    "part_ptr", "dchat_ptr")
-    signature = {
-        n: "constexpr" if n in consts else "fp32" if n == "eps" else "i32" if not n.endswith("_ptr")
-        else "*i32" if n in ("len_ptr", "bar_ptr") else "*fp32" if n in fp32_buffers else float_type
-        for n in kernel.arg_names
-    }
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": plan.num_warps, "num_stages": 1})
-    need = launch.resident_bytes(spec, backward, plan.consts["BB"], plan.consts["BH"], plan.consts["KA"],
-                                 plan.consts["KB"], torch.empty(0, dtype=dtype).element_size())
-    return compiled.metadata.shared, need + launch._SMEM_MARGIN
+    b = offline.compile_for(offline.H100, spec, backward, dtype, 16, H, R)
+    return {"shared": b.shared_bytes, "estimate": b.estimate_bytes, "registers": b.registers,
+            "resident": int(b.plan.consts["RESIDENT"])}
 
 
 def test_kernels_compile_for_hopper():
@@ -417,22 +441,158 @@ def test_kernels_compile_for_hopper():
     estimate and the H100's 227 KiB. A subprocess, since the interpreter is on in this one."""
     pytest.importorskip("triton.backends.nvidia")
     script = ("import json, test_triton_backend as t; "
-              "print(json.dumps({c: t.sm90_shared_bytes(c) for c in t.SM90_CASES}))")
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1")
+              "print(json.dumps({c: t.sm90_build(c) for c in t.SM90_CASES}))")
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
     run = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), env=env,
                          capture_output=True, text=True, timeout=600)
     if run.returncode != 0 and "ptxas" in run.stderr.lower():
         pytest.skip("Triton cannot build for sm_90 here: " + run.stderr.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
-    for case, (shared, budget) in json.loads(run.stdout.strip().splitlines()[-1]).items():
-        assert shared <= budget <= 232448, f"{case}: {shared} bytes of shared memory, budget {budget}"
+    for case, b in json.loads(run.stdout.strip().splitlines()[-1]).items():
+        assert b["shared"] <= b["estimate"] <= 232448, f"{case}: {b}"
+        assert b["resident"] == ("resident" in case), f"{case}: {b}"
+        assert 0 < b["registers"] <= 255, f"{case}: {b}"
 
 
-def test_cuda_needs_the_opt_in_until_verified(monkeypatch):
+# ----- auto's measured table (gatedrnn.backends.triton.measured) -------------------------------
+
+FAKE_GPU = "Fake GPU 80GB"
+
+
+def fake_table(verified: bool = True) -> dict:
+    cases = [{"cell": "lstm", "dtype": "bf16", "B": 16, "H": 1024, "fwd": 2.0, "train": 4.0},
+             {"cell": "lstm", "dtype": "bf16", "B": 256, "H": 1024, "fwd": 0.9, "train": 1.2},
+             {"cell": "gru", "dtype": "fp16", "B": 16, "H": 768, "fwd": 1.02, "train": 0.8}]
+    return {"devices": [{"name": FAKE_GPU, "verified": verified, "cases": cases}]}
+
+
+@pytest.fixture
+def on_fake_gpu(monkeypatch, tmp_path):
+    """A CUDA device named FAKE_GPU whose measured table is ``fake_table()``; returns a function
+    that rewrites the table, and the x (T, B, H) stand-in the selection looks at."""
     monkeypatch.delenv("GATEDRNN_TRITON_CUDA")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: FAKE_GPU)
+    path = tmp_path / "measured.json"
+
+    def use(table: dict) -> None:
+        path.write_text(json.dumps(table))
+        measured.load.cache_clear()
+
+    monkeypatch.setattr(measured, "load", functools.lru_cache(None)(lambda: measured.parse(
+        json.loads(path.read_text()), str(path))))
+    use(fake_table())
+    return use
+
+
+def cuda_input(B: int, H: int, dtype=torch.bfloat16):
+    """What backend selection reads of an input: its device, dtype and (T, B, I) shape."""
+    return mock.Mock(device=torch.device("cuda", 0), dtype=dtype, shape=(512, B, H))
+
+
+def test_cuda_needs_the_opt_in_until_verified(monkeypatch, on_fake_gpu):
+    gpu = torch.device("cuda", 0)
     assert not triton_backend.cuda_enabled()
+    assert triton_backend.cuda_enabled(gpu)  # the fake GPU's record is verified
+    on_fake_gpu(fake_table(verified=False))
+    assert not triton_backend.cuda_enabled(gpu)
+    assert "not been verified on this GPU (Fake GPU 80GB)" in triton_backend.supports(CellConfig("lstm", 8),
+                                                                                      cuda_input(16, 8))
     monkeypatch.setenv("GATEDRNN_TRITON_CUDA", "1")
     assert triton_backend.cuda_enabled()
+
+
+def test_auto_picks_the_kernels_only_where_measured_faster(on_fake_gpu):
+    lstm, gru = CellConfig("lstm", 1024), CellConfig("gru", 768)
+
+    def auto(cfg, x, training=True, single_layer=True):
+        with torch.set_grad_enabled(training):
+            return choose("auto", cfg, x, regularised=False, single_layer=single_layer)
+
+    assert auto(lstm, cuda_input(16, 1024)) == "triton"                       # measured 4x training
+    assert auto(lstm, cuda_input(16, 1024), training=False) == "triton"       # and 2x forward
+    assert auto(CellConfig("lstm", 2048), cuda_input(32, 2048)) == "triton"   # one octave away in B and H
+    assert auto(CellConfig("lstm", 4096), cuda_input(16, 4096)) == "torch"    # two octaves: nothing claimed
+    assert auto(lstm, cuda_input(256, 1024), training=False) == "torch"       # 0.9x forward
+    assert auto(lstm, cuda_input(256, 1024)) == "triton"                      # 1.2x training
+    assert auto(lstm, cuda_input(128, 1024)) == "triton"                      # nearest point is B=256
+    assert auto(lstm, cuda_input(64, 1024)) == "torch"                        # two octaves from both: nothing
+    assert auto(gru, cuda_input(16, 768, torch.float16), training=False) == "torch"  # 1.02x < MARGIN
+    assert auto(lstm, cuda_input(16, 1024, torch.float16)) == "torch"         # fp16 not measured
+    assert auto(lstm, cuda_input(16, 1024), single_layer=False) == "torch"    # stacks were not measured
+    assert auto(CellConfig("lstm", 1024, proj_size=512), cuda_input(16, 1024)) == "torch"
+    assert choose("auto", lstm, cuda_input(16, 1024), regularised=True) == "triton"  # zoneout: not cuDNN
+    on_fake_gpu(fake_table(verified=False))
+    assert auto(lstm, cuda_input(16, 1024)) == "torch"
+    assert auto(CellConfig("lstm", 1024, layer_norm=True), cuda_input(16, 1024)) == "reference"
+    on_fake_gpu({"devices": []})
+    assert auto(lstm, cuda_input(16, 1024)) == "torch"
+
+
+def test_auto_reads_equally_near_points_cautiously_and_never_over_a_failure(on_fake_gpu):
+    """Of two points one octave either side, the lower speed-up for the pass in question decides;
+    a case where the kernels failed (recorded as 0) vetoes its neighbourhood at distance 0."""
+    def lstm_point(B, fwd, train):
+        return {"cell": "lstm", "dtype": "bf16", "B": B, "H": 1024, "fwd": fwd, "train": train}
+
+    on_fake_gpu({"devices": [{"name": FAKE_GPU, "verified": True, "cases": [
+        lstm_point(32, 0.9, 3.0), lstm_point(128, 1.5, 1.0), lstm_point(512, 0.0, 0.0), lstm_point(1024, 2.0, 2.0)]}]})
+    lstm = CellConfig("lstm", 1024)
+
+    def auto(B, training):
+        with torch.set_grad_enabled(training):
+            return choose("auto", lstm, cuda_input(B, 1024), regularised=False)
+
+    assert auto(64, training=True) == "torch"    # train: 3.0 at B=32 but 1.0 at B=128
+    assert auto(64, training=False) == "torch"   # fwd: 0.9 at B=32
+    assert auto(128, training=False) == "triton"
+    assert auto(512, training=True) == "torch"   # failed there, though B=1024 won at 2x
+    assert auto(1024, training=True) == "triton"
+
+
+def test_measured_table_shipped_and_malformed():
+    assert isinstance(measured.load(), dict)  # the shipped table parses (empty until a GPU run)
+    with pytest.raises(ValueError, match=r"t\.json: expected .*'cases'.* got a table without 'verified'"):
+        measured.parse({"devices": [{"name": "x", "cases": []}]}, "t.json")
+
+
+def import_gpu_benchmark():
+    """benchmarks/gpu.py as a module (it is a script, not part of the package)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    try:
+        import gpu
+    finally:
+        sys.path.pop(0)
+    return gpu
+
+
+def test_benchmark_writes_the_table_auto_reads(tmp_path, on_fake_gpu):
+    """benchmarks/gpu.py --auto-table: a run's rows become a device record that replaces the
+    device's earlier one and that the selection rule reads back."""
+    gpu = import_gpu_benchmark()
+    planned = [gpu.Case("lstm", "bf16", 16, 1024), gpu.Case("lstm-ln", "bf16", 16, 1024)]
+    planned.append(gpu.Case("gru", "bf16", 256, 1024))
+    rows = [{"case": planned[0].label, "provider": "cudnn", "speedup_fwd": 1.0, "speedup_fwdbwd": 1.0},
+            {"case": planned[0].label, "provider": "triton", "speedup_fwd": 3.0, "speedup_fwdbwd": 0.5},
+            {"case": planned[1].label, "provider": "triton", "speedup_fwd": 9.0, "speedup_fwdbwd": 9.0},
+            {"case": planned[2].label, "provider": "triton", "error": "OutOfResources: shared memory"}]
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({"devices": [{"name": "Old GPU", "verified": True, "cases": []},
+                                            {"name": FAKE_GPU, "verified": True, "cases": [{"bad": 1}]}]}))
+    record = gpu.auto_record(rows, planned, FAKE_GPU, True, [9, 0], "3.6.0", "test")
+    gpu.write_auto_table(str(path), record)
+    records = measured.parse(json.loads(path.read_text()), str(path))
+    assert set(records) == {"Old GPU", FAKE_GPU}
+    point, failed = records[FAKE_GPU].points  # the layer-norm row is not a choice against cuDNN
+    assert (point.cell, point.B, point.H, point.fwd, point.train) == ("lstm", 16, 1024, 3.0, 0.5)
+    assert (failed.cell, failed.B, failed.fwd, failed.train) == ("gru", 256, 0.0, 0.0)
+    on_fake_gpu(json.loads(path.read_text()))
+    lstm = CellConfig("lstm", 1024)
+    with torch.no_grad():
+        assert choose("auto", lstm, cuda_input(16, 1024), regularised=False) == "triton"
+    assert choose("auto", lstm, cuda_input(16, 1024), regularised=False) == "torch"
+    assert "forward in 1 and training in 0 of 2 cases" in gpu.auto_summary(record)
 
 
 # ----- GPU: compiled kernels at real sizes, every dtype ---------------------------------------
@@ -457,11 +617,12 @@ GPU_DTYPES = {  # dtype, allow_tf32, tolerance (issue 4)
     "bf16": (torch.bfloat16, False, 1e-2),
     "fp16": (torch.float16, False, 1e-2),
 }
-GPU_PATHS = {  # launch overrides: (mode, resident)
-    "auto": ("auto", None),
-    "streamed": ("auto", False),
-    "stepwise": ("stepwise", None),
-    "stepwise_streamed": ("stepwise", False),
+GPU_PATHS = {  # launch overrides
+    "auto": {},
+    "streamed": {"resident": False},
+    "streamed3": {"resident": False, "stages": 3},  # the chunk loops software-pipelined (cp.async)
+    "stepwise": {"mode": "stepwise"},
+    "stepwise_streamed": {"mode": "stepwise", "resident": False},
 }
 
 # every config in fp32 (the tightest bound) and bf16; fp16 and tf32 where their code differs
@@ -474,6 +635,7 @@ GPU_CASES = (
     + [(name, "bf16", "stepwise") for name in ("lstm_proj", "gru_reset_before", "lstm")]
     + [("gru", "bf16", "stepwise_streamed")]
     + [(name, "bf16", "streamed") for name in ("lstm_proj_ln", "gru_reset_before_ln")]
+    + [(name, d, "streamed3") for name in ("lstm", "gru_reset_before", "lstm_proj_ln") for d in ("fp32", "bf16")]
 )
 # the issue's target sizes, as the planner runs them (T shortened: the float64 reference is slow)
 GPU_TARGETS = {
@@ -512,12 +674,13 @@ def test_gpu_layer_matches_float64_reference(name, dtype_name, path):
     """Mixed lengths, against float64: outputs, final states and every gradient within the
     issue's relative error per dtype."""
     dtype, tf32, tol = GPU_DTYPES[dtype_name]
-    launch.tuning.mode, launch.tuning.resident = GPU_PATHS[path]
+    launch.tuning = launch.Tuning(**GPU_PATHS[path])
     with _tf32(tf32):
         compare_layer(GPU_CONFIGS[name], T=128, B=16, I=64, reverse=name.endswith("proj"),
                       lengths=_gpu_lengths(128, 16), dtype=dtype, device="cuda", tol=tol)
-    if path == "streamed":
+    if "resident" in GPU_PATHS[path]:
         assert not launch.last_plans["forward"].consts["RESIDENT"]
+        assert launch.last_plans["backward"].consts["STAGES"] == GPU_PATHS[path].get("stages", 1)
 
 
 @pytest.mark.gpu
@@ -535,11 +698,11 @@ def test_gpu_target_sizes_match_float64_reference(name):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("path", ["auto", "streamed"])
+@pytest.mark.parametrize("path", ["auto", "streamed", "streamed3"])
 @pytest.mark.parametrize("name", ["lstm", "gru_reset_before", "lstm_proj"])
 def test_gpu_is_deterministic(name, path):
     """Bitwise equal outputs and gradients on two runs (no floating-point atomics, fixed order)."""
-    launch.tuning.mode, launch.tuning.resident = GPU_PATHS[path]
+    launch.tuning = launch.Tuning(**GPU_PATHS[path])
     cfg = GPU_CONFIGS[name]
     x = torch.randn(64, 16, 64, device="cuda", dtype=torch.bfloat16)
     state = tuple(torch.randn(16, s, device="cuda", dtype=torch.bfloat16) for s in cfg.state_sizes)
@@ -593,3 +756,68 @@ def test_gpu_modules_match_reference(name, packed):
         assert rel_err(a.double(), b) <= 1e-5, f"output {k}"
     for n in expected[1]:
         assert rel_err(got[1][n].double(), expected[1][n]) <= 1e-5, n
+
+
+def test_gpu_benchmark_runs_end_to_end_with_fake_timings(tmp_path, monkeypatch, on_fake_gpu):
+    """benchmarks/gpu.py's whole flow (targets, the launch-override sweep, the grid, the tables,
+    the auto table) with the timings faked, so that a slip in code only a GPU runs cannot cost a
+    GPU session. Each fake timing records the tuning it ran under."""
+    gpu = import_gpu_benchmark()
+    seen = []
+
+    def fake_measure(case, provider, rep_ms):
+        seen.append((case.label, provider, launch.tuning))
+        fast = {"cudnn": 1.0, "triton": 0.25, "reference": 20.0}[provider]
+        r = {"fwd_ms": fast * case.T / 1000, "fwdbwd_ms": 3 * fast * case.T / 1000, "peak_mib": 10.0}
+        return dict(r, path="fake plan") if provider == "triton" else r
+
+    monkeypatch.setattr(gpu, "measure", fake_measure)
+    monkeypatch.setattr(gpu, "machine", lambda: "Fake GPU (132 SMs)")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    table = tmp_path / "measured.json"
+    table.write_text(json.dumps({"devices": []}))
+    out = tmp_path / "bench.md"
+    assert gpu.main(["--batches", "16", "--hiddens", "1024", "--dtypes", "bf16", "--auto-table", str(table),
+                     "--verified", "--markdown", str(out), "--csv", str(tmp_path / "bench.csv")]) == 0
+    swept = [(label, vars(t)) for label, provider, t in seen if t is not launch.tuning]
+    assert swept == [(case.label, vars(launch.Tuning(**o))) for case, by_name in gpu.SWEEP.items()
+                     for o in by_name.values()]
+    assert launch.tuning == launch.Tuning()  # restored after the sweep
+    text = out.read_text()
+    assert "| lstm bf16 B=16 H=1024 T=512 | triton | 0.25 | 4.00x |" in text
+    assert "| gru bf16 B=16 H=1024 T=512 | block_h=8 | 0.25 | 0.75 |" in text
+    record = measured.parse(json.loads(table.read_text()), str(table))[FAKE_GPU]
+    targets = {(c.cell, c.dtype, c.B, c.H) for c in gpu.TARGETS if c.cell in gpu.CELLS}
+    assert record.verified and {(p.cell, p.dtype, p.B, p.H) for p in record.points} == targets
+    assert {(p.fwd, p.train) for p in record.points} == {(4.0, 4.0)}
+
+
+def test_gpu_benchmark_writes_its_tables_when_interrupted(tmp_path, monkeypatch):
+    """The device script's timeout sends SIGINT: what was measured is still written."""
+    gpu = import_gpu_benchmark()
+
+    def interrupting_after(n):
+        calls = []
+
+        def fake_measure(case, provider, rep_ms):
+            calls.append(case.label)
+            if len(calls) > n:
+                raise KeyboardInterrupt
+            return {"fwd_ms": 1.0, "fwdbwd_ms": 2.0, "peak_mib": 1.0, "path": "fake plan"}
+        return fake_measure
+
+    monkeypatch.setattr(gpu, "machine", lambda: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out = tmp_path / "bench.md"
+    monkeypatch.setattr(gpu, "measure", interrupting_after(3))  # during the second target
+    assert gpu.main(["--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {gpu.TARGETS[0].label} | triton | 1.95 |" in text  # 1 ms / 512 steps
+    assert f"Not run (time budget or interrupt): {gpu.TARGETS[1].label}" in text
+    # the targets take 8 cases x 3 providers (all B=16, so the reference runs too); then the sweep
+    monkeypatch.setattr(gpu, "measure", interrupting_after(3 * len(gpu.TARGETS) + 2))
+    assert gpu.main(["--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert f"| {gpu.TARGETS[0].label} | planner's choice | 1.95 |" in text
+    assert f"| {gpu.TARGETS[0].label} | block_h=8 | 1.95 |" in text  # kept though interrupted after it

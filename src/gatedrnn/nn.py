@@ -316,7 +316,8 @@ class _RecurrentBase(nn.Module):
             out = prep.x.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
             finals = tuple(s.clone() for s in states)
         else:
-            backend = choose(self.backend, self.cell_config, prep.x, self._regularised())
+            backend = choose(self.backend, self.cell_config, prep.x, self._regularised(),
+                             single_layer=self.num_layers == 1 and self.num_directions == 1)
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
             out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)

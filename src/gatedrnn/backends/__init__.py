@@ -7,7 +7,9 @@
   :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop,
   the specification), ``"cpu"`` (fused forward and backward through time on the CPU) and
   ``"triton"`` (fused GPU kernels), each where it is installed and supports the configuration.
-- ``"auto"``: ``"torch"`` where it applies, else the fastest layer backend that supports the
+- ``"auto"``: ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded
+  measurement on this GPU says the kernels beat cuDNN at this size: see
+  :mod:`gatedrnn.backends.triton.measured`), else the fastest layer backend that supports the
   configuration on the input's device, else ``"reference"``.
 """
 
@@ -42,16 +44,17 @@ def load_layer_backend(name: str) -> ModuleType | None:
         return None
 
 
-def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool) -> str:
+def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_layer: bool = True) -> str:
     """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
 
     ``regularised`` is True when zoneout or recurrent dropout act on this call, which torch's
-    kernels cannot do. Raises ValueError when an explicitly named backend cannot run it.
+    kernels cannot do; ``single_layer`` when the module has one layer and one direction (the shape
+    the GPU measurements cover). Raises ValueError when an explicitly named backend cannot run it.
     """
     torch_ok = cfg.torch_mode is not None and not regularised
     if backend == "auto":
         if torch_ok:
-            return "torch"
+            return "triton" if single_layer and _triton_measured_faster(cfg, x) else "torch"
         for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
             if module is not None and module.supports(cfg, x) is None:
@@ -69,6 +72,17 @@ def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool) -> str:
         raise ValueError(f"backend {backend!r} is not available in this installation")
     require_support(backend, module.supports(cfg, x))
     return backend
+
+
+def _triton_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
+    """On CUDA: whether the Triton kernels run here and a recorded measurement on this GPU says
+    they beat cuDNN for this size (:mod:`gatedrnn.backends.triton.measured`); training counts
+    the backward pass when grad mode is on."""
+    if x.device.type != "cuda":
+        return False
+    module = load_layer_backend("triton")
+    return (module is not None and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
+            and module.supports(cfg, x) is None)
 
 
 def require_support(backend: str, reason: str | None) -> None:

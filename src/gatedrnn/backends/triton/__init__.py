@@ -21,11 +21,13 @@ zoneout, recurrent dropout or gate recording run on the reference loop (same num
 autograd). Layer norm normalises each gate block over all H units, which the column split spreads
 over every program: its statistics are exchanged between programs with one more barrier per
 normalisation (:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
-matmul needs a third exchange per step).
+recurrence, a product of the previous step's gates by ``weight_gg``, would need a second product in
+every phase that runs the LSTM cell, forward and backward).
 
-On CUDA the kernels have so far been checked only under the interpreter and by compiling them for
-sm_90 without a GPU, so they are used only when ``GATEDRNN_TRITON_CUDA=1`` is set
-(``benchmarks/gpu_check.sh`` sets it to verify them); ``"auto"`` therefore never picks them.
+On CUDA the kernels run on a GPU where the GPU tests passed, as recorded in :mod:`.measured`
+(``benchmarks/gpu_check.sh`` records it), or with ``GATEDRNN_TRITON_CUDA=1``; ``"auto"`` picks
+them over cuDNN only where a recorded measurement on that GPU says they are faster. The table
+ships empty until a GPU run fills it, so until then ``"auto"`` keeps cuDNN everywhere.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ from torch import Tensor
 from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
 from .. import recurrent_shifts, reference, require_support, sum_present
+from . import measured
 from .launch import interpreting
+from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
 name = "triton"
@@ -46,9 +50,12 @@ name = "triton"
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def cuda_enabled() -> bool:
-    """Whether the not-yet-GPU-verified kernels may run on CUDA (``GATEDRNN_TRITON_CUDA=1``)."""
-    return os.environ.get("GATEDRNN_TRITON_CUDA", "0") == "1"
+def cuda_enabled(device: torch.device | None = None) -> bool:
+    """Whether the kernels may run on CUDA: on a GPU where the GPU tests passed (recorded in
+    :mod:`.measured`), or anywhere with the opt-in ``GATEDRNN_TRITON_CUDA=1``."""
+    if os.environ.get("GATEDRNN_TRITON_CUDA", "0") == "1":
+        return True
+    return device is not None and measured.verified_on(device)
 
 
 def supports(cfg: CellConfig, x: Tensor) -> str | None:
@@ -58,9 +65,9 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
             return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
         dtypes = _CUDA_DTYPES + (torch.float64,)
     elif x.device.type == "cuda":
-        if not cuda_enabled():
-            return ("the Triton kernels are not yet verified on a GPU; set GATEDRNN_TRITON_CUDA=1 to use them "
-                    "(benchmarks/gpu_check.sh does)")
+        if not cuda_enabled(x.device):
+            return (f"the Triton kernels have not been verified on this GPU ({torch.cuda.get_device_name(x.device)}); "
+                    "set GATEDRNN_TRITON_CUDA=1 to use them (benchmarks/gpu_check.sh does)")
         dtypes = _CUDA_DTYPES
     else:
         return f"expected a CUDA tensor, got one on {x.device.type}"
@@ -70,7 +77,9 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
         return ("torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
                 "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there")
     if cfg.family == "lstm" and cfg.variant == "fgr":
-        return "variant='fgr' is not implemented (its gate-to-gate matmul needs a third exchange per step)"
+        return ("variant='fgr' is not implemented in the kernels (its gate-to-gate recurrence, a second recurrent "
+                "product of the previous step's gates, has no place in them); backend='auto' runs it on the reference "
+                "loop")
     return None
 
 

@@ -43,13 +43,18 @@ def interpreting() -> bool:
 class Tuning:
     """Launch overrides, None = choose. ``mode``: ``"auto"``, ``"persistent"`` or ``"stepwise"``;
     ``resident``: keep weight slices on chip (True) or stream them (False); ``block_h`` (units per
-    program), ``block_b`` (batch rows per block) and ``block_k`` (streamed chunk width): powers of two."""
+    program), ``block_b`` (batch rows per block) and ``block_k`` (streamed chunk width): powers of two;
+    ``num_warps``: warps per program; ``stages``: software-pipeline depth of the streamed chunk
+    loops (default: none in the persistent kernel, whose step loop is never pipelined, and 3 in
+    per-step launches; see :func:`_stages`)."""
 
     mode: str = "auto"
     resident: bool | None = None
     block_h: int | None = None
     block_b: int | None = None
     block_k: int | None = None
+    num_warps: int | None = None
+    stages: int | None = None
 
 
 #: the last plan each kernel ran with, by kernel name (what the benchmark reports)
@@ -212,18 +217,54 @@ def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, 
     return (a + b) * itemsize
 
 
+# layer norm merges its (BB, PP) tiles of partials at most this many elements at a time on the GPU
+_MERGE_TILE = 1024
+
+
+def _merge_chunk(programs: int, block_b: int, on_gpu: bool) -> int:
+    """PP, the programs whose layer-norm partials are merged at once: all of them where the
+    (BB, PP) tiles stay within :data:`_MERGE_TILE` elements (at H=2048 and 64-row batch blocks,
+    128 programs at once spilled hundreds of registers per thread in the step loop), and 2 under
+    the interpreter, so that its tests run the chunk loop."""
+    if not on_gpu:
+        return min(_pow2(programs), 2)
+    return min(_pow2(programs), max(1, _MERGE_TILE // block_b))
+
+
+def _stages(resident: bool, persistent: bool) -> int:
+    """Pipeline depth of the streamed chunk loops: 1 when resident (the loop runs once: pipelining
+    it would only multiply its shared memory); else ``tuning.stages``, by default 1 in the
+    persistent kernel (until a GPU run measures 2 or 3) and Triton's default 3 in the per-step
+    launches (where nothing crosses a barrier inside a launch)."""
+    if resident:
+        return 1
+    return tuning.stages or (1 if persistent else 3)
+
+
+def _min_block_h(spec: KernelSpec, backward: bool) -> int:
+    """The fewest units per program the GPU's ``tl.dot`` (every dimension >= 16) allows: the
+    single-phase forward multiplies into all GA gate blocks at once (N = GAP * BH), every other
+    product has N = BH. The planner's own choice stays at >= 16; tuning may go lower."""
+    if backward or spec.two_phase:
+        return 16
+    return max(1, 16 // _pow2(spec.matmul_gates))
+
+
 def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch.dtype, device: torch.device,
-          reverse: bool, allow_tf32: bool, resident: bool | None = None) -> _Launch:
-    """Grid, blocks and path for the forward (``backward=False``) or backward kernel."""
+          reverse: bool, allow_tf32: bool, resident: bool | None = None,
+          limits: tuple[int, int] | None = None) -> _Launch:
+    """Grid, blocks and path for the forward (``backward=False``) or backward kernel; ``limits``
+    (SM count, shared memory per block) stands in for the device's own (building for a GPU that
+    is not here, :mod:`.offline`)."""
     on_gpu = device.type == "cuda"
     # tl.dot needs every dimension >= 16 on the GPU; the interpreter takes any size
     low = 16 if on_gpu else 1
-    n_sm, smem = _device_limits(device)
+    n_sm, smem = limits or _device_limits(device)
     GAP = _pow2(spec.matmul_gates)
     if tuning.mode == "persistent" and not on_gpu:
         block_h = _pow2(H)  # the interpreter runs programs in turn: only one program can pass a barrier
     elif tuning.block_h is not None:
-        block_h = max(low, tuning.block_h)
+        block_h = max(_min_block_h(spec, backward) if on_gpu else 1, tuning.block_h)
     elif on_gpu:
         block_h = max(low, _pow2(triton.cdiv(H, n_sm)))
     else:
@@ -253,13 +294,13 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
         chunk = tuning.block_k or (_STREAM_K if on_gpu else 2)
         KA, KB = max(low, min(_pow2(ka_full), chunk)), max(low, min(_pow2(kb_full), chunk))
     consts = dict(
-        spec.constexprs(), **spec.phase_slots(backward), PP=_pow2(programs), REVERSE=reverse,
-        RESIDENT=bool(resident), BB=block_b, BH=block_h, KA=KA, KB=KB,
+        spec.constexprs(), **spec.phase_slots(backward), PP=_merge_chunk(programs, block_b, on_gpu), REVERSE=reverse,
+        RESIDENT=bool(resident), STAGES=_stages(bool(resident), persistent), BB=block_b, BH=block_h, KA=KA, KB=KB,
         GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
         PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
     )
     tile = max(KA * GAP * block_h, KB * block_h)
-    return _Launch(programs, persistent, consts, 8 if tile >= 32768 else 4)
+    return _Launch(programs, persistent, consts, tuning.num_warps or (8 if tile >= 32768 else 4))
 
 
 def _launch(kernel, plan: _Launch, args: tuple, sizes: tuple, T: int) -> None:

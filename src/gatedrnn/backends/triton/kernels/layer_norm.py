@@ -14,9 +14,10 @@ holds BH of the H units, so a normalisation takes two phases with a grid barrier
 1. *partials*: every program writes, per batch row, the mean and the sum of squared deviations
    of its own units (``part`` (P, B, NS, 2), one slot per gate block, slot G for the cell), and
    the raw values to ``hat``;
-2. *combine*: every program reads all P partials of its rows and merges them in program order
-   (Chan et al.'s pairwise update, so the variance is not a difference of large sums), which
-   gives every program the same bitwise statistics; program 0 saves r.
+2. *combine*: every program reads all P partials of its rows, ``PP`` programs at a time, and
+   merges them in program order (the mean, then the variance as each program's sum of squared
+   deviations plus n_p (mean_p - mean)^2, as in Chan et al.: not a difference of large sums),
+   which gives every program the same bitwise statistics; program 0 saves r.
 
 The backward of :math:`y = \\gamma \\hat a` given dy is, with :math:`g = \\gamma \\odot dy`,
 
@@ -67,27 +68,39 @@ def store_moments(v, mask, mb, part_ptr, slot, offs_b, s0, B, H, NS: tl.constexp
 
 
 @triton.jit
-def _load_partials(part_ptr, slot, offs_b, mb, B, NS: tl.constexpr, PP: tl.constexpr):
-    """(BB, PP) tiles of both partials of every program (zeros past the grid), and its mask."""
-    p = tl.arange(0, PP)
+def _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr):
+    """(BB, PP) tiles of both partials of programs p0 .. p0+PP (zeros past the grid) and (1, PP)
+    the number of units each of them holds (0 past the grid)."""
+    p = p0 + tl.arange(0, PP)
     mp = p < tl.num_programs(0)
     ptr = _part_rows(part_ptr, p[None, :], offs_b[:, None], B, slot, NS)
     m = mb[:, None] & mp[None, :]
     first = tl.load(ptr, mask=m, other=0.0, cache_modifier=".cg")
     second = tl.load(ptr + 1, mask=m, other=0.0, cache_modifier=".cg")
-    return first, second, p, mp
+    units = tl.where(mp, tl.minimum(H - p * BH, BH), 0).to(first.dtype)[None, :]
+    return first, second, units
 
 
 @triton.jit
 def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, BH: tl.constexpr,
                        PP: tl.constexpr):
-    """Phase 2: (mean, r) (BB,) over all H units, merging the programs' partials."""
-    mean_p, m2_p, p, mp = _load_partials(part_ptr, slot, offs_b, mb, B, NS, PP)
-    n_p = tl.where(mp, tl.minimum(H - p * BH, BH), 0).to(mean_p.dtype)[None, :]  # (1, PP) units per program
-    mean = tl.sum(mean_p * n_p, axis=1) / H
+    """Phase 2: (mean, r) (BB,) over all H units, merging the programs' partials PP programs at a
+    time, in program order: first the mean, then the variance as the sum of each program's squared
+    deviations plus n_p (mean_p - mean)^2 (exact, not a difference of large sums)."""
+    mean_p, _, n_p = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
+    total = tl.sum(mean_p * n_p, axis=1)
+    for p0 in range(PP, tl.num_programs(0), PP):
+        mean_p, _, n_p = _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS, BH, PP)
+        total += tl.sum(mean_p * n_p, axis=1)
+    mean = total / H
+    mean_p, m2_p, n_p = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
     dev = mean_p - mean[:, None]
-    var = tl.sum(m2_p + n_p * dev * dev, axis=1) / H
-    return mean, 1.0 / tl.sqrt(var + eps)
+    ss = tl.sum(m2_p + n_p * dev * dev, axis=1)
+    for p0 in range(PP, tl.num_programs(0), PP):
+        mean_p, m2_p, n_p = _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS, BH, PP)
+        dev = mean_p - mean[:, None]
+        ss += tl.sum(m2_p + n_p * dev * dev, axis=1)
+    return mean, 1.0 / tl.sqrt(ss / H + eps)
 
 
 @triton.jit
@@ -140,12 +153,18 @@ def store_grad_sums(dy, xhat, gain, mask, mb, part_ptr, slot, offs_b, B, NS: tl.
 
 
 @triton.jit
-def normalized_grad(dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: tl.constexpr, PP: tl.constexpr):
-    """Phase 2: dL/da (BB, BH) from dy = dL/d(γ x̂), with the sums of every program."""
-    s1_p, s2_p, _, _ = _load_partials(part_ptr, slot, offs_b, mb, B, NS, PP)
-    s1 = tl.sum(s1_p, axis=1)[:, None]
-    s2 = tl.sum(s2_p, axis=1)[:, None]
-    return rstd[:, None] * (dy * gain - (s1 + xhat * s2) / H)
+def normalized_grad(dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: tl.constexpr, BH: tl.constexpr,
+                    PP: tl.constexpr):
+    """Phase 2: dL/da (BB, BH) from dy = dL/d(γ x̂), with the sums of every program (added PP
+    programs at a time, in program order)."""
+    s1_p, s2_p, _ = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
+    s1 = tl.sum(s1_p, axis=1)
+    s2 = tl.sum(s2_p, axis=1)
+    for p0 in range(PP, tl.num_programs(0), PP):
+        s1_p, s2_p, _ = _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS, BH, PP)
+        s1 += tl.sum(s1_p, axis=1)
+        s2 += tl.sum(s2_p, axis=1)
+    return rstd[:, None] * (dy * gain - (s1[:, None] + xhat * s2[:, None]) / H)
 
 
 @triton.jit
@@ -172,5 +191,5 @@ def bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part
         dy = tl.load(rows_of(drec_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], mask=mask, other=0.0)
         xhat, gain = block_xhat_gain(hat_ptr, gln_ptr, t, g * H, G * H, offs_b, B, offs_j, mj, mask)
         rstd = tl.load(rstd_row + g, mask=mb, other=0.0)
-        da = normalized_grad(dy.to(xhat.dtype), xhat, gain, rstd, part_ptr, g, offs_b, mb, B, H, NS, PP)
+        da = normalized_grad(dy.to(xhat.dtype), xhat, gain, rstd, part_ptr, g, offs_b, mb, B, H, NS, BH, PP)
         tl.store(rows_of(dprod_ptr, t, offs_b, B, G * H) + g * H + offs_j[None, :], da, mask=mask)

@@ -3,7 +3,9 @@
 Work split: program p owns units ``p*BH .. p*BH+BH`` of every gate. With ``RESIDENT`` it loads its
 slice of the recurrent weights once, before the time loop (Triton keeps a loop-invariant dot
 operand in shared memory); otherwise every phase streams the slice in chunks of ``KA`` / ``KB``
-columns each step (the weights-don't-fit path; same math, one chunk when resident). A step is
+columns each step (the weights-don't-fit path; same math, one chunk when resident), a loop that
+Triton software-pipelines ``STAGES`` deep (cp.async prefetch of the next chunks; 1 = none). Only
+those chunk loops: the step loop is never pipelined, so no load moves above a barrier. A step is
 one or two *phases*; in each, every program reads a full vector that all programs wrote in the
 previous phase (h_{t-1}, or a gradient vector), multiplies it by its weight slice and writes its
 slice of the next vector. Phases are separated by a grid barrier (:func:`.primitives.grid_sync`).
@@ -135,12 +137,12 @@ def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY: tl.constexpr, BH: tl.co
 
 @triton.jit
 def fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexpr, RESIDENT: tl.constexpr,
-                  BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr,
-                  PREC: tl.constexpr):
+                  STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} = hs[prev]."""
     acc = tl.zeros((BB, GAP * BH), ACC)
     # one chunk of KA >= R columns when the weights are resident, else streamed in chunks of KA
-    for k0 in range(0, R, KA):
+    for k0 in tl.range(0, R, KA, num_stages=STAGES):
         h_chunk = load_row_chunk(hs_ptr + prev.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KA)  # (BB, KA)
         if RESIDENT:
             w = u_tile
@@ -152,11 +154,11 @@ def fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.c
 
 @triton.jit
 def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
-                  RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr, ACC: tl.constexpr,
-                  PREC: tl.constexpr):
+                  RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
+                  ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH): aux_t @ W_hr[S]^T (LSTM, aux = h before projection) or aux_t @ U_n[S]^T (GRU, aux = r h)."""
     acc = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, H, KB):
+    for k0 in tl.range(0, H, KB, num_stages=STAGES):
         a_chunk = load_row_chunk(aux_ptr + t.to(tl.int64) * B * H, H, offs_b, mb, k0, H, KB)  # (BB, KB)
         if RESIDENT:
             w = w_tile
@@ -168,14 +170,14 @@ def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, F
 
 @triton.jit
 def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0, B, H, R,
-                    G: tl.constexpr, GA: tl.constexpr, RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-                    KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+                    G: tl.constexpr, GA: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
+                    BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH) dL/dh_t[S]: the carried local part (``ch_ptr``), dL/dhs, and the gather
     rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0)."""
     # no step after the forward's last one: gather zeros at backward step s == 0
     has_next = mb & ((offs_b * 0 + s) > 0)
     gather = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, H, KA):
+    for k0 in tl.range(0, H, KA, num_stages=STAGES):
         d_next = load_gated_full(rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
                                  GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
         if RESIDENT:
@@ -189,12 +191,12 @@ def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j
 
 @triton.jit
 def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
-                  G: tl.constexpr, RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
-                  ACC: tl.constexpr, PREC: tl.constexpr):
+                  G: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+                  KB: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH): LSTM dh_r @ W_hr[:, S] (dh_r from ``ghr_ptr``), GRU da_n @ U_n[:, S] (the n block of
     the (T, B, G*H) buffer ``d_ptr``). K = R for the LSTM and H = R for the GRU."""
     prod = tl.zeros((BB, BH), ACC)
-    for k0 in range(0, R, KB):
+    for k0 in tl.range(0, R, KB, num_stages=STAGES):
         if FAMILY == 0:
             a_chunk = load_row_chunk(ghr_ptr + t.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KB)  # (BB, KB)
         else:
@@ -276,7 +278,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
                  LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr,
-                 RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr,
+                 RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr,
                  GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials)
     and the cell's pointwise step for batch rows b0.. and units s0.. (with LN the LSTM stops at
@@ -290,7 +292,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
         acc = normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps,
                                   G, GA, NS, BH, GAP, PP)
     else:
-        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, BB, BH, KA, GAP,
+        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, STAGES, BB, BH, KA, GAP,
                             ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
@@ -340,7 +342,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
 def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr, w_tile,
                  hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
                  B, H, R, FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, PP: tl.constexpr, RESIDENT: tl.constexpr,
+                 NS: tl.constexpr, PP: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t
@@ -358,8 +360,8 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
                                part_ptr, NS, BH, PP)
         acc = xhat * tl.load(gln_ptr + 2 * H + offs_j, mask=offs_j < H, other=0.0).to(ACC)[None, :]
     else:
-        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, RESIDENT, BB, BH,
-                            KB, ACC, PREC)
+        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, RESIDENT, STAGES,
+                            BB, BH, KB, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
     h = acc
@@ -376,8 +378,8 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
 @triton.jit
 def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr, B, H, R,
                SIDE_B: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, RESIDENT: tl.constexpr,
-               BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr, GAP: tl.constexpr,
-               ACC: tl.constexpr, PREC: tl.constexpr):
+               STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr,
+               GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """LN phase SA (``SIDE_B`` False): h_{t-1} @ U[S]^T for gate blocks 0 .. GA-1; phase SB (the GRU
     with the reset before): (r h) @ U_n[S]^T for block 2. Saves the raw products to ``hat`` and
     this program's partial moments of each block."""
@@ -387,12 +389,12 @@ def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile,
     mask = mb[:, None] & (offs_j < H)[None, :]
     hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     if SIDE_B:
-        v = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, 1, RESIDENT, BB, BH, KB,
+        v = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, 1, RESIDENT, STAGES, BB, BH, KB,
                           ACC, PREC)
         tl.store(hat_row + 2 * H, v, mask=mask)
         store_moments(v, mask, mb, part_ptr, 2, offs_b, s0, B, H, NS, BH)
     else:
-        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, BB, BH, KA, GAP,
+        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, STAGES, BB, BH, KA, GAP,
                             ACC, PREC)
         for g in tl.static_range(GA):
             v = pick_gate(acc, g, BB, GAP, BH)
@@ -465,7 +467,7 @@ def recurrence_fwd_kernel(
     TWO_PHASE: tl.constexpr,    # PROJ or GRU with the reset before the matmul
     LN: tl.constexpr,           # layer norm (see kernels/layer_norm.py)
     NS: tl.constexpr,           # LN statistics slots: G + 1
-    PP: tl.constexpr,           # the grid size rounded up to a power of two (LN partial tiles)
+    PP: tl.constexpr,           # programs whose LN partials are merged at once (a power of two)
     PH_SA: tl.constexpr, PH_A: tl.constexpr, PH_SB: tl.constexpr, PH_C: tl.constexpr, PH_B: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     PH_UA: tl.constexpr,        # the phase that multiplies by phase A's weight slice
@@ -474,6 +476,7 @@ def recurrence_fwd_kernel(
     REVERSE: tl.constexpr,      # walk t = T-1 .. 0
     PHASE: tl.constexpr,        # 0 persistent with barriers, k > 0 only the k-th phase of step s_first
     RESIDENT: tl.constexpr,     # weight slices loaded once (on chip), else streamed per step in chunks
+    STAGES: tl.constexpr,       # software-pipeline depth of the streamed chunk loops (1: none)
     BB: tl.constexpr,           # batch rows per block
     BH: tl.constexpr,           # units per program
     KA: tl.constexpr,           # phase A's chunk of h_{t-1} (>= R when RESIDENT)
@@ -494,7 +497,7 @@ def recurrence_fwd_kernel(
         if PH_SA > 0 and (PHASE == 0 or PHASE == PH_SA):
             for b0 in range(0, B, BB):
                 _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           B, H, R, False, G, GA, NS, RESIDENT, BB, BH, KA, KB, GAP, ACC, PREC)
+                           B, H, R, False, G, GA, NS, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SA)
         if PHASE == 0 or PHASE == PH_A:
@@ -502,13 +505,13 @@ def recurrence_fwd_kernel(
                 _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr,
                              gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
                              B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
+                             PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
             for b0 in range(0, B, BB):
                 _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           B, H, R, True, G, GA, NS, RESIDENT, BB, BH, KA, KB, GAP, ACC, PREC)
+                           B, H, R, True, G, GA, NS, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SB)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
@@ -521,7 +524,7 @@ def recurrence_fwd_kernel(
             for b0 in range(0, B, BB):
                 _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr,
                              w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps, B, H, R, FAMILY, G, GS, LN, NS, PP,
-                             RESIDENT, BB, BH, KB, ACC, PREC)
+                             RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
 
@@ -644,7 +647,7 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
     xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
     rstd = tl.load(rstd_rows(rstd_ptr, t, offs_b, B, NS) + G, mask=mb, other=0.0)
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
-    gc = gc_in + normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, PP)
+    gc = gc_in + normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, BH, PP)
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     da_o = tl.zeros(gc.shape, gc.dtype)
     if PEEP:  # the output gate's gradient, stored by phase A or B
@@ -667,7 +670,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, RESIDENT: tl.constexpr,
+                 NS: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S], then the cell's pointwise backward
@@ -679,7 +682,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
     mask = mb[:, None] & (offs_j < R)[None, :]
     ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
     gh = bwd_gathered_dh(dprod_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0,
-                         B, H, R, G, GA, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
+                         B, H, R, G, GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     zero = tl.zeros(gh.shape, ACC)
     if FAMILY == 0:
@@ -736,7 +739,7 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  LN: tl.constexpr, NS: tl.constexpr,
-                 RESIDENT: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
+                 RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
     d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
@@ -749,7 +752,7 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     # the GRU's n block of dprod: the raw product's gradient with LN, else the same buffer as d
     prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G, RESIDENT,
-                         BB, BH, KB, ACC, PREC)
+                         STAGES, BB, BH, KB, ACC, PREC)
     if FAMILY == 0:
         gh = prod
         if LN:
@@ -811,7 +814,7 @@ def recurrence_bwd_kernel(
     PH_A: tl.constexpr, PH_DN: tl.constexpr, PH_B: tl.constexpr, PH_C: tl.constexpr, PH_D: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     NPH: tl.constexpr,            # phases per step
-    REVERSE: tl.constexpr, PHASE: tl.constexpr, RESIDENT: tl.constexpr,
+    REVERSE: tl.constexpr, PHASE: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr,
     KA: tl.constexpr,             # phase A's chunk of each gate's H units (>= H when RESIDENT)
     KB: tl.constexpr,             # phase B's chunk of dh_r / da_n (>= R when RESIDENT)
@@ -834,7 +837,7 @@ def recurrence_bwd_kernel(
                              gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
                              hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
                              B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, RELU, LN, NS, RESIDENT, BB, BH, KA, GAP, ACC, PREC)
+                             PROJ, RESET_AFTER, RELU, LN, NS, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_DN > 0 and (PHASE == 0 or PHASE == PH_DN):
@@ -848,7 +851,7 @@ def recurrence_bwd_kernel(
                 _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
                              d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
                              gln_ptr, cw_ptr, cb_ptr, dchat_ptr, B, H, R, FAMILY, G, GS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, RESIDENT, BB, BH, KB,
+                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, RESIDENT, STAGES, BB, BH, KB,
                              ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
