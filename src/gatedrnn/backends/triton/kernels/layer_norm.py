@@ -87,15 +87,15 @@ def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, 
     """Phase 2: (mean, r) (BB,) over all H units, merging the programs' partials PP programs at a
     time, in program order: first the mean, then the variance as the sum of each program's squared
     deviations plus n_p (mean_p - mean)^2 (exact, not a difference of large sums)."""
-    mean_p, _, n_p = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
-    total = tl.sum(mean_p * n_p, axis=1)
+    # the first chunk stays loaded for both passes (with a single chunk, the usual case, nothing is read twice)
+    mean_0, m2_0, n_0 = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
+    total = tl.sum(mean_0 * n_0, axis=1)
     for p0 in range(PP, tl.num_programs(0), PP):
         mean_p, _, n_p = _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS, BH, PP)
         total += tl.sum(mean_p * n_p, axis=1)
     mean = total / H
-    mean_p, m2_p, n_p = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
-    dev = mean_p - mean[:, None]
-    ss = tl.sum(m2_p + n_p * dev * dev, axis=1)
+    dev = mean_0 - mean[:, None]
+    ss = tl.sum(m2_0 + n_0 * dev * dev, axis=1)
     for p0 in range(PP, tl.num_programs(0), PP):
         mean_p, m2_p, n_p = _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS, BH, PP)
         dev = mean_p - mean[:, None]
