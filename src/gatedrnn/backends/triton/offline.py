@@ -65,7 +65,6 @@ class Build:
     registers: int         # per thread
     spill_stores: int      # bytes per thread ptxas spills to local memory (0: no spill)
     spill_loads: int
-    stack_bytes: int       # stack frame per thread (spills and call frames)
     loop_spills: int       # local-memory loads and stores (LDL / STL) inside the step loop
 
     @property
@@ -114,13 +113,12 @@ def _specialise(kernel, consts: dict[str, object], dtype: torch.dtype,
 
 
 def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.dtype, B: int, H: int, R: int,
-                resident: bool | None = None, has_bias_hn: bool | None = None, T: int = 512) -> Build:
+                resident: bool | None = None, T: int = 512) -> Build:
     """Compile the persistent forward or backward kernel for ``device`` with the plan it would get
     there (weights resident or streamed as the planner decides, unless ``resident`` says) and the
     specialisation a call with these sizes gets, and read its resources. Needs Triton's NVIDIA
     backend and its compiled path: call it in a process without ``TRITON_INTERPRET=1``.
-    ``has_bias_hn`` defaults to what the GRU with the reset after the matmul has (its n-block
-    shift stays in the recurrence)."""
+    A GRU with the reset after the matmul is built with its n-block shift (a layer with biases)."""
     if launch.interpreting():
         raise RuntimeError("compile_for needs Triton's compiled path: unset TRITON_INTERPRET (it is set here)")
     if dtype not in _POINTER_TYPES:
@@ -132,7 +130,7 @@ def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.d
     kernel = launch.recurrence_bwd_kernel if backward else launch.recurrence_fwd_kernel
     consts = dict(plan.consts, PHASE=0)
     if not backward:
-        consts["HAS_BN"] = spec.split_recurrent_grad if has_bias_hn is None else has_bias_hn
+        consts["HAS_BN"] = spec.split_recurrent_grad
     ints = {"T": T, "B": B, "H": H, "R": R, "s_first": 0, "n_steps": T}  # the persistent launch's
     signature, constexprs, attrs = _specialise(kernel, consts, dtype, ints)
     compiled, log = _compile_with_ptxas_log(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
@@ -142,7 +140,7 @@ def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.d
     estimate = launch.resident_bytes(spec, backward, c["BB"], c["BH"], c["KA"], c["KB"],
                                      torch.empty(0, dtype=dtype).element_size()) + launch._SMEM_MARGIN
     return Build("backward" if backward else "forward", plan, compiled.metadata.shared, estimate,
-                 usage["registers"], usage["spill_stores"], usage["spill_loads"], usage["stack"],
+                 usage["registers"], usage["spill_stores"], usage["spill_loads"],
                  step_loop_spills(sass(compiled.asm["cubin"])))
 
 
@@ -164,9 +162,9 @@ def _compile_with_ptxas_log(source, target, num_warps: int):
 
 
 def ptxas_report(log: str) -> dict[str, int]:
-    """Registers per thread, stack frame and spill bytes from a ``ptxas -v`` log (``Used 168
-    registers``; ``0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads``)."""
-    fields = {"registers": r"Used (\d+) registers", "stack": r"(\d+) bytes stack frame",
+    """Registers per thread and spilled bytes from a ``ptxas -v`` log (``Used 168 registers``;
+    ``0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads``)."""
+    fields = {"registers": r"Used (\d+) registers",
               "spill_stores": r"(\d+) bytes spill stores", "spill_loads": r"(\d+) bytes spill loads"}
     found = {key: re.search(pattern, log) for key, pattern in fields.items()}
     missing = [key for key, match in found.items() if match is None]
