@@ -43,6 +43,9 @@ CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM), "gru": (torch.nn.GRU, gatedrnn.
 # layer-norm cells, timed against cuDNN's plain cell of the same size (cuDNN has no layer norm)
 LAYER_NORM_CELLS = {"lstm-ln": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, layer_norm=True)),
                     "gru-ln": (torch.nn.GRU, functools.partial(gatedrnn.GRU, layer_norm=True))}
+# regularised training (zoneout and recurrent dropout inside the kernels), which cuDNN cannot run:
+# timed beside cuDNN's unregularised cell and the reference loop, a regularised run's alternative
+REGULARISED_CELLS = {"lstm-zo": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, zoneout=0.1, recurrent_dropout=0.1))}
 PROVIDERS = ("cudnn", "triton", "reference")
 
 
@@ -62,6 +65,8 @@ class Case:
 TARGETS = (Case("lstm", "bf16", 16, 1024), Case("gru", "bf16", 16, 1024), Case("lstm", "fp16", 16, 1024),
            Case("lstm", "fp16", 16, 768, 1024), Case("gru", "fp16", 16, 768, 1024), Case("gru", "bf16", 16, 768, 1024),
            Case("lstm-ln", "bf16", 16, 1024), Case("gru-ln", "bf16", 16, 1024))
+# timed after the targets and the sweep, before the grid
+EXTRAS = (Case("lstm-zo", "bf16", 16, 1024),)
 
 
 # launch overrides (gatedrnn.backends.triton.launch.Tuning) tried after the targets: the planner's
@@ -78,18 +83,18 @@ SWEEP = {TARGETS[0]: _SMALL_BATCH, TARGETS[1]: _SMALL_BATCH,
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
-    """The issue's targets first, then the grid, most telling first: B=16 before the other
-    batches, H=1024 before the other sizes, then in the order of ``dtypes``."""
+    """The issue's targets first, then :data:`EXTRAS`, then the grid, most telling first: B=16
+    before the other batches, H=1024 before the other sizes, then in the order of ``dtypes``."""
     def priority(c: Case):
         return (c.B != 16, abs(c.H - 1024), dtypes.index(c.dtype), c.B, cells.index(c.cell))
 
     grid = sorted((Case(c, d, b, h, T) for d in dtypes for c in cells for h in hiddens for b in batches), key=priority)
-    return list(TARGETS) + [c for c in grid if c not in TARGETS]
+    return list(TARGETS) + list(EXTRAS) + [c for c in grid if c not in TARGETS]
 
 
 def build(case: Case, provider: str) -> torch.nn.Module:
     dtype = DTYPES[case.dtype]
-    torch_cls, ours = {**CELLS, **LAYER_NORM_CELLS}[case.cell]
+    torch_cls, ours = {**CELLS, **LAYER_NORM_CELLS, **REGULARISED_CELLS}[case.cell]
     if provider == "cudnn":
         return torch_cls(case.H, case.H, device="cuda", dtype=dtype)
     return ours(case.H, case.H, device="cuda", dtype=dtype, backend=provider)

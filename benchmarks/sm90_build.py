@@ -33,11 +33,14 @@ from gatedrnn.backends.triton import offline  # noqa: E402
 from gatedrnn.backends.triton.launch import KernelSpec  # noqa: E402
 
 SPECS = {"lstm": KernelSpec("lstm"), "gru": KernelSpec("gru"), "lstm-ln": KernelSpec("lstm", layer_norm=True),
-         "gru-ln": KernelSpec("gru", layer_norm=True)}
+         "gru-ln": KernelSpec("gru", layer_norm=True), "lstm-zo": KernelSpec("lstm", zoneout=1, dropout=True)}
 # the variants the grid does not time, at the target size
 VARIANTS = {"lstm-peephole": KernelSpec("lstm", "peephole"), "lstm-cifg": KernelSpec("lstm", "cifg"),
             "lstm-proj": KernelSpec("lstm", proj=True), "gru-before": KernelSpec("gru", reset_after=False),
-            "rnn-tanh": KernelSpec("rnn"), "lstm-proj-ln": KernelSpec("lstm", proj=True, layer_norm=True)}
+            "rnn-tanh": KernelSpec("rnn"), "lstm-proj-ln": KernelSpec("lstm", proj=True, layer_norm=True),
+            "gru-zo": KernelSpec("gru", zoneout=1, dropout=True),
+            "lstm-ln-zo": KernelSpec("lstm", layer_norm=True, zoneout=1, dropout=True),
+            "gru-before-zo": KernelSpec("gru", reset_after=False, zoneout=1, dropout=True)}
 
 
 def jobs(batches, hiddens, dtypes) -> dict[tuple, list[str]]:

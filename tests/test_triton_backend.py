@@ -29,7 +29,7 @@ from gatedrnn.backends import choose  # noqa: E402
 from gatedrnn.backends import reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
 from gatedrnn.backends.triton import launch, measured, offline  # noqa: E402
-from gatedrnn.config import CellConfig  # noqa: E402
+from gatedrnn.config import CellConfig, Noise  # noqa: E402
 from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
 
 from helpers import assert_close_results, rel_err, run_and_grad  # noqa: E402
@@ -95,12 +95,12 @@ def layer_weights(cfg: CellConfig, input_size: int, dtype=torch.float64, device=
     return weights
 
 
-def layer_run(backend, cfg, x, state, weights, reverse, lengths):
+def layer_run(backend, cfg, x, state, weights, reverse, lengths, noise=None):
     """Outputs and every gradient of a fixed random projection of (output, final state)."""
     x = x.detach().clone().requires_grad_(True)
     state = tuple(s.detach().clone().requires_grad_(True) for s in state)
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in weights.items()}
-    out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths)
+    out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
     gen = torch.Generator(device=x.device).manual_seed(7)
     results = [out, *final]
     loss = sum((r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64, device=x.device)).sum()
@@ -111,21 +111,47 @@ def layer_run(backend, cfg, x, state, weights, reverse, lengths):
     return [r.detach() for r in results], grads
 
 
-def compare_layer(cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="cpu", tol=1e-12):
+def sample_noise(cfg, T, B, mode, device="cpu") -> Noise | None:
+    """A call's regularisation: ``"train"`` sampled zoneout masks (p = 0.4) and a recurrent dropout
+    mask (p = 0.3), ``"eval"`` zoneout's expectation, ``"dropout"`` the dropout mask alone."""
+    if mode is None:
+        return None
+    def bernoulli(shape, p):  # noqa: E306
+        return torch.bernoulli(torch.full(shape, p, dtype=torch.float64, device=device))
+    noise = Noise(zoneout=0.0 if mode == "dropout" else 0.4)
+    if mode in ("train", "dropout"):
+        noise.recurrent_mask = bernoulli((B, cfg.output_size), 0.7) / 0.7
+    if mode == "train":
+        noise.zoneout_h = bernoulli((T, B, cfg.output_size), 0.4)
+        if cfg.family == "lstm":
+            noise.zoneout_c = bernoulli((T, B, cfg.hidden_size), 0.4)
+    return noise
+
+
+def compare_layer(cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="cpu", tol=1e-12, noise=None):
     """Triton in ``dtype`` against the float64 reference on the same (``dtype``-rounded) inputs and
-    weights: every output, final state and gradient within relative error ``tol``."""
+    weights (and regularisation ``noise``): every output, final state and gradient within
+    relative error ``tol``. Returns the kernels' outputs and final states."""
     cast = lambda t: t.to(dtype)  # noqa: E731
     x = cast(torch.randn(T, B, I, dtype=torch.float64, device=device))
     state = tuple(cast(torch.randn(B, s, dtype=torch.float64, device=device) * 0.5) for s in cfg.state_sizes)
     weights = {k: cast(v) for k, v in layer_weights(cfg, I, device=device).items()}
     expected = layer_run(reference, cfg, x.double(), tuple(s.double() for s in state),
-                         {k: v.double() for k, v in weights.items()}, reverse, lengths)
-    got = layer_run(triton_backend, cfg, x, state, weights, reverse, lengths)
+                         {k: v.double() for k, v in weights.items()}, reverse, lengths, noise)
+    got = layer_run(triton_backend, cfg, x, state, weights, reverse, lengths, _cast_noise(noise, dtype))
     for k, (a, b) in enumerate(zip(got[0], expected[0])):
         assert rel_err(a.double(), b) <= tol, f"output {k}: rel err {rel_err(a.double(), b):.2e}"
     for name in expected[1]:
         err = rel_err(got[1][name].double(), expected[1][name])
         assert err <= tol, f"gradient {name}: rel err {err:.2e}"
+    return got[0]
+
+
+def _cast_noise(noise: Noise | None, dtype) -> Noise | None:
+    if noise is None:
+        return None
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    return Noise(cast(noise.recurrent_mask), noise.zoneout, cast(noise.zoneout_h), cast(noise.zoneout_c))
 
 
 # ----- interpreter: the kernels' logic at small sizes ----------------------------------------
@@ -197,6 +223,66 @@ def test_bitwise_deterministic(name):
     assert all(torch.equal(first[1][k], second[1][k]) for k in first[1])
 
 
+# every code path of the regularisation once: sampled masks with dropout in every phase layout,
+# the expectation in each family, dropout alone (zoneout's code off) where it meets r * h
+REGULARISED = [(name, "train") for name in ("lstm", "lstm_peephole", "lstm_cifg_ln_nobias", "lstm_proj",
+                                            "lstm_proj_ln", "gru", "gru_reset_before", "gru_reset_before_ln",
+                                            "rnn_tanh", "rnn_relu")]
+REGULARISED += [(name, "eval") for name in ("lstm", "lstm_peephole", "lstm_proj", "lstm_ln", "gru",
+                                            "gru_reset_before", "gru_ln", "rnn_tanh")]
+REGULARISED += [("lstm", "dropout"), ("gru_reset_before", "dropout"), ("lstm_cifg", "train"), ("lstm_nfg", "train"),
+                ("lstm_niaf", "eval")]
+
+
+@interpreter
+@pytest.mark.parametrize("name, mode", REGULARISED)
+def test_regularised_layer_matches_reference(name, mode):
+    """Zoneout (sampled masks in training, the expectation in evaluation; on h and the LSTM's
+    cell) and recurrent dropout run inside the kernels, with padded sequences of mixed lengths:
+    outputs, final states and every gradient. The regularisation visibly changes the result, so
+    kernels that ignored it would fail."""
+    cfg, T, B = CONFIGS[name], 5, 3
+    lengths = torch.tensor([5, 2, 4])
+    noise = sample_noise(cfg, T, B, mode)
+    # reverse (odd T: the dropout copy's first slot is T % 2 = 1) for every other case
+    compare_layer(cfg, T, B, 3, reverse=REGULARISED.index((name, mode)) % 2 == 1, lengths=lengths, noise=noise)
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    state = tuple(torch.randn(B, s, dtype=torch.float64) for s in cfg.state_sizes)
+    weights = layer_weights(cfg, 3)
+    noisy = layer_run(reference, cfg, x, state, weights, False, lengths, noise)[0]
+    plain = layer_run(reference, cfg, x, state, weights, False, lengths)[0]
+    assert min(rel_err(a, b) for a, b in zip(noisy, plain)) > 1e-3
+
+
+@interpreter
+@pytest.mark.parametrize("name, how", [
+    ("lstm_peephole", "persistent_streamed"), ("lstm_proj_ln", "persistent_streamed"),
+    ("gru_reset_before_ln", "persistent_streamed"), ("rnn_relu", "persistent_streamed"),
+    ("gru_reset_before", "stepwise_one_unit_per_program"), ("rnn_relu", "stepwise_one_unit_per_program"),
+])
+def test_regularised_persistent_streamed_and_split(name, how):
+    """Zoneout and recurrent dropout on the persistent path with streamed weights in chunks of
+    2, and with one unit per program and one batch row per block (the masks' slices at every
+    boundary)."""
+    if how == "persistent_streamed":
+        launch.tuning = launch.Tuning(mode="persistent", resident=False, block_k=2, block_b=2)
+    else:
+        launch.tuning = launch.Tuning(mode="stepwise", block_h=1, block_b=1)
+    cfg = CONFIGS[name]
+    compare_layer(cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 0, 3]),
+                  noise=sample_noise(cfg, 4, 3, "train"))
+
+
+@interpreter
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["lstm_proj", "gru_reset_before"])
+def test_regularised_low_precision(name, dtype, tol):
+    """Zoneout masks and the dropout mask in the storage dtype, against float64."""
+    cfg = CONFIGS[name]
+    compare_layer(cfg, T=6, B=2, I=3, reverse=False, lengths=torch.tensor([6, 3]), dtype=dtype, tol=tol,
+                  noise=sample_noise(cfg, 6, 2, "train"))
+
+
 def _module_pair(factory, **kwargs):
     ref = factory(backend="reference", dtype=torch.float64, **kwargs)
     fast = factory(backend="triton", dtype=torch.float64, **kwargs)
@@ -241,17 +327,50 @@ def test_modules_match_reference(name, packed):
 
 
 @interpreter
-def test_regularised_and_recorded_calls_fall_back_to_the_reference_loop():
-    """Zoneout (random in training) and gate recording run on the reference loop with the same
-    random masks, so the two backends agree exactly."""
+@pytest.mark.parametrize("factory, kwargs, training", [
+    (gatedrnn.LSTM, dict(num_layers=2, bidirectional=True, proj_size=3), True),
+    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), False),
+], ids=["lstm_2layer_bidir_proj_train", "gru_ln_before_eval"])
+def test_regularised_modules_match_reference(factory, kwargs, training):
+    """Modules with zoneout and recurrent dropout on backend='triton': the masks the module draws
+    (the same for both backends under the same seed) go into the kernels; in evaluation zoneout's
+    expectation. Outputs, final states and every parameter's gradient."""
+    ref, fast = _module_pair(factory, input_size=3, hidden_size=5, zoneout=0.3, recurrent_dropout=0.25, **kwargs)
+    ref.train(training)
+    fast.train(training)
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+
+    def make_input():
+        leaf = x.clone().requires_grad_(True)
+        return leaf, leaf
+
+    torch.manual_seed(5)
+    got = run_and_grad(fast, make_input)
+    torch.manual_seed(5)
+    assert_close_results(got, run_and_grad(ref, make_input), tol=1e-12)
+
+
+@interpreter
+def test_mixed_zoneout_modes_run_on_the_reference_loop():
+    """An LSTM zoneout with a sampled mask for h but the expectation for c (a hand-made Noise;
+    the kernels take one mode for both states) runs on the reference loop, same numbers."""
+    cfg = CONFIGS["lstm"]
+    noise = sample_noise(cfg, 4, 3, "train")
+    noise.zoneout_c = None
+    assert triton_backend.kernel_noise(cfg, noise, torch.zeros(4, 3, 3)) is None
+    compare_layer(cfg, T=4, B=3, I=3, reverse=False, lengths=None, noise=noise)
+
+
+@interpreter
+def test_recorded_calls_run_on_the_reference_loop():
+    """Gate recording runs on the reference loop (the kernels keep no per-step trace)."""
     ref, fast = _module_pair(gatedrnn.GRU, input_size=3, hidden_size=4, zoneout=0.3)
+    ref.eval()
+    fast.eval()
     x = torch.randn(4, 2, 3, dtype=torch.float64)
-    torch.manual_seed(3)
-    expected = ref(x)[0]
-    torch.manual_seed(3)
-    assert rel_err(fast(x)[0], expected) == 0.0
     trace = gatedrnn.inspect_gates(fast, x)
     assert set(trace.gates[(0, 0)]) == {"r", "z", "n", "h"}
+    assert rel_err(trace.output, gatedrnn.inspect_gates(ref, x).output) <= 1e-12
 
 
 @interpreter
@@ -268,22 +387,26 @@ def test_compiles_with_torch_compile():
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "lstm_proj_ln", "gru_ln"])
-def test_custom_op_registration(name):
+@pytest.mark.parametrize("name, mode", [("lstm_peephole_proj_nobias", None), ("gru", None), ("gru_reset_before", None),
+                                        ("lstm_proj_ln", None), ("gru_ln", None), ("lstm_peephole", "train"),
+                                        ("rnn_tanh", "train"), ("gru_reset_before", "eval")])
+def test_custom_op_registration(name, mode):
     """torch.library's own check of the ops: schema, fake implementation (shapes under
-    FakeTensor, i.e. torch.compile tracing) and the registered autograd formula."""
+    FakeTensor, i.e. torch.compile tracing) and the registered autograd formula; also with
+    zoneout and recurrent dropout."""
     cfg = CONFIGS[name]
     T, B, H, R = 3, 2, cfg.hidden_size, cfg.output_size
     w = layer_weights(cfg, 2)
     xw = torch.randn(T, B, cfg.num_gates * H, dtype=torch.float64, requires_grad=True)
     lstm = cfg.family == "lstm"
+    zoneout, *noise = triton_backend.kernel_noise(cfg, sample_noise(cfg, T, B, mode), xw)
     args = (
         xw, torch.tensor([3, 2], dtype=torch.int32), torch.randn(B, R, dtype=torch.float64),
         torch.randn(B, H, dtype=torch.float64) if lstm else None, w["weight_hh"].requires_grad_(True),
         w.get("weight_hr"), w.get("weight_ch"),
         torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
         w.get("ln_weight_hh"), w.get("ln_weight_c"), w.get("ln_bias_c"),
-        cfg.family, cfg.variant, cfg.reset_after, False, cfg.eps, False, False,
+        *noise, cfg.family, cfg.variant, cfg.reset_after, False, cfg.eps, zoneout, False, False,
     )
     torch.library.opcheck(triton_backend.recurrence, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
@@ -318,8 +441,8 @@ def test_layer_norm_phases_and_saved_statistics(name):
     ln = launch.LayerNormWeights(w["ln_weight_hh"], w.get("ln_weight_c"), w.get("ln_bias_c"), cfg.eps)
     c0 = torch.randn(B, H, dtype=torch.float64) if cfg.family == "lstm" else None
     hs, cs, _, aux, hat, hatc, rstd = launch.forward(spec, xw, torch.full((B,), T, dtype=torch.int32), h0, c0,
-                                                     w["weight_hh"], w.get("weight_hr"), None, bias_hn, ln, False,
-                                                     False)
+                                                     w["weight_hh"], w.get("weight_hr"), None, bias_hn, ln,
+                                                     launch.NoiseBuffers(), False, False)
     blocks = hat.unflatten(-1, (cfg.num_gates, H))  # (T, B, G, H)
     assert blocks.mean(-1).abs().max() < 1e-12
     # var(x̂) = var / (var + eps) = 1 - eps r^2
@@ -423,6 +546,14 @@ SM90_CASES = {
     "gru_before_ln_bf16_H512_fwd_resident": (launch.KernelSpec("gru", reset_after=False, layer_norm=True), False,
                                              torch.bfloat16, 512, 512),
     "gru_ln_bf16_H512_bwd_resident": (launch.KernelSpec("gru", layer_norm=True), True, torch.bfloat16, 512, 512),
+    # zoneout's sampled masks and recurrent dropout; the expectation (its p in a float32 buffer)
+    "lstm_zoneout_dropout_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", zoneout=1, dropout=True), True,
+                                                     torch.bfloat16, 1024, 1024),
+    "gru_before_ln_zoneout_dropout_bf16_H512_fwd_resident": (
+        launch.KernelSpec("gru", reset_after=False, layer_norm=True, zoneout=1, dropout=True), False, torch.bfloat16,
+        512, 512),
+    "lstm_proj_ln_zoneout_eval_fp16_H1024_fwd_resident": (
+        launch.KernelSpec("lstm", proj=True, layer_norm=True, zoneout=2), False, torch.float16, 1024, 512),
 }
 
 
@@ -694,6 +825,24 @@ def test_gpu_target_sizes_match_float64_reference(name):
         compare_layer(cfg, T=32, B=16, I=cfg.hidden_size, reverse=False, lengths=_gpu_lengths(32, 16),
                       dtype=dtype, device="cuda", tol=tol)
     assert launch.last_plans["forward"].persistent and launch.last_plans["backward"].persistent
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name, dtype_name, path", [
+    ("lstm", "bf16", "auto"), ("lstm", "fp32", "streamed"), ("gru_reset_before", "bf16", "auto"),
+    ("lstm_proj_ln", "bf16", "streamed"), ("gru_ln", "fp16", "auto"), ("rnn_relu", "fp32", "auto"),
+])
+def test_gpu_regularised_matches_float64_reference(name, dtype_name, path, mode):
+    """Zoneout and recurrent dropout in the compiled kernels (resident and streamed plans),
+    against float64 with the same masks."""
+    dtype, tf32, tol = GPU_DTYPES[dtype_name]
+    launch.tuning = launch.Tuning(**GPU_PATHS[path])
+    cfg = GPU_CONFIGS[name]
+    with _tf32(tf32):
+        compare_layer(cfg, T=64, B=16, I=64, reverse=False, lengths=_gpu_lengths(64, 16), dtype=dtype,
+                      device="cuda", tol=tol, noise=sample_noise(cfg, 64, 16, mode, device="cuda"))
 
 
 @pytest.mark.gpu

@@ -16,9 +16,10 @@ Per layer and direction:
 Runs: LSTM (vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf; with projection and layer norm),
 GRU (both reset forms, layer norm), RNN (tanh, relu), in float16, bfloat16, float32 (tf32 per
 ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation and cell state; under the
-interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for bfloat16). Calls with
-zoneout, recurrent dropout or gate recording run on the reference loop (same numbers, same
-autograd). Layer norm normalises each gate block over all H units, which the column split spreads
+interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for bfloat16). Zoneout (its
+sampled masks in training, its expectation in evaluation) and recurrent dropout run inside the
+kernels (:mod:`.kernels.noise`); calls that record the gates (or bring an LSTM zoneout mask for
+one state but not the other) run on the reference loop (same numbers, same autograd). Layer norm normalises each gate block over all H units, which the column split spreads
 over every program: its statistics are exchanged between programs with one more barrier per
 normalisation (:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
 recurrence, a product of the previous step's gates by ``weight_gg``, would need a second product in
@@ -96,6 +97,29 @@ def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tenso
     return (xw if bias is None else xw + bias), bias_hn
 
 
+def kernel_noise(cfg: CellConfig, noise: Noise | None, x: Tensor
+                 ) -> tuple[int, Tensor | None, Tensor | None, Tensor | None] | None:
+    """A call's regularisation as the kernels take it: (zoneout mode, keep of h, keep of the LSTM
+    cell, recurrent dropout mask). Mode 1 passes the sampled (T, B, .) keep masks, mode 2
+    (evaluation) the expectation p in a (1,) tensor of the accumulation dtype, 0 none. None when
+    the LSTM's h and c would need different modes (a hand-made :class:`Noise` with one state's
+    mask sampled and the other's not; the modules draw both), which the kernels do not take."""
+    if noise is None:
+        return 0, None, None, None
+    rmask = None if noise.recurrent_mask is None else noise.recurrent_mask.to(x.dtype).contiguous()
+    if noise.zoneout <= 0:
+        return 0, None, None, rmask
+    lstm = cfg.family == "lstm"
+    if noise.zoneout_h is None and (not lstm or noise.zoneout_c is None):
+        p = torch.full((1,), noise.zoneout, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                       device=x.device)
+        return 2, p, (p if lstm else None), rmask
+    keep_h, keep_c = noise.zoneout_h, noise.zoneout_c if lstm else None
+    if keep_h is None or (lstm and keep_c is None):
+        return None
+    return 1, keep_h.to(x.dtype).contiguous(), (keep_c.to(x.dtype).contiguous() if lstm else None), rmask
+
+
 def run_layer(
     cfg: CellConfig,
     x: Tensor,
@@ -109,7 +133,8 @@ def run_layer(
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`)."""
     require_support(name, supports(cfg, x))
-    if record or (noise is not None and noise.active):
+    regularisation = kernel_noise(cfg, noise, x)
+    if record or regularisation is None:
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                    record=record)
     T, B = x.shape[:2]
@@ -120,12 +145,13 @@ def run_layer(
     def given(key: str, present: bool = True) -> Tensor | None:
         return weights[key].contiguous() if present else None
 
+    zoneout, keep_h, keep_c, rmask = regularisation
     hs, c_final, *_ = recurrence(
         xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if lstm else None,
         given("weight_hh"), given("weight_hr", cfg.proj_size > 0), given("weight_ch", cfg.variant == "peephole"),
         bias_hn, given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
-        given("ln_bias_c", cfg.layer_norm and lstm), cfg.family, cfg.variant, cfg.reset_after,
-        cfg.nonlinearity == "relu", float(cfg.eps), reverse, bool(torch.backends.cuda.matmul.allow_tf32),
+        given("ln_bias_c", cfg.layer_norm and lstm), keep_h, keep_c, rmask, cfg.family, cfg.variant, cfg.reset_after,
+        cfg.nonlinearity == "relu", float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
     if lengths is not None:

@@ -71,7 +71,9 @@ tuning = Tuning()
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the op's string args)."""
+    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the op's string args)
+    and the call's regularisation: ``zoneout`` 0 (none), 1 (sampled masks) or 2 (their
+    expectation), ``dropout`` a recurrent dropout mask (see ``kernels/noise.py``)."""
 
     family: str
     variant: str = "vanilla"
@@ -79,11 +81,13 @@ class KernelSpec:
     relu: bool = False
     proj: bool = False
     layer_norm: bool = False
+    zoneout: int = 0
+    dropout: bool = False
 
     @classmethod
-    def from_config(cls, cfg: CellConfig) -> KernelSpec:
+    def from_config(cls, cfg: CellConfig, zoneout: int = 0, dropout: bool = False) -> KernelSpec:
         return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0,
-                   cfg.layer_norm)
+                   cfg.layer_norm, zoneout, dropout)
 
     @property
     def gates(self) -> tuple[str, ...]:
@@ -112,12 +116,13 @@ class KernelSpec:
 
     @property
     def saved_gates(self) -> int:
-        """GS: activation blocks saved per step (the GRU adds U_n h + b_hn when reset after)."""
+        """GS: activation blocks saved per step (the GRU adds U_n h + b_hn when reset after; the
+        RNN saves its h before zoneout, when zoneout makes it differ from the carried one)."""
         if self.family == "lstm":
             return self.num_gates
         if self.family == "gru":
             return 4 if self.reset_after else 3
-        return 0
+        return 1 if self.zoneout else 0
 
     @property
     def two_phase(self) -> bool:
@@ -159,7 +164,7 @@ class KernelSpec:
             CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
             G_ACT=self.variant != "niaf", O_ACT=self.variant != "noaf",
             PROJ=self.proj, RESET_AFTER=self.reset_after, RELU=self.relu, TWO_PHASE=self.two_phase,
-            LN=self.layer_norm, NS=self.stat_slots,
+            LN=self.layer_norm, NS=self.stat_slots, ZO=self.zoneout, DROP=self.dropout,
         )
 
 
@@ -173,6 +178,18 @@ class LayerNormWeights:
     cell_gain: Tensor | None = None
     cell_shift: Tensor | None = None
     eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class NoiseBuffers:
+    """What the kernels take of a call's regularisation (the modes are in :class:`KernelSpec`):
+    zoneout's keep of h (T, B, R) and of the LSTM cell (T, B, H) where sampled, or a (1,)
+    tensor of the accumulation dtype holding p for its expectation; the recurrent dropout mask
+    (B, R), already scaled. None where absent."""
+
+    keep_h: Tensor | None = None
+    keep_c: Tensor | None = None
+    rmask: Tensor | None = None
 
 
 def _pow2(n: int) -> int:
@@ -355,7 +372,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
             weight_hr: Tensor | None, weight_ch: Tensor | None, bias_hn: Tensor | None, ln: LayerNormWeights,
-            reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+            noise: NoiseBuffers, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
     """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux, hat, hatc, rstd)
     (the last three, the layer norms' saved statistics, empty without layer norm)."""
     T, B, _ = xw.shape
@@ -375,9 +392,13 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     hat = _buffer_if(normed, (T, B, spec.num_gates * H), acc, dev)
     hatc = _buffer_if(normed and lstm, (T, B, H), acc, dev)
     rstd = _buffer_if(normed, (T, B, spec.stat_slots), acc, dev)
+    hin = none
+    if spec.dropout:  # h ⊙ m for the recurrent product, in two slots by hs index (kernels/noise.py)
+        hin = _new_buffer((2, B, R), dt, dev)
+        hin[start % 2] = h0 * noise.rmask
     args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(bias_hn, none),
             hs, _or(cs, none), _or(gates, none), _or(aux, none), _or(hat, none), _or(hatc, none), _or(rstd, none),
-            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none))
+            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none), hin)
     _run(recurrence_fwd_kernel, "forward", (spec, False, B, H, R, dt, dev, reverse, allow_tf32), args,
          (T, B, H, R, ln.eps), T, {"HAS_BN": bias_hn is not None})
     return hs, cs, gates, aux, hat, hatc, rstd
@@ -385,7 +406,8 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
 
 def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor,
              gates: Tensor, hat: Tensor, hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
-             weight_ch: Tensor | None, ln: LayerNormWeights, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+             weight_ch: Tensor | None, ln: LayerNormWeights, noise: NoiseBuffers, reverse: bool,
+             allow_tf32: bool) -> tuple[Tensor, ...]:
     """Run the backward recurrence. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
     (T, B, G*H) the gradients of the input-side pre-activations; drec those of the recurrent terms
     as they are added (empty when equal to d); dprod those of the recurrent products h_{t-1} U^T
@@ -412,7 +434,7 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), hs, _or(cs, none), _or(gates, none),
             dhs, d, rec, _or(dprod, rec), _or(ghr, none), _or(dchat, none), carry_h, _or(carry_c, none),
             _or(hat, none), _or(hatc, none), _or(rstd, none),
-            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none))
+            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none))
     _run(recurrence_bwd_kernel, "backward", (spec, True, B, H, R, dt, dev, reverse, allow_tf32), args,
          (T, B, H, R, ln.eps), T)
     return d, drec, dprod, ghr, dchat, carry_h, carry_c
@@ -422,6 +444,10 @@ def _buffer_if(wanted: bool, shape: tuple[int, ...], dtype: torch.dtype, device:
     """A buffer the kernels fill, or a fresh empty tensor where it is not needed (op outputs must
     not alias one another, so every absent one is its own)."""
     return _new_buffer(shape, dtype, device) if wanted else torch.empty(0, dtype=dtype, device=device)
+
+
+def _noise_args(noise: NoiseBuffers, none: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _or(noise.keep_h, none), _or(noise.keep_c, none), _or(noise.rmask, none)
 
 
 def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:

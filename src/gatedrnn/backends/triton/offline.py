@@ -36,6 +36,8 @@ from .launch import KernelSpec
 #: bfloat16 / float32 build; the others take the compute dtype, ``len_ptr`` and ``bar_ptr`` int32
 FLOAT32_BUFFERS = ("cs_ptr", "gates_ptr", "carry_h_ptr", "carry_c_ptr", "hat_ptr", "hatc_ptr", "rstd_ptr",
                    "part_ptr", "dchat_ptr")
+#: zoneout's keeps: the sampled masks take the compute dtype, the expectation p (``ZO == 2``) float32
+ZONEOUT_KEEPS = ("keep_h_ptr", "keep_c_ptr")
 _POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
 
 
@@ -99,8 +101,9 @@ def _specialise(kernel, consts: dict[str, object], dtype: torch.dtype,
         elif name == "eps":
             signature[name] = "fp32"
         elif name.endswith("_ptr"):
+            float32 = name in FLOAT32_BUFFERS or (name in ZONEOUT_KEEPS and consts.get("ZO") == 2)
             signature[name] = ("*i32" if name in ("len_ptr", "bar_ptr") else
-                               "*fp32" if name in FLOAT32_BUFFERS else _POINTER_TYPES[dtype])
+                               "*fp32" if float32 else _POINTER_TYPES[dtype])
             attrs[(i,)] = _DIVISIBLE_BY_16
         elif ints[name] == 1:
             signature[name] = "constexpr"

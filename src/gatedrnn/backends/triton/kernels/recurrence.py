@@ -52,6 +52,11 @@ LSTM cell and ``rstd`` (T, B, G+1) their 1 / sqrt(var + eps).
 A step where ``t >= lengths[b]`` copies the state and saves zero gradients, so the backward pass
 passes the carried gradient through it unchanged.
 
+Zoneout (``ZO``) blends each state where it is stored and splits its gradient where it is read
+back; recurrent dropout (``DROP``) masks h_{t-1} in the recurrent product and its gathered
+gradient (:mod:`.noise`). With zoneout ``hs`` and ``cs`` hold the zoned-out states; the LSTM's
+own c_t is recomputed from the gates, the RNN's own h_t saved in ``gates``.
+
 The backward pass carries the gradient w.r.t. the state in ``carry_h`` (B, R) and ``carry_c``
 (B, H): the part of it that is local to a program's units (e.g. z * dh for the GRU, f * dc for
 the LSTM); the part through the recurrent matmul is gathered at the start of the next step.
@@ -72,6 +77,7 @@ from .layer_norm import (
     store_grad_sums,
     store_moments,
 )
+from .noise import dropped, product_input, store_h, zone_grads, zone_keep, zoned_store
 from .primitives import (
     grid_sync,
     load_gated_cols,
@@ -136,14 +142,15 @@ def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY: tl.constexpr, BH: tl.co
 
 
 @triton.jit
-def fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexpr, RESIDENT: tl.constexpr,
+def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexpr, RESIDENT: tl.constexpr,
                   STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
                   ACC: tl.constexpr, PREC: tl.constexpr):
-    """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} = hs[prev]."""
+    """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} the (B, R)
+    matrix at ``h_ptr`` (:func:`.noise.product_input`)."""
     acc = tl.zeros((BB, GAP * BH), ACC)
     # one chunk of KA >= R columns when the weights are resident, else streamed in chunks of KA
     for k0 in tl.range(0, R, KA, num_stages=STAGES):
-        h_chunk = load_row_chunk(hs_ptr + prev.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KA)  # (BB, KA)
+        h_chunk = load_row_chunk(h_ptr, R, offs_b, mb, k0, R, KA)  # (BB, KA)
         if RESIDENT:
             w = u_tile
         else:
@@ -169,11 +176,13 @@ def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, F
 
 
 @triton.jit
-def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0, B, H, R,
-                    G: tl.constexpr, GA: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
-                    BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, rmask_ptr, s0,
+                    B, H, R, G: tl.constexpr, GA: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
+                    STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
+                    ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH) dL/dh_t[S]: the carried local part (``ch_ptr``), dL/dhs, and the gather
-    rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0)."""
+    rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0),
+    times the recurrent dropout mask with ``DROP`` (h_t entered that product masked)."""
     # no step after the forward's last one: gather zeros at backward step s == 0
     has_next = mb & ((offs_b * 0 + s) > 0)
     gather = tl.zeros((BB, BH), ACC)
@@ -185,6 +194,7 @@ def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j
         else:
             w = _bwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
         gather += tl.dot(d_next, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    gather = dropped(gather, rmask_ptr, offs_b, mb, offs_j, R, DROP)
     return (tl.load(ch_ptr, mask=mask, other=0.0) + gather
             + tl.load(rows_of(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC))
 
@@ -269,20 +279,33 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
 
 
 @triton.jit
+def _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr, keep_h_ptr,
+                  B, H, R, PROJ: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr):
+    """The LSTM's h_t (BB, BH): before the projection into ``aux`` (phase B projects and stores
+    it), else the carried state into ``hs`` (:func:`.noise.store_h`)."""
+    if PROJ:
+        tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
+    else:
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R, ZO,
+                DROP, ACC)
+
+
+@triton.jit
 def _fwd_phase_a(t, prev, new, b0, s0,
                  xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
-                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
+                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps,
                  B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
-                 LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr,
+                 LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
                  RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr,
                  GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials)
-    and the cell's pointwise step for batch rows b0.. and units s0.. (with LN the LSTM stops at
-    c_t and its partials; phase C finishes h_t)."""
+    and the cell's pointwise step for batch rows b0.. and units s0.., the new state zoned out
+    (with LN the LSTM stops at c_t and its partials, unzoned; phase C finishes h_t and c_t)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -292,24 +315,23 @@ def _fwd_phase_a(t, prev, new, b0, s0,
         acc = normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps,
                                   G, GA, NS, BH, GAP, PP)
     else:
-        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, STAGES, BB, BH, KA, GAP,
-                            ACC, PREC)
+        acc = fwd_product_a(product_input(hs_ptr, hin_ptr, prev, B, R, DROP), offs_b, mb, u_ptr, u_tile, s0, B, H, R,
+                            GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-    h_new_ptr = rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
     if FAMILY == 0:
         c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
         c, h = _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
                            IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, BB, GAP, BH, ACC)
-        tl.store(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], tl.where(act, c, c_prev), mask=mask)
-        if LN:
+        c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
+        if LN:  # phase C normalises c_t, then zones it out
+            tl.store(c_row, tl.where(act, c, c_prev), mask=mask)
             store_moments(c, mask, mb, part_ptr, G, offs_b, s0, B, H, NS, BH)
-        elif PROJ:
-            tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
         else:
-            h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
-            tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+            zoned_store(c_row, c_prev, c, act, keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
+            _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr,
+                          keep_h_ptr, B, H, R, PROJ, ZO, DROP, ACC)
     else:
         h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
         if FAMILY == 2:
@@ -318,7 +340,10 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                 h = tl.maximum(a, 0.0)
             else:
                 h = tanh(a)
-            tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+            if ZO > 0:  # the backward pass needs h before zoneout
+                tl.store(g_row, h, mask=mask)
+            store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
+                    ZO, DROP, ACC)
         else:
             r = sigmoid(_pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC))
             z = sigmoid(_pre_activation(acc, x_row, 1, H, mask, BB, GAP, BH, ACC))
@@ -332,21 +357,23 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                 tl.store(g_row + 2 * H, n, mask=mask)
                 tl.store(g_row + 3 * H, u_n, mask=mask)
                 h = (1.0 - z) * n + z * h_prev.to(ACC)
-                tl.store(h_new_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+                store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
+                        ZO, DROP, ACC)
             else:
-                rh = r * h_prev.to(ACC)
+                rh = r * dropped(h_prev, rmask_ptr, offs_b, mb, offs_j, R, DROP).to(ACC)
                 tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], rh.to(h_prev.dtype), mask=mask)
 
 
 @triton.jit
 def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr, w_tile,
-                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
+                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps,
                  B, H, R, FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, PP: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
+                 NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
+                 STAGES: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t
-    (with LN the product's normalised form, from phase SB)."""
+    (with LN the product's normalised form, from phase SB). The new h is zoned out."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -372,12 +399,14 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
         tl.store(g_row + 2 * H, n, mask=mask)
         z = tl.load(g_row + H, mask=mask, other=0.0)
         h = (1.0 - z) * n + z * h_prev.to(ACC)
-    tl.store(rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :], tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+    store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
+            ZO, DROP, ACC)
 
 
 @triton.jit
-def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr, B, H, R,
-               SIDE_B: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, RESIDENT: tl.constexpr,
+def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr, hin_ptr, B, H, R,
+               SIDE_B: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, DROP: tl.constexpr,
+               RESIDENT: tl.constexpr,
                STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr,
                GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """LN phase SA (``SIDE_B`` False): h_{t-1} @ U[S]^T for gate blocks 0 .. GA-1; phase SB (the GRU
@@ -394,8 +423,8 @@ def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile,
         tl.store(hat_row + 2 * H, v, mask=mask)
         store_moments(v, mask, mb, part_ptr, 2, offs_b, s0, B, H, NS, BH)
     else:
-        acc = fwd_product_a(hs_ptr, prev, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA, RESIDENT, STAGES, BB, BH, KA, GAP,
-                            ACC, PREC)
+        acc = fwd_product_a(product_input(hs_ptr, hin_ptr, prev, B, R, DROP), offs_b, mb, u_ptr, u_tile, s0, B, H, R,
+                            GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
         for g in tl.static_range(GA):
             v = pick_gate(acc, g, BB, GAP, BH)
             tl.store(hat_row + g * H, v, mask=mask)
@@ -404,15 +433,18 @@ def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile,
 
 @triton.jit
 def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr, part_ptr,
-                 cw_ptr, cb_ptr, eps, B, H, R, G: tl.constexpr, GS: tl.constexpr, IDX_O: tl.constexpr,
-                 O_ACT: tl.constexpr, PROJ: tl.constexpr, NS: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-                 PP: tl.constexpr):
-    """LN LSTM phase C: h_t = o ⊙ tanh(γ_c ĉ_t + β_c), ĉ_t the normalised cell (from phase A's partials)."""
+                 cw_ptr, cb_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps, B, H, R, G: tl.constexpr,
+                 GS: tl.constexpr, IDX_O: tl.constexpr, O_ACT: tl.constexpr, PROJ: tl.constexpr, NS: tl.constexpr,
+                 ZO: tl.constexpr, DROP: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr, ACC: tl.constexpr):
+    """LN LSTM phase C: h_t = o ⊙ tanh(γ_c ĉ_t + β_c), ĉ_t the normalised cell (from phase A's
+    partials); then c_t (and h_t without projection) zoned out."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
+    act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
     xc = normalize(c_row, rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], rstd_rows(rstd_ptr, t, offs_b, B, NS),
                    G, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
@@ -424,13 +456,13 @@ def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_p
         h = o * tanh(chat)
     else:
         h = o * chat
-    if PROJ:
-        tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
-    else:
-        act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
-        h_ptr = rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
-        tl.store(h_ptr, tl.where(act, h.to(h_prev.dtype), h_prev), mask=mask)
+    if ZO > 0:
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c_new = tl.load(c_row, mask=mask, other=0.0)
+        tl.debug_barrier()  # every thread has read c_t (here and in normalize) before it is overwritten
+        zoned_store(c_row, c_prev, c_new, act, keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
+    _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr, keep_h_ptr,
+                  B, H, R, PROJ, ZO, DROP, ACC)
 
 
 @triton.jit
@@ -451,6 +483,10 @@ def recurrence_fwd_kernel(
     gln_ptr,    # (G*H,) LN gain of the recurrent products (ln_weight_hh)
     cw_ptr,     # (H,) LN gain of the cell (ln_weight_c)
     cb_ptr,     # (H,) LN shift of the cell (ln_bias_c)
+    keep_h_ptr,  # zoneout of h: (T, B, R) sampled keep mask (ZO == 1) or (1,) its expectation p (ZO == 2)
+    keep_c_ptr,  # zoneout of the LSTM cell: (T, B, H) mask or (1,) p, as keep_h_ptr
+    rmask_ptr,  # (B, R) recurrent dropout mask, scaled (DROP)
+    hin_ptr,    # (2, B, R) DROP: h ⊙ m, what the recurrent product reads, slot (hs index) % 2
     part_ptr,   # (P, B, NS, 2) LN scratch: each program's partial moments
     bar_ptr,    # (1,) int32 zeroed barrier counter (PHASE == 0)
     T, B, H, R,
@@ -468,6 +504,8 @@ def recurrence_fwd_kernel(
     LN: tl.constexpr,           # layer norm (see kernels/layer_norm.py)
     NS: tl.constexpr,           # LN statistics slots: G + 1
     PP: tl.constexpr,           # programs whose LN partials are merged at once (a power of two)
+    ZO: tl.constexpr,           # zoneout: 0 none, 1 sampled masks, 2 expectation (kernels/noise.py)
+    DROP: tl.constexpr,         # recurrent dropout mask on h_{t-1} in the recurrent product
     PH_SA: tl.constexpr, PH_A: tl.constexpr, PH_SB: tl.constexpr, PH_C: tl.constexpr, PH_B: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     PH_UA: tl.constexpr,        # the phase that multiplies by phase A's weight slice
@@ -497,34 +535,38 @@ def recurrence_fwd_kernel(
         if PH_SA > 0 and (PHASE == 0 or PHASE == PH_SA):
             for b0 in range(0, B, BB):
                 _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           B, H, R, False, G, GA, NS, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC, PREC)
+                           hin_ptr, B, H, R, False, G, GA, NS, DROP, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC,
+                           PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SA)
         if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
                 _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr,
-                             gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps,
-                             B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+                             gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr,
+                             rmask_ptr, hin_ptr, eps, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
+                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, RESIDENT, STAGES,
+                             BB, BH, KA, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
             for b0 in range(0, B, BB):
                 _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           B, H, R, True, G, GA, NS, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC, PREC)
+                           hin_ptr, B, H, R, True, G, GA, NS, DROP, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC,
+                           PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SB)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
             for b0 in range(0, B, BB):
                 _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr,
-                             part_ptr, cw_ptr, cb_ptr, eps, B, H, R, G, GS, IDX_O, O_ACT, PROJ, NS, BB, BH, PP)
+                             part_ptr, cw_ptr, cb_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps, B, H, R, G, GS,
+                             IDX_O, O_ACT, PROJ, NS, ZO, DROP, BB, BH, PP, ACC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_C)
         if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
                 _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr,
-                             w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, eps, B, H, R, FAMILY, G, GS, LN, NS, PP,
-                             RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
+                             w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps, B, H, R,
+                             FAMILY, G, GS, LN, NS, PP, ZO, DROP, RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
 
@@ -550,14 +592,17 @@ def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: 
 
 
 @triton.jit
-def _lstm_bwd_cell(gc, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-                   peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
+def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                   carry_c_ptr, peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
                    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
-                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr):
-    """From dL/dc_t (``gc`` from the output side, plus the output peephole's da_o p_o) to the i, f, g
-    pre-activation gradients; carries dL/dc_{t-1} (``gc_in`` passes unchanged through an inactive
-    step)."""
+                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr):
+    """From dL/dc_t before zoneout (the carried ``gc_in``'s fresh part under the keep ``kc``, plus
+    ``dcell`` from the output side and the output peephole's da_o p_o) to the i, f, g
+    pre-activation gradients; carries dL/dc_{t-1} (its kept part added; ``gc_in`` passes unchanged
+    through an inactive step)."""
     mj = offs_j < H
+    gc, gc_kept = zone_grads(gc_in, kc, ZO)
+    gc += dcell
     if PEEP:
         gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
@@ -590,23 +635,43 @@ def _lstm_bwd_cell(gc, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, 
         tl.store(d_row + IDX_F * H, tl.where(act, da_f, zero), mask=mask)
         if PEEP:
             gc_prev += da_f * tl.load(peep_ptr + H + offs_j, mask=mj, other=0.0)[None, :]
-    tl.store(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], tl.where(act, gc_prev, gc_in), mask=mask)
+    tl.store(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], tl.where(act, gc_prev + gc_kept, gc_in), mask=mask)
+
+
+@triton.jit
+def _lstm_fresh_cell(g_row, c_prev, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
+                     CIFG: tl.constexpr):
+    """c_t before zoneout, f c_{t-1} + i g, recomputed from the saved gates as the forward computed it."""
+    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
+    one = tl.full(g.shape, 1.0, g.dtype)
+    f = _lstm_gate(g_row, IDX_F, one, mask, H)
+    if CIFG:
+        i = 1.0 - f
+    else:
+        i = _lstm_gate(g_row, IDX_I, one, mask, H)
+    return f * c_prev + i * g
 
 
 @triton.jit
 def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-              B, H, G: tl.constexpr, GS: tl.constexpr,
+              keep_c_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
               IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-              CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr):
-    """From dL/dh_t (before projection) to the gate pre-activation gradients; carries dL/dc."""
+              CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr, ZO: tl.constexpr,
+              ACC: tl.constexpr):
+    """From dL/dh_t (before projection and zoneout) to the gate pre-activation gradients; carries dL/dc."""
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
-    c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    if ZO > 0:  # the carried c_t is zoned out: the cell's own c_t from the gates
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c = _lstm_fresh_cell(g_row, c_prev, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
+    else:
+        c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
     o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
     dcell, da_o = _lstm_bwd_out(gh, c, o, act, d_row, mask, H, IDX_O, O_ACT)
-    _lstm_bwd_cell(gc_in + dcell, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
+    kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
+    _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO)
 
 
 @triton.jit
@@ -629,14 +694,14 @@ def _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hat
 
 @triton.jit
 def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr, hatc_ptr,
-                 rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, B, H,
+                 rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H,
                  G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr):
-    """LN LSTM, second half: dL/dc_t = carry + the cell layer norm's backward (with every program's
-    sums) + the output peephole; the gate gradients; this program's sums for each gate block's
-    layer-norm backward (finished in phase D)."""
+                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr, ACC: tl.constexpr):
+    """LN LSTM, second half: dL/dc_t = the carry's part through zoneout + the cell layer norm's
+    backward (with every program's sums) + the output peephole; the gate gradients; this
+    program's sums for each gate block's layer-norm backward (finished in phase D)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -647,13 +712,14 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
     xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
     rstd = tl.load(rstd_rows(rstd_ptr, t, offs_b, B, NS) + G, mask=mb, other=0.0)
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
-    gc = gc_in + normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, BH, PP)
+    dnorm = normalized_grad(dcell, xc, cw, rstd, part_ptr, G, offs_b, mb, B, H, NS, BH, PP)
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    da_o = tl.zeros(gc.shape, gc.dtype)
+    da_o = tl.zeros(dnorm.shape, dnorm.dtype)
     if PEEP:  # the output gate's gradient, stored by phase A or B
         da_o = tl.load(d_row + IDX_O * H, mask=mask, other=0.0)
-    _lstm_bwd_cell(gc, gc_in, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-                   B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT)
+    kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
+    _lstm_bwd_cell(dnorm, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
+                   peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO)
     # the gate gradients are read back by other threads of this program
     tl.debug_barrier()
     for g in tl.static_range(G):
@@ -665,52 +731,59 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
 def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
                  len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr,
                  carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
-                 B, H, R,
+                 keep_h_ptr, keep_c_ptr, rmask_ptr, B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
+                 NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
-    """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S], then the cell's pointwise backward
-    (with LN as far as the first exchange of layer-norm sums)."""
+    """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S] (times the dropout mask), split by
+    zoneout into the fresh h_t's part and the part kept for h_{t-1}; then the cell's pointwise
+    backward (with LN as far as the first exchange of layer-norm sums)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & (offs_j < R)[None, :]
     ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
-    gh = bwd_gathered_dh(dprod_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, s0,
-                         B, H, R, G, GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+    gh = bwd_gathered_dh(dprod_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile,
+                         rmask_ptr, s0, B, H, R, G, GA, DROP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     zero = tl.zeros(gh.shape, ACC)
+    # dL/dh_t splits into the fresh h's part gn and the part gk that zoneout kept from h_{t-1}
+    gn, gk = zone_grads(gh, zone_keep(keep_h_ptr, t, offs_b, offs_j, mask, B, R, ZO, ACC), ZO)
     if FAMILY == 0:
         if PROJ:
-            tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gh, zero), mask=mask)
+            tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gn, zero), mask=mask)
         elif LN:
-            _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
+            _lstm_bwd_out_ln(gn, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
                              dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
         else:
-            _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-                      peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT)
-        tl.store(ch_ptr, tl.where(act, zero, gh), mask=mask)
+            _lstm_bwd(gn, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
+                      peep_ptr, keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, ACC)
+        tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
     elif FAMILY == 2:
-        h = tl.load(rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
-        if RELU:
-            da = tl.where(h > 0, gh, zero)
+        if ZO > 0:  # h before zoneout, saved by the forward
+            h_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
         else:
-            da = gh * (1.0 - h * h)
+            h_row = rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :]
+        h = tl.load(h_row, mask=mask, other=0.0).to(ACC)
+        if RELU:
+            da = tl.where(h > 0, gn, zero)
+        else:
+            da = gn * (1.0 - h * h)
         tl.store(rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], tl.where(act, da, zero), mask=mask)
-        tl.store(ch_ptr, tl.where(act, zero, gh), mask=mask)
+        tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
     else:
         g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
         d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
         z = tl.load(g_row + H, mask=mask, other=0.0)
         n = tl.load(g_row + 2 * H, mask=mask, other=0.0)
         h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
-        da_n = tl.where(act, gh * (1.0 - z) * (1.0 - n * n), zero)
-        da_z = tl.where(act, gh * (h_prev - n) * z * (1.0 - z), zero)
+        da_n = tl.where(act, gn * (1.0 - z) * (1.0 - n * n), zero)
+        da_z = tl.where(act, gn * (h_prev - n) * z * (1.0 - z), zero)
         tl.store(d_row + H, da_z, mask=mask)
         tl.store(d_row + 2 * H, da_n, mask=mask)
         if RESET_AFTER:
@@ -728,22 +801,22 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
                                       G, NS)
         elif LN:
             store_block_grad_sums(da_n, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
-        tl.store(ch_ptr, tl.where(act, gh * z, gh), mask=mask)
+        tl.store(ch_ptr, tl.where(act, gk + gn * z, gh), mask=mask)
 
 
 @triton.jit
 def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr, d_ptr, dprod_ptr,
                  ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
-                 dchat_ptr, B, H, R,
+                 dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 LN: tl.constexpr, NS: tl.constexpr,
+                 LN: tl.constexpr, NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
                  RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                  ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
     d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
-    giving da_r and the r * d(r h) part of dL/dh_{t-1}."""
+    giving da_r and the r * d(r h) part of dL/dh_{t-1} (h_{t-1} and that part times the dropout mask)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -759,18 +832,20 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
             _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
                              dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
         else:
-            _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                      carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT)
+            _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+                      keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, ACC)
     else:
         drh = prod
         r = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        h_in = dropped(h_prev, rmask_ptr, offs_b, mb, offs_j, R, DROP).to(ACC)  # as it entered r * h
         zero = tl.zeros(drh.shape, ACC)
         d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-        da_r = tl.where(act, h_prev * drh * r * (1.0 - r), zero)
+        da_r = tl.where(act, h_in * drh * r * (1.0 - r), zero)
         tl.store(d_row, da_r, mask=mask)
         ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
-        tl.store(ch_ptr, tl.load(ch_ptr, mask=mask, other=0.0) + tl.where(act, r * drh, zero), mask=mask)
+        dh_in = dropped(r * drh, rmask_ptr, offs_b, mb, offs_j, R, DROP)
+        tl.store(ch_ptr, tl.load(ch_ptr, mask=mask, other=0.0) + tl.where(act, dh_in, zero), mask=mask)
         if LN:
             da_z = tl.load(d_row + H, mask=mask, other=0.0)
             store_block_grad_sums(da_r, 0, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
@@ -800,6 +875,9 @@ def recurrence_bwd_kernel(
     gln_ptr,      # (G*H,) LN gain of the recurrent products
     cw_ptr,       # (H,) LN gain of the cell
     cb_ptr,       # (H,) LN shift of the cell
+    keep_h_ptr,   # zoneout of h: (T, B, R) sampled keep mask (ZO == 1) or (1,) its expectation p (ZO == 2)
+    keep_c_ptr,   # zoneout of the LSTM cell: (T, B, H) mask or (1,) p, as keep_h_ptr
+    rmask_ptr,    # (B, R) recurrent dropout mask, scaled (DROP)
     part_ptr,     # (P, B, NS, 2) LN scratch: each program's partial sums
     bar_ptr,      # (1,) int32 zeroed barrier counter (PHASE == 0)
     T, B, H, R,
@@ -810,7 +888,7 @@ def recurrence_bwd_kernel(
     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
     PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, TWO_PHASE: tl.constexpr,
-    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr,
+    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
     PH_A: tl.constexpr, PH_DN: tl.constexpr, PH_B: tl.constexpr, PH_C: tl.constexpr, PH_D: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     NPH: tl.constexpr,            # phases per step
@@ -835,9 +913,10 @@ def recurrence_bwd_kernel(
             for b0 in range(0, B, BB):
                 _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr,
                              gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
-                             hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
-                             B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT,
-                             PROJ, RESET_AFTER, RELU, LN, NS, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+                             hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_h_ptr, keep_c_ptr,
+                             rmask_ptr, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT,
+                             O_ACT, PROJ, RESET_AFTER, RELU, LN, NS, ZO, DROP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC,
+                             PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_DN > 0 and (PHASE == 0 or PHASE == PH_DN):
@@ -850,16 +929,16 @@ def recurrence_bwd_kernel(
             for b0 in range(0, B, BB):
                 _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
                              d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
-                             gln_ptr, cw_ptr, cb_ptr, dchat_ptr, B, H, R, FAMILY, G, GS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, RESIDENT, STAGES, BB, BH, KB,
-                             ACC, PREC)
+                             gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R, FAMILY, G, GS,
+                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP, RESIDENT, STAGES,
+                             BB, BH, KB, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
             for b0 in range(0, B, BB):
                 _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr,
-                             hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, B, H, G, GS, NS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, BB, BH, PP)
+                             hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H, G, GS, NS,
+                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, ZO, BB, BH, PP, ACC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_C)
         if PH_D > 0 and (PHASE == 0 or PHASE == PH_D):
