@@ -19,9 +19,10 @@ GRU (both reset forms, layer norm), RNN (tanh, relu), in float16, bfloat16, floa
 interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for bfloat16). Zoneout (its
 sampled masks in training, its expectation in evaluation) and recurrent dropout run inside the
 kernels (:mod:`.kernels.noise`); calls that record the gates (or bring an LSTM zoneout mask for
-one state but not the other) run on the reference loop (same numbers, same autograd). Layer norm normalises each gate block over all H units, which the column split spreads
-over every program: its statistics are exchanged between programs with one more barrier per
-normalisation (:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
+one state but not the other) run on the reference loop (same numbers, same autograd). Layer norm
+normalises each gate block over all H units, which the column split spreads over every program:
+its statistics are exchanged between programs with one more barrier per normalisation
+(:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
 recurrence, a product of the previous step's gates by ``weight_gg``, would need a second product in
 every phase that runs the LSTM cell, forward and backward).
 
@@ -42,7 +43,7 @@ from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
 from .. import recurrent_shifts, reference, require_support, sum_present
 from . import measured
-from .launch import interpreting
+from .launch import accumulation_dtype, interpreting
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
@@ -111,8 +112,7 @@ def kernel_noise(cfg: CellConfig, noise: Noise | None, x: Tensor
         return 0, None, None, rmask
     lstm = cfg.family == "lstm"
     if noise.zoneout_h is None and (not lstm or noise.zoneout_c is None):
-        p = torch.full((1,), noise.zoneout, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                       device=x.device)
+        p = torch.full((1,), noise.zoneout, dtype=accumulation_dtype(x.dtype), device=x.device)
         return 2, p, (p if lstm else None), rmask
     keep_h, keep_c = noise.zoneout_h, noise.zoneout_c if lstm else None
     if keep_h is None or (lstm and keep_c is None):

@@ -85,9 +85,9 @@ class KernelSpec:
     dropout: bool = False
 
     @classmethod
-    def from_config(cls, cfg: CellConfig, zoneout: int = 0, dropout: bool = False) -> KernelSpec:
+    def from_config(cls, cfg: CellConfig) -> KernelSpec:
         return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0,
-                   cfg.layer_norm, zoneout, dropout)
+                   cfg.layer_norm)
 
     @property
     def gates(self) -> tuple[str, ...]:

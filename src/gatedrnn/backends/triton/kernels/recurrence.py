@@ -544,8 +544,8 @@ def recurrence_fwd_kernel(
                 _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr,
                              gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr,
                              rmask_ptr, hin_ptr, eps, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
-                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, RESIDENT, STAGES,
-                             BB, BH, KA, GAP, ACC, PREC)
+                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, RESIDENT,
+                             STAGES, BB, BH, KA, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
@@ -592,6 +592,20 @@ def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: 
 
 
 @triton.jit
+def _lstm_saved_ifg(g_row, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
+                    CIFG: tl.constexpr):
+    """The step's i, f, g (BB, BH) from the saved activations (1 for an absent gate, i = 1 - f for cifg)."""
+    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
+    one = tl.full(g.shape, 1.0, g.dtype)
+    f = _lstm_gate(g_row, IDX_F, one, mask, H)
+    if CIFG:
+        i = 1.0 - f
+    else:
+        i = _lstm_gate(g_row, IDX_I, one, mask, H)
+    return i, f, g
+
+
+@triton.jit
 def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
                    carry_c_ptr, peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
                    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
@@ -608,14 +622,8 @@ def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, c
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
-    one = tl.full(g.shape, 1.0, g.dtype)
+    i, f, g = _lstm_saved_ifg(g_row, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
     zero = tl.zeros(g.shape, g.dtype)
-    f = _lstm_gate(g_row, IDX_F, one, mask, H)
-    if CIFG:
-        i = 1.0 - f
-    else:
-        i = _lstm_gate(g_row, IDX_I, one, mask, H)
     di = gc * g
     df = gc * c_prev
     dg = gc * i
@@ -639,20 +647,6 @@ def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, c
 
 
 @triton.jit
-def _lstm_fresh_cell(g_row, c_prev, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
-                     CIFG: tl.constexpr):
-    """c_t before zoneout, f c_{t-1} + i g, recomputed from the saved gates as the forward computed it."""
-    g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
-    one = tl.full(g.shape, 1.0, g.dtype)
-    f = _lstm_gate(g_row, IDX_F, one, mask, H)
-    if CIFG:
-        i = 1.0 - f
-    else:
-        i = _lstm_gate(g_row, IDX_I, one, mask, H)
-    return f * c_prev + i * g
-
-
-@triton.jit
 def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
               keep_c_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
               IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
@@ -662,9 +656,10 @@ def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
-    if ZO > 0:  # the carried c_t is zoned out: the cell's own c_t from the gates
+    if ZO > 0:  # the carried c_t is zoned out: the cell's own f c_{t-1} + i g, as the forward computed it
         c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-        c = _lstm_fresh_cell(g_row, c_prev, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
+        i, f, g = _lstm_saved_ifg(g_row, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
+        c = f * c_prev + i * g
     else:
         c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
     o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
