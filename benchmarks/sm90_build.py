@@ -40,7 +40,8 @@ VARIANTS = {"lstm-peephole": KernelSpec("lstm", "peephole"), "lstm-cifg": Kernel
             "rnn-tanh": KernelSpec("rnn"), "lstm-proj-ln": KernelSpec("lstm", proj=True, layer_norm=True),
             "gru-zo": KernelSpec("gru", zoneout=1, dropout=True),
             "lstm-ln-zo": KernelSpec("lstm", layer_norm=True, zoneout=1, dropout=True),
-            "gru-before-zo": KernelSpec("gru", reset_after=False, zoneout=1, dropout=True)}
+            "gru-before-zo": KernelSpec("gru", reset_after=False, zoneout=1, dropout=True),
+            "lstm-fgr": KernelSpec("lstm", "fgr"), "lstm-fgr-ln": KernelSpec("lstm", "fgr", layer_norm=True)}
 
 
 def jobs(batches, hiddens, dtypes) -> dict[tuple, list[str]]:

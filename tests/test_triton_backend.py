@@ -29,7 +29,7 @@ from gatedrnn.backends import choose  # noqa: E402
 from gatedrnn.backends import reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
 from gatedrnn.backends.triton import launch, measured, offline  # noqa: E402
-from gatedrnn.config import CellConfig, Noise  # noqa: E402
+from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise  # noqa: E402
 from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
 
 from helpers import assert_close_results, rel_err, run_and_grad  # noqa: E402
@@ -49,6 +49,7 @@ CONFIGS = {
     "lstm_nog": CellConfig("lstm", 5, variant="nog"),
     "lstm_niaf": CellConfig("lstm", 5, variant="niaf"),
     "lstm_noaf": CellConfig("lstm", 5, variant="noaf"),
+    "lstm_fgr": CellConfig("lstm", 5, variant="fgr"),
     "lstm_proj": CellConfig("lstm", 5, proj_size=3),
     "lstm_peephole_proj_nobias": CellConfig("lstm", 5, proj_size=2, variant="peephole", bias=False),
     "gru": CellConfig("gru", 5),
@@ -60,6 +61,8 @@ CONFIGS = {
     "lstm_nog_ln": CellConfig("lstm", 5, variant="nog", layer_norm=True),
     "lstm_noaf_ln": CellConfig("lstm", 5, variant="noaf", layer_norm=True),
     "lstm_proj_ln": CellConfig("lstm", 5, proj_size=3, layer_norm=True),
+    "lstm_fgr_ln": CellConfig("lstm", 5, variant="fgr", layer_norm=True),
+    "lstm_fgr_proj_ln": CellConfig("lstm", 5, variant="fgr", proj_size=3, layer_norm=True),
     "gru_ln": CellConfig("gru", 5, layer_norm=True),
     "gru_reset_before_ln": CellConfig("gru", 5, reset_after=False, layer_norm=True),
     "gru_ln_nobias": CellConfig("gru", 5, layer_norm=True, bias=False),
@@ -165,7 +168,8 @@ def test_layer_matches_reference(name, reverse):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", *LN_NAMES])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", "lstm_fgr",
+                                  *LN_NAMES])
 def test_persistent_kernel_path(name):
     """The single-launch path with grid barriers (one program: the interpreter runs programs in turn)."""
     launch.tuning.mode = "persistent"
@@ -173,7 +177,7 @@ def test_persistent_kernel_path(name):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_proj", "gru_reset_before", "lstm_peephole", *LN_NAMES])
+@pytest.mark.parametrize("name", ["lstm_proj", "gru_reset_before", "lstm_peephole", "lstm_fgr_proj_ln", *LN_NAMES])
 def test_many_programs_and_batch_blocks(name):
     """One unit per program and one batch row per block: every slice boundary is exercised (and
     with layer norm, statistics merged from five programs)."""
@@ -184,12 +188,12 @@ def test_many_programs_and_batch_blocks(name):
 @interpreter
 @pytest.mark.parametrize("mode", ["persistent", "stepwise"])
 @pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "rnn_tanh", "lstm_cifg",
-                                  "lstm_proj_ln", "gru_reset_before_ln"])
+                                  "lstm_proj_ln", "gru_reset_before_ln", "lstm_fgr", "lstm_fgr_proj_ln"])
 def test_streamed_weights(name, mode):
     """The weights-don't-fit path: every phase re-reads its weight slice in chunks of 2 columns
-    (R = 5 or 2: a ragged last chunk), in batch blocks of 2 rows, with a zero-length sequence;
-    the persistent path with its chunk loops marked for 3-stage pipelining (the interpreter runs
-    them plainly: what it checks is that the marked loops compute the same)."""
+    (R = 5 or 2: a ragged last chunk; fgr's gate weight too), in batch blocks of 2 rows, with a
+    zero-length sequence; the persistent path with its chunk loops marked for 3-stage pipelining
+    (the interpreter runs them plainly: what it checks is that the marked loops compute the same)."""
     stages = 3 if mode == "persistent" else 1
     launch.tuning = launch.Tuning(mode=mode, resident=False, block_k=2, block_b=2, stages=stages)
     compare_layer(CONFIGS[name], T=4, B=3, I=2, reverse=mode == "stepwise", lengths=torch.tensor([4, 0, 3]))
@@ -200,7 +204,8 @@ def test_streamed_weights(name, mode):
 
 @interpreter
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln"])
+@pytest.mark.parametrize("name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln",
+                                  "lstm_fgr"])
 def test_low_precision_matches_float64_reference(name, dtype, tol):
     """fp32 / fp16 storage with fp32 accumulation against float64 on the same rounded inputs
     (bfloat16 runs on the GPU only: the interpreter's tl.dot is wrong for it)."""
@@ -208,7 +213,8 @@ def test_low_precision_matches_float64_reference(name, dtype, tol):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln"])
+@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln",
+                                  "lstm_fgr_ln"])
 def test_bitwise_deterministic(name):
     """Two runs on the same inputs give bitwise equal outputs, final states and gradients."""
     cfg = CONFIGS[name]
@@ -230,7 +236,7 @@ REGULARISED = [(name, "train") for name in ("lstm", "lstm_peephole", "lstm_cifg_
 REGULARISED += [(name, "eval") for name in ("lstm", "lstm_peephole", "lstm_proj", "lstm_ln", "gru",
                                             "gru_reset_before", "gru_ln", "rnn_tanh")]
 REGULARISED += [("lstm", "dropout"), ("gru_reset_before", "dropout"), ("lstm_cifg", "train"), ("lstm_nfg", "train"),
-                ("lstm_niaf", "eval")]
+                ("lstm_niaf", "eval"), ("lstm_fgr", "train"), ("lstm_fgr_ln", "eval")]
 
 
 @interpreter
@@ -300,6 +306,8 @@ MODULES = {
                                                           bidirectional=True, variant="peephole", layer_norm=True)),
     "gru_ln_bidir_before": (gatedrnn.GRU, dict(input_size=3, hidden_size=4, bidirectional=True, reset_after=False,
                                                layer_norm=True)),
+    "lstm_fgr_2layer_bidir_proj": (gatedrnn.LSTM, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
+                                                       proj_size=3, variant="fgr")),
 }
 
 
@@ -388,7 +396,8 @@ def test_compiles_with_torch_compile():
 @interpreter
 @pytest.mark.parametrize("name, mode", [("lstm_peephole_proj_nobias", None), ("gru", None), ("gru_reset_before", None),
                                         ("lstm_proj_ln", None), ("gru_ln", None), ("lstm_peephole", "train"),
-                                        ("rnn_tanh", "train"), ("gru_reset_before", "eval")])
+                                        ("rnn_tanh", "train"), ("gru_reset_before", "eval"), ("lstm_fgr", None),
+                                        ("lstm_fgr_proj_ln", "train")])
 def test_custom_op_registration(name, mode):
     """torch.library's own check of the ops: schema, fake implementation (shapes under
     FakeTensor, i.e. torch.compile tracing) and the registered autograd formula; also with
@@ -403,6 +412,7 @@ def test_custom_op_registration(name, mode):
         xw, torch.tensor([3, 2], dtype=torch.int32), torch.randn(B, R, dtype=torch.float64),
         torch.randn(B, H, dtype=torch.float64) if lstm else None, w["weight_hh"].requires_grad_(True),
         w.get("weight_hr"), w.get("weight_ch"),
+        launch.padded_gate_weight(w["weight_gg"]).requires_grad_(True) if cfg.variant == "fgr" else None,
         torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
         w.get("ln_weight_hh"), w.get("ln_weight_c"), w.get("ln_bias_c"),
         *noise, cfg.family, cfg.variant, cfg.reset_after, False, cfg.eps, zoneout, False, False,
@@ -411,15 +421,38 @@ def test_custom_op_registration(name, mode):
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
-def test_supports_names_what_it_refuses(monkeypatch):
+def test_supports_every_variant(monkeypatch):
+    """Every LSTM variant (fgr included), with and without layer norm and projection, every GRU
+    and RNN form: the kernels take them all, and backend='triton' is chosen for them."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    cfg = CellConfig("lstm", 4, variant="fgr")
-    reason = triton_backend.supports(cfg, torch.zeros(1, dtype=torch.float32))
-    assert reason is not None and "fgr" in reason
-    with pytest.raises(ValueError, match="fgr"):
-        choose("triton", cfg, torch.zeros(1), regularised=False)
-    for layer_norm_cfg in (CellConfig("lstm", 4, layer_norm=True), CellConfig("gru", 4, layer_norm=True)):
-        assert triton_backend.supports(layer_norm_cfg, torch.zeros(1, dtype=torch.float32)) is None
+    x = torch.zeros(1, dtype=torch.float32)
+    cfgs = [CellConfig("lstm", 4, variant=v, layer_norm=ln, proj_size=p)
+            for v in LSTM_VARIANTS
+            for ln in (False, True) for p in (0, 2)]
+    cfgs += [CellConfig("gru", 4, reset_after=ra, layer_norm=ln) for ra in (False, True) for ln in (False, True)]
+    cfgs += [CellConfig("rnn", 4, nonlinearity=n) for n in ("tanh", "relu")]
+    for cfg in cfgs:
+        assert triton_backend.supports(cfg, x) is None, cfg
+    assert choose("triton", CellConfig("lstm", 4, variant="fgr"), x, regularised=False) == "triton"
+
+
+def test_padded_gate_weight_places_the_three_gates_and_keeps_the_gradient():
+    """fgr's (3H, 3H) weight in (i, f, o) order becomes (4H, 4H) in (i, f, g, o) order with zero g
+    blocks: the padded product of (i, f, g, o) is the original product of (i, f, o) with zero
+    in g's place, whatever g holds, and the gradient reaches the original weight."""
+    H, B = 3, 2
+    w = torch.randn(3 * H, 3 * H, dtype=torch.float64, requires_grad=True)
+    i, f, g, o = torch.randn(4, B, H, dtype=torch.float64)
+    padded = launch.padded_gate_weight(w)
+    assert padded.shape == (4 * H, 4 * H)
+    got = torch.cat([i, f, g, o], -1).matmul(padded.t()).unflatten(-1, (4, H))
+    want = torch.cat([i, f, o], -1).matmul(w.t()).unflatten(-1, (3, H))
+    assert torch.allclose(got[:, [0, 1, 3]], want, atol=1e-12)
+    assert got[:, 2].abs().max() == 0
+    upstream = torch.randn(4 * H, 4 * H, dtype=torch.float64)
+    (padded * upstream).sum().backward()
+    keep = [k * H + u for k in (0, 1, 3) for u in range(H)]
+    assert torch.equal(w.grad, upstream[keep][:, keep])
 
 
 @interpreter
@@ -440,7 +473,7 @@ def test_layer_norm_phases_and_saved_statistics(name):
     ln = launch.LayerNormWeights(w["ln_weight_hh"], w.get("ln_weight_c"), w.get("ln_bias_c"), cfg.eps)
     c0 = torch.randn(B, H, dtype=torch.float64) if cfg.family == "lstm" else None
     hs, cs, _, aux, hat, hatc, rstd = launch.forward(spec, xw, torch.full((B,), T, dtype=torch.int32), h0, c0,
-                                                     w["weight_hh"], w.get("weight_hr"), None, bias_hn, ln,
+                                                     w["weight_hh"], w.get("weight_hr"), None, None, bias_hn, ln,
                                                      launch.NoiseBuffers(), False, False)
     blocks = hat.unflatten(-1, (cfg.num_gates, H))  # (T, B, G, H)
     assert blocks.mean(-1).abs().max() < 1e-12
@@ -485,7 +518,7 @@ def test_plan_keeps_resident_weights_only_where_they_fit():
             assert p.persistent and p.programs <= 132 and p.programs * p.consts["BH"] >= 1024
             assert min(p.consts["BB"], p.consts["BH"], p.consts["KA"], p.consts["KB"]) >= 16
             need = launch.resident_bytes(spec, backward, p.consts["BB"], p.consts["BH"], p.consts["KA"],
-                                         p.consts["KB"], torch.empty(0, dtype=dtype).element_size())
+                                         p.consts["KB"], p.consts["KG"], torch.empty(0, dtype=dtype).element_size())
             assert need <= 232448
 
 
@@ -553,6 +586,10 @@ SM90_CASES = {
         512, 512),
     "lstm_proj_ln_zoneout_eval_fp16_H1024_fwd_resident": (
         launch.KernelSpec("lstm", proj=True, layer_norm=True, zoneout=2), False, torch.float16, 1024, 512),
+    # fgr: the streamed gate-to-gate product beside resident or streamed weight_hh
+    "lstm_fgr_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm", "fgr"), False, torch.bfloat16, 1024, 1024),
+    "lstm_fgr_ln_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", "fgr", layer_norm=True), True, torch.bfloat16,
+                                            1024, 1024),
 }
 
 
@@ -740,6 +777,8 @@ GPU_CONFIGS = {
     "lstm_proj_ln": CellConfig("lstm", 256, proj_size=128, layer_norm=True),
     "gru_ln": CellConfig("gru", 256, layer_norm=True),
     "gru_reset_before_ln": CellConfig("gru", 256, reset_after=False, layer_norm=True),
+    "lstm_fgr": CellConfig("lstm", 256, variant="fgr"),
+    "lstm_fgr_proj_ln": CellConfig("lstm", 256, variant="fgr", proj_size=128, layer_norm=True),
 }
 GPU_DTYPES = {  # dtype, allow_tf32, tolerance (issue 4)
     "fp32": (torch.float32, False, 1e-5),
@@ -766,6 +805,7 @@ GPU_CASES = (
     + [("gru", "bf16", "stepwise_streamed")]
     + [(name, "bf16", "streamed") for name in ("lstm_proj_ln", "gru_reset_before_ln")]
     + [(name, d, "streamed3") for name in ("lstm", "gru_reset_before", "lstm_proj_ln") for d in ("fp32", "bf16")]
+    + [("lstm_fgr", "fp16", "auto"), ("lstm_fgr", "bf16", "stepwise"), ("lstm_fgr_proj_ln", "bf16", "streamed3")]
 )
 # the issue's target sizes, as the planner runs them (T shortened: the float64 reference is slow)
 GPU_TARGETS = {
@@ -832,6 +872,7 @@ def test_gpu_target_sizes_match_float64_reference(name):
 @pytest.mark.parametrize("name, dtype_name, path", [
     ("lstm", "bf16", "auto"), ("lstm", "fp32", "streamed"), ("gru_reset_before", "bf16", "auto"),
     ("lstm_proj_ln", "bf16", "streamed"), ("gru_ln", "fp16", "auto"), ("rnn_relu", "fp32", "auto"),
+    ("lstm_fgr", "bf16", "auto"),
 ])
 def test_gpu_regularised_matches_float64_reference(name, dtype_name, path, mode):
     """Zoneout and recurrent dropout in the compiled kernels (resident and streamed plans),

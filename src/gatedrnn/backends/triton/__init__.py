@@ -13,18 +13,20 @@ Per layer and direction:
 3. in the backward pass, the recurrence backwards in Triton, then the weight gradients as large
    matmuls over all steps (:mod:`.op`), so the result is deterministic (no float atomics).
 
-Runs: LSTM (vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf; with projection and layer norm),
-GRU (both reset forms, layer norm), RNN (tanh, relu), in float16, bfloat16, float32 (tf32 per
-``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation and cell state; under the
-interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for bfloat16). Zoneout (its
+Runs: LSTM (every variant: vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf, fgr; with
+projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), in float16,
+bfloat16, float32 (tf32 per ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation
+and cell state; under the interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for
+bfloat16). Zoneout (its
 sampled masks in training, its expectation in evaluation) and recurrent dropout run inside the
 kernels (:mod:`.kernels.noise`); calls that record the gates (or bring an LSTM zoneout mask for
 one state but not the other) run on the reference loop (same numbers, same autograd). Layer norm
 normalises each gate block over all H units, which the column split spreads over every program:
 its statistics are exchanged between programs with one more barrier per normalisation
-(:mod:`.kernels.layer_norm`). Refused, with the reason: ``fgr`` (its gate-to-gate
-recurrence, a product of the previous step's gates by ``weight_gg``, would need a second product in
-every phase that runs the LSTM cell, forward and backward).
+(:mod:`.kernels.layer_norm`). ``fgr``'s gate-to-gate recurrence, the previous step's saved
+(i, f, o) times ``weight_gg``, is a second product in the cell's phase, always streamed (its
+weight, padded to (4H, 4H), is four times ``weight_hh`` at R = H), and its gradient a second
+gather in the backward pass.
 
 On CUDA the kernels run on a GPU where the GPU tests passed, as recorded in :mod:`.measured`
 (``benchmarks/gpu_check.sh`` records it), or with ``GATEDRNN_TRITON_CUDA=1``; ``"auto"`` picks
@@ -43,7 +45,7 @@ from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
 from .. import recurrent_shifts, reference, require_support, sum_present
 from . import measured
-from .launch import accumulation_dtype, interpreting
+from .launch import accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
@@ -78,10 +80,6 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         return ("torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
                 "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there")
-    if cfg.family == "lstm" and cfg.variant == "fgr":
-        return ("variant='fgr' is not implemented in the kernels (its gate-to-gate recurrence, a second recurrent "
-                "product of the previous step's gates, has no place in them); backend='auto' runs it on the reference "
-                "loop")
     return None
 
 
@@ -141,6 +139,7 @@ def run_layer(
     xw, bias_hn = input_projection(cfg, x, weights)
     lens = torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None else lengths.to(torch.int32)
     lstm = cfg.family == "lstm"
+    fgr = lstm and cfg.variant == "fgr"
 
     def given(key: str, present: bool = True) -> Tensor | None:
         return weights[key].contiguous() if present else None
@@ -149,7 +148,8 @@ def run_layer(
     hs, c_final, *_ = recurrence(
         xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if lstm else None,
         given("weight_hh"), given("weight_hr", cfg.proj_size > 0), given("weight_ch", cfg.variant == "peephole"),
-        bias_hn, given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
+        padded_gate_weight(weights["weight_gg"]).contiguous() if fgr else None, bias_hn,
+        given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
         given("ln_bias_c", cfg.layer_norm and lstm), keep_h, keep_c, rmask, cfg.family, cfg.variant, cfg.reset_after,
         cfg.nonlinearity == "relu", float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
     )

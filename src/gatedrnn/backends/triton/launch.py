@@ -125,6 +125,11 @@ class KernelSpec:
         return 1 if self.zoneout else 0
 
     @property
+    def fgr(self) -> bool:
+        """The LSTM's full gate recurrence: (i, f, o) also take weight_gg times the previous step's."""
+        return self.family == "lstm" and self.variant == "fgr"
+
+    @property
     def two_phase(self) -> bool:
         return self.proj or self.gru_before
 
@@ -164,7 +169,7 @@ class KernelSpec:
             CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
             G_ACT=self.variant != "niaf", O_ACT=self.variant != "noaf",
             PROJ=self.proj, RESET_AFTER=self.reset_after, RELU=self.relu, TWO_PHASE=self.two_phase,
-            LN=self.layer_norm, NS=self.stat_slots, ZO=self.zoneout, DROP=self.dropout,
+            LN=self.layer_norm, NS=self.stat_slots, ZO=self.zoneout, DROP=self.dropout, FGR=self.fgr,
         )
 
 
@@ -222,16 +227,20 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
     return props.multi_processor_count, smem
 
 
-def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, KB: int, itemsize: int) -> int:
+def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, KB: int, KG: int,
+                   itemsize: int) -> int:
     """Shared memory of the resident operands: each phase's weight tile plus its staged
-    exchange vector (BB rows), e.g. (R, G*BH) + (BB, R) for the forward matmul of h_{t-1}."""
+    exchange vector (BB rows), e.g. (R, G*BH) + (BB, R) for the forward matmul of h_{t-1}; for
+    fgr also the always streamed chunk of its gate weight and gates, (KG, 4*BH) + (BB, KG) forward,
+    (4*KG, BH) + (BB, 4*KG) backward, both within 4*KG*(BH + BB)."""
     GAP = _pow2(spec.matmul_gates)
     if backward:
         a = GAP * KA * BH + BB * GAP * KA
     else:
         a = KA * GAP * BH + BB * KA
     b = KB * BH + BB * KB if spec.two_phase else 0
-    return (a + b) * itemsize
+    g = 4 * KG * (BH + BB) if spec.fgr else 0
+    return (a + b + g) * itemsize
 
 
 # layer norm merges its (BB, PP) tiles of partials at most this many elements at a time on the GPU
@@ -297,11 +306,13 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
     ka_full, kb_full = (H, R) if backward else (R, H)
     itemsize = torch.empty(0, dtype=dtype).element_size()
     resident_bb = max(low, tuning.block_b or (16 if on_gpu else _pow2(min(B, 4))))
+    # fgr's gate recurrence (the previous gates by weight_gg, 16 H^2 padded) is always streamed
+    KG = max(low, min(_pow2(H), tuning.block_k or (_STREAM_K if on_gpu else 4)))
     if resident is None:
         resident = tuning.resident
     if resident is None:
         need = resident_bytes(spec, backward, resident_bb, block_h, max(low, _pow2(ka_full)),
-                              max(low, _pow2(kb_full)), itemsize)
+                              max(low, _pow2(kb_full)), KG, itemsize)
         resident = need + _SMEM_MARGIN <= smem
     if resident:
         block_b = resident_bb
@@ -314,7 +325,7 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
     consts = dict(
         spec.constexprs(), **spec.phase_slots(backward), PP=_merge_chunk(programs, block_b, on_gpu), REVERSE=reverse,
         RESIDENT=bool(resident), STAGES=_stages(bool(resident), persistent), BB=block_b, BH=block_h, KA=KA, KB=KB,
-        GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
+        KG=KG, GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
         PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
     )
     tile = max(KA * GAP * block_h, KB * block_h)
@@ -371,10 +382,11 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
-            weight_hr: Tensor | None, weight_ch: Tensor | None, bias_hn: Tensor | None, ln: LayerNormWeights,
-            noise: NoiseBuffers, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+            weight_hr: Tensor | None, weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None,
+            ln: LayerNormWeights, noise: NoiseBuffers, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
     """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux, hat, hatc, rstd)
-    (the last three, the layer norms' saved statistics, empty without layer norm)."""
+    (the last three, the layer norms' saved statistics, empty without layer norm). ``weight_gg``
+    is fgr's, padded to (4H, 4H) (:func:`padded_gate_weight`)."""
     T, B, _ = xw.shape
     H = weight_hh.shape[0] // spec.num_gates
     R = weight_hh.shape[1]
@@ -396,7 +408,8 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     if spec.dropout:  # h ⊙ m for the recurrent product, in two slots by hs index (kernels/noise.py)
         hin = _new_buffer((2, B, R), dt, dev)
         hin[start % 2] = h0 * noise.rmask
-    args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(bias_hn, none),
+    args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(weight_gg, none),
+            _or(bias_hn, none),
             hs, _or(cs, none), _or(gates, none), _or(aux, none), _or(hat, none), _or(hatc, none), _or(rstd, none),
             _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none), hin)
     _run(recurrence_fwd_kernel, "forward", (spec, False, B, H, R, dt, dev, reverse, allow_tf32), args,
@@ -406,8 +419,8 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
 
 def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor,
              gates: Tensor, hat: Tensor, hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
-             weight_ch: Tensor | None, ln: LayerNormWeights, noise: NoiseBuffers, reverse: bool,
-             allow_tf32: bool) -> tuple[Tensor, ...]:
+             weight_ch: Tensor | None, weight_gg: Tensor | None, ln: LayerNormWeights, noise: NoiseBuffers,
+             reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
     """Run the backward recurrence. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
     (T, B, G*H) the gradients of the input-side pre-activations; drec those of the recurrent terms
     as they are added (empty when equal to d); dprod those of the recurrent products h_{t-1} U^T
@@ -431,13 +444,25 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     else:
         carry_c = hs.new_empty(0, dtype=acc)
     rec = _or(drec, d)
-    args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), hs, _or(cs, none), _or(gates, none),
+    args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(weight_gg, none), hs, _or(cs, none),
+            _or(gates, none),
             dhs, d, rec, _or(dprod, rec), _or(ghr, none), _or(dchat, none), carry_h, _or(carry_c, none),
             _or(hat, none), _or(hatc, none), _or(rstd, none),
             _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none))
     _run(recurrence_bwd_kernel, "backward", (spec, True, B, H, R, dt, dev, reverse, allow_tf32), args,
          (T, B, H, R, ln.eps), T)
     return d, drec, dprod, ghr, dchat, carry_h, carry_c
+
+
+def padded_gate_weight(weight_gg: Tensor) -> Tensor:
+    """fgr's ``weight_gg`` (3H, 3H), rows and columns in (i, f, o) order, as the kernels take it:
+    (4H, 4H) in the gate order (i, f, g, o) of the saved activations, zero in the g row and
+    column blocks, so that one product of all four saved blocks gives the three gates' terms.
+    Differentiable: the gradient of the padded weight flows back to ``weight_gg``."""
+    H = weight_gg.shape[0] // 3
+    blocks = weight_gg.reshape(3, H, 3, H)
+    rows = torch.cat([blocks[:2], blocks.new_zeros(1, H, 3, H), blocks[2:]])  # (4, H, 3, H)
+    return torch.cat([rows[:, :, :2], rows.new_zeros(4, H, 1, H), rows[:, :, 2:]], dim=2).reshape(4 * H, 4 * H)
 
 
 def _buffer_if(wanted: bool, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -140,7 +140,7 @@ def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.d
                                             GPUTarget("cuda", device.capability, 32), plan.num_warps)
     usage = ptxas_report(log)
     c = plan.consts
-    estimate = launch.resident_bytes(spec, backward, c["BB"], c["BH"], c["KA"], c["KB"],
+    estimate = launch.resident_bytes(spec, backward, c["BB"], c["BH"], c["KA"], c["KB"], c["KG"],
                                      torch.empty(0, dtype=dtype).element_size()) + launch._SMEM_MARGIN
     return Build("backward" if backward else "forward", plan, compiled.metadata.shared, estimate,
                  usage["registers"], usage["spill_stores"], usage["spill_loads"],

@@ -57,6 +57,11 @@ back; recurrent dropout (``DROP``) masks h_{t-1} in the recurrent product and it
 gradient (:mod:`.noise`). With zoneout ``hs`` and ``cs`` hold the zoned-out states; the LSTM's
 own c_t is recomputed from the gates, the RNN's own h_t saved in ``gates``.
 
+The LSTM's ``fgr`` (``FGR``) adds, in the cell's phase, the previous step's saved activations
+times the padded (4H, 4H) ``weight_gg`` (:func:`fgr_product`: no extra exchange, ``gates`` was
+written a barrier earlier), and backward gathers the next step's pre-activation gradients
+through it into dL/d(i, f, o) (:func:`fgr_gathered`).
+
 The backward pass carries the gradient w.r.t. the state in ``carry_h`` (B, R) and ``carry_c``
 (B, H): the part of it that is local to a program's units (e.g. z * dh for the GRU, f * dc for
 the LSTM); the part through the recurrent matmul is gathered at the start of the next step.
@@ -146,7 +151,8 @@ def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexp
                   STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
                   ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} the (B, R)
-    matrix at ``h_ptr`` (:func:`.noise.product_input`)."""
+    matrix at ``h_ptr`` (:func:`.noise.product_input`), rows ``mb``. Also fgr's gate-to-gate
+    product (:func:`fgr_product`), whose vector, the saved activations, is rounded to U's dtype."""
     acc = tl.zeros((BB, GAP * BH), ACC)
     # one chunk of KA >= R columns when the weights are resident, else streamed in chunks of KA
     for k0 in tl.range(0, R, KA, num_stages=STAGES):
@@ -155,7 +161,7 @@ def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexp
             w = u_tile
         else:
             w = _fwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
-        acc += tl.dot(h_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, GAP*BH)
+        acc += tl.dot(h_chunk.to(w.dtype), w, out_dtype=ACC, input_precision=PREC)  # (BB, GAP*BH)
     return acc
 
 
@@ -176,6 +182,54 @@ def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, F
 
 
 @triton.jit
+def gathered_product(rec_ptr, t_next, s, offs_b, mb, w_ptr, w_tile, s0, B, H, n_cols, n_valid, G: tl.constexpr,
+                     GA: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
+                     BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """(BB, BH): rec_{t_next}[:, blocks < GA] @ w[:, S] with rec the (T, B, G*H) gradients of the
+    next step's pre-activations and w a row-major weight of ``n_cols`` columns (columns s0 ..
+    s0+BH, those < ``n_valid`` real; rows gate-major, H per block); zero at backward step s == 0,
+    which has no next step. ``w_tile`` holds the slice when ``RESIDENT``."""
+    has_next = mb & ((offs_b * 0 + s) > 0)
+    gather = tl.zeros((BB, BH), ACC)
+    for k0 in tl.range(0, H, KA, num_stages=STAGES):
+        d_next = load_gated_full(rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
+                                 GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
+        if RESIDENT:
+            w = w_tile
+        else:
+            w = load_gated_cols(w_ptr, GA, H, 0, k0, n_cols, s0, n_valid, BH, GAP, KA)  # (GAP*KA, BH)
+        gather += tl.dot(d_next, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    return gather
+
+
+@triton.jit
+def fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE: tl.constexpr, STAGES: tl.constexpr,
+                BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """(BB, 4*BH) gate-major, fgr's gate-to-gate recurrence: the previous step's saved (i, f, g, o)
+    of all H units times gg[S]^T, gg = weight_gg padded to (4H, 4H) with zero g row and column
+    blocks; streamed in chunks of KG columns. Zero for rows whose previous step did not run (the
+    first step, and a reversed row's first real step after its padding)."""
+    t_prev = t - 1 + 2 * REVERSE
+    ran = mb & ((offs_b * 0 + t_prev) >= 0) & (t_prev < tl.load(len_ptr + offs_b, mask=mb, other=0))
+    prev_row = gates_ptr + tl.maximum(t_prev, 0).to(tl.int64) * B * (4 * H)
+    return fwd_product_a(prev_row, offs_b, ran, gg_ptr, 0, s0, B, H, 4 * H, 4, False, STAGES, BB, BH, KG, 4, ACC, PREC)
+
+
+@triton.jit
+def fgr_gathered(d_ptr, gg_ptr, t_next, s, m: tl.constexpr, offs_b, mb, s0, B, H, FGR: tl.constexpr,
+                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr,
+                 PREC: tl.constexpr):
+    """(BB, BH) with ``FGR``, else 0: dL/d(the step's activation block m)[S] through the next step's
+    gate-to-gate product, d_{t_next} @ gg[:, m*H + S] (d the (T, B, 4H) pre-activation gradients;
+    see :func:`fgr_product`)."""
+    if FGR:  # both branches (one return each): the compiler sees only the taken one
+        return gathered_product(d_ptr, t_next, s, offs_b, mb, gg_ptr + m * H, 0, s0, B, H, 4 * H, H, 4, 4, False,
+                                STAGES, BB, BH, KG, 4, ACC, PREC)
+    else:
+        return 0.0
+
+
+@triton.jit
 def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, rmask_ptr, s0,
                     B, H, R, G: tl.constexpr, GA: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
                     STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
@@ -183,17 +237,8 @@ def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j
     """(BB, BH) dL/dh_t[S]: the carried local part (``ch_ptr``), dL/dhs, and the gather
     rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0),
     times the recurrent dropout mask with ``DROP`` (h_t entered that product masked)."""
-    # no step after the forward's last one: gather zeros at backward step s == 0
-    has_next = mb & ((offs_b * 0 + s) > 0)
-    gather = tl.zeros((BB, BH), ACC)
-    for k0 in tl.range(0, H, KA, num_stages=STAGES):
-        d_next = load_gated_full(rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
-                                 GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
-        if RESIDENT:
-            w = u_tile
-        else:
-            w = _bwd_a_weights(u_ptr, k0, s0, H, R, GA, BH, GAP, KA)
-        gather += tl.dot(d_next, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
+    gather = gathered_product(rec_ptr, t_next, s, offs_b, mb, u_ptr, u_tile, s0, B, H, R, R, G, GA, RESIDENT, STAGES,
+                              BB, BH, KA, GAP, ACC, PREC)
     gather = dropped(gather, rmask_ptr, offs_b, mb, offs_j, R, DROP)
     return (tl.load(ch_ptr, mask=mask, other=0.0) + gather
             + tl.load(rows_of(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC))
@@ -293,7 +338,7 @@ def _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_pt
 
 @triton.jit
 def _fwd_phase_a(t, prev, new, b0, s0,
-                 xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
+                 xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
                  hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps,
                  B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
@@ -301,11 +346,13 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
                  LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
-                 RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr,
-                 GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
-    """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials)
-    and the cell's pointwise step for batch rows b0.. and units s0.., the new state zoned out
-    (with LN the LSTM stops at c_t and its partials, unzoned; phase C finishes h_t and c_t)."""
+                 FGR: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
+                 BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KG: tl.constexpr, GAP: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
+    """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials;
+    with ``FGR`` plus the gate recurrence, :func:`fgr_product`) and the cell's pointwise step for
+    batch rows b0.. and units s0.., the new state zoned out (with LN the LSTM stops at c_t and its
+    partials, unzoned; phase C finishes h_t and c_t)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -317,6 +364,8 @@ def _fwd_phase_a(t, prev, new, b0, s0,
     else:
         acc = fwd_product_a(product_input(hs_ptr, hin_ptr, prev, B, R, DROP), offs_b, mb, u_ptr, u_tile, s0, B, H, R,
                             GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+    if FGR:
+        acc += fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE, STAGES, BB, BH, KG, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
@@ -472,6 +521,7 @@ def recurrence_fwd_kernel(
     u_ptr,      # (G*H, R) weight_hh
     whr_ptr,    # (R, H) weight_hr (PROJ)
     peep_ptr,   # (3H,) weight_ch (PEEP)
+    gg_ptr,     # (4H, 4H) weight_gg padded (FGR, see fgr_product)
     bn_ptr,     # (H,) bias_hh (+ ln_bias_hh) of the GRU's n rows (HAS_BN)
     hs_ptr,     # (T+1, B, R) carried h, initial state already at its index
     cs_ptr,     # (T+1, B, H) LSTM cell, initial state already at its index
@@ -506,6 +556,7 @@ def recurrence_fwd_kernel(
     PP: tl.constexpr,           # programs whose LN partials are merged at once (a power of two)
     ZO: tl.constexpr,           # zoneout: 0 none, 1 sampled masks, 2 expectation (kernels/noise.py)
     DROP: tl.constexpr,         # recurrent dropout mask on h_{t-1} in the recurrent product
+    FGR: tl.constexpr,          # LSTM fgr: the previous step's gates times weight_gg (fgr_product)
     PH_SA: tl.constexpr, PH_A: tl.constexpr, PH_SB: tl.constexpr, PH_C: tl.constexpr, PH_B: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     PH_UA: tl.constexpr,        # the phase that multiplies by phase A's weight slice
@@ -519,6 +570,7 @@ def recurrence_fwd_kernel(
     BH: tl.constexpr,           # units per program
     KA: tl.constexpr,           # phase A's chunk of h_{t-1} (>= R when RESIDENT)
     KB: tl.constexpr,           # phase B's chunk of h_pre / r * h (>= H when RESIDENT)
+    KG: tl.constexpr,           # FGR: the gate recurrence's chunk of the previous gates (always streamed)
     GAP: tl.constexpr,          # GA rounded up to a power of two
     ACC: tl.constexpr,          # accumulation / pointwise dtype
     PREC: tl.constexpr,         # tl.dot input precision ("ieee" or "tf32")
@@ -541,11 +593,11 @@ def recurrence_fwd_kernel(
                 grid_sync(bar_ptr, k * NPH + PH_SA)
         if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
-                _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, hs_ptr, cs_ptr,
+                _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
                              gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr,
                              rmask_ptr, hin_ptr, eps, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
-                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, RESIDENT,
-                             STAGES, BB, BH, KA, GAP, ACC, PREC)
+                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, FGR, REVERSE,
+                             RESIDENT, STAGES, BB, BH, KA, KG, GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
@@ -575,9 +627,11 @@ def recurrence_fwd_kernel(
 
 
 @triton.jit
-def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: tl.constexpr):
+def _lstm_bwd_out(gh, cell, o, dgo, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: tl.constexpr,
+                  FGR: tl.constexpr):
     """Through h = o ⊙ tanh(cell) (``noaf``: o ⊙ cell), cell = c_t or its layer norm: stores the
-    output gate's pre-activation gradient and returns (dL/dcell from h, da_o)."""
+    output gate's pre-activation gradient (with ``FGR`` also through ``dgo``, dL/do_t from the next
+    step's gate recurrence) and returns (dL/dcell from h, da_o)."""
     if O_ACT:
         tc = tanh(cell)
         dcell = gh * o * (1.0 - tc * tc)
@@ -586,7 +640,10 @@ def _lstm_bwd_out(gh, cell, o, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: 
         dcell = gh * o
     da_o = tl.zeros(gh.shape, gh.dtype)
     if IDX_O >= 0:
-        da_o = gh * tc * o * (1.0 - o)
+        do = gh * tc
+        if FGR:
+            do += dgo
+        da_o = do * o * (1.0 - o)
         tl.store(d_row + IDX_O * H, tl.where(act, da_o, tl.zeros(gh.shape, gh.dtype)), mask=mask)
     return dcell, da_o
 
@@ -606,14 +663,16 @@ def _lstm_saved_ifg(g_row, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, ID
 
 
 @triton.jit
-def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+def _lstm_bwd_cell(dcell, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
                    carry_c_ptr, peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
                    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
-                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr):
+                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr,
+                   FGR: tl.constexpr):
     """From dL/dc_t before zoneout (the carried ``gc_in``'s fresh part under the keep ``kc``, plus
     ``dcell`` from the output side and the output peephole's da_o p_o) to the i, f, g
-    pre-activation gradients; carries dL/dc_{t-1} (its kept part added; ``gc_in`` passes unchanged
-    through an inactive step)."""
+    pre-activation gradients (with ``FGR`` i and f also through ``dgi``, ``dgf``, their gradients
+    from the next step's gate recurrence); carries dL/dc_{t-1} (its kept part added; ``gc_in``
+    passes unchanged through an inactive step)."""
     mj = offs_j < H
     gc, gc_kept = zone_grads(gc_in, kc, ZO)
     gc += dcell
@@ -626,6 +685,9 @@ def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, c
     zero = tl.zeros(g.shape, g.dtype)
     di = gc * g
     df = gc * c_prev
+    if FGR:
+        di += dgi
+        df += dgf
     dg = gc * i
     if G_ACT:
         dg = dg * (1.0 - g * g)
@@ -647,12 +709,13 @@ def _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, c
 
 
 @triton.jit
-def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-              keep_c_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
+def _lstm_bwd(gh, dgi, dgf, dgo, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
+              peep_ptr, keep_c_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
               IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
               CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr, ZO: tl.constexpr,
-              ACC: tl.constexpr):
-    """From dL/dh_t (before projection and zoneout) to the gate pre-activation gradients; carries dL/dc."""
+              FGR: tl.constexpr, ACC: tl.constexpr):
+    """From dL/dh_t (before projection and zoneout) to the gate pre-activation gradients; carries
+    dL/dc. With ``FGR``, dgi, dgf, dgo are dL/d(i_t, f_t, o_t) from the next step's gate recurrence."""
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
@@ -663,40 +726,66 @@ def _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_
     else:
         c = tl.load(rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
     o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
-    dcell, da_o = _lstm_bwd_out(gh, c, o, act, d_row, mask, H, IDX_O, O_ACT)
+    dcell, da_o = _lstm_bwd_out(gh, c, o, dgo, act, d_row, mask, H, IDX_O, O_ACT, FGR)
     kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-    _lstm_bwd_cell(dcell, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO)
+    _lstm_bwd_cell(dcell, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO, FGR)
 
 
 @triton.jit
-def _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr,
-                     part_ptr, B, H, G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr, IDX_O: tl.constexpr,
-                     O_ACT: tl.constexpr):
+def _lstm_bwd_out_ln(gh, dgo, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
+                     dchat_ptr, part_ptr, B, H, G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
+                     IDX_O: tl.constexpr, O_ACT: tl.constexpr, FGR: tl.constexpr):
     """LN LSTM, first half of a step's backward: through h = o ⊙ tanh(γ_c ĉ + β_c) to dL/d(γ_c ĉ)
-    (saved to ``dchat``) and this program's sums for the cell's layer-norm backward."""
+    (saved to ``dchat``) and this program's sums for the cell's layer-norm backward (``dgo`` as in
+    :func:`_lstm_bwd`)."""
     mj = offs_j < H
     xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
     cell = cw * xc + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     o = _lstm_gate(g_row, IDX_O, tl.full(xc.shape, 1.0, xc.dtype), mask, H)
-    dcell, _ = _lstm_bwd_out(gh, cell, o, act, rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], mask, H,
-                             IDX_O, O_ACT)
+    dcell, _ = _lstm_bwd_out(gh, cell, o, dgo, act, rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], mask,
+                             H, IDX_O, O_ACT, FGR)
     dcell = tl.where(act, dcell, tl.zeros(dcell.shape, dcell.dtype))
     tl.store(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], dcell, mask=mask)
     store_grad_sums(dcell, xc, cw, mask, mb, part_ptr, G, offs_b, B, NS)
 
 
 @triton.jit
-def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr, hatc_ptr,
-                 rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H,
+def _lstm_bwd_from_h(gh, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
+                     carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr, B, H,
+                     G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
+                     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
+                     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
+                     LN: tl.constexpr, ZO: tl.constexpr, FGR: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
+                     BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+    """The LSTM's backward from dL/dh_t (before projection, the fresh part under zoneout): the whole
+    step (:func:`_lstm_bwd`), or with LN its first half (:func:`_lstm_bwd_out_ln`; phase C
+    finishes it); with ``FGR`` the gate recurrence's gradients gathered from step t_next."""
+    dgo = fgr_gathered(d_ptr, gg_ptr, t_next, s, 3, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+    if LN:
+        _lstm_bwd_out_ln(gh, dgo, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
+                         dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT, FGR)
+    else:
+        dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+        dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+        _lstm_bwd(gh, dgi, dgf, dgo, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
+                  peep_ptr, keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, FGR,
+                  ACC)
+
+
+@triton.jit
+def _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, gg_ptr,
+                 hat_ptr, hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H,
                  G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr, ACC: tl.constexpr):
+                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr, FGR: tl.constexpr,
+                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, PP: tl.constexpr,
+                 ACC: tl.constexpr, PREC: tl.constexpr):
     """LN LSTM, second half: dL/dc_t = the carry's part through zoneout + the cell layer norm's
-    backward (with every program's sums) + the output peephole; the gate gradients; this
-    program's sums for each gate block's layer-norm backward (finished in phase D)."""
+    backward (with every program's sums) + the output peephole; the gate gradients (with ``FGR``
+    i and f also through the next step's gate recurrence); this program's sums for each gate
+    block's layer-norm backward (finished in phase D)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -713,8 +802,10 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
     if PEEP:  # the output gate's gradient, stored by phase A or B
         da_o = tl.load(d_row + IDX_O * H, mask=mask, other=0.0)
     kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-    _lstm_bwd_cell(dnorm, gc_in, kc, da_o, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-                   peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO)
+    dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+    dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+    _lstm_bwd_cell(dnorm, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
+                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO, FGR)
     # the gate gradients are read back by other threads of this program
     tl.debug_barrier()
     for g in tl.static_range(G):
@@ -724,16 +815,16 @@ def _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr
 
 @triton.jit
 def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
-                 len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr,
-                 carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr,
-                 keep_h_ptr, keep_c_ptr, rmask_ptr, B, H, R,
+                 len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr,
+                 ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
+                 dchat_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+                 NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr, RESIDENT: tl.constexpr,
+                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KG: tl.constexpr,
+                 GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S] (times the dropout mask), split by
     zoneout into the fresh h_t's part and the part kept for h_{t-1}; then the cell's pointwise
     backward (with LN as far as the first exchange of layer-norm sums)."""
@@ -752,12 +843,11 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
     if FAMILY == 0:
         if PROJ:
             tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gn, zero), mask=mask)
-        elif LN:
-            _lstm_bwd_out_ln(gn, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
-                             dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
         else:
-            _lstm_bwd(gn, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-                      peep_ptr, keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, ACC)
+            _lstm_bwd_from_h(gn, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
+                             carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr,
+                             B, H, G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES,
+                             BB, BH, KG, ACC, PREC)
         tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
     elif FAMILY == 2:
         if ZO > 0:  # h before zoneout, saved by the forward
@@ -800,15 +890,15 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
 
 
 @triton.jit
-def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr, d_ptr, dprod_ptr,
-                 ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
-                 dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
+def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
+                 gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
+                 gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
                  FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 LN: tl.constexpr, NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
+                 LN: tl.constexpr, NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr,
                  RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+                 KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
     d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
     giving da_r and the r * d(r h) part of dL/dh_{t-1} (h_{t-1} and that part times the dropout mask)."""
@@ -822,13 +912,10 @@ def _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, 
     prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G, RESIDENT,
                          STAGES, BB, BH, KB, ACC, PREC)
     if FAMILY == 0:
-        gh = prod
-        if LN:
-            _lstm_bwd_out_ln(gh, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
-                             dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT)
-        else:
-            _lstm_bwd(gh, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-                      keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, ACC)
+        _lstm_bwd_from_h(prod, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
+                         carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr, B, H,
+                         G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES, BB, BH,
+                         KG, ACC, PREC)
     else:
         drh = prod
         r = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
@@ -853,6 +940,7 @@ def recurrence_bwd_kernel(
     u_ptr,        # (G*H, R) weight_hh
     whr_ptr,      # (R, H) weight_hr (PROJ)
     peep_ptr,     # (3H,) weight_ch (PEEP)
+    gg_ptr,       # (4H, 4H) weight_gg padded (FGR, see fgr_product)
     hs_ptr,       # (T+1, B, R) forward's carried h
     cs_ptr,       # (T+1, B, H) forward's LSTM cells
     gates_ptr,    # (T, B, GS*H) forward's activations
@@ -883,7 +971,7 @@ def recurrence_bwd_kernel(
     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
     PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, TWO_PHASE: tl.constexpr,
-    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
+    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr,
     PH_A: tl.constexpr, PH_DN: tl.constexpr, PH_B: tl.constexpr, PH_C: tl.constexpr, PH_D: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
     NPH: tl.constexpr,            # phases per step
@@ -891,6 +979,7 @@ def recurrence_bwd_kernel(
     BB: tl.constexpr, BH: tl.constexpr,
     KA: tl.constexpr,             # phase A's chunk of each gate's H units (>= H when RESIDENT)
     KB: tl.constexpr,             # phase B's chunk of dh_r / da_n (>= R when RESIDENT)
+    KG: tl.constexpr,             # FGR: the gate recurrence's chunk of each gate's H units (always streamed)
     GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
 ):
     s0 = tl.program_id(0) * BH
@@ -906,12 +995,12 @@ def recurrence_bwd_kernel(
         t_next = tl.maximum(tl.minimum(t + 1 - 2 * REVERSE, T - 1), 0)
         if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
-                _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, hs_ptr, cs_ptr,
+                _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
                              gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
                              hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_h_ptr, keep_c_ptr,
                              rmask_ptr, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT,
-                             O_ACT, PROJ, RESET_AFTER, RELU, LN, NS, ZO, DROP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC,
-                             PREC)
+                             O_ACT, PROJ, RESET_AFTER, RELU, LN, NS, ZO, DROP, FGR, RESIDENT, STAGES, BB, BH, KA, KG,
+                             GAP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_DN > 0 and (PHASE == 0 or PHASE == PH_DN):
@@ -922,18 +1011,19 @@ def recurrence_bwd_kernel(
                 grid_sync(bar_ptr, k * NPH + PH_DN)
         if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
-                _bwd_phase_b(t, prev, new, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
-                             d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
-                             gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R, FAMILY, G, GS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP, RESIDENT, STAGES,
-                             BB, BH, KB, ACC, PREC)
+                _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr,
+                             peep_ptr, gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr,
+                             hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
+                             FAMILY, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP,
+                             FGR, RESIDENT, STAGES, BB, BH, KB, KG, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
             for b0 in range(0, B, BB):
-                _bwd_phase_c(t, prev, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, hat_ptr,
-                             hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H, G, GS, NS,
-                             IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, ZO, BB, BH, PP, ACC)
+                _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
+                             gg_ptr, hat_ptr, hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B,
+                             H, G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, ZO, FGR, STAGES, BB, BH, KG,
+                             PP, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_C)
         if PH_D > 0 and (PHASE == 0 or PHASE == PH_D):
