@@ -168,6 +168,15 @@ def test_layer_matches_reference(name, reverse):
 
 
 @interpreter
+@pytest.mark.parametrize("name", ["lstm_fgr", "gru"])
+def test_lengths_beyond_the_sequence_mean_every_step(name):
+    """A length above T (run_layer called directly) means all T steps are real, as in the
+    reference loop (the backend clamps it to T, so that a reversed fgr row's first step does not
+    look for a previous step T that does not exist)."""
+    compare_layer(CONFIGS[name], T=3, B=3, I=2, reverse=True, lengths=torch.tensor([5, 3, 1]))
+
+
+@interpreter
 @pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", "lstm_fgr",
                                   *LN_NAMES])
 def test_persistent_kernel_path(name):
@@ -236,7 +245,7 @@ REGULARISED = [(name, "train") for name in ("lstm", "lstm_peephole", "lstm_cifg_
 REGULARISED += [(name, "eval") for name in ("lstm", "lstm_peephole", "lstm_proj", "lstm_ln", "gru",
                                             "gru_reset_before", "gru_ln", "rnn_tanh")]
 REGULARISED += [("lstm", "dropout"), ("gru_reset_before", "dropout"), ("lstm_cifg", "train"), ("lstm_nfg", "train"),
-                ("lstm_niaf", "eval"), ("lstm_fgr", "train"), ("lstm_fgr_ln", "eval")]
+                ("lstm_niaf", "eval"), ("lstm_fgr", "train"), ("lstm_fgr_ln", "eval"), ("lstm_fgr_ln", "train")]
 
 
 @interpreter
@@ -263,6 +272,7 @@ def test_regularised_layer_matches_reference(name, mode):
 @pytest.mark.parametrize("name, how", [
     ("lstm_peephole", "persistent_streamed"), ("lstm_proj_ln", "persistent_streamed"),
     ("gru_reset_before_ln", "persistent_streamed"), ("rnn_relu", "persistent_streamed"),
+    ("lstm_fgr_proj_ln", "persistent_streamed"),
     ("gru_reset_before", "stepwise_one_unit_per_program"), ("rnn_relu", "stepwise_one_unit_per_program"),
 ])
 def test_regularised_persistent_streamed_and_split(name, how):

@@ -137,7 +137,10 @@ def run_layer(
                                    record=record)
     T, B = x.shape[:2]
     xw, bias_hn = input_projection(cfg, x, weights)
-    lens = torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None else lengths.to(torch.int32)
+    # a length beyond T means every step is real, as in the reference loop; clamped, so that no
+    # kernel reads past step T - 1 (fgr's previous gates of a reversed row's first step)
+    lens = (torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None
+            else lengths.clamp(max=T).to(torch.int32))
     lstm = cfg.family == "lstm"
     fgr = lstm and cfg.variant == "fgr"
 

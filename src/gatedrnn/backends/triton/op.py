@@ -200,7 +200,7 @@ def _gate_weight_grad(d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool) 
         previous[1:] = gates[:-1]
     t_prev = torch.arange(T, device=gates.device) + (1 if reverse else -1)
     ran = (t_prev[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1); t_prev = -1 is already zero
-    previous = torch.where(ran, previous, torch.zeros_like(previous))
+    previous.masked_fill_(~ran, 0)
     return d.reshape(T * B, -1).t().to(gates.dtype).matmul(previous.reshape(T * B, -1))
 
 
