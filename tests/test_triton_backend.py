@@ -437,8 +437,7 @@ def test_supports_every_variant(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.zeros(1, dtype=torch.float32)
     cfgs = [CellConfig("lstm", 4, variant=v, layer_norm=ln, proj_size=p)
-            for v in LSTM_VARIANTS
-            for ln in (False, True) for p in (0, 2)]
+            for v in LSTM_VARIANTS for ln in (False, True) for p in (0, 2)]
     cfgs += [CellConfig("gru", 4, reset_after=ra, layer_norm=ln) for ra in (False, True) for ln in (False, True)]
     cfgs += [CellConfig("rnn", 4, nonlinearity=n) for n in ("tanh", "relu")]
     for cfg in cfgs:

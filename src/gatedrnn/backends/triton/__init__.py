@@ -17,14 +17,13 @@ Runs: LSTM (every variant: vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf, f
 projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), in float16,
 bfloat16, float32 (tf32 per ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation
 and cell state; under the interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for
-bfloat16). Zoneout (its
-sampled masks in training, its expectation in evaluation) and recurrent dropout run inside the
-kernels (:mod:`.kernels.noise`); calls that record the gates (or bring an LSTM zoneout mask for
-one state but not the other) run on the reference loop (same numbers, same autograd). Layer norm
-normalises each gate block over all H units, which the column split spreads over every program:
-its statistics are exchanged between programs with one more barrier per normalisation
-(:mod:`.kernels.layer_norm`). ``fgr``'s gate-to-gate recurrence, the previous step's saved
-(i, f, o) times ``weight_gg``, is a second product in the cell's phase, always streamed (its
+bfloat16). Zoneout (its sampled masks in training, its expectation in evaluation) and recurrent
+dropout run inside the kernels (:mod:`.kernels.noise`); calls that record the gates (or bring an
+LSTM zoneout mask for one state but not the other) run on the reference loop (same numbers, same
+autograd). Layer norm normalises each gate block over all H units, which the column split spreads
+over every program: its statistics are exchanged between programs with one more barrier per
+normalisation (:mod:`.kernels.layer_norm`). ``fgr``'s gate-to-gate recurrence, the previous step's
+saved (i, f, o) times ``weight_gg``, is a second product in the cell's phase, always streamed (its
 weight, padded to (4H, 4H), is four times ``weight_hh`` at R = H), and its gradient a second
 gather in the backward pass.
 
@@ -151,7 +150,7 @@ def run_layer(
     hs, c_final, *_ = recurrence(
         xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if lstm else None,
         given("weight_hh"), given("weight_hr", cfg.proj_size > 0), given("weight_ch", cfg.variant == "peephole"),
-        padded_gate_weight(weights["weight_gg"]).contiguous() if fgr else None, bias_hn,
+        padded_gate_weight(weights["weight_gg"]) if fgr else None, bias_hn,
         given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
         given("ln_bias_c", cfg.layer_norm and lstm), keep_h, keep_c, rmask, cfg.family, cfg.variant, cfg.reset_after,
         cfg.nonlinearity == "relu", float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),

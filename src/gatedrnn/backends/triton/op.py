@@ -49,8 +49,8 @@ def recurrence(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Forward recurrence: returns (hs (T+1, B, R), c_final (B, H) or empty, cs, gates, aux, hat,
     hatc, rstd), see :func:`.launch.forward` (``weight_gg``: fgr's, padded). ``ln_weight_hh`` given
-    means layer norm; ``zoneout`` 0, 1 or 2 (none, the sampled keeps ``keep_h`` / ``keep_c``, their expectation, held in
-    ``keep_h``); ``rmask`` the recurrent dropout mask (see :class:`.launch.NoiseBuffers`)."""
+    means layer norm; ``zoneout`` 0, 1 or 2 (none, the sampled keeps ``keep_h`` / ``keep_c``, their
+    expectation, held in ``keep_h``); ``rmask`` the recurrent dropout mask (see :class:`.launch.NoiseBuffers`)."""
     spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh, zoneout, rmask)
     ln = launch.LayerNormWeights(ln_weight_hh, ln_weight_c, ln_bias_c, eps)
     noise = launch.NoiseBuffers(keep_h, keep_c, rmask)
