@@ -50,6 +50,7 @@ CELLS = {  # --cells names -> (family, module keywords)
     "gru-ra0": ("gru", {"reset_after": False}),
     "gru-ra0-ln": ("gru", {"reset_after": False, "layer_norm": True}),
     **{f"lstm-{v}": ("lstm", {"variant": v}) for v in gatedrnn.config.LSTM_VARIANTS if v != "vanilla"},
+    "lstm-fgr-ln": ("lstm", {"variant": "fgr", "layer_norm": True}),
 }
 
 

@@ -83,7 +83,7 @@ def _compiled_runs(loop, monkeypatch):
 
 def _compiled_expected(cfg: CellConfig) -> bool:
     """Whether the compiled loops run this layer (in float32 and float64) when they are built."""
-    return cfg.family in ("lstm", "gru") and cfg.variant != "fgr"
+    return cfg.family in ("lstm", "gru")
 
 
 def _cells():
@@ -205,9 +205,10 @@ def test_batch_first_unbatched_and_long_sequence():
 @pytest.mark.parametrize("cls,kw", [
     (gatedrnn.LSTM, dict(layer_norm=True, variant="peephole", proj_size=2, zoneout=0.2)),
     (gatedrnn.LSTM, dict(layer_norm=True, variant="cifg", recurrent_dropout=0.3)),
+    (gatedrnn.LSTM, dict(layer_norm=True, variant="fgr", zoneout=0.2)),
     (gatedrnn.GRU, dict(layer_norm=True, reset_after=True, zoneout=0.2)),
     (gatedrnn.GRU, dict(reset_after=False, recurrent_dropout=0.3)),
-], ids=["lstm-peephole", "lstm-cifg", "gru-ra1-ln", "gru-ra0"])
+], ids=["lstm-peephole", "lstm-cifg", "lstm-fgr-ln", "gru-ra1-ln", "gru-ra0"])
 def test_long_sequences_match_in_every_gradient(cls, kw):
     """Long enough (37 steps, lengths down to 20) for the compiled loop's chunked weight gradient
     (16 steps a chunk) to cover several chunks and a partial one, in both directions."""
@@ -332,10 +333,10 @@ def _count_compiled_calls(monkeypatch) -> list[str]:
     (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True), "LSTMLoop"),
     (gatedrnn.LSTM, dict(variant="cifg", proj_size=2, zoneout=0.2), "LSTMLoop"),
     (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), "GRULoop"),
-    (gatedrnn.LSTM, dict(variant="fgr"), None),
+    (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True), "LSTMLoop"),
     (gatedrnn.RNN, dict(nonlinearity="relu"), None),
-], ids=["lstm-peephole-ln", "lstm-cifg", "gru-ra0-ln", "lstm-fgr", "rnn"])
-def test_the_compiled_loops_run_every_lstm_but_fgr_and_every_gru(loop, monkeypatch, cls, kw, expected):
+], ids=["lstm-peephole-ln", "lstm-cifg", "gru-ra0-ln", "lstm-fgr-ln", "rnn"])
+def test_the_compiled_loops_run_every_lstm_and_every_gru(loop, monkeypatch, cls, kw, expected):
     calls = _count_compiled_calls(monkeypatch)
     cls(I, H, bidirectional=True, backend="cpu", **kw)(torch.randn(T, B, I))
     assert calls == ([expected] * 2 if expected and loop == "compiled" else [])
@@ -345,7 +346,9 @@ def test_the_compiled_loops_run_every_lstm_but_fgr_and_every_gru(loop, monkeypat
 
 @pytest.mark.parametrize("hidden", [H, 21], ids=["H5", "H21"])
 @pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=3)),
-                                    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True))], ids=["lstm", "gru"])
+                                    (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True)),
+                                    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True))],
+                         ids=["lstm", "lstm-fgr", "gru"])
 def test_float32_loops_are_as_accurate_as_each_other(loop, cls, kw, hidden):
     """In float32 the compiled loops and the Python ones both stay close to the float64 reference
     (H = 21: rows longer than one float vector, with a partial one after it; two threads)."""
@@ -365,6 +368,8 @@ def test_float32_loops_are_as_accurate_as_each_other(loop, cls, kw, hidden):
     before = dict(_RUNS)
     error = max(map(rel_err, output_and_grads(module, torch.float32), output_and_grads(exact, torch.float64)))
     bound = 2e-5 if hidden == H else 5e-5  # float32 rounding grows with the row length (both loops alike)
+    if kw.get("variant") == "fgr":  # its layer-norm gains' gradients cancel more (up to 5e-5 in either loop)
+        bound = 1e-4
     assert error < bound, f"{loop} loop in float32: rel err {error:.1e} against float64"
     passes = 2 if loop == "compiled" else 0
     assert (_RUNS["forward"] - before["forward"], _RUNS["backward"] - before["backward"]) == (passes, passes)
@@ -401,10 +406,9 @@ def _row_tasks(batch: int, row_size: int, threads: int) -> int:
     return 1 if batch <= grain or threads < 2 else min(threads, -(-batch // grain))
 
 
-SPLIT = [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=True), id=f"lstm-{v}-ln") for v in LSTM_VARIANTS
-         if v != "fgr"]
+SPLIT = [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=True), id=f"lstm-{v}-ln") for v in LSTM_VARIANTS]
 SPLIT += [pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=7, bias=False), id=f"lstm-{v}-proj-nobias")
-          for v in LSTM_VARIANTS if v != "fgr"]
+          for v in LSTM_VARIANTS]
 SPLIT += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln), id=f"gru-ra{int(ra)}{'-ln' if ln else ''}")
           for ra in (True, False) for ln in (False, True)]
 

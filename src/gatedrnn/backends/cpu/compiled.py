@@ -10,9 +10,8 @@ when the layer has layer norm, so that no normalised copy of the whole sequence 
 compute what the Python loops compute and are tested against the reference loop in float64
 like them.
 
-They cover every LSTM variant but ``fgr`` (whose gate recurrence stays in :mod:`.lstm`) and both
-GRU forms, in float32 and float64, with layer norm, projection, peepholes, zoneout, packed lengths
-and recurrent dropout.
+They cover every LSTM variant (``fgr``'s gate recurrence included) and both GRU forms, in float32
+and float64, with layer norm, projection, peepholes, zoneout, packed lengths and recurrent dropout.
 
 Building needs a C++ compiler and ninja (a dependency of gatedrnn); it takes about 30 s once per
 machine, torch version and source, in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by
@@ -43,7 +42,7 @@ from torch import Tensor
 
 from ...config import CellConfig
 from .function import Plan
-from .lstm import Layout
+from .lstm import Layout, gate_weight_grad
 
 ENV = "GATEDRNN_CPU_COMPILED"
 _SOURCE_DIR = Path(__file__).with_name("csrc")
@@ -199,9 +198,9 @@ def _warn_once(reason: str) -> None:
 @torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
 def loop_for(cfg: CellConfig, dtype: torch.dtype) -> type | None:
     """The compiled loop that runs this layer (building the loops on first use), or None: the
-    LSTM's for every variant but fgr, the GRU's for both reset forms, in float32 and float64."""
+    LSTM's for every variant, the GRU's for both reset forms, in float32 and float64."""
     family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.family)
-    if family is None or cfg.variant == "fgr" or dtype not in _DTYPES or disabled():
+    if family is None or dtype not in _DTYPES or disabled():
         return None
     reason = unavailable_reason()
     if reason is not None:
@@ -220,11 +219,11 @@ def _layout(cfg: CellConfig) -> list[int]:
 
 def _weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
     return [w["weight_hh"], w.get("in_gain"), w.get("in_bias"), w["rec_gain"], w["weight_ch"], w["ln_weight_c"],
-            w["ln_bias_c"], w["weight_hr"]]
+            w["ln_bias_c"], w["weight_hr"], w["weight_gg"]]
 
 
 def _masks(plan: Plan) -> list[Tensor | None]:
-    return [plan.keep_h, plan.keep_c, plan.recurrent_mask]
+    return [plan.keep_h, plan.keep_c, plan.recurrent_mask, plan.active]
 
 
 def _present(grads: dict[str, Tensor], w: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
@@ -268,11 +267,14 @@ class LSTMLoop:
         d_out, d_hn, d_cn = grads
         d_out = d_out if plan.active is None else d_out * plan.active
         s = [saved[k] for k in _SAVED]
-        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias = (
+        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gates = (
             torch.ops.gatedrnn_cpu.lstm_backward(d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan),
                                                  _layout(plan.cfg), plan.reverse))
         present = {"rec_gain": d_gain, "weight_ch": d_peep, "ln_weight_c": d_ln_w, "ln_bias_c": d_ln_b,
                    "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias}
+        if w["weight_gg"] is not None:  # d_gates: at the (i, f, o) pre-activations (d_z's own without layer norm)
+            d_gates = d_gates if d_gates.numel() else d_z[..., : 3 * plan.cfg.hidden_size]
+            present["weight_gg"] = gate_weight_grad(plan, d_gates, saved["acts"])
         return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh, **_present(present, w)}
 
 

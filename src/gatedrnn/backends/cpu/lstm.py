@@ -139,16 +139,17 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor]
     return outputs, saved
 
 
-def _previous_gates(plan: Plan, acts: Tensor, H: int) -> Tensor:
-    """q_{t-1} for every step: the (i, f, o) activations of the step before (zero before the first
-    and after inactive steps), (T, B, 3H)."""
-    q = acts[..., : 3 * H] if plan.active is None else acts[..., : 3 * H] * plan.active
-    prev = torch.zeros_like(q)
-    if plan.reverse:
-        prev[:-1] = q[1:]
-    else:
-        prev[1:] = q[:-1]
-    return prev
+def gate_weight_grad(plan: Plan, d_gates: Tensor, acts: Tensor) -> Tensor:
+    """:math:`\\delta W_{gg} = \\sum_t \\delta z_{i,f,o,t}^\\top q_{t-1}` (3H, 3H), from the gradient at the
+    (i, f, o) pre-activations ``d_gates`` (T, B, 3H) and the activations ``acts`` (T, B, G*H):
+    q_{t-1} is the (i, f, o) activations of the step before t (t - 1, or t + 1 in reverse), zero
+    after an inactive step; the first step has none. One product of shifted views (no copy
+    unless there are inactive steps)."""
+    q = acts[..., : 3 * plan.cfg.hidden_size]
+    if plan.active is not None:
+        q = q * plan.active
+    later, earlier = (slice(0, -1), slice(1, None)) if plan.reverse else (slice(1, None), slice(0, -1))
+    return d_gates[later].flatten(0, 1).t().mm(q[earlier].flatten(0, 1))
 
 
 def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]) -> dict[str, Tensor]:
@@ -221,7 +222,7 @@ def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: 
         d_if = (d_z[..., : 2 * H].unflatten(-1, (2, H)) * cells[plan.prev_slice].unsqueeze(2)).sum((0, 1))
         grads["weight_ch"] = torch.cat([d_if.flatten(), (d_z[..., lay.o] * c_new).sum((0, 1))])
     if fgr:
-        grads["weight_gg"] = d_z[..., : 3 * H].flatten(0, 1).t().mm(_previous_gates(plan, acts, H).flatten(0, 1))
+        grads["weight_gg"] = gate_weight_grad(plan, d_z[..., : 3 * H], acts)
     if d_ln is not None:
         mean, rstd = saved["c_mean"], saved["c_rstd"]
         grads["ln_weight_c"] = sum(((d_ln[c] * (c_new[c] - mean[c])).mul_(rstd[c])).sum((0, 1)) for c in chunks(T))

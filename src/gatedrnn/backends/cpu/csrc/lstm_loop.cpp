@@ -1,13 +1,16 @@
 // The LSTM's forward and backward passes through time, compiled: the loops of
-// gatedrnn/backends/cpu/lstm.py (whose docstring has the equations) for every variant but fgr,
-// with recurrent and cell layer norm, peepholes, projection, zoneout / length masks and
-// recurrent dropout. One call runs a whole layer and direction; only the matrix products go
+// gatedrnn/backends/cpu/lstm.py (whose docstring has the equations) for every variant, with
+// recurrent and cell layer norm, peepholes, fgr's gate recurrence, projection, zoneout / length
+// masks and recurrent dropout. One call runs a whole layer and direction; only the matrix products go
 // through ATen, the gate math of a step is one pass per batch row, vectorised with ATen's
 // Vectorized (Sleef's exp and tanh), with no Python and no temporary tensors in the loop.
 //
 // Shapes: T steps, B batch, H hidden, R = output size (H, or the projection's), G gate blocks of
 // H columns in the backend's order (the variant's sigmoid gates among i, f, o, then g).
 // Carried states live in (T+1, B, .) buffers: step t reads slot prev(t) and writes new(t).
+// fgr's gate recurrence adds q_{t-1} W_gg^T to the (i, f, o) pre-activations (columns [0, 3H)),
+// q_{t-1} being the previous step's (i, f, o) activations, zero before the first step and after
+// an inactive one (the `active` mask, 1 where t < length).
 
 #include "common.h"
 
@@ -28,6 +31,12 @@ struct Layout {
   }
 };
 
+// fgr's gate recurrence reads and writes columns [0, 3H) as (i, f, o): the backend's order.
+inline void check_gate_recurrence(const Layout& L, bool fgr, int64_t H) {
+  TORCH_CHECK(!fgr || (L.i == 0 && L.f == H && L.o == 2 * H && L.sig_first == 3 * H),
+              "gatedrnn: weight_gg needs the (i, f, o) blocks at columns 0, H, 2H");
+}
+
 // The weights a step reads, as raw pointers (null where the configuration has none). With layer
 // norm, in_gain / in_bias (the input blocks' gain, every bias summed) and rec_gain come together.
 template <typename T>
@@ -46,10 +55,12 @@ struct Weights {
 // (a, G*H), the new cell c, the layer norms' statistics, and h before the projection. Without
 // layer norm xw is the input part with the bias; with it, xw is the plain product x W^T and
 // a = LN(xw) in_gain + in_bias + LN(raw) rec_gain block by block (normed keeps LN(raw), rstd its
-// 1/sigma, in_stats the input blocks' (mean, 1/sigma)).
+// 1/sigma, in_stats the input blocks' (mean, 1/sigma)). gate_rec, for fgr after its first step,
+// is the row's q_{t-1} W_gg^T (3H), added to the (i, f, o) blocks after the layer norms.
 template <typename T>
 void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, double eps, T* a, const T* xw,
-                 const T* raw, T* normed, T* rstd, T* in_stats, const T* c_prev, T* c, T* c_stats, T* h, T* y) {
+                 const T* raw, T* normed, T* rstd, T* in_stats, const T* gate_rec, const T* c_prev, T* c,
+                 T* c_stats, T* h, T* y) {
   if (w.rec_gain != nullptr) {
     for (int64_t k = 0; k < G; ++k) {
       const int64_t off = k * H;
@@ -62,6 +73,7 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
   } else {  // a = xw + raw
     at::vec::map2([](Vec<T> x, Vec<T> r) { return x + r; }, a, xw, raw, G * H);
   }
+  if (gate_rec != nullptr) at::vec::map2([](Vec<T> x, Vec<T> r) { return x + r; }, a, a, gate_rec, 3 * H);
   if (L.peephole) {
     accumulate_product(a + L.i, w.peep, c_prev, H);
     accumulate_product(a + L.f, w.peep + H, c_prev, H);
@@ -98,9 +110,9 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
 
 std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tensor& c0, const Tensor& weight_hh,
                                  const OptTensor& in_gain_, const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& peep_, const OptTensor& ln_w_,
-                                 const OptTensor& ln_b_, const OptTensor& weight_hr_, const OptTensor& keep_h,
-                                 const OptTensor& keep_c, const OptTensor& rec_mask_, at::IntArrayRef layout,
-                                 bool reverse, double eps) {
+                                 const OptTensor& ln_b_, const OptTensor& weight_hr_, const OptTensor& weight_gg_,
+                                 const OptTensor& keep_h, const OptTensor& keep_c, const OptTensor& rec_mask_,
+                                 const OptTensor& active, at::IntArrayRef layout, bool reverse, double eps) {
   const Layout L(layout);
   const Tensor xw = xw_.contiguous();
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
@@ -110,8 +122,10 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
   const Slots slot{T, reverse};
   const auto opts = xw.options();
   const bool proj = weight_hr.has_value(), norm = rec_gain.has_value(), cell_norm = ln_w.has_value();
+  const bool fgr = weight_gg_.has_value();
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value(),
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
+  check_gate_recurrence(L, fgr, H);
 
   Tensor states = at::empty({T + 1, B, R}, opts), cells = at::empty({T + 1, B, H}, opts);
   states.select(0, slot.prev(slot.step(0))).copy_(h0);
@@ -129,6 +143,9 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
   // the transposed weights made contiguous once: a product with a plain (not transposed) right
   // operand is 20-30% faster at these shapes (B rows against G*H columns)
   const Tensor weight_t = weight_hh.t().contiguous(), proj_t = proj ? weight_hr->t().contiguous() : Tensor();
+  const Tensor gg_t = fgr ? weight_gg_->t().contiguous() : Tensor();  // W_gg^T (3H, 3H)
+  Tensor q = fgr ? at::zeros({B, 3 * H}, opts) : Tensor();             // q_{t-1}
+  Tensor gate_rec = fgr ? at::empty({B, 3 * H}, opts) : Tensor();      // q_{t-1} W_gg^T
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gatedrnn_lstm_forward", [&] {
@@ -141,6 +158,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
       const Tensor c = keep_c ? c_new.select(0, t) : c_next;
       const Tensor h = proj ? h_hat.select(0, t) : (keep_h ? h_tmp : h_next);  // h before projection and blend
       const Tensor h_out = keep_h ? h_tmp : h_next;                                 // h before the blend
+      const bool gate_recurrence = fgr && k > 0;  // q_{t-1} is zero at the first step
       // one parallel region per step: each task runs its rows' product, gate math, projection, blend
       parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
@@ -150,12 +168,17 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
           h_in = at::mul_out(out, h_in, rows(*rec_mask));
         }
         at::mm_out(raw_rows, h_in, weight_t);
+        if (gate_recurrence) {
+          Tensor out = rows(gate_rec);
+          at::mm_out(out, rows(q), gg_t);
+        }
         std::vector<scalar> y(H);
         for (int64_t b = begin; b < end; ++b) {
           forward_row(L, w, H, G, eps, ptr<scalar>(a) + b * GH, ptr<scalar>(xw) + (t * B + b) * GH,
                       ptr<scalar>(raw) + b * GH, norm ? ptr<scalar>(normed) + (t * B + b) * GH : nullptr,
                       norm ? ptr<scalar>(rstd) + (t * B + b) * G : nullptr,
-                      norm ? ptr<scalar>(in_stats) + (t * B + b) * G * 2 : nullptr, ptr<scalar>(c_prev) + b * H,
+                      norm ? ptr<scalar>(in_stats) + (t * B + b) * G * 2 : nullptr,
+                      gate_recurrence ? ptr<scalar>(gate_rec) + b * 3 * H : nullptr, ptr<scalar>(c_prev) + b * H,
                       ptr<scalar>(c) + b * H, cell_norm ? ptr<scalar>(c_stats) + (t * B + b) * 2 : nullptr,
                       ptr<scalar>(h) + b * H, y.data());
         }
@@ -170,6 +193,10 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
         if (keep_c) {
           Tensor out = rows(c_next);
           at::lerp_out(out, rows(c), rows(c_prev), rows(keep_c->select(0, t)));
+        }
+        if (fgr && k < T - 1) {  // q_t for the next step: this step's (i, f, o), zero on an inactive row
+          Tensor out = rows(q), gates = rows(a).narrow(1, 0, 3 * H);
+          active ? at::mul_out(out, gates, rows(active->select(0, t))) : out.copy_(gates);
         }
       });
     }
@@ -203,11 +230,14 @@ struct RowScratch {
 // that enters the step, writes the gradient d (G*H) at the pre-activations (with layer norm: at
 // the input product x W^T, whose row is xw) and d_raw at the recurrent product, the gradient of
 // c_{t-1} that passes through the step (dc_prev), and adds this row's share of the parameter
-// gradients to ``s``.
+// gradients to ``s``. For fgr, dq (when a later step read this one's gates) is the gradient at
+// q_t, added to those of the (i, f, o) activations, and d_gates (with layer norm, where d becomes
+// the gradient at x W^T) receives the gradient at their pre-activations.
 template <typename T>
 void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, const T* a, T* d, T* d_raw,
                   const T* xw, const T* normed, const T* rstd, const T* in_stats, const T* c, const T* c_prev,
-                  const T* c_stats, const T* dh, const T* dc_in, T* dc_prev, RowScratch<T>& s) {
+                  const T* c_stats, const T* dh, const T* dc_in, const T* dq, T* d_gates, T* dc_prev,
+                  RowScratch<T>& s) {
   using V = Vec<T>;
   const V one(T(1));
   T* y = s.y.data();
@@ -221,8 +251,13 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
     std::copy(c, c + H, y);
   }
   if (L.tanh_y) tanh_inplace(y, H);
-  if (L.o >= 0) {  // do = dh y sigma'(o); dy = dh o
-    at::vec::map3([one](V g, V yy, V o) { return g * yy * o * (one - o); }, d + L.o, dh, y, a + L.o, H);
+  if (L.o >= 0) {  // do = (dh y [+ dq_o]) sigma'(o); dy = dh o
+    if (dq != nullptr) {
+      at::vec::map4([one](V g, V yy, V q, V o) { return (g * yy + q) * o * (one - o); }, d + L.o, dh, y, dq + L.o,
+                    a + L.o, H);
+    } else {
+      at::vec::map3([one](V g, V yy, V o) { return g * yy * o * (one - o); }, d + L.o, dh, y, a + L.o, H);
+    }
     at::vec::map2([](V g, V o) { return g * o; }, d_c, dh, a + L.o, H);
   } else {
     std::copy(dh, dh + H, d_c);
@@ -249,6 +284,7 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
     if (L.f >= 0) at::vec::map2([](V dct, V cp) { return dct * cp; }, d + L.f, dc_tot, c_prev, H);
   }
   const int64_t sig_if = H * ((L.i >= 0) + (L.f >= 0));  // the i and f blocks come first
+  if (dq != nullptr) at::vec::map2([](V gr, V q) { return gr + q; }, d, d, dq, sig_if);
   at::vec::map2([one](V gr, V s_) { return gr * s_ * (one - s_); }, d, d, a, sig_if);
   if (L.tanh_g) at::vec::map2([one](V gr, V gg) { return gr * (one - gg * gg); }, dg, dg, g, H);
   if (L.f >= 0) {
@@ -263,6 +299,7 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
     accumulate_product(s.d_peep.data() + H, d + L.f, c_prev, H);
     accumulate_product(s.d_peep.data() + 2 * H, d + L.o, c, H);
   }
+  if (d_gates != nullptr) std::copy(d, d + 3 * H, d_gates);
   if (w.rec_gain != nullptr) {  // through both layer norms, block by block
     T* scaled = s.scaled.data();
     T* xn = s.normed_in.data();
@@ -285,8 +322,9 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
                                   const Tensor& weight_hh, const OptTensor& in_gain_, const OptTensor& in_bias_,
                                   const OptTensor& rec_gain_,
                                   const OptTensor& peep_, const OptTensor& ln_w_, const OptTensor& ln_b_,
-                                  const OptTensor& weight_hr_, const OptTensor& keep_h, const OptTensor& keep_c,
-                                  const OptTensor& rec_mask_, at::IntArrayRef layout, bool reverse) {
+                                  const OptTensor& weight_hr_, const OptTensor& weight_gg_, const OptTensor& keep_h,
+                                  const OptTensor& keep_c, const OptTensor& rec_mask_, const OptTensor& active,
+                                  at::IntArrayRef layout, bool reverse) {
   const Layout L(layout);
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
                   peep = contiguous(peep_), ln_w = contiguous(ln_w_), ln_b = contiguous(ln_b_),
@@ -302,6 +340,9 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value(),
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
   TORCH_CHECK(norm == xw.has_value(), "gatedrnn: the backward pass needs x W^T with layer norm only");
+  const OptTensor weight_gg = contiguous(weight_gg_);
+  const bool fgr = weight_gg.has_value();
+  check_gate_recurrence(L, fgr, H);
   Tensor d_z = at::empty({T, B, GH}, opts);  // at the pre-activations (= at xw); with layer norm at x W^T
   // The gradient at the recurrent product h_{t-1} U^T, for dh and for dU = sum_t d_raw_t^T h_{t-1}.
   // Without layer norm it is d_z itself, and dU is one product after the loop. With it, it is a
@@ -318,6 +359,11 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   Tensor gh = at::empty({B, R}, opts), dh_next = at::empty({B, R}, opts), dc_next = at::empty({B, H}, opts);
   const int64_t threads = at::get_num_threads();
   std::vector<Tensor> scratch_sums;
+  // fgr: the gradient at the (i, f, o) pre-activations of every step, for the gradient of q_{t-1}
+  // (dq, one step) and for dW_gg after the loop (by the caller): d_z itself without layer norm
+  Tensor d_gates = fgr && norm ? at::empty({T, B, 3 * H}, opts) : at::empty({0}, opts);
+  const Tensor d_gates_seq = fgr ? (norm ? d_gates : d_z.narrow(2, 0, 3 * H)) : Tensor();
+  Tensor dq = fgr ? at::empty({B, 3 * H}, opts) : Tensor();
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gatedrnn_lstm_backward", [&] {
@@ -339,10 +385,14 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       const scalar* x = norm ? ptr<scalar>(xw) + t * B * GH : nullptr;
       const scalar* cs = cell_norm ? ptr<scalar>(c_stats) + t * B * 2 : nullptr;
       const Tensor d_out_t = d_out_c.select(0, t), d_raw_t = d_raw.select(0, chunks.slot(t));
+      const bool read_later = fgr && k < T - 1;  // a later step's gate recurrence read q_t
+      scalar* dqp = read_later ? ptr<scalar>(dq) : nullptr;
+      scalar* dg = fgr && norm ? ptr<scalar>(d_gates) + t * B * 3 * H : nullptr;
       // one parallel region per step, as in the forward pass
       parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         RowScratch<scalar>& s = scratch[at::get_thread_num()];
+        if (read_later && active) rows(dq).mul_(rows(active->select(0, t)));  // q_t is zero where t is inactive
         Tensor g = rows(gh);
         at::add_out(g, rows(dh), rows(d_out_t));  // the gradient at the carried h_t
         Tensor dh_step = g, dh_old, dc_step = rows(dc), dc_old;
@@ -368,7 +418,12 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
           backward_row(L, w, H, G, a + b * GH, d + b * GH, dr + b * GH, x ? x + b * GH : nullptr,
                        nrm ? nrm + b * GH : nullptr,
                        rs ? rs + b * G : nullptr, ins ? ins + b * G * 2 : nullptr, c + b * H, cp + b * H, cs ? cs + 2 * b : nullptr,
-                       dhp + (b - begin) * H, dcp + (b - begin) * H, dcn + b * H, s);
+                       dhp + (b - begin) * H, dcp + (b - begin) * H, dqp ? dqp + b * 3 * H : nullptr,
+                       dg ? dg + b * 3 * H : nullptr, dcn + b * H, s);
+        }
+        if (fgr && k > 0) {  // the gradient at q_{t-1}, for the step before
+          Tensor out = rows(dq);
+          at::mm_out(out, rows(d_gates_seq.select(0, t)), *weight_gg);
         }
         Tensor dh_rows = rows(dh_next);
         at::mm_out(dh_rows, rows(d_raw_t), weight_hh);
@@ -393,7 +448,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   if (!norm) d_weight_hh = d_raw.view({T * B, GH}).t().mm(inputs.reshape({T * B, R}));
   Tensor d_weight_hr = proj ? d_h_new.view({T * B, R}).t().mm(h_hat->view({T * B, H})) : at::empty({0}, opts);
   return {d_z, dh, dc, d_weight_hh, scratch_sums[0], scratch_sums[1], scratch_sums[2], scratch_sums[3], d_weight_hr,
-          scratch_sums[4], scratch_sums[5]};
+          scratch_sums[4], scratch_sums[5], d_gates};
 }
 
 }  // namespace
@@ -401,12 +456,13 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
 TORCH_LIBRARY(gatedrnn_cpu, m) {
   m.def("lstm_forward(Tensor xw, Tensor h0, Tensor c0, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, "
         "Tensor? rec_gain, Tensor? peep, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, "
-        "Tensor? keep_h, Tensor? keep_c, Tensor? recurrent_mask, int[] layout, bool reverse, float eps) -> Tensor[]");
+        "Tensor? weight_gg, Tensor? keep_h, Tensor? keep_c, Tensor? recurrent_mask, Tensor? active, int[] layout, "
+        "bool reverse, float eps) -> Tensor[]");
   m.def("lstm_backward(Tensor d_out, Tensor d_hn, Tensor d_cn, Tensor? xw, Tensor states, Tensor cells, "
         "Tensor acts, Tensor? c_new, Tensor? h_hat, Tensor? normed, Tensor? rstd, Tensor? in_stats, "
         "Tensor? c_stats, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, Tensor? rec_gain, Tensor? peep, "
-        "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, Tensor? keep_h, Tensor? keep_c, "
-        "Tensor? recurrent_mask, int[] layout, bool reverse) -> Tensor[]");
+        "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, Tensor? weight_gg, Tensor? keep_h, "
+        "Tensor? keep_c, Tensor? recurrent_mask, Tensor? active, int[] layout, bool reverse) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gatedrnn_cpu, CPU, m) {
