@@ -60,6 +60,65 @@ def test_out_that_is_a_file_is_refused(capsys, tmp_path):
     assert f"--out must be a directory, but {path} is a file" in line
 
 
+def _finished_run(capsys, out) -> list[str]:
+    """Train a tiny run into ``out``; returns its command line (without ``--out``)."""
+    argv = ["train", "--task", "adding-modern", *TINY]
+    assert main([*argv, "--out", str(out)]) == 0
+    capsys.readouterr()
+    return argv
+
+
+def test_a_second_run_into_a_run_directory_needs_resume_or_overwrite(capsys, tmp_path):
+    out = tmp_path / "run"
+    argv = _finished_run(capsys, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    line = one_error_line(capsys, [*argv, "--steps", "10", "--out", str(out)])
+    assert f"{out} already holds a run (its checkpoint is at step 20)" in line
+    assert "--resume" in line and "--overwrite" in line
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the refused run changed the files"
+    assert "not allowed with argument" in one_error_line(capsys, [*argv, "--out", str(out), "--resume", "--overwrite"])
+    assert main([*argv, "--steps", "10", "--out", str(out), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 10
+    assert json.loads((out / "checkpoint.json").read_text())["step"] == 10
+
+
+def _damage(out, how: str) -> None:
+    pointer = out / "checkpoint.json"
+    tensors = out / json.loads(pointer.read_text())["tensors"]
+    if how == "json-syntax":
+        pointer.write_text("{bad json")
+    elif how == "json-list":
+        pointer.write_text("[]")
+    elif how == "json-no-rng":
+        meta = json.loads(pointer.read_text())
+        del meta["rng"]
+        pointer.write_text(json.dumps(meta))
+    elif how == "rng-truncated":
+        meta = json.loads(pointer.read_text())
+        meta["rng"]["torch"] = meta["rng"]["torch"][:10]
+        pointer.write_text(json.dumps(meta))
+    elif how == "tensors-truncated":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    elif how == "tensors-missing":
+        tensors.unlink()
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("json-syntax", "checkpoint.json: JSONDecodeError"),
+    ("json-list", "expected a JSON object, got list"),
+    ("json-no-rng", "has no 'rng' entry"),
+    ("rng-truncated", "its checkpoint is damaged or from another program (RuntimeError"),
+    ("tensors-truncated", ".safetensors (named by"),
+    ("tensors-missing", ".safetensors (named by"),
+])
+def test_resuming_a_damaged_checkpoint_says_what_is_wrong_in_one_line(capsys, tmp_path, how, expected):
+    out = tmp_path / "run"
+    argv = _finished_run(capsys, out)
+    _damage(out, how)
+    line = one_error_line(capsys, [*argv, "--steps", "30", "--out", str(out), "--resume"])
+    assert line.startswith(f"error: cannot resume {out}: ") and expected in line, line
+
+
 def test_train_writes_its_files_and_a_json_summary_last(capsys, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--task", "adding-modern", "--cell", "gru", *TINY, "--out", str(out), "--json"]) == 0
@@ -115,3 +174,11 @@ def test_python_dash_m_and_the_console_script(tmp_path):
     assert "Traceback" not in ran.stderr
     ran = subprocess.run([sys.executable, "-m", "gatedrnn", "--help"], capture_output=True, text=True)
     assert ran.returncode == 0 and all(c in ran.stdout for c in ("train", "compare", "reproduce", "gates", "demo"))
+
+
+def test_version(capsys):
+    import gatedrnn
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"gatedrnn {gatedrnn.__version__}"

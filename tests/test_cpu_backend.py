@@ -469,3 +469,47 @@ def test_an_empty_batch_runs_as_the_reference_does(cls, kw):
     out, final, _ = cpu_backend.run_layer(module.cell_config, x, state, w)
     assert out.shape == (T, 0, module.cell_config.output_size)
     assert [f.shape for f in final] == [s.shape for s in state]
+
+
+@pytest.mark.parametrize("cls,kw", [
+    (gatedrnn.GRU, dict(layer_norm=True)),
+    (gatedrnn.LSTM, dict(variant="peephole", bidirectional=True)),
+    (gatedrnn.LSTM, dict(variant="fgr", backend="reference")),
+    (gatedrnn.LSTMCell, dict(layer_norm=True)),
+    (gatedrnn.GRUCell, dict(backend="reference")),
+], ids=["gru-ln", "lstm-peephole", "lstm-fgr-reference", "lstmcell-ln", "grucell"])
+def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw):
+    """Under CPU autocast (bfloat16) a module computes as without it, in float32, and returns the
+    input's dtype, as torch.nn's recurrent modules do; the gradients reach the float32 weights."""
+    torch.manual_seed(0)
+    module = cls(I, H, **kw)
+    x = torch.randn(B, I) if "Cell" in cls.__name__ else torch.randn(T, B, I)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    expected = first(module(x))
+    for given in (x, x.bfloat16()):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = first(module(given))
+        assert out.dtype == given.dtype
+        want = expected if given.dtype == torch.float32 else first(module(given.float())).bfloat16()
+        assert torch.equal(out, want)
+        module.zero_grad()
+        out.float().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
+
+
+def test_second_derivatives_are_refused_with_the_way_out():
+    """The fused backward is first order: asking it for a graph (create_graph=True) raises rather
+    than give None or zero second derivatives; the reference backend it names has them."""
+    torch.manual_seed(0)
+    module = gatedrnn.LSTM(I, H, variant="peephole", backend="cpu", dtype=torch.float64)
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first derivatives only.*backend='reference'"):
+        torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    (first,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x)  # first order still works
+    module.backend = "reference"
+    (graph,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    assert torch.allclose(graph, first, rtol=1e-10)
+    assert all(g is not None for g in torch.autograd.grad(graph.pow(2).sum(), list(module.parameters())))

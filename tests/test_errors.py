@@ -15,8 +15,8 @@ import gatedrnn
     (dict(hidden_size=4.0), TypeError, "hidden_size must be an int, got float"),
     (dict(input_size=0), ValueError, "input_size must be a positive integer, got 0"),
     (dict(num_layers=0), ValueError, "num_layers must be a positive integer, got 0"),
-    (dict(dropout=1.0), ValueError, r"dropout must be in \[0, 1\), got 1.0"),
-    (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\), got -0.1"),
+    (dict(dropout=1.5), ValueError, r"dropout must be in \[0, 1\], got 1.5"),
+    (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\], got -0.1"),
     (dict(proj_size=8), ValueError, r"proj_size must be 0 \(no projection\) or in \[1, hidden_size=8\), got 8"),
     (dict(proj_size=-1), ValueError, "proj_size must be 0"),
     (dict(zoneout=1.5), ValueError, r"zoneout must be in \[0, 1\], got 1.5"),
@@ -155,3 +155,17 @@ def test_empty_batch_and_zero_length_sequences(cls, kw, bidirectional):
     hx = (h0, torch.randn(2 * D, 2, 4)) if cls is gatedrnn.LSTM else h0
     _, state = m(torch.randn(0, 2, 3), hx)
     assert torch.equal(state[0] if isinstance(state, tuple) else state, h0), "zero steps leave the state as given"
+
+
+def test_what_torch_nn_accepts_is_accepted_too():
+    """torch.nn's constructor takes an int for bidirectional (not for bias or batch_first; its
+    forward then fails, ours runs) and dropout=1 (every lower layer's output dropped)."""
+    torch.manual_seed(0)
+    ours = gatedrnn.LSTM(3, 4, num_layers=2, bidirectional=1, dropout=1.0)
+    theirs = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, dropout=1.0)
+    theirs.load_state_dict(ours.state_dict())
+    assert ours.bidirectional is True and ours.dropout == 1.0
+    x = torch.randn(5, 2, 3)
+    for mode in (True, False):
+        a, b = ours.train(mode)(x), theirs.train(mode)(x)
+        assert torch.allclose(a[0], b[0], atol=1e-6) and all(torch.allclose(s, t, atol=1e-6) for s, t in zip(a[1], b[1]))

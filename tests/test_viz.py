@@ -349,9 +349,11 @@ def test_a_training_run_loads_and_exports_to_the_same_model(tmp_path):
     path = export_char_model(run, stem, {"valid_bpc": 4.0}, "gatedrnn train ...")
     assert json.loads(stem.with_suffix(".json").read_text())["command"] == "gatedrnn train ..."
     from_run, exported = load_char_model(run), load_char_model(path)
-    a, b = from_run.record(SENTENCE), exported.record(SENTENCE)
+    from_tensors = load_char_model(next(run.glob("checkpoint-*.safetensors")))  # the run's own file, as --model says
+    a, b, c = from_run.record(SENTENCE), exported.record(SENTENCE), from_tensors.record(SENTENCE)
     for name in ("i", "f", "c", "h"):
         np.testing.assert_array_equal(a.layers[0][name], b.layers[0][name])
+        np.testing.assert_array_equal(a.layers[0][name], c.layers[0][name])
     assert path.stat().st_mode & 0o044 == 0o044  # readable by every user once installed
     # only the model's tensors are shipped, not the optimiser's moments
     assert path.stat().st_size < 0.5 * next(run.glob("checkpoint-*.safetensors")).stat().st_size

@@ -18,7 +18,10 @@ def positive_int(owner: str, name: str, value: object) -> int:
     return value
 
 
-def flag(owner: str, name: str, value: object) -> bool:
+def flag(owner: str, name: str, value: object, *, int_ok: bool = False) -> bool:
+    """A bool; with ``int_ok`` also the ints 0 and 1 (torch.nn takes ``bidirectional=1``)."""
+    if int_ok and isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
     if not isinstance(value, bool):
         raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
     return value
@@ -68,6 +71,15 @@ def forget_bias(owner: str, value: object, *, bias: bool, has_forget_gate: bool)
     return float(value)
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` ("cpu", "cuda", ...); torch before 2.4
+    takes no device and answers for CUDA."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return device_type == "cuda" and torch.is_autocast_enabled()
+
+
 def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``value`` must be a floating-point tensor of the parameters' dtype and device."""
     if not isinstance(value, Tensor):
@@ -76,7 +88,7 @@ def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, devic
         raise TypeError(
             f"{owner}: expected {name} to be a floating-point tensor of dtype {dtype}, got dtype {value.dtype}"
         )
-    if value.dtype != dtype and not torch.is_autocast_enabled():
+    if value.dtype != dtype and not autocast_on(value.device.type):
         raise TypeError(
             f"{owner}: {name} has dtype {value.dtype} but the parameters are {dtype}; "
             f"convert the tensor with .to({dtype}) or the module with .to({value.dtype})"

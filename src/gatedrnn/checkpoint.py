@@ -26,10 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 POINTER = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: missing, truncated or not what :func:`save` writes."""
 
 
 @dataclass
@@ -121,11 +126,34 @@ def exists(directory: str | Path) -> bool:
 
 
 def load(directory: str | Path) -> Checkpoint:
-    """Read the last complete checkpoint in ``directory`` (tensors on the CPU)."""
+    """Read the last complete checkpoint in ``directory`` (tensors on the CPU); raises
+    :class:`CheckpointError` saying what is wrong when the files are missing or damaged."""
     directory = Path(directory)
-    meta = json.loads((directory / POINTER).read_text())
-    tensors = load_file(str(directory / meta["tensors"]))
+    pointer = directory / POINTER
+    try:
+        meta = json.loads(pointer.read_text())
+        if not isinstance(meta, dict):
+            raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
+        tensor_path = directory / str(meta["tensors"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"cannot read {pointer}: {_reason(e)}") from e
+    try:
+        tensors = load_file(str(tensor_path))
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot read {tensor_path} (named by {pointer}): {_reason(e)}") from e
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
-    return Checkpoint(step=meta["step"], model=model, optimizer=_join_optimizer(optim, meta["optimizer"]),
-                      rng=meta["rng"], extra=meta["extra"])
+    try:
+        return Checkpoint(step=int(meta["step"]), model=model, optimizer=_join_optimizer(optim, meta["optimizer"]),
+                          rng=dict(meta["rng"]), extra=dict(meta["extra"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{pointer} is not a checkpoint gatedrnn wrote: {_reason(e)}") from e
+
+
+def _reason(error: Exception) -> str:
+    """An exception as a short clause: a missing key says so, others their type and message."""
+    if isinstance(error, KeyError):
+        return f"it has no {error.args[0]!r} entry"
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    return f"{type(error).__name__}: {error}"

@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import checkpoint
 from .config import LSTM_VARIANTS
 from .models import CELLS
 from .tasks import task_names, task_options
@@ -157,19 +158,33 @@ def _result_line(summary: dict[str, Any]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``gatedrnn train --task NAME --cell C ...``: one run; see ``gatedrnn train --help``."""
+    """Train one network on one task (gatedrnn train --task NAME --cell C ...). Writes the
+    run directory --out: config, metrics, learning curve, checkpoints and summary. A directory that
+    already holds a run is continued with --resume or replaced with --overwrite."""
     if args.variant != "vanilla" and args.cell != "lstm":
         raise UsageError(f"--variant applies to --cell lstm only, got --cell {args.cell}")
     for flag in ("forget_bias", "input_bias"):
         if getattr(args, flag) is not None and args.cell != "lstm":
             raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {args.cell}")
-    summary = train(config_from_args(args, args.cell, args.out))
+    config = config_from_args(args, args.cell, args.out)
+    if not args.resume and not args.overwrite and checkpoint.exists(config.run_dir):
+        raise UsageError(f"{config.run_dir} already holds a run (its checkpoint is at step "
+                         f"{_checkpoint_step(config.run_dir)}): pass --resume to continue it, --overwrite to "
+                         "replace it, or choose another --out")
+    summary = train(config)
     if summary["rank"] != 0:  # under torchrun only rank 0 reports
         return 0
     print(_result_line(summary))
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _checkpoint_step(run_dir: str) -> str:
+    try:
+        return str(checkpoint.load(run_dir).step)
+    except checkpoint.CheckpointError:
+        return "unknown: it cannot be read"
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -207,13 +222,19 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments "
                                      "and the gate viewer.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"gatedrnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
     _add_run_options(p)
     p.add_argument("--cell", default=DEFAULTS.cell, choices=CELLS, help=f"(default {DEFAULTS.cell})")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if --out holds a run (its checkpoint and metrics are replaced)")
     p.set_defaults(func=run_train)
 
     p = sub.add_parser("compare", help="train several cells with the same budget and seed, print a table",
@@ -254,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as e:
         return _error(str(e))
     except OSError as e:
-        return _error(f"cannot write the output: {e}")
+        return _error(f"cannot read or write a file: {e}")
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130

@@ -68,6 +68,22 @@ def reset_recurrent_parameters(module: nn.Module, cfg: CellConfig, forget_bias: 
                     weight[rows] = 0.0
 
 
+def _outside_cpu_autocast(run, x: Tensor, states: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """``run(x, states)``, a tuple of tensors; under CPU autocast it runs with autocast off, on x and
+    the states in the parameters' ``dtype``, and its results come back in x's dtype.
+
+    torch.nn's recurrent modules return the input's dtype under CPU autocast; our loops would
+    otherwise meet autocast's bfloat16 matrix products midway (the compiled ones run float32 and
+    float64 only), and the recurrence keeps its full precision, as autocast does for the reductions
+    it lists. CUDA autocast is left to the backends.
+    """
+    if x.device.type != "cpu" or not check.autocast_on("cpu"):
+        return tuple(run(x, states))
+    with torch.autocast("cpu", enabled=False):
+        results = run(x.to(dtype), tuple(s.to(dtype) for s in states))
+    return tuple(r.to(x.dtype) for r in results)
+
+
 @dataclass
 class _Prepared:
     """A forward call's input, normalised to time-major padded form."""
@@ -114,8 +130,8 @@ class _RecurrentBase(nn.Module):
         self.num_layers = check.positive_int(owner, "num_layers", num_layers)
         self.bias = check.flag(owner, "bias", bias)
         self.batch_first = check.flag(owner, "batch_first", batch_first)
-        self.dropout = check.probability(owner, "dropout", dropout, allow_one=False)
-        self.bidirectional = check.flag(owner, "bidirectional", bidirectional)
+        self.dropout = check.probability(owner, "dropout", dropout, allow_one=True)  # as torch.nn: 1 drops all
+        self.bidirectional = check.flag(owner, "bidirectional", bidirectional, int_ok=True)
         self.proj_size = check.proj_size(owner, proj_size, hidden_size)
         self.zoneout = check.probability(owner, "zoneout", zoneout, allow_one=True)
         self.recurrent_dropout = check.probability(owner, "recurrent_dropout", recurrent_dropout, allow_one=False)
@@ -320,8 +336,13 @@ class _RecurrentBase(nn.Module):
                              single_layer=self.num_layers == 1 and self.num_directions == 1)
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
-            out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)
-        return self._finish(out, finals, prep)
+
+            def run(x: Tensor, initial: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                output, last, _ = self.run_layers(x, initial, prep.lengths, backend)
+                return (output, *last)
+
+            out, *finals = _outside_cpu_autocast(run, prep.x, states, self._param.dtype)
+        return self._finish(out, tuple(finals), prep)
 
     def _finish(self, out: Tensor, finals: tuple[Tensor, ...], prep: _Prepared):
         """Turn time-major results back into the caller's layout (packed, batch_first, unbatched)."""
@@ -776,8 +797,10 @@ class _CellBase(nn.Module):
             result = fn(x, hx_arg, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
             new = tuple(result) if isinstance(result, (tuple, list)) else (result,)
         else:
-            new, _ = STEPS[cfg.family](x, initial_carry(states, cfg), self._weights(), cfg)
-            new = new[: len(states)]
+            def step(x: Tensor, initial: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+                return STEPS[cfg.family](x, initial_carry(initial, cfg), self._weights(), cfg)[0][: len(initial)]
+
+            new = _outside_cpu_autocast(step, x, states, self._parameters["weight_ih"].dtype)
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) == 2 else new[0]

@@ -463,14 +463,29 @@ def comparison_table(summaries: list[dict[str, Any]]) -> list[str]:
 
 def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator) -> dict[str, Any]:
-    ckpt = checkpoint.load(config.run_dir)
-    saved = ckpt.extra["config"]
+    try:
+        ckpt = checkpoint.load(config.run_dir)
+        saved, state = dict(ckpt.extra["config"]), dict(ckpt.extra["state"])
+    except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     mine = config.to_dict()
     changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k))
     if changed:
         diffs = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {mine.get(k)!r}" for k in changed)
         raise ConfigError(f"cannot resume {config.run_dir} with different settings ({diffs})")
-    model.load_state_dict(ckpt.model)
-    optimizer.load_state_dict(ckpt.optimizer)
-    checkpoint.set_rng_state(ckpt.rng, generator)
-    return dict(ckpt.extra["state"])
+    try:
+        model.load_state_dict(ckpt.model)
+        optimizer.load_state_dict(ckpt.optimizer)
+        checkpoint.set_rng_state(ckpt.rng, generator)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
+    return state
+
+
+def _damage(error: Exception) -> str:
+    """Why a checkpoint could not be restored, for a one-line error."""
+    if isinstance(error, checkpoint.CheckpointError):
+        return str(error)
+    detail = f"no {error.args[0]!r} entry" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+    return (f"its checkpoint is damaged or from another program ({detail.splitlines()[0]}); "
+            "start afresh in another --out, or delete the directory")

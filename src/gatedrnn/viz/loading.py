@@ -62,7 +62,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, model tensors) of a run directory, its checkpoint.json, or an exported .safetensors."""
+    """(config, model tensors) of a run directory, its checkpoint.json or checkpoint tensors file
+    (``checkpoint-<step>.safetensors``, read with the run's config.json), or an exported
+    .safetensors."""
     if not path.exists():
         raise UsageError(f"model {str(path)!r} not found: expected a .safetensors file with its .json beside it, "
                          "or the run directory of `gatedrnn train --task charlm`")
@@ -74,9 +76,20 @@ def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             return _read_json(run / "config.json"), checkpoint.load(run).model
         if path.suffix != ".safetensors":
             raise UsageError(f"model {str(path)!r}: expected a .safetensors file or a run directory")
+        if _is_checkpoint_tensors(path):
+            tensors = load_file(str(path))
+            return _read_json(path.parent / "config.json"), {k[len("model/"):]: v for k, v in tensors.items()
+                                                             if k.startswith("model/")}
         return _read_json(path.with_suffix(".json")), load_file(str(path))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, checkpoint.CheckpointError) as e:
         raise UsageError(f"cannot read model {str(path)!r}: {e}") from None
+
+
+def _is_checkpoint_tensors(path: Path) -> bool:
+    """Whether ``path`` is a run's checkpoint tensors file (no exported .json beside it, the run's
+    config.json in its directory)."""
+    return (path.name.startswith("checkpoint-") and not path.with_suffix(".json").exists()
+            and (path.parent / "config.json").is_file())
 
 
 def char_model_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], name: str | None = None) -> CharModel:

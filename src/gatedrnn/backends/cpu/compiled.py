@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ...config import CellConfig
 from .function import Plan
-from .lstm import Layout, gate_weight_grad
+from .lstm import Layout
 
 ENV = "GATEDRNN_CPU_COMPILED"
 _SOURCE_DIR = Path(__file__).with_name("csrc")
@@ -267,14 +267,11 @@ class LSTMLoop:
         d_out, d_hn, d_cn = grads
         d_out = d_out if plan.active is None else d_out * plan.active
         s = [saved[k] for k in _SAVED]
-        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gates = (
+        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gg = (
             torch.ops.gatedrnn_cpu.lstm_backward(d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan),
                                                  _layout(plan.cfg), plan.reverse))
         present = {"rec_gain": d_gain, "weight_ch": d_peep, "ln_weight_c": d_ln_w, "ln_bias_c": d_ln_b,
-                   "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias}
-        if w["weight_gg"] is not None:  # d_gates: at the (i, f, o) pre-activations (d_z's own without layer norm)
-            d_gates = d_gates if d_gates.numel() else d_z[..., : 3 * plan.cfg.hidden_size]
-            present["weight_gg"] = gate_weight_grad(plan, d_gates, saved["acts"])
+                   "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias, "weight_gg": d_gg}
         return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh, **_present(present, w)}
 
 

@@ -28,11 +28,14 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ...config import CellConfig
 
 _CHUNK = 32  # steps per piece where a whole-sequence temporary would raise the memory peak
+
+_ONCE = ("gatedrnn: the 'cpu' backend computes first derivatives only, and this backward pass was asked for a "
+         "graph (create_graph=True: second derivatives, gradient penalties, gradgradcheck); run the module with "
+         "backend='reference' for those (torch.nn's own cells, backend='torch', also have them)")
 
 
 @dataclass(frozen=True)
@@ -313,8 +316,14 @@ class Recurrence(torch.autograd.Function):
         return outputs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, *grads: Tensor):
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            raise RuntimeError(_ONCE)
+        with torch.no_grad():
+            return Recurrence._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, *grads: Tensor):
         x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
         k = len(ctx.names)
         w = dict(zip(ctx.names, rest[:k]))

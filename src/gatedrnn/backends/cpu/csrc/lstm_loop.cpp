@@ -315,6 +315,22 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
   }
 }
 
+// fgr's weight gradient over steps [t0, t0 + n): dW_gg += sum_t d_t^T q_{t-1} for the steps that
+// have a previous one, d_block (n, B, 3H) holding the gradient at their (i, f, o) pre-activations
+// and q_{t-1} being the previous step's (i, f, o) activations in acts, zero where it was inactive.
+void add_gate_weight_grad(Tensor& d_weight_gg, const Tensor& d_block, const Tensor& acts, const OptTensor& active,
+                          const Slots& slot, int64_t t0, int64_t n) {
+  const int64_t first = slot.reverse ? t0 : std::max<int64_t>(t0, 1);          // steps [first, last)
+  const int64_t last = slot.reverse ? std::min<int64_t>(t0 + n, slot.T - 1) : t0 + n;
+  if (last <= first) return;
+  const int64_t count = last - first, before = slot.reverse ? first + 1 : first - 1;  // q_{t-1} of `first`
+  const int64_t Q = d_block.size(2);
+  Tensor q = acts.narrow(0, before, count).narrow(2, 0, Q);
+  if (active) q = q * active->narrow(0, before, count);
+  const Tensor d = d_block.narrow(0, first - t0, count);
+  d_weight_gg.addmm_(d.reshape({-1, Q}).t(), q.reshape({-1, Q}));
+}
+
 std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const Tensor& d_cn, const OptTensor& xw_,
                                   const Tensor& states, const Tensor& cells, const Tensor& acts,
                                   const OptTensor& c_new, const OptTensor& h_hat, const OptTensor& normed,
@@ -359,10 +375,11 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   Tensor gh = at::empty({B, R}, opts), dh_next = at::empty({B, R}, opts), dc_next = at::empty({B, H}, opts);
   const int64_t threads = at::get_num_threads();
   std::vector<Tensor> scratch_sums;
-  // fgr: the gradient at the (i, f, o) pre-activations of every step, for the gradient of q_{t-1}
-  // (dq, one step) and for dW_gg after the loop (by the caller): d_z itself without layer norm
-  Tensor d_gates = fgr && norm ? at::empty({T, B, 3 * H}, opts) : at::empty({0}, opts);
-  const Tensor d_gates_seq = fgr ? (norm ? d_gates : d_z.narrow(2, 0, 3 * H)) : Tensor();
+  // fgr: the gradient at the (i, f, o) pre-activations, for the gradient of q_{t-1} (dq, one step)
+  // and for dW_gg: d_z's own columns without layer norm (dW_gg one product after the loop); with it
+  // (the layer norms' backward overwrites d_z) a ring of chunk steps, like d_raw
+  Tensor d_gates = fgr ? (norm ? at::empty({chunks.size, B, 3 * H}, opts) : d_z.narrow(2, 0, 3 * H)) : Tensor();
+  Tensor d_weight_gg = fgr ? at::zeros({3 * H, 3 * H}, opts) : at::empty({0}, opts);
   Tensor dq = fgr ? at::empty({B, 3 * H}, opts) : Tensor();
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
@@ -387,7 +404,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       const Tensor d_out_t = d_out_c.select(0, t), d_raw_t = d_raw.select(0, chunks.slot(t));
       const bool read_later = fgr && k < T - 1;  // a later step's gate recurrence read q_t
       scalar* dqp = read_later ? ptr<scalar>(dq) : nullptr;
-      scalar* dg = fgr && norm ? ptr<scalar>(d_gates) + t * B * 3 * H : nullptr;
+      scalar* dg = fgr && norm ? ptr<scalar>(d_gates) + chunks.slot(t) * B * 3 * H : nullptr;
       // one parallel region per step, as in the forward pass
       parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
@@ -423,7 +440,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
         }
         if (fgr && k > 0) {  // the gradient at q_{t-1}, for the step before
           Tensor out = rows(dq);
-          at::mm_out(out, rows(d_gates_seq.select(0, t)), *weight_gg);
+          at::mm_out(out, rows(d_gates.select(0, chunks.slot(t))), *weight_gg);
         }
         Tensor dh_rows = rows(dh_next);
         at::mm_out(dh_rows, rows(d_raw_t), weight_hh);
@@ -436,6 +453,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       if (norm && chunks.completes(t)) {
         const int64_t t0 = chunks.first(t), n = chunks.length(t);
         d_weight_hh.addmm_(d_raw.narrow(0, 0, n).view({n * B, GH}).t(), inputs.narrow(0, t0, n).reshape({n * B, R}));
+        if (fgr) add_gate_weight_grad(d_weight_gg, d_gates.narrow(0, 0, n), acts, active, slot, t0, n);
       }
     }
     // the threads' parameter-gradient sums, added up
@@ -446,9 +464,10 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
                     to_tensor(total.d_in_gain, opts), to_tensor(total.d_in_bias, opts)};
   });
   if (!norm) d_weight_hh = d_raw.view({T * B, GH}).t().mm(inputs.reshape({T * B, R}));
+  if (fgr && !norm) add_gate_weight_grad(d_weight_gg, d_gates, acts, active, slot, 0, T);
   Tensor d_weight_hr = proj ? d_h_new.view({T * B, R}).t().mm(h_hat->view({T * B, H})) : at::empty({0}, opts);
   return {d_z, dh, dc, d_weight_hh, scratch_sums[0], scratch_sums[1], scratch_sums[2], scratch_sums[3], d_weight_hr,
-          scratch_sums[4], scratch_sums[5], d_gates};
+          scratch_sums[4], scratch_sums[5], d_weight_gg};
 }
 
 }  // namespace
