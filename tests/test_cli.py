@@ -97,6 +97,13 @@ def _damage(out, how: str) -> None:
         meta = json.loads(pointer.read_text())
         meta["rng"]["torch"] = meta["rng"]["torch"][:10]
         pointer.write_text(json.dumps(meta))
+    elif how in ("state-empty", "step-infinite"):
+        meta = json.loads(pointer.read_text())
+        if how == "state-empty":
+            meta["extra"]["state"] = {}
+        else:
+            meta["step"] = float("inf")
+        pointer.write_text(json.dumps(meta))
     elif how == "tensors-truncated":
         tensors.write_bytes(tensors.read_bytes()[:100])
     elif how == "tensors-missing":
@@ -108,6 +115,8 @@ def _damage(out, how: str) -> None:
     ("json-list", "expected a JSON object, got list"),
     ("json-no-rng", "has no 'rng' entry"),
     ("rng-truncated", "its checkpoint is damaged or from another program (RuntimeError"),
+    ("state-empty", "its training state lacks or mangles ema, last_eval, seconds, solved_step, step"),
+    ("step-infinite", "is not a checkpoint gatedrnn wrote: OverflowError"),
     ("tensors-truncated", ".safetensors (named by"),
     ("tensors-missing", ".safetensors (named by"),
 ])

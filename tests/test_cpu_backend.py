@@ -500,16 +500,29 @@ def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw):
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
 
 
-def test_second_derivatives_are_refused_with_the_way_out():
-    """The fused backward is first order: asking it for a graph (create_graph=True) raises rather
-    than give None or zero second derivatives; the reference backend it names has them."""
+def test_second_derivatives_through_the_recurrence_raise_and_others_work():
+    """The fused backward is first order. Differentiating its gradients again raises, naming the
+    way out (the reference backend), rather than give None or zero; a second-order term that does
+    not pass through them (a penalty on a head's gradients) is computed, as on the reference."""
     torch.manual_seed(0)
     module = gatedrnn.LSTM(I, H, variant="peephole", backend="cpu", dtype=torch.float64)
+    head = torch.nn.Linear(H, 1, dtype=torch.float64)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    with pytest.raises(RuntimeError, match="first derivatives only.*backend='reference'"):
-        torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
-    (first,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x)  # first order still works
-    module.backend = "reference"
     (graph,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
-    assert torch.allclose(graph, first, rtol=1e-10)
-    assert all(g is not None for g in torch.autograd.grad(graph.pow(2).sum(), list(module.parameters())))
+    (first,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x)
+    assert torch.equal(graph, first)
+    with pytest.raises(RuntimeError, match="first order.*backend='reference'"):
+        torch.autograd.grad(graph.pow(2).sum(), list(module.parameters()), allow_unused=True)
+
+    def head_penalty():
+        out = head(module(x)[0][-1]).pow(2).sum()
+        grads = torch.autograd.grad(out, [*module.parameters(), *head.parameters()], create_graph=True)
+        penalty = sum(g.pow(2).sum() for g in grads[-2:])
+        return torch.autograd.grad(penalty, [*head.parameters(), *module.parameters()], allow_unused=True)
+
+    fused = head_penalty()
+    module.backend = "reference"
+    (again,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
+    assert all(g is not None for g in torch.autograd.grad(again.pow(2).sum(), list(module.parameters())))
+    exact = head_penalty()
+    assert all(a is not None and torch.allclose(a, b, rtol=1e-10) for a, b in zip(fused, exact))

@@ -269,3 +269,16 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
     assert gate_biases(TrainConfig(cell="gru")) == (None, None)
     with pytest.raises(ConfigError, match="--input-bias needs the 'i' gate, but variant 'cifg' has none"):
         TrainConfig(variant="cifg", input_bias=-1.0).validate()
+
+
+def test_a_run_starting_afresh_deletes_the_checkpoint_it_replaces(tmp_path):
+    """Otherwise a run killed before its first checkpoint would leave the old run's checkpoint
+    beside its own config, and --resume would restore the old run."""
+    from gatedrnn.train import RunFiles, build_task
+
+    config = tiny_config(tmp_path, steps=10)
+    train(config)
+    assert checkpoint.exists(tmp_path) and list(tmp_path.glob("checkpoint-*.safetensors"))
+    RunFiles(str(tmp_path), True).start(config, build_task(config), 0)
+    assert not checkpoint.exists(tmp_path) and not list(tmp_path.glob("checkpoint-*"))
+    RunFiles(str(tmp_path), True).start(config, build_task(config), 0)  # nothing left to delete: fine

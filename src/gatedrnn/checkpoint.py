@@ -125,6 +125,23 @@ def exists(directory: str | Path) -> bool:
     return (Path(directory) / POINTER).is_file()
 
 
+def saved_step(directory: str | Path) -> int | None:
+    """The step of the checkpoint in ``directory`` as its JSON names it (None if unreadable)."""
+    try:
+        return int(json.loads((Path(directory) / POINTER).read_text())["step"])
+    except (OSError, ValueError, TypeError, KeyError, OverflowError):
+        return None
+
+
+def clear(directory: str | Path) -> None:
+    """Delete the checkpoint files in ``directory`` (a run starting afresh there: a checkpoint of
+    the run it replaces must not be resumed with the new run's config)."""
+    directory = Path(directory)
+    (directory / POINTER).unlink(missing_ok=True)
+    for old in [*directory.glob("checkpoint-*.safetensors"), *directory.glob("checkpoint*.tmp")]:
+        old.unlink(missing_ok=True)
+
+
 def load(directory: str | Path) -> Checkpoint:
     """Read the last complete checkpoint in ``directory`` (tensors on the CPU); raises
     :class:`CheckpointError` saying what is wrong when the files are missing or damaged."""
@@ -146,7 +163,7 @@ def load(directory: str | Path) -> Checkpoint:
     try:
         return Checkpoint(step=int(meta["step"]), model=model, optimizer=_join_optimizer(optim, meta["optimizer"]),
                           rng=dict(meta["rng"]), extra=dict(meta["extra"]))
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{pointer} is not a checkpoint gatedrnn wrote: {_reason(e)}") from e
 
 

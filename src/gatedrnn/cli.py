@@ -168,9 +168,10 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {args.cell}")
     config = config_from_args(args, args.cell, args.out)
     if not args.resume and not args.overwrite and checkpoint.exists(config.run_dir):
+        step = checkpoint.saved_step(config.run_dir)
         raise UsageError(f"{config.run_dir} already holds a run (its checkpoint is at step "
-                         f"{_checkpoint_step(config.run_dir)}): pass --resume to continue it, --overwrite to "
-                         "replace it, or choose another --out")
+                         f"{'unknown: unreadable' if step is None else step}): pass --resume to continue it, "
+                         "--overwrite to replace it, or choose another --out")
     summary = train(config)
     if summary["rank"] != 0:  # under torchrun only rank 0 reports
         return 0
@@ -178,13 +179,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
-
-
-def _checkpoint_step(run_dir: str) -> str:
-    try:
-        return str(checkpoint.load(run_dir).step)
-    except checkpoint.CheckpointError:
-        return "unknown: it cannot be read"
 
 
 def run_compare(args: argparse.Namespace) -> int:

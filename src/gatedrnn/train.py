@@ -270,9 +270,12 @@ class RunFiles:
             self.dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, config: TrainConfig, task: Task, resumed_step: int) -> None:
-        """Write config.json; keep the metrics of steps up to ``resumed_step`` (0: start afresh)."""
+        """Write config.json; keep the metrics of steps up to ``resumed_step`` (0: start afresh,
+        deleting the checkpoint of any run this one replaces)."""
         if not self.active:
             return
+        if not resumed_step:
+            checkpoint.clear(self.dir)
         (self.dir / "config.json").write_text(json.dumps({"train": config.to_dict(), "task": task.describe()},
                                                          indent=2))
         kept = [r for r in self.records() if r["step"] <= resumed_step] if resumed_step else []
@@ -466,6 +469,9 @@ def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optim
     try:
         ckpt = checkpoint.load(config.run_dir)
         saved, state = dict(ckpt.extra["config"]), dict(ckpt.extra["state"])
+        missing = sorted({"step", "seconds", "ema", "solved_step", "last_eval"} - set(state))
+        if missing or not isinstance(state["step"], int) or not isinstance(state["seconds"], (int, float)):
+            raise ValueError(f"its training state lacks or mangles {', '.join(missing) or 'step or seconds'}")
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     mine = config.to_dict()
@@ -477,7 +483,7 @@ def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optim
         model.load_state_dict(ckpt.model)
         optimizer.load_state_dict(ckpt.optimizer)
         checkpoint.set_rng_state(ckpt.rng, generator)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     return state
 

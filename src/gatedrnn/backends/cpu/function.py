@@ -33,9 +33,9 @@ from ...config import CellConfig
 
 _CHUNK = 32  # steps per piece where a whole-sequence temporary would raise the memory peak
 
-_ONCE = ("gatedrnn: the 'cpu' backend computes first derivatives only, and this backward pass was asked for a "
-         "graph (create_graph=True: second derivatives, gradient penalties, gradgradcheck); run the module with "
-         "backend='reference' for those (torch.nn's own cells, backend='torch', also have them)")
+_ONCE = ("gatedrnn: the 'cpu' backend's backward pass is first order; differentiating its gradients (second "
+         "derivatives, gradient penalties through the recurrence, gradgradcheck) needs the module run with "
+         "backend='reference' (torch.nn's own cells, backend='torch', also have them)")
 
 
 @dataclass(frozen=True)
@@ -285,6 +285,20 @@ def _stacked(saved: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack(v) if isinstance(v, list) else v for k, v in saved.items()}
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """``apply(n, *gradients, *depends)``: the n gradients unchanged, as tensors whose backward
+    raises the error that the fused backward pass is first order (:data:`_ONCE`). ``depends`` (the
+    inputs and incoming gradients that require grad) gives autograd the path through them."""
+
+    @staticmethod
+    def forward(ctx, n: int, *tensors: Tensor):
+        return tuple(t.view_as(t) for t in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        raise RuntimeError(_ONCE)
+
+
 class Recurrence(torch.autograd.Function):
     """One layer and direction: forward and backward through time for a cell family.
 
@@ -317,10 +331,18 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            raise RuntimeError(_ONCE)
         with torch.no_grad():
-            return Recurrence._backward(ctx, *grads)
+            result = Recurrence._backward(ctx, *grads)
+        if not torch.is_grad_enabled():
+            return result
+        # create_graph=True: tie the gradients to what they depend on, so that differentiating
+        # them again reaches _FirstOrderOnly and raises, rather than find no path (None or zero)
+        depends = [t for t in (*ctx.saved_tensors, *grads) if isinstance(t, Tensor) and t.requires_grad]
+        given = [g for g in result if g is not None]
+        if not given or not depends:
+            return result
+        tied = iter(_FirstOrderOnly.apply(len(given), *given, *depends))
+        return tuple(None if g is None else next(tied) for g in result)
 
     @staticmethod
     def _backward(ctx, *grads: Tensor):
