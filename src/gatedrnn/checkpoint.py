@@ -115,10 +115,21 @@ def save(directory: str | Path, step: int, model: torch.nn.Module, optimizer: to
     pointer = directory / POINTER
     _atomic_write(pointer, lambda p: p.write_text(json.dumps(meta)))
     # Older tensor files, and temporary files left by a write that was killed, are garbage now.
-    for old in [*directory.glob("checkpoint-*.safetensors"), *directory.glob("checkpoint*.tmp")]:
-        if old.name != tensor_file:
-            old.unlink(missing_ok=True)
+    _remove_tensor_files(directory, keep=tensor_file)
     return pointer
+
+
+def _remove_tensor_files(directory: Path, keep: str | None = None) -> None:
+    """Delete the tensors files and the temporary files of killed writes in ``directory``, all
+    but the one named ``keep``."""
+    for old in [*directory.glob("checkpoint-*.safetensors"), *directory.glob("checkpoint*.tmp")]:
+        if old.name != keep:
+            old.unlink(missing_ok=True)
+
+
+def model_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's state dict from a checkpoint's tensors file (its ``model/`` entries)."""
+    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
 def exists(directory: str | Path) -> bool:
@@ -138,8 +149,7 @@ def clear(directory: str | Path) -> None:
     the run it replaces must not be resumed with the new run's config)."""
     directory = Path(directory)
     (directory / POINTER).unlink(missing_ok=True)
-    for old in [*directory.glob("checkpoint-*.safetensors"), *directory.glob("checkpoint*.tmp")]:
-        old.unlink(missing_ok=True)
+    _remove_tensor_files(directory)
 
 
 def load(directory: str | Path) -> Checkpoint:
@@ -158,7 +168,7 @@ def load(directory: str | Path) -> Checkpoint:
         tensors = load_file(str(tensor_path))
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"cannot read {tensor_path} (named by {pointer}): {_reason(e)}") from e
-    model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model = model_tensors(tensors)
     optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
     try:
         return Checkpoint(step=int(meta["step"]), model=model, optimizer=_join_optimizer(optim, meta["optimizer"]),

@@ -77,9 +77,7 @@ def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if path.suffix != ".safetensors":
             raise UsageError(f"model {str(path)!r}: expected a .safetensors file or a run directory")
         if _is_checkpoint_tensors(path):
-            tensors = load_file(str(path))
-            return _read_json(path.parent / "config.json"), {k[len("model/"):]: v for k, v in tensors.items()
-                                                             if k.startswith("model/")}
+            return _read_json(path.parent / "config.json"), checkpoint.model_tensors(load_file(str(path)))
         return _read_json(path.with_suffix(".json")), load_file(str(path))
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, checkpoint.CheckpointError) as e:
         raise UsageError(f"cannot read model {str(path)!r}: {e}") from None
