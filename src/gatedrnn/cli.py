@@ -1,8 +1,8 @@
 """The ``gatedrnn`` command (console script and ``python -m gatedrnn``): argument parsing only.
 
 Commands: ``train`` (one run, :func:`gatedrnn.train.train`), ``compare`` (several cells with the
-same budget and seed), ``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate
-viewer's ``gates``, ``sample`` and ``demo`` (:mod:`gatedrnn.viz.commands`).
+same budget and seed), ``evaluate`` (a saved model on its task, :mod:`gatedrnn.evaluation`),
+``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate viewer's ``gates``, ``sample`` and ``demo`` (:mod:`gatedrnn.viz.commands`).
 
 Bad arguments print one ``error: ...`` line on stderr and exit with code 2, never a traceback:
 argparse does this for unknown flags and choices, :class:`gatedrnn.train.ConfigError` carries the
@@ -18,7 +18,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import checkpoint
+import torch
+
+from . import checkpoint, saved
 from .config import LSTM_VARIANTS
 from .models import CELLS
 from .tasks import task_names, task_options
@@ -213,6 +215,31 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a trained model on its task: test loss, accuracy, the task's measures and whether
+    its criterion is met. MODEL is a run directory of gatedrnn train, one of its
+    checkpoint-N.safetensors, or an exported .safetensors with its .json (--shipped CELL: the
+    character model shipped with gatedrnn). By default at the sizes and seed it was trained with,
+    which reproduces the run's final test result; --seq-len T asks whether it generalises to
+    other lengths, --seed S draws another test set."""
+    from .evaluation import evaluate_saved, result_line
+    from .viz.loading import shipped_path
+
+    if (args.model is None) == (args.shipped is None):
+        raise UsageError("give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
+                         f"got {'both' if args.model else 'neither'}")
+    path = args.model if args.model is not None else shipped_path(args.shipped)
+    torch.set_num_threads(args.threads)
+    model_file = saved.read(path)
+    options = parse_task_options(model_file.meta["train"].get("task"), args.task_opt) if args.task_opt else {}
+    result = evaluate_saved(model_file, seq_len=args.seq_len, task_options=options, seed=args.seed,
+                            test_batch=args.test_batch, device=args.device)
+    print(result_line(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments "
                                      "and the gate viewer.")
@@ -254,6 +281,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output directory (default runs/reproduce-hochreiter1997)")
     p.set_defaults(func=run_reproduce)
 
+    p = sub.add_parser("evaluate", help="evaluate a trained model on its task, at its own or other sizes",
+                       description=run_evaluate.__doc__)
+    p.add_argument("model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported "
+                   ".safetensors")
+    p.add_argument("--shipped", choices=("rnn", "lstm", "gru"), metavar="CELL",
+                   help="evaluate the character model shipped for CELL (rnn, lstm or gru) instead")
+    p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: as trained)")
+    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="change one of the task's other sizes (repeatable; default: as trained)")
+    p.add_argument("--seed", type=int, metavar="S", help="draw the test set of run seed S (default: the run's)")
+    p.add_argument("--test-batch", type=_positive_int, default=DEFAULTS.test_batch, metavar="N",
+                   help=f"sequences per forward pass (default {DEFAULTS.test_batch})")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="(default cpu)")
+    p.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="CPU threads (default 1)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON too, as the last line")
+    p.set_defaults(func=run_evaluate)
+
     from .viz.commands import add_subcommands
 
     add_subcommands(sub)
@@ -266,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (UsageError, ConfigError) as e:
+    except (UsageError, ConfigError, saved.SavedModelError) as e:
         return _error(str(e))
     except OSError as e:
         return _error(f"cannot read or write a file: {e}")

@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .. import checkpoint
-from ..models import ModelConfig, SequenceModel
+from ..saved import SavedModelError, rebuild
+from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
 from .charmodel import CharModel
 
@@ -49,64 +48,27 @@ def shipped_path(cell: str) -> Path:
     return Path(str(resources.files("gatedrnn") / SHIPPED_DIR / f"{cell}.safetensors"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"model config {str(path)!r} not found (it belongs beside the weights)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"model config {str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict) or not isinstance(meta.get("task"), dict):
-        raise UsageError(f"model config {str(path)!r} lacks the 'train' and 'task' sections gatedrnn train writes")
-    return meta
-
-
 def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, model tensors) of a run directory, its checkpoint.json or checkpoint tensors file
-    (``checkpoint-<step>.safetensors``, read with the run's config.json), or an exported
-    .safetensors."""
-    if not path.exists():
-        raise UsageError(f"model {str(path)!r} not found: expected a .safetensors file with its .json beside it, "
-                         "or the run directory of `gatedrnn train --task charlm`")
+    """(config, model tensors) saved at ``path``, any form :func:`gatedrnn.saved.read` takes."""
     try:
-        if path.is_dir() or path.name == checkpoint.POINTER:
-            run = path if path.is_dir() else path.parent
-            if not checkpoint.exists(run):
-                raise UsageError(f"{str(run)!r} has no {checkpoint.POINTER}: not a finished `gatedrnn train` run")
-            return _read_json(run / "config.json"), checkpoint.load(run).model
-        if path.suffix != ".safetensors":
-            raise UsageError(f"model {str(path)!r}: expected a .safetensors file or a run directory")
-        if _is_checkpoint_tensors(path):
-            return _read_json(path.parent / "config.json"), checkpoint.model_tensors(load_file(str(path)))
-        return _read_json(path.with_suffix(".json")), load_file(str(path))
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, checkpoint.CheckpointError) as e:
-        raise UsageError(f"cannot read model {str(path)!r}: {e}") from None
-
-
-def _is_checkpoint_tensors(path: Path) -> bool:
-    """Whether ``path`` is a run's checkpoint tensors file (no exported .json beside it, the run's
-    config.json in its directory)."""
-    return (path.name.startswith("checkpoint-") and not path.with_suffix(".json").exists()
-            and (path.parent / "config.json").is_file())
+        saved = read_saved(path, what="the run directory of `gatedrnn train --task charlm`")
+    except SavedModelError as e:
+        raise UsageError(str(e)) from None
+    return saved.meta, saved.tensors
 
 
 def char_model_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], name: str | None = None) -> CharModel:
     """Rebuild the :class:`SequenceModel` a charlm run trained and wrap it as a :class:`CharModel`."""
-    train, task = meta["train"], meta["task"]
+    task = meta["task"]
     if task.get("name") != "charlm" or "vocab" not in task:
         raise UsageError(f"the model was trained on task {task.get('name')!r}; the gate viewer and sampler need a "
                          "character-level model (`gatedrnn train --task charlm`)")
     try:
-        config = ModelConfig(cell=train["cell"], input_size=task["input_size"], output_size=task["output_size"],
-                             hidden_size=train["hidden"], num_layers=train["layers"], variant=train["variant"],
-                             forget_bias=train["forget_bias"], vocab_size=task["vocab_size"],
-                             embedding_dim=train["embedding_dim"])
-        model = SequenceModel(config)
-        model.load_state_dict(tensors)
-        return CharModel.from_module(model.eval(), task["vocab"], name)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"the weights do not match their config: {first}") from None
+        return CharModel.from_module(rebuild(meta, tensors), task["vocab"], name)
+    except SavedModelError as e:
+        raise UsageError(str(e)) from None
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"the weights do not match their config: {e}") from None
 
 
 def load_char_model(path: str | Path) -> CharModel:

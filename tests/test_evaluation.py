@@ -1,0 +1,121 @@
+"""``gatedrnn evaluate``: a saved model on its task, at its own sizes (the run's final result) or others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gatedrnn import checkpoint
+from gatedrnn.cli import main
+from gatedrnn.evaluation import evaluate_saved
+from gatedrnn.tasks import make_task
+from gatedrnn.train import TrainConfig, build_model, evaluate
+
+from test_cli import TINY, one_error_line
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished tiny adding-modern run (T=12)."""
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    assert main(["train", "--task", "adding-modern", *TINY, "--threads", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _evaluate_json(capsys, argv: list[str]) -> dict:
+    capsys.readouterr()
+    assert main(["evaluate", *argv, "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2, lines
+    return json.loads(lines[-1])
+
+
+def test_a_finished_run_at_its_own_sizes_gives_its_final_result(capsys, run):
+    summary = json.loads((run / "summary.json").read_text())
+    for model in (run, run / checkpoint.POINTER, next(run.glob("checkpoint-*.safetensors"))):
+        result = _evaluate_json(capsys, [str(model)])
+        assert result["loss"] == summary["final_loss"]
+        assert (result["accuracy"], result["wrong"], result["sequences"]) == (
+            summary["accuracy"], summary["wrong"], summary["tested"])
+        assert (result["step"], result["seq_len"], result["trained_seq_len"]) == (20, 12, 12)
+
+
+def test_another_length_runs_the_trained_weights_on_that_task(capsys, run):
+    result = _evaluate_json(capsys, [str(run), "--seq-len", "30"])
+    assert (result["seq_len"], result["trained_seq_len"]) == (30, 12)
+    config = TrainConfig.from_dict(json.loads((run / "config.json").read_text())["train"])
+    task = make_task("adding-modern", seq_len=30)
+    model = build_model(config, task)
+    model.load_state_dict(checkpoint.load(run).model)
+    expected = evaluate(model, task, config.seed, torch.device("cpu"))
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+    assert result["wrong"] == expected["wrong"]
+    assert result["loss"] != json.loads((run / "summary.json").read_text())["final_loss"]
+    assert "T=30 (trained at T=12)" in main_line(capsys, [str(run), "--seq-len", "30"])
+
+
+def main_line(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert main(["evaluate", *argv]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_a_seed_draws_another_test_set_and_the_same_seed_the_same(run):
+    own, other, again = (evaluate_saved(run, seed=s) for s in (None, 7, 7))
+    assert other["seed"] == 7 and own["seed"] == 0
+    assert other["loss"] != own["loss"]
+    assert other == again
+
+
+def test_a_task_option_reaches_the_task(run):
+    strict, loose = evaluate_saved(run, task_options={"tolerance": 1e-6}), evaluate_saved(run, task_options={"tolerance": 10.0})
+    assert strict["loss"] == loose["loss"]
+    assert (strict["accuracy"], loose["accuracy"]) == (0.0, 1.0)
+
+
+def test_the_shipped_model_reproduces_its_recorded_validation_bits_per_character(capsys):
+    from gatedrnn.viz.loading import shipped_path
+
+    recorded = json.loads(shipped_path("lstm").with_suffix(".json").read_text())["result"]
+    result = _evaluate_json(capsys, ["--shipped", "lstm"])
+    assert result["task"] == "charlm" and result["step"] == recorded["steps"]
+    assert result["bpc"] == pytest.approx(recorded["valid_bpc"], abs=6e-5)
+
+
+def test_sizes_that_change_the_models_inputs_are_refused(capsys, tmp_path):
+    out = tmp_path / "lags"
+    assert main(["train", "--task", "lag-2a", "--seq-len", "6", "--hidden", "4", "--batch", "4", "--steps", "2",
+                 "--no-progress", "--out", str(out)]) == 0
+    line = one_error_line(capsys, ["evaluate", str(out), "--seq-len", "9"])
+    assert "the model was trained on lag-2a with input_size 7" in line and "the task has input_size 10" in line
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "give either MODEL (a run directory or .safetensors file) or --shipped CELL, got neither"),
+    (["x", "--shipped", "lstm"], "got both"),
+    (["--shipped", "cnn"], "invalid choice: 'cnn'"),
+    (["nowhere"], "model 'nowhere' not found"),
+    (["{run}", "--task-opt", "nope=1"], "task 'adding-modern' has no option 'nope'"),
+    (["{run}", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, run, argv, expected):
+    assert expected in one_error_line(capsys, ["evaluate", *(a.format(run=run) for a in argv)])
+
+
+def test_a_directory_without_a_run_and_a_mangled_config_are_refused(capsys, tmp_path, run):
+    assert "has no checkpoint.json: not a finished `gatedrnn train` run" in one_error_line(
+        capsys, ["evaluate", str(tmp_path)])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in run.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    config = json.loads((copy / "config.json").read_text())
+    config["train"]["task_options"] = ["tolerance"]
+    (copy / "config.json").write_text(json.dumps(config))
+    assert "mangles its options" in one_error_line(capsys, ["evaluate", str(copy)])
+    config["train"]["hidden"] = 9
+    config["train"]["task_options"] = {}
+    (copy / "config.json").write_text(json.dumps(config))
+    assert "the weights do not match their config" in one_error_line(capsys, ["evaluate", str(copy)])
