@@ -10,7 +10,8 @@ in one process.
 Every row times its providers interleaved (A B C D, A B C D, ...) and reports medians in ms, with
 ratios against torch.nn. Rows (``--rows``): ``targets`` (the issue's targets at B=32, H=256),
 ``memory`` (peak training memory per variant against torch.nn.LSTM), ``linear`` (T=128 against
-T=1024), ``stream`` (cells called one step at a time) and ``grid`` (B x T x H for ``--cells``).
+T=1024), ``stream`` (cells called one step at a time), ``auto`` (torch.nn's kernels against the cpu
+backend for the plain cells, which ``auto`` chooses between) and ``grid`` (B x T x H for ``--cells``).
 
 Memory is measured two ways, both for one forward+backward at B=32, H=256, T=256:
 
@@ -241,6 +242,16 @@ def grid_rows(cells: list[str], quick: bool) -> list[Row]:
     return rows
 
 
+def auto_rows(quick: bool) -> list[Row]:
+    """The cells torch.nn computes, torch.nn's kernel against the cpu backend and the default: the
+    measurements behind what ``auto`` picks on the CPU (:func:`gatedrnn.backends.choose`)."""
+    sizes = [(b, t, h) for b in (1, 8, 32) for t in (1, 16, 128) for h in (64, 256, 512)]
+    if quick:
+        sizes = [(1, 1, 16), (4, 16, 32)]
+    return [Row(Case(cell, B, T, H).label, ["torch", "cpu", "default"], train, fixed(Case(cell, B, T, H)))
+            for cell in ("gru", "lstm") for B, T, H in sizes for train in (False, True)]
+
+
 def stream_rows(quick: bool, repeats: int) -> None:
     """Cells called one step at a time with carried state (inference), per step in µs."""
     steps, H = (20, 32) if quick else (500, 256)
@@ -351,8 +362,8 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="targets,memory,linear,stream,grid",
-                        help="comma-separated: targets, memory, linear, stream, grid (default all)")
+    parser.add_argument("--rows", default="targets,memory,linear,stream,auto,grid",
+                        help="comma-separated: targets, memory, linear, stream, auto, grid (default all)")
     parser.add_argument("--cells", default="lstm,lstm-ln", help=f"grid cells, from {', '.join(CELLS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -365,9 +376,9 @@ def main(argv: list[str] | None = None) -> None:
         peak_child(cell, provider, *map(int, sizes))
         return
     rows = set(args.rows.split(","))
-    unknown = rows - {"targets", "memory", "linear", "stream", "grid"}
+    unknown = rows - {"targets", "memory", "linear", "stream", "auto", "grid"}
     if unknown:
-        parser.error(f"unknown rows {sorted(unknown)}: expected targets, memory, linear, stream, grid")
+        parser.error(f"unknown rows {sorted(unknown)}: expected targets, memory, linear, stream, auto, grid")
     cells = args.cells.split(",")
     if set(cells) - set(CELLS):
         parser.error(f"unknown cells {sorted(set(cells) - set(CELLS))}: expected some of {', '.join(CELLS)}")
@@ -390,6 +401,12 @@ def main(argv: list[str] | None = None) -> None:
         print_linearity(lin)
     if "stream" in rows:
         stream_rows(args.quick, repeats)
+    if "auto" in rows:
+        table = auto_rows(args.quick)
+        for r in table:
+            r.run(repeats)
+        print_rows("auto: torch.nn's kernels, the cpu backend and the default, for the cells torch.nn computes",
+                   table)
     if "grid" in rows:
         grid = grid_rows(cells, args.quick)
         for r in grid:

@@ -8,6 +8,7 @@ Python ones that replace them where they cannot be built.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -526,3 +527,61 @@ def test_second_derivatives_through_the_recurrence_raise_and_others_work():
     assert all(g is not None for g in torch.autograd.grad(again.pow(2).sum(), list(module.parameters())))
     exact = head_penalty()
     assert all(a is not None and torch.allclose(a, b, rtol=1e-10) for a, b in zip(fused, exact))
+
+
+_TRACED = [
+    (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2, zoneout=0.3)),
+    (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, recurrent_dropout=0.3)),
+    (gatedrnn.LSTM, dict(variant="cifg")),
+    (gatedrnn.GRU, dict()),
+    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True, zoneout=0.2)),
+]
+_TRACED_IDS = ["lstm-peephole-ln-proj-zoneout", "lstm-fgr-ln-dropout", "lstm-cifg", "gru", "gru-ra0-ln-zoneout"]
+
+
+@pytest.mark.parametrize("cls,kw", _TRACED, ids=_TRACED_IDS)
+def test_the_compiled_ops_fake_implementations_match_them(loop, monkeypatch, cls, kw):
+    """torch.library.opcheck on the arguments of a real call (bidirectional, packed, training):
+    the fakes' shapes and dtypes against the ops' results, the schema, and tracing by AOT autograd."""
+    if loop != "compiled":
+        pytest.skip("the compiled ops' own test")
+    ops, captured = torch.ops.gatedrnn_cpu, {}
+    for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+        def recording(*args, _op=getattr(ops, name), _name=name):
+            captured[_name] = args
+            return _op(*args)
+
+        monkeypatch.setattr(ops, name, recording)
+    module = cls(I, H, bidirectional=True, backend="cpu", dtype=torch.float64, **kw)
+    x = pack_padded_sequence(torch.randn(T, B, I, dtype=torch.float64), LENGTHS, enforce_sorted=False)
+    out, _ = module(x)
+    out.data.sum().backward()
+    monkeypatch.undo()
+    family = "lstm" if cls is gatedrnn.LSTM else "gru"
+    assert sorted(captured) == [f"{family}_backward", f"{family}_forward"]
+    for name, args in captured.items():
+        plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        torch.library.opcheck(getattr(torch.ops.gatedrnn_cpu, name).default, plain)
+
+
+@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2,
+                                                          num_layers=2, bidirectional=True)),
+                                    (gatedrnn.GRU, dict(reset_after=False, zoneout=0.2)), (gatedrnn.GRU, dict())],
+                         ids=["lstm-peephole-ln-proj-stacked", "gru-ra0-zoneout", "gru"])
+def test_torch_export_runs_the_cpu_backend(loop, cls, kw):
+    module = cls(I, H, backend="cpu", **kw).eval()
+    program = torch.export.export(module, (torch.randn(T, B, I),))
+    # the Python loops' products write into out= buffers, which autograd refuses for parameters
+    # that require grad: their exported programs run under no_grad (README, "Quick start")
+    with contextlib.nullcontext() if loop == "compiled" else torch.no_grad():
+        for _ in range(2):  # a new input: nothing of the traced one is baked in
+            x = torch.randn(T, B, I)
+            for ours, eager in zip(_flat(program.module()(x)), _flat(module(x))):
+                assert rel_err(ours, eager) < 1e-6
+    if loop == "compiled":
+        assert "gatedrnn_cpu" in str(program.graph), "the exported graph should call the compiled loop"
+
+
+def _flat(result) -> list[torch.Tensor]:
+    output, state = result
+    return [output, *(state if isinstance(state, tuple) else (state,))]

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ...config import CellConfig
+from . import fake
 from .function import Plan
 from .lstm import Layout
 
@@ -177,6 +178,7 @@ def unavailable_reason() -> str | None:
         return f"the build failed: {_first_error(str(exc)) or type(exc).__name__}"
     finally:
         notice.cancel()
+    fake.register()  # shapes for torch.export and torch.compile's tracing
     return None
 
 

@@ -73,6 +73,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
                                 const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& rec_shift_,
                                 const OptTensor& keep_h, const OptTensor& rec_mask_, bool reset_after, bool reverse,
                                 double eps) {
+  const NoAutograd no_autograd;
   const Tensor xw = xw_.contiguous();
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
                   rec_shift = contiguous(rec_shift_), rec_mask = contiguous(rec_mask_);
@@ -95,8 +96,10 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
   Tensor rh = reset_after ? Tensor() : at::empty({B, H}, opts);        // r * h_{t-1}, reset before
   Tensor h_tmp = keep_h ? at::empty({B, H}, opts) : Tensor();
   Tensor masked = rec_mask ? at::empty({B, H}, opts) : Tensor();
-  const Tensor weight_t = weight_hh.t().contiguous();  // (H, 3H)
-  const Tensor w_rz = weight_t.narrow(1, 0, 2 * H).contiguous(), w_n = weight_t.narrow(1, 2 * H, H).contiguous();
+  // U^T (H, 3H), or its (r, z) and n columns when the reset comes first (see product_operand)
+  const Tensor weight_t = reset_after ? product_operand(weight_hh, T) : Tensor();
+  const Tensor w_rz = reset_after ? Tensor() : product_operand(weight_hh.narrow(0, 0, 2 * H), T);
+  const Tensor w_n = reset_after ? Tensor() : product_operand(weight_hh.narrow(0, 2 * H, H), T);
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gatedrnn_gru_forward", [&] {
@@ -105,7 +108,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
                                ptr<scalar>(rec_shift)};
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = slot.step(k), p = slot.prev(t), n = slot.next(t);
-      const Tensor h_prev = states.select(0, p), h_next = states.select(0, n);
+      const Tensor h_prev = step_of(states, p), h_next = step_of(states, n);
       const Tensor h_out = keep_h ? h_tmp : h_next;
       parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
@@ -167,7 +170,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
         }
         if (keep_h) {
           Tensor out = rows(h_next);
-          at::lerp_out(out, rows(h_tmp), rows(h_prev), rows(keep_h->select(0, t)));
+          at::lerp_out(out, rows(h_tmp), rows(h_prev), rows(step_of(*keep_h, t)));
         }
       });
     }
@@ -232,6 +235,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
                                  const OptTensor& in_stats, const Tensor& weight_hh, const OptTensor& in_gain_,
                                  const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& rec_shift_,
                                  const OptTensor& keep_h, const OptTensor& rec_mask_, bool reset_after, bool reverse) {
+  const NoAutograd no_autograd;
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
                   rec_shift = contiguous(rec_shift_), rec_mask = contiguous(rec_mask_), xw = contiguous(xw_);
   const Tensor d_out_c = d_out.contiguous();
@@ -269,7 +273,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
     for (int64_t k = 0; k < threads; ++k) scratch.emplace_back(H, norm, shift);
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = slot.step(k), p = slot.prev(t), c = chunks.slot(t);
-      const Tensor h_prev = states.select(0, p), d_out_t = d_out_c.select(0, t), d_raw_t = d_raw.select(0, c);
+      const Tensor h_prev = step_of(states, p), d_out_t = step_of(d_out_c, t), d_raw_t = step_of(d_raw, c);
       parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         GruScratch<scalar>& s = scratch[at::get_thread_num()];
@@ -277,7 +281,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
         at::add_out(g, rows(dh), rows(d_out_t));
         Tensor d_new = g, d_old;
         if (keep_h) {
-          d_old = g * rows(keep_h->select(0, t));
+          d_old = g * rows(step_of(*keep_h, t));
           d_new = (g - d_old).contiguous();
         }
         const scalar* dn_ptr = ptr<scalar>(d_new);
@@ -331,7 +335,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
             input_backward(w, row, d, H, s);
           }
           at::mm_out(dh_rows, rows(d_raw_t).narrow(1, 0, 2 * H), w_rz);
-          dh_rows.addcmul_(rows(d_rh), rows(acts.select(0, t)).narrow(1, 0, H));
+          dh_rows.addcmul_(rows(d_rh), rows(step_of(acts, t)).narrow(1, 0, H));
         }
         if (rec_mask) dh_rows.mul_(rows(*rec_mask));
         dh_rows.add_(rows(carry));
