@@ -336,7 +336,7 @@ def memory_rows(quick: bool, threads: int) -> None:
     ref_saved, ref_peak = saved_bytes(base, "torch"), peak_bytes(base, "torch", threads)
     entries = [("lstm", "torch"), ("lstm", "cpu")] + [(c, "cpu") for c in CELLS if c.startswith("lstm-")]
     entries += [("lstm-ln", "cpu-py"), ("lstm-peephole", "cpu-py"), ("lstm-ln", "loop"), ("gru", "torch"),
-                ("gru-ln", "cpu"), ("gru-ra0-ln", "cpu"), ("gru-ln", "cpu-py")]
+                ("gru", "cpu"), ("gru-ln", "cpu"), ("gru-ra0-ln", "cpu"), ("gru-ln", "cpu-py")]
     for cell, provider in entries:
         case = Case(cell, B, T, H)
         saved = ref_saved if (cell, provider) == ("lstm", "torch") else saved_bytes(case, provider)

@@ -271,6 +271,47 @@ def test_auto_picks_cpu_for_what_torch_lacks(monkeypatch, kw):
     assert choose("auto", CellConfig("lstm", H), torch.zeros(1), False) == "torch"
 
 
+@pytest.mark.parametrize("cls,T,B,hidden,dtype,grad,expected", [
+    (gatedrnn.GRU, 8, 2, H, torch.float32, True, "cpu"),
+    (gatedrnn.GRU, 7, 2, H, torch.float32, True, "torch"),
+    (gatedrnn.GRU, 1, 32, 256, torch.float64, True, "torch"),
+    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, "cpu"),
+    (gatedrnn.GRU, 63, 32, 256, torch.float32, False, "torch"),
+    (gatedrnn.GRU, 64, 1, 257, torch.float32, False, "torch"),
+    (gatedrnn.GRU, 64, 33, 256, torch.float32, False, "torch"),
+    (gatedrnn.GRU, 64, 2, H, torch.bfloat16, True, "torch"),
+    (gatedrnn.LSTM, 64, 2, H, torch.float32, True, "torch"),
+    (gatedrnn.RNN, 64, 2, H, torch.float32, True, "torch"),
+], ids=["gru-train-T8", "gru-train-T7", "gru-train-T1", "gru-infer-T64", "gru-infer-T63", "gru-infer-H257",
+        "gru-infer-BH8448", "gru-bf16", "lstm", "rnn"])
+def test_auto_runs_the_plain_gru_on_the_cpu_backend_where_measured_faster(loop, cls, T, B, hidden, dtype, grad,
+                                                                          expected):
+    """The sizes of cpu.beats_torch's bounds, on either side; without the compiled loops torch's kernel."""
+    cfg = cls(I, hidden).cell_config
+    with torch.set_grad_enabled(grad):
+        chosen = choose("auto", cfg, torch.zeros(T, B, I, dtype=dtype), False)
+    assert chosen == (expected if loop == "compiled" else "torch")
+
+
+def test_the_plain_gru_on_the_cpu_backend_gives_torch_nns_numbers(loop, monkeypatch):
+    calls = _count_recurrence_calls(monkeypatch)
+    torch.manual_seed(2)
+    theirs = torch.nn.GRU(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours = gatedrnn.GRU(I, H, num_layers=2, bidirectional=True, dtype=torch.float64)
+    ours.load_state_dict(theirs.state_dict())
+
+    def make():
+        x = torch.randn(12, B, I, dtype=torch.float64, requires_grad=True)
+        return x, pack_padded_sequence(x, [12, 9, 3, 8], enforce_sorted=False)
+
+    hx = (torch.randn(4, B, H, dtype=torch.float64),)
+    torch.manual_seed(3)
+    expected = run_and_grad(theirs, make, hx)
+    torch.manual_seed(3)
+    assert_close_results(run_and_grad(ours, make, hx), expected)
+    assert len(calls) == (4 if loop == "compiled" else 0), "auto should have run the cpu backend (compiled) here"
+
+
 def _graph_size(tensor: torch.Tensor) -> int:
     seen, todo = set(), [tensor.grad_fn]
     while todo:

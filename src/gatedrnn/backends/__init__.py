@@ -9,8 +9,9 @@
   ``"triton"`` (fused GPU kernels), each where it is installed and supports the configuration.
 - ``"auto"``: ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded
   measurement on this GPU says the kernels beat cuDNN at this size: see
-  :mod:`gatedrnn.backends.triton.measured`), else the fastest layer backend that supports the
-  configuration on the input's device, else ``"reference"``.
+  :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
+  measurements say it is faster: :func:`gatedrnn.backends.cpu.beats_torch`), else the fastest
+  layer backend that supports the configuration on the input's device, else ``"reference"``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_l
     torch_ok = cfg.torch_mode is not None and not regularised
     if backend == "auto":
         if torch_ok:
-            return "triton" if single_layer and _triton_measured_faster(cfg, x) else "torch"
+            if single_layer and _triton_measured_faster(cfg, x):
+                return "triton"
+            return "cpu" if _cpu_measured_faster(cfg, x) else "torch"
         for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
             if module is not None and module.supports(cfg, x) is None:
@@ -83,6 +86,15 @@ def _triton_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
     module = load_layer_backend("triton")
     return (module is not None and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
             and module.supports(cfg, x) is None)
+
+
+def _cpu_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
+    """On the CPU: whether the cpu backend's measurements say it beats torch's kernel for this cell
+    torch.nn computes (:func:`gatedrnn.backends.cpu.beats_torch`; training when grad mode is on)."""
+    if x.device.type != "cpu":
+        return False
+    module = load_layer_backend("cpu")
+    return module is not None and module.beats_torch(cfg, x, training=torch.is_grad_enabled())
 
 
 def require_support(backend: str, reason: str | None) -> None:

@@ -46,6 +46,36 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     return None
 
 
+TRAIN_FROM_STEPS = 8
+"""Training a plain GRU: the cpu backend is faster than torch's kernel from this many steps."""
+
+INFER_FROM_STEPS, INFER_MAX_HIDDEN, INFER_MAX_BATCH_HIDDEN = 64, 256, 8192
+"""Inference (no grad): faster from this many steps, up to this hidden size and batch x hidden."""
+
+
+def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
+    """Whether this backend runs a cell torch.nn also computes faster than torch's own CPU kernel,
+    by the measurements of ``benchmarks/cpu.py --rows auto`` (BENCHMARKS.md, run G, 2 threads):
+
+    - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-8x faster than
+      torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
+      ops) and 0.64-0.88x at T = 1; without grad 1.04-3x faster with T >= 64, H <= 256 and
+      B H <= 8192, and 0.90-1.0x beside that (B=1 H=512, B=128 H=256) or with fewer steps;
+    - never the LSTM (oneDNN's was faster at nearly every size) or the RNN (a Python loop here).
+
+    Needs the compiled loops (float32 or float64, built or buildable); without them torch's
+    kernel is kept, with no warning."""
+    if cfg.family != "gru" or cfg.torch_mode is None or x.dtype not in compiled.DTYPES or x.dim() != 3:
+        return False
+    T, B = x.shape[:2]
+    H = cfg.hidden_size
+    if training:
+        faster = T >= TRAIN_FROM_STEPS
+    else:
+        faster = T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN
+    return faster and compiled.ready()
+
+
 def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
     """Row indices taking torch's gate order to the backend's (None when they agree)."""
     if cfg.family != "lstm":

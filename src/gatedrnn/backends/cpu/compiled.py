@@ -48,7 +48,8 @@ from .lstm import Layout
 ENV = "GATEDRNN_CPU_COMPILED"
 _SOURCE_DIR = Path(__file__).with_name("csrc")
 _SOURCES = sorted(str(p) for p in _SOURCE_DIR.glob("*.cpp"))
-_DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64)
+"""What the compiled loops compute in (other dtypes run the Python loops)."""
 
 # compiler flags for the vector instruction set torch itself dispatches to on this CPU, so that
 # ATen's Vectorized<T> (and Sleef's exp and tanh behind it) use the same width as torch's kernels
@@ -198,11 +199,18 @@ def _warn_once(reason: str) -> None:
 
 
 @torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
+def ready() -> bool:
+    """Whether the compiled loops run here (building them on first call), saying nothing if not:
+    for a choice that has another fast path (:func:`gatedrnn.backends.cpu.beats_torch`)."""
+    return not disabled() and unavailable_reason() is None
+
+
+@torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
 def loop_for(cfg: CellConfig, dtype: torch.dtype) -> type | None:
     """The compiled loop that runs this layer (building the loops on first use), or None: the
     LSTM's for every variant, the GRU's for both reset forms, in float32 and float64."""
     family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.family)
-    if family is None or dtype not in _DTYPES or disabled():
+    if family is None or dtype not in DTYPES or disabled():
         return None
     reason = unavailable_reason()
     if reason is not None:
