@@ -626,3 +626,27 @@ def test_torch_export_runs_the_cpu_backend(loop, cls, kw):
 def _flat(result) -> list[torch.Tensor]:
     output, state = result
     return [output, *(state if isinstance(state, tuple) else (state,))]
+
+
+def test_the_plain_gru_keeps_torchs_kernel_under_torch_func_and_export(loop):
+    """auto's cpu choice for the plain GRU would lose what aten.gru has: torch.func transforms
+    (no vmap or forward-mode rule in the Function) and a graph that does not depend on T."""
+    module = gatedrnn.GRU(I, H, dtype=torch.float64)
+    x = torch.randn(9, B, I, dtype=torch.float64)
+    expected, = torch.autograd.grad(module(x.requires_grad_(True))[0].sum(), x)
+    given = torch.func.grad(lambda inp: module(inp)[0].sum())(x.detach())
+    assert rel_err(given, expected) < 1e-12
+    program = torch.export.export(module.eval(), (x.detach(),))
+    assert "gatedrnn_cpu" not in str(program.graph) and "gru" in str(program.graph)
+
+
+def test_the_compiled_ops_refuse_masks_of_the_wrong_length(loop):
+    if loop != "compiled":
+        pytest.skip("the compiled ops' own test")
+    xw, h0, w = torch.randn(T, B, 3 * H), torch.randn(B, H), torch.randn(3 * H, H)
+    with pytest.raises(RuntimeError, match=r"keep_h must be \(T=7, B=4 or 1"):
+        torch.ops.gatedrnn_cpu.gru_forward(xw, h0, w, None, None, None, None, torch.rand(T - 1, B, H), None,
+                                           True, False, 1e-5)
+    with pytest.raises(RuntimeError, match=r"recurrent_mask must be \(B=4 or 1"):
+        torch.ops.gatedrnn_cpu.gru_forward(xw, h0, w, None, None, None, None, None, torch.rand(B + 1, H),
+                                           True, False, 1e-5)

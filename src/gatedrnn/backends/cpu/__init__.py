@@ -67,6 +67,8 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
     kernel is kept, with no warning."""
     if cfg.family != "gru" or cfg.torch_mode is None or x.dtype not in compiled.DTYPES or x.dim() != 3:
         return False
+    if _tracing_or_transformed(x):
+        return False
     T, B = x.shape[:2]
     H = cfg.hidden_size
     if training:
@@ -74,6 +76,14 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
     else:
         faster = T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN
     return faster and compiled.ready()
+
+
+def _tracing_or_transformed(x: Tensor) -> bool:
+    """Keep torch's kernel where the cpu backend would change what works: under torch.func
+    transforms (its Function has no vmap or forward-mode rule; aten.gru does) and while exporting
+    or with a symbolic T (the graph would then depend on the example's length)."""
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.5
+    return torch._C._are_functorch_transforms_active() or exporting or not isinstance(x.shape[0], int)
 
 
 def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:

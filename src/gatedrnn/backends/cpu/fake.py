@@ -79,4 +79,8 @@ _FAKES = {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_for
 def register() -> None:
     """Register the fakes with the loaded ops (call once, after loading them)."""
     for name, fn in _FAKES.items():
-        torch.library.register_fake(f"gatedrnn_cpu::{name}")(fn)
+        try:
+            torch.library.register_fake(f"gatedrnn_cpu::{name}")(fn)
+        except RuntimeError as e:  # registered by an earlier call that failed part-way
+            if "already" not in str(e):
+                raise

@@ -159,6 +159,17 @@ inline Tensor product_operand(const Tensor& w, int64_t steps) {
   return steps >= kCopyTransposeFrom ? w.t().contiguous() : w.t();
 }
 
+// The per-step masks' leading sizes, checked at op entry: the steps index them by t and by batch
+// row through part(), which has no bounds checks of its own.
+inline void check_step_mask(const OptTensor& mask, const char* name, int64_t T, int64_t B) {
+  TORCH_CHECK(!mask || (mask->dim() >= 2 && mask->size(0) == T && (mask->size(1) == B || mask->size(1) == 1)),
+              "gatedrnn: ", name, " must be (T=", T, ", B=", B, " or 1, ...), got ", mask->sizes());
+}
+inline void check_row_mask(const OptTensor& mask, const char* name, int64_t B) {
+  TORCH_CHECK(!mask || (mask->dim() == 2 && (mask->size(0) == B || mask->size(0) == 1)),
+              "gatedrnn: ", name, " must be (B=", B, " or 1, size), got ", mask->sizes());
+}
+
 // x[t], for a (T, ...) tensor.
 inline Tensor step_of(const Tensor& x, int64_t t) {
   return x.is_contiguous() ? part(x, t, 1, false) : x.select(0, t);
