@@ -57,9 +57,9 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
     """Whether this backend runs a cell torch.nn also computes faster than torch's own CPU kernel,
     by the measurements of ``benchmarks/cpu.py --rows auto`` (BENCHMARKS.md, run G, 2 threads):
 
-    - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-8x faster than
+    - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-9x faster than
       torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
-      ops) and 0.64-0.88x at T = 1; without grad 1.04-3x faster with T >= 64, H <= 256 and
+      ops) and 0.61-0.90x at T = 1; without grad 1.04-3x faster with T >= 64, H <= 256 and
       B H <= 8192, and 0.90-1.0x beside that (B=1 H=512, B=128 H=256) or with fewer steps;
     - never the LSTM (oneDNN's was faster at nearly every size) or the RNN (a Python loop here).
 

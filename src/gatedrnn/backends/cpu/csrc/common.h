@@ -169,6 +169,12 @@ inline void check_row_mask(const OptTensor& mask, const char* name, int64_t B) {
   TORCH_CHECK(!mask || (mask->dim() == 2 && (mask->size(0) == B || mask->size(0) == 1)),
               "gatedrnn: ", name, " must be (B=", B, " or 1, size), got ", mask->sizes());
 }
+// Every mask an op takes (the GRU has no keep_c or active: nullopt).
+inline void check_masks(const OptTensor& keep_h, const OptTensor& keep_c, const OptTensor& active,
+                        const OptTensor& rec_mask, int64_t T, int64_t B) {
+  check_step_mask(keep_h, "keep_h", T, B), check_step_mask(keep_c, "keep_c", T, B);
+  check_step_mask(active, "active", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
+}
 
 // x[t], for a (T, ...) tensor.
 inline Tensor step_of(const Tensor& x, int64_t t) {

@@ -83,7 +83,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
   const bool norm = rec_gain.has_value();
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value(),
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
-  check_step_mask(keep_h, "keep_h", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
+  check_masks(keep_h, std::nullopt, std::nullopt, rec_mask, T, B);
 
   Tensor states = at::empty({T + 1, B, H}, opts);
   states.select(0, slot.prev(slot.step(0))).copy_(h0);
@@ -246,7 +246,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
   const bool norm = rec_gain.has_value(), shift = rec_shift.has_value();
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value() && norm == xw.has_value(),
               "gatedrnn: layer norm needs x W^T, in_gain, in_bias and rec_gain together");
-  check_step_mask(keep_h, "keep_h", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
+  check_masks(keep_h, std::nullopt, std::nullopt, rec_mask, T, B);
 
   Tensor d_z = at::empty({T, B, 3 * H}, opts);  // at the pre-activations (= at xw); with layer norm at x W^T
   // the gradient at the recurrent products and the n product's input r h (reset before), a ring

@@ -127,8 +127,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value(),
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
   check_gate_recurrence(L, fgr, H);
-  check_step_mask(keep_h, "keep_h", T, B), check_step_mask(keep_c, "keep_c", T, B);
-  check_step_mask(active, "active", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
+  check_masks(keep_h, keep_c, active, rec_mask, T, B);
 
   Tensor states = at::empty({T + 1, B, R}, opts), cells = at::empty({T + 1, B, H}, opts);
   states.select(0, slot.prev(slot.step(0))).copy_(h0);
@@ -362,8 +361,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   const OptTensor weight_gg = contiguous(weight_gg_);
   const bool fgr = weight_gg.has_value();
   check_gate_recurrence(L, fgr, H);
-  check_step_mask(keep_h, "keep_h", T, B), check_step_mask(keep_c, "keep_c", T, B);
-  check_step_mask(active, "active", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
+  check_masks(keep_h, keep_c, active, rec_mask, T, B);
   Tensor d_z = at::empty({T, B, GH}, opts);  // at the pre-activations (= at xw); with layer norm at x W^T
   // The gradient at the recurrent product h_{t-1} U^T, for dh and for dU = sum_t d_raw_t^T h_{t-1}.
   // Without layer norm it is d_z itself, and dU is one product after the loop. With it, it is a
