@@ -9,9 +9,12 @@ in one process.
 
 Every row times its providers interleaved (A B C D, A B C D, ...) and reports medians in ms, with
 ratios against torch.nn. Rows (``--rows``): ``targets`` (the issue's targets at B=32, H=256),
-``memory`` (peak training memory per variant against torch.nn.LSTM), ``linear`` (T=128 against
+``memory`` (peak training memory per variant against torch.nn.LSTM), ``penalty`` (a training step
+with a gradient penalty through the recurrence), ``linear`` (T=128 against
 T=1024), ``stream`` (cells called one step at a time), ``auto`` (torch.nn's kernels against the cpu
-backend for the plain cells, which ``auto`` chooses between) and ``grid`` (B x T x H for ``--cells``).
+backend for the plain cells, which ``auto`` chooses between), ``packed`` (the same for the plain
+GRU on packed batches of unequal lengths, which torch's kernel shortens step by step and the cpu
+backend masks) and ``grid`` (B x T x H for ``--cells``).
 
 Memory is measured two ways, both for one forward+backward at B=32, H=256, T=256:
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gatedrnn
 from gatedrnn.backends.cpu import compiled
@@ -61,6 +65,8 @@ class Case:
     B: int
     T: int
     H: int
+    shortest: int = 0
+    """Packed input, lengths spread evenly from T down to this; 0: every sequence T long, unpacked."""
 
     @property
     def family(self) -> str:
@@ -68,7 +74,15 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.cell} B={self.B} T={self.T} H={self.H}"
+        lengths = f" lengths {self.T}..{self.shortest}" if self.shortest else ""
+        return f"{self.cell} B={self.B} T={self.T} H={self.H}{lengths}"
+
+    def model_input(self, x: torch.Tensor) -> torch.Tensor | PackedSequence:
+        """x (T, B, H) as the layer takes it: packed with this case's lengths, or as it is."""
+        if not self.shortest:
+            return x
+        lengths = torch.linspace(self.T, self.shortest, self.B).round().long()
+        return pack_padded_sequence(x, lengths, enforce_sorted=False)
 
 
 def build(case: Case, provider: str) -> torch.nn.Module:
@@ -94,10 +108,12 @@ def plain_loop(module: torch.nn.Module, x: torch.Tensor):
     return torch.stack(outputs), state
 
 
-def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
-    """A closure running one forward (no grad) or forward+backward of ``provider`` on ``case``."""
+def call(case: Case, provider: str, train: bool, penalty: bool = False) -> Callable[[], None]:
+    """A closure running one forward (no grad) or forward+backward of ``provider`` on ``case``;
+    with ``penalty`` a training step with a gradient penalty: the weights' gradients taken with
+    ``create_graph``, their squared norm added to the loss, and the backward pass of that."""
     module = build(case, provider)
-    x = torch.randn(case.T, case.B, case.H)
+    x = case.model_input(torch.randn(case.T, case.B, case.H))
     run = (lambda: plain_loop(module, x)) if provider == "loop" else (lambda: module(x))
     if provider == "cpu-py":
         run = _without_compiled_loop(run)
@@ -105,13 +121,20 @@ def call(case: Case, provider: str, train: bool) -> Callable[[], None]:
     def forward_backward():
         module.zero_grad(set_to_none=True)
         out, _ = run()
-        out.sum().backward()
+        (out.data if isinstance(out, PackedSequence) else out).sum().backward()
 
     def forward():
         with torch.no_grad():
             run()
 
-    return forward_backward if train else forward
+    def penalised():
+        module.zero_grad(set_to_none=True)
+        out, _ = run()
+        out = out.data if isinstance(out, PackedSequence) else out
+        grads = torch.autograd.grad(out.pow(2).sum(), list(module.parameters()), create_graph=True)
+        (out.sum() + sum(g.pow(2).sum() for g in grads)).backward()
+
+    return penalised if penalty else forward_backward if train else forward
 
 
 def _without_compiled_loop(run: Callable[[], object]) -> Callable[[], object]:
@@ -137,10 +160,15 @@ class Row:
     providers: list[str]
     train: bool
     case_of: Callable[[str], Case]
+    penalty: bool = False
     times: dict[str, list[float]] = field(default_factory=dict)
 
+    @property
+    def pass_name(self) -> str:
+        return "penalty" if self.penalty else "fwd+bwd" if self.train else "fwd"
+
     def run(self, repeats: int) -> None:
-        fns = {p: call(self.case_of(p), p, self.train) for p in self.providers}
+        fns = {p: call(self.case_of(p), p, self.train, self.penalty) for p in self.providers}
         for fn in fns.values():  # warm-up: allocator, thread pool, lazy init
             fn()
         self.times = {p: [] for p in fns}
@@ -162,7 +190,7 @@ def print_rows(title: str, rows: list[Row], baseline: str = "torch") -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
-        cells = [r.label, "fwd+bwd" if r.train else "fwd"]
+        cells = [r.label, r.pass_name]
         cells += [f"{r.median_ms(p):.1f}" if p in r.times else "" for p in providers]
         if baseline in r.times:
             cells += [f"{r.median_ms(baseline) / r.median_ms(p):.2f}x" if p in r.times else "" for p in providers
@@ -250,6 +278,30 @@ def auto_rows(quick: bool) -> list[Row]:
         sizes = [(1, 1, 16), (4, 16, 32)]
     return [Row(Case(cell, B, T, H).label, ["torch", "cpu", "default"], train, fixed(Case(cell, B, T, H)))
             for cell in ("gru", "lstm") for B, T, H in sizes for train in (False, True)]
+
+
+def packed_rows(quick: bool) -> list[Row]:
+    """The plain GRU on packed batches, lengths from T down to T/2 or to 1: torch.nn.GRU's kernel
+    runs only the live sequences of each step, the cpu backend every step of every sequence. Then
+    the plain LSTM, which the default runs on torch's kernel: its cost of taking a packed input."""
+    sizes = [(b, t, h, s) for b in (8, 32) for t in (16, 128) for h in (64, 256) for s in (t // 2, 1)]
+    lstm_sizes = [(8, 16, 64, 1), (8, 128, 64, 1), (32, 128, 256, 1)]
+    if quick:
+        sizes = lstm_sizes = [(4, 16, 32, 1)]
+    rows = [Row(Case("gru", B, T, H, s).label, ["torch", "cpu", "default"], train, fixed(Case("gru", B, T, H, s)))
+            for B, T, H, s in sizes for train in (False, True)]
+    return rows + [Row(Case("lstm", B, T, H, s).label, ["torch", "default"], train, fixed(Case("lstm", B, T, H, s)))
+                   for B, T, H, s in lstm_sizes for train in (False, True)]
+
+
+def penalty_rows(quick: bool) -> list[Row]:
+    """A training step with a gradient penalty on the weights (second derivatives through the
+    recurrence): the cpu backend replays the layer on the reference loop for it."""
+    B, T, H = (4, 8, 16) if quick else (32, 64, 128)
+    cells = [("gru", ["torch", "reference", "cpu", "default"]), ("lstm-peephole", ["reference", "cpu", "default"]),
+             ("lstm-ln", ["reference", "cpu", "default"])]
+    return [Row(Case(cell, B, T, H).label, providers, True, fixed(Case(cell, B, T, H)), penalty=True)
+            for cell, providers in cells]
 
 
 def stream_rows(quick: bool, repeats: int) -> None:
@@ -360,10 +412,12 @@ def machine() -> str:
             f"compiled loops: {loop}")
 
 
+ROWS = ("targets", "memory", "linear", "stream", "auto", "packed", "penalty", "grid")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default="targets,memory,linear,stream,auto,grid",
-                        help="comma-separated: targets, memory, linear, stream, auto, grid (default all)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)} (default all)")
     parser.add_argument("--cells", default="lstm,lstm-ln", help=f"grid cells, from {', '.join(CELLS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
@@ -376,9 +430,9 @@ def main(argv: list[str] | None = None) -> None:
         peak_child(cell, provider, *map(int, sizes))
         return
     rows = set(args.rows.split(","))
-    unknown = rows - {"targets", "memory", "linear", "stream", "auto", "grid"}
+    unknown = rows - set(ROWS)
     if unknown:
-        parser.error(f"unknown rows {sorted(unknown)}: expected targets, memory, linear, stream, auto, grid")
+        parser.error(f"unknown rows {sorted(unknown)}: expected one of {', '.join(ROWS)}")
     cells = args.cells.split(",")
     if set(cells) - set(CELLS):
         parser.error(f"unknown cells {sorted(set(cells) - set(CELLS))}: expected some of {', '.join(CELLS)}")
@@ -407,6 +461,19 @@ def main(argv: list[str] | None = None) -> None:
             r.run(repeats)
         print_rows("auto: torch.nn's kernels, the cpu backend and the default, for the cells torch.nn computes",
                    table)
+    if "packed" in rows:
+        table = packed_rows(args.quick)
+        for r in table:
+            r.run(repeats)
+        print_rows("packed: the plain GRU on batches of unequal lengths", table)
+    if "penalty" in rows:
+        table = penalty_rows(args.quick)
+        for r in table:
+            r.run(repeats)
+        print_rows("penalty: a training step with a gradient penalty through the recurrence (plain GRU)",
+                   [r for r in table if "torch" in r.providers])
+        print_rows("penalty: the same for variants torch.nn lacks, against the reference backend",
+                   [r for r in table if "torch" not in r.providers], baseline="reference")
     if "grid" in rows:
         grid = grid_rows(cells, args.quick)
         for r in grid:

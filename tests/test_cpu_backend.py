@@ -271,26 +271,43 @@ def test_auto_picks_cpu_for_what_torch_lacks(monkeypatch, kw):
     assert choose("auto", CellConfig("lstm", H), torch.zeros(1), False) == "torch"
 
 
-@pytest.mark.parametrize("cls,T,B,hidden,dtype,grad,expected", [
-    (gatedrnn.GRU, 8, 2, H, torch.float32, True, "cpu"),
-    (gatedrnn.GRU, 7, 2, H, torch.float32, True, "torch"),
-    (gatedrnn.GRU, 1, 32, 256, torch.float64, True, "torch"),
-    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, "cpu"),
-    (gatedrnn.GRU, 63, 32, 256, torch.float32, False, "torch"),
-    (gatedrnn.GRU, 64, 1, 257, torch.float32, False, "torch"),
-    (gatedrnn.GRU, 64, 33, 256, torch.float32, False, "torch"),
-    (gatedrnn.GRU, 64, 2, H, torch.bfloat16, True, "torch"),
-    (gatedrnn.LSTM, 64, 2, H, torch.float32, True, "torch"),
-    (gatedrnn.RNN, 64, 2, H, torch.float32, True, "torch"),
-], ids=["gru-train-T8", "gru-train-T7", "gru-train-T1", "gru-infer-T64", "gru-infer-T63", "gru-infer-H257",
-        "gru-infer-BH8448", "gru-bf16", "lstm", "rnn"])
+@pytest.mark.parametrize("cls,T,B,hidden,dtype,grad,ragged,expected", [
+    (gatedrnn.GRU, 8, 2, H, torch.float32, True, False, "cpu"),
+    (gatedrnn.GRU, 7, 2, H, torch.float32, True, False, "torch"),
+    (gatedrnn.GRU, 1, 32, 256, torch.float64, True, False, "torch"),
+    (gatedrnn.GRU, 8, 2, H, torch.float32, True, True, "cpu"),
+    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, False, "cpu"),
+    (gatedrnn.GRU, 63, 32, 256, torch.float32, False, False, "torch"),
+    (gatedrnn.GRU, 64, 1, 257, torch.float32, False, False, "torch"),
+    (gatedrnn.GRU, 64, 33, 256, torch.float32, False, False, "torch"),
+    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, True, "torch"),
+    (gatedrnn.GRU, 64, 2, H, torch.bfloat16, True, False, "torch"),
+    (gatedrnn.LSTM, 64, 2, H, torch.float32, True, False, "torch"),
+    (gatedrnn.RNN, 64, 2, H, torch.float32, True, False, "torch"),
+], ids=["gru-train-T8", "gru-train-T7", "gru-train-T1", "gru-train-T8-unequal", "gru-infer-T64", "gru-infer-T63",
+        "gru-infer-H257", "gru-infer-BH8448", "gru-infer-T64-unequal", "gru-bf16", "lstm",
+        "rnn"])
 def test_auto_runs_the_plain_gru_on_the_cpu_backend_where_measured_faster(loop, cls, T, B, hidden, dtype, grad,
-                                                                          expected):
-    """The sizes of cpu.beats_torch's bounds, on either side; without the compiled loops torch's kernel."""
+                                                                          ragged, expected):
+    """The sizes of cpu.beats_torch's bounds, on either side, and packed batches of unequal
+    lengths; without the compiled loops torch's kernel."""
     cfg = cls(I, hidden).cell_config
     with torch.set_grad_enabled(grad):
-        chosen = choose("auto", cfg, torch.zeros(T, B, I, dtype=dtype), False)
+        chosen = choose("auto", cfg, torch.zeros(T, B, I, dtype=dtype), False, ragged=ragged)
     assert chosen == (expected if loop == "compiled" else "torch")
+
+
+def test_packed_inference_of_unequal_lengths_keeps_torchs_kernel(loop, monkeypatch):
+    """The module passes a packed batch's lengths to the choice: without grad, unequal lengths run
+    torch's kernel and equal ones the cpu backend (where it is built)."""
+    calls = _count_recurrence_calls(monkeypatch)
+    module = gatedrnn.GRU(I, H)
+    x = torch.randn(64, B, I)
+    with torch.no_grad():
+        module(pack_padded_sequence(x, [64, 64, 63, 64], enforce_sorted=False))
+        assert calls == []
+        module(pack_padded_sequence(x, [64] * B))
+    assert len(calls) == (1 if loop == "compiled" else 0)
 
 
 def test_the_plain_gru_on_the_cpu_backend_gives_torch_nns_numbers(loop, monkeypatch):
@@ -542,32 +559,95 @@ def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw):
         assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in module.parameters())
 
 
-def test_second_derivatives_through_the_recurrence_raise_and_others_work():
-    """The fused backward is first order. Differentiating its gradients again raises, naming the
-    way out (the reference backend), rather than give None or zero; a second-order term that does
-    not pass through them (a penalty on a head's gradients) is computed, as on the reference."""
+SECOND_ORDER = [
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", proj_size=2, layer_norm=True, zoneout=0.3),
+                 id="lstm-peephole-proj-ln-zoneout"),
+    pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, bias=False, recurrent_dropout=0.3),
+                 id="lstm-fgr-ln-nobias-dropout"),
+    pytest.param(gatedrnn.LSTM, dict(variant="cifg"), id="lstm-cifg"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=True, layer_norm=True, zoneout=0.3), id="gru-ra1-ln-zoneout"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=False), id="gru-ra0"),
+    pytest.param(gatedrnn.RNN, dict(nonlinearity="relu"), id="rnn-relu"),
+]
+
+
+def _gradient_penalty(module, x, states, lengths, second_order=True):
+    """First-order gradients of a loss over every output (with ``create_graph``), then the
+    gradients of their squared norm: (first, second), each a dict over the input, the initial
+    states and the parameters; (first, None) computed without a graph when not ``second_order``."""
+    leaves = {"x": x.clone().requires_grad_(True)}
+    leaves.update({f"hx{k}": s.clone().requires_grad_(True) for k, s in enumerate(states)})
+    leaves.update(module.named_parameters())
+    packed = pack_padded_sequence(leaves["x"], lengths, enforce_sorted=False)
+    hx = tuple(leaves[f"hx{k}"] for k in range(len(states)))
+    out, state = module(packed, hx if len(hx) > 1 else hx[0])
+    outs = [out.data, *(state if isinstance(state, tuple) else (state,))]
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    first = torch.autograd.grad(loss, list(leaves.values()), create_graph=second_order)
+    if not second_order:
+        return dict(zip(leaves, first)), None
+    penalty = sum(g.pow(2).sum() for g in first)
+    second = torch.autograd.grad(penalty, list(leaves.values()))
+    return dict(zip(leaves, first)), dict(zip(leaves, second))
+
+
+@pytest.mark.parametrize("cls,kw", SECOND_ORDER)
+def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw):
+    """A gradient penalty through the recurrence (training masks, bidirectional, packed, initial
+    states): the create_graph backward replays the layer on the reference loop, so the gradients
+    and the penalty's gradients equal the reference backend's, and the first-order values equal
+    the fused backward's."""
+    ref, fast = _pair(cls, kw, bidirectional=True, num_layers=2)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    LD = ref.num_layers * ref.num_directions
+    states = [torch.randn(LD, B, s, dtype=torch.float64) for s in ref.cell_config.state_sizes]
+    results = []
+    for module in (fast.train(), ref.train()):
+        torch.manual_seed(3)  # the same masks for both
+        results.append(_gradient_penalty(module, x, states, LENGTHS))
+    for (name, a), b in zip(results[0][1].items(), results[1][1].values()):
+        assert rel_err(a, b) < 1e-10, f"second-order gradient {name}: rel err {rel_err(a, b)}"
+    torch.manual_seed(3)
+    fused, _ = _gradient_penalty(fast, x, states, LENGTHS, second_order=False)
+    for (name, a), b in zip(results[0][0].items(), fused.values()):
+        assert rel_err(a, b) < 1e-10, f"first-order gradient {name}: rel err {rel_err(a, b)}"
+
+
+@pytest.mark.parametrize("cls,kw", [
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2), id="lstm-peephole-ln-proj"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=True), id="gru"),
+])
+def test_gradgradcheck(cls, kw):
+    """torch's own second-order check (analytic against numerical) on the cpu backend."""
+    module = cls(2, 3, dtype=torch.float64, backend="cpu", **kw)
+    names = [n for n, _ in module.named_parameters()]
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    params = tuple(p.detach().clone().requires_grad_(True) for p in module.parameters())
+
+    def f(x, *ps):
+        out, state = functional_call(module, dict(zip(names, ps)), (x,))
+        return (out,) + (state if isinstance(state, tuple) else (state,))
+
+    assert torch.autograd.gradgradcheck(f, (x,) + params, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_a_gradient_penalty_on_the_plain_gru_under_auto_runs_the_cpu_backend(loop, monkeypatch):
+    """The plain GRU in training from 8 steps takes the cpu backend under ``auto``; a gradient
+    penalty through it (which used to raise) gives torch.nn.GRU's numbers."""
+    monkeypatch.setattr(compiled, "ready", lambda: True)  # the Python loop stands in where none is built
     torch.manual_seed(0)
-    module = gatedrnn.LSTM(I, H, variant="peephole", backend="cpu", dtype=torch.float64)
-    head = torch.nn.Linear(H, 1, dtype=torch.float64)
-    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
-    (graph,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
-    (first,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x)
-    assert torch.equal(graph, first)
-    with pytest.raises(RuntimeError, match="first order.*backend='reference'"):
-        torch.autograd.grad(graph.pow(2).sum(), list(module.parameters()), allow_unused=True)
-
-    def head_penalty():
-        out = head(module(x)[0][-1]).pow(2).sum()
-        grads = torch.autograd.grad(out, [*module.parameters(), *head.parameters()], create_graph=True)
-        penalty = sum(g.pow(2).sum() for g in grads[-2:])
-        return torch.autograd.grad(penalty, [*head.parameters(), *module.parameters()], allow_unused=True)
-
-    fused = head_penalty()
-    module.backend = "reference"
-    (again,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
-    assert all(g is not None for g in torch.autograd.grad(again.pow(2).sum(), list(module.parameters())))
-    exact = head_penalty()
-    assert all(a is not None and torch.allclose(a, b, rtol=1e-10) for a, b in zip(fused, exact))
+    ours = gatedrnn.GRU(I, H, dtype=torch.float64)
+    theirs = torch.nn.GRU(I, H, dtype=torch.float64)
+    theirs.load_state_dict(ours.state_dict())
+    x, h0 = torch.randn(12, B, I, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64)
+    assert choose("auto", ours.cell_config, x, regularised=False) == "cpu"
+    calls = _count_recurrence_calls(monkeypatch)
+    got, want = (_gradient_penalty(m, x, [h0], [12, 9, 4, 1]) for m in (ours, theirs))
+    assert calls, "the cpu backend did not run"
+    for name in want[1]:
+        assert rel_err(got[0][name], want[0][name]) < 1e-10, name
+        assert rel_err(got[1][name], want[1][name]) < 1e-10, name
 
 
 _TRACED = [

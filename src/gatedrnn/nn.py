@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -86,12 +87,33 @@ def _outside_cpu_autocast(run, x: Tensor, states: tuple[Tensor, ...], dtype: tor
 
 @dataclass
 class _Prepared:
-    """A forward call's input, normalised to time-major padded form."""
+    """A forward call's input, normalised to time-major padded form. A packed input is padded only
+    when :attr:`x` is first read: torch's own kernels take it packed."""
 
-    x: Tensor  # (T, B, I)
-    lengths: Tensor | None  # (B,) int64 on x's device, None when every sequence has length T
+    like: Tensor  # (T, B, I): the input, or a zero-stride view with a packed input's shape, dtype and device
     packed: PackedSequence | None
     batched: bool
+    ragged: bool = False  # some sequences of a packed batch are shorter than T (its batch sizes shrink)
+
+    @cached_property
+    def x(self) -> Tensor:
+        """(T, B, I) the time-major padded input."""
+        return self.like if self.packed is None else pad_packed_sequence(self.packed)[0]
+
+    @cached_property
+    def lengths(self) -> Tensor | None:
+        """(B,) int64 on x's device for a packed input; None for a padded one (every sequence T long)."""
+        return None if self.packed is None else _packed_lengths(self.packed)
+
+
+def _packed_lengths(packed: PackedSequence) -> Tensor:
+    """(B,) the lengths of a packed batch's sequences in the caller's order, from its batch sizes
+    (sequence b of the sorted batch lives for the steps whose batch size exceeds b)."""
+    sizes = packed.batch_sizes  # (T,) int64 on the CPU, non-increasing
+    lengths = (sizes.unsqueeze(0) > torch.arange(int(sizes[0])).unsqueeze(1)).sum(1)
+    if packed.unsorted_indices is not None:
+        lengths = lengths.index_select(0, packed.unsorted_indices.cpu())
+    return lengths.to(packed.data.device)
 
 
 class _RecurrentBase(nn.Module):
@@ -269,8 +291,10 @@ class _RecurrentBase(nn.Module):
                     f"{owner}: expected PackedSequence data of shape (sum of lengths, input_size={self.input_size}), "
                     f"got {tuple(input.data.shape)}"
                 )
-            padded, lengths = pad_packed_sequence(input)
-            return _Prepared(padded, lengths.to(padded.device), input, True)
+            sizes = input.batch_sizes
+            B = int(sizes[0])
+            like = input.data[0].expand(len(sizes), B, self.input_size)
+            return _Prepared(like, input, True, ragged=int(sizes[-1]) < B)
         check.float_tensor(owner, "input", input, p.dtype, p.device)
         if input.dim() not in (2, 3):
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
@@ -285,7 +309,7 @@ class _RecurrentBase(nn.Module):
             )
         batched = input.dim() == 3
         x = input.unsqueeze(1) if not batched else (input.transpose(0, 1) if self.batch_first else input)
-        return _Prepared(x, None, None, batched)
+        return _Prepared(x, None, batched)
 
     def _state_legends(self) -> tuple[str, ...]:
         return ("h_0",)
@@ -294,11 +318,11 @@ class _RecurrentBase(nn.Module):
         """Check the user's initial state and return it as a tuple of (L*D, B, size) tensors."""
         owner = type(self).__name__
         p = self._param
-        B = prep.x.shape[1]
+        B = prep.like.shape[1]
         LD = self.num_layers * self.num_directions
         sizes = self.cell_config.state_sizes
         if hx is None:
-            return tuple(prep.x.new_zeros(LD, B, s) for s in sizes)
+            return tuple(prep.like.new_zeros(LD, B, s) for s in sizes)
         legends = self._state_legends()
         if len(sizes) == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -327,13 +351,13 @@ class _RecurrentBase(nn.Module):
     def forward(self, input, hx=None):
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
-        T, B = prep.x.shape[:2]
+        T, B = prep.like.shape[:2]
         if T == 0 or B == 0:
-            out = prep.x.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
+            out = prep.like.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
             finals = tuple(s.clone() for s in states)
         else:
-            backend = choose(self.backend, self.cell_config, prep.x, self._regularised(),
-                             single_layer=self.num_layers == 1 and self.num_directions == 1)
+            backend = choose(self.backend, self.cell_config, prep.like, self._regularised(),
+                             single_layer=self.num_layers == 1 and self.num_directions == 1, ragged=prep.ragged)
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
 

@@ -37,27 +37,35 @@ def check_backend_name(backend: object) -> str:
     return backend
 
 
+_LOADED: dict[str, ModuleType | None] = {}  # a plain dict, not functools.cache: dynamo warns on that
+
+
 def load_layer_backend(name: str) -> ModuleType | None:
-    """The module of layer backend ``name``, or None where it cannot be imported here."""
-    try:
-        return importlib.import_module(_MODULES[name], __name__)
-    except ImportError:
-        return None
+    """The module of layer backend ``name``, or None where it cannot be imported here (looked up
+    once: every forward call asks)."""
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = importlib.import_module(_MODULES[name], __name__)
+        except ImportError:
+            _LOADED[name] = None
+    return _LOADED[name]
 
 
-def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_layer: bool = True) -> str:
+def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_layer: bool = True,
+           ragged: bool = False) -> str:
     """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
 
     ``regularised`` is True when zoneout or recurrent dropout act on this call, which torch's
     kernels cannot do; ``single_layer`` when the module has one layer and one direction (the shape
-    the GPU measurements cover). Raises ValueError when an explicitly named backend cannot run it.
+    the GPU measurements cover); ``ragged`` when some sequences of a packed batch are shorter
+    than T. Raises ValueError when an explicitly named backend cannot run it.
     """
     torch_ok = cfg.torch_mode is not None and not regularised
     if backend == "auto":
         if torch_ok:
             if single_layer and _triton_measured_faster(cfg, x):
                 return "triton"
-            return "cpu" if _cpu_measured_faster(cfg, x) else "torch"
+            return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
         for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
             if module is not None and module.supports(cfg, x) is None:
@@ -88,13 +96,13 @@ def _triton_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
             and module.supports(cfg, x) is None)
 
 
-def _cpu_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
+def _cpu_measured_faster(cfg: CellConfig, x: Tensor, ragged: bool) -> bool:
     """On the CPU: whether the cpu backend's measurements say it beats torch's kernel for this cell
     torch.nn computes (:func:`gatedrnn.backends.cpu.beats_torch`; training when grad mode is on)."""
     if x.device.type != "cpu":
         return False
     module = load_layer_backend("cpu")
-    return module is not None and module.beats_torch(cfg, x, training=torch.is_grad_enabled())
+    return module is not None and module.beats_torch(cfg, x, training=torch.is_grad_enabled(), ragged=ragged)
 
 
 def require_support(backend: str, reason: str | None) -> None:

@@ -13,7 +13,10 @@ Per layer and direction:
    gate math, saving the gate activations, the carried states and the layer-norm statistics;
 
 and whose backward loop applies the hand-derived step gradients (see :mod:`.lstm`, :mod:`.gru`,
-:mod:`.rnn`), then forms every weight gradient as one matmul or reduction over all steps.
+:mod:`.rnn`), then forms every weight gradient as one matmul or reduction over all steps. That
+backward is first order; where its gradients must be differentiable again (``create_graph=True``:
+second derivatives, gradient penalties), it replays the layer on the reference loop from the same
+inputs (:func:`module_weights` undoes :func:`prepare`) and differentiates that instead.
 
 The LSTM's gate rows are reordered inside the backend so that the sigmoid gates (those of i, f, o
 that the variant has) come first and g last: one sigmoid and one tanh per step cover all gates,
@@ -22,6 +25,8 @@ recording (:func:`gatedrnn.inspect_gates`) runs on the reference loop.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -53,14 +58,18 @@ INFER_FROM_STEPS, INFER_MAX_HIDDEN, INFER_MAX_BATCH_HIDDEN = 64, 256, 8192
 """Inference (no grad): faster from this many steps, up to this hidden size and batch x hidden."""
 
 
-def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
+def beats_torch(cfg: CellConfig, x: Tensor, training: bool, ragged: bool = False) -> bool:
     """Whether this backend runs a cell torch.nn also computes faster than torch's own CPU kernel,
-    by the measurements of ``benchmarks/cpu.py --rows auto`` (BENCHMARKS.md, run G, 2 threads):
+    by the measurements of ``benchmarks/cpu.py --rows auto,packed`` (BENCHMARKS.md, runs G and H,
+    2 threads), for x (T, B, I), ``ragged`` when some sequences of a packed batch are shorter than T:
 
     - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-9x faster than
       torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
-      ops) and 0.61-0.90x at T = 1; without grad 1.04-3x faster with T >= 64, H <= 256 and
-      B H <= 8192, and 0.90-1.0x beside that (B=1 H=512, B=128 H=256) or with fewer steps;
+      ops), also on packed batches of unequal lengths (1.0-4.4x), and 0.61-0.90x at T = 1; without
+      grad 1.04-3x faster with T >= 64, H <= 256 and B H <= 8192, and 0.90-1.0x beside that
+      (B=1 H=512, B=128 H=256) or with fewer steps, but not on batches of unequal lengths, whose
+      finished sequences torch's kernel drops step by step while this one masks them (0.65-1.0x
+      at B=32 T=128 H=256 and B=8 T=128 H=64-256, lengths T..T/2 and T..1);
     - never the LSTM (oneDNN's was faster at nearly every size) or the RNN (a Python loop here).
 
     Needs the compiled loops (float32 or float64, built or buildable); without them torch's
@@ -74,7 +83,8 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool) -> bool:
     if training:
         faster = T >= TRAIN_FROM_STEPS
     else:
-        faster = T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN
+        faster = (T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN
+                  and not ragged)
     return faster and compiled.ready()
 
 
@@ -116,6 +126,46 @@ def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
     return reorder(w["weight_ih"]), reorder(w.get("ln_weight_ih")), bias, params
 
 
+def module_weights(cfg: CellConfig, weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None,
+                   params: dict[str, Tensor | None]) -> LayerWeights:
+    """The inverse of :func:`prepare` (differentiable with autograd): weights in the module's layout
+    and gate order with which the reference loop computes the same layer. The summed bias becomes
+    the input shift (``bias_ih``, or ``ln_bias_ih`` with layer norm) and the GRU's n-block
+    recurrent shift the recurrent one; the other shifts are zero."""
+    rows = _internal_rows(cfg, weight_ih.device)
+    back = None if rows is None else torch.argsort(rows)
+
+    def restore(t: Tensor | None) -> Tensor | None:
+        return t if t is None or back is None else t.index_select(0, back)
+
+    w: LayerWeights = {"weight_ih": restore(weight_ih), "weight_hh": restore(params["weight_hh"])}
+    w.update({k: params[k] for k in ("weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
+              if params.get(k) is not None})
+    zeros = weight_ih.new_zeros(weight_ih.shape[0])
+    input_shift = zeros if bias is None else restore(bias)
+    rec_shift = params.get("rec_shift")
+    recurrent = zeros if rec_shift is None else torch.cat([zeros[: -rec_shift.shape[0]], rec_shift])
+    if cfg.layer_norm:
+        w.update(ln_weight_ih=restore(in_gain), ln_weight_hh=restore(params["rec_gain"]), ln_bias_ih=input_shift,
+                 ln_bias_hh=recurrent)
+        if cfg.bias:
+            w.update(bias_ih=zeros, bias_hh=zeros)
+    elif cfg.bias:
+        w.update(bias_ih=input_shift, bias_hh=recurrent)
+    return w
+
+
+def _replay(cfg: CellConfig, reverse: bool, lengths: Tensor | None, noise: Noise | None, x: Tensor,
+            weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None,
+            params: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
+    """The layer :class:`.function.Recurrence` ran, as the reference loop on its inputs:
+    (output, h_n[, c_n]) (the plan's ``replay``)."""
+    state = (h0,) if c0 is None else (h0, c0)
+    out, final, _ = reference.run_layer(cfg, x, state, module_weights(cfg, weight_ih, in_gain, bias, params),
+                                        reverse=reverse, lengths=lengths, noise=noise)
+    return (out, *final)
+
+
 def _keep(noise: Noise | None, mask: Tensor | None, active: Tensor | None, T: int, x: Tensor) -> Tensor | None:
     """The weight of the old state in the carried one per step (see :mod:`.function`), or None."""
     keep = None
@@ -137,7 +187,8 @@ def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise |
     if noise is not None:
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
     keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.family == "lstm" else None
-    return Plan(cfg, T, B, reverse, active, _keep(noise, zoneout_h, active, T, x), keep_c, recurrent_mask)
+    return Plan(cfg, T, B, reverse, active, _keep(noise, zoneout_h, active, T, x), keep_c, recurrent_mask,
+                partial(_replay, cfg, reverse, lengths, noise))
 
 
 def run_layer(

@@ -24,6 +24,7 @@ plain cell, the normalised input and recurrent blocks).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +34,6 @@ from ...config import CellConfig
 
 _CHUNK = 32  # steps per piece where a whole-sequence temporary would raise the memory peak
 
-_ONCE = ("gatedrnn: the 'cpu' backend's backward pass is first order; differentiating its gradients (second "
-         "derivatives, gradient penalties through the recurrence, gradgradcheck) needs the module run with "
-         "backend='reference' (torch.nn's own cells, backend='torch', also have them)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +48,11 @@ class Plan:
         keep_h: weight of h_{t-1} in the carried h_t, broadcastable to (T, B, R); None for none.
         keep_c: the same for the LSTM cell state, to (T, B, H).
         recurrent_mask: (B, R) recurrent-dropout mask multiplied into h_{t-1} before the matmul.
+        replay: the same layer as a differentiable function of the Function's tensor inputs,
+            ``replay(x, weight_ih, in_gain, bias, h0, c0, params) -> (output, h_n[, c_n])`` with
+            ``params`` the dict of the named ones (the reference loop, with the same masks), which
+            the backward pass differentiates where its own gradients must be differentiable
+            again.
     """
 
     cfg: CellConfig
@@ -60,6 +63,7 @@ class Plan:
     keep_h: Tensor | None
     keep_c: Tensor | None
     recurrent_mask: Tensor | None
+    replay: Callable[..., tuple[Tensor, ...]]
 
     def steps(self) -> range:
         """The time indices in the order the forward pass visits them."""
@@ -285,20 +289,6 @@ def _stacked(saved: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor]:
     return {k: torch.stack(v) if isinstance(v, list) else v for k, v in saved.items()}
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """``apply(n, *gradients, *depends)``: the n gradients unchanged, as tensors whose backward
-    raises the error that the fused backward pass is first order (:data:`_ONCE`). ``depends`` (the
-    inputs and incoming gradients that require grad) gives autograd the path through them."""
-
-    @staticmethod
-    def forward(ctx, n: int, *tensors: Tensor):
-        return tuple(t.view_as(t) for t in tensors[:n])
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        raise RuntimeError(_ONCE)
-
-
 class Recurrence(torch.autograd.Function):
     """One layer and direction: forward and backward through time for a cell family.
 
@@ -326,27 +316,37 @@ class Recurrence(torch.autograd.Function):
         del xw  # before stacking the per-step lists: the two would otherwise meet at the peak
         saved.update(_stacked(loop_saved))
         ctx.plan, ctx.family, ctx.names, ctx.saved_names, ctx.fused = plan, family, names, tuple(saved), fused
-        ctx.save_for_backward(x, weight_ih, in_gain, bias, *params, *saved.values())
+        ctx.save_for_backward(x, weight_ih, in_gain, bias, h0, c0, *params, *saved.values())
         return outputs
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: gradients that can be differentiated again
+            return Recurrence._backward_by_replay(ctx, *grads)
         with torch.no_grad():
-            result = Recurrence._backward(ctx, *grads)
-        if not torch.is_grad_enabled():
-            return result
-        # create_graph=True: tie the gradients to what they depend on, so that differentiating
-        # them again reaches _FirstOrderOnly and raises, rather than find no path (None or zero)
-        depends = [t for t in (*ctx.saved_tensors, *grads) if isinstance(t, Tensor) and t.requires_grad]
-        given = [g for g in result if g is not None]
-        if not given or not depends:
-            return result
-        tied = iter(_FirstOrderOnly.apply(len(given), *given, *depends))
-        return tuple(None if g is None else next(tied) for g in result)
+            return Recurrence._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward_by_replay(ctx, *grads: Tensor):
+        """The gradients as a graph (second derivatives, gradient penalties, gradgradcheck): the
+        plan's replay (the reference loop on the saved inputs, with the same masks) run again under
+        autograd and differentiated with ``create_graph``. The fused backward pass is first order;
+        this path costs a reference forward and backward and is taken only when asked for."""
+        inputs = ctx.saved_tensors[:6 + len(ctx.names)]
+        x, weight_ih, in_gain, bias, h0, c0, *params = inputs
+        wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[3 + i]]
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            outputs = ctx.plan.replay(x, weight_ih, in_gain, bias, h0, c0, dict(zip(ctx.names, params)))
+            found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True,
+                                        allow_unused=True)
+        result: list[Tensor | None] = [None] * len(inputs)
+        for i, g in zip(wanted, found):
+            result[i] = g
+        return (None, None, None, *result)
 
     @staticmethod
     def _backward(ctx, *grads: Tensor):
-        x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
+        x, weight_ih, in_gain, bias, _, _, *rest = ctx.saved_tensors
         k = len(ctx.names)
         w = dict(zip(ctx.names, rest[:k]))
         saved = dict(zip(ctx.saved_names, rest[k:]))
