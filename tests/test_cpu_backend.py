@@ -567,6 +567,8 @@ SECOND_ORDER = [
     pytest.param(gatedrnn.LSTM, dict(variant="cifg"), id="lstm-cifg"),
     pytest.param(gatedrnn.GRU, dict(reset_after=True, layer_norm=True, zoneout=0.3), id="gru-ra1-ln-zoneout"),
     pytest.param(gatedrnn.GRU, dict(reset_after=False), id="gru-ra0"),
+    pytest.param(gatedrnn.GRU, dict(), id="gru-plain"),  # replayed on torch's kernel
+    pytest.param(gatedrnn.GRU, dict(bias=False), id="gru-plain-nobias"),
     pytest.param(gatedrnn.RNN, dict(nonlinearity="relu"), id="rnn-relu"),
 ]
 
@@ -593,11 +595,15 @@ def _gradient_penalty(module, x, states, lengths, second_order=True):
 
 
 @pytest.mark.parametrize("cls,kw", SECOND_ORDER)
-def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw):
+def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw, monkeypatch):
     """A gradient penalty through the recurrence (training masks, bidirectional, packed, initial
-    states): the create_graph backward replays the layer on the reference loop, so the gradients
-    and the penalty's gradients equal the reference backend's, and the first-order values equal
-    the fused backward's."""
+    states): the create_graph backward replays each layer and direction on the reference loop (the
+    plain GRU over full lengths on torch's kernel), so the gradients and the penalty's gradients equal the reference
+    backend's, and the first-order values equal the fused backward's."""
+    replays = []
+    for kind in ("_torch_gru_replay", "_replay"):
+        monkeypatch.setattr(cpu_backend, kind, lambda *a, _f=getattr(cpu_backend, kind), _k=kind, **k:
+                            replays.append(_k) or _f(*a, **k))
     ref, fast = _pair(cls, kw, bidirectional=True, num_layers=2)
     x = torch.randn(T, B, I, dtype=torch.float64)
     LD = ref.num_layers * ref.num_directions
@@ -606,6 +612,14 @@ def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw):
     for module in (fast.train(), ref.train()):
         torch.manual_seed(3)  # the same masks for both
         results.append(_gradient_penalty(module, x, states, LENGTHS))
+    assert replays == ["_replay"] * LD, replays  # unequal lengths: the reference loop for every cell
+    if cls is gatedrnn.GRU and "reset_after" not in kw:  # the plain GRU over full lengths: torch's kernel
+        replays.clear()
+        full = _gradient_penalty(fast, x, states, [T] * B)[1]
+        assert replays == ["_torch_gru_replay"] * LD, replays
+        exact = _gradient_penalty(ref, x, states, [T] * B)[1]
+        for (name, a), b in zip(full.items(), exact.values()):
+            assert rel_err(a, b) < 1e-10, f"second-order gradient {name} (full lengths): rel err {rel_err(a, b)}"
     for (name, a), b in zip(results[0][1].items(), results[1][1].values()):
         assert rel_err(a, b) < 1e-10, f"second-order gradient {name}: rel err {rel_err(a, b)}"
     torch.manual_seed(3)

@@ -50,7 +50,8 @@ class Plan:
         recurrent_mask: (B, R) recurrent-dropout mask multiplied into h_{t-1} before the matmul.
         replay: the same layer as a differentiable function of the Function's tensor inputs,
             ``replay(x, weight_ih, in_gain, bias, h0, c0, params) -> (output, h_n[, c_n])`` with
-            ``params`` the dict of the named ones (the reference loop, with the same masks), which
+            ``params`` the dict of the named ones (the reference loop with the same masks, or
+            torch's kernel for the plain GRU: :func:`gatedrnn.backends.cpu.replay_for`), which
             the backward pass differentiates where its own gradients must be differentiable
             again.
     """
@@ -329,9 +330,9 @@ class Recurrence(torch.autograd.Function):
     @staticmethod
     def _backward_by_replay(ctx, *grads: Tensor):
         """The gradients as a graph (second derivatives, gradient penalties, gradgradcheck): the
-        plan's replay (the reference loop on the saved inputs, with the same masks) run again under
-        autograd and differentiated with ``create_graph``. The fused backward pass is first order;
-        this path costs a reference forward and backward and is taken only when asked for."""
+        plan's replay of the layer on the saved inputs run again under autograd and differentiated
+        with ``create_graph``. The fused backward pass is first order; this path costs the replay's
+        forward and backward and is taken only when asked for."""
         inputs = ctx.saved_tensors[:6 + len(ctx.names)]
         x, weight_ih, in_gain, bias, h0, c0, *params = inputs
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[3 + i]]
