@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         table = packed_rows(args.quick)
         for r in table:
             r.run(repeats)
-        print_rows("packed: the plain GRU on batches of unequal lengths", table)
+        print_rows("packed: batches of unequal lengths (the plain GRU; the plain LSTM on torch's kernel)", table)
     if "penalty" in rows:
         table = penalty_rows(args.quick)
         for r in table:

@@ -628,6 +628,36 @@ def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw, 
         assert rel_err(a, b) < 1e-10, f"first-order gradient {name}: rel err {rel_err(a, b)}"
 
 
+@pytest.mark.parametrize("kw,trained", [(dict(proj_size=2), "weight_hr"), (dict(layer_norm=True), "ln_weight_c")])
+def test_second_derivatives_when_an_output_depends_on_no_trained_parameter(kw, trained):
+    """One step with only the projection (or the cell's layer-norm gain) trained: c_n depends on
+    nothing that requires grad, and the create_graph backward still gives the reference's numbers."""
+    results = []
+    for backend in ("cpu", "reference"):
+        torch.manual_seed(0)
+        module = gatedrnn.LSTM(I, H, backend=backend, dtype=torch.float64, **kw)
+        for name, p in module.named_parameters():
+            p.requires_grad_(name.startswith(trained))
+        out, _ = module(torch.randn(1, B, I, dtype=torch.float64))
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        first = torch.autograd.grad(out.pow(2).sum(), trainable, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), trainable))
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(*results))
+
+
+def test_a_first_order_backward_runs_after_the_initial_state_is_overwritten():
+    """A stateful loop copies the final state into its carry before backward: the fused backward
+    does not read the initial state, so that works (the replay for second derivatives would)."""
+    module = gatedrnn.LSTM(I, H, variant="peephole", backend="cpu")
+    h, c = torch.zeros(1, B, H), torch.zeros(1, B, H)
+    out, (hn, cn) = module(torch.randn(T, B, I), (h, c))
+    with torch.no_grad():
+        h.copy_(hn)
+        c.copy_(cn)
+    out.sum().backward()
+    assert module.weight_ch_l0.grad is not None
+
+
 @pytest.mark.parametrize("cls,kw", [
     pytest.param(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2), id="lstm-peephole-ln-proj"),
     pytest.param(gatedrnn.GRU, dict(reset_after=True), id="gru"),

@@ -66,11 +66,11 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool, ragged: bool = False
 
     - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-9x faster than
       torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
-      ops), also on packed batches of unequal lengths (1.0-4.4x), and 0.61-0.90x at T = 1; without
-      grad 1.04-3x faster with T >= 64, H <= 256 and B H <= 8192, and 0.90-1.0x beside that
-      (B=1 H=512, B=128 H=256) or with fewer steps, but not on batches of unequal lengths, whose
-      finished sequences torch's kernel drops step by step while this one masks them (0.65-1.0x
-      at B=32 T=128 H=256 and B=8 T=128 H=64-256, lengths T..T/2 and T..1);
+      ops), also on packed batches of unequal lengths (0.93-4.4x over four runs, below 1.1x only
+      at B=32 T=16 H=256), and 0.61-0.90x at T = 1; without grad 1.04-3x faster with T >= 64,
+      H <= 256 and B H <= 8192, and 0.90-1.0x beside that (B=1 H=512, B=128 H=256) or with fewer
+      steps, but not on batches of unequal lengths, whose finished sequences torch's kernel drops
+      step by step while this one masks them (0.59-1.41x, below 1 in most rows);
     - never the LSTM (oneDNN's was faster at nearly every size) or the RNN (a Python loop here).
 
     Needs the compiled loops (float32 or float64, built or buildable); without them torch's

@@ -317,7 +317,10 @@ class Recurrence(torch.autograd.Function):
         del xw  # before stacking the per-step lists: the two would otherwise meet at the peak
         saved.update(_stacked(loop_saved))
         ctx.plan, ctx.family, ctx.names, ctx.saved_names, ctx.fused = plan, family, names, tuple(saved), fused
-        ctx.save_for_backward(x, weight_ih, in_gain, bias, h0, c0, *params, *saved.values())
+        ctx.save_for_backward(x, weight_ih, in_gain, bias, *params, *saved.values())
+        # the initial states only for the replay: outside the saved set's version check, so that a
+        # first-order backward still runs after a stateful loop overwrote them in place
+        ctx.initial = (h0, c0)
         return outputs
 
     @staticmethod
@@ -333,21 +336,26 @@ class Recurrence(torch.autograd.Function):
         plan's replay of the layer on the saved inputs run again under autograd and differentiated
         with ``create_graph``. The fused backward pass is first order; this path costs the replay's
         forward and backward and is taken only when asked for."""
-        inputs = ctx.saved_tensors[:6 + len(ctx.names)]
-        x, weight_ih, in_gain, bias, h0, c0, *params = inputs
+        x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
+        (h0, c0), params = ctx.initial, rest[:len(ctx.names)]
+        inputs = (x, weight_ih, in_gain, bias, h0, c0, *params)
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[3 + i]]
+        result: list[Tensor | None] = [None] * len(inputs)
         with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
             outputs = ctx.plan.replay(x, weight_ih, in_gain, bias, h0, c0, dict(zip(ctx.names, params)))
-            found = torch.autograd.grad(outputs, [inputs[i] for i in wanted], grads, create_graph=True,
-                                        allow_unused=True)
-        result: list[Tensor | None] = [None] * len(inputs)
-        for i, g in zip(wanted, found):
-            result[i] = g
+            # an output may depend on nothing that requires grad (c_n of one step with only the
+            # projection trainable): autograd refuses those
+            live = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+            if live and wanted:
+                found = torch.autograd.grad([o for o, _ in live], [inputs[i] for i in wanted], [g for _, g in live],
+                                            create_graph=True, allow_unused=True)
+                for i, g in zip(wanted, found):
+                    result[i] = g
         return (None, None, None, *result)
 
     @staticmethod
     def _backward(ctx, *grads: Tensor):
-        x, weight_ih, in_gain, bias, _, _, *rest = ctx.saved_tensors
+        x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
         k = len(ctx.names)
         w = dict(zip(ctx.names, rest[:k]))
         saved = dict(zip(ctx.saved_names, rest[k:]))
