@@ -96,24 +96,20 @@ class _Prepared:
     ragged: bool = False  # some sequences of a packed batch are shorter than T (its batch sizes shrink)
 
     @cached_property
+    def _padded(self) -> tuple[Tensor, Tensor]:
+        """A packed input padded, and its lengths on the data's device (one call for both)."""
+        padded, lengths = pad_packed_sequence(self.packed)
+        return padded, lengths.to(padded.device)
+
+    @property
     def x(self) -> Tensor:
         """(T, B, I) the time-major padded input."""
-        return self.like if self.packed is None else pad_packed_sequence(self.packed)[0]
+        return self.like if self.packed is None else self._padded[0]
 
-    @cached_property
+    @property
     def lengths(self) -> Tensor | None:
         """(B,) int64 on x's device for a packed input; None for a padded one (every sequence T long)."""
-        return None if self.packed is None else _packed_lengths(self.packed)
-
-
-def _packed_lengths(packed: PackedSequence) -> Tensor:
-    """(B,) the lengths of a packed batch's sequences in the caller's order, from its batch sizes
-    (sequence b of the sorted batch lives for the steps whose batch size exceeds b)."""
-    sizes = packed.batch_sizes  # (T,) int64 on the CPU, non-increasing
-    lengths = (sizes.unsqueeze(0) > torch.arange(int(sizes[0])).unsqueeze(1)).sum(1)
-    if packed.unsorted_indices is not None:
-        lengths = lengths.index_select(0, packed.unsorted_indices.cpu())
-    return lengths.to(packed.data.device)
+        return None if self.packed is None else self._padded[1]
 
 
 class _RecurrentBase(nn.Module):

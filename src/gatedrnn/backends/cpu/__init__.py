@@ -180,10 +180,9 @@ def _torch_gru_replay(cfg: CellConfig, reverse: bool, x: Tensor, weight_ih: Tens
     return (out.flip(0) if reverse else out), h_n[0]
 
 
-def replay_for(cfg: CellConfig, T: int, reverse: bool, lengths: Tensor | None, noise: Noise | None):
+def replay_for(cfg: CellConfig, reverse: bool, lengths: Tensor | None, noise: Noise | None, full: bool):
     """The plan's ``replay``: torch's kernel for the plain GRU without masks over sequences all T
-    long (what ``auto`` runs here), else the reference loop."""
-    full = lengths is None or bool((lengths == T).all())
+    long (``full``; what ``auto`` runs here), else the reference loop."""
     if cfg.torch_mode == "GRU" and (noise is None or not noise.active) and full:
         return partial(_torch_gru_replay, cfg, reverse)
     return partial(_replay, cfg, reverse, lengths, noise)
@@ -211,7 +210,7 @@ def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise |
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
     keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.family == "lstm" else None
     return Plan(cfg, T, B, reverse, active, _keep(noise, zoneout_h, active, T, x), keep_c, recurrent_mask,
-                replay_for(cfg, T, reverse, lengths, noise))
+                replay_for(cfg, reverse, lengths, noise, full=active is None))
 
 
 def run_layer(

@@ -35,7 +35,6 @@ from ...config import CellConfig
 _CHUNK = 32  # steps per piece where a whole-sequence temporary would raise the memory peak
 
 
-
 @dataclass(frozen=True)
 class Plan:
     """One call's shape, direction and fixed masks (no gradients flow into these).
