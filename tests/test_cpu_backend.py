@@ -25,7 +25,7 @@ import gatedrnn
 from gatedrnn.backends import choose
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled, function
-from gatedrnn.config import LSTM_VARIANTS, CellConfig
+from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise
 from helpers import assert_close_results, rel_err, run_and_grad
 
 I, H, T, B = 3, 5, 7, 4
@@ -534,25 +534,40 @@ def test_an_empty_batch_runs_as_the_reference_does(cls, kw):
     (gatedrnn.GRU, dict(layer_norm=True)),
     (gatedrnn.LSTM, dict(variant="peephole", bidirectional=True)),
     (gatedrnn.LSTM, dict(variant="fgr", backend="reference")),
+    (gatedrnn.LSTM, dict()),  # torch's kernel: torch.nn.LSTM's fails under CPU autocast
+    (gatedrnn.RNN, dict(num_layers=2)),  # torch's kernel: torch.nn.RNN would return bfloat16
+    (gatedrnn.RNN, dict(backend="cpu")),
+    (gatedrnn.GRU, dict()),
     (gatedrnn.LSTMCell, dict(layer_norm=True)),
     (gatedrnn.GRUCell, dict(backend="reference")),
-], ids=["gru-ln", "lstm-peephole", "lstm-fgr-reference", "lstmcell-ln", "grucell"])
-def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw):
-    """Under CPU autocast (bfloat16) a module computes as without it, in float32, and returns the
-    input's dtype, as torch.nn's recurrent modules do; the gradients reach the float32 weights."""
+    (gatedrnn.RNNCell, dict()),  # torch's step: torch.nn.RNNCell would return bfloat16
+], ids=["gru-ln", "lstm-peephole", "lstm-fgr-reference", "lstm", "rnn-2-layers", "rnn-cpu", "gru", "lstmcell-ln",
+        "grucell", "rnncell"])
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw, layout):
+    """Under CPU autocast (bfloat16) every module and backend computes as without it, in float32,
+    and returns the input's dtype (for a packed input too); the gradients reach the float32
+    weights. (torch.nn differs by class here: its LSTM fails, its RNN returns bfloat16.)"""
+    cell = "Cell" in cls.__name__
+    if cell and layout == "packed":
+        pytest.skip("a cell takes no packed sequence")
     torch.manual_seed(0)
     module = cls(I, H, **kw)
-    x = torch.randn(B, I) if "Cell" in cls.__name__ else torch.randn(T, B, I)
+    x = torch.randn(B, I) if cell else torch.randn(T, B, I)
 
-    def first(out):
-        return out[0] if isinstance(out, tuple) else out
+    def call(given):
+        if layout == "packed":
+            given = pack_padded_sequence(given, LENGTHS, enforce_sorted=False)
+        out = module(given)
+        out = out[0] if isinstance(out, tuple) else out
+        return out.data if layout == "packed" else out
 
-    expected = first(module(x))
+    expected = call(x)
     for given in (x, x.bfloat16()):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = first(module(given))
+            out = call(given)
         assert out.dtype == given.dtype
-        want = expected if given.dtype == torch.float32 else first(module(given.float())).bfloat16()
+        want = expected if given.dtype == torch.float32 else call(given.float()).bfloat16()
         assert torch.equal(out, want)
         module.zero_grad()
         out.float().sum().backward()
@@ -643,6 +658,27 @@ def test_second_derivatives_when_an_output_depends_on_no_trained_parameter(kw, t
         first = torch.autograd.grad(out.pow(2).sum(), trainable, create_graph=True)
         results.append(torch.autograd.grad(sum(g.pow(2).sum() for g in first), trainable))
     assert all(rel_err(a, b) < 1e-10 for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, None], ids=["unequal", "full"])
+def test_the_replay_holds_no_second_copy_of_the_zoneout_masks(lengths):
+    """With sampled zoneout masks, the replay reruns the layer with the plan's keeps (the masks
+    themselves over full lengths, 1 on padded steps otherwise), not with the raw masks beside
+    them; the keeps differ from the masks only on steps that did not run."""
+    cfg = CellConfig("lstm", I, H)
+    x = torch.randn(T, B, I)
+    noise = Noise(zoneout=0.3, zoneout_h=torch.rand(T, B, H).lt(0.3).float(),
+                  zoneout_c=torch.rand(T, B, H).lt(0.3).float(), recurrent_mask=torch.rand(B, H))
+    lens = None if lengths is None else torch.tensor(lengths)
+    plan = cpu_backend.make_plan(cfg, x, lens, noise, reverse=False)
+    replayed = plan.replay.args[-1]
+    assert replayed.zoneout_h is plan.keep_h and replayed.zoneout_c is plan.keep_c
+    assert replayed.recurrent_mask is noise.recurrent_mask and replayed.zoneout == noise.zoneout
+    ran = torch.ones(T, B, 1) if lens is None else (torch.arange(T)[:, None] < lens).float().unsqueeze(-1)
+    for keep, mask in ((plan.keep_h, noise.zoneout_h), (plan.keep_c, noise.zoneout_c)):
+        assert torch.equal(keep * ran, mask * ran) and torch.equal(keep * (1 - ran), (1 - ran).expand_as(keep))
+    evaluation = Noise(zoneout=0.3)  # no masks: the expectation, replayed as given
+    assert cpu_backend.make_plan(cfg, x, lens, evaluation, reverse=False).replay.args[-1] is evaluation
 
 
 def test_a_first_order_backward_runs_after_the_initial_state_is_overwritten():
@@ -762,6 +798,31 @@ def test_the_plain_gru_keeps_torchs_kernel_under_torch_func_and_export(loop):
     assert rel_err(given, expected) < 1e-12
     program = torch.export.export(module.eval(), (x.detach(),))
     assert "gatedrnn_cpu" not in str(program.graph) and "gru" in str(program.graph)
+
+
+@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole")), (gatedrnn.GRU, dict(layer_norm=True))],
+                         ids=["lstm-peephole", "gru-ln"])
+def test_a_variant_under_torch_func_runs_on_the_reference_loop(cls, kw):
+    """torch.func.grad and vmap over a variant: ``auto`` (the cpu backend outside transforms)
+    runs the reference loop under them, since the fused Function has no functorch rule; naming
+    the cpu backend there says so."""
+    torch.manual_seed(0)
+    module = cls(I, H, dtype=torch.float64, **kw)
+    params = {n: p.detach() for n, p in module.named_parameters()}
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    assert choose("auto", module.cell_config, x, regularised=False) == "cpu"
+
+    def loss(p, inp):
+        return functional_call(module, p, (inp,))[0].pow(2).sum()
+
+    given = torch.func.grad(loss)(params, x)
+    expected = dict(zip(params, torch.autograd.grad(loss(dict(module.named_parameters()), x), module.parameters())))
+    assert all(rel_err(given[n], expected[n]) < 1e-12 for n in params)
+    batched = torch.func.vmap(lambda inp: module(inp)[0], in_dims=1, out_dims=1)(x)
+    assert rel_err(batched, module(x)[0]) < 1e-12
+    module.backend = "cpu"
+    with pytest.raises(ValueError, match="backend 'cpu'.*outside torch.func transforms.*'reference' or 'auto'"):
+        torch.func.grad(loss)(params, x)
 
 
 def test_the_compiled_ops_refuse_masks_of_the_wrong_length(loop):

@@ -21,7 +21,8 @@ import gatedrnn
     (dict(proj_size=-1), ValueError, "proj_size must be 0"),
     (dict(zoneout=1.5), ValueError, r"zoneout must be in \[0, 1\], got 1.5"),
     (dict(recurrent_dropout=1.0), ValueError, r"recurrent_dropout must be in \[0, 1\), got 1.0"),
-    (dict(bias="yes"), TypeError, "bias must be a bool, got str"),
+    (dict(bias="yes"), TypeError, r"bias must be a bool \(or 0 or 1\), got str"),
+    (dict(bias=2), TypeError, r"bias must be a bool \(or 0 or 1\), got int \(2\)"),
     (dict(backend="cuda"), ValueError, "unknown backend 'cuda': expected one of 'auto', 'torch', 'reference'"),
     (dict(variant="nfg", forget_bias=1.0), ValueError, "forget_bias=1.0 needs a forget gate"),
     (dict(bias=False, forget_bias=1.0), ValueError, "forget_bias=1.0 needs bias=True"),
@@ -36,7 +37,7 @@ def test_rnn_nonlinearity_and_gru_options():
     with pytest.raises(ValueError, match="unknown nonlinearity 'sigmoid'; expected one of 'tanh', 'relu'"):
         gatedrnn.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(TypeError, match="reset_after must be a bool"):
-        gatedrnn.GRU(3, 4, reset_after=1)
+        gatedrnn.GRU(3, 4, reset_after="no")
     with pytest.raises(ValueError, match="variant 'fgr'.*use gatedrnn.LSTM"):
         gatedrnn.LSTMCell(3, 4, variant="fgr")
 
@@ -140,6 +141,21 @@ def test_backend_that_cannot_run_the_config():
     assert m.backend == "auto", "a rejected assignment leaves the backend unchanged"
 
 
+def test_a_cell_refuses_a_backend_that_runs_whole_sequences():
+    """The cpu and triton backends fuse a whole sequence: a cell naming one is refused (it used to
+    run the reference step instead), and a rejected assignment leaves the backend as it was."""
+    for name in ("cpu", "triton"):
+        with pytest.raises(ValueError, match=rf"LSTMCell: backend '{name}' runs whole sequences.*'auto', 'torch', "
+                                             rf"'reference' \(gatedrnn.LSTM\(..., backend='{name}'\)"):
+            gatedrnn.LSTMCell(3, 4, backend=name)
+    cell = gatedrnn.GRUCell(3, 4, backend="reference")
+    with pytest.raises(ValueError, match="GRUCell: backend 'cpu' runs whole sequences"):
+        cell.backend = "cpu"
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        cell.backend = "fast"
+    assert cell.backend == "reference"
+
+
 @pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, {}), (gatedrnn.LSTM, {"variant": "cifg"}), (gatedrnn.GRU, {}), (gatedrnn.RNN, {})])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_empty_batch_and_zero_length_sequences(cls, kw, bidirectional):
@@ -169,3 +185,90 @@ def test_what_torch_nn_accepts_is_accepted_too():
     for mode in (True, False):
         a, b = ours.train(mode)(x), theirs.train(mode)(x)
         assert torch.allclose(a[0], b[0], atol=1e-6) and all(torch.allclose(s, t, atol=1e-6) for s, t in zip(a[1], b[1]))
+
+
+def _raised(call) -> BaseException:
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 (the class is what is compared)
+        return error
+    raise AssertionError("no error raised")
+
+
+_LAYER_MISTAKES = {
+    "input size": lambda m, hx: m(torch.randn(5, 2, 7)),
+    "packed input size": lambda m, hx: m(pack_padded_sequence(torch.randn(5, 2, 7), [5, 3])),
+    "2-D state for batched input": lambda m, hx: m(torch.randn(5, 2, 3), hx(2, 4)),
+    "3-D state for unbatched input": lambda m, hx: m(torch.randn(5, 3), hx(1, 1, 4)),
+    "state batch": lambda m, hx: m(torch.randn(5, 2, 3), hx(1, 3, 4)),
+    "state layers": lambda m, hx: m(torch.randn(5, 2, 3), hx(2, 2, 4)),
+    "state size": lambda m, hx: m(torch.randn(5, 2, 3), hx(1, 2, 5)),
+    "input dtype": lambda m, hx: m(torch.randn(5, 2, 3, dtype=torch.float64)),
+    "integer input": lambda m, hx: m(torch.ones(5, 2, 3, dtype=torch.long)),
+    "state dtype": lambda m, hx: m(torch.randn(5, 2, 3), hx(1, 2, 4, dtype=torch.float64)),
+    "input device": lambda m, hx: m(torch.randn(5, 2, 3, device="meta")),
+}
+
+
+def _compare_with_torch_nn(name: str, mistake) -> BaseException:
+    """Make ``mistake(module, hx)`` with torch.nn's module ``name`` and with ours (``hx(*shape)``
+    builds a state of that shape, an (h, c) pair for the LSTM), and check that ours is an instance
+    of the class torch.nn raised; returns ours."""
+    def hx(*shape, **kw):
+        h = torch.zeros(*shape, **kw)
+        return (h, torch.zeros(*shape, **kw)) if name.startswith("LSTM") else h
+
+    theirs = _raised(lambda: mistake(getattr(torch.nn, name)(3, 4), hx))
+    ours = _raised(lambda: mistake(getattr(gatedrnn, name)(3, 4), hx))
+    assert isinstance(theirs, (RuntimeError, ValueError)), f"torch.nn raised {theirs!r}"
+    assert isinstance(ours, type(theirs)), f"torch.nn raised {type(theirs).__name__}, we raised {ours!r}"
+    assert isinstance(ours, (ValueError, TypeError))
+    assert "expected" in str(ours) or "but the parameters" in str(ours), str(ours)
+    return ours
+
+
+@pytest.mark.parametrize("mistake", list(_LAYER_MISTAKES))
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+def test_a_bad_call_raises_an_error_of_the_class_torch_nn_raises(name, mistake):
+    """Code written against torch.nn catches our errors as it caught torch's: where torch.nn
+    raises a RuntimeError (sizes, shapes, devices) or a ValueError (the input's dtype), ours is one
+    too, besides being the ValueError or TypeError that says what was expected."""
+    _compare_with_torch_nn(name, _LAYER_MISTAKES[mistake])
+
+
+_CELL_MISTAKES = {
+    "input size": lambda c, hx: c(torch.randn(2, 7)),
+    "state shape": lambda c, hx: c(torch.randn(2, 3), hx(3, 4)),
+    "input dtype": lambda c, hx: c(torch.randn(2, 3, dtype=torch.float64), hx(2, 4)),
+    "state dtype": lambda c, hx: c(torch.randn(2, 3), hx(2, 4, dtype=torch.float64)),
+}
+
+
+@pytest.mark.parametrize("mistake", list(_CELL_MISTAKES))
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_bad_step_raises_an_error_of_the_class_torch_nn_raises(name, mistake):
+    _compare_with_torch_nn(name, _CELL_MISTAKES[mistake])
+
+
+@pytest.mark.parametrize("dropout", [True, "0.1", torch.tensor(0.1)], ids=["bool", "str", "tensor"])
+def test_a_dropout_that_is_not_a_number_is_the_value_error_torch_nn_raises(dropout):
+    theirs = _raised(lambda: torch.nn.LSTM(3, 4, dropout=dropout))
+    ours = _raised(lambda: gatedrnn.LSTM(3, 4, dropout=dropout))
+    assert isinstance(theirs, ValueError) and isinstance(ours, (ValueError, TypeError))
+    assert "dropout must be a number" in str(ours)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_numpy_hyperparameters_are_taken():
+    """A sweep's numpy integers and bools (np.random.choice) configure a module as Python's do."""
+    np = pytest.importorskip("numpy")
+    module = gatedrnn.LSTM(np.int64(3), np.int64(4), num_layers=np.int64(2), bias=np.bool_(True),
+                           bidirectional=np.bool_(True), proj_size=np.int64(2))
+    assert (module.input_size, module.hidden_size, module.num_layers, module.proj_size) == (3, 4, 2, 2)
+    assert all(type(v) is int for v in (module.input_size, module.hidden_size, module.num_layers, module.proj_size))
+    assert module.bidirectional is True and module.bias is True
+    assert module(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
+    cell = gatedrnn.GRUCell(np.int64(3), np.int64(4), bias=np.bool_(False))
+    assert cell.bias is False and cell.bias_ih is None and cell(torch.randn(2, 3)).shape == (2, 4)
+    with pytest.raises(TypeError, match=r"bidirectional must be a bool \(or 0 or 1\), got int64 \(.*2\)\)"):
+        gatedrnn.LSTM(3, 4, bidirectional=np.int64(2))

@@ -168,6 +168,24 @@ def test_layer_matches_reference(name, reverse):
 
 
 @interpreter
+@pytest.mark.parametrize("cls", [gatedrnn.LSTM, gatedrnn.GRU])
+def test_a_second_derivative_says_which_backends_give_one(cls):
+    """The backward kernel is first order: gradients taken with create_graph=True have the fused
+    backward's values, and differentiating them again names the backends that can, instead of
+    torch's generic "no autograd formula" error."""
+    torch.manual_seed(0)
+    fast = cls(3, 4, backend="triton", dtype=torch.float64)
+    ref = cls(3, 4, backend="reference", dtype=torch.float64)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    grads = [torch.autograd.grad(m(x)[0].pow(2).sum(), list(m.parameters()), create_graph=True)
+             for m in (fast, ref)]
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(*grads))
+    with pytest.raises(RuntimeError, match="not implemented by backend='triton'.*backend='reference'"):
+        sum(g.pow(2).sum() for g in grads[0]).backward()
+
+
+@interpreter
 @pytest.mark.parametrize("name", ["lstm_fgr", "gru"])
 def test_lengths_beyond_the_sequence_mean_every_step(name):
     """A length above T (run_layer called directly) means all T steps are real, as in the

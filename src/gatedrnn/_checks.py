@@ -1,8 +1,15 @@
-"""Argument checks shared by the layers and cells: each error says what was expected and what was given."""
+"""Argument checks shared by the layers and cells: each error says what was expected and what was given.
+
+The error classes keep torch.nn's: where torch.nn raises a RuntimeError for a mistake (an input of
+the wrong size, a state of the wrong shape or dtype, tensors on different devices) or a
+ValueError (a dropout that is not a number), the error raised here is also one, so that code
+written against torch.nn catches it as before.
+"""
 
 from __future__ import annotations
 
 import numbers
+import sys
 
 import torch
 from torch import Tensor
@@ -10,27 +17,49 @@ from torch import Tensor
 from .config import LSTM_VARIANTS
 
 
+class InputError(ValueError, RuntimeError):
+    """A forward call's tensor of the wrong shape or device: a ValueError, and a RuntimeError as
+    torch.nn raises for the same mistake."""
+
+
+class InputTypeError(TypeError, ValueError, RuntimeError):
+    """A forward call's tensor of the wrong dtype: a TypeError, and the ValueError (input) or
+    RuntimeError (states) torch.nn raises for it."""
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """A constructor argument of the wrong type where torch.nn raises a ValueError for it."""
+
+
+def _is_integer(value: object) -> bool:
+    """A Python or numpy integer (a hyperparameter sweep's ``np.int64``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not _is_numpy_bool(value)
+
+
+def _is_numpy_bool(value: object) -> bool:
+    numpy = sys.modules.get("numpy")  # no numpy imported: no numpy bool can have been made
+    return numpy is not None and isinstance(value, numpy.bool_)
+
+
 def positive_int(owner: str, name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not _is_integer(value):
         raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} ({value!r})")
     if value <= 0:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value}")
-    return value
+    return int(value)
 
 
-def flag(owner: str, name: str, value: object, *, int_ok: bool = False) -> bool:
-    """A bool; with ``int_ok`` also the ints 0 and 1 (torch.nn takes ``bidirectional=1``)."""
-    if int_ok and isinstance(value, numbers.Integral) and not isinstance(value, bool) and value in (0, 1):
+def flag(owner: str, name: str, value: object) -> bool:
+    """A bool, a numpy bool, or the int 0 or 1 (torch.nn takes ``bidirectional=1``, ``bias=0``)."""
+    if isinstance(value, bool) or _is_numpy_bool(value) or (_is_integer(value) and value in (0, 1)):
         return bool(value)
-    if not isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be a bool, got {type(value).__name__} ({value!r})")
-    return value
+    raise TypeError(f"{owner}: {name} must be a bool (or 0 or 1), got {type(value).__name__} ({value!r})")
 
 
 def probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
     """A number in [0, 1] (``allow_one``) or [0, 1)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__} ({value!r})")
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or _is_numpy_bool(value):
+        raise ArgumentTypeError(f"{owner}: {name} must be a number, got {type(value).__name__} ({value!r})")
     upper_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and upper_ok):
         interval = "[0, 1]" if allow_one else "[0, 1)"
@@ -50,13 +79,13 @@ def variant(owner: str, value: object) -> str:
 
 
 def proj_size(owner: str, value: object, hidden_size: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not _is_integer(value):
         raise TypeError(f"{owner}: proj_size must be an int, got {type(value).__name__} ({value!r})")
     if value < 0 or value >= hidden_size:
         raise ValueError(
             f"{owner}: proj_size must be 0 (no projection) or in [1, hidden_size={hidden_size}), got {value}"
         )
-    return value
+    return int(value)
 
 
 def forget_bias(owner: str, value: object, *, bias: bool, has_forget_gate: bool) -> float | None:
@@ -85,21 +114,21 @@ def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, devic
     if not isinstance(value, Tensor):
         raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"{owner}: expected {name} to be a floating-point tensor of dtype {dtype}, got dtype {value.dtype}"
         )
     if value.dtype != dtype and not autocast_on(value.device.type):
-        raise TypeError(
+        raise InputTypeError(
             f"{owner}: {name} has dtype {value.dtype} but the parameters are {dtype}; "
             f"convert the tensor with .to({dtype}) or the module with .to({value.dtype})"
         )
     if value.device != device:
-        raise ValueError(f"{owner}: {name} is on {value.device} but the parameters are on {device}")
+        raise InputError(f"{owner}: {name} is on {value.device} but the parameters are on {device}")
     return value
 
 
 def shape(owner: str, name: str, value: Tensor, expected: tuple[int, ...], legend: str) -> None:
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(
+        raise InputError(
             f"{owner}: expected {name} of shape {legend} = {tuple(expected)}, got {tuple(value.shape)}"
         )

@@ -69,20 +69,38 @@ def reset_recurrent_parameters(module: nn.Module, cfg: CellConfig, forget_bias: 
                     weight[rows] = 0.0
 
 
-def _outside_cpu_autocast(run, x: Tensor, states: tuple[Tensor, ...], dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """``run(x, states)``, a tuple of tensors; under CPU autocast it runs with autocast off, on x and
-    the states in the parameters' ``dtype``, and its results come back in x's dtype.
+def _under_cpu_autocast(input) -> bool:
+    """Whether CPU autocast is on and ``input`` (a tensor or PackedSequence) is on the CPU."""
+    data = input.data if isinstance(input, PackedSequence) else input
+    return check.autocast_on("cpu") and isinstance(data, Tensor) and data.device.type == "cpu"
 
-    torch.nn's recurrent modules return the input's dtype under CPU autocast; our loops would
-    otherwise meet autocast's bfloat16 matrix products midway (the compiled ones run float32 and
-    float64 only), and the recurrence keeps its full precision, as autocast does for the reductions
-    it lists. CUDA autocast is left to the backends.
+
+def _cast(value, dtype: torch.dtype):
+    """``value`` (a tensor, PackedSequence, a tuple of them, or anything else) with its
+    floating-point tensors in ``dtype``; everything else as it is."""
+    if isinstance(value, PackedSequence):
+        return value._replace(data=_cast(value.data, dtype))
+    if isinstance(value, tuple):
+        return tuple(_cast(v, dtype) for v in value)
+    if isinstance(value, Tensor) and value.is_floating_point():
+        return value.to(dtype)
+    return value
+
+
+def _outside_cpu_autocast(forward, input, hx, dtype: torch.dtype):
+    """``forward(input, hx)`` with CPU autocast off, on the input and states in the parameters'
+    ``dtype``, its results back in the input's dtype.
+
+    Every backend then computes under CPU autocast as without it and returns the input's dtype: the
+    loops would otherwise meet autocast's bfloat16 matrix products midway (the compiled ones run
+    float32 and float64 only), torch.nn.LSTM's oneDNN kernel fails under it, and torch.nn.RNN would
+    return autocast's dtype where GRU returns float32. The recurrence keeps its full precision, as
+    autocast does for the reductions it lists. CUDA autocast is left to the backends.
     """
-    if x.device.type != "cpu" or not check.autocast_on("cpu"):
-        return tuple(run(x, states))
+    given = (input.data if isinstance(input, PackedSequence) else input).dtype
     with torch.autocast("cpu", enabled=False):
-        results = run(x.to(dtype), tuple(s.to(dtype) for s in states))
-    return tuple(r.to(x.dtype) for r in results)
+        result = forward(_cast(input, dtype), _cast(hx, dtype))
+    return _cast(result, given)
 
 
 @dataclass
@@ -149,7 +167,7 @@ class _RecurrentBase(nn.Module):
         self.bias = check.flag(owner, "bias", bias)
         self.batch_first = check.flag(owner, "batch_first", batch_first)
         self.dropout = check.probability(owner, "dropout", dropout, allow_one=True)  # as torch.nn: 1 drops all
-        self.bidirectional = check.flag(owner, "bidirectional", bidirectional, int_ok=True)
+        self.bidirectional = check.flag(owner, "bidirectional", bidirectional)
         self.proj_size = check.proj_size(owner, proj_size, hidden_size)
         self.zoneout = check.probability(owner, "zoneout", zoneout, allow_one=True)
         self.recurrent_dropout = check.probability(owner, "recurrent_dropout", recurrent_dropout, allow_one=False)
@@ -283,7 +301,7 @@ class _RecurrentBase(nn.Module):
         if isinstance(input, PackedSequence):
             check.float_tensor(owner, "input", input.data, p.dtype, p.device)
             if input.data.dim() != 2 or input.data.shape[-1] != self.input_size:
-                raise ValueError(
+                raise check.InputError(
                     f"{owner}: expected PackedSequence data of shape (sum of lengths, input_size={self.input_size}), "
                     f"got {tuple(input.data.shape)}"
                 )
@@ -294,12 +312,12 @@ class _RecurrentBase(nn.Module):
         check.float_tensor(owner, "input", input, p.dtype, p.device)
         if input.dim() not in (2, 3):
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
-            raise ValueError(
+            raise check.InputError(
                 f"{owner}: expected input to be 3-D {layout} (batched) or 2-D (T, input_size) (unbatched), "
                 f"got {input.dim()}-D input of shape {tuple(input.shape)}"
             )
         if input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise check.InputError(
                 f"{owner}: expected input.size(-1) == input_size = {self.input_size}, "
                 f"got {input.shape[-1]} (input shape {tuple(input.shape)})"
             )
@@ -345,6 +363,11 @@ class _RecurrentBase(nn.Module):
         return self.zoneout > 0 or (self.training and self.recurrent_dropout > 0)
 
     def forward(self, input, hx=None):
+        if _under_cpu_autocast(input):
+            return _outside_cpu_autocast(self._forward, input, hx, self._param.dtype)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx):
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
         T, B = prep.like.shape[:2]
@@ -356,12 +379,7 @@ class _RecurrentBase(nn.Module):
                              single_layer=self.num_layers == 1 and self.num_directions == 1, ragged=prep.ragged)
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
-
-            def run(x: Tensor, initial: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-                output, last, _ = self.run_layers(x, initial, prep.lengths, backend)
-                return (output, *last)
-
-            out, *finals = _outside_cpu_autocast(run, prep.x, states, self._param.dtype)
+            out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)
         return self._finish(out, tuple(finals), prep)
 
     def _finish(self, out: Tensor, finals: tuple[Tensor, ...], prep: _Prepared):
@@ -715,6 +733,11 @@ class RNN(_RecurrentBase):
 # ----- cells ----------------------------------------------------------------------------------
 
 
+CELL_BACKENDS = ("auto", "torch", "reference")
+"""What a cell's ``backend`` may be: torch's step function (the cells torch.nn computes; ``auto``
+uses it there) or the reference step."""
+
+
 class _CellBase(nn.Module):
     """What the cells share: torch.nn's RNNCellBase parameters plus the variants' extras."""
 
@@ -742,7 +765,23 @@ class _CellBase(nn.Module):
             self.register_parameter(key, nn.Parameter(torch.empty(shape, **kw)))
         self.forget_bias = None
 
-    backend = _RecurrentBase.backend
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        """One of :data:`CELL_BACKENDS`: the cpu and triton backends fuse whole sequences, so a
+        cell naming one is refused here rather than run on the reference step unasked."""
+        name = check_backend_name(value)
+        if name not in CELL_BACKENDS:
+            owner = type(self).__name__
+            raise ValueError(
+                f"{owner}: backend {name!r} runs whole sequences, not single steps; a cell takes one of "
+                f"{', '.join(map(repr, CELL_BACKENDS))} (gatedrnn.{owner.removesuffix('Cell')}(..., "
+                f"backend={name!r}) runs the {name} backend), got {name!r}"
+            )
+        self._backend = name
 
     def reset_parameters(self) -> None:
         """torch.nn's initialisation (see :func:`reset_recurrent_parameters`)."""
@@ -779,7 +818,7 @@ class _CellBase(nn.Module):
         owner = type(self).__name__
         check.float_tensor(owner, "input", input, p.dtype, p.device)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise check.InputError(
                 f"{owner}: expected input of shape (batch, input_size={self.input_size}) or (input_size,), "
                 f"got {tuple(input.shape)}"
             )
@@ -805,6 +844,11 @@ class _CellBase(nn.Module):
         return x, tuple(out), batched
 
     def forward(self, input: Tensor, hx=None):
+        if _under_cpu_autocast(input):
+            return _outside_cpu_autocast(self._forward, input, hx, self._parameters["weight_ih"].dtype)
+        return self._forward(input, hx)
+
+    def _forward(self, input: Tensor, hx):
         x, states, batched = self._check_step(input, hx)
         cfg = self.cell_config
         use_torch = self.backend in ("auto", "torch") and cfg.torch_mode is not None
@@ -817,10 +861,7 @@ class _CellBase(nn.Module):
             result = fn(x, hx_arg, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
             new = tuple(result) if isinstance(result, (tuple, list)) else (result,)
         else:
-            def step(x: Tensor, initial: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-                return STEPS[cfg.family](x, initial_carry(initial, cfg), self._weights(), cfg)[0][: len(initial)]
-
-            new = _outside_cpu_autocast(step, x, states, self._parameters["weight_ih"].dtype)
+            new = STEPS[cfg.family](x, initial_carry(states, cfg), self._weights(), cfg)[0][: len(states)]
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) == 2 else new[0]

@@ -27,6 +27,7 @@ recording (:func:`gatedrnn.inspect_gates`) runs on the reference loop.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -44,11 +45,15 @@ _PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_w
 
 
 def supports(cfg: CellConfig, x: Tensor) -> str | None:
-    """None for every configuration on CPU floating-point tensors, else the reason not."""
+    """None for every configuration on CPU floating-point tensors outside torch.func transforms
+    (its Function has no functorch rule: ``auto`` then runs the reference loop), else the reason not."""
     if x.device.type != "cpu":
         return f"expected a CPU tensor, got one on {x.device.type}"
     if not x.dtype.is_floating_point:
         return f"expected a floating-point input, got {x.dtype}"
+    if _transformed():
+        return ("expected a call outside torch.func transforms (grad, vmap, jacrev, ...), which its fused "
+                "autograd Function does not support; backend='reference' or 'auto' runs under them")
     return None
 
 
@@ -94,7 +99,12 @@ def _tracing_or_transformed(x: Tensor) -> bool:
     transforms (its Function has no vmap or forward-mode rule; aten.gru does) and while exporting
     or with a symbolic T (the graph would then depend on the example's length)."""
     exporting = getattr(torch.compiler, "is_exporting", lambda: False)()  # torch >= 2.5
-    return torch._C._are_functorch_transforms_active() or exporting or not isinstance(x.shape[0], int)
+    return _transformed() or exporting or not isinstance(x.shape[0], int)
+
+
+def _transformed() -> bool:
+    """Whether a torch.func transform (grad, vmap, jvp, ...) is active."""
+    return torch._C._are_functorch_transforms_active()
 
 
 def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
@@ -208,9 +218,20 @@ def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise |
     zoneout_h = zoneout_c = recurrent_mask = None
     if noise is not None:
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
+    keep_h = _keep(noise, zoneout_h, active, T, x)
     keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.family == "lstm" else None
-    return Plan(cfg, T, B, reverse, active, _keep(noise, zoneout_h, active, T, x), keep_c, recurrent_mask,
-                replay_for(cfg, reverse, lengths, noise, full=active is None))
+    return Plan(cfg, T, B, reverse, active, keep_h, keep_c, recurrent_mask,
+                replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None))
+
+
+def _replay_noise(noise: Noise | None, keep_h: Tensor | None, keep_c: Tensor | None) -> Noise | None:
+    """The masks the replay reruns the layer with: sampled zoneout masks give way to the plan's
+    keeps, which equal them on every step that ran (and are 1, keep the state, on the padded ones,
+    where the reference loop keeps it anyway), so the replay holds no second copy of them until
+    backward. Evaluation's zoneout (no masks: the expectation) and recurrent dropout as drawn."""
+    if noise is None or noise.zoneout_h is None:
+        return noise
+    return replace(noise, zoneout_h=keep_h, zoneout_c=keep_c if noise.zoneout_c is not None else None)
 
 
 def run_layer(

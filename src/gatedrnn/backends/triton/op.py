@@ -204,4 +204,13 @@ def _gate_weight_grad(d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool) 
     return d.reshape(T * B, -1).t().to(gates.dtype).matmul(previous.reshape(T * B, -1))
 
 
+def _no_second_derivative(ctx, *grads):
+    """The backward kernel is first order, as cuDNN's is; differentiating it again says what does."""
+    raise RuntimeError(
+        "second derivatives (a backward through gradients computed with create_graph=True: gradient "
+        "penalties, gradgradcheck) are not implemented by backend='triton', whose backward kernel is first "
+        "order; expected a module with backend='reference' (any device) or 'cpu' (CPU tensors) for them")
+
+
 recurrence.register_autograd(_backward, setup_context=_setup_context)
+recurrence_backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
