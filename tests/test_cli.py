@@ -3,6 +3,7 @@ run, ``compare``'s table and figure, ``reproduce``'s Markdown table, and ``pytho
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -97,10 +98,12 @@ def _damage(out, how: str) -> None:
         meta = json.loads(pointer.read_text())
         meta["rng"]["torch"] = meta["rng"]["torch"][:10]
         pointer.write_text(json.dumps(meta))
-    elif how in ("state-empty", "step-infinite"):
+    elif how in ("state-empty", "state-mangled", "step-infinite"):
         meta = json.loads(pointer.read_text())
         if how == "state-empty":
             meta["extra"]["state"] = {}
+        elif how == "state-mangled":
+            meta["extra"]["state"].update(ema="0.1", solved_step=2.5)
         else:
             meta["step"] = float("inf")
         pointer.write_text(json.dumps(meta))
@@ -115,7 +118,8 @@ def _damage(out, how: str) -> None:
     ("json-list", "expected a JSON object, got list"),
     ("json-no-rng", "has no 'rng' entry"),
     ("rng-truncated", "its checkpoint is damaged or from another program (RuntimeError"),
-    ("state-empty", "its training state lacks or mangles ema, last_eval, seconds, solved_step, step"),
+    ("state-empty", "its training state lacks ema, last_eval, seconds, solved_step, step"),
+    ("state-mangled", "its training state mangles ema, solved_step"),
     ("step-infinite", "is not a checkpoint gatedrnn wrote: OverflowError"),
     ("tensors-truncated", ".safetensors (named by"),
     ("tensors-missing", ".safetensors (named by"),
@@ -191,3 +195,81 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"gatedrnn {gatedrnn.__version__}"
+
+
+def test_resume_keeps_the_settings_left_out_and_refuses_one_changed(capsys, tmp_path):
+    """``--resume`` with only --task and --out continues the run as it was set up (here a GRU at
+    T=12 with 8 units, where the defaults say LSTM, the task's own T and 64 units); a flag given
+    that differs from the checkpoint's is refused, and --steps may grow."""
+    out = tmp_path / "run"
+    first = ["train", "--task", "adding-modern", "--cell", "gru", "--seq-len", "12", "--hidden", "8",
+             "--batch", "8", "--steps", "10", "--checkpoint-every", "5", "--task-opt", "tolerance=0.1",
+             "--no-progress", "--out", str(out)]
+    assert main(first) == 0
+    capsys.readouterr()
+    line = one_error_line(capsys, ["train", "--task", "adding-modern", "--hidden", "16", "--out", str(out), "--resume"])
+    assert "hidden: checkpoint 8, now 16" in line and "seq_len" not in line and "cell" not in line
+    assert main(["train", "--task", "adding-modern", "--steps", "20", "--no-progress", "--out", str(out), "--resume",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 20 and summary["cell"] == "gru"
+    config = json.loads((out / "config.json").read_text())["train"]
+    assert (config["cell"], config["seq_len"], config["hidden"], config["batch"]) == ("gru", 12, 8, 8)
+    assert config["task_options"] == {"tolerance": 0.1} and config["checkpoint_every"] == 5
+
+
+def test_resume_drops_a_metrics_line_cut_short(capsys, tmp_path):
+    """A metrics line whose write was cut off (disk full, power loss) does not stop a resume: it
+    came after the checkpoint, so it is dropped and its step logged again; the log then reads as
+    an uninterrupted run's."""
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    argv = ["train", "--task", "adding-modern", *TINY, "--log-every", "1"]
+    assert main([*argv, "--steps", "10", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11, "seq')
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert main([*argv, "--out", str(whole)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines) and lines == (whole / "metrics.jsonl").read_text().splitlines()
+
+
+def test_a_damaged_metrics_line_before_the_last_is_one_error_line(capsys, tmp_path):
+    out = tmp_path / "run"
+    argv = _finished_run(capsys, out)
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join(["{oops", *lines]) + "\n")
+    line = one_error_line(capsys, [*argv, "--steps", "30", "--out", str(out), "--resume"])
+    assert "metrics.jsonl line 1 is damaged" in line and "--overwrite" in line
+
+
+def test_compare_keeps_the_runs_already_in_its_directory(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    argv = ["compare", "--task", "adding-modern", "--cells", "rnn,gru", *TINY, "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = (out / "gru" / "checkpoint.json").read_bytes()
+    line = one_error_line(capsys, [*argv, "--steps", "5"])
+    assert f"{out / 'rnn'} already holds a run (its checkpoint is at step 20)" in line and "--overwrite" in line
+    assert (out / "gru" / "checkpoint.json").read_bytes() == before
+    assert main([*argv, "--steps", "5", "--overwrite"]) == 0
+    assert json.loads((out / "gru" / "checkpoint.json").read_text())["step"] == 5
+
+
+@pytest.mark.parametrize("clip", ["nan", "inf", "-1"])
+def test_a_clip_that_is_not_a_finite_non_negative_number_is_refused(capsys, clip):
+    line = one_error_line(capsys, ["train", "--task", "adding-modern", *TINY, "--clip", clip])
+    assert "clip must be 0 (none) or a positive number" in line
+
+
+def test_the_demo_trains_a_task_of_fixed_length_at_its_own_length(tmp_path):
+    """``demo --task digits`` failed: the demo's T=100 default is the default task's, and digits
+    is fixed at 64 pixels."""
+    from gatedrnn.viz.demo import add_demo_arguments, demo_configs
+
+    parser = argparse.ArgumentParser()
+    add_demo_arguments(parser)
+    for argv, expected in ((["--task", "digits"], None), ([], 100), (["--task", "digits", "--seq-len", "64"], 64)):
+        configs = demo_configs(parser.parse_args(argv), tmp_path)
+        assert {c.seq_len for c in configs} == {expected}
+        for config in configs:
+            config.validate()

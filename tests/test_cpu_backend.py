@@ -497,6 +497,25 @@ def test_no_compiler_is_found_before_any_build(monkeypatch):
         assert compiled._compiler_found("c++ -std=c++17")
 
 
+def test_the_ninja_wheel_comes_first_on_path(monkeypatch, tmp_path):
+    """Every process builds with the wheel's ninja, even where another ninja comes first on PATH:
+    two ninja versions read each other's build log as stale and rebuilt the loops on each switch."""
+    ninja = pytest.importorskip("ninja")
+    wheel = shutil.which("ninja", path=ninja.BIN_DIR)
+    if wheel is None:
+        pytest.skip("the ninja package has no binary in its BIN_DIR")
+    other = tmp_path / "ninja"
+    other.write_text("#!/bin/sh\nexit 1\n")
+    other.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert shutil.which("ninja") == str(other)
+    compiled._ninja_on_path()
+    assert shutil.which("ninja") == wheel
+    path = os.environ["PATH"]
+    compiled._ninja_on_path()
+    assert os.environ["PATH"] == path, "already first: PATH is left as it is"
+
+
 def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next(loop, tmp_path):
     """torch's builder waits forever on the ``lock`` file of a build that was killed (a timeout,
     a cancelled job); the loader clears it under its own lock, which dies with its holder. Run in

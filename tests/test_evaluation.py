@@ -118,4 +118,6 @@ def test_a_directory_without_a_run_and_a_mangled_config_are_refused(capsys, tmp_
     config["train"]["hidden"] = 9
     config["train"]["task_options"] = {}
     (copy / "config.json").write_text(json.dumps(config))
-    assert "the weights do not match their config" in one_error_line(capsys, ["evaluate", str(copy)])
+    line = one_error_line(capsys, ["evaluate", str(copy)])
+    assert "the weights do not match their config" in line
+    assert "size mismatch for" in line and "torch.Size([36" in line, "the mismatch itself is named, not cut off"

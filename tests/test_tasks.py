@@ -4,6 +4,7 @@ loss, per-sequence criterion, success rule, baselines and seeding."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -46,6 +47,64 @@ def test_every_task_takes_seq_len_and_rejects_non_positive(name):
     assert "seq_len" in task_options(name)
     with pytest.raises(ValueError, match="seq_len"):
         make_task(name, seq_len=0)
+
+
+def real_options() -> list[tuple[str, str]]:
+    """(task, option) for every real-valued option of every registered task (``last_weight``
+    defaults to None, meaning p - 1)."""
+    return [(name, key) for name in task_names() for key, default in task_options(name).items()
+            if isinstance(default, float) or key == "last_weight"]
+
+
+FRACTIONS = {("copy", "solved_accuracy"), ("digits", "solved_accuracy"), ("digits-permuted", "solved_accuracy"),
+             ("order-6a", "tolerance"), ("order-6b", "tolerance"), ("lag-2c", "tolerance")}
+"""Options that are a fraction in (0, 1]: an accuracy, or a tolerance on softmax outputs."""
+
+
+def test_the_real_options_checked_below_are_every_tasks_thresholds():
+    assert {("two-sequence", "variance"), ("adding", "tolerance"), ("copy", "solved_accuracy"),
+            ("charlm", "valid_fraction"), ("lag-2a", "last_weight")} <= set(real_options())
+    assert FRACTIONS <= set(real_options())
+
+
+@pytest.mark.parametrize("name, key", real_options(), ids=[f"{n}-{k}" for n, k in real_options()])
+@pytest.mark.parametrize("value", [-1.0, 0.0, math.nan, math.inf, "0.5", True], ids=repr)
+def test_real_options_reject_non_positive_nan_inf_and_non_numbers(name, key, value):
+    with pytest.raises(ValueError, match=f"task '{name}': {key} must be (a positive finite number|in \\()"):
+        make_task(name, **{key: value})
+
+
+@pytest.mark.parametrize("name, key", sorted(FRACTIONS))
+def test_fraction_options_take_one_and_reject_more(name, key):
+    assert getattr(make_task(name, **{key: 1.0}), key) == 1.0
+    with pytest.raises(ValueError, match=re.escape(f"task '{name}': {key} must be in (0, 1], got 5.0")):
+        make_task(name, **{key: 5.0})
+
+
+def test_option_errors_say_what_was_expected_and_what_was_given():
+    with pytest.raises(ValueError, match=re.escape("task 'two-sequence': variance must be a positive finite number, "
+                                                   "got -1.0")):
+        make_task("two-sequence", variance=-1.0)
+    with pytest.raises(ValueError, match=re.escape("task 'charlm': valid_fraction must be in (0, 0.5), got 0.5")):
+        make_task("charlm", valid_fraction=0.5)
+    assert make_task("two-sequence", variance=4).std == 2.0  # an int is a number too
+    assert make_task("lag-2a", seq_len=12).last_weight == 11.0
+
+
+@pytest.mark.parametrize("opt, message", [
+    ("variance=-1", "task 'two-sequence': variance must be a positive finite number, got -1.0"),
+    ("variance=nan", "task 'two-sequence': variance must be a positive finite number, got nan"),
+    ("tolerance=inf", "task 'two-sequence': tolerance must be a positive finite number, got inf"),
+])
+def test_cli_reports_a_bad_task_option_value_in_one_line(opt, message, tmp_path, capsys):
+    from gatedrnn.cli import main
+
+    argv = ["train", "--task", "two-sequence", "--seq-len", "10", "--steps", "2", "--hidden", "8", "--batch", "4",
+            "--task-opt", opt, "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN))
@@ -220,7 +279,7 @@ def test_lag_2a_loss_weighs_the_long_lag_prediction_like_all_the_others_together
     assert plain.loss(output, batch).item() == pytest.approx(last / p)
     assert plain.loss(output, batch).item() == pytest.approx(
         F.cross_entropy(output.flatten(0, 1), batch.targets.flatten()).item())
-    with pytest.raises(ValueError, match="last_weight must be a positive number"):
+    with pytest.raises(ValueError, match="last_weight must be a positive finite number, got 0"):
         make_task("lag-2a", seq_len=p, last_weight=0)
 
 

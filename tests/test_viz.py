@@ -300,11 +300,28 @@ def test_gates_command_writes_the_three_files(saved_model, tmp_path, capsys):
     (("gates", "abc", "--model", "{model}", "--out", "{tmp}/corrupt.json"), "cannot write to"),
     (("gates", "abc", "--model", "{tmp}/adding.safetensors"), "trained on task 'adding'"),
     (("gates", "abc", "--model", "{tmp}"), "no checkpoint.json"),
-    (("gates", "a" * 2001, "--model", "{model}"), "at most 2000"),
+    (("gates", "abc", "--model", "{tmp}/novocab.safetensors"), "the model config has no task.vocab: expected the "
+     "model's characters (a non-empty string or list of characters)"),
+    (("gates", "abc", "--model", "{tmp}/intvocab.safetensors"), "the model config's task.vocab must be the model's "
+     "characters (a non-empty string or list of characters), got int 5"),
+    (("gates", "abc", "--model", "{tmp}/repeatvocab.safetensors"), "task.vocab repeats the character(s) 'a'"),
+    (("gates", "a" * 2001, "--model", "{model}"), "the text has 2001 characters; `gatedrnn gates TEXT` takes at most 2000"),
+    (("gates", "abc \udcff\udcfe def", "--model", "{model}"), "the text is not valid UTF-8: byte 0xff at character 4"),
+    (("gates", "abc \ud800", "--model", "{model}"), "the text is not valid UTF-8: the lone surrogate U+D800 at "
+     "character 4"),
+    (("sample", "--model", "{model}", "--prompt", "It \udcff"), "the prompt is not valid UTF-8: byte 0xff at character 3"),
+    (("sample", "--model", "{model}", "--prompt", " "), "the prompt is empty"),
+    (("sample", "--model", "{model}", "--prompt", "a" * 2001),
+     "the prompt has 2001 characters; `gatedrnn sample --prompt` takes at most 2000"),
     (("sample", "--model", "{model}", "--prompt", "It", "--length", "-1"), "--length must be >= 0"),
-    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "-1"), "--temperature must be >= 0"),
-], ids=["empty", "blank", "missing", "corrupt", "no-json", "bad-json", "out-is-a-file", "other-task", "not-a-run", "too-long",
-        "negative-length", "negative-temperature"])
+    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "-1"),
+     "--temperature must be a finite number >= 0 (0 takes the most likely character), got -1.0"),
+    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "nan"), "--temperature must be a finite number"),
+    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "inf"), "--temperature must be a finite number"),
+], ids=["empty", "blank", "missing", "corrupt", "no-json", "bad-json", "out-is-a-file", "other-task", "not-a-run",
+        "no-vocab", "int-vocab", "repeated-vocab", "too-long", "not-utf8", "lone-surrogate", "prompt-not-utf8",
+        "blank-prompt", "prompt-too-long", "negative-length", "negative-temperature", "nan-temperature",
+        "inf-temperature"])
 def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, capsys):
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     (tmp_path / "corrupt.json").write_text(saved_model.with_suffix(".json").read_text())
@@ -314,6 +331,10 @@ def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, ca
     (tmp_path / "adding.safetensors").write_bytes(saved_model.read_bytes())
     meta = json.loads(saved_model.with_suffix(".json").read_text())
     (tmp_path / "adding.json").write_text(json.dumps({**meta, "task": {**meta["task"], "name": "adding"}}))
+    for stem, vocab in [("novocab", None), ("intvocab", 5), ("repeatvocab", "a" + meta["task"]["vocab"][1:] + "a")]:
+        (tmp_path / f"{stem}.safetensors").write_bytes(saved_model.read_bytes())
+        task = {k: v for k, v in meta["task"].items() if k != "vocab"}
+        (tmp_path / f"{stem}.json").write_text(json.dumps({**meta, "task": task if vocab is None else {**task, "vocab": vocab}}))
     argv = [a.format(model=saved_model, tmp=tmp_path) for a in argv]
     assert run_cli(*argv) == 2
     err = capsys.readouterr().err
@@ -327,6 +348,26 @@ def test_sample_command_is_seeded(saved_model, capsys):
     run_cli("sample", "--model", str(saved_model), "--prompt", "It is", "--length", "30", "--seed", "3")
     assert capsys.readouterr().out == first
     assert first.startswith("It is") and len(first) == len("It is") + 30 + 1  # print adds the newline
+
+
+def test_a_vocabulary_saved_as_a_list_of_characters_loads_as_the_string(saved_model, tmp_path):
+    from gatedrnn.viz.loading import load_char_model
+
+    meta = json.loads(saved_model.with_suffix(".json").read_text())
+    (tmp_path / "list.safetensors").write_bytes(saved_model.read_bytes())
+    (tmp_path / "list.json").write_text(json.dumps({**meta, "task": {**meta["task"], "vocab": list(meta["task"]["vocab"])}}))
+    assert load_char_model(tmp_path / "list.safetensors").vocab == meta["task"]["vocab"] == corpus_vocab()
+
+
+def test_sampler_refuses_nan_and_inf_temperatures_and_takes_tiny_ones(saved_model):
+    from gatedrnn.viz.loading import load_char_model
+
+    model = load_char_model(saved_model)
+    for temperature in (math.nan, math.inf, -0.5):
+        with pytest.raises(ValueError, match=f"^temperature must be a finite number >= 0 .*, got {temperature}$"):
+            model.sample("It", 5, temperature, torch.Generator().manual_seed(0))
+    # a temperature so small that logits / temperature overflow is as greedy as temperature 0
+    assert model.sample("It", 20, 1e-300, torch.Generator().manual_seed(0)) == model.sample("It", 20, 0.0, None)
 
 
 def test_weights_that_do_not_match_their_config_are_refused(saved_model, tmp_path, capsys):

@@ -57,6 +57,12 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace the file ``path`` with ``text`` at once: a reader, or a run killed midway, sees the
+    old file or the new one, never a part."""
+    _atomic_write(Path(path), lambda p: p.write_text(text))
+
+
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """torch, numpy, python and ``generator`` RNG states as JSON-safe lists."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -113,7 +119,7 @@ def save(directory: str | Path, step: int, model: torch.nn.Module, optimizer: to
     meta = {"step": step, "tensors": tensor_file, "optimizer": optim_plain,
             "rng": rng_state(generator), "extra": extra or {}}
     pointer = directory / POINTER
-    _atomic_write(pointer, lambda p: p.write_text(json.dumps(meta)))
+    atomic_write_text(pointer, json.dumps(meta))
     # Older tensor files, and temporary files left by a write that was killed, are garbage now.
     _remove_tensor_files(directory, keep=tensor_file)
     return pointer
@@ -139,9 +145,23 @@ def exists(directory: str | Path) -> bool:
 def saved_step(directory: str | Path) -> int | None:
     """The step of the checkpoint in ``directory`` as its JSON names it (None if unreadable)."""
     try:
-        return int(json.loads((Path(directory) / POINTER).read_text())["step"])
+        return int(_pointer(directory)["step"])
     except (OSError, ValueError, TypeError, KeyError, OverflowError):
         return None
+
+
+def saved_extra(directory: str | Path) -> dict[str, Any] | None:
+    """The ``extra`` dict of the checkpoint in ``directory``, read from its JSON alone (None if
+    unreadable): what a resumed run reads its settings from before loading any tensor."""
+    try:
+        extra = _pointer(directory)["extra"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return extra if isinstance(extra, dict) else None
+
+
+def _pointer(directory: str | Path) -> Any:
+    return json.loads((Path(directory) / POINTER).read_text())
 
 
 def clear(directory: str | Path) -> None:

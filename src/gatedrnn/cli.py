@@ -95,61 +95,99 @@ def parse_task_options(task: str, pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
+_UNSET = argparse.SUPPRESS  # a run flag left out is absent from the namespace: the base config's value applies
+
+RUN_FLAGS = ("seq_len", "variant", "forget_bias", "input_bias", "lstm_init", "hidden", "layers", "embedding_dim",
+             "steps", "batch", "lr", "clip", "seed", "device", "threads", "checkpoint_every", "eval_every",
+             "log_every", "stop_when_solved", "progress")
+"""The :class:`TrainConfig` fields the run flags set (``_`` -> ``-``, plus ``--task-opt``, ``--cell``)."""
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``train`` and ``compare``: everything in :class:`TrainConfig` but the cell."""
+    """The flags of ``train`` and ``compare``. None has a parser default: a flag left out takes the
+    base config's value (:func:`config_from_args`), the defaults named in the help, or with
+    ``--resume`` the checkpointed run's."""
     d = DEFAULTS
     p.add_argument("--task", required=True, metavar="NAME",
                    help=f"the experiment: {', '.join(task_names())}")
-    p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: the task's own)")
-    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--seq-len", type=_positive_int, default=_UNSET, metavar="T",
+                   help="the task's length T (default: the task's own)")
+    p.add_argument("--task-opt", action="append", default=_UNSET, metavar="KEY=VALUE",
                    help="another size of the task, e.g. --task-opt distractors=50 (repeatable)")
-    p.add_argument("--variant", default=d.variant, choices=sorted(LSTM_VARIANTS), metavar="V",
-                   help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate)")
-    p.add_argument("--forget-bias", type=float, metavar="X",
+    p.add_argument("--variant", default=_UNSET, choices=sorted(LSTM_VARIANTS), metavar="V",
+                   help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate; "
+                        f"default {d.variant})")
+    p.add_argument("--forget-bias", type=float, default=_UNSET, metavar="X",
                    help="LSTM forget-gate bias at initialisation (default: --lstm-init's)")
-    p.add_argument("--input-bias", type=float, metavar="X",
+    p.add_argument("--input-bias", type=float, default=_UNSET, metavar="X",
                    help="LSTM input-gate bias at initialisation (default: --lstm-init's)")
-    p.add_argument("--lstm-init", default=d.lstm_init, choices=tuple(LSTM_INITS),
+    p.add_argument("--lstm-init", default=_UNSET, choices=tuple(LSTM_INITS),
                    help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, metavar="N", help=f"hidden units (default {d.hidden})")
-    p.add_argument("--layers", type=_positive_int, default=d.layers, metavar="N", help=f"stacked layers (default {d.layers})")
-    p.add_argument("--embedding-dim", type=_positive_int, default=d.embedding_dim, metavar="E",
+    p.add_argument("--hidden", type=_positive_int, default=_UNSET, metavar="N", help=f"hidden units (default {d.hidden})")
+    p.add_argument("--layers", type=_positive_int, default=_UNSET, metavar="N",
+                   help=f"stacked layers (default {d.layers})")
+    p.add_argument("--embedding-dim", type=_positive_int, default=_UNSET, metavar="E",
                    help=f"embedding width for token tasks (default {d.embedding_dim})")
-    p.add_argument("--steps", type=_positive_int, default=d.steps, metavar="N",
+    p.add_argument("--steps", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"optimiser steps at most (default {d.steps})")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, metavar="N",
+    p.add_argument("--batch", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"sequences per step, over all processes (default {d.batch})")
-    p.add_argument("--lr", type=float, default=d.lr, metavar="X", help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--clip", type=float, default=d.clip, metavar="X",
+    p.add_argument("--lr", type=float, default=_UNSET, metavar="X", help=f"Adam learning rate (default {d.lr})")
+    p.add_argument("--clip", type=float, default=_UNSET, metavar="X",
                    help=f"gradient-norm clip, 0 for none (default {d.clip})")
-    p.add_argument("--seed", type=int, default=d.seed, metavar="S", help=f"seed of weights and data (default {d.seed})")
-    p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="(default auto)")
-    p.add_argument("--threads", type=_positive_int, default=d.threads, metavar="N",
+    p.add_argument("--seed", type=int, default=_UNSET, metavar="S",
+                   help=f"seed of weights and data (default {d.seed})")
+    p.add_argument("--device", default=_UNSET, choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
+    p.add_argument("--threads", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"CPU threads per process (default {d.threads}: fastest for small recurrent nets)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=d.checkpoint_every, metavar="N",
+    p.add_argument("--checkpoint-every", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"steps between checkpoints (default {d.checkpoint_every})")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, metavar="N",
+    p.add_argument("--eval-every", type=int, default=_UNSET, metavar="N",
                    help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})")
-    p.add_argument("--log-every", type=_positive_int, default=d.log_every, metavar="N",
+    p.add_argument("--log-every", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"steps between metrics lines (default {d.log_every})")
-    p.add_argument("--no-stop", dest="stop_when_solved", action="store_false",
+    p.add_argument("--no-stop", dest="stop_when_solved", action="store_false", default=_UNSET,
                    help="train all --steps even after the task is solved")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=_UNSET, help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
 
-def config_from_args(args: argparse.Namespace, cell: str, out: str | None) -> TrainConfig:
-    """The :class:`TrainConfig` the parsed flags describe, for ``cell``, writing into ``out``."""
-    return TrainConfig(task=args.task, seq_len=args.seq_len, task_options=parse_task_options(args.task, args.task_opt),
-                       cell=cell, variant=args.variant if cell == "lstm" else "vanilla",
-                       forget_bias=args.forget_bias if cell == "lstm" else None,
-                       input_bias=args.input_bias if cell == "lstm" else None, lstm_init=args.lstm_init,
-                       hidden=args.hidden, layers=args.layers, embedding_dim=args.embedding_dim, steps=args.steps,
-                       batch=args.batch, lr=args.lr, clip=args.clip, seed=args.seed, device=args.device,
-                       threads=args.threads, out=out,
-                       resume=getattr(args, "resume", False), checkpoint_every=args.checkpoint_every,
-                       eval_every=args.eval_every, log_every=args.log_every, stop_when_solved=args.stop_when_solved,
-                       progress=args.progress and sys.stderr.isatty())
+def given_run_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The run flags given on the command line, by :class:`TrainConfig` field."""
+    return {name: getattr(args, name) for name in RUN_FLAGS if hasattr(args, name)}
+
+
+def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None,
+                     base: TrainConfig = DEFAULTS) -> TrainConfig:
+    """The :class:`TrainConfig` the parsed flags describe, for ``cell`` (None: the base's), writing
+    into ``out``; each flag left out takes ``base``'s value (its task options only for its task).
+    The progress bar shows where asked for (by default) and stderr is a terminal."""
+    cell = cell or base.cell
+    lstm = cell == "lstm"
+    given = given_run_flags(args)
+    if hasattr(args, "task_opt"):
+        options = parse_task_options(args.task, args.task_opt)
+    else:
+        parse_task_options(args.task, [])  # an unknown task is named here, before any run
+        options = dict(base.task_options) if base.task == args.task else {}
+    values = {name: given.get(name, getattr(base, name)) for name in RUN_FLAGS}
+    values.update(variant=values["variant"] if lstm else "vanilla", forget_bias=values["forget_bias"] if lstm else None,
+                  input_bias=values["input_bias"] if lstm else None,
+                  progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty())
+    return replace(base, task=args.task, task_options=options, cell=cell, out=out,
+                   resume=getattr(args, "resume", False), **values)
+
+
+def _checkpointed_config(args: argparse.Namespace) -> TrainConfig:
+    """What ``train --resume`` builds on: the config of the run checkpointed in ``--out`` (or the
+    default run directory), so that a flag left out continues as it was; the defaults where there
+    is no readable checkpoint (training then names what is wrong)."""
+    run_dir = config_from_args(args, getattr(args, "cell", None), args.out).run_dir
+    saved_config = (checkpoint.saved_extra(run_dir) or {}).get("config")
+    try:
+        return TrainConfig.from_dict(saved_config) if isinstance(saved_config, dict) else DEFAULTS
+    except TypeError:
+        return DEFAULTS
 
 
 def _result_line(summary: dict[str, Any]) -> str:
@@ -163,17 +201,15 @@ def run_train(args: argparse.Namespace) -> int:
     """Train one network on one task (gatedrnn train --task NAME --cell C ...). Writes the
     run directory --out: config, metrics, learning curve, checkpoints and summary. A directory that
     already holds a run is continued with --resume or replaced with --overwrite."""
-    if args.variant != "vanilla" and args.cell != "lstm":
-        raise UsageError(f"--variant applies to --cell lstm only, got --cell {args.cell}")
-    for flag in ("forget_bias", "input_bias"):
-        if getattr(args, flag) is not None and args.cell != "lstm":
-            raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {args.cell}")
-    config = config_from_args(args, args.cell, args.out)
-    if not args.resume and not args.overwrite and checkpoint.exists(config.run_dir):
-        step = checkpoint.saved_step(config.run_dir)
-        raise UsageError(f"{config.run_dir} already holds a run (its checkpoint is at step "
-                         f"{'unknown: unreadable' if step is None else step}): pass --resume to continue it, "
-                         "--overwrite to replace it, or choose another --out")
+    base = _checkpointed_config(args) if args.resume else DEFAULTS
+    cell = getattr(args, "cell", None) or base.cell
+    given = given_run_flags(args)
+    for flag, unset in (("variant", "vanilla"), ("forget_bias", None), ("input_bias", None)):
+        if given.get(flag, unset) != unset and cell != "lstm":
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {cell}")
+    config = config_from_args(args, cell, args.out, base)
+    if not args.resume and not args.overwrite:
+        _refuse_to_replace(config.run_dir, "pass --resume to continue it, --overwrite to replace it")
     summary = train(config)
     if summary["rank"] != 0:  # under torchrun only rank 0 reports
         return 0
@@ -181,6 +217,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _refuse_to_replace(run_dir: str, remedy: str) -> None:
+    """Raise the UsageError that keeps a run already in ``run_dir`` (nothing when there is none)."""
+    if checkpoint.exists(run_dir):
+        step = checkpoint.saved_step(run_dir)
+        raise UsageError(f"{run_dir} already holds a run (its checkpoint is at step "
+                         f"{'unknown: unreadable' if step is None else step}): {remedy}, or choose another --out")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -197,6 +241,9 @@ def run_compare(args: argparse.Namespace) -> int:
     configs = [replace(base, cell=c, variant=base.variant if c == "lstm" else "vanilla",
                        forget_bias=base.forget_bias if c == "lstm" else None,
                        input_bias=base.input_bias if c == "lstm" else None, out=str(out / c)) for c in cells]
+    if not args.overwrite:
+        for config in configs:
+            _refuse_to_replace(config.run_dir, "pass --overwrite to replace the compared runs")
     summaries, plot = compare(configs, out)
     print("\n".join(comparison_table(summaries)))
     print(f"wrote {plot} (runs, metrics and checkpoints in {out}/<cell>)")
@@ -250,10 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
     _add_run_options(p)
-    p.add_argument("--cell", default=DEFAULTS.cell, choices=CELLS, help=f"(default {DEFAULTS.cell})")
+    p.add_argument("--cell", default=_UNSET, choices=CELLS, help=f"(default {DEFAULTS.cell})")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the checkpoint in --out; a flag left out keeps the run's setting, "
+                            "one given must match it (except --steps, --device, --threads, the intervals "
+                            "and --no-stop/--no-progress)")
     again.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --out holds a run (its checkpoint and metrics are replaced)")
     p.set_defaults(func=run_train)
@@ -263,13 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells (default rnn,lstm,gru)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<task>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the runs already in --out (refused without it: their checkpoints would be lost)")
     p.set_defaults(func=run_compare)
 
     p = sub.add_parser("reproduce", help="rerun a paper's table of experiments", description=run_reproduce.__doc__)
     p.add_argument("paper", choices=("hochreiter1997",), help="which paper (hochreiter1997: LSTM, sec. 5)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--quick", dest="full", action="store_false", default=False,
-                        help="reduced budgets, about 10 minutes on 2 CPU cores (default)")
+                        help="reduced budgets, 3 to 12 minutes on 2 CPU cores by load (default)")
     budget.add_argument("--full", dest="full", action="store_true", help="the paper's budgets (hours)")
     p.add_argument("--seeds", type=_positive_int, metavar="N", help="trials per row (default: 3 quick, 10 full)")
     p.add_argument("--rows", metavar="NAMES", help="comma-separated rows to run, e.g. 2a,4 (default: all)")

@@ -3,7 +3,7 @@ section 5, rerun with :func:`gatedrnn.train.train`, and a Markdown table of the 
 beside the paper's.
 
 Each :class:`Row` is one line of the paper's tables: a task at the paper's sizes, our model and
-optimiser settings, a quick budget (the whole table in about 10 minutes on 2 CPU cores, three
+optimiser settings, a quick budget (the whole table in 3 to 12 minutes on 2 CPU cores by load, three
 seeds per row) and a full budget (three times the training sequences the paper reports, ten seeds).
 The paper's numbers (from its result tables for experiments 1 to 6; see REPRODUCTION.md for how
 they were checked): the fraction of trials that succeeded (where the table gives it), the mean

@@ -97,6 +97,14 @@ def _is_checkpoint_tensors(path: Path) -> bool:
             and (path.parent / "config.json").is_file())
 
 
+def _one_line(error: Exception, limit: int = 600) -> str:
+    """``error``'s message on one line, its lines joined (load_state_dict names the missing and
+    unexpected keys and the mismatched shapes on the lines after its first), cut at ``limit``
+    characters."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:
     """The :class:`SequenceModel` ``meta`` describes, holding ``tensors``, in eval mode.
 
@@ -110,6 +118,5 @@ def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:
         model = SequenceModel(config)
         model.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SavedModelError(f"the weights do not match their config: {first}") from None
+        raise SavedModelError(f"the weights do not match their config: {_one_line(e)}") from None
     return model.eval()

@@ -146,8 +146,8 @@ class TrainConfig:
             raise ConfigError(f"eval-every must be 0 (only at the end) or positive, got {self.eval_every}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.clip < 0:
-            raise ConfigError(f"clip must be 0 (none) or positive, got {self.clip}")
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise ConfigError(f"clip must be 0 (none) or a positive number, got {self.clip}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -276,10 +276,10 @@ class RunFiles:
             return
         if not resumed_step:
             checkpoint.clear(self.dir)
-        (self.dir / "config.json").write_text(json.dumps({"train": config.to_dict(), "task": task.describe()},
-                                                         indent=2))
+        checkpoint.atomic_write_text(self.dir / "config.json",
+                                     json.dumps({"train": config.to_dict(), "task": task.describe()}, indent=2))
         kept = [r for r in self.records() if r["step"] <= resumed_step] if resumed_step else []
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        checkpoint.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         if self.active:
@@ -287,9 +287,25 @@ class RunFiles:
                 f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """The metrics logged so far. A last line cut short (a write that a full disk, a kill or a
+        power loss interrupted) is dropped: its step comes after the checkpoint a resumed run
+        restarts from, and is logged again; a damaged line before the last one is an error."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError(f"expected an object with an integer step, got {line[:80]!r}")
+            except ValueError as e:
+                if number == len(lines):
+                    break
+                raise ConfigError(f"{self.metrics_path} line {number} is damaged ({e}); start afresh with "
+                                  "--overwrite, or delete the damaged lines") from None
+            records.append(record)
+        return records
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str,
@@ -470,8 +486,11 @@ def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optim
         ckpt = checkpoint.load(config.run_dir)
         saved, state = dict(ckpt.extra["config"]), dict(ckpt.extra["state"])
         missing = sorted({"step", "seconds", "ema", "solved_step", "last_eval"} - set(state))
-        if missing or not isinstance(state["step"], int) or not isinstance(state["seconds"], (int, float)):
-            raise ValueError(f"its training state lacks or mangles {', '.join(missing) or 'step or seconds'}")
+        if missing:
+            raise ValueError(f"its training state lacks {', '.join(missing)}")
+        mangled = _mangled_state(state)
+        if mangled:
+            raise ValueError(f"its training state mangles {', '.join(mangled)}")
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     mine = config.to_dict()
@@ -486,6 +505,20 @@ def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optim
     except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     return state
+
+
+def _mangled_state(state: dict[str, Any]) -> list[str]:
+    """The entries of a checkpoint's training state that are not of their kind: step an int,
+    seconds a number, the loss average a number or None, the solved step an int or None, the
+    last evaluation a dict or None."""
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    kinds = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool), "seconds": number,
+             "ema": lambda v: v is None or number(v),
+             "solved_step": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+             "last_eval": lambda v: v is None or isinstance(v, dict)}
+    return [name for name, fits in kinds.items() if not fits(state[name])]
 
 
 def _damage(error: Exception) -> str:

@@ -15,7 +15,7 @@ import importlib
 import inspect
 import pkgutil
 
-from .base import (Batch, LastStepClassification, LastStepRegression, Task, check_positive,
+from .base import (Batch, LastStepClassification, LastStepRegression, Task, check_number, check_positive,
                    last_step, one_hot, step_mask)
 
 _REGISTRY: dict[str, type[Task]] = {}
@@ -74,6 +74,6 @@ def make_task(name: str, seq_len: int | None = None, **options: object) -> Task:
     return cls(**options)
 
 
-__all__ = ["Batch", "Task", "LastStepRegression", "LastStepClassification", "check_positive",
+__all__ = ["Batch", "Task", "LastStepRegression", "LastStepClassification", "check_number", "check_positive",
            "last_step", "one_hot", "step_mask", "register",
            "task_names", "task_class", "task_options", "make_task"]

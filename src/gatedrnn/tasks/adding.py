@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import Batch, LastStepRegression, check_positive, randint, uniform
+from .base import Batch, LastStepRegression, check_number, check_positive, randint, uniform
 
 
 def _marked_sequences(batch_size: int, seq_len: int, low: float, generator: torch.Generator
@@ -65,7 +65,7 @@ class _Marked1997(LastStepRegression):
             raise ValueError(f"task {self.name!r}: seq_len must be at least 22 (the first mark is one of "
                              f"the first 10 steps, inside the first T/2 - 1), got {seq_len}")
         self.seq_len = seq_len
-        self.tolerance = float(tolerance)
+        self.tolerance = check_number(self.name, "tolerance", tolerance)
         self.input_size, self.output_size = 2, 1
         self.baseline = self._constant_predictor_loss()
 
@@ -142,7 +142,7 @@ class Multiplication1997(_Marked1997):
 
     def __init__(self, *, seq_len: int = 100, tolerance: float = 0.04, solved_error: float = 0.03) -> None:
         super().__init__(seq_len=seq_len, tolerance=tolerance)
-        self.solved_error = float(solved_error)
+        self.solved_error = check_number(self.name, "solved_error", solved_error)
 
     def target(self, x1: Tensor, x2: Tensor) -> Tensor:
         return x1 * x2
@@ -175,8 +175,8 @@ class AddingModern(LastStepRegression):
         if seq_len < 2:
             raise ValueError(f"task {self.name!r}: seq_len must be at least 2 (two markers), got {seq_len}")
         self.seq_len = seq_len
-        self.tolerance = float(tolerance)
-        self.solved_mse = float(solved_mse)
+        self.tolerance = check_number(self.name, "tolerance", tolerance)
+        self.solved_mse = check_number(self.name, "solved_mse", solved_mse)
         self.input_size, self.output_size = 2, 1
         self.baseline = 1.0 / 6.0
 

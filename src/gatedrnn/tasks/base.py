@@ -40,7 +40,8 @@ Writing a task (checklist):
 2. take every size as a keyword-only argument of ``__init__`` with the published value as
    default, one of them ``seq_len`` (``def __init__(self, *, seq_len=100, ...)``; the CLI passes
    ``--seq-len`` there and ``--task-opt KEY=VALUE`` for the others, converted to the default's
-   type); validate with :func:`check_positive`; set ``seq_len``, ``input_size``,
+   type); validate sizes with :func:`check_positive` and real-valued options (tolerances,
+   thresholds) with :func:`check_number`; set ``seq_len``, ``input_size``,
    ``output_size``, ``vocab_size``;
 3. implement :meth:`Task.sample`, :meth:`Task.loss` and :meth:`Task.correct` (or inherit them
    from :class:`LastStepRegression` / :class:`LastStepClassification`); override
@@ -54,6 +55,8 @@ Writing a task (checklist):
 
 from __future__ import annotations
 
+import math
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Iterator
@@ -214,6 +217,25 @@ def check_positive(task: str, **sizes: int) -> None:
     for key, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"task {task!r}: {key} must be a positive integer, got {value!r}")
+
+
+def check_number(task: str, key: str, value: object, *, high: float = math.inf,
+                 high_included: bool = True) -> float:
+    """``value`` as a float when it is a finite real number in (0, high] ((0, high) when not
+    ``high_included``); otherwise ValueError naming the task, the option, the range and the value.
+
+    For the real-valued options: a tolerance, a noise variance or a solved threshold that is
+    negative, nan or infinite would train a task that can never (or always) count as solved.
+    """
+    if high == math.inf:
+        expected = "a positive finite number"
+    else:
+        expected = f"in (0, {high:g}{']' if high_included else ')'}"
+    is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    below_high = is_number and (value <= high if high_included else value < high)
+    if not (is_number and math.isfinite(value) and value > 0 and below_high):
+        raise ValueError(f"task {task!r}: {key} must be {expected}, got {value!r}")
+    return float(value)
 
 
 def last_step(output: Tensor, lengths: Tensor | None) -> Tensor:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import Batch, Task, check_positive
+from .base import Batch, Task, check_number, check_positive
 
 CORPUS_FILES = ("prideprejudice.txt", "persuasion.txt")
 UNKNOWN = "\ufffd"
@@ -98,11 +98,9 @@ class CharLM(Task):
 
     def __init__(self, *, seq_len: int = 128, valid_fraction: float = 0.1, target_bpc: float = 1.5):
         check_positive(self.name, seq_len=seq_len)
-        if not 0.0 < valid_fraction < 0.5:
-            raise ValueError(f"task 'charlm': valid_fraction must be in (0, 0.5), got {valid_fraction!r}")
-        if not target_bpc > 0:
-            raise ValueError(f"task 'charlm': target_bpc must be positive, got {target_bpc!r}")
-        self.seq_len, self.valid_fraction, self.target_bpc = seq_len, valid_fraction, target_bpc
+        self.seq_len = seq_len
+        self.valid_fraction = check_number(self.name, "valid_fraction", valid_fraction, high=0.5, high_included=False)
+        self.target_bpc = check_number(self.name, "target_bpc", target_bpc)
         self.vocab = corpus_vocab()
         self.vocab_size = self.input_size = self.output_size = len(self.vocab) + 1
         cuts = [int(len(t) * (1.0 - valid_fraction)) for t in corpus_texts()]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import Batch, Task, check_positive, one_hot
+from .base import Batch, Task, check_number, check_positive, one_hot
 
 BLANK, DELIMITER = 0, 9
 
@@ -36,7 +36,7 @@ class CopyMemory(Task):
     def __init__(self, *, seq_len: int = 100, solved_accuracy: float = 0.99) -> None:
         check_positive(self.name, seq_len=seq_len)
         self.seq_len = seq_len
-        self.solved_accuracy = float(solved_accuracy)
+        self.solved_accuracy = check_number(self.name, "solved_accuracy", solved_accuracy, high=1.0)
         self.input_size, self.output_size = 10, 9
         self.baseline = self.symbols * math.log(8) / (seq_len + 2 * self.symbols)
 

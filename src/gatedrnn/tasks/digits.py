@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import Batch, LastStepClassification, check_positive
+from .base import Batch, LastStepClassification, check_number, check_positive
 
 PIXELS = 64
 TEST_IMAGES = 297
@@ -50,7 +50,7 @@ class SequentialDigits(LastStepClassification):
         if seq_len != PIXELS:
             raise ValueError(f"task {self.name!r}: seq_len is fixed at {PIXELS} pixels, got {seq_len}")
         self.seq_len = seq_len
-        self.solved_accuracy = float(solved_accuracy)
+        self.solved_accuracy = check_number(self.name, "solved_accuracy", solved_accuracy, high=1.0)
         self.input_size, self.output_size = 1, 10
         images, labels = load_digits()
         if self.permutation_seed is not None:

@@ -11,7 +11,6 @@ Symbols are coded locally (one-hot). Two tasks:
 
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import torch
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import Batch, LastStepClassification, Task, check_positive, one_hot, step_mask
+from .base import Batch, LastStepClassification, Task, check_number, check_positive, one_hot, step_mask
 
 
 @register
@@ -59,10 +58,8 @@ class NoiseFreeLag2a(Task):
         check_positive(self.name, seq_len=seq_len)
         if seq_len < 2:
             raise ValueError(f"task 'lag-2a': seq_len (p) must be at least 2, got {seq_len}")
-        if last_weight is not None and not (last_weight > 0 and math.isfinite(last_weight)):
-            raise ValueError(f"task 'lag-2a': last_weight must be a positive number, got {last_weight}")
         self.seq_len = seq_len
-        self.last_weight = float(seq_len - 1 if last_weight is None else last_weight)
+        self.last_weight = check_number(self.name, "last_weight", seq_len - 1 if last_weight is None else last_weight)
         self.input_size = self.output_size = seq_len + 1
 
     def _sequences(self, keys: Tensor) -> Batch:
@@ -114,7 +111,8 @@ class NoiseFreeLag2c(LastStepClassification):
         distractors = seq_len if distractors is None else distractors
         check_positive(self.name, seq_len=seq_len, distractors=distractors)
         self.seq_len, self.distractors = seq_len, distractors
-        self.tolerance = float(tolerance)
+        # the criterion compares softmax outputs with a one-hot target: errors lie in [0, 1]
+        self.tolerance = check_number(self.name, "tolerance", tolerance, high=1.0)
         self.input_size, self.output_size = distractors + 4, 2
 
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Batch, LastStepClassification, check_positive, randint, step_mask
+from .base import Batch, LastStepClassification, check_number, check_positive, randint, step_mask
 
 SYMBOLS = ("a", "b", "c", "d", "X", "Y", "start", "trigger")
 _X, _START, _TRIGGER = 4, 6, 7
@@ -28,7 +28,8 @@ class _TemporalOrder(LastStepClassification):
         if seq_len < 20:
             raise ValueError(f"task {self.name!r}: seq_len must be at least 20, got {seq_len}")
         self.seq_len = seq_len
-        self.tolerance = float(tolerance)
+        # the criterion compares softmax outputs with a one-hot target: errors lie in [0, 1]
+        self.tolerance = check_number(self.name, "tolerance", tolerance, high=1.0)
         self.input_size, self.output_size = len(SYMBOLS), 2 ** len(self.windows)
 
     def positions(self) -> list[tuple[int, int]]:

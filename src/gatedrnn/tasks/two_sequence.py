@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import register
-from .base import Batch, LastStepRegression, check_positive, randint, step_mask
+from .base import Batch, LastStepRegression, check_number, check_positive, randint, step_mask
 
 
 @register
@@ -32,8 +32,9 @@ class TwoSequence(LastStepRegression):
         if info > seq_len:
             raise ValueError(f"task 'two-sequence': info (N) must be at most seq_len={seq_len}, got {info}")
         self.seq_len, self.info = seq_len, info
-        self.std = float(variance) ** 0.5
-        self.tolerance, self.solved_error = float(tolerance), float(solved_error)
+        self.std = check_number(self.name, "variance", variance) ** 0.5
+        self.tolerance = check_number(self.name, "tolerance", tolerance)
+        self.solved_error = check_number(self.name, "solved_error", solved_error)
         self.input_size, self.output_size = 1, 1
         self.baseline = 0.25
 

@@ -16,6 +16,7 @@ Shapes: T characters, D embedding size, H units, V vocabulary size (id 0 = unkno
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,16 @@ from .span import SpanResult, distance_curve, influence, mean_distance, measure_
 SPAN_CHUNK_NUMBERS = 2**23
 """Numbers per recorded activation in one chunk of the memory-span analysis (64 MB in float64):
 bounds its memory to a few hundred MB whatever the text length."""
+
+
+def check_sample_options(length: int, temperature: float, prefix: str = "") -> None:
+    """ValueError unless ``length`` >= 0 and ``temperature`` is a finite number >= 0 (nan or inf
+    would make the softmax nan); ``prefix`` ("--") names them as command-line options."""
+    if length < 0:
+        raise ValueError(f"{prefix}length must be >= 0, got {length}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"{prefix}temperature must be a finite number >= 0 (0 takes the most likely character), "
+                         f"got {temperature}")
 
 
 def _only(model: nn.Module, kind: type, what: str) -> nn.Module:
@@ -145,10 +156,7 @@ class CharModel:
     def sample(self, prompt: str, length: int, temperature: float, generator: torch.Generator) -> str:
         """``length`` characters drawn after ``prompt`` from softmax(logits / temperature);
         temperature 0 takes the most likely character each time."""
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_sample_options(length, temperature)
         ids, _ = self.encode(prompt)
         self.rnn.eval()
         out, state = self.rnn(self._time_major(self.embedding(ids)))
@@ -158,8 +166,10 @@ class CharModel:
             if temperature == 0:
                 nxt = int(logits[1:].argmax()) + 1
             else:
-                # never draw the unknown symbol: it stands for characters the corpus lacks
-                probs = torch.softmax(logits[1:] / temperature, dim=-1)
+                # never draw the unknown symbol: it stands for characters the corpus lacks. In
+                # float64, less the maximum, a tiny temperature scales the others to -inf, not nan
+                known = logits[1:].double()
+                probs = torch.softmax((known - known.max()) / temperature, dim=-1)
                 nxt = int(torch.multinomial(probs, 1, generator=generator)) + 1
             drawn.append(nxt)
             out, state = self.rnn(self._time_major(self.embedding(torch.tensor([nxt]))), state)

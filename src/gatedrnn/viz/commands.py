@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .charmodel import check_sample_options
 from .loading import CELLS, UsageError, load_char_model, load_shipped
 from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
@@ -53,12 +54,35 @@ def _error(message: str) -> int:
     return 2
 
 
-def _check_text(text: str) -> None:
+TEXT_ARGUMENTS = {
+    "gates": ("the text", "`gatedrnn gates TEXT`", f'gatedrnn gates "{TUTORIAL[:30]}..."'),
+    "sample": ("the prompt", "`gatedrnn sample --prompt`", 'gatedrnn sample --prompt "It is a truth"'),
+}
+"""Per command that reads user text: how the text is called, the option that takes it, an example."""
+
+
+def _check_text(text: str, command: str) -> None:
+    """UsageError unless ``text``, given to ``command`` (a key of :data:`TEXT_ARGUMENTS`), is
+    non-blank, valid UTF-8 and at most :data:`MAX_TEXT` characters."""
+    what, option, example = TEXT_ARGUMENTS[command]
     if not text or not text.strip():
-        raise UsageError("the text is empty: give the characters to run the model on, e.g. "
-                         f'gatedrnn gates "{TUTORIAL[:30]}..."')
+        raise UsageError(f"{what} is empty: give the characters to run the model on, e.g. {example}")
+    _check_utf8(text, what)
     if len(text) > MAX_TEXT:
-        raise UsageError(f"the text has {len(text)} characters; the gate viewer takes at most {MAX_TEXT}")
+        raise UsageError(f"{what} has {len(text)} characters; {option} takes at most {MAX_TEXT}")
+
+
+def _check_utf8(text: str, what: str) -> None:
+    """UsageError naming the first undecodable byte when ``text`` holds surrogates: Python's
+    ``surrogateescape`` stand-ins for bytes of the command line (or a file) that are not UTF-8,
+    which the page cannot store and matplotlib cannot draw."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}"
+        raise UsageError(f"{what} is not valid UTF-8: {found} at character {e.start} (counting from 0); "
+                         f"give {what} in UTF-8") from None
 
 
 def _model_from_args(args: argparse.Namespace):
@@ -93,7 +117,7 @@ def run_gates(args: argparse.Namespace) -> int:
     text, out = args.text, Path(args.out)
     try:
         set_threads(args.threads)
-        _check_text(text)
+        _check_text(text, "gates")
         if args.model:
             models = [load_char_model(args.model)]
             model = models[0]
@@ -134,11 +158,8 @@ def run_sample(args: argparse.Namespace) -> int:
     print the prompt followed by generated characters."""
     try:
         set_threads(args.threads)
-        if args.length < 0:
-            raise UsageError(f"--length must be >= 0, got {args.length}")
-        if args.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {args.temperature}")
-        _check_text(args.prompt)
+        _check_sample_options(args.length, args.temperature)
+        _check_text(args.prompt, "sample")
         model = _model_from_args(args)
         note = _unknown_note(model, args.prompt)
         if note:
@@ -148,6 +169,14 @@ def run_sample(args: argparse.Namespace) -> int:
         return _error(str(e))
     print(args.prompt + text)
     return 0
+
+
+def _check_sample_options(length: int, temperature: float) -> None:
+    """The sampler's own checks, as UsageErrors naming the command-line options."""
+    try:
+        check_sample_options(length, temperature, prefix="--")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,39 @@ def _read_files(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 def char_model_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], name: str | None = None) -> CharModel:
     """Rebuild the :class:`SequenceModel` a charlm run trained and wrap it as a :class:`CharModel`."""
     task = meta["task"]
-    if task.get("name") != "charlm" or "vocab" not in task:
+    if task.get("name") != "charlm":
         raise UsageError(f"the model was trained on task {task.get('name')!r}; the gate viewer and sampler need a "
                          "character-level model (`gatedrnn train --task charlm`)")
+    vocab = _vocab(task.get("vocab"))
     try:
-        return CharModel.from_module(rebuild(meta, tensors), task["vocab"], name)
+        return CharModel.from_module(rebuild(meta, tensors), vocab, name)
     except SavedModelError as e:
         raise UsageError(str(e)) from None
     except (TypeError, ValueError) as e:
         raise UsageError(f"the weights do not match their config: {e}") from None
+
+
+def _vocab(vocab: object) -> str:
+    """The model config's ``task.vocab`` (the characters of ids 1..V-1) as a string: it must be a
+    non-empty string, or list of one-character strings, without repeats."""
+    expected = "the model's characters (a non-empty string or list of characters)"
+    if vocab is None:
+        raise UsageError(f"the model config has no task.vocab: expected {expected}, as `gatedrnn train --task "
+                         "charlm` records it")
+    chars = list(vocab) if isinstance(vocab, (str, list)) else []
+    if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+        raise UsageError(f"the model config's task.vocab must be {expected}, got {type(vocab).__name__} "
+                         f"{_preview(vocab)}")
+    repeated = sorted(c for c, n in Counter(chars).items() if n > 1)
+    if repeated:
+        raise UsageError(f"the model config's task.vocab repeats the character(s) {' '.join(map(repr, repeated))}")
+    return "".join(chars)
+
+
+def _preview(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters for an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_char_model(path: str | Path) -> CharModel:

@@ -100,13 +100,16 @@ def _build_flags(compiler: str = "c++") -> tuple[str, list[str], list[str]]:
 
 
 def _ninja_on_path() -> None:
-    """torch's builder runs ``ninja`` from PATH; the ninja wheel's binary may not be on it (a venv
-    used without activating it)."""
+    """torch's builder runs ``ninja`` from PATH; put the ninja wheel's binary first there, so that
+    every process builds with the same ninja: the wheel's may be missing from PATH (a venv used
+    without activating it), and a system ninja of another version reads the wheel's build log as
+    stale, so alternating between the two rebuilt the loops (about 20 s) on every switch."""
     try:
         import ninja
     except ImportError:
         return
-    if shutil.which("ninja") is None:
+    wheel = shutil.which("ninja", path=ninja.BIN_DIR)
+    if wheel is not None and shutil.which("ninja") != wheel:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
