@@ -70,6 +70,17 @@ def page(browser, tmp_path):
     assert [u for u in requests if not u.startswith("file://")] == [], "the page tried to reach the network"
 
 
+def test_a_title_that_opens_an_html_comment_still_renders(browser, tmp_path):
+    """"<!--<script" inside the data block would leave it unclosed, and the page blank."""
+    record = lstm_record()
+    record.title = "<!--<script> a model's name"
+    pg = browser.new_page()
+    pg.goto(write_gates_html(record, tmp_path / "gates.html").resolve().as_uri())
+    pg.wait_for_selector("body[data-rendered]", timeout=10_000)
+    assert pg.eval_on_selector_all("#text .ch", "els => els.length") == len(TEXT)
+    pg.close()
+
+
 def colours(pg) -> list[str]:
     return pg.eval_on_selector_all("#text .ch", "els => els.map(e => getComputedStyle(e).backgroundColor)")
 

@@ -178,7 +178,17 @@ def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
     assert "paper" in header and "measured" in header
     row = next(line for line in table.splitlines() if line.startswith("| 2a"))
     assert "5,040" in row and "100%" in row  # the paper's numbers beside ours
+    summary_before = (out / "2a" / "seed0" / "summary.json").read_text()
     assert (out / "2a" / "seed0" / "summary.json").is_file()
+    again = ["reproduce", "hochreiter1997", "--rows", "2a", "--seeds", "1", "--budget-scale", "0.02", "--out", str(out)]
+    line = one_error_line(capsys, again)
+    assert f"{out / 'hochreiter1997-quick.md'} already holds a table" in line and "--overwrite" in line
+    assert (out / "hochreiter1997-quick.md").read_text() == table, "the refused run changed the table"
+    (out / "hochreiter1997-quick.md").unlink()  # the runs alone are kept too
+    assert "already holds a run" in one_error_line(capsys, again)
+    assert main([*again, "--overwrite"]) == 0
+    assert json.loads((out / "2a" / "seed0" / "summary.json").read_text())["steps"] != \
+        json.loads(summary_before)["steps"]
 
 
 def test_python_dash_m_and_the_console_script(tmp_path):

@@ -80,6 +80,19 @@ def test_page_is_self_contained_and_escapes_the_text(tmp_path):
     assert embedded_data(html)["text"] == list(text)
 
 
+def test_no_less_than_sign_reaches_the_data_block():
+    """A title with "<!--<script" (a model's file name) would keep the HTML parser from ever
+    closing the data block (the browser test shows the page then renders); every "<" of the
+    JSON is written as its escape, which JSON reads back as the same character."""
+    record = traced("lstm", "a<b")
+    record.title = "<!--<script> model </script>"
+    html = render_page(record)
+    block = re.search(r'<script id="data" type="application/json">(.*?)</script>', html, re.S).group(1)
+    assert "<" not in block
+    data = embedded_data(html)
+    assert data["title"] == record.title and data["text"] == ["a", "<", "b"]
+
+
 def test_unknown_positions_reach_the_page():
     record = traced("rnn", "a[b]")
     record.unknown = [1, 3]

@@ -24,7 +24,7 @@ from . import checkpoint, saved
 from .config import LSTM_VARIANTS
 from .models import CELLS
 from .tasks import task_names, task_options
-from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_table, train
+from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_table, refuse_to_replace, train
 
 DEFAULTS = TrainConfig()
 
@@ -209,7 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {cell}")
     config = config_from_args(args, cell, args.out, base)
     if not args.resume and not args.overwrite:
-        _refuse_to_replace(config.run_dir, "pass --resume to continue it, --overwrite to replace it")
+        refuse_to_replace(config.run_dir, "pass --resume to continue it, --overwrite to replace it")
     summary = train(config)
     if summary["rank"] != 0:  # under torchrun only rank 0 reports
         return 0
@@ -217,14 +217,6 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
-
-
-def _refuse_to_replace(run_dir: str, remedy: str) -> None:
-    """Raise the UsageError that keeps a run already in ``run_dir`` (nothing when there is none)."""
-    if checkpoint.exists(run_dir):
-        step = checkpoint.saved_step(run_dir)
-        raise UsageError(f"{run_dir} already holds a run (its checkpoint is at step "
-                         f"{'unknown: unreadable' if step is None else step}): {remedy}, or choose another --out")
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -243,7 +235,7 @@ def run_compare(args: argparse.Namespace) -> int:
                        input_bias=base.input_bias if c == "lstm" else None, out=str(out / c)) for c in cells]
     if not args.overwrite:
         for config in configs:
-            _refuse_to_replace(config.run_dir, "pass --overwrite to replace the compared runs")
+            refuse_to_replace(config.run_dir, "pass --overwrite to replace the compared runs")
     summaries, plot = compare(configs, out)
     print("\n".join(comparison_table(summaries)))
     print(f"wrote {plot} (runs, metrics and checkpoints in {out}/<cell>)")
@@ -258,7 +250,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from .reproduce import reproduce
 
     reproduce(args.paper, full=args.full, out=Path(args.out), seeds=args.seeds, rows=args.rows,
-              variant=args.variant, budget_scale=args.budget_scale, progress=sys.stderr.isatty())
+              variant=args.variant, budget_scale=args.budget_scale, progress=sys.stderr.isatty(),
+              overwrite=args.overwrite)
     return 0
 
 
@@ -331,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply every row's training steps by X (default 1)")
     p.add_argument("--out", default="runs/reproduce-hochreiter1997", metavar="DIR",
                    help="output directory (default runs/reproduce-hochreiter1997)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the table and runs already in --out (refused without it: a --full table takes hours)")
     p.set_defaults(func=run_reproduce)
 
     p = sub.add_parser("evaluate", help="evaluate a trained model on its task, at its own or other sizes",

@@ -31,7 +31,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import LSTM_VARIANTS
-from .train import ConfigError, TrainConfig, train
+from .train import ConfigError, TrainConfig, refuse_to_replace, train
 
 PAPERS = ("hochreiter1997",)
 
@@ -173,12 +173,13 @@ def markdown_table(results: list[RowResult], budget: str, variant: str = "vanill
 
 def reproduce(paper: str, full: bool = False, out: Path = Path("runs/reproduce"), seeds: int | None = None,
               rows: str | None = None, variant: str = "vanilla", budget_scale: float = 1.0,
-              progress: bool = True) -> tuple[str, Path]:
+              progress: bool = True, overwrite: bool = False) -> tuple[str, Path]:
     """Run the table (each row ``seeds`` times: default 3 quick, 10 full; runs in
     ``out/<row>[-<variant>]/seed<S>``), write ``out/<paper>-<quick|full>[-<variant>].md`` (and the
     run summaries as ``.json``) and print it; returns the table and its path. ``variant`` trains
     another LSTM variant (``nfg``: the paper's LSTM without forget gate); ``budget_scale``
-    multiplies every row's steps."""
+    multiplies every row's steps. Without ``overwrite``, a table or run already in ``out`` that
+    this call would replace is refused (ConfigError) before any training."""
     if variant not in LSTM_VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(LSTM_VARIANTS)}")
     if not budget_scale > 0:
@@ -187,7 +188,11 @@ def reproduce(paper: str, full: bool = False, out: Path = Path("runs/reproduce")
     seeds = seeds or (10 if full else 3)
     budget = "full" if full else "quick"
     suffix = "" if variant == "vanilla" else f"-{variant}"
+    path = out / f"{paper}-{budget}{suffix}.md"
     results = [RowResult(row) for row in selected]
+    if not overwrite:
+        _refuse_to_replace_results(path, [out / f"{row.key}{suffix}" / f"seed{seed}" for row in selected
+                                          for seed in range(seeds)])
     bar = tqdm(total=len(selected) * seeds, desc=f"{paper} {budget}", disable=not progress, dynamic_ncols=True)
     for result in results:
         row = result.row
@@ -204,10 +209,18 @@ def reproduce(paper: str, full: bool = False, out: Path = Path("runs/reproduce")
     bar.close()
     table = markdown_table(results, budget, variant)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{paper}-{budget}{suffix}.md"
     path.write_text(table)
     (out / f"{paper}-{budget}{suffix}.json").write_text(json.dumps([r.summaries for r in results], indent=1))
     print(table)
     print(f"wrote {path}")
     return table, path
 
+
+def _refuse_to_replace_results(table: Path, run_dirs: list[Path]) -> None:
+    """ConfigError when ``table`` or any of ``run_dirs`` already holds results (a --full table
+    takes hours), naming the flag that replaces them."""
+    remedy = "pass --overwrite to replace the table and its runs"
+    if table.exists():
+        raise ConfigError(f"{table} already holds a table of this paper and budget: {remedy}, or choose another --out")
+    for run_dir in run_dirs:
+        refuse_to_replace(run_dir, remedy)

@@ -480,6 +480,15 @@ def comparison_table(summaries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def refuse_to_replace(run_dir: str | Path, remedy: str) -> None:
+    """Raise the ConfigError that keeps a run already in ``run_dir``, naming its checkpoint's step
+    and ``remedy`` (the flag that continues or replaces it); nothing when there is none."""
+    if checkpoint.exists(run_dir):
+        step = checkpoint.saved_step(run_dir)
+        raise ConfigError(f"{run_dir} already holds a run (its checkpoint is at step "
+                          f"{'unknown: unreadable' if step is None else step}): {remedy}, or choose another --out")
+
+
 def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
              generator: torch.Generator) -> dict[str, Any]:
     try:

@@ -140,8 +140,10 @@ def _template() -> str:
 
 def render_page(record: GateRecord) -> str:
     """The complete HTML of the page for ``record`` (a string; see :func:`write_gates_html`)."""
-    # "</" inside the JSON would close the <script> element early
-    data = json.dumps(page_data(record), separators=(",", ":")).replace("</", "<\\/")
+    # no "<" in the data block: "</script" would close it early, and "<!--" followed by "<script"
+    # (a model or file name in the title) keeps the parser from ever closing it; in JSON strings,
+    # the only place a "<" can be, \u003c is the same character
+    data = json.dumps(page_data(record), separators=(",", ":")).replace("<", "\\u003c")
     title = html.escape(record.title or f"gatedrnn gate viewer ({record.cell.upper()})")
     head, tail = _template().split("__DATA__")
     return head.replace("__TITLE__", title) + data + tail
