@@ -67,10 +67,18 @@ def test_the_real_options_checked_below_are_every_tasks_thresholds():
     assert FRACTIONS <= set(real_options())
 
 
+ZERO_OK = {("two-sequence", "variance")}
+"""Options that may be 0: the noise of a noise-free control."""
+
+
 @pytest.mark.parametrize("name, key", real_options(), ids=[f"{n}-{k}" for n, k in real_options()])
 @pytest.mark.parametrize("value", [-1.0, 0.0, math.nan, math.inf, "0.5", True], ids=repr)
 def test_real_options_reject_non_positive_nan_inf_and_non_numbers(name, key, value):
-    with pytest.raises(ValueError, match=f"task '{name}': {key} must be (a positive finite number|in \\()"):
+    if value == 0.0 and (name, key) in ZERO_OK:
+        assert getattr(make_task(name, **{key: value}), "std" if key == "variance" else key) == 0.0
+        return
+    with pytest.raises(ValueError, match=f"task '{name}': {key} must be (a positive finite number|a finite number "
+                                         f">= 0|in \\()"):
         make_task(name, **{key: value})
 
 
@@ -82,7 +90,7 @@ def test_fraction_options_take_one_and_reject_more(name, key):
 
 
 def test_option_errors_say_what_was_expected_and_what_was_given():
-    with pytest.raises(ValueError, match=re.escape("task 'two-sequence': variance must be a positive finite number, "
+    with pytest.raises(ValueError, match=re.escape("task 'two-sequence': variance must be a finite number >= 0, "
                                                    "got -1.0")):
         make_task("two-sequence", variance=-1.0)
     with pytest.raises(ValueError, match=re.escape("task 'charlm': valid_fraction must be in (0, 0.5), got 0.5")):
@@ -92,8 +100,8 @@ def test_option_errors_say_what_was_expected_and_what_was_given():
 
 
 @pytest.mark.parametrize("opt, message", [
-    ("variance=-1", "task 'two-sequence': variance must be a positive finite number, got -1.0"),
-    ("variance=nan", "task 'two-sequence': variance must be a positive finite number, got nan"),
+    ("variance=-1", "task 'two-sequence': variance must be a finite number >= 0, got -1.0"),
+    ("variance=nan", "task 'two-sequence': variance must be a finite number >= 0, got nan"),
     ("tolerance=inf", "task 'two-sequence': tolerance must be a positive finite number, got inf"),
 ])
 def test_cli_reports_a_bad_task_option_value_in_one_line(opt, message, tmp_path, capsys):

@@ -146,8 +146,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})")
     p.add_argument("--log-every", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"steps between metrics lines (default {d.log_every})")
-    p.add_argument("--no-stop", dest="stop_when_solved", action="store_false", default=_UNSET,
-                   help="train all --steps even after the task is solved")
+    stopping = p.add_mutually_exclusive_group()
+    stopping.add_argument("--no-stop", dest="stop_when_solved", action="store_false", default=_UNSET,
+                          help="train all --steps even after the task is solved")
+    stopping.add_argument("--stop", dest="stop_when_solved", action="store_true", default=_UNSET,
+                          help="stop at the first evaluation that meets the task's criterion (the default; "
+                               "undoes the --no-stop of a run resumed)")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=_UNSET, help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
@@ -178,16 +182,30 @@ def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None
                    resume=getattr(args, "resume", False), **values)
 
 
+MACHINE_FLAGS = ("device", "threads")
+"""Settings of the machine rather than the run: a resumed run takes them from its own command line
+or the defaults (a run checkpointed on a GPU resumes on a CPU-only machine)."""
+
+
 def _checkpointed_config(args: argparse.Namespace) -> TrainConfig:
     """What ``train --resume`` builds on: the config of the run checkpointed in ``--out`` (or the
-    default run directory), so that a flag left out continues as it was; the defaults where there
-    is no readable checkpoint (training then names what is wrong)."""
+    default run directory), so that a flag left out continues as it was, but for
+    :data:`MACHINE_FLAGS`; the defaults where there is no readable checkpoint, or it is another
+    task's (training then names what is wrong or differs). Raises ConfigError when the saved
+    settings themselves are damaged."""
     run_dir = config_from_args(args, getattr(args, "cell", None), args.out).run_dir
     saved_config = (checkpoint.saved_extra(run_dir) or {}).get("config")
-    try:
-        return TrainConfig.from_dict(saved_config) if isinstance(saved_config, dict) else DEFAULTS
-    except TypeError:
+    if not isinstance(saved_config, dict) or saved_config.get("task") != args.task:
         return DEFAULTS
+    try:
+        base = replace(TrainConfig.from_dict(saved_config), **{k: getattr(DEFAULTS, k) for k in MACHINE_FLAGS})
+        if not isinstance(base.task_options, dict):
+            raise TypeError(f"task_options must be a JSON object, got {type(base.task_options).__name__}")
+        base.validate()
+    except (TypeError, ValueError, ConfigError) as e:
+        raise ConfigError(f"cannot resume {run_dir}: the settings in its checkpoint are damaged "
+                          f"({type(e).__name__}: {e}); start afresh in another --out, or delete the directory") from e
+    return base
 
 
 def _result_line(summary: dict[str, Any]) -> str:
@@ -294,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in --out; a flag left out keeps the run's setting, "
-                            "one given must match it (except --steps, --device, --threads, the intervals "
-                            "and --no-stop/--no-progress)")
+                       help="continue from the checkpoint in --out; a flag left out keeps the run's setting "
+                            "(but --device and --threads: this machine's defaults), one given must match it "
+                            "(except --steps, --device, --threads, the intervals and --stop/--no-stop/--no-progress)")
     again.add_argument("--overwrite", action="store_true",
                        help="start afresh even if --out holds a run (its checkpoint and metrics are replaced)")
     p.set_defaults(func=run_train)

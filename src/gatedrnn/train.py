@@ -146,7 +146,7 @@ class TrainConfig:
             raise ConfigError(f"eval-every must be 0 (only at the end) or positive, got {self.eval_every}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if not (self.clip >= 0 and math.isfinite(self.clip)):
+        if not self.clip >= 0:  # nan too; inf clips nothing, as 0 does
             raise ConfigError(f"clip must be 0 (none) or a positive number, got {self.clip}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -220,20 +220,22 @@ def check_positive(task: str, **sizes: int) -> None:
 
 
 def check_number(task: str, key: str, value: object, *, high: float = math.inf,
-                 high_included: bool = True) -> float:
+                 high_included: bool = True, zero_ok: bool = False) -> float:
     """``value`` as a float when it is a finite real number in (0, high] ((0, high) when not
-    ``high_included``); otherwise ValueError naming the task, the option, the range and the value.
+    ``high_included``; from 0 included with ``zero_ok``); otherwise ValueError naming the task,
+    the option, the range and the value.
 
     For the real-valued options: a tolerance, a noise variance or a solved threshold that is
     negative, nan or infinite would train a task that can never (or always) count as solved.
     """
     if high == math.inf:
-        expected = "a positive finite number"
+        expected = "a finite number >= 0" if zero_ok else "a positive finite number"
     else:
-        expected = f"in (0, {high:g}{']' if high_included else ')'}"
+        expected = f"in {'[' if zero_ok else '('}0, {high:g}{']' if high_included else ')'}"
     is_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
     below_high = is_number and (value <= high if high_included else value < high)
-    if not (is_number and math.isfinite(value) and value > 0 and below_high):
+    above_low = is_number and (value >= 0 if zero_ok else value > 0)
+    if not (is_number and math.isfinite(value) and above_low and below_high):
         raise ValueError(f"task {task!r}: {key} must be {expected}, got {value!r}")
     return float(value)
 

@@ -32,7 +32,7 @@ class TwoSequence(LastStepRegression):
         if info > seq_len:
             raise ValueError(f"task 'two-sequence': info (N) must be at most seq_len={seq_len}, got {info}")
         self.seq_len, self.info = seq_len, info
-        self.std = check_number(self.name, "variance", variance) ** 0.5
+        self.std = check_number(self.name, "variance", variance, zero_ok=True) ** 0.5  # 0: a noise-free control
         self.tolerance = check_number(self.name, "tolerance", tolerance)
         self.solved_error = check_number(self.name, "solved_error", solved_error)
         self.input_size, self.output_size = 1, 1
