@@ -14,7 +14,7 @@ with a gradient penalty through the recurrence), ``linear`` (T=128 against
 T=1024), ``stream`` (cells called one step at a time), ``auto`` (torch.nn's kernels against the cpu
 backend for the plain cells, which ``auto`` chooses between), ``packed`` (the same for the plain
 GRU on packed batches of unequal lengths, which torch's kernel shortens step by step and the cpu
-backend masks) and ``grid`` (B x T x H for ``--cells``).
+backend masks), ``stack`` (the same for the plain GRU with 2 layers and/or both directions) and ``grid`` (B x T x H for ``--cells``).
 
 Memory is measured two ways, both for one forward+backward at B=32, H=256, T=256:
 
@@ -67,6 +67,8 @@ class Case:
     H: int
     shortest: int = 0
     """Packed input, lengths spread evenly from T down to this; 0: every sequence T long, unpacked."""
+    layers: int = 1
+    bidirectional: bool = False
 
     @property
     def family(self) -> str:
@@ -75,7 +77,13 @@ class Case:
     @property
     def label(self) -> str:
         lengths = f" lengths {self.T}..{self.shortest}" if self.shortest else ""
-        return f"{self.cell} B={self.B} T={self.T} H={self.H}{lengths}"
+        stack = (f" L={self.layers}" if self.layers > 1 else "") + (" bi" if self.bidirectional else "")
+        return f"{self.cell}{stack} B={self.B} T={self.T} H={self.H}{lengths}"
+
+    @property
+    def stack(self) -> dict:
+        """The layers' keywords (torch.nn's and ours)."""
+        return {"num_layers": self.layers, "bidirectional": self.bidirectional}
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor | PackedSequence:
         """x (T, B, H) as the layer takes it: packed with this case's lengths, or as it is."""
@@ -89,10 +97,10 @@ def build(case: Case, provider: str) -> torch.nn.Module:
     """The module a provider runs: torch.nn's plain cell of the same size, or gatedrnn's cell."""
     torch.manual_seed(0)
     if provider == "torch":
-        return TORCH_CLASSES[case.family](case.H, case.H)
+        return TORCH_CLASSES[case.family](case.H, case.H, **case.stack)
     family, kw = CELLS[case.cell]
     backend = {"default": "auto", "loop": "reference", "cpu-py": "cpu"}.get(provider, provider)
-    return OUR_CLASSES[family](case.H, case.H, backend=backend, **kw)
+    return OUR_CLASSES[family](case.H, case.H, backend=backend, **case.stack, **kw)
 
 
 def plain_loop(module: torch.nn.Module, x: torch.Tensor):
@@ -294,6 +302,18 @@ def packed_rows(quick: bool) -> list[Row]:
                    for B, T, H, s in lstm_sizes for train in (False, True)]
 
 
+def stack_rows(quick: bool) -> list[Row]:
+    """The plain GRU stacked (2 layers), bidirectional, and both: ``auto``'s measurements were
+    of one layer, one direction, and torch's kernel runs a whole stack in one call."""
+    sizes = [(32, 16, 64), (32, 16, 256), (32, 128, 64), (32, 128, 256), (8, 128, 256)]
+    stacks = [(2, False), (1, True), (2, True)]
+    if quick:
+        sizes, stacks = [(4, 16, 32)], [(2, True)]
+    return [Row(case.label, ["torch", "cpu", "default"], train, fixed(case))
+            for L, bi in stacks for B, T, H in sizes for case in [Case("gru", B, T, H, layers=L, bidirectional=bi)]
+            for train in (False, True)]
+
+
 def penalty_rows(quick: bool) -> list[Row]:
     """A training step with a gradient penalty on the weights (second derivatives through the
     recurrence): the cpu backend replays the layer on the reference loop for it."""
@@ -412,7 +432,7 @@ def machine() -> str:
             f"compiled loops: {loop}")
 
 
-ROWS = ("targets", "memory", "linear", "stream", "auto", "packed", "penalty", "grid")
+ROWS = ("targets", "memory", "linear", "stream", "auto", "packed", "stack", "penalty", "grid")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -466,6 +486,11 @@ def main(argv: list[str] | None = None) -> None:
         for r in table:
             r.run(repeats)
         print_rows("packed: batches of unequal lengths (the plain GRU; the plain LSTM on torch's kernel)", table)
+    if "stack" in rows:
+        table = stack_rows(args.quick)
+        for r in table:
+            r.run(repeats)
+        print_rows("stack: the plain GRU with 2 layers and/or both directions", table)
     if "penalty" in rows:
         table = penalty_rows(args.quick)
         for r in table:

@@ -66,8 +66,9 @@ INFER_FROM_STEPS, INFER_MAX_HIDDEN, INFER_MAX_BATCH_HIDDEN = 64, 256, 8192
 
 def beats_torch(cfg: CellConfig, x: Tensor, training: bool, ragged: bool = False) -> bool:
     """Whether this backend runs a cell torch.nn also computes faster than torch's own CPU kernel,
-    by the measurements of ``benchmarks/cpu.py --rows auto,packed`` (BENCHMARKS.md, runs G and H,
-    2 threads), for x (T, B, I), ``ragged`` when some sequences of a packed batch are shorter than T:
+    by the measurements of ``benchmarks/cpu.py --rows auto,packed,stack`` (BENCHMARKS.md, runs G,
+    H and I, 2 threads; one layer, and the same thresholds held for 2 layers and 2 directions), for
+    x (T, B, I), ``ragged`` when some sequences of a packed batch are shorter than T:
 
     - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-9x faster than
       torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
