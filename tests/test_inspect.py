@@ -61,3 +61,20 @@ def test_trace_is_differentiable_for_memory_span():
 def test_inspect_rejects_torch_modules():
     with pytest.raises(TypeError, match="expected a gatedrnn.LSTM, GRU or RNN module, got LSTM"):
         gatedrnn.inspect_gates(torch.nn.LSTM(3, 4), torch.randn(2, 1, 3))
+
+
+def test_under_cpu_autocast_the_trace_is_what_forward_computes():
+    """Under CPU autocast the module's forward runs the recurrence in the parameters' dtype; the
+    trace does too: its output is forward's (in the input's dtype), its gates those without autocast."""
+    torch.manual_seed(0)
+    module = gatedrnn.LSTM(3, 4, num_layers=2)
+    x = torch.randn(6, 2, 3).bfloat16()
+    exact = gatedrnn.inspect_gates(module, x.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = module(x)[0]
+        trace = gatedrnn.inspect_gates(module, x)
+    assert trace.output.dtype == torch.bfloat16 and torch.equal(trace.output, expected)
+    for key, gates in exact.gates.items():
+        for name, values in gates.items():
+            assert trace.gates[key][name].dtype == torch.float32 and torch.equal(trace.gates[key][name], values)
+

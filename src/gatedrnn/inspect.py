@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from .config import TRACE_NAMES
-from .nn import _RecurrentBase
+from .nn import _outside_cpu_autocast, _RecurrentBase, _under_cpu_autocast
 
 
 @dataclass
@@ -59,8 +59,14 @@ def inspect_gates(module: _RecurrentBase, input, hx=None) -> GateTrace:
             f"inspect_gates: expected a gatedrnn.LSTM, GRU or RNN module, got {type(module).__name__}; "
             "load torch.nn weights into the gatedrnn module of the same configuration with load_state_dict"
         )
-    prep = module._prepare(input)
-    states = module._initial_states(hx, prep)
-    out, finals, traces = module.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
-    output, final_state = module._finish(out, finals, prep)
+    def record(input, hx):
+        prep = module._prepare(input)
+        states = module._initial_states(hx, prep)
+        out, finals, traces = module.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
+        return (*module._finish(out, finals, prep), traces)
+
+    if _under_cpu_autocast(input):  # as the module's forward runs: the gates in the parameters' dtype
+        output, final_state, traces = _outside_cpu_autocast(record, input, hx, module._param.dtype)
+    else:
+        output, final_state, traces = record(input, hx)
     return GateTrace(output, final_state, traces, TRACE_NAMES[module.cell_config.family])
