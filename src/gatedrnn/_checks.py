@@ -33,10 +33,11 @@ class ArgumentTypeError(TypeError, ValueError):
 
 def _is_integer(value: object) -> bool:
     """A Python or numpy integer (a hyperparameter sweep's ``np.int64``), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and not _is_numpy_bool(value)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_numpy_bool(value: object) -> bool:
+    """A numpy bool (not a numbers.Integral, unlike Python's)."""
     numpy = sys.modules.get("numpy")  # no numpy imported: no numpy bool can have been made
     return numpy is not None and isinstance(value, numpy.bool_)
 
@@ -58,7 +59,7 @@ def flag(owner: str, name: str, value: object) -> bool:
 
 def probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
     """A number in [0, 1] (``allow_one``) or [0, 1)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or _is_numpy_bool(value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise ArgumentTypeError(f"{owner}: {name} must be a number, got {type(value).__name__} ({value!r})")
     upper_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and upper_ok):

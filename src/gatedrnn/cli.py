@@ -247,10 +247,7 @@ def run_compare(args: argparse.Namespace) -> int:
     if len(set(cells)) != len(cells):
         raise UsageError(f"--cells lists a cell twice: {args.cells!r}")
     out = Path(args.out or f"runs/compare-{args.task}")
-    base = config_from_args(args, "lstm", None)
-    configs = [replace(base, cell=c, variant=base.variant if c == "lstm" else "vanilla",
-                       forget_bias=base.forget_bias if c == "lstm" else None,
-                       input_bias=base.input_bias if c == "lstm" else None, out=str(out / c)) for c in cells]
+    configs = [config_from_args(args, c, str(out / c)) for c in cells]
     if not args.overwrite:
         for config in configs:
             refuse_to_replace(config.run_dir, "pass --overwrite to replace the compared runs")

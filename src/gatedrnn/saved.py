@@ -97,12 +97,17 @@ def _is_checkpoint_tensors(path: Path) -> bool:
             and (path.parent / "config.json").is_file())
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (the cut marked "...") for an error line."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _one_line(error: Exception, limit: int = 600) -> str:
     """``error``'s message on one line, its lines joined (load_state_dict names the missing and
     unexpected keys and the mismatched shapes on the lines after its first), cut at ``limit``
     characters."""
-    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return shorten(" ".join(line.strip() for line in str(error).splitlines() if line.strip())
+                   or type(error).__name__, limit)
 
 
 def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..saved import SavedModelError, rebuild
+from ..saved import SavedModelError, rebuild, shorten
 from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
 from .charmodel import CharModel
@@ -83,17 +83,11 @@ def _vocab(vocab: object) -> str:
     chars = list(vocab) if isinstance(vocab, (str, list)) else []
     if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
         raise UsageError(f"the model config's task.vocab must be {expected}, got {type(vocab).__name__} "
-                         f"{_preview(vocab)}")
+                         f"{shorten(repr(vocab), 40)}")
     repeated = sorted(c for c, n in Counter(chars).items() if n > 1)
     if repeated:
         raise UsageError(f"the model config's task.vocab repeats the character(s) {' '.join(map(repr, repeated))}")
     return "".join(chars)
-
-
-def _preview(value: object, limit: int = 40) -> str:
-    """``repr(value)``, cut to ``limit`` characters for an error line."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def load_char_model(path: str | Path) -> CharModel:
