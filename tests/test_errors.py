@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -26,6 +28,8 @@ import gatedrnn
     (dict(backend="cuda"), ValueError, "unknown backend 'cuda': expected one of 'auto', 'torch', 'reference'"),
     (dict(variant="nfg", forget_bias=1.0), ValueError, "forget_bias=1.0 needs a forget gate"),
     (dict(bias=False, forget_bias=1.0), ValueError, "forget_bias=1.0 needs bias=True"),
+    (dict(hidden_size=True), TypeError, r"hidden_size must be an int, got bool \(True\)"),
+    (dict(forget_bias=True), TypeError, r"forget_bias must be a number or None, got bool \(True\)"),
 ])
 def test_constructor_rejects(kwargs, error, pattern):
     args = dict(input_size=3, hidden_size=8) | kwargs
@@ -272,3 +276,12 @@ def test_numpy_hyperparameters_are_taken():
     assert cell.bias is False and cell.bias_ih is None and cell(torch.randn(2, 3)).shape == (2, 4)
     with pytest.raises(TypeError, match=r"bidirectional must be a bool \(or 0 or 1\), got int64 \(.*2\)\)"):
         gatedrnn.LSTM(3, 4, bidirectional=np.int64(2))
+
+
+def test_dropout_on_a_single_layer_warns_as_torch_nn_does():
+    with pytest.warns(UserWarning, match=r"dropout option adds dropout after all but last recurrent layer.*"
+                                         r"got dropout=0.5 and num_layers=1"):
+        gatedrnn.GRU(3, 4, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gatedrnn.GRU(3, 4, num_layers=2, dropout=0.5)

@@ -78,3 +78,13 @@ def test_under_cpu_autocast_the_trace_is_what_forward_computes():
         for name, values in gates.items():
             assert trace.gates[key][name].dtype == torch.float32 and torch.equal(trace.gates[key][name], values)
 
+
+def test_trace_starts_from_the_given_state():
+    m = gatedrnn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    hx = (torch.randn(4, 2, 4, dtype=torch.float64), torch.randn(4, 2, 4, dtype=torch.float64))
+    trace = gatedrnn.inspect_gates(m, x, hx)
+    out, (h, c) = m(x, hx)
+    assert rel_err(trace.output, out) < 1e-12
+    assert rel_err(trace.final_state[0], h) < 1e-12 and rel_err(trace.final_state[1], c) < 1e-12
+    assert rel_err(trace.output, m(x)[0]) > 1e-3, "the given state must matter here"

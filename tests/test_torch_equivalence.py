@@ -191,3 +191,16 @@ def test_torch_compile_gives_the_eager_numbers_and_gradients(kw):
     out_e = module(x)[0]
     (gx_e,) = torch.autograd.grad(out_e.sum(), x)
     assert rel_err(out_c, out_e) < 1e-12 and rel_err(gx_c, gx_e) < 1e-12
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_dropout_leaves_the_last_layers_output_alone(backend):
+    """torch.nn drops out between layers only: with dropout=1 in training the second layer sees
+    zeros, yet its output is not dropped and equals torch.nn's (which the torch path alone was
+    compared with: the time-loop backends' dropout was only checked to be random)."""
+    ours, theirs = _pair("LSTM", dict(num_layers=2, dropout=1.0))
+    ours.backend = backend
+    x = torch.randn(6, 2, 5, dtype=torch.float64)
+    (a, (ha, ca)), (b, (hb, cb)) = ours.train()(x), theirs.train()(x)
+    assert (b != 0).all()
+    assert rel_err(a, b) < 1e-12 and rel_err(ha, hb) < 1e-12 and rel_err(ca, cb) < 1e-12

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -282,3 +284,34 @@ def test_a_run_starting_afresh_deletes_the_checkpoint_it_replaces(tmp_path):
     RunFiles(str(tmp_path), True).start(config, build_task(config), 0)
     assert not checkpoint.exists(tmp_path) and not list(tmp_path.glob("checkpoint-*"))
     RunFiles(str(tmp_path), True).start(config, build_task(config), 0)  # nothing left to delete: fine
+
+
+def test_checkpoint_restores_the_numpy_and_python_rng(tmp_path):
+    model, optimizer = model_and_optimizer()
+    np.random.seed(3)
+    random.seed(4)
+    checkpoint.save(tmp_path, 1, model, optimizer, torch.Generator())
+    expected_np, expected_py = np.random.rand(3), random.random()
+    np.random.rand(5), random.random()
+    checkpoint.set_rng_state(checkpoint.load(tmp_path).rng, torch.Generator())
+    assert np.array_equal(np.random.rand(3), expected_np)
+    assert random.random() == expected_py
+
+
+def test_loaded_optimizer_state_belongs_to_the_parameters(tmp_path):
+    model, optimizer = model_and_optimizer()
+    checkpoint.save(tmp_path, 1, model, optimizer, torch.Generator())
+    fresh_model, fresh_optimizer = model_and_optimizer(seed=1)
+    fresh_optimizer.load_state_dict(checkpoint.load(tmp_path).optimizer)
+    assert set(fresh_optimizer.state) == set(fresh_model.parameters())
+    for new, old in zip(fresh_model.parameters(), model.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(fresh_optimizer.state[new][key], optimizer.state[old][key]), key
+
+
+def test_a_save_deletes_the_temporary_files_of_killed_writes(tmp_path):
+    model, optimizer = model_and_optimizer()
+    (tmp_path / "checkpoint-000000002.safetensors.tmp").write_bytes(b"half a safetensors file")
+    (tmp_path / "checkpoint.json.tmp").write_text("{")
+    checkpoint.save(tmp_path, 3, model, optimizer, torch.Generator())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000000003.safetensors", "checkpoint.json"]

@@ -249,3 +249,38 @@ def test_nan_propagates(x):
         out = module(bad)[0]
         assert torch.isnan(out[2:, 1]).all()
         assert not torch.isnan(out[:, 0]).any() and not torch.isnan(out[:2]).any()
+
+
+def test_zoneout_draws_fresh_independent_masks_for_h_and_c_at_every_step():
+    """Zoneout keeps each unit of h and of c with probability p, drawn afresh at each step and
+    independently for h and c (Krueger et al. 2016). Traced in training, a unit is unchanged from
+    the previous step about p of the time; h and c both, or one unit two steps running, about p^2."""
+    torch.manual_seed(0)
+    m = gatedrnn.LSTM(4, 50, zoneout=0.3, dtype=torch.float64).train()
+    gates = gatedrnn.inspect_gates(m, torch.randn(41, 8, 4, dtype=torch.float64)).gates[(0, 0)]
+    kept_h = (gates["h"][1:] == gates["h"][:-1]).double()  # (40, 8, 50)
+    kept_c = (gates["c"][1:] == gates["c"][:-1]).double()
+    for kept in (kept_h, kept_c):
+        assert abs(kept.mean().item() - 0.3) < 0.03
+        assert abs((kept[1:] * kept[:-1]).mean().item() - 0.09) < 0.03, "the same mask at every step"
+    assert abs((kept_h * kept_c).mean().item() - 0.09) < 0.03, "h and c share one mask"
+
+
+@pytest.mark.parametrize("kw", [dict(recurrent_dropout=0.5), dict(zoneout=0.5)], ids=["recurrent_dropout", "zoneout"])
+def test_each_sequence_of_a_batch_draws_its_own_masks(kw):
+    """One mask per sequence (Gal & Ghahramani 2016), not one for the whole batch: sixteen copies
+    of one sequence come out different in training."""
+    m = gatedrnn.LSTM(4, 5, dtype=torch.float64, **kw).train()
+    out = m(torch.randn(7, 1, 4, dtype=torch.float64).expand(7, 16, 4))[0]
+    assert not all(torch.equal(out[:, b], out[:, 0]) for b in range(1, 16))
+
+
+def test_lstm_cell_forget_bias_initialises_the_forget_rows():
+    for variant in ("vanilla", "cifg", "peephole"):
+        cell = gatedrnn.LSTMCell(3, 4, variant=variant, forget_bias=1.0)
+        k = cell.cell_config.gates.index("f")
+        assert torch.equal(cell.bias_ih[4 * k:4 * k + 4], torch.ones(4)), variant
+        assert torch.equal(cell.bias_hh[4 * k:4 * k + 4], torch.zeros(4)), variant
+        assert cell.forget_bias == 1.0 and "forget_bias=1.0" in repr(cell)
+    with pytest.raises(ValueError, match="forget_bias=1.0 needs a forget gate"):
+        gatedrnn.LSTMCell(3, 4, variant="nfg", forget_bias=1.0)
