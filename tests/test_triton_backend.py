@@ -240,6 +240,33 @@ def test_low_precision_matches_float64_reference(name, dtype, tol):
 
 
 @interpreter
+@pytest.mark.parametrize("name", ["lstm", "lstm_peephole_proj_nobias", "gru_nobias", "gru_ln", "rnn_tanh"])
+def test_under_autocast_every_operand_runs_in_autocast_dtype(name):
+    """Under autocast (float16 here: the interpreter's bfloat16 dot is wrong) a float32 layer runs
+    as cuDNN's does: x, states and weights in autocast's dtype, outputs and final states returned in
+    it, gradients back in float32, bitwise what the float16 layer gives without autocast. Without
+    the casts the bias sum made the LSTM's projection float32 again and a bias-free GRU mixed
+    float16 steps with float32 weights."""
+    cfg = CONFIGS[name]
+    x = torch.randn(5, 3, 2)
+    state = tuple(torch.randn(3, s) for s in cfg.state_sizes)
+    weights = {k: v.float() for k, v in layer_weights(cfg, 2).items()}
+    lengths = torch.tensor([5, 2, 4])
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert triton_backend.supports(cfg, x) is None
+        got = layer_run(triton_backend, cfg, x, state, weights, False, lengths)
+    half = layer_run(triton_backend, cfg, x.half(), tuple(s.half() for s in state),
+                     {k: v.half() for k, v in weights.items()}, False, lengths)
+    for a, b in zip(got[0], half[0]):
+        assert a.dtype == torch.float16 and torch.equal(a, b)
+    for key, grad in got[1].items():
+        assert grad.dtype == torch.float32, key
+        assert torch.equal(grad, half[1][key].float()), key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "bfloat16 does not run under the Triton interpreter" in triton_backend.supports(cfg, x)
+
+
+@interpreter
 @pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln",
                                   "lstm_fgr_ln"])
 def test_bitwise_deterministic(name):
@@ -972,6 +999,37 @@ def test_gpu_modules_match_reference(name, packed):
         assert rel_err(a.double(), b) <= 1e-5, f"output {k}"
     for n in expected[1]:
         assert rel_err(got[1][n].double(), expected[1][n]) <= 1e-5, n
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("factory, kwargs", [
+    (gatedrnn.LSTM, {}), (gatedrnn.GRU, {}), (gatedrnn.LSTM, {"variant": "peephole", "num_layers": 2}),
+], ids=["lstm", "gru", "peephole_2_layers"])
+def test_gpu_under_autocast_runs_in_bfloat16_as_cudnn_does(factory, kwargs):
+    """A float32 module under CUDA autocast (bfloat16): the kernels run in bfloat16, as cuDNN does
+    there: outputs and final states in bfloat16 (torch.nn's dtypes under autocast), within the
+    bfloat16 bound of the float64 module's, parameter gradients in float32."""
+    ref = factory(64, 128, backend="reference", dtype=torch.float64, device="cuda", **kwargs)
+    fast = factory(64, 128, backend="triton", dtype=torch.float32, device="cuda", **kwargs)
+    fast.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x = torch.randn(32, 8, 64, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, final = fast(x)
+    finals = final if isinstance(final, tuple) else (final,)
+    expected_out, expected_final = ref(x.double())
+    expected_finals = expected_final if isinstance(expected_final, tuple) else (expected_final,)
+    for got, want in zip((out, *finals), (expected_out, *expected_finals)):
+        assert got.dtype == torch.bfloat16
+        assert rel_err(got.double(), want) <= 2e-2
+    if not kwargs:
+        theirs = {gatedrnn.LSTM: torch.nn.LSTM, gatedrnn.GRU: torch.nn.GRU}[factory](64, 128, device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            cudnn_out, _ = theirs(x)
+        assert out.dtype == cudnn_out.dtype
+    out.float().sum().backward()
+    for n, p in fast.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), n
 
 
 def test_gpu_benchmark_runs_end_to_end_with_fake_timings(tmp_path, monkeypatch, on_fake_gpu):

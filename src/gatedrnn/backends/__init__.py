@@ -22,6 +22,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .._checks import autocast_on as _autocast_on
 from ..config import CellConfig, LayerWeights
 
 BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
@@ -110,6 +111,14 @@ def require_support(backend: str, reason: str | None) -> None:
     ``supports``); nothing when ``reason`` is None."""
     if reason is not None:
         raise ValueError(f"backend {backend!r} cannot run this layer: {reason}")
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype a fused backend runs ``x`` in: autocast's lower precision where autocast is on for
+    ``x``'s device (as cuDNN runs under it), else ``x``'s own dtype."""
+    if _autocast_on(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def sum_present(*parts: Tensor | None) -> Tensor | None:

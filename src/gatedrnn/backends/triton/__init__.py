@@ -40,9 +40,10 @@ import os
 import torch
 from torch import Tensor
 
+from ..._checks import autocast_on
 from ...cells.common import gatewise_layer_norm
 from ...config import CellConfig, LayerWeights, Noise
-from .. import recurrent_shifts, reference, require_support, sum_present
+from .. import compute_dtype, recurrent_shifts, reference, require_support, sum_present
 from . import measured
 from .launch import accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
@@ -74,12 +75,26 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
         dtypes = _CUDA_DTYPES
     else:
         return f"expected a CUDA tensor, got one on {x.device.type}"
-    if x.dtype not in dtypes:
-        return f"expected dtype in {', '.join(str(d) for d in dtypes)}, got {x.dtype}"
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+    dtype = compute_dtype(x)
+    if dtype not in dtypes:
+        return f"expected dtype in {', '.join(str(d) for d in dtypes)}, got {dtype}"
+    if dtype == torch.bfloat16 and x.device.type == "cpu":
         return ("torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
                 "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there")
     return None
+
+
+def _in_autocast_dtype(cfg: CellConfig, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights,
+                       **options) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
+    """:func:`run_layer` under autocast: ``x``, the states and the weights cast to autocast's dtype
+    and the layer run with autocast off, so that the kernels get one dtype (autocast would make
+    the input projection bfloat16 and the bias sum float32 again). The casts are differentiable:
+    the gradients reach the parameters in their own dtype. Outputs and final states come back in
+    autocast's dtype, as torch.nn's under autocast."""
+    dtype = compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return run_layer(cfg, x.to(dtype), tuple(s.to(dtype) for s in state),
+                         {key: w.to(dtype) for key, w in weights.items()}, **options)
 
 
 def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
@@ -128,8 +143,14 @@ def run_layer(
     noise: Noise | None = None,
     record: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
-    """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`)."""
+    """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`).
+
+    Under autocast every operand runs in autocast's dtype, as cuDNN's do (float32 accumulation and
+    cell state as always): see :func:`_in_autocast_dtype`."""
     require_support(name, supports(cfg, x))
+    if autocast_on(x.device.type):
+        return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
+                                  record=record)
     regularisation = kernel_noise(cfg, noise, x)
     if record or regularisation is None:
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,

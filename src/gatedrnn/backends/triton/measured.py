@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ...config import CellConfig
+from .. import compute_dtype
 
 TABLE_PATH = Path(__file__).with_name("measured.json")
 #: the kernels replace cuDNN only where they measured at least this much faster, so that noise in
@@ -124,8 +125,9 @@ def nearest(points: tuple[Point, ...], cell: str, dtype: str, B: int, H: int, tr
 
 def beats_cudnn(cfg: CellConfig, x: Tensor, training: bool) -> bool:
     """Whether a measurement on this device says the kernels run ``cfg`` on ``x`` (T, B, I) at
-    least :data:`MARGIN` times faster than cuDNN, forward + backward when ``training``."""
-    record, cell, dtype = record_for(x.device), cell_key(cfg), _DTYPES.get(x.dtype)
+    least :data:`MARGIN` times faster than cuDNN, forward + backward when ``training``; in the dtype
+    both run in (autocast's where it is on)."""
+    record, cell, dtype = record_for(x.device), cell_key(cfg), _DTYPES.get(compute_dtype(x))
     if record is None or not record.verified or cell is None or dtype is None:
         return False
     point = nearest(record.points, cell, dtype, max(int(x.shape[1]), 1), cfg.hidden_size, training)
