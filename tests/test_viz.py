@@ -19,7 +19,8 @@ from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
 from gatedrnn.viz.charmodel import CharModel
 from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
 from gatedrnn.viz.plots import informative_units, plot_gates, plot_memory_span
-from gatedrnn.viz.span import (distance_curve, influence, measure_span, span_below, summary_lines,
+from gatedrnn.viz import commands
+from gatedrnn.viz.span import (distance_curve, influence, measure_span, probe_positions, span_below, summary_lines,
                                total_influence, word_positions)
 
 @pytest.fixture(autouse=True)
@@ -310,7 +311,8 @@ def test_gates_command_writes_the_three_files(saved_model, tmp_path, capsys):
     (("gates", "abc", "--model", "{tmp}/corrupt.safetensors"), "cannot read model"),
     (("gates", "abc", "--model", "{tmp}/nojson.safetensors"), "model config"),
     (("gates", "abc", "--model", "{tmp}/badjson.safetensors"), "is not valid JSON"),
-    (("gates", "abc", "--model", "{model}", "--out", "{tmp}/corrupt.json"), "cannot write to"),
+    (("gates", "abc", "--model", "{model}", "--out", "{tmp}/corrupt.json"), "is a file: expected a directory"),
+    (("gates", "abc", "--model", "{model}", "--out", "{tmp}/taken"), "taken/gates.png' is a directory"),
     (("gates", "abc", "--model", "{tmp}/adding.safetensors"), "trained on task 'adding'"),
     (("gates", "abc", "--model", "{tmp}"), "no checkpoint.json"),
     (("gates", "abc", "--model", "{tmp}/novocab.safetensors"), "the model config has no task.vocab: expected the "
@@ -331,13 +333,14 @@ def test_gates_command_writes_the_three_files(saved_model, tmp_path, capsys):
      "--temperature must be a finite number >= 0 (0 takes the most likely character), got -1.0"),
     (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "nan"), "--temperature must be a finite number"),
     (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "inf"), "--temperature must be a finite number"),
-], ids=["empty", "blank", "missing", "corrupt", "no-json", "bad-json", "out-is-a-file", "other-task", "not-a-run",
+], ids=["empty", "blank", "missing", "corrupt", "no-json", "bad-json", "out-is-a-file", "output-is-a-dir", "other-task", "not-a-run",
         "no-vocab", "int-vocab", "repeated-vocab", "too-long", "not-utf8", "lone-surrogate", "prompt-not-utf8",
         "blank-prompt", "prompt-too-long", "negative-length", "negative-temperature", "nan-temperature",
         "inf-temperature"])
 def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, capsys):
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     (tmp_path / "corrupt.json").write_text(saved_model.with_suffix(".json").read_text())
+    (tmp_path / "taken" / "gates.png").mkdir(parents=True)
     (tmp_path / "nojson.safetensors").write_bytes(saved_model.read_bytes())
     (tmp_path / "badjson.safetensors").write_bytes(saved_model.read_bytes())
     (tmp_path / "badjson.json").write_text('{"train": ')
@@ -465,3 +468,61 @@ def test_sample_with_the_shipped_model_writes_austen_like_text(capsys):
     words = re.findall(r"[a-z]+", text.lower())
     common = {"the", "of", "and", "to", "a", "in", "her", "was", "she", "be", "he", "his", "had", "not", "that", "it"}
     assert len(words) > 20 and sum(w in common for w in words) > 0.2 * len(words), text
+
+
+def test_probe_needs_both_whole_words_the_early_one_first():
+    """A state never depends on a later input: "hours ... John" has no John -> hours to report."""
+    assert probe_positions(SENTENCE, "John", "hours") == (slice(0, 4), SENTENCE.index("hours") + 4)
+    assert probe_positions("He spent hours; then John left.", "John", "hours") is None
+    assert probe_positions("Johnson spent hours", "John", "hours") is None
+    results = [measure_span("m", "hours, John", np.ones((11, 11, 2)))]
+    assert "John -> hours" not in "\n".join(summary_lines(results, probe=("John", "hours")))
+
+
+def test_gates_removes_the_memory_span_figure_it_does_not_redraw(saved_model, tmp_path, monkeypatch, capsys):
+    (tmp_path / "memory_span.png").write_bytes(b"an earlier text's figure")
+    monkeypatch.setattr(commands, "MAX_SPAN_TEXT", 3)
+    assert run_cli("gates", "abcd", "--model", str(saved_model), "--out", str(tmp_path)) == 0
+    assert "memory span skipped" in capsys.readouterr().out
+    assert not (tmp_path / "memory_span.png").exists() and (tmp_path / "gates.html").exists()
+
+
+def test_sample_note_does_not_promise_a_page(saved_model, capsys):
+    assert run_cli("sample", "--model", str(saved_model), "--prompt", "It \u00dc", "--length", "3") == 0
+    err = capsys.readouterr().err
+    assert "unknown symbol" in err and "page" not in err
+
+
+def test_gates_reads_the_text_from_a_file_or_stdin(saved_model, tmp_path, monkeypatch, capsys):
+    import io
+
+    (tmp_path / "text.txt").write_bytes("It is a truth\nuniversally acknowledged".encode())
+    assert run_cli("gates", "--file", str(tmp_path / "text.txt"), "--model", str(saved_model),
+                   "--out", str(tmp_path / "a")) == 0
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "a" / "gates.html").exists()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"abc \xff")))
+    assert run_cli("gates", "--file", "-", "--model", str(saved_model), "--out", str(tmp_path / "b")) == 2
+    assert "byte 0xff at character 4" in capsys.readouterr().err
+    for argv, message in [((), "not neither"), (("abc", "--file", "x"), "not both"),
+                          (("--file", str(tmp_path / "missing.txt")), "cannot read --file")]:
+        assert run_cli("gates", *argv, "--model", str(saved_model), "--out", str(tmp_path / "c")) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_probe_names_the_words_to_measure(saved_model, tmp_path, capsys):
+    text = "Anne walked to the sea and back"
+    assert run_cli("gates", text, "--model", str(saved_model), "--out", str(tmp_path), "--probe", "Anne,sea") == 0
+    out = capsys.readouterr().out
+    assert "Anne -> sea (rel.)" in out and "John" not in out
+    assert run_cli("gates", text, "--model", str(saved_model), "--out", str(tmp_path), "--probe", "sea,Anne") == 0
+    out = capsys.readouterr().out
+    assert "sea -> Anne" not in out.split("note: --probe")[0] and "no whole word 'sea' followed later by 'Anne'" in out
+    with pytest.raises(SystemExit):
+        run_cli("gates", text, "--probe", "Anne")
+    assert "expected two words separated by a comma, e.g. John,hours, got 'Anne'" in capsys.readouterr().err
+
+
+def test_gates_skips_the_span_of_a_single_character(saved_model, tmp_path, capsys):
+    assert run_cli("gates", "x", "--model", str(saved_model), "--out", str(tmp_path)) == 0
+    assert "memory span skipped: the text has 1 character(s), the analysis takes 2 to 400" in capsys.readouterr().out
+    assert not (tmp_path / "memory_span.png").exists() and (tmp_path / "gates.png").exists()

@@ -19,7 +19,7 @@ from .charmodel import check_sample_options
 from .loading import CELLS, UsageError, load_char_model, load_shipped
 from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
-from .span import summary_lines, word_positions
+from .span import probe_positions, summary_lines
 
 TUTORIAL = ("John wanted to visit his friend's house, but he couldn't find the address. "
             "He spent hours searching for it.")
@@ -33,6 +33,9 @@ MAX_TEXT = 2000
 
 MAX_SPAN_TEXT = 400
 """Longest text the memory-span analysis runs on (its cost grows as T^2 H)."""
+
+MIN_SPAN_TEXT = 2
+"""Shortest text the memory-span analysis runs on: one character has no distance to measure."""
 
 
 def set_threads(threads: int) -> None:
@@ -89,35 +92,80 @@ def _model_from_args(args: argparse.Namespace):
     return load_char_model(args.model) if args.model else load_shipped(args.cell)
 
 
-def _unknown_note(model, text: str) -> str | None:
+def _unknown_note(model, text: str, marked: bool = True) -> str | None:
+    """The note naming the characters of ``text`` outside the model's vocabulary (None if none);
+    ``marked``: say that the page and gates.png mark them (``gates``, not ``sample``)."""
     _, unknown = model.encode(text)
     if not unknown:
         return None
     chars = " ".join(sorted({repr(text[t]) for t in unknown}))
     return (f"note: {len(unknown)} character(s) outside {model.name}'s vocabulary ({chars}) are read as its "
-            "unknown symbol and marked in the page and the figure")
+            "unknown symbol" + (" and marked in the page and the figure" if marked else ""))
 
 
-def span_figure(results, text: str, out: Path) -> tuple[Path, list[str]]:
+OUTPUTS = ("gates.html", "gates.png", "memory_span.png")
+"""The files ``gatedrnn gates`` writes into ``--out``."""
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out`` and check each of :data:`OUTPUTS` can be written there, before any work:
+    a UsageError naming the path otherwise (not after minutes of memory-span analysis)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file: expected a directory (it is created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {str(out)!r}: {e.strerror or e}") from None
+    for name in OUTPUTS:
+        if (out / name).is_dir():
+            raise UsageError(f"{str(out / name)!r} is a directory: expected a file gatedrnn gates can replace")
+
+
+def span_figure(results, text: str, out: Path, probe: tuple[str, str] = PROBE) -> tuple[Path, list[str]]:
     """Draw ``memory_span.png`` in ``out`` for the span results of several models on ``text`` and
-    return its path and the printed summary; marks the tutorial's "John" -> "hours" distance when
-    both words occur."""
-    probe = PROBE if all(w in text for w in PROBE) else None
-    marks = []
-    if probe:
-        marks = [(f"{probe[0]} -> {probe[1]}", word_positions(text, probe[0]), word_positions(text, probe[1]).stop - 1)]
+    return its path and the printed summary; marks the distance from the word ``probe[0]`` to the
+    word ``probe[1]`` (default the tutorial's "John" -> "hours") when both occur in that order."""
+    found = probe_positions(text, *probe)
+    marks = [(f"{probe[0]} -> {probe[1]}", *found)] if found else []
     return plot_memory_span(results, out / "memory_span.png", marks=marks), summary_lines(results, probe=probe)
 
 
+def parse_probe(value: str) -> tuple[str, str]:
+    """``--probe EARLY,LATE``: two words, the earlier one first (argparse type)."""
+    words = tuple(w.strip() for w in value.split(","))
+    if len(words) != 2 or not all(words) or any(c.isspace() for w in words for c in w):
+        raise argparse.ArgumentTypeError(f"expected two words separated by a comma, e.g. John,hours, got {value!r}")
+    return words
+
+
+def read_text(args: argparse.Namespace) -> str:
+    """The text of ``gatedrnn gates``: the TEXT argument or the file ``--file`` names (``-``: standard
+    input), read as UTF-8 with undecodable bytes kept for :func:`_check_utf8` to name."""
+    if (args.text is None) == (getattr(args, "file", None) is None):
+        raise UsageError("give the text either as TEXT or with --file PATH, not " +
+                         ("both" if args.text is not None else "neither"))
+    if args.text is not None:
+        return args.text
+    if args.file == "-":
+        return sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+    try:
+        return Path(args.file).read_bytes().decode("utf-8", errors="surrogateescape")
+    except OSError as e:
+        raise UsageError(f"cannot read --file {args.file!r}: {e.strerror or e}") from None
+
+
 def run_gates(args: argparse.Namespace) -> int:
-    """``gatedrnn gates TEXT [--model PATH | --cell lstm|gru|rnn] [--out DIR]``: write gates.html
-    and gates.png for one model and memory_span.png (the given model, or the three shipped ones
-    side by side), print the memory-span summary and where the files are."""
+    """``gatedrnn gates TEXT | --file PATH [--model PATH | --cell lstm|gru|rnn] [--out DIR]
+    [--probe EARLY,LATE]``: write gates.html and gates.png for one model and memory_span.png
+    (the given model, or the three shipped ones side by side), print the memory-span summary and
+    where the files are."""
     start = time.perf_counter()
-    text, out = args.text, Path(args.out)
+    out, probe = Path(args.out), getattr(args, "probe", None)
     try:
         set_threads(args.threads)
+        text = read_text(args)
         _check_text(text, "gates")
+        _prepare_out(out)
         if args.model:
             models = [load_char_model(args.model)]
             model = models[0]
@@ -129,21 +177,28 @@ def run_gates(args: argparse.Namespace) -> int:
         if note:
             print(note)
         figure = None
-        if len(text) <= MAX_SPAN_TEXT:
+        if MIN_SPAN_TEXT <= len(text) <= MAX_SPAN_TEXT:
             spans = [m.span(text) for m in models]
             record.unit_scores = {f"memory span of {name} (mean influence distance, chars)": distances
                                   for name, distances in reversed(spans[models.index(model)][1].items())}
-            figure, lines = span_figure([r for results, _ in spans for r in results], text, out)
+            figure, lines = span_figure([r for results, _ in spans for r in results], text, out, probe or PROBE)
             print("\n".join(lines))
+            if probe and not probe_positions(text, *probe):
+                print(f"note: --probe {','.join(probe)}: the text has no whole word {probe[0]!r} followed later by "
+                      f"{probe[1]!r}, so no influence between them is reported")
         else:
-            print(f"note: memory span skipped: the text has {len(text)} characters, the analysis takes at most "
-                  f"{MAX_SPAN_TEXT}")
+            stale = out / "memory_span.png"
+            removed = stale.exists()
+            if removed:  # an earlier text's figure must not sit beside this text's page
+                stale.unlink()
+            print(f"note: memory span skipped: the text has {len(text)} character(s), the analysis takes "
+                  f"{MIN_SPAN_TEXT} to {MAX_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else ""))
         page = write_gates_html(record, out / "gates.html")
         png = plot_gates(record, out / "gates.png")
     except UsageError as e:
         return _error(str(e))
     except OSError as e:
-        return _error(f"cannot write to {args.out!r}: {e.strerror or e}")
+        return _error(f"cannot write {(e.filename or args.out)!r}: {e.strerror or e}")
     print(f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
           f"{model.rnn.hidden_size} units; open it in a browser)")
     print(f"wrote {png}")
@@ -161,7 +216,7 @@ def run_sample(args: argparse.Namespace) -> int:
         _check_sample_options(args.length, args.temperature)
         _check_text(args.prompt, "sample")
         model = _model_from_args(args)
-        note = _unknown_note(model, args.prompt)
+        note = _unknown_note(model, args.prompt, marked=False)
         if note:
             print(note, file=sys.stderr)
         text = model.sample(args.prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed))
@@ -194,9 +249,13 @@ def add_subcommands(subparsers) -> None:
 
     p = subparsers.add_parser("gates", help="gate viewer page, gate heatmaps and memory span of a text",
                               description=run_gates.__doc__)
-    p.add_argument("text", help="the text to run the model on")
+    p.add_argument("text", nargs="?", help="the text to run the model on (or --file)")
+    p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file instead (- : standard input)")
     _model_options(p)
     p.add_argument("--out", default="gates_out", metavar="DIR", help="output directory (default: gates_out)")
+    p.add_argument("--probe", type=parse_probe, metavar="EARLY,LATE",
+                   help="report how much the state at the word LATE depends on the earlier word EARLY "
+                        "(default: John,hours, when the text has them)")
     add_threads_option(p)
     p.set_defaults(func=run_gates)
 

@@ -6,6 +6,7 @@ Both are drawn with matplotlib's Agg backend, so they need no display.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -14,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from .page import BOUNDED, GateRecord  # noqa: E402
@@ -27,10 +29,38 @@ def informative_units(layer: Mapping[str, np.ndarray], k: int) -> np.ndarray:
     return np.argsort(-std, kind="stable")[:k]
 
 
+MAX_CHAR_TICKS = 200
+"""Longest text whose heatmaps label every character; longer ones label word starts (a tick per
+character of a 2000-character text is unreadable and took a minute to draw)."""
+
+VISIBLE = {"\n": "\u21b5", " ": "\u2423", "\t": "\u21e5"}
+"""Tick labels for characters that would otherwise be blank."""
+
+
+@functools.cache
+def _has_glyph(char: str) -> bool:
+    """Whether the monospace font draws ``char`` (else matplotlib warns and draws a box)."""
+    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties(family="monospace")))
+    return char.isprintable() and font.get_char_index(ord(char)) != 0
+
+
+def _tick_label(char: str) -> str:
+    return VISIBLE.get(char) or (char if _has_glyph(char) else "\ufffd" if _has_glyph("\ufffd") else "?")
+
+
 def _char_ticks(ax, text: str) -> None:
-    ax.set_xticks(np.arange(len(text)))
-    ax.set_xticklabels(["\u21b5" if c == "\n" else "\u2423" if c == " " else c for c in text],
-                       fontsize=max(4, min(9, 900 // max(len(text), 1))), family="monospace")
+    """Label the character axis: each character up to :data:`MAX_CHAR_TICKS`, else word starts,
+    every k-th, at most MAX_CHAR_TICKS / 4 of them."""
+    if len(text) <= MAX_CHAR_TICKS:
+        ax.set_xticks(np.arange(len(text)))
+        ax.set_xticklabels([_tick_label(c) for c in text], fontsize=max(4, min(9, 900 // max(len(text), 1))),
+                           family="monospace")
+    else:
+        starts = [i for i, c in enumerate(text) if not c.isspace() and (i == 0 or text[i - 1].isspace())]
+        starts = starts[::-(-len(starts) // (MAX_CHAR_TICKS // 4))]
+        ax.set_xticks(starts)
+        ax.set_xticklabels(["".join(map(_tick_label, text[i:].split()[0][:12])) for i in starts], fontsize=6,
+                           rotation=90)
     ax.tick_params(axis="x", length=0, pad=1)
 
 
@@ -100,7 +130,7 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
     """
     hidden = [r for r in results if r.quantity == "h"]
     n = len(hidden)
-    fig = plt.figure(figsize=(5.0 * n + 1.0, 9.5), layout="constrained")
+    fig = plt.figure(figsize=(max(5.0 * n + 1.0, 8.0), 9.5), layout="constrained")  # one model: room for the labels
     grid = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
     heat_axes = []
     norm = LogNorm(vmin=1e-4, vmax=1.0)

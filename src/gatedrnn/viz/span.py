@@ -22,19 +22,23 @@ Shapes: T steps, D input features, H units.
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 THRESHOLD = 0.01
 """Fraction of the peak influence below which an input counts as forgotten."""
 
 
 def influence(fn: Callable[[Tensor], Tensor], x: Tensor, positions_per_chunk: int = 16,
-              resume: Callable[[int], Callable[[Tensor], Tensor]] | None = None) -> np.ndarray:
+              resume: Callable[[int], Callable[[Tensor], Tensor]] | None = None,
+              progress: str | None = None) -> np.ndarray:
     """Per-unit influence J[t, s, k] = ||d fn(x)[t, k] / d x[s]||_2 as a (T, T, H) array.
 
     Args:
@@ -46,6 +50,7 @@ def influence(fn: Callable[[Tensor], Tensor], x: Tensor, positions_per_chunk: in
             states (T - s0, H) of steps s0..T-1, continuing from the state ``fn`` reaches after
             x[:s0]. A chunk of positions starting at s0 then runs only steps s0..T-1 (the tangents
             of earlier steps are zero), about half the work in all.
+        progress: a label for a progress bar on stderr (tqdm, shown only on a terminal), or None.
     """
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"x must have shape (T, D) with T >= 1, got {tuple(x.shape)}")
@@ -53,7 +58,10 @@ def influence(fn: Callable[[Tensor], Tensor], x: Tensor, positions_per_chunk: in
     x = x.detach()
     with torch.no_grad():
         out = x.new_zeros(T, T, fn(x).shape[-1])  # (t, s, k)
-        for s0 in range(0, T, positions_per_chunk):
+        starts = range(0, T, positions_per_chunk)
+        if progress:
+            starts = tqdm(starts, desc=progress, unit="chunk", leave=False, disable=not sys.stderr.isatty())
+        for s0 in starts:
             C = min(positions_per_chunk, T - s0)
             run, xs = (fn, x) if resume is None else (resume(s0), x[s0:])
             eye = torch.eye(C * D, dtype=x.dtype, device=x.device).view(C * D, C, D)
@@ -146,13 +154,23 @@ def word_positions(text: str, word: str, occurrence: int = 0) -> slice:
     return slice(start, start + len(word))
 
 
+def probe_positions(text: str, early: str, late: str) -> tuple[slice, int] | None:
+    """(positions of the first whole word ``early``, position of the last character of the first
+    whole word ``late`` after it), or None when the text lacks them in that order: a state never
+    depends on a later input, so in "hours ... John" there is nothing to measure."""
+    first = re.search(rf"\b{re.escape(early)}\b", text)
+    second = first and re.compile(rf"\b{re.escape(late)}\b").search(text, first.end())
+    return (slice(first.start(), first.end()), second.end() - 1) if second else None
+
+
 def summary_lines(results: list[SpanResult], probe: tuple[str, str] | None = None) -> list[str]:
     """The printed table: per model the 1% span, the mean distance and, if ``probe = (early,
-    late)`` words both occur, the influence of the early word on the state at the late word's last
-    character, relative to that state's strongest input."""
+    late)`` words occur in that order (:func:`probe_positions`), the influence of the early word on
+    the state at the late word's last character, relative to that state's strongest input."""
     T = len(results[0].text)
+    found = probe and probe_positions(results[0].text, *probe)
     head = f"{'state':<8} {'span<1% (chars)':>16} {'mean distance':>14}"
-    if probe:
+    if found:
         early, late = probe
         head += f" {early + ' -> ' + late + ' (rel.)':>22}"
     lines = [f"memory span on a {T}-character text: distance from which ||dh_t/dx_s|| (LSTM c: ||dc_t/dx_s||) "
@@ -160,8 +178,7 @@ def summary_lines(results: list[SpanResult], probe: tuple[str, str] | None = Non
     for r in results:
         span = f"> {T - 1}" if r.span is None else str(r.span)
         line = f"{r.label:<8} {span:>16} {mean_distance(r.curve):>14.1f}"
-        if probe:
-            e, l = word_positions(r.text, probe[0]), word_positions(r.text, probe[1])
-            line += f" {r.relative(l.stop - 1, e):>22.2e}"
+        if found:
+            line += f" {r.relative(found[1], found[0]):>22.2e}"
         lines.append(line)
     return lines
