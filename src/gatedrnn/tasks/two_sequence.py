@@ -18,8 +18,10 @@ class TwoSequence(LastStepRegression):
     Target at the last step: 1.0 for class 1, 0.0 for class 2 (B, 1); loss squared error. A
     sequence is correctly classified when the absolute error at its end is below 0.2. Solved is
     the paper's stopping criterion ST2 on 256 test sequences (the paper's test-set size): none
-    misclassified and mean absolute error below 0.01. Always outputting 0.5 scores 0.25. Reported for T = 100, N = 3: ST1 after 27,380 and ST2 after 39,850
-    training sequences, 0% of test sequences misclassified.
+    misclassified and mean absolute error below 0.01. Always outputting 0.5 scores 0.25. Reported
+    for T = 100, N = 3 (Table 4): ST1 after 27,380 and ST2 after 39,850 training sequences, a
+    fraction 0.000195 misclassified on an additional test set of 2560 sequences. Tasks 3b (noise
+    on the first N elements too) and 3c (targets 0.2 / 0.8 with target noise) are not built.
     """
 
     name = "two-sequence"
