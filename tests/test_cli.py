@@ -7,10 +7,15 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
+from gatedrnn import reproduce
 from gatedrnn.cli import main
+from gatedrnn.tasks import make_task
+from gatedrnn.train import TEST_SEED_OFFSET
 
 TINY = ["--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "20", "--eval-every", "10",
         "--checkpoint-every", "10", "--no-progress"]
@@ -312,29 +317,26 @@ def test_the_demo_trains_a_task_of_fixed_length_at_its_own_length(tmp_path):
             config.validate()
 
 
-def test_reproduce_counts_wrong_sequences_on_a_test_set_of_their_own(tmp_path, capsys):
+def test_reproduce_counts_wrong_sequences_on_a_test_set_of_their_own(tmp_path, capsys, monkeypatch):
     """The stopping rule reads the run's own test set, so the table's last count comes from
     another one: seed + HELD_OUT_SEED_OFFSET, as ``gatedrnn evaluate --seed`` draws it."""
-    from gatedrnn.evaluation import evaluate_saved
-    from gatedrnn.reproduce import HELD_OUT_SEED_OFFSET
+    calls, evaluate_saved = [], reproduce.evaluate_saved
 
+    def spy(path, seed=None, **kwargs):
+        calls.append((Path(path), seed))
+        return dict(evaluate_saved(path, seed=seed, **kwargs), wrong=7)  # a count to follow into the table
+
+    monkeypatch.setattr(reproduce, "evaluate_saved", spy)
     out = tmp_path / "rep"
     assert main(["reproduce", "hochreiter1997", "--rows", "6a", "--seeds", "1", "--budget-scale", "0.01",
                  "--out", str(out)]) == 0
     capsys.readouterr()
+    assert calls == [(out / "6a" / "seed0", reproduce.HELD_OUT_SEED_OFFSET)]
     [[summary]] = json.loads((out / "hochreiter1997-quick.json").read_text())
-    held_out = evaluate_saved(out / "6a" / "seed0", seed=HELD_OUT_SEED_OFFSET)
-    own = evaluate_saved(out / "6a" / "seed0")
-    assert (summary["held_out_wrong"], summary["held_out_tested"]) == (held_out["wrong"], 2560)
-    assert own["wrong"] == summary["wrong"]
-    import torch
-
-    from gatedrnn.tasks import make_task
-    from gatedrnn.train import TEST_SEED_OFFSET
-
+    assert (summary["held_out_wrong"], summary["held_out_tested"]) == (7, 2560)
+    row = next(line for line in (out / "hochreiter1997-quick.md").read_text().splitlines() if line.startswith("| 6a"))
+    assert "| 7 / 2560 |" in row and "| 1 / 2560 |" in row  # ours, then the paper's
     task = make_task("order-6a", seq_len=100)
     first = [next(task.test_batches(torch.Generator().manual_seed(s + TEST_SEED_OFFSET), 64)).inputs
-             for s in (0, HELD_OUT_SEED_OFFSET)]
+             for s in (0, reproduce.HELD_OUT_SEED_OFFSET)]
     assert not torch.equal(*first)  # two different test sets
-    row = next(line for line in (out / "hochreiter1997-quick.md").read_text().splitlines() if line.startswith("| 6a"))
-    assert f"| {held_out['wrong']} / 2560 |" in row and "| 1 / 2560 |" in row  # ours, then the paper's

@@ -264,6 +264,14 @@ def test_under_autocast_every_operand_runs_in_autocast_dtype(name):
         assert torch.equal(grad, half[1][key].float()), key
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert "bfloat16 does not run under the Triton interpreter" in triton_backend.supports(cfg, x)
+    noise = sample_noise(cfg, 5, 3, "train")  # float32 masks: a recording call meets them on the reference loop
+    with torch.autocast("cpu", dtype=torch.float16):
+        recorded = triton_backend.run_layer(cfg, x, state, weights, lengths=lengths, noise=noise, record=True)
+        fused = triton_backend.run_layer(cfg, x, state, weights, lengths=lengths, noise=noise)
+        wide = triton_backend.run_layer(cfg, x.double(), tuple(s.double() for s in state),
+                                        {k: v.double() for k, v in weights.items()}, lengths=lengths)
+    assert recorded[0].dtype == fused[0].dtype == torch.float16 and rel_err(recorded[0], fused[0]) < 1e-2
+    assert wide[0].dtype == torch.float64  # autocast leaves float64 alone, as torch's own ops do
 
 
 @interpreter

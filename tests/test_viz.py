@@ -475,6 +475,8 @@ def test_probe_needs_both_whole_words_the_early_one_first():
     assert probe_positions(SENTENCE, "John", "hours") == (slice(0, 4), SENTENCE.index("hours") + 4)
     assert probe_positions("He spent hours; then John left.", "John", "hours") is None
     assert probe_positions("Johnson spent hours", "John", "hours") is None
+    assert probe_positions("C++ is fast", "C++", "fast") == (slice(0, 3), 10)  # a word's own punctuation
+    assert probe_positions("the U.S. said", "U.S.", "said") == (slice(4, 8), 12)
     results = [measure_span("m", "hours, John", np.ones((11, 11, 2)))]
     assert "John -> hours" not in "\n".join(summary_lines(results, probe=("John", "hours")))
 
@@ -503,6 +505,13 @@ def test_gates_reads_the_text_from_a_file_or_stdin(saved_model, tmp_path, monkey
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"abc \xff")))
     assert run_cli("gates", "--file", "-", "--model", str(saved_model), "--out", str(tmp_path / "b")) == 2
     assert "byte 0xff at character 4" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", None)
+    assert run_cli("gates", "--file", "-", "--model", str(saved_model), "--out", str(tmp_path / "b")) == 2
+    assert "standard input is closed" in capsys.readouterr().err
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfIt is")
+    assert run_cli("gates", "--file", str(tmp_path / "bom.txt"), "--model", str(saved_model),
+                   "--out", str(tmp_path / "d")) == 0
+    assert "vocabulary" not in capsys.readouterr().out  # the byte-order mark is not read as text
     for argv, message in [((), "not neither"), (("abc", "--file", "x"), "not both"),
                           (("--file", str(tmp_path / "missing.txt")), "cannot read --file")]:
         assert run_cli("gates", *argv, "--model", str(saved_model), "--out", str(tmp_path / "c")) == 2

@@ -163,7 +163,7 @@ def markdown_table(results: list[RowResult], budget: str, variant: str = "vanill
         f"Hochreiter & Schmidhuber 1997, section 5, {budget} budget: {cell} (gatedrnn, Adam) against the paper's",
         "",
         "| exp | experiment | paper: success | paper: sequences until solved | paper: wrong test seqs | "
-        "measured: success | measured: sequences until solved | measured: wrong test seqs (fresh set, at end) | "
+        "measured: success | measured: sequences until solved | measured: wrong test seqs (held-out set, at end) | "
         "budget (sequences) "
         "| seconds (all seeds) |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -115,8 +115,9 @@ def require_support(backend: str, reason: str | None) -> None:
 
 def compute_dtype(x: Tensor) -> torch.dtype:
     """The dtype a fused backend runs ``x`` in: autocast's lower precision where autocast is on for
-    ``x``'s device (as cuDNN runs under it), else ``x``'s own dtype."""
-    if _autocast_on(x.device.type):
+    ``x``'s device (as cuDNN runs under it), except for float64, which autocast leaves alone; else
+    ``x``'s own dtype."""
+    if x.dtype != torch.float64 and _autocast_on(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
 

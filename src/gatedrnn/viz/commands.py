@@ -9,6 +9,7 @@ an ``argparse`` sub-parser set, so ``cli.py`` registers all three in one call.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,14 +109,17 @@ OUTPUTS = ("gates.html", "gates.png", "memory_span.png")
 
 
 def _prepare_out(out: Path) -> None:
-    """Create ``out`` and check each of :data:`OUTPUTS` can be written there, before any work:
-    a UsageError naming the path otherwise (not after minutes of memory-span analysis)."""
+    """Create ``out`` and check, before the analysis, that it is a writable directory in which
+    none of :data:`OUTPUTS` is a directory: a UsageError naming the path otherwise (not after
+    minutes of memory-span analysis)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file: expected a directory (it is created if missing)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --out {str(out)!r}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write into --out {str(out)!r}: permission denied")
     for name in OUTPUTS:
         if (out / name).is_dir():
             raise UsageError(f"{str(out / name)!r} is a directory: expected a file gatedrnn gates can replace")
@@ -140,16 +144,19 @@ def parse_probe(value: str) -> tuple[str, str]:
 
 def read_text(args: argparse.Namespace) -> str:
     """The text of ``gatedrnn gates``: the TEXT argument or the file ``--file`` names (``-``: standard
-    input), read as UTF-8 with undecodable bytes kept for :func:`_check_utf8` to name."""
+    input), read as UTF-8 (a leading byte-order mark dropped) with undecodable bytes kept for
+    :func:`_check_utf8` to name."""
     if (args.text is None) == (getattr(args, "file", None) is None):
         raise UsageError("give the text either as TEXT or with --file PATH, not " +
                          ("both" if args.text is not None else "neither"))
     if args.text is not None:
         return args.text
     if args.file == "-":
-        return sys.stdin.buffer.read().decode("utf-8", errors="surrogateescape")
+        if sys.stdin is None:
+            raise UsageError("--file -: standard input is closed; give the text as TEXT or --file PATH")
+        return sys.stdin.buffer.read().decode("utf-8-sig", errors="surrogateescape")
     try:
-        return Path(args.file).read_bytes().decode("utf-8", errors="surrogateescape")
+        return Path(args.file).read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise UsageError(f"cannot read --file {args.file!r}: {e.strerror or e}") from None
 
@@ -165,13 +172,13 @@ def run_gates(args: argparse.Namespace) -> int:
         set_threads(args.threads)
         text = read_text(args)
         _check_text(text, "gates")
-        _prepare_out(out)
         if args.model:
             models = [load_char_model(args.model)]
             model = models[0]
         else:
             models = [load_shipped(c) for c in CELLS]
             model = models[CELLS.index(args.cell)]
+        _prepare_out(out)
         record = model.record(text)
         note = _unknown_note(model, text)
         if note:

@@ -7,6 +7,7 @@ Both are drawn with matplotlib's Agg backend, so they need no display.
 from __future__ import annotations
 
 import functools
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -45,6 +46,7 @@ def _has_glyph(char: str) -> bool:
 
 
 def _tick_label(char: str) -> str:
+    """``char`` as a tick label: a visible stand-in for blanks, U+FFFD (or ?) where the font lacks it."""
     return VISIBLE.get(char) or (char if _has_glyph(char) else "\ufffd" if _has_glyph("\ufffd") else "?")
 
 
@@ -57,10 +59,11 @@ def _char_ticks(ax, text: str) -> None:
                            family="monospace")
     else:
         starts = [i for i, c in enumerate(text) if not c.isspace() and (i == 0 or text[i - 1].isspace())]
-        starts = starts[::-(-len(starts) // (MAX_CHAR_TICKS // 4))]
+        step = math.ceil(len(starts) / (MAX_CHAR_TICKS // 4))
+        starts = starts[::step]
         ax.set_xticks(starts)
         ax.set_xticklabels(["".join(map(_tick_label, text[i:].split()[0][:12])) for i in starts], fontsize=6,
-                           rotation=90)
+                           rotation=90, family="monospace")
     ax.tick_params(axis="x", length=0, pad=1)
 
 

@@ -154,12 +154,18 @@ def word_positions(text: str, word: str, occurrence: int = 0) -> slice:
     return slice(start, start + len(word))
 
 
+def _whole_word(word: str) -> str:
+    """A pattern for ``word`` not inside a longer word (lookarounds rather than ``\\b``, which
+    never matches beside a word's own punctuation: "C++", "U.S.")."""
+    return rf"(?<!\w){re.escape(word)}(?!\w)"
+
+
 def probe_positions(text: str, early: str, late: str) -> tuple[slice, int] | None:
     """(positions of the first whole word ``early``, position of the last character of the first
     whole word ``late`` after it), or None when the text lacks them in that order: a state never
     depends on a later input, so in "hours ... John" there is nothing to measure."""
-    first = re.search(rf"\b{re.escape(early)}\b", text)
-    second = first and re.compile(rf"\b{re.escape(late)}\b").search(text, first.end())
+    first = re.search(_whole_word(early), text)
+    second = first and re.compile(_whole_word(late)).search(text, first.end())
     return (slice(first.start(), first.end()), second.end() - 1) if second else None
 
 
