@@ -141,19 +141,12 @@ def compare_layer(cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="c
     weights = {k: cast(v) for k, v in layer_weights(cfg, I, device=device).items()}
     expected = layer_run(reference, cfg, x.double(), tuple(s.double() for s in state),
                          {k: v.double() for k, v in weights.items()}, reverse, lengths, noise)
-    got = layer_run(triton_backend, cfg, x, state, weights, reverse, lengths, _cast_noise(noise, dtype))
+    got = layer_run(triton_backend, cfg, x, state, weights, reverse, lengths, None if noise is None else noise.to(dtype))
     for k, (a, b) in enumerate(zip(got[0], expected[0])):
         assert rel_err(a.double(), b) <= tol, f"output {k}: rel err {rel_err(a.double(), b):.2e}"
     for name in expected[1]:
         err = rel_err(got[1][name].double(), expected[1][name])
         assert err <= tol, f"gradient {name}: rel err {err:.2e}"
-
-
-def _cast_noise(noise: Noise | None, dtype) -> Noise | None:
-    if noise is None:
-        return None
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    return Noise(cast(noise.recurrent_mask), noise.zoneout, cast(noise.zoneout_h), cast(noise.zoneout_c))
 
 
 # ----- interpreter: the kernels' logic at small sizes ----------------------------------------

@@ -134,6 +134,11 @@ class Noise:
     def active(self) -> bool:
         return self.recurrent_mask is not None or self.zoneout > 0
 
+    def to(self, dtype: torch.dtype) -> Noise:
+        """The same regularisation with its masks in ``dtype``."""
+        cast = lambda mask: None if mask is None else mask.to(dtype)  # noqa: E731
+        return Noise(cast(self.recurrent_mask), self.zoneout, cast(self.zoneout_h), cast(self.zoneout_c))
+
 
 def zoneout_mix(old: Tensor, new: Tensor, p: float, keep: Tensor | None) -> Tensor:
     """Zoneout: ``keep * old + (1 - keep) * new`` with a sampled keep mask in training, and the

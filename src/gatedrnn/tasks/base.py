@@ -201,8 +201,7 @@ class LastStepClassification(Task):
         logits = last_step(output, batch.lengths)  # (B, O)
         if self.tolerance is None:
             return logits.argmax(-1) == batch.targets
-        target = F.one_hot(batch.targets, logits.shape[-1]).to(logits.dtype)
-        return (logits.softmax(-1) - target).abs().amax(-1) < self.tolerance
+        return softmax_within(logits, batch.targets, self.tolerance)
 
 
 def step_mask(lengths: Tensor | None, batch_size: int, steps: int) -> Tensor:
@@ -246,6 +245,13 @@ def last_step(output: Tensor, lengths: Tensor | None) -> Tensor:
         return output[:, -1]
     index = (lengths - 1).to(output.device).view(-1, 1, 1).expand(-1, 1, output.shape[-1])
     return output.gather(1, index).squeeze(1)  # (B, O)
+
+
+def softmax_within(logits: Tensor, targets: Tensor, tolerance: float) -> Tensor:
+    """The 1997 rule for class outputs: whether every softmax output of ``logits`` (..., O) is
+    within ``tolerance`` of the one-hot ``targets`` (...) ids; a bool tensor (...)."""
+    target = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
+    return (logits.softmax(-1) - target).abs().amax(-1) < tolerance
 
 
 def one_hot(ids: Tensor, n: int) -> Tensor:

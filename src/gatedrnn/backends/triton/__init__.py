@@ -94,8 +94,7 @@ def _in_autocast_dtype(cfg: CellConfig, x: Tensor, state: tuple[Tensor, ...], we
     dtype = compute_dtype(x)
     noise = options.pop("noise")
     if noise is not None:  # the masks too: the reference loop of a recording call multiplies by them
-        cast = lambda mask: None if mask is None else mask.to(dtype)  # noqa: E731
-        noise = Noise(cast(noise.recurrent_mask), noise.zoneout, cast(noise.zoneout_h), cast(noise.zoneout_c))
+        noise = noise.to(dtype)
     with torch.autocast(x.device.type, enabled=False):
         return run_layer(cfg, x.to(dtype), tuple(s.to(dtype) for s in state),
                          {key: w.to(dtype) for key, w in weights.items()}, noise=noise, **options)
