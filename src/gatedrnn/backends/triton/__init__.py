@@ -155,7 +155,7 @@ def run_layer(
         return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                   record=record)
     regularisation = kernel_noise(cfg, noise, x)
-    if record or regularisation is None:
+    if record or regularisation is None or x.shape[0] == 0:  # T = 0: no step to launch, the state passes through
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
                                    record=record)
     T, B = x.shape[:2]
