@@ -127,3 +127,22 @@ def test_empty_sequence_passes_the_state_through(name, noise, reverse):
         if ref_grads[k] is not None:
             assert torch.equal(grads[k], ref_grads[k]), k
     assert grads["state0"] is not None
+
+
+@interpreter
+def test_cell_state_is_carried_in_float32():
+    """c_0 = 256 and c_t = c_{t-1} + 0.1 (f = i = 1 in float16, g = tanh(0.1)): a cell state rounded
+    to float16 (spacing 0.25 at 256) each step never moves, the float32 carry reaches
+    256 + 10 tanh(0.1) = 257.0 after 10 steps (bfloat16 does not run under the interpreter)."""
+    cfg, H, T, dtype = CellConfig("lstm", 2), 2, 10, torch.float16
+    weights = {"weight_ih": torch.zeros(4 * H, 1), "weight_hh": torch.zeros(4 * H, H),
+               "bias_ih": torch.zeros(4 * H), "bias_hh": torch.zeros(4 * H)}
+    weights["bias_ih"][: 2 * H] = 20.0  # i = f = sigmoid(20) = 1 in half precision
+    weights["bias_ih"][2 * H: 3 * H] = 0.1
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    state = (torch.zeros(1, H, dtype=dtype), torch.full((1, H), 256.0, dtype=dtype))
+    with torch.no_grad():
+        _, (_, c), _ = triton_backend.run_layer(cfg, torch.zeros(T, 1, 1, dtype=dtype), state, weights)
+    expected = 256.0 + T * torch.tanh(weights["bias_ih"][2 * H].double()).item()
+    assert c.dtype == dtype
+    torch.testing.assert_close(c.double(), torch.full((1, H), expected, dtype=torch.float64).to(dtype).double())
