@@ -3,6 +3,7 @@ test_browser.py)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -16,12 +17,12 @@ import gatedrnn
 from torch import nn
 
 from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
-from gatedrnn.viz.charmodel import CharModel
-from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
-from gatedrnn.viz.plots import informative_units, plot_gates, plot_memory_span
 from gatedrnn.viz import commands
-from gatedrnn.viz.span import (distance_curve, influence, measure_span, probe_positions, span_below, summary_lines,
-                               total_influence, word_positions)
+from gatedrnn.viz.charmodel import CharModel, recurrent_step
+from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
+from gatedrnn.viz.plots import MAX_WORD_TICKS, _band, _word_ticks, informative_units, plot_gates, plot_memory_span
+from gatedrnn.viz.span import (BEYOND, WINDOW, distance_curve, influence, measure_span, probe_positions, span_below,
+                               span_result, states, summary_lines, to_band, total_influence, word_positions)
 
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
@@ -131,47 +132,88 @@ def test_gates_png_has_one_panel_per_layer_and_quantity(tmp_path):
 
 # --- memory span -------------------------------------------------------------------------------
 
-def linear_recurrence(a: float, W: torch.Tensor):
+def linear_step(a: float, W: torch.Tensor):
     """h_t = a h_{t-1} + x_t W: d h_t / d x_s = a^(t-s) W^T for s <= t, so J[t,s] = a^(t-s) ||W||_F."""
-    def fn(x):
-        h, out = torch.zeros(W.shape[1], dtype=x.dtype), []
-        for t in range(x.shape[0]):
-            h = a * h + x[t] @ W
-            out.append(h)
-        return torch.stack(out)
-    return fn
+    return lambda x_t, h: a * h + x_t @ W
 
 
-def test_influence_of_a_linear_recurrence_is_geometric():
+@pytest.mark.parametrize("window", [9, 20, 4], ids=["window=T", "window>T", "window<T"])
+def test_influence_of_a_linear_recurrence_is_geometric(window):
     torch.manual_seed(0)
     T, D, H, a = 9, 3, 4, 0.5
     W = torch.randn(D, H, dtype=torch.float64)
-    per_unit = influence(linear_recurrence(a, W), torch.randn(T, D, dtype=torch.float64), positions_per_chunk=4)
-    assert per_unit.shape == (T, T, H)
-    J = total_influence(per_unit)
-    t, s = np.tril_indices(T)
-    np.testing.assert_allclose(J[t, s], a ** (t - s) * torch.linalg.norm(W).item(), rtol=1e-12)
-    assert np.all(J[np.triu_indices(T, 1)] == 0)
-    np.testing.assert_allclose(per_unit[4, 2], a ** 2 * torch.linalg.norm(W, dim=0).numpy(), rtol=1e-12)
+    got = influence(linear_step(a, W), torch.randn(T, D, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
+                    {"h": slice(0, H)}, window=window)
+    Wd = min(window, T)
+    assert got.band["h"].shape == (T, Wd) and got.unit_sum["h"].shape == (Wd, H)
+    t, d = np.arange(T)[:, None], np.arange(Wd)[None, :]
+    np.testing.assert_allclose(got.band["h"], np.where(d <= t, a ** d * torch.linalg.norm(W).item(), 0.0), rtol=1e-12)
+    # unit k, distance d: T - d states, each a^d ||W[:, k]||
+    np.testing.assert_allclose(got.unit_sum["h"], (T - d.T) * a ** d.T * torch.linalg.norm(W, dim=0).numpy(),
+                               rtol=1e-12)
+    np.testing.assert_allclose(got.unit_curve("h")[2], a ** 2 * torch.linalg.norm(W, dim=0).numpy(), rtol=1e-12)
 
 
-@pytest.mark.parametrize("resumed", [False, True], ids=["full-runs", "resumed-runs"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_influence_matches_the_full_jacobian(cell, resumed):
+MODULES = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}
+
+VARIANTS = [("lstm", {}), ("gru", {}), ("rnn", {}), ("lstm", {"variant": "fgr"}), ("lstm", {"variant": "peephole"}),
+            ("lstm", {"proj_size": 3}), ("lstm", {"zoneout": 0.3}), ("gru", {"layer_norm": True})]
+
+
+def two_layer_module(cell: str, **options):
     torch.manual_seed(1)
-    module = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}[cell](
-        3, 5, num_layers=2, dtype=torch.float64, backend="reference")
-    fn = lambda x, hx=None: module(x.unsqueeze(1), hx)[0].squeeze(1)  # noqa: E731  (T, D) -> (T, H)
+    return MODULES[cell](3, 5, num_layers=2, dtype=torch.float64, **options).eval()
+
+
+def full_per_unit(module, x: torch.Tensor, keys) -> np.ndarray:
+    """J[t, s, k] (T, T, 5 len(keys)) from the full Jacobian of what inspect_gates records (the
+    states named by ``keys``: (name, layer) pairs), by forward-mode autograd (torch.func.jacfwd)."""
+    def fn(x):  # (T, D) -> (T, 5 len(keys))
+        gates = gatedrnn.inspect_gates(module, x.unsqueeze(0 if module.batch_first else 1)).gates  # (T, 1, H) each
+        return torch.cat([gates[(k, 0)][name][:, 0] for name, k in keys], dim=-1)
+
+    full = torch.func.jacfwd(fn)(x)  # (T, K, T, D)
+    return full.detach().pow(2).sum(-1).sqrt().permute(0, 2, 1).numpy()  # (t, s, k)
+
+
+@pytest.mark.parametrize("window", [7, 3, 1], ids=["every-distance", "window-3", "window-1"])
+@pytest.mark.parametrize("cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items())
+                                                        for c, o in VARIANTS])
+def test_influence_matches_the_full_jacobian(cell, options, window):
+    """Every layer's h (before any projection) and c, through recurrent_step, against the full
+    Jacobian of the module's recorded states; with a window, the Jacobian's band d < window."""
+    module = two_layer_module(cell, **options)
     x = torch.randn(7, 3, dtype=torch.float64)
+    step, z0, groups = recurrent_step(module)
+    keys = list(groups)
+    expected = full_per_unit(module, x, keys)
+    got = influence(step, x, z0, groups, window=window)
+    for i, key in enumerate(keys):
+        units = to_band(expected[..., 5 * i:5 * (i + 1)], window)  # (T, W, 5)
+        np.testing.assert_allclose(got.unit_sum[key], units.sum(0), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(got.band[key], np.sqrt((units ** 2).sum(-1)), rtol=1e-10, atol=1e-14)
 
-    def resume(start):
-        hx = module(x[:start].unsqueeze(1))[1] if start else None
-        return lambda suffix: fn(suffix, hx)
 
-    full = torch.autograd.functional.jacobian(fn, x)  # (T, H, T, D)
-    expected = full.pow(2).sum(-1).sqrt().permute(0, 2, 1).numpy()  # (t, s, k)
-    got = influence(fn, x, positions_per_chunk=3, resume=resume if resumed else None)
-    np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-14)
+@pytest.mark.parametrize("cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items())
+                                                        for c, o in VARIANTS])
+def test_recurrent_step_runs_the_module(cell, options):
+    """The flat one-step map's states are the module's: its output and every layer's recorded h, c."""
+    module = two_layer_module(cell, **options)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    step, z0, groups = recurrent_step(module)
+    with torch.no_grad():
+        zs = states(step, x, z0)[1:]  # (T, S)
+        trace = gatedrnn.inspect_gates(module, x.unsqueeze(1))
+    assert set(groups) == {(n, k) for n in ("h", "c")[:2 if cell == "lstm" else 1] for k in range(2)}
+    for (name, k), rows in groups.items():
+        torch.testing.assert_close(zs[:, rows], trace.gates[(k, 0)][name][:, 0], rtol=1e-12, atol=1e-14)
+    if not options.get("proj_size"):
+        torch.testing.assert_close(zs[:, groups[("h", 1)]], trace.output[:, 0], rtol=1e-12, atol=1e-14)
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        influence(linear_step(0.5, torch.eye(2)), torch.zeros(3, 2), torch.zeros(2), {"h": slice(0, 2)}, window=0)
 
 
 def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> CharModel:
@@ -206,14 +248,101 @@ def test_span_is_causal_and_a_plain_rnn_forgets_sooner_than_an_lstm():
     assert (lstm.label, lstm_c.label, lstm_c.quantity) == ("LSTM", "LSTM c", "c")
     assert set(distances) == {"h", "c"} and distances["c"][0].shape == (8,)
     T = len(SENTENCE)
+    assert T < WINDOW
     for r in (rnn, lstm, lstm_c):
-        # causality: a state never depends on a later input
-        assert np.all(r.J[np.triu_indices(T, 1)] == 0.0)
-        assert np.all(np.diag(r.J) > 0)
+        assert r.band.shape == (T, T) and not r.windowed
+        # causality: a state never depends on a later input; J[t, s] as a triangle
+        assert np.all(r.triangle()[np.triu_indices(T, 1)] == 0.0)
+        assert np.all(r.band[np.arange(T)[:, None] < np.arange(T)[None, :]] == 0.0)
+        assert np.all(r.band[:, 0] > 0)
     assert rnn.span is not None and rnn.span <= 8
     assert lstm.span is None  # still above 1% of the peak at the far end of the sentence
     john, hours = word_positions(SENTENCE, "John"), word_positions(SENTENCE, "hours").stop - 1
     assert rnn.relative(hours, john) < 1e-20 < 1e-2 < lstm.relative(hours, john)
+
+
+@pytest.mark.parametrize("window", [WINDOW, 25], ids=["text-inside-the-window", "window-25"])
+def test_char_model_span_is_that_of_the_full_jacobian(window):
+    """CharModel.span against the (T, T, H) analysis of the full Jacobian: identical when the text
+    fits the window (what the viewer reported before the window), and its band d < 25 otherwise."""
+    model, text = constructed_char_model("lstm"), SENTENCE[:60]
+    ids, _ = model.encode(text)
+    rnn = copy.deepcopy(model.rnn).double().eval()
+    with torch.no_grad():
+        x = model.embedding(ids).double()
+    full = full_per_unit(rnn, x, [("h", 0), ("c", 0)])  # (T, T, 16)
+    (h, c), distances = model.span(text, window=window)
+    for got, per_unit in ((h, full[..., :8]), (c, full[..., 8:])):
+        expected = measure_span(got.label, text, per_unit, got.quantity, window=window)
+        assert got.window == min(window, len(text)) and got.windowed == (window < len(text))
+        for name in ("band", "curve", "unit_mean_distance"):
+            np.testing.assert_allclose(getattr(got, name), getattr(expected, name), rtol=1e-10, atol=1e-14)
+        assert got.span == expected.span and got.unit_span.tolist() == expected.unit_span.tolist()
+        if window >= len(text):  # every distance: the curve of the (T, T) J, as before the window
+            np.testing.assert_allclose(got.curve, distance_curve(total_influence(per_unit)), rtol=1e-10)
+    np.testing.assert_allclose(distances["c"][0], c.unit_mean_distance, rtol=1e-12)
+
+
+def test_a_window_shorter_than_the_text_is_said_so():
+    """Beyond the window nothing is measured: relative() says None, the span "> W-1 (window)" and
+    the summary names the window and "beyond the window" for the probe."""
+    T = len(SENTENCE)
+    slow = np.tril(0.97 ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
+    r = measure_span("LSTM", SENTENCE, slow, window=50)
+    john, hours = word_positions(SENTENCE, "John"), word_positions(SENTENCE, "hours").stop - 1
+    assert r.window == 50 and r.windowed and r.span is None and r.curve.shape == (50,)
+    assert r.relative(hours, john) is None  # distance 85..88 > 49
+    assert r.relative(hours, slice(hours - 49, hours - 47)) == pytest.approx(0.97 ** 48)  # d = 49, 48
+    assert r.relative(hours, hours + 1) == 0.0  # a later input: no influence
+    with pytest.raises(ValueError, match="needs every distance"):
+        r.triangle()
+    lines = summary_lines([r], probe=("John", "hours"))
+    assert "distances 0..49 measured (--span-window 50)" in lines[0]
+    assert lines[2].split()[1:4] == [">", "49", "(window)"] and lines[2].endswith(BEYOND)
+    full = measure_span("LSTM", SENTENCE, slow)
+    assert full.span_text() == f"> {T - 1}" and "span-window" not in summary_lines([full])[0]
+
+
+def test_band_heatmap_is_over_position_and_distance():
+    import matplotlib.pyplot as plt
+
+    text = (SENTENCE + " ") * 19  # 2071 characters
+    T, W = len(text), 64
+    band = np.where(np.arange(T)[:, None] >= np.arange(W)[None, :], 0.9 ** np.arange(W)[None, :], 0.0)
+    r = span_result("GRU", text, band, band.sum(0)[:, None])
+    fig, ax = plt.subplots()
+    im = _band(ax, r, [("John", slice(0, 4), 88), ("far", slice(0, 4), 1000)])
+    image = im.get_array()
+    assert image.shape == (W, T)  # rows: distance d (origin at the bottom), columns: position t
+    assert np.ma.is_masked(image[5, 3]) or np.isnan(image[5, 3])  # d > t: no input that far back
+    np.testing.assert_allclose(image[10, 500], 0.9 ** 10)
+    assert "distance" in ax.get_ylabel() and "position" in ax.get_xlabel()
+    assert any(BEYOND in t.get_text() for t in ax.texts)  # the "far" mark at d = 996..1000
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert 0 < len(labels) <= MAX_WORD_TICKS and labels[0] == "John"
+    plt.close(fig)
+
+
+def test_word_ticks_thin_out_on_long_texts():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    _word_ticks(ax, SENTENCE, "x")
+    assert len(ax.get_xticks()) == len(SENTENCE.split())  # every word of a short text
+    _word_ticks(ax, (SENTENCE + " ") * 19, "y")
+    ticks = ax.get_yticks()
+    assert 0 < len(ticks) <= MAX_WORD_TICKS and all(((SENTENCE + " ") * 19)[int(t) - 1] == " " for t in ticks[1:])
+    plt.close(fig)
+
+
+def test_memory_span_png_of_a_windowed_text(tmp_path):
+    text = (SENTENCE + " ") * 3
+    T = len(text)
+    decay = lambda a: np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]  # noqa: E731
+    results = [measure_span(n, text, decay(a), window=40) for n, a in [("RNN", 0.5), ("LSTM", 0.95)]]
+    path = plot_memory_span(results, tmp_path / "memory_span.png", marks=[("John", slice(0, 4), 88)])
+    with Image.open(path) as im:
+        assert im.size[0] > 800 and im.size[1] > 800
 
 
 def test_distance_curve_and_span():
@@ -481,14 +610,6 @@ def test_probe_needs_both_whole_words_the_early_one_first():
     assert "John -> hours" not in "\n".join(summary_lines(results, probe=("John", "hours")))
 
 
-def test_gates_removes_the_memory_span_figure_it_does_not_redraw(saved_model, tmp_path, monkeypatch, capsys):
-    (tmp_path / "memory_span.png").write_bytes(b"an earlier text's figure")
-    monkeypatch.setattr(commands, "MAX_SPAN_TEXT", 3)
-    assert run_cli("gates", "abcd", "--model", str(saved_model), "--out", str(tmp_path)) == 0
-    assert "memory span skipped" in capsys.readouterr().out
-    assert not (tmp_path / "memory_span.png").exists() and (tmp_path / "gates.html").exists()
-
-
 def test_sample_note_does_not_promise_a_page(saved_model, capsys):
     assert run_cli("sample", "--model", str(saved_model), "--prompt", "It \u00dc", "--length", "3") == 0
     err = capsys.readouterr().err
@@ -531,7 +652,50 @@ def test_probe_names_the_words_to_measure(saved_model, tmp_path, capsys):
     assert "expected two words separated by a comma, e.g. John,hours, got 'Anne'" in capsys.readouterr().err
 
 
-def test_gates_skips_the_span_of_a_single_character(saved_model, tmp_path, capsys):
+def test_gates_skips_the_span_of_a_single_character_and_removes_the_old_figure(saved_model, tmp_path, capsys):
+    (tmp_path / "memory_span.png").write_bytes(b"an earlier text's figure")
     assert run_cli("gates", "x", "--model", str(saved_model), "--out", str(tmp_path)) == 0
-    assert "memory span skipped: the text has 1 character(s), the analysis takes 2 to 400" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "memory span skipped: the text has 1 character(s), the analysis needs at least 2; removed the earlier" in out
     assert not (tmp_path / "memory_span.png").exists() and (tmp_path / "gates.png").exists()
+
+
+def test_gates_measures_a_long_text_within_the_window(saved_model, tmp_path, capsys):
+    """Past the old 400-character limit, with a window shorter than the text: the summary and the
+    figure say how far was measured."""
+    text = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+            "must be in want of a wife. ") * 4  # 460 characters
+    assert run_cli("gates", text, "--model", str(saved_model), "--out", str(tmp_path), "--span-window", "40",
+                   "--probe", "It,wife") == 0
+    out = capsys.readouterr().out
+    assert f"memory span on a {len(text)}-character text" in out
+    assert "distances 0..39 measured (--span-window 40)" in out
+    row = next(line for line in out.splitlines() if line.startswith("GRU "))
+    assert re.match(r"^GRU\s+(\d+|> 39 \(window\))\s+[\d.]+\s+beyond the window$", row), row  # It .. wife: d > 100
+    assert (tmp_path / "memory_span.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_span_window_below_one_is_one_error_line(value, saved_model, tmp_path, capsys):
+    assert run_cli("gates", "abc", "--model", str(saved_model), "--out", str(tmp_path), "--span-window", value) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --span-window must be a positive number of characters (distances 0..N-1 are measured), "
+                   f"got {value}\n")
+
+
+def test_span_work_counts_the_window_s_matrix_products():
+    """D S^2 sum_t min(t, W - 1): the LSTM's state is h and c (S = 16), 4 embedding features."""
+    model = constructed_char_model("lstm")
+    assert model.span_work(10, 4) == 4 * 16 ** 2 * (0 + 1 + 2 + 3 * 7)
+    assert model.span_work(10, 100) == 4 * 16 ** 2 * 45  # every distance: sum_t t
+
+
+def test_gates_prints_an_estimate_when_the_span_takes_long(saved_model, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(commands, "SPAN_RATE", 1.0)  # one multiply-add per second: a minute at once
+    assert run_cli("gates", "abcdef", "--model", str(saved_model), "--out", str(tmp_path), "--span-window", "3") == 0
+    out = capsys.readouterr().out
+    assert "note: the memory span of 6 characters at distances below 3 takes" in out
+    assert "multiply-adds for 1 model(s)" in out
+    monkeypatch.setattr(commands, "SPAN_RATE", 1e10)
+    assert run_cli("gates", "abcdef", "--model", str(saved_model), "--out", str(tmp_path)) == 0
+    assert "multiply-adds" not in capsys.readouterr().out

@@ -2,8 +2,9 @@
 
 The normal forward pass never records anything; :func:`inspect_gates` runs the module once more
 on the reference backend with recording on, so it costs one reference-speed pass when asked for
-and nothing otherwise. Gradients flow through the trace (the memory-span analysis of the viewer
-differentiates h_t with respect to earlier inputs through it).
+and nothing otherwise. Gradients flow through the trace: a loss on any gate or state at step t
+differentiates back to the inputs and weights (the viewer's memory-span analysis, which needs the
+states alone, takes per-step Jacobians of the step functions instead, ``gatedrnn.viz.span``).
 
 Example::
 

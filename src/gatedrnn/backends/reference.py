@@ -41,6 +41,18 @@ def _apply_zoneout(old: tuple[Tensor, ...], new: tuple[Tensor, ...], noise: Nois
     return tuple(mixed) + tuple(new[len(mixed):])
 
 
+def layer_step(cfg: CellConfig, x_t: Tensor, carry: tuple[Tensor, ...], weights: LayerWeights,
+               noise: Noise | None = None, t: int = 0) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    """One step of :func:`run_layer`'s loop before the lengths mask: the cell's step on x_t (B, I)
+    from ``carry`` with recurrent dropout's mask on h_{t-1} and zoneout (its masks at time t)
+    applied. Returns (the new carry, the step's gates)."""
+    h_in = carry[0] if noise is None or noise.recurrent_mask is None else carry[0] * noise.recurrent_mask
+    new, gates = STEPS[cfg.family](x_t, carry, weights, cfg, h_in)
+    if noise is not None and noise.zoneout > 0:
+        new = _apply_zoneout(carry, new, noise, t)
+    return new, gates
+
+
 def run_layer(
     cfg: CellConfig,
     x: Tensor,
@@ -53,17 +65,13 @@ def run_layer(
     record: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction with the plain time loop (see the module docstring)."""
-    step = STEPS[cfg.family]
     T = x.shape[0]
     carry = initial_carry(state, cfg)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     trace: dict[str, list[Tensor]] = {k: [x.new_empty(0)] * T for k in TRACE_NAMES[cfg.family]} if record else {}
     times = range(T - 1, -1, -1) if reverse else range(T)
     for t in times:
-        h_in = carry[0] if noise is None or noise.recurrent_mask is None else carry[0] * noise.recurrent_mask
-        new, gates = step(x[t], carry, weights, cfg, h_in)
-        if noise is not None and noise.zoneout > 0:
-            new = _apply_zoneout(carry, new, noise, t)
+        new, gates = layer_step(cfg, x[t], carry, weights, noise, t)
         if lengths is not None:
             active = (t < lengths).unsqueeze(-1)  # (B, 1)
             new = tuple(torch.where(active, n, o) for n, o in zip(new, carry))

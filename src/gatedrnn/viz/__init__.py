@@ -3,7 +3,7 @@
 - :mod:`~gatedrnn.viz.page`: ``gates.html``, one self-contained page (text coloured by any gate
   of any unit, hover for every value, units ordered by how long they hold information);
 - :mod:`~gatedrnn.viz.plots`: ``gates.png`` heatmaps and the ``memory_span.png`` comparison;
-- :mod:`~gatedrnn.viz.span`: memory span, ||d h_t / d x_s|| by forward-mode autograd;
+- :mod:`~gatedrnn.viz.span`: memory span, ||d h_t / d x_s|| by the chain rule over per-step Jacobians, for distances below a window;
 - :mod:`~gatedrnn.viz.charmodel`, :mod:`~gatedrnn.viz.loading`: trained char-level models
   (shipped in ``gatedrnn/pretrained/`` or saved by ``gatedrnn train --task charlm``);
 - :mod:`~gatedrnn.viz.commands`: ``gatedrnn gates``, ``gatedrnn sample``, ``gatedrnn demo``.

@@ -18,23 +18,20 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..backends.reference import layer_step
+from ..cells import initial_carry
+from ..config import Noise
 from ..inspect import inspect_gates
 from ..nn import _RecurrentBase
 from ..tasks.charlm import decode, encode
 from .page import GateRecord
-from .span import SpanResult, distance_curve, influence, mean_distance, measure_span
-
-
-SPAN_CHUNK_NUMBERS = 2**23
-"""Numbers per recorded activation in one chunk of the memory-span analysis (64 MB in float64).
-Every gate and state of every step is recorded with its tangents, so a chunk holds a dozen such
-activations: the analysis of the shipped LSTM peaked at 1.4 GB resident at T=100 and 2.1 GB at
-T=400 (the (T, T, H) result itself is 0.3 GB at T=400)."""
+from .span import WINDOW, SpanResult, influence, mean_distance, span_result
 
 
 def check_sample_options(length: int, temperature: float, prefix: str = "") -> None:
@@ -53,6 +50,48 @@ def _only(model: nn.Module, kind: type, what: str) -> nn.Module:
         raise ValueError(f"expected a character model with exactly one {what}, "
                          f"found {len(found)} in {type(model).__name__}")
     return found[0]
+
+
+def recurrent_step(rnn: _RecurrentBase) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor,
+                                                 dict[tuple[str, int], slice]]:
+    """The stack's one-step map on one flat state vector, z_t = step(x_t, z_{t-1}), for
+    :func:`gatedrnn.viz.span.influence`, in evaluation mode (no dropout; zoneout as its
+    expectation, as the module's forward in ``eval()``).
+
+    z is the concatenation over layers of what the time loop carries (LSTM h (R), c (H), for
+    ``fgr`` also the previous i, f, o (3H); GRU and RNN h (H)) and, for an LSTM with a projection,
+    the layer's h before it (H): an output of the step that it does not read back, so that h means
+    what :func:`gatedrnn.inspect_gates` records as ``"h"``.
+
+    Returns ``step`` ((D,), (S,) -> (S,)), the initial state z_0 (zeros, S) and the rows of each
+    layer's states: ``groups[(name, layer)]`` for name ``"h"`` and (LSTM) ``"c"``.
+    """
+    if rnn.bidirectional or rnn.training:
+        raise ValueError("recurrent_step: expected a unidirectional module in eval() mode")
+    cfg = rnn.cell_config
+    weights = [rnn.layer_weights(k, 0) for k in range(rnn.num_layers)]
+    noise = Noise(zoneout=rnn.zoneout) if rnn.zoneout > 0 else None
+    param = next(rnn.parameters())
+    carry_sizes = [t.shape[-1] for t in initial_carry(tuple(param.new_zeros(1, n) for n in cfg.state_sizes), cfg)]
+    sizes = carry_sizes + ([cfg.hidden_size] if cfg.proj_size > 0 else [])  # one layer's part of z, in order
+    h_at = sum(carry_sizes) if cfg.proj_size > 0 else 0  # where the measured h starts in a layer's part
+    groups = {}
+    for k in range(rnn.num_layers):
+        base = k * sum(sizes)
+        groups[("h", k)] = slice(base + h_at, base + h_at + cfg.hidden_size)
+        if cfg.family == "lstm":
+            groups[("c", k)] = slice(base + carry_sizes[0], base + carry_sizes[0] + cfg.hidden_size)
+
+    def step(x_t: Tensor, z: Tensor) -> Tensor:
+        parts, out, layer_input = z.unsqueeze(0).split(sizes * rnn.num_layers, dim=-1), [], x_t.unsqueeze(0)
+        for k, w in enumerate(weights):
+            carry = parts[k * len(sizes): k * len(sizes) + len(carry_sizes)]
+            new, gates = layer_step(cfg, layer_input, carry, w, noise)
+            out += list(new) + ([gates["h"]] if cfg.proj_size > 0 else [])
+            layer_input = new[0]
+        return torch.cat(out, dim=-1).squeeze(0)
+
+    return step, param.new_zeros(rnn.num_layers * sum(sizes)), groups
 
 
 @dataclass
@@ -118,10 +157,11 @@ class CharModel:
         otherwise."""
         return ("h", "c") if self.cell == "lstm" else ("h",)
 
-    def span(self, text: str) -> tuple[list[SpanResult], dict[str, list[np.ndarray]]]:
+    def span(self, text: str, window: int = WINDOW) -> tuple[list[SpanResult], dict[str, list[np.ndarray]]]:
         """The memory span on ``text`` (see :mod:`gatedrnn.viz.span`): the influence of each
-        character's embedding x_s on the states h_t (and, for an LSTM, the cell states c_t),
-        exactly, in float64 on the reference backend.
+        character's embedding x_s on the states h_t (and, for an LSTM, the cell states c_t) for the
+        distances t - s < ``window``, exactly, in float64, through the cells' step functions (the
+        reference backend's math; :func:`recurrent_step`).
 
         Returns the top layer's :class:`SpanResult` per state in :attr:`memory` (label ``"LSTM"``
         for h, ``"LSTM c"`` for c) and, per state name, every layer's per-unit influence-weighted
@@ -129,32 +169,25 @@ class CharModel:
         """
         ids, _ = self.encode(text)
         rnn = copy.deepcopy(self.rnn).eval().to(torch.float64)
-        keys = [(name, k) for name in self.memory for k in range(rnn.num_layers)]
-
-        def states(x: Tensor, hx=None) -> Tensor:  # (T, D) -> (T, len(keys) * H)
-            gates = inspect_gates(rnn, self._time_major(x), hx).gates
-            return torch.cat([gates[(k, 0)][name][:, 0] for name, k in keys], dim=-1)
-
-        def resume(start: int):  # states from `start` on, from the state the text reaches there
-            # on the reference loop, like the states themselves: `auto` would pick the cpu backend
-            # for a GRU prefix of 64+ steps and build its C++ loops just for this
-            with torch.no_grad():
-                hx = inspect_gates(rnn, self._time_major(x[:start])).final_state if start else None
-            return lambda suffix: states(suffix, hx)
-
+        step, z0, groups = recurrent_step(rnn)
         with torch.no_grad():
             x = self.embedding(ids).to(torch.float64)
-        # each recorded (T, C*D, H) activation of a chunk of C positions stays within SPAN_CHUNK_NUMBERS
-        T, D = x.shape
-        chunk = int(np.clip(SPAN_CHUNK_NUMBERS // (T * D * rnn.hidden_size * rnn.num_layers), 1, 16))
-        J = influence(states, x, positions_per_chunk=chunk, resume=resume, progress=f"memory span ({self.name})")
-        per_unit = dict(zip(keys, np.split(J, len(keys), axis=-1)))  # (T, T, H) each
         top = rnn.num_layers - 1
-        results = [measure_span(self.name if name == "h" else f"{self.name} {name}", text, per_unit[(name, top)],
-                                quantity=name) for name in self.memory]
-        distances = {name: [mean_distance(distance_curve(per_unit[(name, k)])) for k in range(rnn.num_layers)]
+        measured = influence(step, x, z0, {g: rows for g, rows in groups.items() if g[0] in self.memory}, window,
+                             totals=[(name, top) for name in self.memory], progress=f"memory span ({self.name})")
+        results = [span_result(self.name if name == "h" else f"{self.name} {name}", text,
+                               measured.band[(name, top)], measured.unit_sum[(name, top)], quantity=name)
+                   for name in self.memory]
+        distances = {name: [mean_distance(measured.unit_curve((name, k))) for k in range(rnn.num_layers)]
                      for name in self.memory}
         return results, distances
+
+    def span_work(self, length: int, window: int = WINDOW) -> int:
+        """Multiply-adds of the memory span's matrix products (its main cost) on a text of
+        ``length`` characters: D S^2 sum_t min(t, W - 1), S the numbers of the stack's state."""
+        S = recurrent_step(copy.deepcopy(self.rnn).eval())[1].numel()
+        steps = int(np.minimum(np.arange(length), window - 1).sum())  # earlier inputs carried per step
+        return self.embedding.embedding_dim * S * S * steps
 
     @torch.no_grad()
     def sample(self, prompt: str, length: int, temperature: float, generator: torch.Generator) -> str:

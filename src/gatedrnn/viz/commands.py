@@ -20,7 +20,7 @@ from .charmodel import check_sample_options
 from .loading import CELLS, UsageError, load_char_model, load_shipped
 from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
-from .span import probe_positions, summary_lines
+from .span import WINDOW, probe_positions, summary_lines
 
 TUTORIAL = ("John wanted to visit his friend's house, but he couldn't find the address. "
             "He spent hours searching for it.")
@@ -32,11 +32,15 @@ PROBE = ("John", "hours")
 MAX_TEXT = 2000
 """Longest text the page accepts (the page stores every gate of every unit at every character)."""
 
-MAX_SPAN_TEXT = 400
-"""Longest text the memory-span analysis runs on (its cost grows as T^2 H)."""
-
 MIN_SPAN_TEXT = 2
 """Shortest text the memory-span analysis runs on: one character has no distance to measure."""
+
+SPAN_RATE = 1e10
+"""Multiply-adds per second of the memory span's matrix products on one thread of the shared,
+loaded 2-core test machine (the three shipped models on 2000 characters: 1.5e12 in 145 s)."""
+
+SPAN_NOTE_SECONDS = 60
+"""Expected analysis time (at :data:`SPAN_RATE`) above which ``gatedrnn gates`` prints an estimate."""
 
 
 def set_threads(threads: int) -> None:
@@ -161,15 +165,36 @@ def read_text(args: argparse.Namespace) -> str:
         raise UsageError(f"cannot read --file {args.file!r}: {e.strerror or e}") from None
 
 
+def _check_span_window(window: int) -> None:
+    """UsageError unless ``--span-window`` is a positive number of characters."""
+    if window < 1:
+        raise UsageError(f"--span-window must be a positive number of characters (distances 0..N-1 are measured), "
+                         f"got {window}")
+
+
+def _span_estimate(models, length: int, window: int) -> str | None:
+    """A note with the expected time of the memory span on ``length`` characters when it exceeds
+    :data:`SPAN_NOTE_SECONDS` at :data:`SPAN_RATE`, else None."""
+    work = sum(m.span_work(length, window) for m in models)
+    seconds = work / SPAN_RATE
+    if seconds <= SPAN_NOTE_SECONDS:
+        return None
+    return (f"note: the memory span of {length} characters at distances below {min(window, length)} takes "
+            f"{work:.1e} multiply-adds for {len(models)} model(s): about {seconds / 60:.0f} min on one thread of a "
+            f"loaded 2-core machine (a shorter --span-window is faster)")
+
+
 def run_gates(args: argparse.Namespace) -> int:
     """``gatedrnn gates TEXT | --file PATH [--model PATH | --cell lstm|gru|rnn] [--out DIR]
-    [--probe EARLY,LATE]``: write gates.html and gates.png for one model and memory_span.png
-    (the given model, or the three shipped ones side by side), print the memory-span summary and
-    where the files are."""
+    [--probe EARLY,LATE] [--span-window N]``: write gates.html and gates.png for one model and
+    memory_span.png (the given model, or the three shipped ones side by side), print the
+    memory-span summary and where the files are."""
     start = time.perf_counter()
     out, probe = Path(args.out), getattr(args, "probe", None)
+    window = getattr(args, "span_window", WINDOW)
     try:
         set_threads(args.threads)
+        _check_span_window(window)
         text = read_text(args)
         _check_text(text, "gates")
         if args.model:
@@ -184,8 +209,11 @@ def run_gates(args: argparse.Namespace) -> int:
         if note:
             print(note)
         figure = None
-        if MIN_SPAN_TEXT <= len(text) <= MAX_SPAN_TEXT:
-            spans = [m.span(text) for m in models]
+        if len(text) >= MIN_SPAN_TEXT:
+            note = _span_estimate(models, len(text), window)
+            if note:
+                print(note, flush=True)
+            spans = [m.span(text, window) for m in models]
             record.unit_scores = {f"memory span of {name} (mean influence distance, chars)": distances
                                   for name, distances in reversed(spans[models.index(model)][1].items())}
             figure, lines = span_figure([r for results, _ in spans for r in results], text, out, probe or PROBE)
@@ -198,8 +226,8 @@ def run_gates(args: argparse.Namespace) -> int:
             removed = stale.exists()
             if removed:  # an earlier text's figure must not sit beside this text's page
                 stale.unlink()
-            print(f"note: memory span skipped: the text has {len(text)} character(s), the analysis takes "
-                  f"{MIN_SPAN_TEXT} to {MAX_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else ""))
+            print(f"note: memory span skipped: the text has {len(text)} character(s), the analysis needs at least "
+                  f"{MIN_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else ""))
         page = write_gates_html(record, out / "gates.html")
         png = plot_gates(record, out / "gates.png")
     except UsageError as e:
@@ -263,6 +291,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--probe", type=parse_probe, metavar="EARLY,LATE",
                    help="report how much the state at the word LATE depends on the earlier word EARLY "
                         "(default: John,hours, when the text has them)")
+    p.add_argument("--span-window", type=int, default=WINDOW, metavar="N",
+                   help=f"measure the memory span for distances below N characters (default {WINDOW}); its "
+                        "cost grows as T min(T, N) for T characters; a text no longer than N is measured in full")
     add_threads_option(p)
     p.set_defaults(func=run_gates)
 

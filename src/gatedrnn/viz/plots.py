@@ -1,5 +1,6 @@
 """Static figures: ``gates.png`` (gate heatmaps over unit x character) and ``memory_span.png``
-(influence triangles and influence-vs-distance curves of several cells side by side).
+(influence heatmaps, a triangle or a band, and influence-vs-distance curves of several cells side
+by side).
 
 Both are drawn with matplotlib's Agg backend, so they need no display.
 """
@@ -20,7 +21,7 @@ from matplotlib import font_manager  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
 from .page import BOUNDED, GateRecord  # noqa: E402
-from .span import THRESHOLD, SpanResult  # noqa: E402
+from .span import BEYOND, THRESHOLD, SpanResult  # noqa: E402
 
 
 def informative_units(layer: Mapping[str, np.ndarray], k: int) -> np.ndarray:
@@ -50,6 +51,17 @@ def _tick_label(char: str) -> str:
     return VISIBLE.get(char) or (char if _has_glyph(char) else "\ufffd" if _has_glyph("\ufffd") else "?")
 
 
+def _word_starts(text: str, limit: int) -> list[int]:
+    """Positions of the word starts of ``text``, every k-th so that at most ``limit`` remain."""
+    starts = [i for i, c in enumerate(text) if not c.isspace() and (i == 0 or text[i - 1].isspace())]
+    return starts[::max(1, math.ceil(len(starts) / limit))]
+
+
+def _word_label(text: str, i: int) -> str:
+    """The word starting at ``i`` as a tick label (at most 12 characters, each drawable)."""
+    return "".join(map(_tick_label, text[i:].split()[0][:12]))
+
+
 def _char_ticks(ax, text: str) -> None:
     """Label the character axis: each character up to :data:`MAX_CHAR_TICKS`, else word starts,
     every k-th, at most MAX_CHAR_TICKS / 4 of them."""
@@ -58,12 +70,9 @@ def _char_ticks(ax, text: str) -> None:
         ax.set_xticklabels([_tick_label(c) for c in text], fontsize=max(4, min(9, 900 // max(len(text), 1))),
                            family="monospace")
     else:
-        starts = [i for i, c in enumerate(text) if not c.isspace() and (i == 0 or text[i - 1].isspace())]
-        step = math.ceil(len(starts) / (MAX_CHAR_TICKS // 4))
-        starts = starts[::step]
+        starts = _word_starts(text, MAX_CHAR_TICKS // 4)
         ax.set_xticks(starts)
-        ax.set_xticklabels(["".join(map(_tick_label, text[i:].split()[0][:12])) for i in starts], fontsize=6,
-                           rotation=90, family="monospace")
+        ax.set_xticklabels([_word_label(text, i) for i in starts], fontsize=6, rotation=90, family="monospace")
     ax.tick_params(axis="x", length=0, pad=1)
 
 
@@ -108,69 +117,116 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
     return path
 
 
+MAX_WORD_TICKS = 30
+"""Most word labels on one axis of a memory-span heatmap (a panel is about 5 inches wide): every
+word up to that, else every k-th word."""
+
+
 def _word_ticks(ax, text: str, axis: str) -> None:
-    """Tick each word start with the word (the character axes of a triangle heatmap)."""
-    starts = [i for i, c in enumerate(text) if c not in " \n" and (i == 0 or text[i - 1] in " \n")]
-    labels = [text[i:].split()[0] for i in starts]
+    """Tick word starts with the word, at most :data:`MAX_WORD_TICKS` of them (the character axes
+    of the heatmaps)."""
+    starts = _word_starts(text, MAX_WORD_TICKS)
+    labels = [_word_label(text, i) for i in starts]
     if axis == "x":
         ax.set_xticks(starts)
-        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_xticklabels(labels, rotation=90, fontsize=6, family="monospace")
     else:
         ax.set_yticks(starts)
-        ax.set_yticklabels(labels, fontsize=6)
+        ax.set_yticklabels(labels, fontsize=6, family="monospace")
+
+
+def _triangle(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
+    """J[t, s] / max J as a lower triangle (rows t = state, columns s = input), every distance."""
+    T = len(r.text)
+    J = r.triangle()
+    rel = np.where(np.tril(np.ones((T, T), dtype=bool)), J / max(J.max(), 1e-30), np.nan)
+    im = ax.imshow(np.clip(rel, 1e-4, 1.0), norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma", interpolation="nearest")
+    ax.set_xlabel("input position s")
+    ax.set_ylabel("state position t")
+    _word_ticks(ax, r.text, "x")
+    _word_ticks(ax, r.text, "y")
+    for label, s, t in marks:
+        ax.add_patch(plt.Rectangle((s.start - 0.5, t - 0.5), s.stop - s.start, 1.0, fill=False, ec="cyan", lw=1.5))
+        ax.annotate(f"{label}: {r.relative(t, s):.1e}", (s.start, t), xytext=(s.start + 8, t - 12),
+                    color="cyan", fontsize=8, arrowprops={"arrowstyle": "->", "color": "cyan"})
+    return im
+
+
+def _band(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
+    """band[t, d] / max as an image over (state position t, distance d < W), d = 0 at the bottom;
+    the corner d > t (no input that far back) left blank."""
+    T, W = r.band.shape
+    t, d = np.arange(T)[None, :], np.arange(W)[:, None]
+    rel = np.where(d <= t, r.band.T / max(r.band.max(), 1e-30), np.nan)  # (W, T): rows d
+    # antialiased: a long text has more positions than the panel has pixels
+    im = ax.imshow(np.clip(rel, 1e-4, 1.0), norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma",
+                   interpolation="antialiased", origin="lower", aspect="auto")
+    ax.set_xlabel("state position t")
+    ax.set_ylabel(f"distance d = t - s (window: d < {W})")
+    _word_ticks(ax, r.text, "x")
+    for label, s, t in marks:
+        near, far = t - (s.stop - 1), t - s.start
+        rel_value = r.relative(t, s)
+        if rel_value is None:
+            ax.annotate(f"{label} (d = {near}..{far}): {BEYOND}", (t, W - 1), xytext=(0.02, 0.92),
+                        textcoords="axes fraction", color="cyan", fontsize=8,
+                        arrowprops={"arrowstyle": "->", "color": "cyan"})
+            continue
+        ax.add_patch(plt.Rectangle((t - 0.5, near - 0.5), 1.0, far - near + 1, fill=False, ec="cyan", lw=1.5))
+        ax.annotate(f"{label}: {rel_value:.1e}", (t, far), xytext=(0.02, 0.92), textcoords="axes fraction",
+                    color="cyan", fontsize=8, arrowprops={"arrowstyle": "->", "color": "cyan"})
+    return im
 
 
 def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
                      marks: Sequence[tuple[str, slice, int]] = ()) -> Path:
-    """Write ``memory_span.png``: per model a triangle heatmap of J[t, s] / max J for its hidden
-    state h (log scale, rows t = state, columns s = input) and, below, the influence-vs-distance
-    curves of every result (each normalised by its peak; an LSTM's cell state c dashed, in its h's
-    colour) with the 1% line.
+    """Write ``memory_span.png``: per model a heatmap of the relative influence on its hidden state
+    h (log scale) and, below, the influence-vs-distance curves of every result (each normalised by
+    its peak; an LSTM's cell state c dashed, in its h's colour) with the 1% line.
+
+    The heatmap is J[t, s] / max J as a triangle (rows t = state, columns s = input) when every
+    distance was measured (text no longer than the window), else the band J[t, t - d] / max over
+    (x: state position t, y: distance d < W), which stays readable at any length.
 
     ``marks``: (label, input positions, state position) pairs to highlight, e.g. ("John" at
-    0..3, the state at the end of "hours"): a box on each triangle and a vertical line at their
-    distance on the curves.
+    0..3, the state at the end of "hours"): a box on each heatmap (or "beyond the window") and a
+    vertical line at their distance on the curves.
     """
     hidden = [r for r in results if r.quantity == "h"]
     n = len(hidden)
     fig = plt.figure(figsize=(max(5.0 * n + 1.0, 8.0), 9.5), layout="constrained")  # one model: room for the labels
     grid = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
     heat_axes = []
-    norm = LogNorm(vmin=1e-4, vmax=1.0)
     for j, r in enumerate(hidden):
         ax = fig.add_subplot(grid[0, j])
         heat_axes.append(ax)
-        T = len(r.text)
-        rel = np.where(np.tril(np.ones((T, T), dtype=bool)), r.J / max(r.J.max(), 1e-30), np.nan)
-        im = ax.imshow(np.clip(rel, 1e-4, 1.0), norm=norm, cmap="magma", interpolation="nearest")
+        im = (_band if r.windowed else _triangle)(ax, r, marks)
         ax.set_title(f"{r.label}: ||dh_t/dx_s|| / max", fontsize=10)
-        ax.set_xlabel("input position s")
-        ax.set_ylabel("state position t")
-        _word_ticks(ax, r.text, "x")
-        _word_ticks(ax, r.text, "y")
-        for label, s, t in marks:
-            ax.add_patch(plt.Rectangle((s.start - 0.5, t - 0.5), s.stop - s.start, 1.0, fill=False, ec="cyan", lw=1.5))
-            ax.annotate(f"{label}: {r.relative(t, s):.1e}", (s.start, t), xytext=(s.start + 8, t - 12),
-                        color="cyan", fontsize=8, arrowprops={"arrowstyle": "->", "color": "cyan"})
     fig.colorbar(im, ax=heat_axes, location="right", shrink=0.8, label="relative influence")
     ax = fig.add_subplot(grid[1, :])
     colours = {}
     for r in results:
         c = r.curve / max(r.curve.max(), 1e-30)
-        span = f"{r.span}" if r.span is not None else f"> {len(r.text) - 1}"
         what = "||dc_t/dx_s||" if r.quantity == "c" else "||dh_t/dx_s||"
         model = r.label.removesuffix(f" {r.quantity}")
         line, = ax.semilogy(np.arange(len(c)), np.maximum(c, 1e-12), lw=1.8, color=colours.get(model),
                             ls="--" if r.quantity == "c" else "-",
-                            label=f"{r.label}: {what} (below 1% from d = {span})")
+                            label=f"{r.label}: {what} (below 1% from d = {r.span_text()})")
         colours.setdefault(model, line.get_color())
     ax.axhline(THRESHOLD, color="gray", ls="--", lw=1)
     ax.text(0.5, THRESHOLD * 1.15, f"{THRESHOLD:.0%} of peak", color="gray", fontsize=8)
+    window = max(r.window for r in results)
     for label, s, t in marks:
-        ax.axvline(t - s.start, color="teal", ls=":", lw=1.2)
-        ax.text(t - s.start + 0.5, 0.5, f"{label} (d = {t - s.start})", color="teal", fontsize=8, rotation=90, va="top")
+        d = t - s.start
+        if d < window:
+            ax.axvline(d, color="teal", ls=":", lw=1.2)
+            ax.text(d + 0.5, 0.5, f"{label} (d = {d})", color="teal", fontsize=8, rotation=90, va="top")
+        else:
+            ax.text(0.99, 0.5, f"{label} (d = {d}): {BEYOND}", color="teal", fontsize=8, ha="right", va="top",
+                    transform=ax.get_xaxis_transform())
     ax.set_ylim(1e-8, 1.5)
-    ax.set_xlabel("distance d = t - s (characters)")
+    ax.set_xlabel("distance d = t - s (characters)" + (f"; measured for d < {window}"
+                                                        if any(r.windowed for r in results) else ""))
     ax.set_ylabel("mean_t influence of x_{t-d} on the state at t / peak")
     ax.set_title("influence of an input on the state d characters later", fontsize=10)
     ax.legend(fontsize=9)
