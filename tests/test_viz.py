@@ -17,7 +17,7 @@ import gatedrnn
 from torch import nn
 
 from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
-from gatedrnn.viz import commands
+from gatedrnn.viz import commands, plots
 from gatedrnn.viz.charmodel import CharModel, recurrent_step
 from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
 from gatedrnn.viz.plots import MAX_WORD_TICKS, _band, _word_ticks, informative_units, plot_gates, plot_memory_span
@@ -211,9 +211,10 @@ def test_recurrent_step_runs_the_module(cell, options):
         torch.testing.assert_close(zs[:, groups[("h", 1)]], trace.output[:, 0], rtol=1e-12, atol=1e-14)
 
 
-def test_bad_window_is_refused():
-    with pytest.raises(ValueError, match="window must be >= 1"):
-        influence(linear_step(0.5, torch.eye(2)), torch.zeros(3, 2), torch.zeros(2), {"h": slice(0, 2)}, window=0)
+@pytest.mark.parametrize("window", [0, -1, 2.5, True, "3"])
+def test_bad_window_is_refused(window):
+    with pytest.raises(ValueError, match=f"window must be an integer >= 1 .*got {re.escape(repr(window))}"):
+        influence(linear_step(0.5, torch.eye(2)), torch.zeros(3, 2), torch.zeros(2), {"h": slice(0, 2)}, window=window)
 
 
 def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> CharModel:
@@ -335,14 +336,28 @@ def test_word_ticks_thin_out_on_long_texts():
     plt.close(fig)
 
 
-def test_memory_span_png_of_a_windowed_text(tmp_path):
+def test_memory_span_png_of_a_windowed_text(tmp_path, monkeypatch):
     text = (SENTENCE + " ") * 3
     T = len(text)
     decay = lambda a: np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]  # noqa: E731
     results = [measure_span(n, text, decay(a), window=40) for n, a in [("RNN", 0.5), ("LSTM", 0.95)]]
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to look inside it
     path = plot_memory_span(results, tmp_path / "memory_span.png", marks=[("John", slice(0, 4), 88)])
     with Image.open(path) as im:
         assert im.size[0] > 800 and im.size[1] > 800
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    curves = fig.axes[-1]
+    assert curves.get_title().startswith("influence of an input")
+    beyond = [a for a in curves.texts if BEYOND in a.get_text()]
+    assert [a.get_text() for a in beyond] == [f"John (d = 88): {BEYOND}"]
+    inside, label = curves.get_window_extent(renderer), beyond[0].get_window_extent(renderer)
+    assert inside.x0 <= label.x0 and label.x1 <= inside.x1 and inside.y0 <= label.y0 and label.y1 <= inside.y1
+    legend = [t.get_text() for t in curves.get_legend().get_texts()]
+    assert legend[1] == "LSTM: ||dh_t/dx_s|| (still above 1% at d = 39 (the window))", legend
+    assert legend[0].endswith("(below 1% from d = 7)"), legend
+    plots.plt.close(fig)
 
 
 def test_distance_curve_and_span():

@@ -178,6 +178,14 @@ def _band(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
     return im
 
 
+def _span_words(r: SpanResult) -> str:
+    """The curve's legend words for its span: "below 1% from d = 17", or "still above 1% at d = 49
+    (the window)" when the curve never falls below it at the distances measured."""
+    if r.span is not None:
+        return f"below 1% from d = {r.span}"
+    return f"still above 1% at d = {r.window - 1}" + (" (the window)" if r.windowed else "")
+
+
 def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
                      marks: Sequence[tuple[str, slice, int]] = ()) -> Path:
     """Write ``memory_span.png``: per model a heatmap of the relative influence on its hidden state
@@ -211,7 +219,7 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
         model = r.label.removesuffix(f" {r.quantity}")
         line, = ax.semilogy(np.arange(len(c)), np.maximum(c, 1e-12), lw=1.8, color=colours.get(model),
                             ls="--" if r.quantity == "c" else "-",
-                            label=f"{r.label}: {what} (below 1% from d = {r.span_text()})")
+                            label=f"{r.label}: {what} ({_span_words(r)})")
         colours.setdefault(model, line.get_color())
     ax.axhline(THRESHOLD, color="gray", ls="--", lw=1)
     ax.text(0.5, THRESHOLD * 1.15, f"{THRESHOLD:.0%} of peak", color="gray", fontsize=8)
@@ -223,7 +231,7 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
             ax.text(d + 0.5, 0.5, f"{label} (d = {d})", color="teal", fontsize=8, rotation=90, va="top")
         else:
             ax.text(0.99, 0.5, f"{label} (d = {d}): {BEYOND}", color="teal", fontsize=8, ha="right", va="top",
-                    transform=ax.get_xaxis_transform())
+                    transform=ax.transAxes)
     ax.set_ylim(1e-8, 1.5)
     ax.set_xlabel("distance d = t - s (characters)" + (f"; measured for d < {window}"
                                                         if any(r.windowed for r in results) else ""))

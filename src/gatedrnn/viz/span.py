@@ -119,8 +119,8 @@ def influence(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, z0: Tensor, g
     """
     if x.dim() != 2 or x.shape[0] == 0:
         raise ValueError(f"x must have shape (T, D) with T >= 1, got {tuple(x.shape)}")
-    if window < 1:
-        raise ValueError(f"window must be >= 1 (distances 0..window-1 are measured), got {window}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be an integer >= 1 (distances 0..window-1 are measured), got {window!r}")
     T, D = x.shape
     W = min(window, T)
     totals = set(groups) if totals is None else set(totals)
