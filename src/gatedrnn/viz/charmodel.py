@@ -71,16 +71,7 @@ def recurrent_step(rnn: _RecurrentBase) -> tuple[Callable[[Tensor, Tensor], Tens
     cfg = rnn.cell_config
     weights = [rnn.layer_weights(k, 0) for k in range(rnn.num_layers)]
     noise = Noise(zoneout=rnn.zoneout) if rnn.zoneout > 0 else None
-    param = next(rnn.parameters())
-    carry_sizes = [t.shape[-1] for t in initial_carry(tuple(param.new_zeros(1, n) for n in cfg.state_sizes), cfg)]
-    sizes = carry_sizes + ([cfg.hidden_size] if cfg.proj_size > 0 else [])  # one layer's part of z, in order
-    h_at = sum(carry_sizes) if cfg.proj_size > 0 else 0  # where the measured h starts in a layer's part
-    groups = {}
-    for k in range(rnn.num_layers):
-        base = k * sum(sizes)
-        groups[("h", k)] = slice(base + h_at, base + h_at + cfg.hidden_size)
-        if cfg.family == "lstm":
-            groups[("c", k)] = slice(base + carry_sizes[0], base + carry_sizes[0] + cfg.hidden_size)
+    carry_sizes, sizes, groups = _state_layout(rnn)
 
     def step(x_t: Tensor, z: Tensor) -> Tensor:
         parts, out, layer_input = z.unsqueeze(0).split(sizes * rnn.num_layers, dim=-1), [], x_t.unsqueeze(0)
@@ -91,7 +82,24 @@ def recurrent_step(rnn: _RecurrentBase) -> tuple[Callable[[Tensor, Tensor], Tens
             layer_input = new[0]
         return torch.cat(out, dim=-1).squeeze(0)
 
-    return step, param.new_zeros(rnn.num_layers * sum(sizes)), groups
+    return step, next(rnn.parameters()).new_zeros(rnn.num_layers * sum(sizes)), groups
+
+
+def _state_layout(rnn: _RecurrentBase) -> tuple[list[int], list[int], dict[tuple[str, int], slice]]:
+    """The layout of :func:`recurrent_step`'s flat state: the sizes of what one layer's loop
+    carries, of one layer's part of z (the carry, then h before a projection if there is one), and
+    the rows ``groups[(name, layer)]`` of each layer's h and (LSTM) c."""
+    cfg = rnn.cell_config
+    carry_sizes = [t.shape[-1] for t in initial_carry(tuple(torch.zeros(1, n) for n in cfg.state_sizes), cfg)]
+    sizes = carry_sizes + ([cfg.hidden_size] if cfg.proj_size > 0 else [])
+    h_at = sum(carry_sizes) if cfg.proj_size > 0 else 0  # where the measured h starts in a layer's part
+    groups = {}
+    for k in range(rnn.num_layers):
+        base = k * sum(sizes)
+        groups[("h", k)] = slice(base + h_at, base + h_at + cfg.hidden_size)
+        if cfg.family == "lstm":
+            groups[("c", k)] = slice(base + carry_sizes[0], base + carry_sizes[0] + cfg.hidden_size)
+    return carry_sizes, sizes, groups
 
 
 @dataclass
@@ -185,7 +193,7 @@ class CharModel:
     def span_work(self, length: int, window: int = WINDOW) -> int:
         """Multiply-adds of the memory span's matrix products (its main cost) on a text of
         ``length`` characters: D S^2 sum_t min(t, W - 1), S the numbers of the stack's state."""
-        S = recurrent_step(copy.deepcopy(self.rnn).eval())[1].numel()
+        S = self.rnn.num_layers * sum(_state_layout(self.rnn)[1])
         steps = int(np.minimum(np.arange(length), window - 1).sum())  # earlier inputs carried per step
         return self.embedding.embedding_dim * S * S * steps
 

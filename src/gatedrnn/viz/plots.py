@@ -135,12 +135,17 @@ def _word_ticks(ax, text: str, axis: str) -> None:
         ax.set_yticklabels(labels, fontsize=6, family="monospace")
 
 
+def _relative_image(ax, rel: np.ndarray, **imshow):
+    """Relative influences (NaN where undefined) on the heatmaps' log scale, 1e-4 to 1."""
+    return ax.imshow(np.clip(rel, 1e-4, 1.0), norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma", **imshow)
+
+
 def _triangle(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
     """J[t, s] / max J as a lower triangle (rows t = state, columns s = input), every distance."""
     T = len(r.text)
     J = r.triangle()
     rel = np.where(np.tril(np.ones((T, T), dtype=bool)), J / max(J.max(), 1e-30), np.nan)
-    im = ax.imshow(np.clip(rel, 1e-4, 1.0), norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma", interpolation="nearest")
+    im = _relative_image(ax, rel, interpolation="nearest")
     ax.set_xlabel("input position s")
     ax.set_ylabel("state position t")
     _word_ticks(ax, r.text, "x")
@@ -159,8 +164,7 @@ def _band(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
     t, d = np.arange(T)[None, :], np.arange(W)[:, None]
     rel = np.where(d <= t, r.band.T / max(r.band.max(), 1e-30), np.nan)  # (W, T): rows d
     # antialiased: a long text has more positions than the panel has pixels
-    im = ax.imshow(np.clip(rel, 1e-4, 1.0), norm=LogNorm(vmin=1e-4, vmax=1.0), cmap="magma",
-                   interpolation="antialiased", origin="lower", aspect="auto")
+    im = _relative_image(ax, rel, interpolation="antialiased", origin="lower", aspect="auto")
     ax.set_xlabel("state position t")
     ax.set_ylabel(f"distance d = t - s (window: d < {W})")
     _word_ticks(ax, r.text, "x")

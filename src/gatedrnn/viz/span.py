@@ -77,8 +77,7 @@ class Influence:
 
     def unit_curve(self, group: Hashable) -> np.ndarray:
         """(W, K): mean over t of J[t, t-d, k], each distance divided by its own count T - d."""
-        sums = self.unit_sum[group]
-        return sums / (self.steps - np.arange(sums.shape[0]))[:, None]
+        return per_distance_mean(self.unit_sum[group], self.steps)
 
 
 def states(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, z0: Tensor) -> Tensor:
@@ -156,7 +155,8 @@ def influence(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, z0: Tensor, g
 
 
 def total_influence(per_unit: np.ndarray) -> np.ndarray:
-    """J[t, s] = ||d h_t / d x_s||_F from the per-unit norms (T, T, H): a (T, T) array."""
+    """J = ||d h_t / d x_s||_F from the per-unit norms over the last axis: (T, T, H) -> (T, T), or
+    a band (T, W, H) -> (T, W)."""
     return np.sqrt((per_unit ** 2).sum(-1))
 
 
@@ -170,10 +170,16 @@ def to_band(J: np.ndarray, window: int | None = None) -> np.ndarray:
     return np.where(inside, J[t, np.maximum(t - d, 0)], 0.0)
 
 
+def per_distance_mean(sums: np.ndarray, steps: int) -> np.ndarray:
+    """sums[d] / (T - d) for sums over t of something at distance d, (W, ...): the T - d states
+    t >= d are the ones with an input d steps back."""
+    W = sums.shape[0]
+    return sums / (steps - np.arange(W)).reshape((W,) + (1,) * (sums.ndim - 1))
+
+
 def band_curve(band: np.ndarray) -> np.ndarray:
     """c[d] = mean over the T - d states t >= d of band[t, d]; band (T, W, ...) -> (W, ...)."""
-    T, W = band.shape[:2]
-    return band.sum(0) / (T - np.arange(W)).reshape((W,) + (1,) * (band.ndim - 2))
+    return per_distance_mean(band.sum(0), band.shape[0])
 
 
 def distance_curve(J: np.ndarray, window: int | None = None) -> np.ndarray:
@@ -268,8 +274,7 @@ class SpanResult:
 def span_result(label: str, text: str, band: np.ndarray, unit_sum: np.ndarray, quantity: str = "h") -> SpanResult:
     """Summarise the band (T, W) and per-unit sums (W, H) of one state (``quantity``) of a model on
     ``text`` (as :func:`influence` returns them)."""
-    counts = len(text) - np.arange(band.shape[1])  # states with an input d steps back
-    curve, unit_curves = band_curve(band), unit_sum / counts[:, None]
+    curve, unit_curves = band_curve(band), per_distance_mean(unit_sum, len(text))
     return SpanResult(label, text, band, curve, span_below(curve), mean_distance(unit_curves),
                       span_below(unit_curves), quantity)
 
@@ -279,7 +284,7 @@ def measure_span(label: str, text: str, per_unit: np.ndarray, quantity: str = "h
     """:func:`span_result` from a full per-unit influence (T, T, H) (small texts, tests), keeping
     the distances below ``window`` (default all)."""
     units = to_band(per_unit, window)  # (T, W, H)
-    return span_result(label, text, np.sqrt((units ** 2).sum(-1)), units.sum(0), quantity)
+    return span_result(label, text, total_influence(units), units.sum(0), quantity)
 
 
 def word_positions(text: str, word: str, occurrence: int = 0) -> slice:
