@@ -132,6 +132,11 @@ def test_gates_png_has_one_panel_per_layer_and_quantity(tmp_path):
 
 # --- memory span -------------------------------------------------------------------------------
 
+def decay(T: int, a: float, scale: float = 1.0) -> np.ndarray:
+    """J[t, s, 0] = scale * a^(t - s) for s <= t, (T, T, 1): a per-unit influence that decays geometrically."""
+    return scale * np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
+
+
 def linear_step(a: float, W: torch.Tensor):
     """h_t = a h_{t-1} + x_t W: d h_t / d x_s = a^(t-s) W^T for s <= t, so J[t,s] = a^(t-s) ||W||_F."""
     return lambda x_t, h: a * h + x_t @ W
@@ -288,8 +293,7 @@ def test_a_window_shorter_than_the_text_is_said_so():
     """Beyond the window nothing is measured: relative() says None, the span "> W-1 (window)" and
     the summary names the window and "beyond the window" for the probe."""
     T = len(SENTENCE)
-    slow = np.tril(0.97 ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
-    r = measure_span("LSTM", SENTENCE, slow, window=50)
+    r = measure_span("LSTM", SENTENCE, decay(T, 0.97), window=50)
     john, hours = word_positions(SENTENCE, "John"), word_positions(SENTENCE, "hours").stop - 1
     assert r.window == 50 and r.windowed and r.span is None and r.curve.shape == (50,)
     assert r.relative(hours, john) is None  # distance 85..88 > 49
@@ -300,7 +304,7 @@ def test_a_window_shorter_than_the_text_is_said_so():
     lines = summary_lines([r], probe=("John", "hours"))
     assert "distances 0..49 measured (--span-window 50)" in lines[0]
     assert lines[2].split()[1:4] == [">", "49", "(window)"] and lines[2].endswith(BEYOND)
-    full = measure_span("LSTM", SENTENCE, slow)
+    full = measure_span("LSTM", SENTENCE, decay(T, 0.97))
     assert full.span_text() == f"> {T - 1}" and "span-window" not in summary_lines([full])[0]
 
 
@@ -336,17 +340,25 @@ def test_word_ticks_thin_out_on_long_texts():
     plt.close(fig)
 
 
-def test_memory_span_png_of_a_windowed_text(tmp_path, monkeypatch):
+@pytest.fixture
+def kept_figures(monkeypatch):
+    """The figures plots.py would close, kept to look inside (closed at the end)."""
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    yield figures
+    monkeypatch.undo()
+    for fig in figures:
+        plots.plt.close(fig)
+
+
+def test_memory_span_png_of_a_windowed_text(tmp_path, kept_figures):
     text = (SENTENCE + " ") * 3
     T = len(text)
-    decay = lambda a: np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]  # noqa: E731
-    results = [measure_span(n, text, decay(a), window=40) for n, a in [("RNN", 0.5), ("LSTM", 0.95)]]
-    figures = []
-    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figure to look inside it
+    results = [measure_span(n, text, decay(T, a), window=40) for n, a in [("RNN", 0.5), ("LSTM", 0.95)]]
     path = plot_memory_span(results, tmp_path / "memory_span.png", marks=[("John", slice(0, 4), 88)])
     with Image.open(path) as im:
         assert im.size[0] > 800 and im.size[1] > 800
-    (fig,) = figures
+    (fig,) = kept_figures
     renderer = fig.canvas.get_renderer()
     curves = fig.axes[-1]
     assert curves.get_title().startswith("influence of an input")
@@ -357,12 +369,11 @@ def test_memory_span_png_of_a_windowed_text(tmp_path, monkeypatch):
     legend = [t.get_text() for t in curves.get_legend().get_texts()]
     assert legend[1] == "LSTM: ||dh_t/dx_s|| (still above 1% at d = 39 (the window))", legend
     assert legend[0].endswith("(below 1% from d = 7)"), legend
-    plots.plt.close(fig)
 
 
 def test_distance_curve_and_span():
     T, a = 40, 0.5
-    J = np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))
+    J = decay(T, a)[..., 0]
     curve = distance_curve(J)
     np.testing.assert_allclose(curve, a ** np.arange(T))
     # 0.5^d < 0.01 first at d = 7 (0.5^6 = 0.0156)
@@ -375,9 +386,7 @@ def test_distance_curve_and_span():
 
 def test_summary_names_each_cell_and_the_probe():
     T = len(SENTENCE)
-    fast = np.tril(0.3 ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
-    slow = np.tril(0.97 ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
-    results = [measure_span("RNN", SENTENCE, fast), measure_span("LSTM", SENTENCE, slow)]
+    results = [measure_span("RNN", SENTENCE, decay(T, 0.3)), measure_span("LSTM", SENTENCE, decay(T, 0.97))]
     lines = summary_lines(results, probe=("John", "hours"))
     assert results[0].span == 4 and results[1].span is None
     assert lines[2].split()[:2] == ["RNN", "4"] and lines[3].split()[:3] == ["LSTM", ">", str(T - 1)]
@@ -388,8 +397,7 @@ def test_summary_names_each_cell_and_the_probe():
 
 def test_memory_span_png(tmp_path):
     T = len(SENTENCE)
-    decay = lambda a: np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]  # noqa: E731
-    results = [measure_span(n, SENTENCE, decay(a)) for n, a in [("RNN", 0.5), ("LSTM", 0.95), ("GRU", 0.9)]]
+    results = [measure_span(n, SENTENCE, decay(T, a)) for n, a in [("RNN", 0.5), ("LSTM", 0.95), ("GRU", 0.9)]]
     john, hours = word_positions(SENTENCE, "John"), word_positions(SENTENCE, "hours").stop - 1
     path = plot_memory_span(results, tmp_path / "memory_span.png", marks=[("John", john, hours)])
     with Image.open(path) as im:

@@ -34,24 +34,8 @@ from gatedrnn.viz.page import GateRecord, page_data, render_page
 from gatedrnn.viz.span import BEYOND, mean_distance, measure_span, probe_positions, span_below, summary_lines
 # the autouse fixture gives torch its thread count back after the commands set theirs
 from test_viz import (  # noqa: F401
-    SENTENCE, _keep_torch_threads, embedded_data, full_per_unit, run_cli, saved_model, traced,
+    SENTENCE, _keep_torch_threads, decay, embedded_data, full_per_unit, kept_figures, run_cli, saved_model, traced,
 )
-
-
-def decay(T: int, a: float, scale: float = 1.0) -> np.ndarray:
-    """J[t, s, 0] = scale * a^(t - s) for s <= t, (T, T, 1)."""
-    return scale * np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
-
-
-@pytest.fixture
-def kept_figures(monkeypatch):
-    """The figures plots.py would close, kept to look inside (closed at the end)."""
-    figures = []
-    monkeypatch.setattr(plots.plt, "close", figures.append)
-    yield figures
-    monkeypatch.undo()
-    for fig in figures:
-        plots.plt.close(fig)
 
 
 # --- span.py -------------------------------------------------------------------------------------
