@@ -21,6 +21,11 @@ TINY = ["--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "20", "--
         "--checkpoint-every", "10", "--no-progress"]
 
 
+def metrics_records(out) -> list[dict]:
+    """The records of a run directory's ``metrics.jsonl``, one dict per line."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def one_error_line(capsys, argv: list[str]) -> str:
     """Run ``gatedrnn argv``; assert exit code 2 and a single ``error:`` line; return that line."""
     try:
@@ -153,7 +158,7 @@ def test_train_writes_its_files_and_a_json_summary_last(capsys, tmp_path):
     assert isinstance(summary["solved"], bool) and summary["final_loss"] > 0
     config = json.loads((out / "config.json").read_text())
     assert config["train"]["hidden"] == 8 and config["train"]["cell"] == "gru" and config["task"]["seq_len"] == 12
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics_records(out)
     assert [r["step"] for r in records if "eval" in r] == [10, 20]
     assert records[-1]["eval"]["loss"] == summary["final_loss"]
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,12 +38,8 @@ from gatedrnn.train import (
     TEST_SEED_OFFSET, ConfigError, TrainConfig, build_model, build_task, comparison_table, evaluate,
     refuse_to_replace, train,
 )
-from test_cli import one_error_line
+from test_cli import metrics_records, one_error_line
 from test_train import tiny_config
-
-
-def _records(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("mode", [True, False], ids=["training", "eval"])
@@ -103,7 +99,7 @@ def test_the_first_steps_are_adam_on_the_seeded_data(tmp_path, clip):
     finally:
         torch.set_num_threads(threads)
     assert not clip or min(norms) > 2 * clip, "the clip must act for this test to see it"
-    assert [r["loss"] for r in _records(tmp_path) if "loss" in r] == losses
+    assert [r["loss"] for r in metrics_records(tmp_path) if "loss" in r] == losses
     saved_run = checkpoint.load(tmp_path)
     for name, value in model.state_dict().items():
         assert torch.equal(saved_run.model[name], value), name
@@ -117,7 +113,7 @@ def test_metrics_lines_and_the_train_loss_of_the_summary(tmp_path):
     """10 steps, log every 3, evaluate every 5: loss lines at steps 3, 6, 9 and evaluations at 5
     and 10, each with ``sequences`` = step x batch; the summary's train_loss is the last logged."""
     summary = train(tiny_config(tmp_path, steps=10, log_every=3, eval_every=5))
-    records = _records(tmp_path)
+    records = metrics_records(tmp_path)
     assert [r["step"] for r in records if "loss" in r] == [3, 6, 9]
     assert [r["step"] for r in records if "eval" in r] == [5, 10]
     assert all(r["sequences"] == 8 * r["step"] for r in records)
@@ -141,7 +137,7 @@ def test_solved_step_is_the_first_evaluation_that_met_the_criterion(tmp_path):
                               stop_when_solved=True))
     assert first["solved"]
     summary = train(tiny_config(tmp_path / "on", task="lag-2a", seq_len=4, hidden=32, steps=first["steps"] + 40))
-    solved = [r["step"] for r in _records(tmp_path / "on") if r.get("solved")]
+    solved = [r["step"] for r in metrics_records(tmp_path / "on") if r.get("solved")]
     assert len(solved) > 1, "the run must be solved at several evaluations for this test to see the first"
     assert summary["solved_step"] == solved[0] == first["solved_step"]
 
