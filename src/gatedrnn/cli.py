@@ -22,6 +22,7 @@ import torch
 
 from . import checkpoint, saved
 from .config import LSTM_VARIANTS
+from .errors import UsageError, print_error
 from .models import CELLS
 from .tasks import task_names, task_options
 from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_table, refuse_to_replace, train
@@ -29,21 +30,11 @@ from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_tab
 DEFAULTS = TrainConfig()
 
 
-class UsageError(ValueError):
-    """A command-line value that cannot be used; printed as ``error: <message>``, exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (``error: ...``, exit code 2) instead of the usage block."""
 
     def error(self, message: str):
-        print(f"error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+        sys.exit(print_error(f"{self.prog}: {message} (see {self.prog} --help)"))
 
 
 def _positive_int(text: str) -> int:
@@ -373,9 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except (UsageError, ConfigError, saved.SavedModelError) as e:
-        return _error(str(e))
+        return print_error(str(e))
     except OSError as e:
-        return _error(f"cannot read or write a file: {e}")
+        return print_error(f"cannot read or write a file: {e}")
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import torch
 
+from ..errors import UsageError, print_error
 from .charmodel import check_sample_options
-from .loading import CELLS, UsageError, load_char_model, load_shipped
+from .loading import CELLS, load_char_model, load_shipped
 from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
 from .span import WINDOW, probe_positions, summary_lines
 
 TUTORIAL = ("John wanted to visit his friend's house, but he couldn't find the address. "
             "He spent hours searching for it.")
-"""The sentence the LSTM tutorial explains gates with (issue 6)."""
+"""The sentence the LSTM tutorial explains gates with."""
 
 PROBE = ("John", "hours")
 """The tutorial's claim: has the state at "hours" lost "John"?"""
@@ -36,8 +37,8 @@ MIN_SPAN_TEXT = 2
 """Shortest text the memory-span analysis runs on: one character has no distance to measure."""
 
 SPAN_RATE = 1e10
-"""Multiply-adds per second of the memory span's matrix products on one thread of the shared,
-loaded 2-core test machine (the three shipped models on 2000 characters: 1.5e12 in 145 s)."""
+"""Multiply-adds per second of the memory span's matrix products on one thread of a loaded
+2-core CPU machine (the three shipped models on 2000 characters: 1.5e12 in 145 s)."""
 
 SPAN_NOTE_SECONDS = 60
 """Expected analysis time (at :data:`SPAN_RATE`) above which ``gatedrnn gates`` prints an estimate."""
@@ -55,11 +56,6 @@ def set_threads(threads: int) -> None:
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads (default 1: fastest for these small networks on a shared machine)")
-
-
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
 
 TEXT_ARGUMENTS = {
@@ -231,9 +227,9 @@ def run_gates(args: argparse.Namespace) -> int:
         page = write_gates_html(record, out / "gates.html")
         png = plot_gates(record, out / "gates.png")
     except UsageError as e:
-        return _error(str(e))
+        return print_error(str(e))
     except OSError as e:
-        return _error(f"cannot write {(e.filename or args.out)!r}: {e.strerror or e}")
+        return print_error(f"cannot write {(e.filename or args.out)!r}: {e.strerror or e}")
     print(f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
           f"{model.rnn.hidden_size} units; open it in a browser)")
     print(f"wrote {png}")
@@ -256,7 +252,7 @@ def run_sample(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
         text = model.sample(args.prompt, args.length, args.temperature, torch.Generator().manual_seed(args.seed))
     except UsageError as e:
-        return _error(str(e))
+        return print_error(str(e))
     print(args.prompt + text)
     return 0
 

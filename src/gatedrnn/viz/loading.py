@@ -9,8 +9,8 @@ nothing else: no optimiser moments, so a third of a checkpoint's size) and ``<st
     python -m gatedrnn.viz.loading RUN_DIR src/gatedrnn/pretrained/lstm
 
 Everything is read with :mod:`json` and :mod:`safetensors` (nothing is unpickled). Any problem
-(missing file, corrupt file, a model of another task) raises :class:`UsageError` with one line
-saying what was expected and what was found.
+(missing file, corrupt file, a model of another task) raises :class:`gatedrnn.errors.UsageError`
+with one line saying what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from ..errors import USAGE_EXIT_CODE, UsageError, print_error
 from ..saved import SavedModelError, rebuild, shorten
 from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
@@ -36,10 +37,6 @@ CELLS = ("rnn", "lstm", "gru")
 SHIPPED_DIR = "pretrained"
 """The package directory of the shipped models (not ``models/``: that name is the module
 :mod:`gatedrnn.models`)."""
-
-
-class UsageError(ValueError):
-    """Bad input from the command line: printed as one ``error:`` line, never a traceback."""
 
 
 def shipped_path(cell: str) -> Path:
@@ -124,7 +121,7 @@ def main(argv: list[str]) -> int:
     validation bits per character (from summary.json) and the command that trained it."""
     if len(argv) not in (2, 3):
         print("usage: python -m gatedrnn.viz.loading RUN_DIR STEM ['TRAIN COMMAND']", file=sys.stderr)
-        return 2
+        return USAGE_EXIT_CODE
     run = Path(argv[0])
     try:
         summary = json.loads((run / "summary.json").read_text())
@@ -132,8 +129,7 @@ def main(argv: list[str]) -> int:
                   "sequences": summary["sequences"], "seconds": summary["seconds"]}
         path = export_char_model(run, argv[1], result, argv[2] if len(argv) == 3 else "")
     except (UsageError, OSError, KeyError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return print_error(str(e))
     print(f"wrote {path} and {path.with_suffix('.json')}: validation {result['valid_bpc']} bits per character")
     return 0
 
