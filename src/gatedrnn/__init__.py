@@ -1,23 +1,27 @@
-"""gatedrnn: gated recurrent networks (LSTM, GRU, RNN and the classic LSTM variants).
+"""gatedrnn: gated recurrent networks (LSTM, GRU, RNN, the classic LSTM variants and your own cells).
 
 Public API at a glance:
 
 - layers and cells, drop-in for torch.nn: :class:`LSTM`, :class:`GRU`, :class:`RNN`,
   :class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`;
+- any cell family on the same layer machinery: :class:`Recurrent`, the base class
+  :class:`CellFamily`, :func:`register_family`, :func:`unregister_family`, :func:`registered_families`;
 - gate inspection: :func:`inspect_gates` -> :class:`GateTrace`;
-- what a layer computes: :class:`CellConfig`, :data:`LSTM_VARIANTS`; the backends: :data:`BACKENDS`.
+- what a layer computes: :func:`CellConfig`, :data:`LSTM_VARIANTS`; the backends: :data:`BACKENDS`.
 """
 
 from .backends import BACKENDS
-from .config import LSTM_VARIANTS, CellConfig
+from .cells import LSTM_VARIANTS, CellFamily, register_family, registered_families, unregister_family
+from .config import CellConfig
 from .inspect import GateTrace, inspect_gates
-from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RNNCell
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
     "CellConfig",
+    "CellFamily",
     "GRU",
     "GRUCell",
     "GateTrace",
@@ -26,5 +30,9 @@ __all__ = [
     "LSTM_VARIANTS",
     "RNN",
     "RNNCell",
+    "Recurrent",
     "inspect_gates",
+    "register_family",
+    "registered_families",
+    "unregister_family",
 ]

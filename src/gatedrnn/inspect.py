@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .config import TRACE_NAMES
-from .nn import _outside_cpu_autocast, _RecurrentBase, _under_cpu_autocast
+from .nn import Recurrent
 
 
 @dataclass
@@ -33,10 +32,11 @@ class GateTrace:
         output: exactly what ``module(input, hx)`` returns as output (for the same random masks).
         final_state: what it returns as the final state.
         gates: ``gates[(layer, direction)][name]`` is a (T, B, H) tensor, time-major whatever the
-            input layout (padded positions of shorter sequences are zero); names per family:
-            LSTM i, f, g, o, c, h (h before any projection); GRU r, z, n, h; RNN h. A gate a variant
-            removes is recorded as its constant (i = 1 for ``nig``, i = 1 - f for ``cifg``).
-        names: the gate names of this family, in display order.
+            input layout (padded positions of shorter sequences are zero); the names are the family's
+            :attr:`~gatedrnn.CellFamily.trace_names`: LSTM i, f, g, o, c, h (h before any projection);
+            GRU r, z, n, h; RNN h; a user family its gates, then its states. A gate a variant removes is
+            recorded as its constant (i = 1 for ``nig``, i = 1 - f for ``cifg``).
+        names: those names, in display order.
     """
 
     output: object
@@ -45,29 +45,22 @@ class GateTrace:
     names: tuple[str, ...]
 
 
-def inspect_gates(module: _RecurrentBase, input, hx=None) -> GateTrace:
+def inspect_gates(module: Recurrent, input, hx=None) -> GateTrace:
     """Run ``module`` on ``input`` (any layout its forward accepts) and record its gates.
 
     Args:
-        module: a :class:`gatedrnn.LSTM`, :class:`gatedrnn.GRU` or :class:`gatedrnn.RNN`.
+        module: a :class:`gatedrnn.Recurrent` layer: :class:`gatedrnn.LSTM`, :class:`gatedrnn.GRU`,
+            :class:`gatedrnn.RNN` or a layer of any registered family.
         input, hx: as for ``module(input, hx)``.
 
     Returns:
         A :class:`GateTrace`.
     """
-    if not isinstance(module, _RecurrentBase):
+    if not isinstance(module, Recurrent):
         raise TypeError(
-            f"inspect_gates: expected a gatedrnn.LSTM, GRU or RNN module, got {type(module).__name__}; "
-            "load torch.nn weights into the gatedrnn module of the same configuration with load_state_dict"
+            f"inspect_gates: expected a gatedrnn.LSTM, GRU or RNN module or another gatedrnn.Recurrent layer, got "
+            f"{type(module).__name__}; load torch.nn weights into the gatedrnn module of the same configuration "
+            "with load_state_dict"
         )
-    def record(input, hx):
-        prep = module._prepare(input)
-        states = module._initial_states(hx, prep)
-        out, finals, traces = module.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
-        return (*module._finish(out, finals, prep), traces)
-
-    if _under_cpu_autocast(input):  # as the module's forward runs: the gates in the parameters' dtype
-        output, final_state, traces = _outside_cpu_autocast(record, input, hx, module._param.dtype)
-    else:
-        output, final_state, traces = record(input, hx)
-    return GateTrace(output, final_state, traces, TRACE_NAMES[module.cell_config.family])
+    output, final_state, traces = module.forward_with_gates(input, hx)
+    return GateTrace(output, final_state, traces, module.cell_config.trace_names)

@@ -1,4 +1,7 @@
-"""LSTM, GRU and RNN layers and cells: torch.nn's API, parameters and numbers, plus the variants.
+"""Recurrent layers and cells: torch.nn's API, parameters and numbers, for every cell family.
+
+:class:`Recurrent` runs any registered :class:`~gatedrnn.CellFamily`; :class:`LSTM`, :class:`GRU` and
+:class:`RNN` are the built-in families behind the same machinery, drop-in for torch.nn's.
 
 Shape legend: T sequence length, B batch, I ``input_size``, H ``hidden_size``, R the size of h
 (``proj_size`` if > 0, else H), L ``num_layers``, D 2 if ``bidirectional`` else 1.
@@ -6,7 +9,7 @@ Shape legend: T sequence length, B batch, I ``input_size``, H ``hidden_size``, R
 
 from __future__ import annotations
 
-import math
+import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,8 +21,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _checks as check
 from .backends import check_backend_name, choose, load_layer_backend
-from .cells import STEPS, initial_carry
-from .config import CellConfig, LayerWeights, Noise
+from .backends.reference import recurrent_weights
+from .cells.family import TORCH_KEYS, CellFamily, LayerWeights, family_class
+from .config import Noise
 
 _TORCH_LAYER_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 _TORCH_CELL_FNS = {
@@ -28,45 +32,54 @@ _TORCH_CELL_FNS = {
     "RNN_TANH": _VF.rnn_tanh_cell,
     "RNN_RELU": _VF.rnn_relu_cell,
 }
+_SUFFIX = re.compile(r"_l\d+(_reverse)?$")
+_COUNTS = {2: "two", 3: "three", 4: "four"}
 
 
-def extra_parameter_shapes(cfg: CellConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of the parameters torch.nn lacks, by weight key (see :data:`gatedrnn.config.WEIGHT_KEYS`)."""
-    H, G = cfg.hidden_size, cfg.num_gates
-    shapes: dict[str, tuple[int, ...]] = {}
-    if cfg.family == "lstm" and cfg.variant == "peephole":
-        shapes["weight_ch"] = (3 * H,)
-    if cfg.family == "lstm" and cfg.variant == "fgr":
-        shapes["weight_gg"] = (3 * H, 3 * H)
-    if cfg.layer_norm:
-        shapes.update(ln_weight_ih=(G * H,), ln_bias_ih=(G * H,), ln_weight_hh=(G * H,), ln_bias_hh=(G * H,))
-        if cfg.family == "lstm":
-            shapes.update(ln_weight_c=(H,), ln_bias_c=(H,))
-    return shapes
-
-
-def reset_recurrent_parameters(module: nn.Module, cfg: CellConfig, forget_bias: float | None) -> None:
-    """torch.nn's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H)) in registration order
-    (so a default module draws exactly torch.nn's numbers from the same seed); then layer-norm
-    gains 1 and shifts 0, and the forget-gate bias set to ``forget_bias`` (split as b_ih = value,
-    b_hh = 0) when given."""
-    stdv = 1.0 / math.sqrt(cfg.hidden_size)
+def init_parameters(module: nn.Module, family: CellFamily, forget_bias: float | None) -> None:
+    """Initialise ``module``'s own parameters with the family's rule (:meth:`CellFamily.init_parameter`,
+    torch.nn's for the built-ins), in registration order so that a default module draws exactly
+    torch.nn's numbers from the same seed; then the forget-gate bias set to ``forget_bias``
+    (split as b_ih = value, b_hh = 0) when given."""
     with torch.no_grad():
-        for name, weight in module.named_parameters():
-            if name.startswith("ln_weight"):
-                weight.fill_(1.0)
-            elif name.startswith("ln_bias"):
-                weight.zero_()
-            else:
-                weight.uniform_(-stdv, stdv)
+        for name, weight in module.named_parameters(recurse=False):
+            family.init_parameter(_SUFFIX.sub("", name), weight)
         if forget_bias is not None:
-            k = cfg.gates.index("f")
-            rows = slice(k * cfg.hidden_size, (k + 1) * cfg.hidden_size)
-            for name, weight in module.named_parameters():
+            k = family.gates.index("f")
+            rows = slice(k * family.hidden_size, (k + 1) * family.hidden_size)
+            for name, weight in module.named_parameters(recurse=False):
                 if name.startswith("bias_ih"):
                     weight[rows] = forget_bias
                 elif name.startswith("bias_hh"):
                     weight[rows] = 0.0
+
+
+def check_forget_bias(owner: str, value: object, family: CellFamily) -> float | None:
+    """``forget_bias`` checked: a number, with biases, for a family with a gate named ``"f"``."""
+    value = check.forget_bias(owner, value, bias=family.bias, has_forget_gate=True)
+    if value is not None and "f" not in family.gates:
+        raise ValueError(f"{owner}: forget_bias={value} needs a forget gate 'f', but {family.describe()} "
+                         f"has gates {', '.join(family.gates)}")
+    return value
+
+
+def unpack_states(owner: str, hx: object, names: tuple[str, ...]) -> tuple:
+    """A user's state argument as a tuple: a tensor for one state, a tuple (or list) of one per name
+    for several; a TypeError that names the expected form otherwise."""
+    if len(names) == 1:
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{owner}: expected hx to be a Tensor {names[0]}, got a {type(hx).__name__}")
+        return (hx,)
+    if not isinstance(hx, (tuple, list)) or len(hx) != len(names):
+        got = f"a {type(hx).__name__} of length {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+        count = _COUNTS.get(len(names), str(len(names)))
+        raise TypeError(f"{owner}: expected hx to be a tuple ({', '.join(names)}) of {count} tensors, got {got}")
+    return tuple(hx)
+
+
+def pack_states(states: tuple[Tensor, ...]):
+    """What forward returns for the states: the tensor of a one-state family, else the tuple."""
+    return states[0] if len(states) == 1 else tuple(states)
 
 
 def _under_cpu_autocast(input) -> bool:
@@ -130,14 +143,57 @@ class _Prepared:
         return None if self.packed is None else self._padded[1]
 
 
-class _RecurrentBase(nn.Module):
-    """What LSTM, GRU and RNN share: parameters, checks, backend dispatch and the layer loop."""
+class Recurrent(nn.Module):
+    r"""A multi-layer recurrent network of any cell family, with torch.nn's layer behaviour.
 
-    _family = ""
+    Each layer runs the family's step (:meth:`CellFamily.step`) over time: stacked layers, both
+    directions, dropout between layers, padded, packed (``PackedSequence``) and unbatched input, initial
+    states as a tensor (a one-state family) or a tuple (several), final states returned the same way.
+
+    Args:
+        family: a registered family name (``"lstm"``, ``"gru"``, ``"rnn"`` or one of
+            :func:`register_family`'s) or a :class:`CellFamily` subclass.
+        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype:
+            as for :class:`torch.nn.LSTM`.
+
+    Keyword-only args:
+        backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"generic"``, ``"cpu"`` or ``"triton"``
+            (see :mod:`gatedrnn.backends`); a backend without a kernel for the family refuses it.
+        zoneout: probability that each unit of each state keeps its previous value at each step
+            (Krueger et al. 2016); random in training, its expectation in evaluation.
+        recurrent_dropout: variational dropout of h_{t-1} where it enters the recurrence, one mask per
+            sequence and layer (Gal & Ghahramani 2016); training only.
+        forget_bias: initial bias of the family's forget gate ``"f"`` (b_ih's f rows; b_hh's f rows
+            are zeroed); None leaves the family's initialisation.
+        **family_options: the family's own options (its ``option_defaults``).
+
+    Parameters per layer k and direction: the family's (:meth:`CellFamily.parameter_shapes`), named
+    ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``..._reverse`` for the
+    backward direction) and so on.
+
+    Inputs: input, hx
+        - input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a PackedSequence.
+        - hx: each state (L*D, B, size) or (L*D, size) unbatched: a tensor for one state, a tuple for
+          several. Zeros if omitted.
+
+    Outputs: output, h_n
+        - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).
+        - h_n: the final states, shaped as hx, after each sequence's last element.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> gru = gatedrnn.Recurrent("gru", 10, 20, num_layers=2, reset_after=False)
+        >>> output, h_n = gru(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    _family: str | None = None  # the built-in modules' fixed family
 
     def __init__(
         self,
-        mode: str,
+        family: str | type[CellFamily],
         input_size: int,
         hidden_size: int,
         num_layers: int = 1,
@@ -145,22 +201,17 @@ class _RecurrentBase(nn.Module):
         batch_first: bool = False,
         dropout: float = 0.0,
         bidirectional: bool = False,
-        proj_size: int = 0,
         device=None,
         dtype=None,
         *,
-        variant: str = "vanilla",
-        layer_norm: bool = False,
-        reset_after: bool = True,
-        nonlinearity: str = "tanh",
-        forget_bias: float | None = None,
+        backend: str = "auto",
         zoneout: float = 0.0,
         recurrent_dropout: float = 0.0,
-        backend: str = "auto",
+        forget_bias: float | None = None,
+        **family_options,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.mode = mode
         self.input_size = check.positive_int(owner, "input_size", input_size)
         self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
         self.num_layers = check.positive_int(owner, "num_layers", num_layers)
@@ -168,7 +219,6 @@ class _RecurrentBase(nn.Module):
         self.batch_first = check.flag(owner, "batch_first", batch_first)
         self.dropout = check.probability(owner, "dropout", dropout, allow_one=True)  # as torch.nn: 1 drops all
         self.bidirectional = check.flag(owner, "bidirectional", bidirectional)
-        self.proj_size = check.proj_size(owner, proj_size, hidden_size)
         self.zoneout = check.probability(owner, "zoneout", zoneout, allow_one=True)
         self.recurrent_dropout = check.probability(owner, "recurrent_dropout", recurrent_dropout, allow_one=False)
         self.backend = backend
@@ -176,21 +226,12 @@ class _RecurrentBase(nn.Module):
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                 f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=3,
+                stacklevel=3 if self._family is not None else 2,
             )
-        self.cell_config = CellConfig(
-            family=self._family,
-            hidden_size=hidden_size,
-            proj_size=self.proj_size,
-            variant=variant,
-            layer_norm=check.flag(owner, "layer_norm", layer_norm),
-            reset_after=check.flag(owner, "reset_after", reset_after),
-            nonlinearity=nonlinearity,
-            bias=self.bias,
-        )
-        self.forget_bias = check.forget_bias(
-            owner, forget_bias, bias=self.bias, has_forget_gate="f" in self.cell_config.gates
-        )
+        self.cell_config: CellFamily = family_class(family)(self.hidden_size, bias=self.bias, **family_options)
+        self.proj_size = getattr(self.cell_config, "proj_size", 0)
+        self.mode = self.cell_config.torch_mode or self.cell_config.name.upper()
+        self.forget_bias = check_forget_bias(owner, forget_bias, self.cell_config)
         self._register_parameters(torch.device(device) if device is not None else None, dtype)
         self.reset_parameters()
 
@@ -206,30 +247,24 @@ class _RecurrentBase(nn.Module):
 
     def _register_parameters(self, device, dtype) -> None:
         cfg = self.cell_config
-        gate_rows = cfg.num_gates * self.hidden_size
-        R = cfg.output_size
         self._flat_weights_names: list[str] = []
         self._all_weights: list[list[str]] = []
-        extras = extra_parameter_shapes(cfg)
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                layer_input = self.input_size if layer == 0 else R * self.num_directions
-                shapes = {"weight_ih": (gate_rows, layer_input), "weight_hh": (gate_rows, R)}
-                if self.bias:
-                    shapes.update(bias_ih=(gate_rows,), bias_hh=(gate_rows,))
-                if self.proj_size > 0:
-                    shapes["weight_hr"] = (self.proj_size, self.hidden_size)
+                layer_input = self.input_size if layer == 0 else cfg.output_size * self.num_directions
                 names = []
-                for key, shape in {**shapes, **extras}.items():
+                for key, shape in cfg.parameter_shapes(layer_input).items():
                     name = key + self._suffix(layer, direction)
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
                     names.append(name)
-                self._flat_weights_names.extend(names[: len(shapes)])
+                    if key in TORCH_KEYS:
+                        self._flat_weights_names.append(name)
                 self._all_weights.append(names)
 
     def reset_parameters(self) -> None:
-        """Re-draw every parameter as torch.nn does (see :func:`reset_recurrent_parameters`)."""
-        reset_recurrent_parameters(self, self.cell_config, self.forget_bias)
+        """Re-draw every parameter with the family's initialisation (torch.nn's for the built-ins;
+        see :func:`init_parameters`)."""
+        init_parameters(self, self.cell_config, self.forget_bias)
 
     @property
     def _flat_weights(self) -> list[Tensor]:
@@ -326,10 +361,10 @@ class _RecurrentBase(nn.Module):
         return _Prepared(x, None, batched)
 
     def _state_legends(self) -> tuple[str, ...]:
-        return ("h_0",)
+        return tuple(f"{name}_0" for name in self.cell_config.states)
 
     def _initial_states(self, hx, prep: _Prepared) -> tuple[Tensor, ...]:
-        """Check the user's initial state and return it as a tuple of (L*D, B, size) tensors."""
+        """Check the user's initial states and return them as a tuple of (L*D, B, size) tensors."""
         owner = type(self).__name__
         p = self._param
         B = prep.like.shape[1]
@@ -338,19 +373,11 @@ class _RecurrentBase(nn.Module):
         if hx is None:
             return tuple(prep.like.new_zeros(LD, B, s) for s in sizes)
         legends = self._state_legends()
-        if len(sizes) == 2:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                got = f"a {type(hx).__name__} of length {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
-                raise TypeError(f"{owner}: expected hx to be a tuple (h_0, c_0) of two tensors, got {got}")
-            states = tuple(hx)
-        else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError(f"{owner}: expected hx to be a Tensor h_0, got a {type(hx).__name__}")
-            states = (hx,)
+        states = unpack_states(owner, hx, legends)
         out = []
         for name, value, size in zip(legends, states, sizes):
             check.float_tensor(owner, name, value, p.dtype, p.device)
-            what = "hidden_size" if size == self.hidden_size else "proj_size"
+            what = "hidden_size" if size == self.hidden_size else ("proj_size" if size == self.proj_size else str(size))
             if prep.batched:
                 check.shape(owner, name, value, (LD, B, size), f"(num_layers * num_directions, batch, {what})")
                 out.append(value)
@@ -391,10 +418,21 @@ class _RecurrentBase(nn.Module):
             finals = tuple(f.squeeze(1) for f in finals)
         else:
             output = out.transpose(0, 1) if self.batch_first else out
-        return output, self._pack_state(finals)
+        return output, pack_states(finals)
 
-    def _pack_state(self, finals: tuple[Tensor, ...]):
-        return finals[0]
+    def forward_with_gates(self, input, hx=None):
+        """``forward(input, hx)`` on the reference loop, recording every layer's gates: returns
+        (output, final states, gates) with ``gates[(layer, direction)][name]`` (T, B, H) for the
+        family's :attr:`~CellFamily.trace_names`. The hook :func:`gatedrnn.inspect_gates` calls."""
+        def record(input, hx):
+            prep = self._prepare(input)
+            states = self._initial_states(hx, prep)
+            out, finals, traces = self.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
+            return (*self._finish(out, finals, prep), traces)
+
+        if _under_cpu_autocast(input):  # as forward runs: the gates in the parameters' dtype
+            return _outside_cpu_autocast(record, input, hx, self._param.dtype)
+        return record(input, hx)
 
     # torch.compile does not trace torch's fused RNN kernels (dynamo leaves torch.nn.LSTM/GRU/RNN
     # to run eagerly); we do the same so compiled modules stay correct.
@@ -402,7 +440,7 @@ class _RecurrentBase(nn.Module):
     def _forward_torch(self, input, states: tuple[Tensor, ...], prep: _Prepared):
         """Run torch's own fused kernels over the whole stack, exactly as torch.nn does."""
         fn = _TORCH_LAYER_FNS[self.cell_config.torch_mode]
-        hx = self._pack_state(states)
+        hx = pack_states(states)
         args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
         if prep.packed is not None:
             permute = prep.packed.sorted_indices
@@ -433,9 +471,10 @@ class _RecurrentBase(nn.Module):
             keep = 1.0 - self.recurrent_dropout
             noise.recurrent_mask = torch.bernoulli(x.new_full((B, cfg.output_size), keep)) / keep
         if self.training and self.zoneout > 0:
-            noise.zoneout_h = torch.bernoulli(x.new_full((T, B, cfg.output_size), self.zoneout))
-            if cfg.family == "lstm":
-                noise.zoneout_c = torch.bernoulli(x.new_full((T, B, cfg.hidden_size), self.zoneout))
+            masks = [torch.bernoulli(x.new_full((T, B, size), self.zoneout)) for size in cfg.state_sizes]
+            noise.zoneout_h = masks[0]
+            noise.zoneout_c = masks[1] if len(masks) > 1 else None
+            noise.zoneout_rest = tuple(masks[2:])
         return noise
 
     def run_layers(
@@ -490,6 +529,8 @@ class _RecurrentBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self._family is None:
+            s = f"{self.cell_config.name!r}, " + s
         if self.proj_size != 0:
             s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
@@ -505,14 +546,12 @@ class _RecurrentBase(nn.Module):
         return s + _variant_repr(self.cell_config, self)
 
 
-def _variant_repr(cfg: CellConfig, module: nn.Module) -> str:
-    s = ""
-    if cfg.family == "lstm" and cfg.variant != "vanilla":
-        s += f", variant={cfg.variant!r}"
-    if cfg.layer_norm:
-        s += ", layer_norm=True"
-    if cfg.family == "gru" and not cfg.reset_after:
-        s += ", reset_after=False"
+def _variant_repr(cfg: CellFamily, module: nn.Module) -> str:
+    """The family's options not at their default (those torch.nn's own repr shows aside), then the
+    module's regularisation and backend."""
+    shown_by_torch = ("proj_size", "nonlinearity") if getattr(module, "_family", None) else ("proj_size",)
+    s = "".join(f", {k}={v!r}" for k, v in cfg.options.items()
+                if v != cfg.option_defaults[k] and k not in shown_by_torch)
     for name in ("forget_bias", "zoneout", "recurrent_dropout"):
         value = getattr(module, name, None)
         if value:
@@ -536,7 +575,7 @@ def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequenc
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-class LSTM(_RecurrentBase):
+class LSTM(Recurrent):
     r"""A multi-layer long short-term memory (LSTM) network, drop-in for :class:`torch.nn.LSTM`.
 
     For each element in the input sequence, each layer computes
@@ -615,20 +654,16 @@ class LSTM(_RecurrentBase):
         recurrent_dropout: float = 0.0,
         backend: str = "auto",
     ) -> None:
+        owner = type(self).__name__
         super().__init__(
-            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, proj_size,
-            device, dtype, variant=check.variant("LSTM", variant), layer_norm=layer_norm,
-            forget_bias=forget_bias, zoneout=zoneout, recurrent_dropout=recurrent_dropout, backend=backend,
+            "lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
+            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+            forget_bias=forget_bias, proj_size=check.proj_size(owner, proj_size, hidden_size),
+            variant=check.variant(owner, variant), layer_norm=check.flag(owner, "layer_norm", layer_norm),
         )
 
-    def _state_legends(self) -> tuple[str, ...]:
-        return ("h_0", "c_0")
 
-    def _pack_state(self, finals: tuple[Tensor, ...]):
-        return (finals[0], finals[1])
-
-
-class GRU(_RecurrentBase):
+class GRU(Recurrent):
     r"""A multi-layer gated recurrent unit (GRU) network, drop-in for :class:`torch.nn.GRU`.
 
     .. math::
@@ -676,14 +711,15 @@ class GRU(_RecurrentBase):
         recurrent_dropout: float = 0.0,
         backend: str = "auto",
     ) -> None:
+        owner = type(self).__name__
         super().__init__(
-            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-            device, dtype, layer_norm=layer_norm, reset_after=reset_after, zoneout=zoneout,
-            recurrent_dropout=recurrent_dropout, backend=backend,
+            "gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
+            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+            layer_norm=check.flag(owner, "layer_norm", layer_norm), reset_after=check.flag(owner, "reset_after", reset_after),
         )
 
 
-class RNN(_RecurrentBase):
+class RNN(Recurrent):
     r"""A multi-layer Elman RNN, drop-in for :class:`torch.nn.RNN`:
     :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})` (or ReLU).
 
@@ -724,9 +760,8 @@ class RNN(_RecurrentBase):
     ) -> None:
         self.nonlinearity = check.choice("RNN", "nonlinearity", nonlinearity, ("tanh", "relu"))
         super().__init__(
-            "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size, hidden_size, num_layers, bias,
-            batch_first, dropout, bidirectional, 0, device, dtype, nonlinearity=nonlinearity, zoneout=zoneout,
-            recurrent_dropout=recurrent_dropout, backend=backend,
+            "rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
+            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout, nonlinearity=nonlinearity,
         )
 
 
@@ -743,26 +778,20 @@ class _CellBase(nn.Module):
 
     _family = ""
 
-    def __init__(self, input_size, hidden_size, bias, device, dtype, *, backend="auto", **config) -> None:
+    def __init__(self, input_size, hidden_size, bias, device, dtype, *, backend="auto", **options) -> None:
         super().__init__()
         owner = type(self).__name__
         self.input_size = check.positive_int(owner, "input_size", input_size)
         self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
         self.bias = check.flag(owner, "bias", bias)
         self.backend = backend
-        self.cell_config = CellConfig(family=self._family, hidden_size=hidden_size, bias=self.bias, **config)
-        rows = self.cell_config.num_gates * hidden_size
+        self.cell_config: CellFamily = family_class(self._family)(self.hidden_size, bias=self.bias, **options)
         kw = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(rows, input_size, **kw))
-        self.weight_hh = nn.Parameter(torch.empty(rows, hidden_size, **kw))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(rows, **kw))
-            self.bias_hh = nn.Parameter(torch.empty(rows, **kw))
-        else:
+        for key, shape in self.cell_config.parameter_shapes(self.input_size).items():
+            self.register_parameter(key, nn.Parameter(torch.empty(shape, **kw)))
+        if not self.bias:  # torch.nn's cells keep the names, as None
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
-        for key, shape in extra_parameter_shapes(self.cell_config).items():
-            self.register_parameter(key, nn.Parameter(torch.empty(shape, **kw)))
         self.forget_bias = None
 
     @property
@@ -784,8 +813,8 @@ class _CellBase(nn.Module):
         self._backend = name
 
     def reset_parameters(self) -> None:
-        """torch.nn's initialisation (see :func:`reset_recurrent_parameters`)."""
-        reset_recurrent_parameters(self, self.cell_config, self.forget_bias)
+        """torch.nn's initialisation (see :func:`init_parameters`)."""
+        init_parameters(self, self.cell_config, self.forget_bias)
 
     def _weights(self) -> LayerWeights:
         return {name: p for name, p in self.named_parameters(recurse=False) if p is not None}
@@ -802,7 +831,7 @@ class _CellBase(nn.Module):
             return None
         sizes = self.cell_config.state_sizes
         states = (hx,) if len(sizes) == 1 else hx
-        if len(sizes) == 2 and not (isinstance(hx, tuple) and len(hx) == 2):
+        if len(sizes) > 1 and not (isinstance(hx, tuple) and len(hx) == len(sizes)):
             return None
         for value, size in zip(states, sizes):
             if not (isinstance(value, Tensor) and value.shape == (batch, size)
@@ -827,14 +856,8 @@ class _CellBase(nn.Module):
         sizes = self.cell_config.state_sizes
         if hx is None:
             return x, tuple(x.new_zeros(x.shape[0], s) for s in sizes), batched
-        if len(sizes) == 2:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"{owner}: expected hx to be a tuple (h, c) of two tensors, got {type(hx).__name__}")
-            states, names = tuple(hx), ("h", "c")
-        else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError(f"{owner}: expected hx to be a Tensor, got a {type(hx).__name__}")
-            states, names = (hx,), ("hx",)
+        names = self.cell_config.states if len(sizes) > 1 else ("hx",)
+        states = unpack_states(owner, hx, names)
         out = []
         for name, value, size in zip(names, states, sizes):
             check.float_tensor(owner, name, value, p.dtype, p.device)
@@ -856,22 +879,23 @@ class _CellBase(nn.Module):
             choose("torch", cfg, x, False)  # raises the explanatory ValueError
         if use_torch:
             fn = _TORCH_CELL_FNS[cfg.torch_mode]
-            hx_arg = states if len(states) == 2 else states[0]
+            hx_arg = pack_states(states)
             p = self._parameters  # direct lookups: Module.__getattr__ costs ~0.5 µs each per step
             result = fn(x, hx_arg, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
             new = tuple(result) if isinstance(result, (tuple, list)) else (result,)
         else:
-            new = STEPS[cfg.family](x, initial_carry(states, cfg), self._weights(), cfg)[0][: len(states)]
+            w = self._weights()
+            new = cfg.step(cfg.input_projection(x, w), cfg.initial_carry(states), recurrent_weights(w))[0]
         if not batched:
             new = tuple(s.squeeze(0) for s in new)
-        return new if len(new) == 2 else new[0]
+        return pack_states(tuple(new[: len(states)]))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.bias is not True:
             s += f", bias={self.bias}"
-        if self.cell_config.family == "rnn" and self.cell_config.nonlinearity != "tanh":
-            s += f", nonlinearity={self.cell_config.nonlinearity}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":  # as torch.nn's RNNCellBase
+            s += f", nonlinearity={self.nonlinearity}"
         return s + _variant_repr(self.cell_config, self)
 
 

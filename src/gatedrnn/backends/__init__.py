@@ -7,6 +7,10 @@
   :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop,
   the specification), ``"cpu"`` (fused forward and backward through time on the CPU) and
   ``"triton"`` (fused GPU kernels), each where it is installed and supports the configuration.
+A fused backend runs a family only where the family names one of its kernels
+(:meth:`gatedrnn.CellFamily.kernels`); it refuses every other family, whose layers run on the
+reference loop (or the generic one) instead.
+
 - ``"auto"``: ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded
   measurement on this GPU says the kernels beat cuDNN at this size: see
   :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
@@ -23,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .._checks import autocast_on as _autocast_on
-from ..config import CellConfig, LayerWeights
+from ..cells.family import CellFamily, LayerWeights
 
 BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
 LAYER_BACKENDS = ("reference", "cpu", "triton")
@@ -52,7 +56,7 @@ def load_layer_backend(name: str) -> ModuleType | None:
     return _LOADED[name]
 
 
-def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_layer: bool = True,
+def choose(backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_layer: bool = True,
            ragged: bool = False) -> str:
     """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
 
@@ -69,7 +73,7 @@ def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_l
             return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
         for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
-            if module is not None and module.supports(cfg, x) is None:
+            if module is not None and runs(candidate, module, cfg, x):
                 return candidate
         return "reference"
     if backend == "torch":
@@ -82,11 +86,24 @@ def choose(backend: str, cfg: CellConfig, x: Tensor, regularised: bool, single_l
     module = load_layer_backend(backend)
     if module is None:
         raise ValueError(f"backend {backend!r} is not available in this installation")
-    require_support(backend, module.supports(cfg, x))
+    require_support(backend, family_refusal(backend, module, cfg) or module.supports(cfg, x))
     return backend
 
 
-def _triton_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
+def family_refusal(backend: str, module: ModuleType, cfg: CellFamily) -> str | None:
+    """Why layer backend ``backend`` cannot run ``cfg``'s family at all (it has no kernel the family
+    names), or None; a backend whose module sets ``RUNS_ANY_FAMILY`` runs every family."""
+    if getattr(module, "RUNS_ANY_FAMILY", False) or cfg.kernel(backend) is not None:
+        return None
+    return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
+
+
+def runs(backend: str, module: ModuleType, cfg: CellFamily, x: Tensor) -> bool:
+    """Whether layer backend ``backend`` runs ``cfg`` on ``x``."""
+    return family_refusal(backend, module, cfg) is None and module.supports(cfg, x) is None
+
+
+def _triton_measured_faster(cfg: CellFamily, x: Tensor) -> bool:
     """On CUDA: whether the Triton kernels run here and a recorded measurement on this GPU says
     they beat cuDNN for this size (:mod:`gatedrnn.backends.triton.measured`); training counts
     the backward pass when grad mode is on."""
@@ -94,10 +111,10 @@ def _triton_measured_faster(cfg: CellConfig, x: Tensor) -> bool:
         return False
     module = load_layer_backend("triton")
     return (module is not None and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
-            and module.supports(cfg, x) is None)
+            and runs("triton", module, cfg, x))
 
 
-def _cpu_measured_faster(cfg: CellConfig, x: Tensor, ragged: bool) -> bool:
+def _cpu_measured_faster(cfg: CellFamily, x: Tensor, ragged: bool) -> bool:
     """On the CPU: whether the cpu backend's measurements say it beats torch's kernel for this cell
     torch.nn computes (:func:`gatedrnn.backends.cpu.beats_torch`; training when grad mode is on)."""
     if x.device.type != "cpu":
@@ -128,28 +145,19 @@ def sum_present(*parts: Tensor | None) -> Tensor | None:
     return sum(present[1:], present[0]) if present else None
 
 
-def recurrent_shifts(cfg: CellConfig, w: LayerWeights) -> tuple[Tensor | None, Tensor | None]:
+def recurrent_shifts(cfg: CellFamily, w: LayerWeights) -> tuple[Tensor | None, Tensor | None]:
     """The shifts added after the recurrent product (``bias_hh``, plus ``ln_bias_hh`` with layer
     norm), for a fused backend to fold into the input projection: ``(folded, n_shift)``, where
     ``folded`` (G*H,) has the GRU's n block zeroed and ``n_shift`` (H,) is that block when the reset
     acts after the matmul (r multiplies it, so it stays inside the recurrence); else
     ``(all of them, None)``. ``(None, None)`` without any shift."""
     recurrent = sum_present(w.get("bias_hh"), w.get("ln_bias_hh"))
-    if cfg.family == "gru" and cfg.reset_after and recurrent is not None:
+    if cfg.kernel("cpu") == "gru" and cfg.reset_after and recurrent is not None:
         H = cfg.hidden_size
         return torch.cat([recurrent[: 2 * H], recurrent.new_zeros(H)]), recurrent[2 * H:]
     return recurrent, None
 
 
-def describe(cfg: CellConfig, regularised: bool = False) -> str:
+def describe(cfg: CellFamily, regularised: bool = False) -> str:
     """A short human description of a configuration, for error messages."""
-    parts = [cfg.family]
-    if cfg.family == "lstm":
-        parts.append(f"variant={cfg.variant!r}")
-    if cfg.family == "gru" and not cfg.reset_after:
-        parts.append("reset_after=False")
-    if cfg.layer_norm:
-        parts.append("layer_norm=True")
-    if regularised:
-        parts.append("zoneout/recurrent dropout")
-    return " ".join(parts)
+    return cfg.describe() + (" zoneout/recurrent dropout" if regularised else "")

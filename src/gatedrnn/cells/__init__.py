@@ -1,20 +1,21 @@
-"""The math of each cell family, one time step per function: the executable specification.
-
-``STEPS[family](x, state, weights, config, h_for_matmul=None) -> (new_state, gates)``.
+"""Cell families, one file each: the math of one time step (the executable specification), names,
+parameters and backend hooks. :mod:`gatedrnn.cells.family` holds the base class and the registry.
 """
 
-from .gru import gru_step
-from .lstm import lstm_initial_carry, lstm_step
-from .rnn import rnn_step
+from .family import (
+    CellFamily,
+    LayerWeights,
+    family_class,
+    family_origin,
+    register_family,
+    registered_families,
+    unregister_family,
+)
+from .gru import GRUFamily
+from .lstm import LSTM_VARIANTS, LSTMFamily
+from .rnn import RNNFamily
 
-STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step}
-
-
-def initial_carry(state, cfg):
-    """The tuple the time loop carries for ``cfg``, from the user-visible state."""
-    if cfg.family == "lstm":
-        return lstm_initial_carry(state, cfg)
-    return tuple(state)
-
-
-__all__ = ["STEPS", "initial_carry", "gru_step", "lstm_step", "rnn_step"]
+__all__ = [
+    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "RNNFamily", "family_class",
+    "family_origin", "register_family", "registered_families", "unregister_family",
+]

@@ -21,35 +21,49 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import CellConfig, LayerWeights
-from .common import input_part, recurrent_part
+from .common import AffineGatesFamily
+from .family import LayerWeights, register_family
 
 
-def gru_step(
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    w: LayerWeights,
-    cfg: CellConfig,
-    h_for_matmul: Tensor | None = None,
-) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
-    """One GRU step: x (B, I), state (h,) with h (B, H) -> ((h_new,), {r, z, n, h}), each (B, H).
+@register_family
+class GRUFamily(AffineGatesFamily):
+    """The GRU family: state h, gates r, z, n. Options ``reset_after`` (True: torch.nn's form),
+    ``layer_norm``, ``eps``. Inspection records r, z, n, h."""
 
-    ``h_for_matmul`` is h_{t-1} as it enters the recurrent matmuls (after recurrent dropout); the
-    carry term z * h_{t-1} always uses the undropped h.
-    """
-    (h,) = state
-    hm = h if h_for_matmul is None else h_for_matmul
-    H = cfg.hidden_size
-    a_r, a_z, a_n = input_part(x, w, cfg).split(H, dim=-1)
-    if cfg.reset_after:
-        u_r, u_z, u_n = recurrent_part(hm, w, cfg).split(H, dim=-1)
-        r = torch.sigmoid(a_r + u_r)
-        z = torch.sigmoid(a_z + u_z)
-        n = torch.tanh(a_n + r * u_n)
-    else:
-        u_r, u_z = recurrent_part(hm, w, cfg, slice(0, 2 * H)).split(H, dim=-1)
-        r = torch.sigmoid(a_r + u_r)
-        z = torch.sigmoid(a_z + u_z)
-        n = torch.tanh(a_n + recurrent_part(r * hm, w, cfg, slice(2 * H, 3 * H)))
-    h_new = (1.0 - z) * n + z * h
-    return (h_new,), {"r": r, "z": z, "n": n, "h": h_new}
+    name = "gru"
+    gates = ("r", "z", "n")
+    states = ("h",)
+    option_defaults = {"layer_norm": False, "reset_after": True, "eps": 1e-5}
+    retention_gate = "z"
+
+    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
+             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+        """One GRU step: x_proj (B, 3H), states (h,) with h (B, H) -> ((h_new,), {r, z, n, h}).
+
+        ``h_in`` is h_{t-1} as it enters the recurrent matmuls (after recurrent dropout); the
+        carry term z * h_{t-1} always uses the undropped h.
+        """
+        (h,) = states
+        hm = h if h_in is None else h_in
+        H = self.hidden_size
+        a_r, a_z, a_n = x_proj.split(H, dim=-1)
+        if self.reset_after:
+            u_r, u_z, u_n = self.recurrent_part(hm, weights).split(H, dim=-1)
+            r = torch.sigmoid(a_r + u_r)
+            z = torch.sigmoid(a_z + u_z)
+            n = torch.tanh(a_n + r * u_n)
+        else:
+            u_r, u_z = self.recurrent_part(hm, weights, slice(0, 2 * H)).split(H, dim=-1)
+            r = torch.sigmoid(a_r + u_r)
+            z = torch.sigmoid(a_z + u_z)
+            n = torch.tanh(a_n + self.recurrent_part(r * hm, weights, slice(2 * H, 3 * H)))
+        h_new = (1.0 - z) * n + z * h
+        return (h_new,), {"r": r, "z": z, "n": n, "h": h_new}
+
+    def kernels(self) -> dict[str, str]:
+        """torch's ``"GRU"`` for torch.nn's form without layer norm; the ``gru`` kernels of the cpu
+        and triton backends for both forms."""
+        fused = {"cpu": "gru", "triton": "gru"}
+        if self.reset_after and not self.layer_norm:
+            fused["torch"] = "GRU"
+        return fused

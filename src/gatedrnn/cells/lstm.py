@@ -35,79 +35,141 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import CellConfig, LayerWeights
-from .common import gatewise_layer_norm, input_part, recurrent_part
+from .common import AffineGatesFamily, gatewise_layer_norm
+from .family import LayerWeights, register_family
+
+LSTM_VARIANTS: dict[str, tuple[str, ...]] = {
+    # variant name -> gates that have their own weights, in the row order of weight_ih / weight_hh
+    "vanilla": ("i", "f", "g", "o"),
+    "peephole": ("i", "f", "g", "o"),
+    "cifg": ("f", "g", "o"),
+    "nig": ("f", "g", "o"),
+    "nfg": ("i", "g", "o"),
+    "nog": ("i", "f", "g"),
+    "niaf": ("i", "f", "g", "o"),
+    "noaf": ("i", "f", "g", "o"),
+    "fgr": ("i", "f", "g", "o"),
+}
+"""LSTM variants: torch.nn's cell, Gers & Schmidhuber's peepholes, the coupled input-forget gate,
+and the ablations of Greff et al. 2017 (no input / forget / output gate, no input / output
+activation, full gate recurrence)."""
 
 FGR_GATES = ("i", "f", "o")
 
 
-def lstm_pre_activations(x: Tensor, h: Tensor, w: LayerWeights, cfg: CellConfig) -> dict[str, Tensor]:
-    """Gate pre-activations ``W x + b_ih + U h + b_hh`` (with layer norm if configured), by gate name."""
-    a = input_part(x, w, cfg) + recurrent_part(h, w, cfg)
-    return dict(zip(cfg.gates, a.split(cfg.hidden_size, dim=-1)))
+@register_family
+class LSTMFamily(AffineGatesFamily):
+    """The LSTM family: states (h, c), gates i, f, g, o (fewer for the variants without a gate).
 
-
-def lstm_step(
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    w: LayerWeights,
-    cfg: CellConfig,
-    h_for_matmul: Tensor | None = None,
-) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
-    """One LSTM step.
-
-    Args:
-        x: (B, I) input at this step.
-        state: (h, c) of shapes (B, R) and (B, H); for ``fgr`` a third element (B, 3H) carries
-            the previous step's (i, f, o).
-        w: the layer's weights (see :data:`gatedrnn.config.WEIGHT_KEYS`).
-        cfg: the cell configuration.
-        h_for_matmul: h_{t-1} as it enters the recurrent matmul (after recurrent dropout);
-            defaults to ``state[0]``.
-
-    Returns:
-        The new state (same structure) and the step's gate activations i, f, g, o, c, h, each (B, H)
-        (h before the projection).
+    Options: ``variant`` (a name of :data:`LSTM_VARIANTS`), ``layer_norm``, ``eps`` (layer norm's),
+    ``proj_size`` (torch.nn's: h projected to P < H features by ``weight_hr`` (P, H)).
+    Inspection records i, f, g, o, c, h (h before the projection; a removed gate as its constant).
     """
-    h, c = state[0], state[1]
-    pre = lstm_pre_activations(x, h if h_for_matmul is None else h_for_matmul, w, cfg)
-    H = cfg.hidden_size
-    if cfg.variant == "fgr":
-        recurrence = state[2].matmul(w["weight_gg"].t()).split(H, dim=-1)
-        for name, extra in zip(FGR_GATES, recurrence):
-            pre[name] = pre[name] + extra
-    if cfg.variant == "peephole":
-        p_i, p_f, p_o = w["weight_ch"].split(H)
-        pre["i"] = pre["i"] + p_i * c
-        pre["f"] = pre["f"] + p_f * c
 
-    one = torch.ones_like(c)
-    f = torch.sigmoid(pre["f"]) if "f" in pre else one
-    if cfg.variant == "cifg":
-        i = 1.0 - f
-    else:
-        i = torch.sigmoid(pre["i"]) if "i" in pre else one
-    g = pre["g"] if cfg.variant == "niaf" else torch.tanh(pre["g"])
-    c_new = f * c + i * g
-    if cfg.variant == "peephole":
-        pre["o"] = pre["o"] + p_o * c_new
-    o = torch.sigmoid(pre["o"]) if "o" in pre else one
+    name = "lstm"
+    states = ("h", "c")
+    option_defaults = {"proj_size": 0, "variant": "vanilla", "layer_norm": False, "eps": 1e-5}
+    trace_names = ("i", "f", "g", "o", "c", "h")
+    memory_state = "c"
+    retention_gate = "f"
 
-    c_out = c_new
-    if cfg.layer_norm:
-        c_out = gatewise_layer_norm(c_new, w["ln_weight_c"], w["ln_bias_c"], H, cfg.eps)
-    h_new = o * (c_out if cfg.variant == "noaf" else torch.tanh(c_out))
-    h_carried = F.linear(h_new, w["weight_hr"]) if cfg.proj_size > 0 else h_new
+    def check_options(self) -> None:
+        from .. import _checks as check
 
-    new_state: tuple[Tensor, ...] = (h_carried, c_new)
-    if cfg.variant == "fgr":
-        new_state = new_state + (torch.cat([i, f, o], dim=-1),)
-    return new_state, {"i": i, "f": f, "g": g, "o": o, "c": c_new, "h": h_new}
+        check.choice("LSTM", "variant", self.variant, tuple(LSTM_VARIANTS))
 
+    @property
+    def gates(self) -> tuple[str, ...]:
+        """The gates with their own rows: i, f, g, o less the variant's removed gate."""
+        return LSTM_VARIANTS[self.variant]
 
-def lstm_initial_carry(state: tuple[Tensor, Tensor], cfg: CellConfig) -> tuple[Tensor, ...]:
-    """The state the time loop carries: (h, c), plus zero previous gates for ``fgr``."""
-    if cfg.variant == "fgr":
-        h, c = state
-        return (h, c, c.new_zeros(c.shape[:-1] + (3 * cfg.hidden_size,)))
-    return tuple(state)
+    def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``weight_hr`` (P, H) with a projection, ``weight_ch`` (3H,) for peepholes, ``weight_gg``
+        (3H, 3H) for fgr, and with layer norm the gate blocks' ``ln_*`` (G*H,) and the cell's
+        ``ln_weight_c``, ``ln_bias_c`` (H,)."""
+        H = self.hidden_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        if self.proj_size > 0:
+            shapes["weight_hr"] = (self.proj_size, H)
+        if self.variant == "peephole":
+            shapes["weight_ch"] = (3 * H,)
+        if self.variant == "fgr":
+            shapes["weight_gg"] = (3 * H, 3 * H)
+        shapes.update(super().extra_parameter_shapes())
+        if self.layer_norm:
+            shapes.update(ln_weight_c=(H,), ln_bias_c=(H,))
+        return shapes
+
+    def initial_carry(self, states: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """(h, c), plus zero previous gates (B, 3H) for ``fgr``."""
+        if self.variant == "fgr":
+            h, c = states
+            return (h, c, c.new_zeros(c.shape[:-1] + (3 * self.hidden_size,)))
+        return tuple(states)
+
+    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
+             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+        """One LSTM step.
+
+        Args:
+            x_proj: (B, G*H) the input projection.
+            states: (h, c) of shapes (B, R) and (B, H); for ``fgr`` a third element (B, 3H) carries
+                the previous step's (i, f, o).
+            weights: the layer's weights.
+            h_in: h_{t-1} as it enters the recurrent matmul (after recurrent dropout); defaults to
+                ``states[0]``.
+
+        Returns:
+            The new states (same structure) and the gate activations i, f, g, o, c, h, each (B, H)
+            (h before the projection).
+        """
+        h, c = states[0], states[1]
+        a = x_proj + self.recurrent_part(h if h_in is None else h_in, weights)
+        pre = dict(zip(self.gates, a.split(self.hidden_size, dim=-1)))
+        H = self.hidden_size
+        if self.variant == "fgr":
+            recurrence = states[2].matmul(weights["weight_gg"].t()).split(H, dim=-1)
+            for name, extra in zip(FGR_GATES, recurrence):
+                pre[name] = pre[name] + extra
+        if self.variant == "peephole":
+            p_i, p_f, p_o = weights["weight_ch"].split(H)
+            pre["i"] = pre["i"] + p_i * c
+            pre["f"] = pre["f"] + p_f * c
+
+        one = torch.ones_like(c)
+        f = torch.sigmoid(pre["f"]) if "f" in pre else one
+        if self.variant == "cifg":
+            i = 1.0 - f
+        else:
+            i = torch.sigmoid(pre["i"]) if "i" in pre else one
+        g = pre["g"] if self.variant == "niaf" else torch.tanh(pre["g"])
+        c_new = f * c + i * g
+        if self.variant == "peephole":
+            pre["o"] = pre["o"] + p_o * c_new
+        o = torch.sigmoid(pre["o"]) if "o" in pre else one
+
+        c_out = c_new
+        if self.layer_norm:
+            c_out = gatewise_layer_norm(c_new, weights["ln_weight_c"], weights["ln_bias_c"], H, self.eps)
+        h_new = o * (c_out if self.variant == "noaf" else torch.tanh(c_out))
+        h_carried = F.linear(h_new, weights["weight_hr"]) if self.proj_size > 0 else h_new
+
+        new_state: tuple[Tensor, ...] = (h_carried, c_new)
+        if self.variant == "fgr":
+            new_state = new_state + (torch.cat([i, f, o], dim=-1),)
+        return new_state, {"i": i, "f": f, "g": g, "o": o, "c": c_new, "h": h_new}
+
+    def record(self, gate_values: dict[str, Tensor], states: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        """The gates, c, and h: the carried h, or the step's h before the projection with one."""
+        values = super().record(gate_values, states)
+        if self.proj_size > 0:
+            values["h"] = gate_values["h"]
+        return values
+
+    def kernels(self) -> dict[str, str]:
+        """torch's ``"LSTM"`` for the plain cell without layer norm; the ``lstm`` kernels of the
+        cpu and triton backends for every variant (each backend's ``supports`` says what it runs)."""
+        fused = {"cpu": "lstm", "triton": "lstm"}
+        if self.variant == "vanilla" and not self.layer_norm:
+            fused["torch"] = "LSTM"
+        return fused

@@ -9,19 +9,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import CellConfig, LayerWeights
-from .common import input_part, recurrent_part
+from .common import AffineGatesFamily
+from .family import LayerWeights, register_family
 
 
-def rnn_step(
-    x: Tensor,
-    state: tuple[Tensor, ...],
-    w: LayerWeights,
-    cfg: CellConfig,
-    h_for_matmul: Tensor | None = None,
-) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
-    """One RNN step: x (B, I), state (h,) with h (B, H) -> ((h_new,), {"h": h_new})."""
-    (h,) = state
-    a = input_part(x, w, cfg) + recurrent_part(h if h_for_matmul is None else h_for_matmul, w, cfg)
-    h_new = torch.tanh(a) if cfg.nonlinearity == "tanh" else torch.relu(a)
-    return (h_new,), {"h": h_new}
+@register_family
+class RNNFamily(AffineGatesFamily):
+    """The Elman RNN family: state h, one block of rows (named h). Option ``nonlinearity``
+    (``"tanh"`` or ``"relu"``). Inspection records h."""
+
+    name = "rnn"
+    gates = ("h",)
+    states = ("h",)
+    option_defaults = {"nonlinearity": "tanh"}
+
+    def check_options(self) -> None:
+        from .. import _checks as check
+
+        check.choice("RNN", "nonlinearity", self.nonlinearity, ("tanh", "relu"))
+
+    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
+             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+        """One RNN step: x_proj (B, H), states (h,) with h (B, H) -> ((h_new,), {"h": h_new})."""
+        (h,) = states
+        a = x_proj + self.recurrent_part(h if h_in is None else h_in, weights)
+        h_new = torch.tanh(a) if self.nonlinearity == "tanh" else torch.relu(a)
+        return (h_new,), {"h": h_new}
+
+    def kernels(self) -> dict[str, str]:
+        """torch's ``"RNN_TANH"``/``"RNN_RELU"``; the ``rnn`` kernels of the cpu and triton backends."""
+        return {"torch": "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", "cpu": "rnn", "triton": "rnn"}

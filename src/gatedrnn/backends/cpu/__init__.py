@@ -40,7 +40,7 @@ from .function import Plan, Recurrence
 
 name = "cpu"
 
-_FAMILIES = {"lstm": lstm, "gru": gru, "rnn": rnn}
+_KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
 _PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
 
 
@@ -81,7 +81,7 @@ def beats_torch(cfg: CellConfig, x: Tensor, training: bool, ragged: bool = False
 
     Needs the compiled loops (float32 or float64, built or buildable); without them torch's
     kernel is kept, with no warning."""
-    if cfg.family != "gru" or cfg.torch_mode is None or x.dtype not in compiled.DTYPES or x.dim() != 3:
+    if cfg.kernel("cpu") != "gru" or cfg.torch_mode is None or x.dtype not in compiled.DTYPES or x.dim() != 3:
         return False
     if _tracing_or_transformed(x):
         return False
@@ -110,7 +110,7 @@ def _transformed() -> bool:
 
 def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
     """Row indices taking torch's gate order to the backend's (None when they agree)."""
-    if cfg.family != "lstm":
+    if cfg.kernel("cpu") != "lstm":
         return None
     order = lstm.internal_order(cfg)
     if order == cfg.gates:
@@ -220,7 +220,7 @@ def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise |
     if noise is not None:
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
     keep_h = _keep(noise, zoneout_h, active, T, x)
-    keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.family == "lstm" else None
+    keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.kernel("cpu") == "lstm" else None
     return Plan(cfg, T, B, reverse, active, keep_h, keep_c, recurrent_mask,
                 replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None))
 
@@ -253,8 +253,8 @@ def run_layer(
                                    record=record)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
-    c0 = state[1].contiguous() if cfg.family == "lstm" else None
-    family = compiled.loop_for(cfg, x.dtype) or _FAMILIES[cfg.family]
+    c0 = state[1].contiguous() if cfg.kernel("cpu") == "lstm" else None
+    family = compiled.loop_for(cfg, x.dtype) or _KERNELS[cfg.kernel("cpu")]
     out, *final = Recurrence.apply(plan, family, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
                                    state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
     return out, tuple(final), None

@@ -212,7 +212,7 @@ def ready() -> bool:
 def loop_for(cfg: CellConfig, dtype: torch.dtype) -> type | None:
     """The compiled loop that runs this layer (building the loops on first use), or None: the
     LSTM's for every variant, the GRU's for both reset forms, in float32 and float64."""
-    family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.family)
+    family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.kernel("cpu"))
     if family is None or dtype not in DTYPES or disabled():
         return None
     reason = unavailable_reason()
