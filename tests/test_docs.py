@@ -6,11 +6,15 @@ from pathlib import Path
 
 import pytest
 
+import gatedrnn
+import gatedrnn.cells.family
+import gatedrnn.config
 import gatedrnn.inspect
 import gatedrnn.nn
 
 
-@pytest.mark.parametrize("module", [gatedrnn.nn, gatedrnn.inspect], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [gatedrnn.nn, gatedrnn.inspect, gatedrnn.cells.family, gatedrnn.config],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
@@ -26,6 +30,11 @@ def test_readme_quick_start_runs():
     blocks = _python_blocks((Path(__file__).parents[1] / "README.md").read_text())
     assert blocks, "README.md has no ```python block"
     namespace: dict = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), namespace)
+    before = set(gatedrnn.registered_families())
+    try:
+        for block in blocks:
+            exec(compile(block, "README.md", "exec"), namespace)
+    finally:  # the README's own families leave the registry as they found it
+        for name in set(gatedrnn.registered_families()) - before:
+            gatedrnn.unregister_family(name)
     assert namespace["trace"].gates[(0, 0)]["f"].shape == (12, 1, 20)

@@ -11,9 +11,13 @@ from .family import (
     registered_families,
     unregister_family,
 )
-from .gru import GRUFamily
+
+# isort: off
+# registration order, which the CLI and the viewer list: LSTM, GRU, RNN
 from .lstm import LSTM_VARIANTS, LSTMFamily
+from .gru import GRUFamily
 from .rnn import RNNFamily
+# isort: on
 
 __all__ = [
     "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "RNNFamily", "family_class",
