@@ -5,17 +5,26 @@
   It runs the whole stack in one call.
 - Layer backends, which run one layer and direction at a time through ``run_layer`` (see
   :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop,
-  the specification), ``"cpu"`` (fused forward and backward through time on the CPU) and
-  ``"triton"`` (fused GPU kernels), each where it is installed and supports the configuration.
-A fused backend runs a family only where the family names one of its kernels
-(:meth:`gatedrnn.CellFamily.kernels`); it refuses every other family, whose layers run on the
-reference loop (or the generic one) instead.
+  the specification), ``"generic"`` (a loop over any family's step without the reference's
+  costs, on any device: :mod:`gatedrnn.backends.generic`), ``"cpu"`` (fused forward and backward
+  through time on the CPU) and ``"triton"`` (fused GPU kernels), each where it is installed and
+  supports the configuration.
+A fused backend (``cpu``, ``triton``) runs a family only where the family names one of its
+kernels (:meth:`gatedrnn.CellFamily.kernels`); it refuses every other family by name, and those
+run on the generic loop.
 
-- ``"auto"``: ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded
-  measurement on this GPU says the kernels beat cuDNN at this size: see
-  :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
-  measurements say it is faster: :func:`gatedrnn.backends.cpu.beats_torch`), else the fastest
-  layer backend that supports the configuration on the input's device, else ``"reference"``.
+- ``"auto"``, per call:
+
+  1. ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded measurement on
+     this GPU says the kernels beat cuDNN at this size: see
+     :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
+     measurements say it is faster: :func:`gatedrnn.backends.cpu.beats_torch`);
+  2. else the device's fused backend (``"cpu"`` on the CPU, ``"triton"`` on CUDA) where the
+     family has a kernel there and the backend supports the call (not under ``torch.func``
+     transforms, for instance);
+  3. else ``"generic"``, which runs every family on every device, under transforms and tracing
+     too;
+  4. else (the generic backend cannot be loaded) ``"reference"``.
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from torch import Tensor
 from .._checks import autocast_on as _autocast_on
 from ..cells.family import CellFamily, LayerWeights
 
-BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
-LAYER_BACKENDS = ("reference", "cpu", "triton")
-_MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton"}
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",)}
+BACKENDS = ("auto", "torch", "reference", "generic", "cpu", "triton")
+LAYER_BACKENDS = ("reference", "generic", "cpu", "triton")
+_MODULES = {"reference": ".reference", "generic": ".generic", "cpu": ".cpu", "triton": ".triton"}
+_AUTO_ORDER = {"cpu": ("cpu", "generic"), "cuda": ("triton", "generic")}
+"""``auto``'s layer backends per device type, first choice first (other devices: ``generic``)."""
 
 
 def check_backend_name(backend: object) -> str:
@@ -71,7 +81,7 @@ def choose(backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_l
             if single_layer and _triton_measured_faster(cfg, x):
                 return "triton"
             return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
-        for candidate in _AUTO_ORDER.get(x.device.type, ()):
+        for candidate in _AUTO_ORDER.get(x.device.type, ("generic",)):
             module = load_layer_backend(candidate)
             if module is not None and runs(candidate, module, cfg, x):
                 return candidate
