@@ -125,6 +125,12 @@ class CellFamily:
     def check_options(self) -> None:
         """Hook: raise a clear error for an option value the family cannot take (default: none checked)."""
 
+    @classmethod
+    def configurations(cls) -> tuple[dict[str, Any], ...]:
+        """Hook: option sets that between them reach every distinct path of the family's math (its
+        variants), which the test catalogue and the benchmarks run. Default: the defaults alone."""
+        return ({},)
+
     # ----- sizes and parameters -------------------------------------------------------------------
 
     @property

@@ -36,6 +36,11 @@ class GRUFamily(AffineGatesFamily):
     option_defaults = {"layer_norm": False, "reset_after": True, "eps": 1e-5}
     retention_gate = "z"
 
+    @classmethod
+    def configurations(cls) -> tuple[dict, ...]:
+        """Both reset forms, each with and without layer norm."""
+        return tuple({"reset_after": ra, "layer_norm": ln} for ra in (True, False) for ln in (False, True))
+
     def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
              h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One GRU step: x_proj (B, 3H), states (h,) with h (B, H) -> ((h_new,), {r, z, n, h}).

@@ -78,6 +78,12 @@ class LSTMFamily(AffineGatesFamily):
 
         check.choice("LSTM", "variant", self.variant, tuple(LSTM_VARIANTS))
 
+    @classmethod
+    def configurations(cls) -> tuple[dict, ...]:
+        """Every variant, each with and without layer norm, and the projection."""
+        return tuple({"variant": v, "layer_norm": ln} for v in LSTM_VARIANTS for ln in (False, True)) + (
+            {"proj_size": 3}, {"variant": "peephole", "proj_size": 2})
+
     @property
     def gates(self) -> tuple[str, ...]:
         """The gates with their own rows: i, f, g, o less the variant's removed gate."""

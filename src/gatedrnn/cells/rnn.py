@@ -28,6 +28,11 @@ class RNNFamily(AffineGatesFamily):
 
         check.choice("RNN", "nonlinearity", self.nonlinearity, ("tanh", "relu"))
 
+    @classmethod
+    def configurations(cls) -> tuple[dict, ...]:
+        """Both nonlinearities."""
+        return ({"nonlinearity": "tanh"}, {"nonlinearity": "relu"})
+
     def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
              h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One RNN step: x_proj (B, H), states (h,) with h (B, H) -> ((h_new,), {"h": h_new})."""
