@@ -51,10 +51,32 @@ def positive_int(owner: str, name: str, value: object) -> int:
 
 
 def flag(owner: str, name: str, value: object) -> bool:
-    """A bool, a numpy bool, or the int 0 or 1 (torch.nn takes ``bidirectional=1``, ``bias=0``)."""
+    """One of gatedrnn's own switches (``layer_norm``, ``reset_after``), which torch.nn does not
+    have: a bool, a numpy bool, or the int 0 or 1."""
     if isinstance(value, bool) or _is_numpy_bool(value) or (_is_integer(value) and value in (0, 1)):
         return bool(value)
     raise TypeError(f"{owner}: {name} must be a bool (or 0 or 1), got {type(value).__name__} ({value!r})")
+
+
+def layer_flag(owner: str, name: str, value: object) -> bool:
+    """``bias``, ``batch_first`` or ``bidirectional`` of a layer (LSTM, GRU, RNN) as torch.nn's
+    layers take them: a Python bool, else a TypeError.
+
+    torch.nn's layers refuse any other ``bias`` or ``batch_first`` (0, 1, numpy bools and numpy
+    ints included) with a TypeError when built. They take any ``bidirectional`` when built, but
+    their forward refuses all but a bool with a TypeError; here it is refused when built."""
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"{owner}: {name} should be of type bool (True or False), got: {type(value).__name__} "
+                    f"({value!r})")
+
+
+def cell_bias(value: object) -> bool:
+    """``bias`` of a cell (LSTMCell, GRUCell, RNNCell) as torch.nn's cells take it: any value, by
+    its truth (``if bias:``), so ``bias=0`` or ``""`` builds no biases and ``bias=2`` or ``"no"``
+    builds them; a value without one raises what ``bool`` raises (a RuntimeError for a tensor of
+    several elements), as in torch.nn."""
+    return bool(value)
 
 
 def probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
