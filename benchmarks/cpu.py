@@ -3,12 +3,12 @@ autograd time loop of the same cell, and the fused CPU backend (``cpu``: its com
 they apply; ``cpu-py``: the same backend with them switched off, its Python loops), side by side
 in one process.
 
-    python benchmarks/cpu.py                   # the issue's targets, then the grid
+    python benchmarks/cpu.py                   # every row: the targets first, the grid last
     python benchmarks/cpu.py --quick           # a fast smoke run (small sizes, 1 repeat)
     python benchmarks/cpu.py --rows targets,memory --threads 2 --repeats 7
 
 Every row times its providers interleaved (A B C D, A B C D, ...) and reports medians in ms, with
-ratios against torch.nn. Rows (``--rows``): ``targets`` (the issue's targets at B=32, H=256),
+ratios against torch.nn. Rows (``--rows``): ``targets`` (the speed targets at B=32, H=256),
 ``memory`` (peak training memory per variant against torch.nn.LSTM), ``penalty`` (a training step
 with a gradient penalty through the recurrence), ``linear`` (T=128 against
 T=1024), ``stream`` (cells called one step at a time), ``auto`` (torch.nn's kernels against the cpu
@@ -43,19 +43,17 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gatedrnn
 from gatedrnn.backends.cpu import compiled
-from gatedrnn.cells import STEPS, initial_carry
+from gatedrnn.backends.reference import recurrent_weights
 
-TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
-OUR_CLASSES = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}
-CELLS = {  # --cells names -> (family, module keywords)
-    "lstm": ("lstm", {}),
-    "lstm-ln": ("lstm", {"layer_norm": True}),
-    "gru": ("gru", {}),
-    "gru-ln": ("gru", {"layer_norm": True}),
-    "gru-ra0": ("gru", {"reset_after": False}),
-    "gru-ra0-ln": ("gru", {"reset_after": False, "layer_norm": True}),
-    **{f"lstm-{v}": ("lstm", {"variant": v}) for v in gatedrnn.config.LSTM_VARIANTS if v != "vanilla"},
-    "lstm-fgr-ln": ("lstm", {"variant": "fgr", "layer_norm": True}),
+CELLS = {  # --cells names -> (gatedrnn module, its keywords); torch.nn's class of the same name runs the plain cell
+    "lstm": (gatedrnn.LSTM, {}),
+    "lstm-ln": (gatedrnn.LSTM, {"layer_norm": True}),
+    "gru": (gatedrnn.GRU, {}),
+    "gru-ln": (gatedrnn.GRU, {"layer_norm": True}),
+    "gru-ra0": (gatedrnn.GRU, {"reset_after": False}),
+    "gru-ra0-ln": (gatedrnn.GRU, {"reset_after": False, "layer_norm": True}),
+    **{f"lstm-{v}": (gatedrnn.LSTM, {"variant": v}) for v in gatedrnn.LSTM_VARIANTS if v != "vanilla"},
+    "lstm-fgr-ln": (gatedrnn.LSTM, {"variant": "fgr", "layer_norm": True}),
 }
 
 
@@ -71,8 +69,15 @@ class Case:
     bidirectional: bool = False
 
     @property
-    def family(self) -> str:
+    def module(self) -> type[torch.nn.Module]:
+        """gatedrnn's module class of this cell (torch.nn's of the same name is its plain cell)."""
         return CELLS[self.cell][0]
+
+    @property
+    def plain(self) -> Case:
+        """The same case with the plain cell of the same module (no keywords), which torch.nn runs."""
+        cell = next(name for name, (module, kw) in CELLS.items() if module is self.module and not kw)
+        return Case(cell, self.B, self.T, self.H, self.shortest, self.layers, self.bidirectional)
 
     @property
     def label(self) -> str:
@@ -96,22 +101,24 @@ class Case:
 def build(case: Case, provider: str) -> torch.nn.Module:
     """The module a provider runs: torch.nn's plain cell of the same size, or gatedrnn's cell."""
     torch.manual_seed(0)
+    module, kw = CELLS[case.cell]
     if provider == "torch":
-        return TORCH_CLASSES[case.family](case.H, case.H, **case.stack)
-    family, kw = CELLS[case.cell]
+        return getattr(torch.nn, module.__name__)(case.H, case.H, **case.stack)
     backend = {"default": "auto", "loop": "reference", "cpu-py": "cpu"}.get(provider, provider)
-    return OUR_CLASSES[family](case.H, case.H, backend=backend, **case.stack, **kw)
+    return module(case.H, case.H, backend=backend, **case.stack, **kw)
 
 
 def plain_loop(module: torch.nn.Module, x: torch.Tensor):
     """What a user writes without a fused kernel: the cell's step function in a Python loop over
-    time, autograd recording every operation (layer 0, one direction, no masking)."""
+    time, autograd recording every operation (layer 0, one direction, no masking); each step
+    projects its own input, as a cell called step by step does."""
     cfg = module.cell_config
     w = module.layer_weights(0, 0)
-    state = initial_carry(tuple(x.new_zeros(x.shape[1], s) for s in cfg.state_sizes), cfg)
+    recurrent = recurrent_weights(w)
+    state = cfg.initial_carry(tuple(x.new_zeros(x.shape[1], s) for s in cfg.state_sizes))
     outputs = []
     for t in range(x.shape[0]):
-        state, _ = STEPS[cfg.family](x[t], state, w, cfg)
+        state, _ = cfg.step(cfg.input_projection(x[t], w), state, recurrent)
         outputs.append(state[0])
     return torch.stack(outputs), state
 
@@ -238,9 +245,8 @@ def target_rows(quick: bool) -> list[tuple[str, list[Row]]]:
 
 
 def _torch_plain(case: Case) -> Callable[[str], Case]:
-    """torch runs the plain cell of the family; the others the case's cell."""
-    plain = Case(case.family, case.B, case.T, case.H)
-    return lambda provider: plain if provider == "torch" else case
+    """torch runs the plain cell of the case's module; the others the case's cell."""
+    return lambda provider: case.plain if provider == "torch" else case
 
 
 def linear_rows(quick: bool) -> list[Row]:
@@ -411,8 +417,9 @@ def memory_rows(quick: bool, threads: int) -> None:
                 ("gru", "cpu"), ("gru-ln", "cpu"), ("gru-ra0-ln", "cpu"), ("gru-ln", "cpu-py")]
     for cell, provider in entries:
         case = Case(cell, B, T, H)
-        saved = ref_saved if (cell, provider) == ("lstm", "torch") else saved_bytes(case, provider)
-        peak = ref_peak if (cell, provider) == ("lstm", "torch") else peak_bytes(case, provider, threads)
+        baseline = case == base and provider == "torch"
+        saved = ref_saved if baseline else saved_bytes(case, provider)
+        peak = ref_peak if baseline else peak_bytes(case, provider, threads)
         peak_s = "n/a" if peak is None or ref_peak is None else f"{peak / 2**20:.1f} | {peak / ref_peak:.2f}x"
         print(f"| {cell} [{provider}] | {saved / 2**20:.1f} | {saved / ref_saved:.2f}x | {peak_s} |")
         sys.stdout.flush()

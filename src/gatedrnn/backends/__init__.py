@@ -155,16 +155,17 @@ def sum_present(*parts: Tensor | None) -> Tensor | None:
     return sum(present[1:], present[0]) if present else None
 
 
-def recurrent_shifts(cfg: CellFamily, w: LayerWeights) -> tuple[Tensor | None, Tensor | None]:
+def recurrent_shifts(w: LayerWeights, kept_rows: int = 0) -> tuple[Tensor | None, Tensor | None]:
     """The shifts added after the recurrent product (``bias_hh``, plus ``ln_bias_hh`` with layer
-    norm), for a fused backend to fold into the input projection: ``(folded, n_shift)``, where
-    ``folded`` (G*H,) has the GRU's n block zeroed and ``n_shift`` (H,) is that block when the reset
-    acts after the matmul (r multiplies it, so it stays inside the recurrence); else
-    ``(all of them, None)``. ``(None, None)`` without any shift."""
+    norm), for a fused backend to fold into the input projection: ``(folded, kept)``, where the
+    last ``kept_rows`` rows' shift stays inside the recurrence, as the kernel says (the GRU's n
+    block when the reset multiplies it after the product): ``kept`` (kept_rows,) is that block and
+    ``folded`` (G*H,) has it zeroed; with ``kept_rows`` 0, ``(all of them, None)``. ``(None, None)``
+    without any shift."""
     recurrent = sum_present(w.get("bias_hh"), w.get("ln_bias_hh"))
-    if cfg.kernel("cpu") == "gru" and cfg.reset_after and recurrent is not None:
-        H = cfg.hidden_size
-        return torch.cat([recurrent[: 2 * H], recurrent.new_zeros(H)]), recurrent[2 * H:]
+    if kept_rows and recurrent is not None:
+        split = recurrent.shape[0] - kept_rows
+        return torch.cat([recurrent[:split], recurrent.new_zeros(kept_rows)]), recurrent[split:]
     return recurrent, None
 
 

@@ -21,7 +21,8 @@ kernel, :func:`replay_for`) and differentiates that instead.
 
 The LSTM's gate rows are reordered inside the backend so that the sigmoid gates (those of i, f, o
 that the variant has) come first and g last: one sigmoid and one tanh per step cover all gates,
-and ``fgr``'s (i, f, o) block is contiguous. Runs every configuration on CPU tensors; gate
+and ``fgr``'s (i, f, o) block is contiguous. Runs every configuration of a family that names one
+of its kernels (:data:`_KERNELS`; the LSTM, GRU and RNN name theirs) on CPU tensors; gate
 recording (:func:`gatedrnn.inspect_gates`) runs on the reference loop.
 """
 
@@ -29,11 +30,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from types import ModuleType
 
 import torch
 from torch import Tensor, _VF
 
-from ...config import CellConfig, LayerWeights, Noise
+from ...cells.family import CellFamily, LayerWeights
+from ...config import Noise
 from .. import recurrent_shifts, reference, require_support, sum_present
 from . import compiled, gru, lstm, rnn
 from .function import Plan, Recurrence
@@ -41,12 +44,25 @@ from .function import Plan, Recurrence
 name = "cpu"
 
 _KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
+"""This backend's kernels by the names families give them (``cfg.kernel("cpu")``): modules with
+``forward`` and ``backward`` for :class:`.function.Recurrence`, and optionally
+``internal_order(cfg)`` (the kernel's own order of the gate blocks; default the family's) and
+``kept_shift_rows(cfg)`` (how many last rows' recurrent shift stays inside the recurrence; default
+none, see :func:`gatedrnn.backends.recurrent_shifts`)."""
 _PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
 
 
-def supports(cfg: CellConfig, x: Tensor) -> str | None:
-    """None for every configuration on CPU floating-point tensors outside torch.func transforms
-    (its Function has no functorch rule: ``auto`` then runs the reference loop), else the reason not."""
+def _kernel(cfg: CellFamily) -> ModuleType:
+    """The kernel that computes ``cfg`` (:data:`_KERNELS`); :func:`supports` refuses any other family."""
+    return _KERNELS[cfg.kernel(name)]
+
+
+def supports(cfg: CellFamily, x: Tensor) -> str | None:
+    """None for every configuration of a family that names one of :data:`_KERNELS` on CPU
+    floating-point tensors outside torch.func transforms (its Function has no functorch rule:
+    ``auto`` then runs another backend), else the reason not."""
+    if cfg.kernel(name) not in _KERNELS:
+        return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
     if x.device.type != "cpu":
         return f"expected a CPU tensor, got one on {x.device.type}"
     if not x.dtype.is_floating_point:
@@ -57,31 +73,36 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     return None
 
 
+FASTER_THAN_TORCH = ("gru",)
+"""The kernels that beat torch's own for the cells both compute, where :func:`beats_torch` says."""
+
 TRAIN_FROM_STEPS = 8
-"""Training a plain GRU: the cpu backend is faster than torch's kernel from this many steps."""
+"""Training: the kernels of :data:`FASTER_THAN_TORCH` are faster than torch's from this many steps."""
 
 INFER_FROM_STEPS, INFER_MAX_HIDDEN, INFER_MAX_BATCH_HIDDEN = 64, 256, 8192
 """Inference (no grad): faster from this many steps, up to this hidden size and batch x hidden."""
 
 
-def beats_torch(cfg: CellConfig, x: Tensor, training: bool, ragged: bool = False) -> bool:
+def beats_torch(cfg: CellFamily, x: Tensor, training: bool, ragged: bool = False) -> bool:
     """Whether this backend runs a cell torch.nn also computes faster than torch's own CPU kernel,
-    by the measurements of ``benchmarks/cpu.py --rows auto,packed,stack`` (BENCHMARKS.md, runs G,
-    H and I, 2 threads; one layer, and the same thresholds held for 2 layers and 2 directions), for
-    x (T, B, I), ``ragged`` when some sequences of a packed batch are shorter than T:
+    for x (T, B, I); ``ragged`` when some sequences of a packed batch are shorter than T.
 
-    - the plain GRU (reset after, no layer norm), whose compiled loop trained 1.07-9x faster than
-      torch.nn.GRU at every size measured with T >= 8 (torch's GRU backward is a graph of per-step
-      ops), also on packed batches of unequal lengths (0.93-4.4x over four runs, below 1.1x only
-      at B=32 T=16 H=256), and 0.61-0.90x at T = 1; without grad 1.04-3x faster with T >= 64,
-      H <= 256 and B H <= 8192, and 0.90-1.0x beside that (B=1 H=512, B=128 H=256) or with fewer
-      steps, but not on batches of unequal lengths, whose finished sequences torch's kernel drops
-      step by step while this one masks them (0.59-1.41x, below 1 in most rows);
-    - never the LSTM (oneDNN's was faster at nearly every size) or the RNN (a Python loop here).
+    The rule, drawn from the ``auto``, ``packed`` and ``stack`` rows of ``benchmarks/cpu.py``
+    (their numbers and machines are in BENCHMARKS.md):
 
-    Needs the compiled loops (float32 or float64, built or buildable); without them torch's
-    kernel is kept, with no warning."""
-    if cfg.kernel("cpu") != "gru" or cfg.torch_mode is None or x.dtype not in compiled.DTYPES or x.dim() != 3:
+    - only for a kernel of :data:`FASTER_THAN_TORCH`, the plain GRU's (torch's GRU backward is a
+      graph of per-step ops; this one is one compiled loop), never the LSTM's (torch's oneDNN
+      kernel) or the RNN's (a Python loop here);
+    - training: from :data:`TRAIN_FROM_STEPS` steps, on packed batches of unequal lengths too;
+    - inference: from :data:`INFER_FROM_STEPS` steps, up to :data:`INFER_MAX_HIDDEN` units and
+      :data:`INFER_MAX_BATCH_HIDDEN` batch x units, and not on batches of unequal lengths, whose
+      finished sequences torch's kernel drops step by step while this one masks them.
+
+    The thresholds were measured on one layer and one direction and checked on stacks of two
+    layers and both directions. Needs the compiled loops (float32 or float64, built or
+    buildable); without them torch's kernel is kept, with no warning."""
+    if (cfg.kernel(name) not in FASTER_THAN_TORCH or cfg.torch_mode is None or x.dtype not in compiled.DTYPES
+            or x.dim() != 3):
         return False
     if _tracing_or_transformed(x):
         return False
@@ -108,18 +129,17 @@ def _transformed() -> bool:
     return torch._C._are_functorch_transforms_active()
 
 
-def _internal_rows(cfg: CellConfig, device: torch.device) -> Tensor | None:
-    """Row indices taking torch's gate order to the backend's (None when they agree)."""
-    if cfg.kernel("cpu") != "lstm":
-        return None
-    order = lstm.internal_order(cfg)
+def _internal_rows(cfg: CellFamily, device: torch.device) -> Tensor | None:
+    """Row indices taking the family's gate order (torch's) to its kernel's (None when they agree)."""
+    internal_order = getattr(_kernel(cfg), "internal_order", None)
+    order = cfg.gates if internal_order is None else internal_order(cfg)
     if order == cfg.gates:
         return None
     H = cfg.hidden_size
     return torch.cat([torch.arange(k * H, (k + 1) * H, device=device) for k in map(cfg.gates.index, order)])
 
 
-def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
+def prepare(cfg: CellFamily, w: LayerWeights, device: torch.device
             ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor]]:
     """The Function's weights from the module's, in the backend's row order (differentiable with
     autograd): ``(weight_ih, in_gain, bias, params)`` with every foldable bias summed in ``bias``."""
@@ -128,7 +148,8 @@ def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
     def reorder(t: Tensor | None) -> Tensor | None:
         return t if t is None or rows is None else t.index_select(0, rows)
 
-    recurrent_bias, rec_shift = recurrent_shifts(cfg, w)
+    kept_shift_rows = getattr(_kernel(cfg), "kept_shift_rows", None)
+    recurrent_bias, rec_shift = recurrent_shifts(w, 0 if kept_shift_rows is None else kept_shift_rows(cfg))
     params = {"weight_hh": reorder(w["weight_hh"]), "rec_gain": reorder(w.get("ln_weight_hh"))}
     if rec_shift is not None:
         params["rec_shift"] = rec_shift
@@ -138,7 +159,7 @@ def prepare(cfg: CellConfig, w: LayerWeights, device: torch.device
     return reorder(w["weight_ih"]), reorder(w.get("ln_weight_ih")), bias, params
 
 
-def module_weights(cfg: CellConfig, weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None,
+def module_weights(cfg: CellFamily, weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None,
                    params: dict[str, Tensor | None]) -> LayerWeights:
     """The inverse of :func:`prepare` (differentiable with autograd): weights in the module's layout
     and gate order with which the reference loop computes the same layer. The summed bias becomes
@@ -167,7 +188,7 @@ def module_weights(cfg: CellConfig, weight_ih: Tensor, in_gain: Tensor | None, b
     return w
 
 
-def _replay(cfg: CellConfig, reverse: bool, lengths: Tensor | None, noise: Noise | None, x: Tensor,
+def _replay(cfg: CellFamily, reverse: bool, lengths: Tensor | None, noise: Noise | None, x: Tensor,
             weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None,
             params: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
     """The layer :class:`.function.Recurrence` ran, as the reference loop on its inputs:
@@ -178,20 +199,20 @@ def _replay(cfg: CellConfig, reverse: bool, lengths: Tensor | None, noise: Noise
     return (out, *final)
 
 
-def _torch_gru_replay(cfg: CellConfig, reverse: bool, x: Tensor, weight_ih: Tensor, in_gain: None,
+def _torch_gru_replay(cfg: CellFamily, reverse: bool, x: Tensor, weight_ih: Tensor, in_gain: None,
                       bias: Tensor | None, h0: Tensor, c0: None, params: dict[str, Tensor | None]
                       ) -> tuple[Tensor, Tensor]:
     """The plain GRU's replay over full-length sequences on torch's own kernel (``aten.gru``),
     whose graph differentiates faster than the reference loop's: (output (T, B, H), h_n (B, H));
-    in reverse on the time-flipped input. (Its packed form differentiates 2-3x slower than the
-    padded one, so batches of unequal lengths replay on the reference loop.)"""
+    in reverse on the time-flipped input. (Its packed form differentiates slower than the padded
+    one, so batches of unequal lengths replay on the reference loop.)"""
     w = module_weights(cfg, weight_ih, in_gain, bias, params)
     flat = [w["weight_ih"], w["weight_hh"]] + ([w["bias_ih"], w["bias_hh"]] if cfg.bias else [])
     out, h_n = _VF.gru(x.flip(0) if reverse else x, h0.unsqueeze(0), flat, cfg.bias, 1, 0.0, False, False, False)
     return (out.flip(0) if reverse else out), h_n[0]
 
 
-def replay_for(cfg: CellConfig, reverse: bool, lengths: Tensor | None, noise: Noise | None, full: bool):
+def replay_for(cfg: CellFamily, reverse: bool, lengths: Tensor | None, noise: Noise | None, full: bool):
     """The plan's ``replay``: torch's kernel for the plain GRU without masks over sequences all T
     long (``full``; what ``auto`` runs here), else the reference loop."""
     if cfg.torch_mode == "GRU" and (noise is None or not noise.active) and full:
@@ -211,7 +232,7 @@ def _keep(noise: Noise | None, mask: Tensor | None, active: Tensor | None, T: in
     return 1.0 - (1.0 - keep) * active
 
 
-def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise | None, reverse: bool) -> Plan:
+def make_plan(cfg: CellFamily, x: Tensor, lengths: Tensor | None, noise: Noise | None, reverse: bool) -> Plan:
     T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
@@ -220,7 +241,7 @@ def make_plan(cfg: CellConfig, x: Tensor, lengths: Tensor | None, noise: Noise |
     if noise is not None:
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
     keep_h = _keep(noise, zoneout_h, active, T, x)
-    keep_c = _keep(noise, zoneout_c, active, T, x) if cfg.kernel("cpu") == "lstm" else None
+    keep_c = _keep(noise, zoneout_c, active, T, x) if len(cfg.states) > 1 else None
     return Plan(cfg, T, B, reverse, active, keep_h, keep_c, recurrent_mask,
                 replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None))
 
@@ -236,7 +257,7 @@ def _replay_noise(noise: Noise | None, keep_h: Tensor | None, keep_c: Tensor | N
 
 
 def run_layer(
-    cfg: CellConfig,
+    cfg: CellFamily,
     x: Tensor,
     state: tuple[Tensor, ...],
     weights: LayerWeights,
@@ -253,8 +274,8 @@ def run_layer(
                                    record=record)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
-    c0 = state[1].contiguous() if cfg.kernel("cpu") == "lstm" else None
-    family = compiled.loop_for(cfg, x.dtype) or _KERNELS[cfg.kernel("cpu")]
-    out, *final = Recurrence.apply(plan, family, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
+    c0 = state[1].contiguous() if len(cfg.states) > 1 else None
+    kernel = compiled.loop_for(cfg, x.dtype) or _kernel(cfg)
+    out, *final = Recurrence.apply(plan, kernel, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
                                    state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
     return out, tuple(final), None

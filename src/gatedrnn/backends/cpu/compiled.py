@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...config import CellConfig
+from ...cells.family import CellFamily
 from . import fake
 from .function import Plan
 from .lstm import Layout
@@ -209,20 +209,21 @@ def ready() -> bool:
 
 
 @torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
-def loop_for(cfg: CellConfig, dtype: torch.dtype) -> type | None:
+def loop_for(cfg: CellFamily, dtype: torch.dtype) -> type | None:
     """The compiled loop that runs this layer (building the loops on first use), or None: the
-    LSTM's for every variant, the GRU's for both reset forms, in float32 and float64."""
-    family = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.kernel("cpu"))
-    if family is None or dtype not in DTYPES or disabled():
+    ``lstm`` kernel's for every variant, the ``gru`` kernel's for both reset forms (by the kernel
+    ``cfg`` names, :meth:`CellFamily.kernel`), in float32 and float64."""
+    loop = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.kernel("cpu"))
+    if loop is None or dtype not in DTYPES or disabled():
         return None
     reason = unavailable_reason()
     if reason is not None:
         _warn_once(reason)
         return None
-    return family
+    return loop
 
 
-def _layout(cfg: CellConfig) -> list[int]:
+def _layout(cfg: CellFamily) -> list[int]:
     """:class:`.lstm.Layout` as the C++ side reads it: block offsets (-1 for none), then switches."""
     lay = Layout.of(cfg)
     offset = [-1 if s is None else s.start for s in (lay.i, lay.f, lay.o)]
@@ -258,7 +259,7 @@ _SAVED = ("states", "cells", "acts", "c_new", "h_hat", "normed", "rstd", "in_sta
 
 
 class LSTMLoop:
-    """The cell-family interface of :mod:`.lstm` (``forward`` and ``backward`` for
+    """The kernel interface of :mod:`.lstm` (``forward`` and ``backward`` for
     :class:`.function.Recurrence`), run by the compiled ops, which also normalise the input
     product step by step (saving it, ``xa``, and its statistics instead of its normalised copy)."""
 
@@ -296,7 +297,7 @@ def _gru_weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
 
 
 class GRULoop:
-    """The cell-family interface of :mod:`.gru`, run by the compiled ops (which normalise the
+    """The kernel interface of :mod:`.gru`, run by the compiled ops (which normalise the
     input product themselves, as :class:`LSTMLoop`)."""
 
     normalises_input = True

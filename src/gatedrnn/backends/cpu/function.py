@@ -1,4 +1,4 @@
-"""The pieces every cell family's loop shares, and the one ``torch.autograd.Function`` that runs a
+"""The pieces every kernel's loop shares, and the one ``torch.autograd.Function`` that runs a
 layer and direction.
 
 Time bookkeeping (:class:`Plan`): the carried states live in (T+1, B, ·) buffers; step t reads
@@ -17,9 +17,8 @@ Layer norm of each H-unit gate block (:func:`block_norm`) keeps the normalised b
 ``native_layer_norm_backward`` (see :func:`block_norm_backward`) with the gain folded into the
 incoming gradient. The gain's own gradient :math:`\\sum_{t,b} \\delta \\odot \\hat a` is summed
 step by step for the recurrent blocks and in chunks of steps for the input blocks, so that no
-whole-sequence temporary raises the backward pass's memory peak (which is what the 1.5x-of-torch.nn
-memory budget of the layer-norm LSTM is spent on: it keeps two more (T, B, 4H) tensors than the
-plain cell, the normalised input and recurrent blocks).
+whole-sequence temporary raises the backward pass's memory peak (the layer-norm LSTM already keeps
+two more (T, B, 4H) tensors than the plain cell, the normalised input and recurrent blocks).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...config import CellConfig
+from ...cells.family import CellFamily
 
 _CHUNK = 32  # steps per piece where a whole-sequence temporary would raise the memory peak
 
@@ -45,7 +44,8 @@ class Plan:
         reverse: walk t = T-1 .. 0.
         active: (T, B, 1) 1.0 where t < length, else 0.0; None when every step is active.
         keep_h: weight of h_{t-1} in the carried h_t, broadcastable to (T, B, R); None for none.
-        keep_c: the same for the LSTM cell state, to (T, B, H).
+        keep_c: the same for the second state (the LSTM's cell state), to (T, B, H); None for a
+            kernel of one state.
         recurrent_mask: (B, R) recurrent-dropout mask multiplied into h_{t-1} before the matmul.
         replay: the same layer as a differentiable function of the Function's tensor inputs,
             ``replay(x, weight_ih, in_gain, bias, h0, c0, params) -> (output, h_n[, c_n])`` with
@@ -55,7 +55,7 @@ class Plan:
             again.
     """
 
-    cfg: CellConfig
+    cfg: CellFamily
     T: int
     B: int
     reverse: bool
@@ -173,7 +173,7 @@ class RecurrentProduct:
     and their reciprocal standard deviations are kept in (T, B, ·) buffers for the backward pass.
     """
 
-    def __init__(self, weight: Tensor, gain: Tensor | None, cfg: CellConfig, saved: dict[str, Tensor] | None = None,
+    def __init__(self, weight: Tensor, gain: Tensor | None, cfg: CellFamily, saved: dict[str, Tensor] | None = None,
                  T: int = 0, B: int = 0) -> None:
         self.weight, self.weight_t = weight, weight.t()
         self.H, self.eps = cfg.hidden_size, cfg.eps
@@ -196,7 +196,7 @@ class RecurrentProduct:
         return {f"{prefix}.{k}": v for k, v in self.buffers.items()}
 
     @classmethod
-    def restore(cls, weight: Tensor, gain: Tensor | None, cfg: CellConfig, saved: dict[str, Tensor],
+    def restore(cls, weight: Tensor, gain: Tensor | None, cfg: CellFamily, saved: dict[str, Tensor],
                 prefix: str) -> RecurrentProduct:
         """The product of a forward pass, from what :meth:`saved` stored."""
         mine = {k[len(prefix) + 1:]: v for k, v in saved.items() if k.startswith(prefix + ".")}
@@ -250,7 +250,7 @@ class RecurrentProduct:
         return d_weight, None if self.d_gain is None else self.d_gain.view(-1)
 
 
-def input_pre_activations(cfg: CellConfig, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None
+def input_pre_activations(cfg: CellFamily, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None
                           ) -> tuple[Tensor, dict[str, Tensor]]:
     """The input part of every step at once, ``[LN](x W^T) * gain + bias``: one matmul over all
     steps, (T, B, I) -> (T, B, G*H); returns it and what its backward needs."""
@@ -264,7 +264,7 @@ def input_pre_activations(cfg: CellConfig, x: Tensor, weight: Tensor, gain: Tens
     return xw.flatten(-2), {"in.normed": normed, "in.rstd": rstd}
 
 
-def input_grads(cfg: CellConfig, d_xw: Tensor, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None,
+def input_grads(cfg: CellFamily, d_xw: Tensor, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None,
                 saved: dict[str, Tensor], need_x: bool) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
     """Backward of :func:`input_pre_activations`: (dx, dW, d gain, d bias), dW as one matmul."""
     d_bias = None if bias is None else d_xw.flatten(0, 1).sum(0)
@@ -290,32 +290,32 @@ def _stacked(saved: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor]:
 
 
 class Recurrence(torch.autograd.Function):
-    """One layer and direction: forward and backward through time for a cell family.
+    """One layer and direction: forward and backward through time on one kernel.
 
-    ``apply(plan, family, names, x, weight_ih, in_gain, bias, h0, c0, *params)`` with ``family`` a
-    module offering ``forward(plan, xw, h0, c0, w) -> (outputs, saved)`` and
+    ``apply(plan, kernel, names, x, weight_ih, in_gain, bias, h0, c0, *params)`` with ``kernel`` a
+    module or class offering ``forward(plan, xw, h0, c0, w) -> (outputs, saved)`` and
     ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n]).
 
-    A family whose ``normalises_input`` is True (the compiled loops) takes the input's layer
+    A kernel whose ``normalises_input`` is True (the compiled loops) takes the input's layer
     norm over: with layer norm it receives the plain product ``x W^T`` as ``xw``, the input gain
     and the summed bias in ``w`` (``in_gain``, ``in_bias``), and returns the gradient at ``x W^T``
     as ``grads["xw"]`` with those of the gain and bias.
     """
 
     @staticmethod
-    def forward(ctx, plan: Plan, family, names: tuple[str, ...], x: Tensor, weight_ih: Tensor,
+    def forward(ctx, plan: Plan, kernel, names: tuple[str, ...], x: Tensor, weight_ih: Tensor,
                 in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None, *params: Tensor):
         w = dict(zip(names, params))
-        fused = in_gain is not None and getattr(family, "normalises_input", False)
+        fused = in_gain is not None and getattr(kernel, "normalises_input", False)
         if fused:
             xw, saved = input_pre_activations(plan.cfg, x, weight_ih, None, None)
             w.update(in_gain=in_gain, in_bias=bias if bias is not None else torch.zeros_like(in_gain))
         else:
             xw, saved = input_pre_activations(plan.cfg, x, weight_ih, in_gain, bias)
-        outputs, loop_saved = family.forward(plan, xw, h0, c0, w)
+        outputs, loop_saved = kernel.forward(plan, xw, h0, c0, w)
         del xw  # before stacking the per-step lists: the two would otherwise meet at the peak
         saved.update(_stacked(loop_saved))
-        ctx.plan, ctx.family, ctx.names, ctx.saved_names, ctx.fused = plan, family, names, tuple(saved), fused
+        ctx.plan, ctx.kernel, ctx.names, ctx.saved_names, ctx.fused = plan, kernel, names, tuple(saved), fused
         ctx.save_for_backward(x, weight_ih, in_gain, bias, *params, *saved.values())
         # the initial states only for the replay: outside the saved set's version check, so that a
         # first-order backward still runs after a stateful loop overwrote them in place
@@ -361,10 +361,10 @@ class Recurrence(torch.autograd.Function):
         need_x = ctx.needs_input_grad[3]
         if ctx.fused:
             w.update(in_gain=in_gain, in_bias=bias if bias is not None else torch.zeros_like(in_gain))
-            d = ctx.family.backward(ctx.plan, w, saved, grads)
+            d = ctx.kernel.backward(ctx.plan, w, saved, grads)
             d_x, d_w, _, _ = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, None, None, saved, need_x)
             d_gain, d_bias = d["in_gain"], (d["in_bias"] if bias is not None else None)
         else:
-            d = ctx.family.backward(ctx.plan, w, saved, grads)
+            d = ctx.kernel.backward(ctx.plan, w, saved, grads)
             d_x, d_w, d_gain, d_bias = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, in_gain, bias, saved, need_x)
         return (None, None, None, d_x, d_w, d_gain, d_bias, d["h0"], d.get("c0"), *(d.get(n) for n in ctx.names))

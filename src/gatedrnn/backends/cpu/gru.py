@@ -22,10 +22,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...cells.family import CellFamily
 from .function import Plan, RecurrentProduct, blend, split_grad
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
+
+
+def kept_shift_rows(cfg: CellFamily) -> int:
+    """The last rows of the recurrent product whose shift stays inside the recurrence: the n block
+    (H) when the reset multiplies it after the product, :math:`r \\odot (U_n h + s_n)`, else none."""
+    return cfg.hidden_size if cfg.reset_after else 0
 
 
 def _products(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor] | None = None

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ...config import CellConfig
+from ...cells.family import CellFamily
 from .function import Plan, RecurrentProduct, blend, chunks, split_grad
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 
 
-def internal_order(cfg: CellConfig) -> tuple[str, ...]:
+def internal_order(cfg: CellFamily) -> tuple[str, ...]:
     """The backend's gate order: the variant's sigmoid gates among (i, f, o), then g."""
     return tuple(g for g in ("i", "f", "o") if g in cfg.gates) + ("g",)
 
@@ -59,7 +59,7 @@ class Layout:
     variant: str
 
     @classmethod
-    def of(cls, cfg: CellConfig) -> Layout:
+    def of(cls, cfg: CellFamily) -> Layout:
         H, order = cfg.hidden_size, internal_order(cfg)
         blocks = {name: slice(k * H, (k + 1) * H) for k, name in enumerate(order)}
         sig = len(order) - 1 - (cfg.variant == "peephole")
@@ -78,7 +78,7 @@ def _cell_update(lay: Layout, a: Tensor, c_prev: Tensor, out: Tensor) -> None:
         out.add_(g) if lay.i is None else out.addcmul_(a[:, lay.i], g)
 
 
-def _squash(cfg: CellConfig, c: Tensor, w: dict[str, Tensor], out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _squash(cfg: CellFamily, c: Tensor, w: dict[str, Tensor], out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """y = tanh([LN](c)) (no tanh for noaf), written to ``out`` where a tanh runs: (y, mean, rstd)
     with the cell layer norm's statistics (None without it)."""
     mean = rstd = None
