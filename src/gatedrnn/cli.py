@@ -7,11 +7,19 @@ same budget and seed), ``evaluate`` (a saved model on its task, :mod:`gatedrnn.e
 Bad arguments print one ``error: ...`` line on stderr and exit with code 2, never a traceback:
 argparse does this for unknown flags and choices, :class:`gatedrnn.train.ConfigError` carries the
 rest (unknown task option, non-positive size, an ``--out`` that is a file, ...).
+
+Cell families: ``--cell`` (``--cells``) names any registered family. ``--family-module PATH_OR_MODULE``
+(repeatable, on every command that builds or loads a model) imports a Python file or module before
+the arguments are parsed, so the families it registers (:func:`gatedrnn.register_family`) can be
+named; ``--family-opt KEY=VALUE`` sets a family option (its ``option_defaults``), the value a Python
+literal (a bare word is a string). A saved run records where its family came from and is rebuilt
+from there (:func:`gatedrnn.models.require_family`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from dataclasses import replace
@@ -21,11 +29,22 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import checkpoint, saved
-from .config import LSTM_VARIANTS
+from .cells import LSTM_VARIANTS, family_class, registered_families
 from .errors import UsageError, print_error
-from .models import CELLS
+from .models import FamilyNotFoundError, import_family_module
 from .tasks import task_names, task_options
-from .train import LSTM_INITS, ConfigError, TrainConfig, compare, comparison_table, refuse_to_replace, train
+from .train import (
+    LSTM_INITS,
+    ConfigError,
+    TrainConfig,
+    compare,
+    comparison_table,
+    family_settings_problem,
+    import_run_family,
+    refuse_to_replace,
+    settings_for,
+    train,
+)
 
 DEFAULTS = TrainConfig()
 
@@ -47,23 +66,42 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _convert(task: str, key: str, text: str, default: object) -> object:
-    """``--task-opt KEY=TEXT`` -> a value of the type of the option's default (a number when the
-    default is None)."""
-    if isinstance(default, bool):
-        kind, parse = "true or false", {"true": True, "false": False}.__getitem__
-    elif isinstance(default, int):
-        kind, parse = "an integer", int
-    elif isinstance(default, float):
-        kind, parse = "a number", float
-    elif default is None:
-        kind, parse = "a number", lambda t: int(t) if t.lstrip("-").isdigit() else float(t)
-    else:
-        kind, parse = "a string", str
+def _option_value(text: str, default: object, any_literal: bool = False) -> object:
+    """``KEY=TEXT`` of ``--task-opt`` or ``--family-opt`` -> a value of the kind of the option's
+    default: the text itself for a string; true or false (any case) for a flag; else a Python
+    literal (:func:`ast.literal_eval`, never eval; nan and inf too): an integer for an int, a number
+    for a float or (``any_literal`` off) None, any of a number, a flag, None or a bare word for None
+    with ``any_literal``. ValueError carrying the kind expected otherwise."""
+    if isinstance(default, str):
+        return text
     try:
-        return parse(text.lower() if isinstance(default, bool) else text)
-    except (KeyError, ValueError):
-        raise UsageError(f"--task-opt {key}={text}: task {task!r} expects {kind} for {key}") from None
+        value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        value = {"true": True, "false": False}.get(text.strip().lower(), value)
+        fits, kind = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        fits, kind = number and isinstance(value, int), "an integer"
+    elif isinstance(default, float) or not any_literal:
+        fits, kind = number, "a number"
+    else:
+        fits, kind = value is None or isinstance(value, (bool, int, float, str)), "a number, true, false, None or a word"
+    if not fits:
+        raise ValueError(kind)
+    return float(value) if isinstance(default, float) else value
+
+
+def _split_option(flag: str, pair: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key with ``-`` as ``_``, value text); UsageError without ``=``."""
+    key, sep, text = pair.partition("=")
+    if not sep:
+        raise UsageError(f"{flag} expects KEY=VALUE, got {pair!r}")
+    return key.strip().replace("-", "_"), text
 
 
 def parse_task_options(task: str, pairs: Sequence[str]) -> dict[str, Any]:
@@ -73,17 +111,67 @@ def parse_task_options(task: str, pairs: Sequence[str]) -> dict[str, Any]:
     known = task_options(task)
     options: dict[str, Any] = {}
     for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep:
-            raise UsageError(f"--task-opt expects KEY=VALUE, got {pair!r}")
+        key, text = _split_option("--task-opt", pair)
         if key == "seq_len":
             raise UsageError("use --seq-len, not --task-opt seq_len=...")
         if key not in known:
             others = ", ".join(k for k in sorted(known) if k != "seq_len") or "none"
             raise UsageError(f"task {task!r} has no option {key!r}; its options are: {others}")
-        options[key] = _convert(task, key, text, known[key])
+        try:
+            options[key] = _option_value(text, known[key])
+        except ValueError as e:
+            raise UsageError(f"--task-opt {key}={text}: task {task!r} expects {e} for {key}") from None
     return options
+
+
+def parse_family_options(pairs: Sequence[str], cells: Sequence[str]) -> dict[str, Any]:
+    """``--family-opt`` ``["KEY=VALUE", ...]`` -> ``{key: value}`` for the registered families
+    ``cells``: every key an option of one of them at least (``option_defaults``), each value
+    converted to fit its default (:func:`_option_value`); UsageError otherwise."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, text = _split_option("--family-opt", pair)
+        if key == "variant":
+            raise UsageError("use --variant, not --family-opt variant=...")
+        takers = [family_class(c).option_defaults for c in cells if key in family_class(c).option_defaults]
+        if not takers:
+            known = sorted({o for c in cells for o in family_class(c).option_defaults if o != "variant"})
+            raise UsageError(f"--family-opt {key}: the cell family {' or '.join(map(repr, cells))} has no option "
+                             f"{key!r}; options: {', '.join(known) or 'none'}")
+        default = takers[0][key]
+        try:
+            options[key] = _option_value(text, default, any_literal=True)
+        except ValueError as e:
+            raise UsageError(f"--family-opt {pair}: expected {e} for {key} (default {default!r})") from None
+    return options
+
+
+def _family_name(text: str) -> str:
+    """``--cell NAME``: a registered cell family (argparse type, checked after ``--family-module``)."""
+    if text not in registered_families():
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(registered_families())}; "
+                                         "a family of your own: --family-module PATH_OR_MODULE)")
+    return text
+
+
+def add_family_module_option(p: argparse.ArgumentParser) -> None:
+    """``--family-module PATH_OR_MODULE`` on a command's parser (:func:`main` imports them first)."""
+    p.add_argument("--family-module", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="a Python file or module to import first: the cell families it registers with "
+                        "gatedrnn.register_family can be named by --cell (repeatable)")
+
+
+def import_family_modules(argv: Sequence[str]) -> None:
+    """Import every ``--family-module`` of ``argv``, in order (before the full parse, whose
+    ``--cell`` then knows their families); UsageError naming the one that fails."""
+    pre = _Parser(prog="gatedrnn", add_help=False, allow_abbrev=False)
+    pre.add_argument("--family-module", action="append", default=[])
+    for spec in pre.parse_known_args(argv)[0].family_module:
+        try:
+            import_family_module(spec)
+        except Exception as e:  # the user's module: its own error, on one line
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise UsageError(f"--family-module {spec}: cannot import it ({type(e).__name__}: {first})") from None
 
 
 _UNSET = argparse.SUPPRESS  # a run flag left out is absent from the namespace: the base config's value applies
@@ -107,13 +195,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="another size of the task, e.g. --task-opt distractors=50 (repeatable)")
     p.add_argument("--variant", default=_UNSET, choices=sorted(LSTM_VARIANTS), metavar="V",
                    help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate; "
-                        f"default {d.variant})")
+                        f"default {d.variant}); for a family with a variant option")
     p.add_argument("--forget-bias", type=float, default=_UNSET, metavar="X",
-                   help="LSTM forget-gate bias at initialisation (default: --lstm-init's)")
+                   help="forget-gate (f) bias at initialisation, for a family with that gate (default: --lstm-init's)")
     p.add_argument("--input-bias", type=float, default=_UNSET, metavar="X",
-                   help="LSTM input-gate bias at initialisation (default: --lstm-init's)")
+                   help="input-gate (i) bias at initialisation, for a family with that gate (default: --lstm-init's)")
     p.add_argument("--lstm-init", default=_UNSET, choices=tuple(LSTM_INITS),
-                   help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init")
+                   help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init "
+                        "(for a family whose memory a forget gate f keeps, as the LSTM's)")
+    p.add_argument("--family-opt", action="append", default=_UNSET, metavar="KEY=VALUE",
+                   help="an option of the cell family, e.g. --family-opt layer_norm=True (a Python literal; "
+                        "repeatable)")
+    add_family_module_option(p)
     p.add_argument("--hidden", type=_positive_int, default=_UNSET, metavar="N", help=f"hidden units (default {d.hidden})")
     p.add_argument("--layers", type=_positive_int, default=_UNSET, metavar="N",
                    help=f"stacked layers (default {d.layers})")
@@ -153,12 +246,14 @@ def given_run_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None,
-                     base: TrainConfig = DEFAULTS) -> TrainConfig:
+                     base: TrainConfig = DEFAULTS, cells: Sequence[str] = ()) -> TrainConfig:
     """The :class:`TrainConfig` the parsed flags describe, for ``cell`` (None: the base's), writing
     into ``out``; each flag left out takes ``base``'s value (its task options only for its task).
-    The progress bar shows where asked for (by default) and stderr is a terminal."""
+    The family's settings (``--variant``, the gate biases, ``--family-opt``) are those it takes
+    (:func:`gatedrnn.train.settings_for`); ``cells``: every cell of the command, which the
+    ``--family-opt`` keys are checked against (default: ``cell``). The progress bar shows where
+    asked for (by default) and stderr is a terminal."""
     cell = cell or base.cell
-    lstm = cell == "lstm"
     given = given_run_flags(args)
     if hasattr(args, "task_opt"):
         options = parse_task_options(args.task, args.task_opt)
@@ -166,8 +261,9 @@ def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None
         parse_task_options(args.task, [])  # an unknown task is named here, before any run
         options = dict(base.task_options) if base.task == args.task else {}
     values = {name: given.get(name, getattr(base, name)) for name in RUN_FLAGS}
-    values.update(variant=values["variant"] if lstm else "vanilla", forget_bias=values["forget_bias"] if lstm else None,
-                  input_bias=values["input_bias"] if lstm else None,
+    family_options = (parse_family_options(args.family_opt, cells or [cell]) if hasattr(args, "family_opt")
+                      else base.family_options)
+    values.update(settings_for(cell, values["variant"], values["forget_bias"], values["input_bias"], family_options),
                   progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty())
     return replace(base, task=args.task, task_options=options, cell=cell, out=out,
                    resume=getattr(args, "resume", False), **values)
@@ -188,6 +284,8 @@ def _checkpointed_config(args: argparse.Namespace) -> TrainConfig:
     saved_config = (checkpoint.saved_extra(run_dir) or {}).get("config")
     if not isinstance(saved_config, dict) or saved_config.get("task") != args.task:
         return DEFAULTS
+    if isinstance(saved_config.get("cell"), str):
+        import_run_family(saved_config["cell"], run_dir)
     try:
         base = replace(TrainConfig.from_dict(saved_config), **{k: getattr(DEFAULTS, k) for k in MACHINE_FLAGS})
         if not isinstance(base.task_options, dict):
@@ -213,9 +311,11 @@ def run_train(args: argparse.Namespace) -> int:
     base = _checkpointed_config(args) if args.resume else DEFAULTS
     cell = getattr(args, "cell", None) or base.cell
     given = given_run_flags(args)
-    for flag, unset in (("variant", "vanilla"), ("forget_bias", None), ("input_bias", None)):
-        if given.get(flag, unset) != unset and cell != "lstm":
-            raise UsageError(f"--{flag.replace('_', '-')} applies to --cell lstm only, got --cell {cell}")
+    options = parse_family_options(args.family_opt, [cell]) if hasattr(args, "family_opt") else {}
+    problem = family_settings_problem(cell, given.get("variant", "vanilla"), given.get("forget_bias"),
+                                      given.get("input_bias"), options)
+    if problem:
+        raise UsageError(problem)
     config = config_from_args(args, cell, args.out, base)
     if not args.resume and not args.overwrite:
         refuse_to_replace(config.run_dir, "pass --resume to continue it, --overwrite to replace it")
@@ -232,13 +332,14 @@ def run_compare(args: argparse.Namespace) -> int:
     """``gatedrnn compare --task NAME --cells rnn,lstm,gru ...``: each cell with the same budget and
     seed (runs in OUT/<cell>), a table and ``OUT/compare.png``."""
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
-    unknown = [c for c in cells if c not in CELLS]
+    unknown = [c for c in cells if c not in registered_families()]
     if not cells or unknown:
-        raise UsageError(f"--cells expects a comma-separated list of {', '.join(CELLS)}, got {args.cells!r}")
+        raise UsageError(f"--cells expects a comma-separated list of {', '.join(registered_families())} (or of "
+                         f"families a --family-module registers), got {args.cells!r}")
     if len(set(cells)) != len(cells):
         raise UsageError(f"--cells lists a cell twice: {args.cells!r}")
     out = Path(args.out or f"runs/compare-{args.task}")
-    configs = [config_from_args(args, c, str(out / c)) for c in cells]
+    configs = [config_from_args(args, c, str(out / c), cells=cells) for c in cells]
     if not args.overwrite:
         for config in configs:
             refuse_to_replace(config.run_dir, "pass --overwrite to replace the compared runs")
@@ -287,6 +388,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gatedrnn`` parser; ``--cell`` takes the families registered when it is called."""
+    from .viz.loading import SHIPPED
+
     parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments "
                                      "and the gate viewer.")
     from . import __version__
@@ -296,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
     _add_run_options(p)
-    p.add_argument("--cell", default=_UNSET, choices=CELLS, help=f"(default {DEFAULTS.cell})")
+    p.add_argument("--cell", default=_UNSET, type=_family_name, metavar="NAME",
+                   help=f"a registered cell family: {', '.join(registered_families())} (default {DEFAULTS.cell}), "
+                        "or one a --family-module registers")
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -310,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several cells with the same budget and seed, print a table",
                        description=run_compare.__doc__)
     _add_run_options(p)
-    p.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated cells (default rnn,lstm,gru)")
+    p.add_argument("--cells", default="rnn,lstm,gru",
+                   help="comma-separated registered cell families (default rnn,lstm,gru)")
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<task>)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the runs already in --out (refused without it: their checkpoints would be lost)")
@@ -338,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description=run_evaluate.__doc__)
     p.add_argument("model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported "
                    ".safetensors")
-    p.add_argument("--shipped", choices=("rnn", "lstm", "gru"), metavar="CELL",
-                   help="evaluate the character model shipped for CELL (rnn, lstm or gru) instead")
+    p.add_argument("--shipped", choices=SHIPPED, metavar="CELL",
+                   help=f"evaluate the character model shipped for CELL ({', '.join(SHIPPED)}) instead")
     p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: as trained)")
     p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="change one of the task's other sizes (repeatable; default: as trained)")
@@ -349,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="(default cpu)")
     p.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="CPU threads (default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON too, as the last line")
+    add_family_module_option(p)
     p.set_defaults(func=run_evaluate)
 
     from .viz.commands import add_subcommands
@@ -358,12 +466,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code."""
+    """Import the ``--family-module``s of ``argv`` (default ``sys.argv[1:]``), parse it, run the
+    command, return its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import_family_modules(argv)
+    except UsageError as e:
+        return print_error(str(e))
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (UsageError, ConfigError, saved.SavedModelError) as e:
+    except (UsageError, ConfigError, saved.SavedModelError, FamilyNotFoundError) as e:
         return print_error(str(e))
     except OSError as e:
         return print_error(f"cannot read or write a file: {e}")

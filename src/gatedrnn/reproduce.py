@@ -126,6 +126,7 @@ def command_line(config: TrainConfig) -> str:
     if config.seq_len is not None:
         parts.append(f"--seq-len {config.seq_len}")
     parts += [f"--task-opt {k}={v}" for k, v in config.task_options.items()]
+    parts += [f"--family-opt {k}={v}" for k, v in config.family_options.items()]
     for name in ("variant", "forget_bias", "input_bias", "lstm_init", "hidden", "layers", "steps", "batch", "lr",
                  "clip", "seed", "eval_every"):
         value = getattr(config, name)

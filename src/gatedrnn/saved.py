@@ -7,9 +7,11 @@
   run's config plus how it was made), as :func:`gatedrnn.viz.loading.export_char_model` writes
   and ``gatedrnn/pretrained/`` ships.
 
-The config (``meta``) is ``{"train": TrainConfig fields, "task": task.describe(), ...}``; from it
-:func:`rebuild` makes the :class:`~gatedrnn.models.SequenceModel` the tensors belong to. Every
-file is read with :mod:`json` and :mod:`safetensors` (nothing is unpickled); any problem raises
+The config (``meta``) is ``{"train": TrainConfig fields, "task": task.describe(), "family":
+where the cell family came from, ...}``; from it :func:`rebuild` makes the
+:class:`~gatedrnn.models.SequenceModel` the tensors belong to, first importing the module of a
+user's family that is not registered (:func:`gatedrnn.models.require_family`). Every file is read
+with :mod:`json` and :mod:`safetensors` (nothing is unpickled); any problem raises
 :class:`SavedModelError` with one line saying what was expected and what was found.
 """
 
@@ -25,7 +27,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from . import checkpoint
-from .models import ModelConfig, SequenceModel
+from .models import FamilyNotFoundError, ModelConfig, SequenceModel, require_family
 
 
 class SavedModelError(ValueError):
@@ -37,7 +39,8 @@ class SavedModel:
     """What :func:`read` returns.
 
     Attributes:
-        meta: ``{"train": {...}, "task": {...}}`` and, for an exported pair, ``"result"`` and ``"command"``.
+        meta: ``{"train": {...}, "task": {...}, "family": {...}}`` (no ``"family"`` in runs saved before
+            families were recorded) and, for an exported pair, ``"result"`` and ``"command"``.
         tensors: the model's state dict (CPU tensors).
         step: the optimiser step the weights are from (None when the files do not say).
         source: the path it was read from.
@@ -113,13 +116,20 @@ def _one_line(error: Exception, limit: int = 600) -> str:
 def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:
     """The :class:`SequenceModel` ``meta`` describes, holding ``tensors``, in eval mode.
 
-    Only the structure comes from the config (cell, variant, sizes, embedding); the initial gate
-    biases it was trained from do not matter, the tensors replace them."""
+    Only the structure comes from the config (cell, variant, family options, sizes, embedding); the
+    initial gate biases it was trained from do not matter, the tensors replace them. A cell family
+    that is not registered is imported from where ``meta["family"]`` says it came from."""
     train, task = meta["train"], meta["task"]
+    if isinstance(train.get("cell"), str):
+        try:
+            require_family(train["cell"], meta.get("family"))
+        except FamilyNotFoundError as e:
+            raise SavedModelError(str(e)) from None
     try:
         config = ModelConfig(cell=train["cell"], input_size=task["input_size"], output_size=task["output_size"],
                              hidden_size=train["hidden"], num_layers=train["layers"], variant=train["variant"],
-                             vocab_size=task["vocab_size"], embedding_dim=train["embedding_dim"])
+                             vocab_size=task["vocab_size"], embedding_dim=train["embedding_dim"],
+                             family_options=dict(train.get("family_options") or {}))
         model = SequenceModel(config)
         model.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

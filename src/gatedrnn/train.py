@@ -34,8 +34,16 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint
-from .config import LSTM_VARIANTS
-from .models import CELLS, SequenceModel, model_for_task
+from .cells import family_class, registered_families
+from .models import (
+    FamilyNotFoundError,
+    SequenceModel,
+    configured_family,
+    family_record,
+    model_for_task,
+    option_takers,
+    require_family,
+)
 from .tasks import Batch, Task, make_task, task_names
 
 TEST_SEED_OFFSET = 1_000_003
@@ -49,7 +57,7 @@ class ConfigError(ValueError):
 
 
 LSTM_INITS: dict[str, dict[str, float]] = {"long-lag": {"f": 3.0, "i": -3.0}, "torch": {}}
-"""Gate biases each ``lstm_init`` sets (where the variant has the gate), see :class:`TrainConfig`."""
+"""Gate biases each ``lstm_init`` sets (where the family has the gate), see :class:`TrainConfig`."""
 
 RESUMABLE_CHANGES = {"steps", "resume", "out", "device", "threads", "progress", "checkpoint_every", "eval_every",
                      "log_every", "stop_when_solved", "test_batch"}
@@ -64,16 +72,22 @@ class TrainConfig:
         task: a name from :func:`gatedrnn.tasks.task_names`.
         seq_len: the task's length parameter T; None for the task's default.
         task_options: further keyword arguments of the task (``--task-opt KEY=VALUE``).
-        cell: ``rnn``, ``lstm`` or ``gru``.
-        variant: LSTM variant (``vanilla``; ``nfg`` is the 1997 LSTM without forget gate).
-        forget_bias, input_bias: LSTM forget- and input-gate biases at initialisation. None: what
-            ``lstm_init`` says.
-        lstm_init: ``"long-lag"`` (default): forget-gate bias +3 and input-gate bias -3 where the
-            variant has those gates, so that at first the cells keep what they hold (f = 0.95) and
-            take in little (i = 0.05); the paper's negative input-gate bias against internal state
-            drift (Hochreiter & Schmidhuber 1997, sec. 4). With torch.nn's initialisation the
-            1997 adding problem at T = 100 stayed on its plateau for 15,000 steps; with these
-            biases it is solved in about 1,000. ``"torch"``: the layer's own initialisation.
+        cell: a registered cell family: ``lstm``, ``gru``, ``rnn`` or a user's
+            (:func:`gatedrnn.register_family`; ``--family-module`` imports the module that registers it).
+        variant: the family's ``variant`` option (LSTM: ``vanilla``; ``nfg`` is the 1997 LSTM
+            without forget gate); ``vanilla`` for a family without one.
+        forget_bias, input_bias: initial biases of the forget gate ``f`` and the input gate ``i``,
+            for a family with that gate. None: what ``lstm_init`` says.
+        lstm_init: for a family whose memory a forget gate ``f`` keeps (its ``retention_gate``,
+            as the LSTM's): ``"long-lag"`` (default): forget-gate bias +3 and input-gate bias -3
+            where the family has those gates, so that at first the cells keep what they hold
+            (f = 0.95) and take in little (i = 0.05); the paper's negative input-gate bias against
+            internal state drift (Hochreiter & Schmidhuber 1997, sec. 4). With torch.nn's
+            initialisation the 1997 adding problem at T = 100 stayed on its plateau for 15,000
+            steps; with these biases it is solved in about 1,000. ``"torch"``: the layer's own
+            initialisation. Other families keep their own.
+        family_options: the family's other options by name (its ``option_defaults``; ``--family-opt
+            KEY=VALUE``), e.g. ``{"layer_norm": True}``.
         hidden, layers, embedding_dim: model sizes (embedding only for token tasks).
         steps: optimiser steps (at most; see ``stop_when_solved``).
         batch: global batch size B (sequences per step, summed over DDP ranks).
@@ -99,6 +113,7 @@ class TrainConfig:
     forget_bias: float | None = None
     input_bias: float | None = None
     lstm_init: str = "long-lag"
+    family_options: dict[str, Any] = field(default_factory=dict)
     hidden: int = 64
     layers: int = 1
     embedding_dim: int = 64
@@ -122,18 +137,15 @@ class TrainConfig:
         """Raise :class:`ConfigError`, naming the field, the expectation and the value, on bad settings."""
         if self.task not in task_names():
             raise ConfigError(f"unknown task {self.task!r}; expected one of {', '.join(task_names())}")
-        if self.cell not in CELLS:
-            raise ConfigError(f"unknown cell {self.cell!r}; expected one of {', '.join(CELLS)}")
-        if self.variant not in LSTM_VARIANTS:
-            raise ConfigError(f"unknown variant {self.variant!r}; expected one of {', '.join(LSTM_VARIANTS)}")
-        if self.cell != "lstm" and (self.variant != "vanilla" or self.forget_bias is not None
-                                    or self.input_bias is not None):
-            raise ConfigError(f"--variant, --forget-bias and --input-bias apply to --cell lstm only, "
-                              f"got --cell {self.cell}")
-        for gate, value in (("f", self.forget_bias), ("i", self.input_bias)):
-            if value is not None and gate not in LSTM_VARIANTS[self.variant]:
-                flag = "--forget-bias" if gate == "f" else "--input-bias"
-                raise ConfigError(f"{flag} needs the {gate!r} gate, but variant {self.variant!r} has none")
+        if not isinstance(self.cell, str) or self.cell not in registered_families():
+            raise ConfigError(f"unknown cell {self.cell!r}; expected a registered cell family: "
+                              f"{', '.join(registered_families())} (a family of your own: --family-module PATH)")
+        if not isinstance(self.family_options, dict):
+            raise ConfigError(f"family_options must be a dict, got {type(self.family_options).__name__}")
+        problem = family_settings_problem(self.cell, self.variant, self.forget_bias, self.input_bias,
+                                          self.family_options)
+        if problem:
+            raise ConfigError(problem)
         if self.lstm_init not in LSTM_INITS:
             raise ConfigError(f"lstm-init must be one of {', '.join(LSTM_INITS)}, got {self.lstm_init!r}")
         for name in ("hidden", "layers", "threads", "embedding_dim", "steps", "batch", "checkpoint_every",
@@ -207,21 +219,86 @@ def build_task(config: TrainConfig) -> Task:
         raise ConfigError(str(e)) from None
 
 
+GATE_FLAGS = (("--forget-bias", "f"), ("--input-bias", "i"))
+"""The gate-bias settings and the gate each sets."""
+
+
+def family_settings_problem(cell: str, variant: str = "vanilla", forget_bias: float | None = None,
+                            input_bias: float | None = None, family_options: dict[str, Any] | None = None
+                            ) -> str | None:
+    """Why the registered family ``cell`` cannot take these settings, as one line naming the flag
+    (the first problem), or None. What decides is what the family takes, never its name: a
+    ``variant`` option, the options of its ``option_defaults`` (``family_options``), the gates
+    ``f`` and ``i`` of its configuration (an LSTM variant may lack one)."""
+    family_options = family_options or {}
+    cls = family_class(cell)
+    if variant != "vanilla" and "variant" not in cls.option_defaults:
+        return f"--variant applies to --cell {option_takers('variant')} only, got --cell {cell}"
+    if "variant" in family_options:
+        return "--family-opt variant=...: use --variant"
+    unknown = sorted(set(family_options) - set(cls.option_defaults))
+    if unknown:
+        return (f"--family-opt {unknown[0]}: the cell family {cell!r} has no option {unknown[0]!r}; its options: "
+                f"{', '.join(o for o in cls.option_defaults if o != 'variant') or 'none'}")
+    try:
+        family = configured_family(cell, variant, family_options)
+    except (TypeError, ValueError) as e:
+        return f"--cell {cell}: {e}"
+    what = f"variant {variant!r}" if variant != "vanilla" else f"--cell {cell}"
+    for (flag, gate), value in zip(GATE_FLAGS, (forget_bias, input_bias)):
+        if value is not None and gate not in family.gates:
+            return f"{flag} needs the {gate!r} gate, but {what} has none (its gates: {', '.join(family.gates)})"
+    return None
+
+
+def settings_for(cell: str, variant: str = "vanilla", forget_bias: float | None = None,
+                 input_bias: float | None = None, family_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Of these settings, those the registered family ``cell`` takes (see
+    :func:`family_settings_problem`), the others at their unset values: what ``compare`` gives
+    each of its cells. Returns the TrainConfig fields variant, forget_bias, input_bias,
+    family_options."""
+    cls = family_class(cell)
+    variant = variant if "variant" in cls.option_defaults else "vanilla"
+    options = {k: v for k, v in (family_options or {}).items() if k in cls.option_defaults and k != "variant"}
+    try:
+        gates = configured_family(cell, variant, options).gates
+    except (TypeError, ValueError):  # an option value it refuses: validate names it
+        gates = ("f", "i")
+    return {"variant": variant, "family_options": options,
+            "forget_bias": forget_bias if "f" in gates else None, "input_bias": input_bias if "i" in gates else None}
+
+
 def gate_biases(config: TrainConfig) -> tuple[float | None, float | None]:
-    """(forget_bias, input_bias) the model is built with: the explicit values, else ``lstm_init``'s
-    for the gates the variant has; (None, None) for GRU and RNN."""
-    if config.cell != "lstm":
-        return None, None
-    gates, init = LSTM_VARIANTS[config.variant], LSTM_INITS[config.lstm_init]
-    forget = config.forget_bias if config.forget_bias is not None else init.get("f") if "f" in gates else None
-    input_ = config.input_bias if config.input_bias is not None else init.get("i") if "i" in gates else None
-    return forget, input_
+    """(forget_bias, input_bias) the model is built with: the explicit values, else, for a family
+    whose retention gate is a forget gate ``f`` (the LSTM), ``lstm_init``'s for the gates it has;
+    (None, None) for the others without explicit values (GRU, RNN)."""
+    family = configured_family(config.cell, config.variant, config.family_options)
+    init = LSTM_INITS[config.lstm_init] if family.retention_gate == "f" else {}
+
+    def bias(value: float | None, gate: str) -> float | None:
+        return value if value is not None else init.get(gate) if gate in family.gates else None
+
+    return bias(config.forget_bias, "f"), bias(config.input_bias, "i")
 
 
 def build_model(config: TrainConfig, task: Task) -> SequenceModel:
     forget_bias, input_bias = gate_biases(config)
     return model_for_task(task, config.cell, config.hidden, config.layers, config.variant, forget_bias,
-                          config.embedding_dim, input_bias)
+                          config.embedding_dim, input_bias, config.family_options)
+
+
+def import_run_family(cell: str, run_dir: str | Path) -> None:
+    """When ``cell`` is not registered but the run checkpointed in ``run_dir`` records it, import the
+    module it came from (:func:`gatedrnn.models.require_family`); ConfigError when that fails. Nothing
+    otherwise (an unknown cell is :meth:`TrainConfig.validate`'s to name)."""
+    if cell in registered_families():
+        return
+    record = (checkpoint.saved_extra(run_dir) or {}).get("family")
+    if isinstance(record, dict) and record.get("name") == cell:
+        try:
+            require_family(cell, record)
+        except FamilyNotFoundError as e:
+            raise ConfigError(str(e)) from None
 
 
 def shard(batch: Batch, rank: int, size: int) -> Batch:
@@ -276,8 +353,8 @@ class RunFiles:
             return
         if not resumed_step:
             checkpoint.clear(self.dir)
-        checkpoint.atomic_write_text(self.dir / "config.json",
-                                     json.dumps({"train": config.to_dict(), "task": task.describe()}, indent=2))
+        checkpoint.atomic_write_text(self.dir / "config.json", json.dumps(
+            {"train": config.to_dict(), "task": task.describe(), "family": family_record(config.cell)}, indent=2))
         kept = [r for r in self.records() if r["step"] <= resumed_step] if resumed_step else []
         checkpoint.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -344,7 +421,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     variant, steps, sequences, train_loss (last logged), final_loss (test loss at the end),
     accuracy, wrong (of ``tested`` test sequences), solved, solved_step, solved_sequences (first
     evaluation that met the criterion, or None), seconds, out, world_size, rank. Uses ``config.threads`` CPU threads and
-    restores the caller's setting afterwards."""
+    restores the caller's setting afterwards. Resuming a run of a family not registered here imports
+    the module the run recorded (:func:`import_run_family`)."""
+    if config.resume:
+        import_run_family(config.cell, config.run_dir)
     config.validate()
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -377,7 +457,7 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         if world.main:
             state["seconds"] = time.perf_counter() - started
             checkpoint.save(config.run_dir, state["step"], model, optimizer, generator,
-                            extra={"config": config.to_dict(), "state": state})
+                            extra={"config": config.to_dict(), "state": state, "family": family_record(config.cell)})
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate(model, task, config.seed, world.device, config.test_batch)

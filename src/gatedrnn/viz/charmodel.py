@@ -24,11 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..backends.reference import layer_step
-from ..cells import initial_carry
+from ..backends.reference import layer_step, recurrent_weights
 from ..config import Noise
 from ..inspect import inspect_gates
-from ..nn import _RecurrentBase
+from ..nn import Recurrent
 from ..tasks.charlm import decode, encode
 from .page import GateRecord
 from .span import WINDOW, SpanResult, influence, mean_distance, span_result
@@ -52,19 +51,21 @@ def _only(model: nn.Module, kind: type, what: str) -> nn.Module:
     return found[0]
 
 
-def recurrent_step(rnn: _RecurrentBase) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor,
-                                                 dict[tuple[str, int], slice]]:
+def recurrent_step(rnn: Recurrent) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor,
+                                             dict[tuple[str, int], slice]]:
     """The stack's one-step map on one flat state vector, z_t = step(x_t, z_{t-1}), for
     :func:`gatedrnn.viz.span.influence`, in evaluation mode (no dropout; zoneout as its
-    expectation, as the module's forward in ``eval()``).
+    expectation, as the module's forward in ``eval()``), for any cell family.
 
-    z is the concatenation over layers of what the time loop carries (LSTM h (R), c (H), for
-    ``fgr`` also the previous i, f, o (3H); GRU and RNN h (H)) and, for an LSTM with a projection,
-    the layer's h before it (H): an output of the step that it does not read back, so that h means
-    what :func:`gatedrnn.inspect_gates` records as ``"h"``.
+    z is the concatenation over layers of what the time loop carries (the family's
+    :meth:`~gatedrnn.CellFamily.initial_carry`: LSTM h (R), c (H), for ``fgr`` also the previous i,
+    f, o (3H); GRU and RNN h (H)) and, for a family whose carried h is not H wide (an LSTM with a
+    projection), the layer's recorded h (H): an output of the step that it does not read back, so
+    that h means what :func:`gatedrnn.inspect_gates` records as ``"h"``.
 
     Returns ``step`` ((D,), (S,) -> (S,)), the initial state z_0 (zeros, S) and the rows of each
-    layer's states: ``groups[(name, layer)]`` for name ``"h"`` and (LSTM) ``"c"``.
+    layer's states: ``groups[(name, layer)]`` for each name of the family's ``states`` (LSTM h, c;
+    GRU and RNN h).
     """
     if rnn.bidirectional or rnn.training:
         raise ValueError("recurrent_step: expected a unidirectional module in eval() mode")
@@ -72,33 +73,35 @@ def recurrent_step(rnn: _RecurrentBase) -> tuple[Callable[[Tensor, Tensor], Tens
     weights = [rnn.layer_weights(k, 0) for k in range(rnn.num_layers)]
     noise = Noise(zoneout=rnn.zoneout) if rnn.zoneout > 0 else None
     carry_sizes, sizes, groups = _state_layout(rnn)
+    output = cfg.states[0]
 
     def step(x_t: Tensor, z: Tensor) -> Tensor:
         parts, out, layer_input = z.unsqueeze(0).split(sizes * rnn.num_layers, dim=-1), [], x_t.unsqueeze(0)
         for k, w in enumerate(weights):
             carry = parts[k * len(sizes): k * len(sizes) + len(carry_sizes)]
-            new, gates = layer_step(cfg, layer_input, carry, w, noise)
-            out += list(new) + ([gates["h"]] if cfg.proj_size > 0 else [])
+            new, gates = layer_step(cfg, cfg.input_projection(layer_input, w), carry, recurrent_weights(w), noise)
+            out += list(new) + ([cfg.record(gates, new)[output]] if len(sizes) > len(carry_sizes) else [])
             layer_input = new[0]
         return torch.cat(out, dim=-1).squeeze(0)
 
     return step, next(rnn.parameters()).new_zeros(rnn.num_layers * sum(sizes)), groups
 
 
-def _state_layout(rnn: _RecurrentBase) -> tuple[list[int], list[int], dict[tuple[str, int], slice]]:
+def _state_layout(rnn: Recurrent) -> tuple[list[int], list[int], dict[tuple[str, int], slice]]:
     """The layout of :func:`recurrent_step`'s flat state: the sizes of what one layer's loop
-    carries, of one layer's part of z (the carry, then h before a projection if there is one), and
-    the rows ``groups[(name, layer)]`` of each layer's h and (LSTM) c."""
+    carries, of one layer's part of z (the carry, then the recorded h when the carried h is not H
+    wide), and the rows ``groups[(name, layer)]`` of each layer's states (the family's ``states``)."""
     cfg = rnn.cell_config
-    carry_sizes = [t.shape[-1] for t in initial_carry(tuple(torch.zeros(1, n) for n in cfg.state_sizes), cfg)]
-    sizes = carry_sizes + ([cfg.hidden_size] if cfg.proj_size > 0 else [])
-    h_at = sum(carry_sizes) if cfg.proj_size > 0 else 0  # where the measured h starts in a layer's part
+    carry_sizes = [t.shape[-1] for t in cfg.initial_carry(tuple(torch.zeros(1, n) for n in cfg.state_sizes))]
+    projected = cfg.state_sizes[0] != cfg.hidden_size
+    sizes = carry_sizes + ([cfg.hidden_size] if projected else [])
+    starts = np.cumsum([0] + sizes)  # where each part begins in a layer's part of z
     groups = {}
     for k in range(rnn.num_layers):
         base = k * sum(sizes)
-        groups[("h", k)] = slice(base + h_at, base + h_at + cfg.hidden_size)
-        if cfg.family == "lstm":
-            groups[("c", k)] = slice(base + carry_sizes[0], base + carry_sizes[0] + cfg.hidden_size)
+        for i, name in enumerate(cfg.states):
+            at = len(carry_sizes) if i == 0 and projected else i  # the recorded h, not the projected one
+            groups[(name, k)] = slice(base + int(starts[at]), base + int(starts[at]) + sizes[at])
     return carry_sizes, sizes, groups
 
 
@@ -108,14 +111,14 @@ class CharModel:
 
     Attributes:
         embedding: ``nn.Embedding(V, D)``.
-        rnn: the :class:`gatedrnn.LSTM` / ``GRU`` / ``RNN`` stack (unidirectional).
+        rnn: the :class:`gatedrnn.Recurrent` stack of any cell family (unidirectional).
         head: ``nn.Linear(H, V)`` from the top layer's output to next-character logits.
         vocab: the characters of ids 1..V-1.
         name: shown in titles and tables, e.g. ``"LSTM"``.
     """
 
     embedding: nn.Embedding
-    rnn: _RecurrentBase
+    rnn: Recurrent
     head: nn.Linear
     vocab: str
     name: str
@@ -123,7 +126,8 @@ class CharModel:
     @classmethod
     def from_module(cls, model: nn.Module, vocab: str, name: str | None = None) -> "CharModel":
         """Take the embedding, recurrent stack and head out of ``model`` (e.g. a SequenceModel)."""
-        parts = cls(_only(model, nn.Embedding, "nn.Embedding"), _only(model, _RecurrentBase, "gatedrnn LSTM/GRU/RNN"),
+        parts = cls(_only(model, nn.Embedding, "nn.Embedding"),
+                    _only(model, Recurrent, "gatedrnn recurrent stack (LSTM, GRU, RNN or Recurrent)"),
                     _only(model, nn.Linear, "nn.Linear head"), vocab, "")
         if parts.rnn.bidirectional:
             raise ValueError("a character model predicts the next character: expected a unidirectional stack, "
@@ -136,8 +140,8 @@ class CharModel:
 
     @property
     def cell(self) -> str:
-        """``"lstm"``, ``"gru"`` or ``"rnn"``."""
-        return self.rnn.cell_config.family
+        """The name of the stack's cell family (``"lstm"``, ``"gru"``, ``"rnn"`` or a user's)."""
+        return self.rnn.cell_config.name
 
     def encode(self, text: str) -> tuple[Tensor, list[int]]:
         """Ids (T,) and the positions of characters outside the vocabulary (read as unknown)."""
@@ -157,19 +161,19 @@ class CharModel:
         layers = [{k: v[:, 0].float().numpy() for k, v in trace.gates[(layer, 0)].items()}
                   for layer in range(self.rnn.num_layers)]
         return GateRecord(text=text, cell=self.cell, layers=layers, unknown=unknown,
-                          title=f"{self.name}: gates on {len(text)} characters")
+                          title=f"{self.name}: gates on {len(text)} characters", names=trace.names)
 
     @property
     def memory(self) -> tuple[str, ...]:
-        """The recorded states that carry information forward: ``("h", "c")`` for an LSTM, ``("h",)``
-        otherwise."""
-        return ("h", "c") if self.cell == "lstm" else ("h",)
+        """The recorded states that carry information forward: the family's ``states`` (LSTM
+        ``("h", "c")``, GRU and RNN ``("h",)``)."""
+        return tuple(self.rnn.cell_config.states)
 
     def span(self, text: str, window: int = WINDOW) -> tuple[list[SpanResult], dict[str, list[np.ndarray]]]:
         """The memory span on ``text`` (see :mod:`gatedrnn.viz.span`): the influence of each
-        character's embedding x_s on the states h_t (and, for an LSTM, the cell states c_t) for the
-        distances t - s < ``window``, exactly, in float64, through the cells' step functions (the
-        reference backend's math; :func:`recurrent_step`).
+        character's embedding x_s on the states h_t (and the family's other states, the LSTM's cell
+        states c_t) for the distances t - s < ``window``, exactly, in float64, through the cells'
+        step functions (the reference backend's math; :func:`recurrent_step`).
 
         Returns the top layer's :class:`SpanResult` per state in :attr:`memory` (label ``"LSTM"``
         for h, ``"LSTM c"`` for c) and, per state name, every layer's per-unit influence-weighted
@@ -183,7 +187,7 @@ class CharModel:
         top = rnn.num_layers - 1
         measured = influence(step, x, z0, {g: rows for g, rows in groups.items() if g[0] in self.memory}, window,
                              totals=[(name, top) for name in self.memory], progress=f"memory span ({self.name})")
-        results = [span_result(self.name if name == "h" else f"{self.name} {name}", text,
+        results = [span_result(self.name if name == self.memory[0] else f"{self.name} {name}", text,
                                measured.band[(name, top)], measured.unit_sum[(name, top)], quantity=name)
                    for name in self.memory]
         distances = {name: [mean_distance(measured.unit_curve((name, k))) for k in range(rnn.num_layers)]

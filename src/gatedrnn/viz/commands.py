@@ -18,7 +18,7 @@ import torch
 
 from ..errors import UsageError, print_error
 from .charmodel import check_sample_options
-from .loading import CELLS, load_char_model, load_shipped
+from .loading import SHIPPED, load_char_model, load_shipped
 from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
 from .span import WINDOW, probe_positions, summary_lines
@@ -181,10 +181,12 @@ def _span_estimate(models, length: int, window: int) -> str | None:
 
 
 def run_gates(args: argparse.Namespace) -> int:
-    """``gatedrnn gates TEXT | --file PATH [--model PATH | --cell lstm|gru|rnn] [--out DIR]
-    [--probe EARLY,LATE] [--span-window N]``: write gates.html and gates.png for one model and
-    memory_span.png (the given model, or the three shipped ones side by side), print the
-    memory-span summary and where the files are."""
+    """``gatedrnn gates TEXT | --file PATH [--model PATH [--family-module PATH_OR_MODULE] | --cell
+    lstm|gru|rnn] [--out DIR] [--probe EARLY,LATE] [--span-window N]``: write gates.html and
+    gates.png for one model and memory_span.png (the given model, or the three shipped ones side by
+    side), print the memory-span summary and where the files are. A model of a user's cell family
+    shows that family's gates and states (its module is imported again from where the run recorded
+    it, or given with --family-module)."""
     start = time.perf_counter()
     out, probe = Path(args.out), getattr(args, "probe", None)
     window = getattr(args, "span_window", WINDOW)
@@ -197,8 +199,8 @@ def run_gates(args: argparse.Namespace) -> int:
             models = [load_char_model(args.model)]
             model = models[0]
         else:
-            models = [load_shipped(c) for c in CELLS]
-            model = models[CELLS.index(args.cell)]
+            models = [load_shipped(c) for c in SHIPPED]
+            model = models[SHIPPED.index(args.cell)]
         _prepare_out(out)
         record = model.record(text)
         note = _unknown_note(model, text)
@@ -266,11 +268,14 @@ def _check_sample_options(length: int, temperature: float) -> None:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
+    from ..cli import add_family_module_option
+
     which = p.add_mutually_exclusive_group()
     which.add_argument("--model", metavar="PATH", help="a char-level model saved by `gatedrnn train --task charlm` "
-                       "(its .safetensors file or the run directory)")
-    which.add_argument("--cell", choices=CELLS, default="lstm",
+                       "(its .safetensors file or the run directory), of any cell family")
+    which.add_argument("--cell", choices=SHIPPED, default="lstm",
                        help="use the model shipped with gatedrnn for this cell (default: lstm)")
+    add_family_module_option(p)
 
 
 def add_subcommands(subparsers) -> None:

@@ -17,17 +17,17 @@ from pathlib import Path
 from ..tasks import task_names
 from ..train import ConfigError, TrainConfig, compare, comparison_table
 from .commands import TUTORIAL, add_threads_option, run_gates, set_threads
-from .loading import CELLS, UsageError
+from .loading import SHIPPED, UsageError
 
 
 def demo_configs(args: argparse.Namespace, out: Path) -> list[TrainConfig]:
-    """One :class:`TrainConfig` per cell of :data:`CELLS`, identical but for the cell (runs in
-    ``out/<cell>``)."""
+    """One :class:`TrainConfig` per cell of the shipped models (:data:`SHIPPED`: RNN, LSTM, GRU),
+    identical but for the cell (runs in ``out/<cell>``)."""
     return [TrainConfig(task=args.task, seq_len=demo_seq_len(args), cell=cell, hidden=args.hidden, steps=args.steps,
                         batch=args.batch, lr=args.lr, seed=args.seed, device="cpu", threads=args.threads,
                         out=str(out / cell), eval_every=max(args.steps // 10, 1), checkpoint_every=args.steps,
                         progress=sys.stderr.isatty())
-            for cell in CELLS]
+            for cell in SHIPPED]
 
 
 DEMO_TASK, DEMO_SEQ_LEN = "adding-modern", 100

@@ -31,8 +31,9 @@ from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
 from .charmodel import CharModel
 
-CELLS = ("rnn", "lstm", "gru")
-"""Cells of the shipped models, in the order the figures show them."""
+SHIPPED = ("rnn", "lstm", "gru")
+"""The cell families of the models shipped in :data:`SHIPPED_DIR` (their files' stems), in the
+order the figures show them. A model of any other family is loaded from its run (``--model``)."""
 
 SHIPPED_DIR = "pretrained"
 """The package directory of the shipped models (not ``models/``: that name is the module
@@ -41,8 +42,9 @@ SHIPPED_DIR = "pretrained"
 
 def shipped_path(cell: str) -> Path:
     """Where the model shipped for ``cell`` lives (``gatedrnn/pretrained/<cell>.safetensors``)."""
-    if cell not in CELLS:
-        raise UsageError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+    if cell not in SHIPPED:
+        raise UsageError(f"cell must be one of {', '.join(SHIPPED)}, got {cell!r} (the shipped models; a model "
+                         "of another family: --model PATH)")
     return Path(str(resources.files("gatedrnn") / SHIPPED_DIR / f"{cell}.safetensors"))
 
 
@@ -94,7 +96,7 @@ def load_char_model(path: str | Path) -> CharModel:
 
 
 def load_shipped(cell: str) -> CharModel:
-    """The char-level model shipped with gatedrnn for ``cell`` (``rnn``, ``lstm`` or ``gru``)."""
+    """The char-level model shipped with gatedrnn for ``cell`` (one of :data:`SHIPPED`)."""
     path = shipped_path(cell)
     if not path.exists():
         raise UsageError(f"the shipped {cell} model is missing ({path}); reinstall gatedrnn or pass --model PATH")

@@ -7,8 +7,10 @@ JSON, the script and the styles of ``gates.html`` beside this file) is inlined, 
 file system with no network.
 
 Shapes: T characters, H units per layer; ``layers[k][name]`` is a (T, H) array of layer k's
-``name`` (LSTM ``i f g o c h``, GRU ``r z n h``, RNN ``h``), as
-:func:`gatedrnn.inspect_gates` records for a batch of one.
+``name``, one per name of the cell family's :attr:`~gatedrnn.CellFamily.trace_names` (LSTM
+``i f g o c h``, GRU ``r z n h``, RNN ``h``, a user's family its gates and states), as
+:func:`gatedrnn.inspect_gates` records for a batch of one. What the page opens on and how it orders
+units come from the family too (its ``memory_state``, its ``retention_gate``).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..config import TRACE_NAMES
+from ..cells import CellFamily, family_class, registered_families
 
 BOUNDED = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "r": (0.0, 1.0), "z": (0.0, 1.0),
            "g": (-1.0, 1.0), "n": (-1.0, 1.0)}
-"""Range of each gate activation (sigmoid gates in [0, 1], tanh candidates in [-1, 1]); h and c
-are scaled per unit by their largest magnitude on the text."""
+"""Range of the built-in families' gate activations by name (sigmoid gates in [0, 1], tanh
+candidates in [-1, 1]), used where the recorded values lie within it; anything else (states, a
+user's gate outside these) is scaled per unit by its largest magnitude on the text."""
 
 DESCRIPTIONS = {
     "i": "input gate: how much of the candidate g enters the cell",
@@ -41,13 +44,50 @@ DESCRIPTIONS = {
     "n": "candidate state",
 }
 
-RETENTION_GATE = {"lstm": "f", "gru": "z"}
-"""The gate whose value is the fraction of the previous state a unit keeps at each step."""
-
-INITIAL = {"lstm": "c", "gru": "h", "rnn": "h"}
-"""The quantity the page colours by when it opens: the state that carries the memory."""
-
 DIGITS = 4
+
+
+def family_of(cell: str) -> type[CellFamily]:
+    """The registered family ``cell`` (ValueError naming the registered ones otherwise)."""
+    if cell not in registered_families():
+        raise ValueError(f"cell must be one of the registered cell families {', '.join(registered_families())}, "
+                         f"got {cell!r}")
+    return family_class(cell)
+
+
+def initial_quantity(family: CellFamily) -> str:
+    """The quantity the page colours by when it opens: the state that carries the memory (the
+    family's ``memory_state``, else its first state, h)."""
+    return family.memory_state or family.states[0]
+
+
+BUILT_IN = CellFamily.__module__.rpartition(".")[0]
+"""The package of the built-in families, whose names :data:`DESCRIPTIONS` describes."""
+
+
+def describe(family: CellFamily, name: str) -> str:
+    """The hover text of ``name``: what it means in the built-in families (:data:`DESCRIPTIONS`);
+    for a user's family, its role as the family declares it (gate or state, the output, the memory,
+    the retention gate)."""
+    if type(family).__module__.startswith(f"{BUILT_IN}.") and name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    role = "state" if name in family.states else "gate"
+    if name == family.states[0]:
+        return f"{role} {name}: the layer's output"
+    if name == family.memory_state:
+        return f"{role} {name}: the memory the cell carries"
+    if name == family.retention_gate:
+        return f"{role} {name}: near 1 keeps the memory"
+    return f"{role} {name}"
+
+
+def value_range(name: str, values: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """The fixed colour range of ``name`` on the page and in gates.png: :data:`BOUNDED`'s when
+    every recorded value (each layer's (T, H) array) lies within it, else None (scaled per unit)."""
+    bounds = BOUNDED.get(name)
+    if bounds is None or not all(bounds[0] <= np.min(v) and np.max(v) <= bounds[1] for v in values):
+        return None
+    return bounds
 
 
 @dataclass
@@ -56,12 +96,17 @@ class GateRecord:
 
     Attributes:
         text: the input characters, length T.
-        cell: ``"lstm"``, ``"gru"`` or ``"rnn"``.
+        cell: a registered cell family (``"lstm"``, ``"gru"``, ``"rnn"`` or a user's).
         layers: per layer, name -> (T, H) array.
         unknown: positions of characters outside the model's vocabulary (shown marked).
         unit_scores: extra ways to order units: label -> per layer a (H,) array (larger first),
             e.g. the memory span of each unit from :mod:`gatedrnn.viz.span`.
         title: shown at the top of the page.
+        names: the recorded names in display order (:attr:`gatedrnn.GateTrace.names`); default
+            the family's :attr:`~gatedrnn.CellFamily.trace_names` in its default configuration.
+
+    ``cell_config`` (set on construction) is the family in its default configuration, which the
+    page asks for its states, memory state and retention gate.
     """
 
     text: str
@@ -70,16 +115,17 @@ class GateRecord:
     unknown: Sequence[int] = ()
     unit_scores: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
     title: str = ""
+    names: Sequence[str] = ()
 
     def __post_init__(self):
-        if self.cell not in TRACE_NAMES:
-            raise ValueError(f"cell must be one of {sorted(TRACE_NAMES)}, got {self.cell!r}")
+        self.cell_config = family_of(self.cell)(1)  # its default configuration: names and roles
+        self.names = tuple(self.names) or self.cell_config.trace_names
         if not self.text:
             raise ValueError("text is empty: the gate viewer needs at least one character")
         if not self.layers:
             raise ValueError("layers is empty: expected one dict of (T, H) arrays per layer")
         for k, layer in enumerate(self.layers):
-            missing = [n for n in TRACE_NAMES[self.cell] if n not in layer]
+            missing = [n for n in self.names if n not in layer]
             if missing:
                 raise ValueError(f"layer {k} of a {self.cell} lacks {missing}; has {sorted(layer)}")
             for name, values in layer.items():
@@ -98,15 +144,16 @@ class GateRecord:
 def default_unit_scores(record: GateRecord) -> dict[str, list[np.ndarray]]:
     """Per-unit orderings every page offers, before any given in ``record.unit_scores``.
 
-    ``mean f`` (LSTM) / ``mean z`` (GRU): the average fraction of its state a unit keeps per
-    step; a unit that keeps a fraction a holds an input for about 1 / (1 - a) steps. ``activity``:
-    the standard deviation of h over the text (how much the unit reacts to it).
+    ``mean <gate> (retention)`` for a family with a retention gate (LSTM f, GRU z): the average
+    fraction of its state a unit keeps per step; a unit that keeps a fraction a holds an input for
+    about 1 / (1 - a) steps. ``activity``: the standard deviation of the output state h over the
+    text (how much the unit reacts to it).
     """
     scores = {}
-    gate = RETENTION_GATE.get(record.cell)
+    gate, out = record.cell_config.retention_gate, record.cell_config.states[0]
     if gate is not None:
         scores[f"mean {gate} (retention)"] = [np.asarray(layer[gate]).mean(axis=0) for layer in record.layers]
-    scores["activity (std of h)"] = [np.asarray(layer["h"]).std(axis=0) for layer in record.layers]
+    scores[f"activity (std of {out})"] = [np.asarray(layer[out]).std(axis=0) for layer in record.layers]
     return scores
 
 
@@ -116,7 +163,7 @@ def _rounded(values: np.ndarray) -> list:
 
 def page_data(record: GateRecord) -> dict:
     """The JSON the page script reads: text, names, per layer the (H, T) values, the unit orders."""
-    names = list(TRACE_NAMES[record.cell])
+    names = list(record.names)
     # the caller's orders (e.g. the measured memory span) come first: the page opens with the first
     scores = {**record.unit_scores, **default_unit_scores(record)}
     return {
@@ -125,9 +172,9 @@ def page_data(record: GateRecord) -> dict:
         "text": list(record.text),
         "unknown": sorted(set(int(t) for t in record.unknown)),
         "names": names,
-        "initial": INITIAL[record.cell],
-        "descriptions": {n: DESCRIPTIONS[n] for n in names},
-        "ranges": {n: BOUNDED.get(n) for n in names},
+        "initial": initial_quantity(record.cell_config),
+        "descriptions": {n: describe(record.cell_config, n) for n in names},
+        "ranges": {n: value_range(n, [layer[n] for layer in record.layers]) for n in names},
         # per layer: name -> (H, T) so one unit's row is contiguous
         "layers": [{n: _rounded(np.asarray(layer[n]).T) for n in names} for layer in record.layers],
         "scores": {label: [_rounded(s) for s in per_layer] for label, per_layer in scores.items()},

@@ -20,14 +20,15 @@ import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from .page import BOUNDED, GateRecord  # noqa: E402
+from .page import GateRecord, value_range  # noqa: E402
 from .span import BEYOND, THRESHOLD, SpanResult  # noqa: E402
 
 
-def informative_units(layer: Mapping[str, np.ndarray], k: int) -> np.ndarray:
-    """The k units whose hidden state varies most over the text (std of h, (T, H) -> (k,)),
-    most varying first: the units that react to the text rather than sit at a constant."""
-    std = np.asarray(layer["h"]).std(axis=0)
+def informative_units(layer: Mapping[str, np.ndarray], k: int, output: str = "h") -> np.ndarray:
+    """The k units whose hidden state (``output``, the family's first state) varies most over the
+    text (std of h, (T, H) -> (k,)), most varying first: the units that react to the text rather
+    than sit at a constant."""
+    std = np.asarray(layer[output]).std(axis=0)
     return np.argsort(-std, kind="stable")[:k]
 
 
@@ -80,10 +81,12 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
     """Write ``gates.png``: one heatmap per (layer, quantity) of the most informative units.
 
     Rows are units (the ``units_per_layer`` with the largest std of h, labelled by index), columns
-    the characters of the text; sigmoid gates use a sequential map on [0, 1], the rest a diverging
-    map (g, n on [-1, 1]; h, c on +-max|value| of the shown units).
+    the characters of the text, one panel per recorded name (the family's trace names); gates in
+    [0, 1] use a sequential map on [0, 1], the rest a diverging map (on [-1, 1] for the candidates
+    g, n, else +-max|value| of the shown units; see :func:`gatedrnn.viz.page.value_range`).
     """
-    names = [n for n in record.layers[0] if n in BOUNDED or n in ("c", "h")]
+    names, output = record.names, record.cell_config.states[0]
+    ranges = {n: value_range(n, [each[n] for each in record.layers]) for n in names}
     rows = [(k, n) for k in range(len(record.layers)) for n in names]
     T = len(record.text)
     width = min(max(8.0, 0.13 * T + 2.5), 40.0)
@@ -91,12 +94,13 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
                              squeeze=False)
     for ax, (k, name) in zip(axes[:, 0], rows):
         layer = record.layers[k]
-        units = informative_units(layer, units_per_layer)
+        units = informative_units(layer, units_per_layer, output)
         values = np.asarray(layer[name])[:, units].T  # (units, T)
-        if name in BOUNDED and BOUNDED[name][0] == 0.0:
+        bounds = ranges[name]
+        if bounds is not None and bounds[0] == 0.0:
             im = ax.imshow(values, aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
         else:
-            m = 1.0 if name in BOUNDED else max(float(np.abs(values).max()), 1e-12)
+            m = 1.0 if bounds is not None else max(float(np.abs(values).max()), 1e-12)
             im = ax.imshow(values, aspect="auto", cmap="RdBu", vmin=-m, vmax=m, interpolation="nearest")
         ax.set_yticks(np.arange(len(units)))
         ax.set_yticklabels([str(u) for u in units], fontsize=5)
@@ -106,7 +110,7 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
             ax.axvline(t, color="red", lw=0.8, ls="--")
         fig.colorbar(im, ax=ax, fraction=0.015, pad=0.005)
     axes[0, 0].set_title(f"{record.title or record.cell.upper()}: gate values of the {units_per_layer} most active "
-                         f"units (rows, by std of h) per character (columns)"
+                         f"units (rows, by std of {output}) per character (columns)"
                          + ("; red dashes: characters outside the vocabulary" if len(record.unknown) else ""),
                          fontsize=10, loc="left")
     fig.tight_layout()
@@ -219,10 +223,10 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
     colours = {}
     for r in results:
         c = r.curve / max(r.curve.max(), 1e-30)
-        what = "||dc_t/dx_s||" if r.quantity == "c" else "||dh_t/dx_s||"
+        what = f"||d{r.quantity}_t/dx_s||"
         model = r.label.removesuffix(f" {r.quantity}")
         line, = ax.semilogy(np.arange(len(c)), np.maximum(c, 1e-12), lw=1.8, color=colours.get(model),
-                            ls="--" if r.quantity == "c" else "-",
+                            ls="-" if r.quantity == "h" else "--",
                             label=f"{r.label}: {what} ({_span_words(r)})")
         colours.setdefault(model, line.get_color())
     ax.axhline(THRESHOLD, color="gray", ls="--", lw=1)

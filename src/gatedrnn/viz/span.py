@@ -328,7 +328,8 @@ def summary_lines(results: list[SpanResult], probe: tuple[str, str] | None = Non
         early, late = probe
         head += f" {early + ' -> ' + late + ' (rel.)':>22}"
     window = min(r.window for r in results)
-    lines = [f"memory span on a {T}-character text: distance from which ||dh_t/dx_s|| (LSTM c: ||dc_t/dx_s||) "
+    others = "".join(f" ({q}: ||d{q}_t/dx_s||)" for q in dict.fromkeys(r.quantity for r in results) if q != "h")
+    lines = [f"memory span on a {T}-character text: distance from which ||dh_t/dx_s||{others} "
              f"stays below {THRESHOLD:.0%} of its peak"
              + (f"; distances 0..{window - 1} measured (--span-window {window})" if window < T else ""), head]
     for r in results:
