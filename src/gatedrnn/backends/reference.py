@@ -80,7 +80,9 @@ def run_layer(
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction with the plain time loop (see the module docstring)."""
     T = x.shape[0]
-    x_proj = cfg.input_projection(x, weights)  # (T, B, G*H)
+    # (T, B, G*H) as T views from one unbind: its backward stacks the steps' gradients once, where
+    # indexing x_proj[t] would give each step's gradient a zero-filled (T, B, G*H) tensor of its own
+    x_proj = cfg.input_projection(x, weights).unbind(0)
     step_weights = recurrent_weights(weights)
     carry = cfg.initial_carry(state)
     outputs: list[Tensor] = [x.new_empty(0)] * T
