@@ -1,6 +1,9 @@
-"""Shared test helpers: relative errors and gradient collection."""
+"""What several test files share: relative errors, a random scalar loss, gradient collection, a
+run's metrics."""
 
 from __future__ import annotations
+
+import json
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -25,6 +28,13 @@ def flatten_result(result):
     return [out] + states
 
 
+def random_projection(tensors, seed: int) -> torch.Tensor:
+    """sum_k <t_k, r_k> with r_k ~ N(0, 1) drawn from a generator seeded ``seed``: a scalar loss
+    whose gradient reaches every element of every tensor with its own weight."""
+    gen = torch.Generator().manual_seed(seed)
+    return sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in tensors)
+
+
 def run_and_grad(module, make_input, hx=None):
     """Forward, a fixed random-weighted scalar loss over every output, backward.
 
@@ -37,9 +47,7 @@ def run_and_grad(module, make_input, hx=None):
         hx_leaves = tuple(h.detach().clone().requires_grad_(True) for h in hx)
     arg = None if hx_leaves is None else (hx_leaves if len(hx_leaves) > 1 else hx_leaves[0])
     outs = flatten_result(module(model_input, arg))
-    gen = torch.Generator().manual_seed(1234)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
-    loss.backward()
+    random_projection(outs, seed=1234).backward()
     grads = {"input": leaf.grad}
     if hx_leaves is not None:
         grads.update({f"hx{k}": h.grad for k, h in enumerate(hx_leaves)})
@@ -59,3 +67,8 @@ def assert_close_results(a, b, tol=1e-10):
             assert ga is None and gb is None, f"gradient {name}: one side missing"
             continue
         assert rel_err(ga, gb) < tol, f"gradient {name}: rel err {rel_err(ga, gb)}"
+
+
+def metrics_records(out) -> list[dict]:
+    """The records of a run directory's ``metrics.jsonl``, one dict per line."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -1,29 +1,28 @@
 """The ``gatedrnn`` command: one-line errors with exit code 2, the files and the JSON summary of a
-run, ``compare``'s table and figure, ``reproduce``'s Markdown table, and ``python -m gatedrnn``."""
+run, task options, ``compare``'s table, figure and cells, ``reproduce``'s rows, budgets, seeds and
+Markdown table, and ``python -m gatedrnn``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from gatedrnn import reproduce
-from gatedrnn.cli import main
+from gatedrnn.cli import build_parser, config_from_args, main, parse_task_options
 from gatedrnn.tasks import make_task
-from gatedrnn.train import TEST_SEED_OFFSET
+from gatedrnn.train import TEST_SEED_OFFSET, ConfigError, TrainConfig
+from helpers import metrics_records
 
 TINY = ["--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "20", "--eval-every", "10",
         "--checkpoint-every", "10", "--no-progress"]
-
-
-def metrics_records(out) -> list[dict]:
-    """The records of a run directory's ``metrics.jsonl``, one dict per line."""
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def one_error_line(capsys, argv: list[str]) -> str:
@@ -174,6 +173,15 @@ def test_task_options_reach_the_task(capsys, tmp_path):
     assert config["train"]["task_options"] == {"distractors": 5} and config["task"]["input_size"] == 9
 
 
+def test_task_options_spelt_with_dashes_and_whole_numbers_for_none_defaults():
+    """``--task-opt solved-error=0.1`` names ``solved_error``; an option whose default is None
+    takes a whole number as an int (lag-2c's distractors) and a fraction as a float."""
+    assert parse_task_options("two-sequence", ["solved-error=0.1"]) == {"solved_error": 0.1}
+    options = parse_task_options("lag-2c", ["distractors=5"])
+    assert options == {"distractors": 5} and type(options["distractors"]) is int
+    assert type(parse_task_options("lag-2a", ["last_weight=2.5"])["last_weight"]) is float
+
+
 def test_compare_prints_one_table_and_writes_a_figure(capsys, tmp_path):
     out = tmp_path / "cmp"
     assert main(["compare", "--task", "adding-modern", "--cells", "rnn,gru", *TINY, "--out", str(out)]) == 0
@@ -182,6 +190,23 @@ def test_compare_prints_one_table_and_writes_a_figure(capsys, tmp_path):
     assert len(rows) == 2 and "baseline loss 0.1667" in text
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "rnn" / "summary.json").is_file() and (out / "gru" / "summary.json").is_file()
+
+
+def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
+    """``compare --variant nfg --input-bias -1`` trains the LSTM as asked and the other cells
+    plainly (their configs validate)."""
+    args = build_parser().parse_args(["compare", "--task", "adding-modern", "--variant", "nfg", "--input-bias", "-1"])
+    lstm, gru = (config_from_args(args, cell, str(tmp_path / cell)) for cell in ("lstm", "gru"))
+    assert (lstm.variant, lstm.input_bias) == ("nfg", -1.0)
+    assert (gru.variant, gru.input_bias, gru.forget_bias) == ("vanilla", None, None)
+    gru.validate()
+
+
+@pytest.mark.parametrize("cells, expected", [(",", "--cells expects a comma-separated list of rnn, lstm, gru"),
+                                             ("gru,lstm,gru", "--cells lists a cell twice: 'gru,lstm,gru'")])
+def test_compare_refuses_no_cells_and_a_cell_twice(capsys, tmp_path, cells, expected):
+    line = one_error_line(capsys, ["compare", "--task", "adding-modern", "--cells", cells, "--out", str(tmp_path)])
+    assert expected in line and not any(tmp_path.iterdir())
 
 
 def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
@@ -205,6 +230,67 @@ def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
     assert main([*again, "--overwrite"]) == 0
     assert json.loads((out / "2a" / "seed0" / "summary.json").read_text())["steps"] != \
         json.loads(summary_before)["steps"]
+
+
+def test_row_budgets_and_the_rows_of_a_full_table():
+    """The full budget is three times the paper's sequences, rounded up to whole steps of our
+    batch (2a: 3 x 5,040 / 32 = 472.5 -> 473); the full table adds the full_only rows."""
+    rows = {row.key: row for row in reproduce.HOCHREITER_1997}
+    assert rows["2a"].full_steps() == 473
+    quick, full = reproduce.rows_for("hochreiter1997", False), reproduce.rows_for("hochreiter1997", True)
+    assert [r.key for r in full] == list(rows)
+    assert {r.key for r in full} - {r.key for r in quick} == {"2c-1000", "4-1000"}
+
+
+def test_a_rows_command_line_reruns_it():
+    """The command a table prints for a row gives the row's config back, and names its steps and
+    evaluation interval even where they are the defaults."""
+    row = next(r for r in reproduce.HOCHREITER_1997 if r.key == "6a")
+    config = replace(row.config, steps=TrainConfig().steps, seed=2)
+    command = reproduce.command_line(config)
+    assert f"--steps {config.steps}" in command and "--eval-every 100" in command
+    args = build_parser().parse_args(command.split()[1:])
+    rerun = config_from_args(args, args.cell, None)
+    for name in ("task", "seq_len", "task_options", "cell", "variant", "hidden", "layers", "steps", "batch", "lr",
+                 "clip", "seed", "eval_every", "lstm_init"):
+        assert getattr(rerun, name) == getattr(config, name), name
+
+
+def test_the_table_cells_over_seeds():
+    """Three seeds, two solved after 100 and 300 sequences, 1 + 2 + 4 wrong of 2,560: success
+    2/3 (67%), mean 200 sequences over the solved seeds, mean 2.3 wrong, budget steps x batch."""
+    row = next(r for r in reproduce.HOCHREITER_1997 if r.key == "2a")
+    config = row.config.to_dict()
+    summaries = [dict(solved_sequences=s, held_out_wrong=w, held_out_tested=2560, seconds=1.0, budget_steps=50,
+                      batch=32, config=config) for s, w in ((100, 1), (None, 2), (300, 4))]
+    result = reproduce.RowResult(row, summaries)
+    assert result.cells() == ["2/3 (67%)", "200", "2.3 / 2560", "3"]
+    line = next(x for x in reproduce.markdown_table([result], "quick").splitlines() if x.startswith("| 2a"))
+    assert "| 2/3 (67%) | 200 | 2.3 / 2560 | 1,600 | 3 |" in line
+
+
+@pytest.mark.parametrize("full, scale, seeds, steps", [(False, 1.0, 3, 2000), (False, 0.5, 3, 1000),
+                                                       (True, 1.0, 10, 473)], ids=["quick", "scaled", "full"])
+def test_reproduce_runs_each_row_its_seeds_at_its_budget(tmp_path, monkeypatch, full, scale, seeds, steps):
+    """Without --seeds a quick table runs 3 seeds and a full one 10; each run's steps are the
+    row's quick steps (or full budget) times --budget-scale, in out/<row>/seed<S>."""
+    runs = []
+
+    def fake_train(config):
+        runs.append(config)
+        return {"solved_sequences": None, "seconds": 0.0, "batch": config.batch}
+
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: {"wrong": 0, "sequences": 2})
+    reproduce.reproduce("hochreiter1997", full=full, out=tmp_path, rows="2a", budget_scale=scale, progress=False)
+    assert [c.seed for c in runs] == list(range(seeds)) and {c.steps for c in runs} == {steps}
+    assert [c.out for c in runs] == [str(tmp_path / "2a" / f"seed{s}") for s in range(seeds)]
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
+def test_reproduce_refuses_a_budget_scale_that_is_not_positive(tmp_path, scale):
+    with pytest.raises(ConfigError, match="--budget-scale must be positive"):
+        reproduce.reproduce("hochreiter1997", out=tmp_path, rows="2a", budget_scale=scale, progress=False)
 
 
 def test_python_dash_m_and_the_console_script(tmp_path):

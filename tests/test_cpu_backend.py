@@ -26,7 +26,7 @@ from gatedrnn.backends import choose
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled, function
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise
-from helpers import assert_close_results, rel_err, run_and_grad
+from helpers import assert_close_results, random_projection, rel_err, run_and_grad
 
 I, H, T, B = 3, 5, 7, 4
 LENGTHS = [7, 3, 1, 5]
@@ -162,6 +162,25 @@ def test_matches_reference(cls, kw, layout):
     lengths, hx = spec.pop("lengths"), spec.pop("hx")
     ref, fast = _pair(cls, kw, **spec)
     _compare(ref, fast, lengths=lengths, hx=hx)
+
+
+NEARLY_FULL = [
+    pytest.param(gatedrnn.LSTM, dict(), id="lstm"),
+    pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, proj_size=2), id="lstm-fgr-ln-proj"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=True), id="gru-ra1"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=False, layer_norm=True), id="gru-ra0-ln"),
+    pytest.param(gatedrnn.RNN, dict(nonlinearity="relu"), id="rnn-relu"),
+]
+
+
+@pytest.mark.parametrize("cls,kw", NEARLY_FULL)
+def test_a_packed_batch_whose_shortest_sequence_is_one_step_short(cls, kw):
+    """Lengths T and T - 1 only: the sequences one step short must stop there (final state, and
+    the reverse direction starts at their own last step), though no sequence is shorter, so the
+    length mask must still act. The other packed batches here all have a sequence at most T - 2
+    long."""
+    ref, fast = _pair(cls, kw, bidirectional=True, num_layers=2)
+    _compare(ref, fast, lengths=True, hx=True, step_counts=[T, T - 1, T - 1, T])
 
 
 REGULARISED = [
@@ -488,6 +507,26 @@ def test_two_threads_odd_sizes_and_a_batch_split_between_them(cls, kw, hidden, b
     _compare(ref.train(), fast.train(), lengths=True, hx=True, batch=batch, step_counts=step_counts)
 
 
+THREADED = [
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True), id="lstm-peephole-ln"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=True, layer_norm=True), id="gru-ra1-ln"),
+]
+
+
+@pytest.mark.parametrize("cls,kw", THREADED)
+def test_four_threads_each_with_its_own_rows(cls, kw):
+    """Four intra-op threads, every step's rows split into four tasks (B = 100, H = 64): the
+    compiled loops keep the layer-norm gains', shifts' and peepholes' gradients per thread and add
+    them up after the loop; a sum that missed a thread past the second would pass every test run
+    with two threads."""
+    torch.set_num_threads(4)
+    ref, fast = _pair(cls, kw, hidden=64, bidirectional=True)
+    cfg = fast.cell_config
+    row_size = 4 * 64 if cfg.family == "lstm" or cfg.reset_after else 3 * 64
+    assert _row_tasks(100, row_size, torch.get_num_threads()) == 4
+    _compare(ref, fast, lengths=False, hx=True, batch=100)
+
+
 def test_no_compiler_is_found_before_any_build(monkeypatch):
     """Without a compiler the loader says so (the backend then warns once and runs the Python loop)."""
     monkeypatch.setenv("CXX", os.path.join(os.sep, "nonexistent", "g++"))
@@ -495,6 +534,17 @@ def test_no_compiler_is_found_before_any_build(monkeypatch):
     assert not compiled._compiler_found("")
     if shutil.which("c++") is not None:  # a launcher or flags in CXX, as make and ninja take it
         assert compiled._compiler_found("c++ -std=c++17")
+
+
+@pytest.mark.parametrize("word", ["0", "false", "No", " off "])
+def test_every_documented_word_switches_the_compiled_loops_off(monkeypatch, word):
+    """GATEDRNN_CPU_COMPILED set to 0, false, no or off (any case, spaces around) runs the Python
+    loops; other values keep the compiled ones where they are built."""
+    cfg = CellConfig("lstm", I, 5)
+    monkeypatch.setenv(compiled.ENV, word)
+    assert compiled.disabled() and compiled.loop_for(cfg, torch.float64) is None
+    monkeypatch.setenv(compiled.ENV, "1")
+    assert not compiled.disabled()
 
 
 def test_the_ninja_wheel_comes_first_on_path(monkeypatch, tmp_path):
@@ -547,6 +597,34 @@ def test_an_empty_batch_runs_as_the_reference_does(cls, kw):
     out, final, _ = cpu_backend.run_layer(module.cell_config, x, state, w)
     assert out.shape == (T, 0, module.cell_config.output_size)
     assert [f.shape for f in final] == [s.shape for s in state]
+
+
+PADDED = [
+    pytest.param(gatedrnn.LSTM, dict(variant="peephole", proj_size=2), id="lstm-peephole-proj"),
+    pytest.param(gatedrnn.GRU, dict(reset_after=False), id="gru-ra0"),
+    pytest.param(gatedrnn.RNN, dict(), id="rnn"),
+]
+
+
+@pytest.mark.parametrize("cls,kw", PADDED)
+def test_a_layer_outputs_zeros_on_padded_steps_and_takes_no_gradient_there(cls, kw):
+    """``run_layers`` with lengths, a loss weighting every step of the (T, B, D*R) output, padded
+    ones included: the cpu backend's output, final states and gradients equal the reference's
+    (whose padded outputs are constant zeros, and a gradient arriving there reaches nothing). A
+    packed module output drops those steps, so the module tests cannot see them."""
+    ref, fast = _pair(cls, kw, bidirectional=True)
+    x, lengths = torch.randn(T, B, I, dtype=torch.float64), torch.tensor(LENGTHS)
+    states = tuple(torch.randn(2, B, s, dtype=torch.float64) for s in ref.cell_config.state_sizes)
+    results = []
+    for module, backend in ((fast, "cpu"), (ref, "reference")):
+        leaf = x.clone().requires_grad_(True)
+        out, finals, _ = module.run_layers(leaf, states, lengths, backend)
+        loss = random_projection([out, *finals], seed=3)
+        results.append([out, *finals, *torch.autograd.grad(loss, [leaf, *module.parameters()])])
+    padded = torch.arange(T)[:, None] >= lengths[None, :]  # (T, B)
+    assert results[0][0][padded].abs().max() == 0, "padded steps should output zeros"
+    for k, (a, b) in enumerate(zip(*results)):
+        assert rel_err(a, b) < 1e-10, f"result {k}: rel err {rel_err(a, b)}"
 
 
 @pytest.mark.parametrize("cls,kw", [
@@ -618,8 +696,7 @@ def _gradient_penalty(module, x, states, lengths, second_order=True):
     hx = tuple(leaves[f"hx{k}"] for k in range(len(states)))
     out, state = module(packed, hx if len(hx) > 1 else hx[0])
     outs = [out.data, *(state if isinstance(state, tuple) else (state,))]
-    gen = torch.Generator().manual_seed(7)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss = random_projection(outs, seed=7)
     first = torch.autograd.grad(loss, list(leaves.values()), create_graph=second_order)
     if not second_order:
         return dict(zip(leaves, first)), None

@@ -1,4 +1,5 @@
-"""``gatedrnn evaluate``: a saved model on its task, at its own sizes (the run's final result) or others."""
+"""``gatedrnn evaluate``: a saved model on its task, at its own sizes (the run's final result) or
+others, with the task options it was trained with; exported models and their configs."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import json
 import pytest
 import torch
 
-from gatedrnn import checkpoint
+from gatedrnn import checkpoint, saved
 from gatedrnn.cli import main
 from gatedrnn.evaluation import evaluate_saved
 from gatedrnn.tasks import make_task
-from gatedrnn.train import TrainConfig, build_model, evaluate
+from gatedrnn.train import ConfigError, TrainConfig, build_model, evaluate, train
 
 from test_cli import TINY, one_error_line
+from test_train import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +123,52 @@ def test_a_directory_without_a_run_and_a_mangled_config_are_refused(capsys, tmp_
     line = one_error_line(capsys, ["evaluate", str(copy)])
     assert "the weights do not match their config" in line
     assert "size mismatch for" in line and "torch.Size([36" in line, "the mismatch itself is named, not cut off"
+
+
+def test_an_evaluation_keeps_the_trained_task_options_it_is_not_told_to_change(tmp_path):
+    """A run trained with tolerance=1.0 is judged at that tolerance (the task's default is 0.04),
+    and an option given (solved_mse) changes only itself."""
+    summary = train(tiny_config(tmp_path, steps=2, task_options={"tolerance": 1.0}))
+    own = evaluate_saved(tmp_path)
+    assert (own["accuracy"], own["loss"]) == (summary["accuracy"], summary["final_loss"])
+    default_tolerance = evaluate_saved(tmp_path, task_options={"tolerance": 0.04})
+    assert default_tolerance["accuracy"] < own["accuracy"], "the tolerance must matter for this test to see it"
+    lenient = evaluate_saved(tmp_path, task_options={"solved_mse": 1e9})
+    assert lenient["solved"] and lenient["accuracy"] == own["accuracy"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_evaluating_on_cuda_without_it_is_a_config_error(tmp_path):
+    train(tiny_config(tmp_path, steps=1))
+    with pytest.raises(ConfigError, match="--device cuda was asked for, but torch sees no CUDA device"):
+        evaluate_saved(tmp_path, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """An exported pair <stem>.safetensors + <stem>.json of an untrained adding-modern GRU."""
+    from safetensors.torch import save_file
+
+    task = make_task("adding-modern", seq_len=12)
+    config = TrainConfig(task="adding-modern", seq_len=12, cell="gru", hidden=4)
+    stem = tmp_path_factory.mktemp("exported") / "gru"
+    save_file(build_model(config, task).state_dict(), str(stem.with_suffix(".safetensors")))
+    stem.with_suffix(".json").write_text(json.dumps({"train": config.to_dict(), "task": task.describe()}))
+    return stem
+
+
+def test_an_exported_config_without_its_sections_is_refused(exported):
+    """The .json beside exported weights needs the 'train' and 'task' objects gatedrnn writes."""
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    for broken in ({"train": meta["train"]}, {"train": meta["train"], "task": []}):
+        exported.with_suffix(".json").write_text(json.dumps(broken))
+        try:
+            with pytest.raises(saved.SavedModelError, match="lacks the 'train' and 'task' sections"):
+                saved.read(exported.with_suffix(".safetensors"))
+        finally:
+            exported.with_suffix(".json").write_text(json.dumps(meta))
+
+
+def test_a_rebuilt_model_is_in_eval_mode(exported):
+    model_file = saved.read(exported.with_suffix(".safetensors"))
+    assert not saved.rebuild(model_file.meta, model_file.tensors).training

@@ -1,28 +1,39 @@
 """The training loop's promises: atomic checkpoints that load without running code, a run killed
 with SIGKILL and resumed ends exactly like an uninterrupted one, and a 2-process DDP run follows
-the single-process run with the same global batch."""
+the single-process run with the same global batch. Also: the first steps are plain Adam on the
+seeded data, the test metrics are the task's criterion over a test set of their own seed, a
+resume refuses every setting outside ``RESUMABLE_CHANGES``, and ``TrainConfig.validate`` names
+each bad field. Tiny runs (adding-modern at T=12, 8 units) on the CPU."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from gatedrnn import checkpoint
-from gatedrnn.train import ConfigError, TrainConfig, comparison_table, evaluate, train
-from gatedrnn.tasks import make_task
-from gatedrnn.models import model_for_task
+from gatedrnn.models import ModelConfig, SequenceModel, model_for_task
+from gatedrnn.tasks import Batch, make_task
+from gatedrnn.train import (
+    TEST_SEED_OFFSET, ConfigError, TrainConfig, build_model, build_task, comparison_table, evaluate, refuse_to_replace,
+    train,
+)
+from helpers import metrics_records
 
 TINY = ["--task", "adding-modern", "--seq-len", "12", "--cell", "lstm", "--hidden", "8", "--batch", "8",
         "--lr", "0.01", "--eval-every", "40", "--log-every", "5", "--no-stop", "--no-progress", "--json"]
@@ -131,6 +142,20 @@ def test_loading_cannot_execute_code(tmp_path, monkeypatch):
     assert not proof.exists()
 
 
+def test_a_checkpoint_with_an_unreadable_step_or_extra(tmp_path):
+    """A step that is no integer (Infinity) reads as unknown, and refusing to replace the run says
+    so; an ``extra`` that is no object reads as None."""
+    train(tiny_config(tmp_path, steps=1))
+    pointer = tmp_path / checkpoint.POINTER
+    meta = json.loads(pointer.read_text())
+    pointer.write_text(json.dumps({**meta, "step": math.inf}))
+    assert checkpoint.saved_step(tmp_path) is None
+    with pytest.raises(ConfigError, match=r"its checkpoint is at step unknown: unreadable\): fix it"):
+        refuse_to_replace(tmp_path, "fix it")
+    pointer.write_text(json.dumps({**meta, "extra": ["config"]}))
+    assert checkpoint.saved_extra(tmp_path) is None
+
+
 def _final(out: Path) -> tuple[dict, dict[str, torch.Tensor], list[str]]:
     summary = json.loads((out / "summary.json").read_text())
     tensors = load_file(str(next(out.glob("checkpoint-*.safetensors"))))
@@ -182,6 +207,36 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert summary["steps"] == 20
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run (2 steps) and its config."""
+    out = tmp_path_factory.mktemp("resumable") / "run"
+    config = tiny_config(out, steps=2, checkpoint_every=2)
+    train(config)
+    return config
+
+
+@pytest.mark.parametrize("change", [dict(lr=0.02), dict(clip=0.5), dict(batch=4), dict(seed=1),
+                                    dict(lstm_init="torch"), dict(layers=2), dict(task_options={"tolerance": 0.1})],
+                         ids=lambda c: next(iter(c)))
+def test_a_resume_refuses_each_setting_that_is_not_resumable(finished, change):
+    """Only the fields of RESUMABLE_CHANGES may differ from the checkpointed run: another learning
+    rate, clip, batch, seed, initialisation, depth or task option is named and refused."""
+    name = next(iter(change))
+    with pytest.raises(ConfigError, match=f"different settings \\({name}: checkpoint"):
+        train(replace(finished, steps=3, resume=True, **change))
+
+
+def test_a_resumed_run_counts_the_seconds_before_the_checkpoint(tmp_path):
+    """The summary's seconds include the training time the checkpoint recorded."""
+    train(tiny_config(tmp_path, steps=2))
+    pointer = tmp_path / checkpoint.POINTER
+    meta = json.loads(pointer.read_text())
+    meta["extra"]["state"]["seconds"] = 1000.0
+    pointer.write_text(json.dumps(meta))
+    assert train(tiny_config(tmp_path, steps=4, resume=True))["seconds"] >= 1000.0
+
+
 def test_stop_when_solved_and_the_summary(tmp_path):
     summary = train(tiny_config(tmp_path, task="lag-2a", seq_len=4, hidden=32, steps=600, stop_when_solved=True))
     assert summary["solved"] and summary["steps"] < 600
@@ -190,6 +245,104 @@ def test_stop_when_solved_and_the_summary(tmp_path):
                     torch.device("cpu"))["sequences"] == 2
     lines = comparison_table([summary])
     assert "lag-2a (T=4)" in lines[0] and "yes" in lines[2]
+
+
+def test_solved_step_is_the_first_evaluation_that_met_the_criterion(tmp_path):
+    """With --no-stop a run evaluates on after it is solved: solved_step stays at the first
+    evaluation that met the criterion, not the last."""
+    first = train(tiny_config(tmp_path / "stop", task="lag-2a", seq_len=4, hidden=32, steps=600,
+                              stop_when_solved=True))
+    assert first["solved"]
+    summary = train(tiny_config(tmp_path / "on", task="lag-2a", seq_len=4, hidden=32, steps=first["steps"] + 40))
+    solved = [r["step"] for r in metrics_records(tmp_path / "on") if r.get("solved")]
+    assert len(solved) > 1, "the run must be solved at several evaluations for this test to see the first"
+    assert summary["solved_step"] == solved[0] == first["solved_step"]
+
+
+def test_the_comparison_table_gives_the_loss_over_the_baseline():
+    summary = dict(task="adding-modern", seq_len=12, hidden=8, seed=0, baseline=0.2, cell="lstm", variant="vanilla",
+                   steps=10, sequences=80, final_loss=0.05, accuracy=0.5, solved=False, solved_sequences=None,
+                   seconds=1.0)
+    row = comparison_table([summary])[2].split()
+    assert row[4] == "0.25" and row[-2] == "-"
+
+
+@pytest.mark.parametrize("mode", [True, False], ids=["training", "eval"])
+def test_evaluate_is_the_criterion_over_the_whole_test_set_of_its_own_seed(mode):
+    """Batches of 300 of adding-modern's 1000 test sequences (the last one 100): the loss is the
+    mean over all sequences (each batch weighted by its size), ``wrong`` the count of incorrect
+    ones, ``abs_error`` the mean over all; the set is drawn from seed + TEST_SEED_OFFSET, not from
+    the training data's seed; the model is left in the mode it was in."""
+    task = make_task("adding-modern", seq_len=6)
+    torch.manual_seed(0)
+    model = model_for_task(task, "lstm", hidden_size=4).train(mode)
+    metrics = evaluate(model, task, 3, torch.device("cpu"), batch_size=300)
+    assert model.training is mode
+    batches = list(task.test_batches(torch.Generator().manual_seed(3 + TEST_SEED_OFFSET), 300))
+    assert [len(b) for b in batches] == [300, 300, 300, 100]
+    whole = Batch(torch.cat([b.inputs for b in batches]), torch.cat([b.targets for b in batches]))
+    with torch.no_grad():
+        output = torch.cat([model.eval()(b.inputs)[0] for b in batches])
+    correct = task.correct(output, whole)
+    assert metrics["sequences"] == 1000
+    assert metrics["loss"] == pytest.approx(float(task.loss(output, whole)), rel=1e-6)
+    assert metrics["wrong"] == int((~correct).sum()) and metrics["accuracy"] == float(correct.float().mean())
+    assert metrics["abs_error"] == pytest.approx(float(task.measures(output, whole)["abs_error"].mean()), rel=1e-6)
+    same_seed = evaluate(model, task, 3, torch.device("cpu"), batch_size=300)
+    train_seed = list(task.test_batches(torch.Generator().manual_seed(3), 300))[0]
+    assert same_seed == metrics and not torch.equal(train_seed.inputs, batches[0].inputs)
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.05], ids=["no-clip", "clip"])
+def test_the_first_steps_are_adam_on_the_seeded_data(tmp_path, clip):
+    """Four steps logged one by one equal a plain loop: model initialised under
+    ``torch.manual_seed(seed)``, the global batch drawn from a generator seeded ``seed``, fresh
+    gradients each step, the gradient norm clipped to ``clip`` (0: not at all; 0.05 clips every
+    step here), Adam at ``lr``; the checkpoint holds the weights and the loss average
+    ema_1 = l_1, ema_k = 0.95 ema_{k-1} + 0.05 l_k."""
+    config = tiny_config(tmp_path, steps=4, log_every=1, eval_every=0, checkpoint_every=4, clip=clip, seed=5)
+    train(config)
+    task = build_task(config)
+    torch.manual_seed(5)
+    model = build_model(config, task)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(5)
+    losses, norms = [], []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        for _ in range(4):
+            batch = task.sample(config.batch, generator)
+            loss = task.loss(model(batch.inputs)[0], batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norms.append(float(torch.stack([p.grad.norm() for p in model.parameters()]).norm()))
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    assert not clip or min(norms) > 2 * clip, "the clip must act for this test to see it"
+    assert [r["loss"] for r in metrics_records(tmp_path) if "loss" in r] == losses
+    saved_run = checkpoint.load(tmp_path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(saved_run.model[name], value), name
+    ema = losses[0]
+    for value in losses[1:]:
+        ema = 0.95 * ema + 0.05 * value
+    assert saved_run.extra["state"]["ema"] == ema
+
+
+def test_metrics_lines_and_the_train_loss_of_the_summary(tmp_path):
+    """10 steps, log every 3, evaluate every 5: loss lines at steps 3, 6, 9 and evaluations at 5
+    and 10, each with ``sequences`` = step x batch; the summary's train_loss is the last logged."""
+    summary = train(tiny_config(tmp_path, steps=10, log_every=3, eval_every=5))
+    records = metrics_records(tmp_path)
+    assert [r["step"] for r in records if "loss" in r] == [3, 6, 9]
+    assert [r["step"] for r in records if "eval" in r] == [5, 10]
+    assert all(r["sequences"] == 8 * r["step"] for r in records)
+    assert summary["train_loss"] == next(r["loss"] for r in records if r["step"] == 9)
 
 
 def test_lag_2a_long_lag_is_learned_at_p_20(tmp_path):
@@ -273,6 +426,38 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
         TrainConfig(variant="cifg", input_bias=-1.0).validate()
 
 
+def test_a_sequence_model_refuses_lstm_options_for_other_cells():
+    """variant (like forget_bias and input_bias) applies to the LSTM only."""
+    with pytest.raises(ValueError, match="variant, forget_bias and input_bias apply to the LSTM only"):
+        SequenceModel(ModelConfig(cell="gru", input_size=2, output_size=1, variant="nfg"))
+
+
+@pytest.mark.parametrize("change, message", [
+    *[(dict([(name, 0)]), f"{name.replace('_', '-')} must be a positive integer, got 0")
+      for name in ("hidden", "layers", "threads", "embedding_dim", "steps", "batch", "checkpoint_every", "log_every",
+                   "test_batch")],
+    (dict(seq_len=0), "seq-len must be a positive integer, got 0"),
+    (dict(eval_every=-1), "eval-every must be 0 (only at the end) or positive, got -1"),
+    (dict(lr=0.0), "lr must be a positive number, got 0.0"),
+    (dict(lr=math.inf), "lr must be a positive number, got inf"),
+    (dict(device="tpu"), "device must be auto, cpu or cuda, got 'tpu'"),
+    (dict(cell="gru", variant="nfg"), "--variant, --forget-bias and --input-bias apply to --cell lstm only"),
+    (dict(cell="rnn", input_bias=-1.0), "apply to --cell lstm only, got --cell rnn"),
+    (dict(lstm_init="xavier"), "lstm-init must be one of long-lag, torch, got 'xavier'"),
+], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
+def test_validate_refuses_each_bad_field(change, message):
+    """TrainConfig.validate names each bad field itself (the CLI's parsers refuse most of these
+    before it, so only a direct use of the API reaches these checks)."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**change).validate()
+
+
+def test_from_dict_ignores_keys_it_does_not_know():
+    """A config written by another version (an extra field) still loads, the field dropped."""
+    config = TrainConfig.from_dict({**TrainConfig(hidden=5).to_dict(), "a_later_field": 1})
+    assert config == TrainConfig(hidden=5)
+
+
 def test_a_run_starting_afresh_deletes_the_checkpoint_it_replaces(tmp_path):
     """Otherwise a run killed before its first checkpoint would leave the old run's checkpoint
     beside its own config, and --resume would restore the old run."""
@@ -315,3 +500,13 @@ def test_a_save_deletes_the_temporary_files_of_killed_writes(tmp_path):
     (tmp_path / "checkpoint.json.tmp").write_text("{")
     checkpoint.save(tmp_path, 3, model, optimizer, torch.Generator())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-000000003.safetensors", "checkpoint.json"]
+
+
+def test_clearing_a_run_directory_deletes_the_temporary_files_of_killed_writes(tmp_path):
+    """A run starting afresh leaves no half-written checkpoint.json.tmp or tensors .tmp behind
+    (the save that follows would replace the first, but clear() alone must delete both)."""
+    (tmp_path / "checkpoint.json.tmp").write_text("{")
+    (tmp_path / "checkpoint-000000002.safetensors.tmp").write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    checkpoint.clear(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]

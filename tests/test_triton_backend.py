@@ -9,6 +9,7 @@ reference (``benchmarks/gpu_check.sh`` runs them on a lent GPU).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -188,6 +189,30 @@ def test_lengths_beyond_the_sequence_mean_every_step(name):
 
 
 @interpreter
+@pytest.mark.parametrize("name, noise", [("lstm_proj", None), ("gru", "train"), ("rnn_relu", None)])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_empty_sequence_passes_the_state_through(name, noise, reverse):
+    """T = 0 returns the initial state, and its gradient, as the reference loop does (the modules
+    return before any backend there; a direct caller of the layer does not)."""
+    cfg = CONFIGS[name]
+    x = torch.randn(0, 3, 2, dtype=torch.float64)
+    state = tuple(torch.randn(3, s, dtype=torch.float64) for s in cfg.state_sizes)
+    weights = layer_weights(cfg, 2)
+    (out, *final), grads = layer_run(triton_backend, cfg, x, state, weights, reverse, None,
+                                     sample_noise(cfg, 0, 3, noise))
+    (ref_out, *ref_final), ref_grads = layer_run(reference, cfg, x, state, weights, reverse, None,
+                                                sample_noise(cfg, 0, 3, noise))
+    assert out.shape == ref_out.shape == (0, 3, cfg.output_size)
+    for got, initial in zip(final, state):
+        assert torch.equal(got, initial)
+    for k in ref_grads:
+        assert (grads[k] is None) == (ref_grads[k] is None), k
+        if ref_grads[k] is not None:
+            assert torch.equal(grads[k], ref_grads[k]), k
+    assert grads["state0"] is not None
+
+
+@interpreter
 @pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", "lstm_fgr",
                                   *LN_NAMES])
 def test_persistent_kernel_path(name):
@@ -230,6 +255,45 @@ def test_low_precision_matches_float64_reference(name, dtype, tol):
     """fp32 / fp16 storage with fp32 accumulation against float64 on the same rounded inputs
     (bfloat16 runs on the GPU only: the interpreter's tl.dot is wrong for it)."""
     compare_layer(CONFIGS[name], T=6, B=2, I=3, reverse=False, lengths=torch.tensor([6, 3]), dtype=dtype, tol=tol)
+
+
+@interpreter
+def test_cell_state_is_carried_in_float32():
+    """c_0 = 256 and c_t = c_{t-1} + 0.1 (f = i = 1 in float16, g = tanh(0.1)): a cell state rounded
+    to float16 (spacing 0.25 at 256) each step never moves, the float32 carry reaches
+    256 + 10 tanh(0.1) = 257.0 after 10 steps (bfloat16 does not run under the interpreter)."""
+    cfg, H, T, dtype = CellConfig("lstm", 2), 2, 10, torch.float16
+    weights = {"weight_ih": torch.zeros(4 * H, 1), "weight_hh": torch.zeros(4 * H, H),
+               "bias_ih": torch.zeros(4 * H), "bias_hh": torch.zeros(4 * H)}
+    weights["bias_ih"][: 2 * H] = 20.0  # i = f = sigmoid(20) = 1 in half precision
+    weights["bias_ih"][2 * H: 3 * H] = 0.1
+    weights = {k: v.to(dtype) for k, v in weights.items()}
+    state = (torch.zeros(1, H, dtype=dtype), torch.full((1, H), 256.0, dtype=dtype))
+    with torch.no_grad():
+        _, (_, c), _ = triton_backend.run_layer(cfg, torch.zeros(T, 1, 1, dtype=dtype), state, weights)
+    expected = 256.0 + T * torch.tanh(weights["bias_ih"][2 * H].double()).item()
+    assert c.dtype == dtype
+    torch.testing.assert_close(c.double(), torch.full((1, H), expected, dtype=torch.float64).to(dtype).double())
+
+
+@interpreter
+@pytest.mark.parametrize("dtype, allow, precision", [
+    (torch.float32, False, "ieee"), (torch.float32, True, "tf32"), (torch.float16, True, "ieee"),
+    (torch.float64, True, "ieee"),
+], ids=["fp32", "fp32_tf32", "fp16", "fp64"])
+def test_dot_precision_follows_the_tf32_switch(dtype, allow, precision):
+    """Float32 runs tf32 dots only where torch's matmul switch allows it (the GPU's fp32 bound,
+    1e-5, needs ieee); other dtypes always ieee. Checked on both kernels' plans, since the
+    interpreter ignores ``input_precision`` and computes the same either way."""
+    cfg = CellConfig("lstm", 4)
+    weights = {k: v.to(dtype).requires_grad_(True) for k, v in layer_weights(cfg, 2).items()}
+    x = torch.randn(3, 2, 2, dtype=dtype)
+    state = tuple(torch.randn(2, s, dtype=dtype) for s in cfg.state_sizes)
+    with _tf32(allow):
+        out, _, _ = triton_backend.run_layer(cfg, x, state, weights)
+        out.sum().backward()
+    assert launch.last_plans["forward"].consts["PREC"] == precision
+    assert launch.last_plans["backward"].consts["PREC"] == precision
 
 
 @interpreter
@@ -281,6 +345,64 @@ def test_bitwise_deterministic(name):
     second = layer_run(triton_backend, cfg, x, state, weights, False, lengths)
     assert all(torch.equal(a, b) for a, b in zip(first[0], second[0]))
     assert all(torch.equal(first[1][k], second[1][k]) for k in first[1])
+
+
+# elements of poison after every tensor: more than any tile reaches past a boundary
+_TAIL = 64
+
+
+def nan_tailed(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``t`` whose storage goes on past its end with poison: NaN for
+    floating tensors, a huge value for integer ones (lengths)."""
+    poison = float("nan") if t.is_floating_point() else 2**30
+    flat = torch.full((t.numel() + _TAIL,), poison, dtype=t.dtype, device=t.device)
+    flat[: t.numel()] = t.reshape(-1)
+    return flat[: t.numel()].view(t.shape)
+
+
+def _tailed_args(args: tuple) -> tuple:
+    """Every tensor of a launcher's arguments (also inside its dataclasses) replaced by a NaN-tailed copy."""
+    def tail(a):
+        if isinstance(a, torch.Tensor) and a.numel():
+            return nan_tailed(a)
+        if dataclasses.is_dataclass(a) and not isinstance(a, type):
+            return dataclasses.replace(a, **{f.name: tail(getattr(a, f.name)) for f in dataclasses.fields(a)})
+        return a
+    return tuple(tail(a) for a in args)
+
+
+@pytest.fixture
+def reads_past_the_end_are_nan(monkeypatch):
+    """The kernels' inputs (weights, the padded fgr weight, xw, states, masks, saved buffers,
+    gradients) and every buffer they fill sit in front of NaN. The launchers write results into
+    the buffers they are given, so the copies stand in for them only on the way in."""
+    poisoned = launch._new_buffer  # already NaN inside (the autouse fixture)
+    monkeypatch.setattr(launch, "_new_buffer", lambda shape, dtype, device: nan_tailed(poisoned(shape, dtype, device)))
+    for name in ("forward", "backward"):
+        original = getattr(launch, name)
+        monkeypatch.setattr(launch, name, lambda *args, _f=original: _f(*_tailed_args(args)))
+
+
+@interpreter
+@pytest.mark.parametrize("name, tuning, noise", [
+    ("lstm_peephole_proj_nobias", {}, None),
+    ("gru_reset_before", {}, "train"),
+    ("gru", {"resident": False, "block_k": 2, "block_b": 2}, None),
+    ("lstm_fgr_proj_ln", {}, "eval"),
+], ids=["lstm_peephole_proj", "gru_before_train", "gru_streamed", "lstm_fgr_proj_ln_eval"])
+def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, reads_past_the_end_are_nan):
+    """Every kernel read stays inside its tensor: each input and buffer is followed in memory by
+    NaN, so a load whose mask lets one element past the end (an off-by-one ``<=`` against a tile
+    boundary, multiplied by an operand that is zero there) turns the result NaN instead of passing
+    by luck of what lies beyond. H = 5 (R = 5 or 3 or 2): the tiles (8 wide) run past every gate
+    block and weight row, and the last rows of each tensor end just before the poison. A mask
+    that lets column R or row H through reads the next row's first element inside a tensor
+    (harmless, as the other operand is zero there) and NaN after its last row; the result must
+    still match the reference."""
+    launch.tuning = launch.Tuning(**tuning)
+    cfg = CONFIGS[name]
+    compare_layer(cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 1, 3]),
+                  noise=sample_noise(cfg, 4, 3, noise))
 
 
 # every code path of the regularisation once: sampled masks with dropout in every phase layout,
@@ -559,7 +681,7 @@ def test_supports_devices_and_dtypes(monkeypatch):
 
 
 def test_plan_keeps_resident_weights_only_where_they_fit():
-    """On an H100-sized device (132 SMs, 227 KiB shared memory per block) the issue's target
+    """On an H100-sized device (132 SMs, 227 KiB shared memory per block) the benchmark's target
     size keeps the forward's weights resident and streams the backward's and fp32's; every plan
     is persistent with at most one program per SM."""
     spec = launch.KernelSpec("lstm")
@@ -835,7 +957,7 @@ GPU_CONFIGS = {
     "lstm_fgr": CellConfig("lstm", 256, variant="fgr"),
     "lstm_fgr_proj_ln": CellConfig("lstm", 256, variant="fgr", proj_size=128, layer_norm=True),
 }
-GPU_DTYPES = {  # dtype, allow_tf32, tolerance (issue 4)
+GPU_DTYPES = {  # dtype, allow_tf32, tolerance
     "fp32": (torch.float32, False, 1e-5),
     "tf32": (torch.float32, True, 1e-3),
     "bf16": (torch.bfloat16, False, 1e-2),
@@ -862,7 +984,7 @@ GPU_CASES = (
     + [(name, d, "streamed3") for name in ("lstm", "gru_reset_before", "lstm_proj_ln") for d in ("fp32", "bf16")]
     + [("lstm_fgr", "fp16", "auto"), ("lstm_fgr", "bf16", "stepwise"), ("lstm_fgr_proj_ln", "bf16", "streamed3")]
 )
-# the issue's target sizes, as the planner runs them (T shortened: the float64 reference is slow)
+# benchmarks/gpu.py's TARGETS, as the planner runs them (T shortened: the float64 reference is slow)
 GPU_TARGETS = {
     "lstm_bf16_H1024": (CellConfig("lstm", 1024), "bf16"),
     "gru_bf16_H1024": (CellConfig("gru", 1024), "bf16"),
@@ -897,7 +1019,7 @@ def _gpu_lengths(T: int, B: int) -> torch.Tensor:
 @pytest.mark.parametrize("name, dtype_name, path", GPU_CASES, ids=["-".join(c) for c in GPU_CASES])
 def test_gpu_layer_matches_float64_reference(name, dtype_name, path):
     """Mixed lengths, against float64: outputs, final states and every gradient within the
-    issue's relative error per dtype."""
+    relative error of GPU_DTYPES for their dtype."""
     dtype, tf32, tol = GPU_DTYPES[dtype_name]
     launch.tuning = launch.Tuning(**GPU_PATHS[path])
     with _tf32(tf32):
@@ -1036,7 +1158,7 @@ def test_gpu_under_autocast_runs_in_bfloat16_as_cudnn_does(factory, kwargs):
 def test_gpu_benchmark_runs_end_to_end_with_fake_timings(tmp_path, monkeypatch, on_fake_gpu):
     """benchmarks/gpu.py's whole flow (targets, the launch-override sweep, the grid, the tables,
     the auto table) with the timings faked, so that a slip in code only a GPU runs cannot cost a
-    GPU session. Each fake timing records the tuning it ran under."""
+    GPU run. Each fake timing records the tuning it ran under."""
     gpu = import_gpu_benchmark()
     seen = []
 

@@ -3,6 +3,7 @@ test_browser.py)."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -17,12 +18,15 @@ import gatedrnn
 from torch import nn
 
 from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
-from gatedrnn.viz import commands, plots
+from gatedrnn.viz import commands, demo, plots
 from gatedrnn.viz.charmodel import CharModel, recurrent_step
+from gatedrnn.viz.loading import UsageError, _vocab, shipped_path
 from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
 from gatedrnn.viz.plots import MAX_WORD_TICKS, _band, _word_ticks, informative_units, plot_gates, plot_memory_span
-from gatedrnn.viz.span import (BEYOND, WINDOW, distance_curve, influence, measure_span, probe_positions, span_below,
-                               span_result, states, summary_lines, to_band, total_influence, word_positions)
+from gatedrnn.viz.span import (
+    BEYOND, WINDOW, distance_curve, influence, mean_distance, measure_span, probe_positions, span_below, span_result,
+    states, summary_lines, to_band, total_influence, word_positions,
+)
 
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
@@ -113,6 +117,37 @@ def test_bad_records_are_refused_with_what_was_expected():
         GateRecord(text="abcd", cell="lstm", layers=good.layers)
     with pytest.raises(ValueError, match="outside the text"):
         GateRecord(text="abc", cell="lstm", layers=good.layers, unknown=[3])
+
+
+def test_the_page_title_is_html_escaped():
+    """A title (a model's file name) with "</title><script>" must not run as a script."""
+    record = traced("rnn", "ab")
+    record.title = "</title><script>alert(1)</script> & co"
+    html = render_page(record)
+    assert "<title>&lt;/title&gt;&lt;script&gt;alert(1)&lt;/script&gt; &amp; co</title>" in html
+    assert html.count("<script") == 2
+
+
+def test_page_orders_ranges_and_opening_quantity():
+    """activity = std of h per unit; the page opens on c (LSTM) or h (GRU, RNN); sigmoid gates
+    span [0, 1], g and n [-1, 1], states none."""
+    for cell, initial in (("lstm", "c"), ("gru", "h"), ("rnn", "h")):
+        record = traced(cell, "hello world")
+        data = page_data(record)
+        assert data["initial"] == initial
+        np.testing.assert_allclose(data["scores"]["activity (std of h)"][1], record.layers[1]["h"].std(0), atol=1e-4)
+    lstm, gru = page_data(traced("lstm", "ab"))["ranges"], page_data(traced("gru", "ab"))["ranges"]
+    assert lstm == {"i": (0.0, 1.0), "f": (0.0, 1.0), "g": (-1.0, 1.0), "o": (0.0, 1.0), "c": None, "h": None}
+    assert gru == {"r": (0.0, 1.0), "z": (0.0, 1.0), "n": (-1.0, 1.0), "h": None}
+
+
+def test_unknown_positions_are_sorted_once_and_scores_need_every_layer():
+    record = traced("rnn", "a[b]")
+    record.unknown = [3, 1, 3]
+    assert page_data(record)["unknown"] == [1, 3]
+    for given in (1, 3):
+        with pytest.raises(ValueError, match=f"expected 2 layers, got {given}"):
+            GateRecord(text="ab", cell="rnn", layers=traced("rnn", "ab").layers, unit_scores={"s": [np.zeros(6)] * given})
 
 
 def test_informative_units_are_the_most_varying():
@@ -222,6 +257,15 @@ def test_bad_window_is_refused(window):
         influence(linear_step(0.5, torch.eye(2)), torch.zeros(3, 2), torch.zeros(2), {"h": slice(0, 2)}, window=window)
 
 
+def char_model_around(rnn: nn.Module, features: int, hidden: int) -> CharModel:
+    """``rnn`` (input size ``features``, output size ``hidden``) between an embedding of the charlm
+    vocabulary (and the unknown symbol) and a linear head."""
+    vocab = corpus_vocab()
+    model = nn.ModuleDict({"embedding": nn.Embedding(len(vocab) + 1, features), "rnn": rnn,
+                           "head": nn.Linear(hidden, len(vocab) + 1)})
+    return CharModel.from_module(model, vocab)
+
+
 def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> CharModel:
     """A char model whose memory is known by construction.
 
@@ -231,7 +275,6 @@ def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> Cha
     still depends on it at the end of the sentence.
     """
     torch.manual_seed(0)
-    vocab = corpus_vocab()
     rnn = {"lstm": gatedrnn.LSTM, "rnn": gatedrnn.RNN}[cell](features, hidden, batch_first=True)
     with torch.no_grad():
         for p in rnn.parameters():
@@ -243,9 +286,7 @@ def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> Cha
             H = hidden
             rnn.weight_ih_l0.normal_(0.0, 0.1)  # i, f, g, o rows: small input dependence
             rnn.bias_ih_l0[H:2 * H] = 8.0  # f = sigmoid(8 + small)
-    model = nn.ModuleDict({"embedding": nn.Embedding(len(vocab) + 1, features), "rnn": rnn,
-                           "head": nn.Linear(hidden, len(vocab) + 1)})
-    return CharModel.from_module(model, vocab)
+    return char_model_around(rnn, features, hidden)
 
 
 def test_span_is_causal_and_a_plain_rnn_forgets_sooner_than_an_lstm():
@@ -289,6 +330,43 @@ def test_char_model_span_is_that_of_the_full_jacobian(window):
     np.testing.assert_allclose(distances["c"][0], c.unit_mean_distance, rtol=1e-12)
 
 
+def two_layer_char_model() -> CharModel:
+    torch.manual_seed(0)
+    return char_model_around(gatedrnn.LSTM(4, 5, num_layers=2), features=4, hidden=5)
+
+
+def test_a_two_layer_model_measures_and_records_each_layer():
+    """The span results are the top layer's h and c; the per-layer distances are each layer's;
+    record() gives each layer its own gates."""
+    model, text = two_layer_char_model(), "It is a truth"
+    ids, _ = model.encode(text)
+    rnn = model.rnn.double().eval()
+    model.embedding.double()
+    with torch.no_grad():
+        x = model.embedding(ids)
+    full = full_per_unit(rnn, x, [("h", 0), ("h", 1), ("c", 1)])  # (T, T, 15)
+    (h, c), distances = model.span(text)
+    np.testing.assert_allclose(h.band, measure_span("", text, full[..., 5:10]).band, rtol=1e-10)
+    np.testing.assert_allclose(c.band, measure_span("", text, full[..., 10:]).band, rtol=1e-10)
+    np.testing.assert_allclose(distances["h"][0], measure_span("", text, full[..., :5]).unit_mean_distance, rtol=1e-10)
+    np.testing.assert_allclose(distances["h"][1], h.unit_mean_distance, rtol=1e-10)
+    record = model.record(text)
+    trace = gatedrnn.inspect_gates(rnn, x.unsqueeze(1))
+    for k in range(2):
+        np.testing.assert_allclose(record.layers[k]["h"], trace.gates[(k, 0)]["h"][:, 0].detach().numpy(), rtol=1e-5)
+
+
+def test_sampling_never_draws_the_unknown_symbol_and_takes_length_zero():
+    """Greedy sampling with the unknown symbol's logit the largest still draws known characters;
+    length 0 is allowed and draws nothing."""
+    model = two_layer_char_model()
+    with torch.no_grad():
+        model.head.bias[0] = 1e6
+    text = model.sample("It", 10, 0.0, None)
+    assert len(text) == 10 and all(ch in model.vocab for ch in text)
+    assert model.sample("It", 0, 0.8, torch.Generator().manual_seed(0)) == ""
+
+
 def test_a_window_shorter_than_the_text_is_said_so():
     """Beyond the window nothing is measured: relative() says None, the span "> W-1 (window)" and
     the summary names the window and "beyond the window" for the probe."""
@@ -306,6 +384,20 @@ def test_a_window_shorter_than_the_text_is_said_so():
     assert lines[2].split()[1:4] == [">", "49", "(window)"] and lines[2].endswith(BEYOND)
     full = measure_span("LSTM", SENTENCE, decay(T, 0.97))
     assert full.span_text() == f"> {T - 1}" and "span-window" not in summary_lines([full])[0]
+
+
+def test_relative_is_to_the_state_s_own_strongest_input_within_the_window():
+    """relative(t, s) = band[t, t - s] / max_d band[t, d]: independent of a global scale, not
+    divided by another state's larger peak; None at d = W and for a word partly beyond W."""
+    T = 60
+    J = decay(T, 0.9, scale=5.0)
+    J[T - 1] *= 0.1  # the last state's inputs are weaker than the others'
+    r = measure_span("m", "x" * T, J, window=20)
+    t = T - 1
+    assert r.relative(t, t - 3) == pytest.approx(0.9 ** 3)
+    assert r.relative(t, t - 19) == pytest.approx(0.9 ** 19)
+    assert r.relative(t, t - 20) is None  # d = W: not measured
+    assert r.relative(t, slice(t - 21, t - 17)) is None  # d = 18..21: partly beyond the window
 
 
 def test_band_heatmap_is_over_position_and_distance():
@@ -340,6 +432,13 @@ def test_word_ticks_thin_out_on_long_texts():
     plt.close(fig)
 
 
+def test_char_axis_labels_every_character_up_to_the_limit():
+    fig, ax = plots.plt.subplots()
+    plots._char_ticks(ax, "a" * plots.MAX_CHAR_TICKS)
+    assert len(ax.get_xticks()) == plots.MAX_CHAR_TICKS
+    plots.plt.close(fig)
+
+
 @pytest.fixture
 def kept_figures(monkeypatch):
     """The figures plots.py would close, kept to look inside (closed at the end)."""
@@ -371,6 +470,19 @@ def test_memory_span_png_of_a_windowed_text(tmp_path, kept_figures):
     assert legend[0].endswith("(below 1% from d = 7)"), legend
 
 
+def test_gates_png_marks_unknowns_and_draws_g_diverging(tmp_path, kept_figures):
+    record = traced("lstm", "ab[cd", hidden=4, layers=1)
+    record.unknown = [2]
+    plots.plot_gates(record, tmp_path / "gates.png", units_per_layer=4)
+    (fig,) = kept_figures
+    heatmaps = [ax for ax in fig.axes if ax.get_ylabel().startswith("layer")]
+    assert len(heatmaps) == 6
+    for ax in heatmaps:
+        assert [(line.get_xdata()[0], line.get_color(), line.get_linestyle()) for line in ax.lines] == [(2, "red", "--")]
+    g = next(ax for ax in heatmaps if ax.get_ylabel().endswith("\ng"))
+    assert g.images[0].get_clim() == (-1.0, 1.0) and g.images[0].get_cmap().name == "RdBu"
+
+
 def test_distance_curve_and_span():
     T, a = 40, 0.5
     J = decay(T, a)[..., 0]
@@ -384,6 +496,28 @@ def test_distance_curve_and_span():
     assert span_below(cols).tolist() == [7, -1, -1]  # 0.9^39 = 0.016 still above
 
 
+def test_span_edges_of_the_one_percent_rule():
+    """A value exactly at 1% of the peak is not below it; a curve that falls below only at its
+    last measured distance has that distance as its span, not None."""
+    assert span_below(np.array([1.0, 0.5, 0.01, 0.001])) == 3
+    assert span_below(np.array([1.0, 0.5, 0.2, 0.001])) == 3
+    assert span_below(np.array([[1.0], [0.5], [0.2], [0.001]])).tolist() == [3]
+
+
+def test_mean_distance_weights_each_distance_by_its_influence():
+    """sum_d d c[d] / sum_d c[d]: distances start at 0."""
+    assert mean_distance(np.array([1.0, 1.0])) == pytest.approx(0.5)
+    assert mean_distance(np.array([0.0, 0.0, 2.0])) == pytest.approx(2.0)
+
+
+def test_triangle_keeps_the_diagonal():
+    """J[t, t] (d = 0) is the strongest influence: the triangle's diagonal is the band's column 0."""
+    T = 6
+    r = measure_span("m", "abcdef", decay(T, 0.5))
+    np.testing.assert_array_equal(np.diag(r.triangle()), r.band[:, 0])
+    assert np.all(np.diag(r.triangle()) > 0)
+
+
 def test_summary_names_each_cell_and_the_probe():
     T = len(SENTENCE)
     results = [measure_span("RNN", SENTENCE, decay(T, 0.3)), measure_span("LSTM", SENTENCE, decay(T, 0.97))]
@@ -395,6 +529,13 @@ def test_summary_names_each_cell_and_the_probe():
     assert float(lines[3].split()[-1]) == pytest.approx(0.97 ** (hours - 3), rel=1e-2)
 
 
+def test_summary_names_the_smallest_window_of_its_results():
+    """Results measured with windows 30 and 50: the summary says distances 0..29."""
+    T = len(SENTENCE)
+    results = [measure_span("A", SENTENCE, decay(T, 0.5), window=30), measure_span("B", SENTENCE, decay(T, 0.5), window=50)]
+    assert "distances 0..29 measured (--span-window 30)" in summary_lines(results)[0]
+
+
 def test_memory_span_png(tmp_path):
     T = len(SENTENCE)
     results = [measure_span(n, SENTENCE, decay(T, a)) for n, a in [("RNN", 0.5), ("LSTM", 0.95), ("GRU", 0.9)]]
@@ -404,11 +545,41 @@ def test_memory_span_png(tmp_path):
         assert im.size[0] > 1200 and im.size[1] > 800
 
 
+def test_memory_span_curves_and_marks(tmp_path, kept_figures):
+    """Curves divided by their peak; a mark at distance exactly W is beyond the window; the band's
+    x axis is the state position."""
+    text = (SENTENCE + " ") * 2
+    T = len(text)
+    results = [measure_span("RNN", text, decay(T, 0.5, scale=7.0), window=40)]
+    plots.plot_memory_span(results, tmp_path / "m.png", marks=[("edge", slice(100, 104), 140)])
+    (fig,) = kept_figures
+    curves = fig.axes[-1]
+    line = next(ln for ln in curves.get_lines() if "||dh_t/dx_s||" in ln.get_label())
+    assert max(line.get_ydata()) == pytest.approx(1.0)
+    assert [t.get_text() for t in curves.texts if BEYOND in t.get_text()] == [f"edge (d = 40): {BEYOND}"]
+    assert fig.axes[0].get_xlabel() == "state position t"
+
+
+def test_triangle_labels_the_probe_with_the_word_s_strongest_input():
+    T = len(SENTENCE)
+    r = measure_span("LSTM", SENTENCE, decay(T, 0.95))
+    john, hours = slice(0, 4), SENTENCE.index("hours") + 4
+    fig, ax = plots.plt.subplots()
+    plots._triangle(ax, r, [("John", john, hours)])
+    assert [t.get_text() for t in ax.texts] == [f"John: {0.95 ** (hours - 3):.1e}"]
+    plots.plt.close(fig)
+
+
 def test_word_positions():
     assert word_positions(SENTENCE, "He") == slice(75, 77)
     assert word_positions(SENTENCE, "t", occurrence=1) == slice(12, 13)  # "wanted", then "to"
     with pytest.raises(ValueError, match="does not occur"):
         word_positions(SENTENCE, "Mary")
+
+
+def test_probe_words_are_whole_words_on_both_sides():
+    """"John" inside "AJohn" is not the word John."""
+    assert probe_positions("AJohn spent hours", "John", "hours") is None
 
 
 # --- the commands: gatedrnn gates / sample on a small saved model ---------------------------------
@@ -433,8 +604,6 @@ def saved_model(tmp_path_factory):
 
 
 def run_cli(*argv: str) -> int:
-    import argparse
-
     from gatedrnn.viz.commands import add_subcommands
 
     parser = argparse.ArgumentParser(prog="gatedrnn")
@@ -510,6 +679,13 @@ def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, ca
     assert "Traceback" not in err
 
 
+def test_text_length_limits_are_inclusive(saved_model, tmp_path, capsys):
+    """2000 characters are accepted; 2 characters get the memory span."""
+    commands._check_text("a" * commands.MAX_TEXT, "gates")
+    assert run_cli("gates", "ab", "--model", str(saved_model), "--out", str(tmp_path)) == 0
+    assert "skipped" not in capsys.readouterr().out and (tmp_path / "memory_span.png").exists()
+
+
 def test_sample_command_is_seeded(saved_model, capsys):
     assert run_cli("sample", "--model", str(saved_model), "--prompt", "It is", "--length", "30", "--seed", "3") == 0
     first = capsys.readouterr().out
@@ -525,6 +701,13 @@ def test_a_vocabulary_saved_as_a_list_of_characters_loads_as_the_string(saved_mo
     (tmp_path / "list.safetensors").write_bytes(saved_model.read_bytes())
     (tmp_path / "list.json").write_text(json.dumps({**meta, "task": {**meta["task"], "vocab": list(meta["task"]["vocab"])}}))
     assert load_char_model(tmp_path / "list.safetensors").vocab == meta["task"]["vocab"] == corpus_vocab()
+
+
+def test_bad_vocabularies_and_cells_are_refused():
+    with pytest.raises(UsageError, match="task.vocab must be the model's characters"):
+        _vocab(["ab", "c"])
+    with pytest.raises(UsageError, match="cell must be one of rnn, lstm, gru, got 'mlp'"):
+        shipped_path("mlp")
 
 
 def test_sampler_refuses_nan_and_inf_temperatures_and_takes_tiny_ones(saved_model):
@@ -545,6 +728,17 @@ def test_weights_that_do_not_match_their_config_are_refused(saved_model, tmp_pat
     assert run_cli("gates", "abc", "--model", str(tmp_path / "wide.safetensors"), "--out", str(tmp_path)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the weights do not match their config") and err.count("\n") == 1, err
+
+
+def test_a_vocabulary_that_does_not_fit_the_embedding_is_one_error_line(saved_model, tmp_path, capsys):
+    """The shapes agree with the config but the vocabulary has one character too few for the
+    embedding: CharModel's ValueError becomes one error line, not a traceback."""
+    meta = json.loads(saved_model.with_suffix(".json").read_text())
+    (tmp_path / "short.safetensors").write_bytes(saved_model.read_bytes())
+    (tmp_path / "short.json").write_text(json.dumps({**meta, "task": {**meta["task"], "vocab": meta["task"]["vocab"][:-1]}}))
+    assert run_cli("gates", "abc", "--model", str(tmp_path / "short.safetensors"), "--out", str(tmp_path / "o")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the weights do not match their config: the embedding has") and err.count("\n") == 1
 
 
 def test_a_training_run_loads_and_exports_to_the_same_model(tmp_path):
@@ -612,6 +806,15 @@ def test_gates_on_the_tutorial_sentence_with_the_shipped_models(tmp_path, capsys
         assert (tmp_path / name).stat().st_size > 10_000
 
 
+def test_gates_uses_the_chosen_shipped_cell_and_an_lstm_page_opens_on_c(tmp_path, capsys):
+    """--cell gru gives the GRU's page; the LSTM's page orders units first by the span of c."""
+    assert run_cli("gates", "It is", "--cell", "gru", "--out", str(tmp_path / "g")) == 0
+    assert embedded_data((tmp_path / "g" / "gates.html").read_text())["cell"] == "gru"
+    assert run_cli("gates", "It is", "--out", str(tmp_path / "l")) == 0
+    data = embedded_data((tmp_path / "l" / "gates.html").read_text())
+    assert data["cell"] == "lstm" and list(data["scores"])[0].startswith("memory span of c ")
+
+
 def test_sample_with_the_shipped_model_writes_austen_like_text(capsys):
     from gatedrnn.cli import main
 
@@ -631,6 +834,11 @@ def test_probe_needs_both_whole_words_the_early_one_first():
     assert probe_positions("the U.S. said", "U.S.", "said") == (slice(4, 8), 12)
     results = [measure_span("m", "hours, John", np.ones((11, 11, 2)))]
     assert "John -> hours" not in "\n".join(summary_lines(results, probe=("John", "hours")))
+
+
+def test_probe_takes_exactly_two_words():
+    with pytest.raises(argparse.ArgumentTypeError, match="got 'a,b,c'"):
+        commands.parse_probe("a,b,c")
 
 
 def test_sample_note_does_not_promise_a_page(saved_model, capsys):
@@ -722,3 +930,25 @@ def test_gates_prints_an_estimate_when_the_span_takes_long(saved_model, tmp_path
     monkeypatch.setattr(commands, "SPAN_RATE", 1e10)
     assert run_cli("gates", "abcdef", "--model", str(saved_model), "--out", str(tmp_path)) == 0
     assert "multiply-adds" not in capsys.readouterr().out
+
+
+def test_estimate_names_the_distances_measured_and_the_unknown_count(saved_model, tmp_path, monkeypatch, capsys):
+    """A window longer than the text measures distances below the text's length; the note counts
+    each unknown position ("XX" is 2)."""
+    monkeypatch.setattr(commands, "SPAN_RATE", 1.0)
+    assert run_cli("gates", "abXXef", "--model", str(saved_model), "--out", str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "at distances below 6 takes" in out and "note: 2 character(s) outside" in out
+
+
+def test_demo_shows_the_lstm_page(tmp_path, monkeypatch, capsys):
+    """After the comparison, the demo runs `gates` on the tutorial's sentence with the LSTM."""
+    calls = []
+    monkeypatch.setattr(demo, "compare", lambda configs, out: ([], out / "curves.png"))
+    monkeypatch.setattr(demo, "comparison_table", lambda summaries: [])
+    monkeypatch.setattr(demo, "run_gates", lambda args: calls.append(args) or 0)
+    parser = argparse.ArgumentParser()
+    demo.add_demo_arguments(parser)
+    assert demo.run_demo(parser.parse_args(["--out", str(tmp_path)])) == 0
+    (args,) = calls
+    assert (args.cell, args.model, args.text) == ("lstm", None, commands.TUTORIAL)
