@@ -89,8 +89,7 @@ def error_line(capsys, argv: list[str]) -> str:
 
 def test_train_evaluate_and_resume_a_user_family(tmp_path, family_file, capsys):
     """train records the family and its file; evaluate reproduces the run's test loss; a resume in
-    a process without the family imports it from the recorded file and ends exactly where an
-    uninterrupted run ends."""
+    a process without the family, given its file, ends exactly where an uninterrupted run ends."""
     run = tmp_path / "run"
     first = run_json(capsys, ["train", "--family-module", str(family_file), "--cell", "mgu", *TINY, "--steps", "4",
                               "--out", str(run)])
@@ -105,7 +104,8 @@ def test_train_evaluate_and_resume_a_user_family(tmp_path, family_file, capsys):
     assert run_json(capsys, ["evaluate", str(run)])["loss"] == pytest.approx(first["final_loss"], rel=1e-6)
 
     forget()
-    resumed = run_json(capsys, ["train", *TINY[:2], "--resume", "--out", str(run), "--steps", "6"])
+    resumed = run_json(capsys, ["train", *TINY[:2], "--resume", "--out", str(run), "--steps", "6",
+                                "--family-module", str(family_file)])
     whole = run_json(capsys, ["train", "--family-module", str(family_file), "--cell", "mgu", *TINY, "--steps", "6",
                               "--out", str(tmp_path / "whole")])
     assert (resumed["steps"], resumed["cell"]) == (6, "mgu")
@@ -187,40 +187,38 @@ def test_the_gate_viewer_shows_a_user_familys_gates(tmp_path, family_file, capsy
 
 
 FRESH_PROCESS = """
-import os, sys
+import sys
 from gatedrnn.cli import main
 
-run, file, away = sys.argv[1:]
-os.rename(file, away)
+run, file = sys.argv[1:]
 missing = main(["evaluate", run])
-os.rename(away, file)
-sys.exit(10 * missing + main(["evaluate", run]))
+sys.exit(10 * missing + main(["evaluate", run, "--family-module", file]))
 """
-"""In a new process: evaluate with the family's file gone (exit 2), then with it back (exit 0)."""
+"""In a new process: evaluate without the family's file named (exit 2), then with it (exit 0)."""
 
 
-def test_a_fresh_process_rebuilds_the_run_or_names_the_missing_family(tmp_path, family_file, capsys):
+def test_a_fresh_process_names_the_missing_family_and_rebuilds_it_from_the_named_file(tmp_path, family_file,
+                                                                                       capsys):
     """In a new process, evaluate names the family, its module, class and file, and the flag in one
-    error line while the recorded file is gone, and imports it from there once it is back; gates and
-    --resume say the same."""
+    error line, without executing the file the run records; with --family-module it rebuilds the run.
+    gates and --resume say the same."""
     run = tmp_path / "run"
     assert main(["train", "--family-module", str(family_file), "--cell", "mgu", *CHARLM, "--out", str(run)]) == 0
     capsys.readouterr()
-    away = tmp_path / "elsewhere.py"
-    fresh = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(run), str(family_file), str(away)],
+    fresh = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(run), str(family_file)],
                            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     expected = (f"error: the run's cell family 'mgu' (module my_cells, class MGU, from {family_file}) is not "
-                f"registered ({family_file} no longer exists): pass --family-module PATH_OR_MODULE")
+                "registered (a file a run names is executed only when given as --family-module): pass "
+                "--family-module PATH_OR_MODULE")
     assert fresh.returncode == 20, fresh.stderr
     assert fresh.stderr.startswith(expected) and fresh.stderr.count("\n") == 1, fresh.stderr
     assert "charlm mgu (hidden 6, step 2)" in fresh.stdout
 
-    moved = family_file.rename(away)
     forget()
     for argv in (["gates", "It is", "--model", str(run), "--out", str(tmp_path / "page")],
                  ["train", *CHARLM[:2], "--resume", "--out", str(run), "--steps", "3"]):
         assert error_line(capsys, argv).startswith(expected)
-    assert main(["evaluate", str(run), "--family-module", str(moved)]) == 0
+    assert main(["evaluate", str(run), "--family-module", str(family_file)]) == 0
 
 
 def test_an_unregistered_cell_or_a_broken_module_is_one_error_line(tmp_path, capsys):

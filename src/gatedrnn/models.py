@@ -216,8 +216,10 @@ def family_record(cell: str) -> dict[str, str]:
 
 
 def require_family(cell: str, record: object = None) -> None:
-    """Make the family ``cell`` available: nothing when it is registered; else import the module
-    that ``record`` (a run's :func:`family_record`) names, from its file when it has one.
+    """Make the family ``cell`` available: nothing when it is registered; else import the installed
+    module that ``record`` (a run's :func:`family_record`) names. A family read from a file is not
+    imported again from the path the run records: a run directory is data, and executing a file it
+    names would run whatever code was put there; the error names the file for ``--family-module``.
 
     Raises:
         FamilyNotFoundError: one line naming the family, where the run says it came from and why
@@ -238,15 +240,13 @@ def require_family(cell: str, record: object = None) -> None:
 
 
 def _import_recorded(record: dict[str, Any]) -> str:
-    """Import the module a run's family record names (its file if it has one); returns why that
+    """Import the installed module a run's family record names (never its file); returns why that
     may not have registered the family, for :func:`require_family`'s message."""
     module, file = record.get("module"), record.get("file")
     try:
         if isinstance(file, str):
-            if not Path(file).is_file():
-                return f"{file} no longer exists"
-            _import_file(Path(file), module if isinstance(module, str) else None)
-        elif module == "__main__":
+            return "a file a run names is executed only when given as --family-module"
+        if module == "__main__":
             return "it was defined in the script that trained the run"
         elif isinstance(module, str):
             _reimport(module)
