@@ -1,13 +1,15 @@
 """The generic backend against the reference loop: outputs, final states and every gradient in
-float64, for every built-in family configuration and a user's family, on each of its loops.
+float64, for every built-in family configuration and a user's family; the transforms it runs
+under; ``auto``'s choice of it.
 
 Every buffer allocated with ``torch.empty`` starts as NaN here (torch's
 ``fill_uninitialized_memory`` under deterministic mode), so an element the backend forgets to
-write fails. The compiled loop's exactness runs with torch.compile's ``aot_eager`` backend (the
-same traced graph, without inductor's C++ build); one test compiles with inductor.
+write fails.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gatedrnn
 from gatedrnn.backends import choose, generic
 from gatedrnn.backends import reference as reference_backend
+from gatedrnn.config import Noise
 from helpers import random_projection, rel_err
 
 I, H, T, B = 3, 5, 7, 4
@@ -62,14 +65,6 @@ def _poison_empty_one_thread():
     torch.use_deterministic_algorithms(previous[0])
     torch.utils.deterministic.fill_uninitialized_memory = previous[1]
     torch.set_num_threads(previous[2])
-
-
-@pytest.fixture
-def fresh_compiles(monkeypatch):
-    """The generic backend's compile state emptied for one test, compiled with ``aot_eager``."""
-    monkeypatch.setattr(generic, "_COMPILED", {})
-    monkeypatch.setattr(generic, "_RENT", {})
-    monkeypatch.setattr(generic, "COMPILE_BACKEND", "aot_eager")
 
 
 FAMILIES = [
@@ -127,41 +122,24 @@ def _assert_same(module, ref, lengths, tol=1e-12):
 
 
 @pytest.mark.parametrize("family,kw", FAMILIES)
-@pytest.mark.parametrize("loop", ["graph", "bptt"])
-def test_matches_the_reference_stacked_bidirectional_packed_with_noise(family, kw, loop, monkeypatch):
+def test_matches_the_reference_stacked_bidirectional_packed_with_noise(family, kw):
     """Two layers, both directions, packed sequences of unequal lengths, initial states, zoneout and
     recurrent dropout in training (the same masks for both modules)."""
-    monkeypatch.setenv(generic.ENV, loop)
     ours, ref = _pair(family, kw, num_layers=2, bidirectional=True, zoneout=0.3, recurrent_dropout=0.4)
     _assert_same(ours.train(), ref.train(), LENGTHS)
-
-
-@pytest.mark.parametrize("family,kw", [
-    pytest.param("lstm", dict(variant="fgr", layer_norm=True, proj_size=2), id="lstm-fgr-ln-proj"),  # 3 carries
-    FAMILIES[12],
-])
-def test_the_compiled_loop_matches_the_reference(family, kw, monkeypatch, fresh_compiles):
-    monkeypatch.setenv(generic.ENV, "compiled")
-    ours, ref = _pair(family, kw, num_layers=2, bidirectional=True, zoneout=0.3, recurrent_dropout=0.4)
-    _assert_same(ours.train(), ref.train(), LENGTHS)
-    assert generic._COMPILED and all(fn is not None for fn in generic._COMPILED.values()), "nothing compiled"
 
 
 @pytest.mark.parametrize("family,kw", [FAMILIES[0], FAMILIES[7], FAMILIES[12]])
-@pytest.mark.parametrize("loop", ["graph", "bptt"])
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "packed"])
-def test_zoneout_in_evaluation_and_one_direction(family, kw, loop, lengths, monkeypatch):
+def test_zoneout_in_evaluation_and_one_direction(family, kw, lengths):
     """Evaluation's zoneout (the expectation, no masks), forward and reverse, padded or packed."""
-    monkeypatch.setenv(generic.ENV, loop)
     for bidirectional in (False, True):
         ours, ref = _pair(family, kw, bidirectional=bidirectional, zoneout=0.25, recurrent_dropout=0.5)
         _assert_same(ours.eval(), ref.eval(), lengths)
 
 
-@pytest.mark.parametrize("loop", ["graph", "bptt"])
-def test_gradcheck(loop, monkeypatch):
+def test_gradcheck():
     """torch's own check, analytic against numerical, on a packed pair of sequences with noise."""
-    monkeypatch.setenv(generic.ENV, loop)
     torch.manual_seed(0)
     module = gatedrnn.Recurrent(MGU.name, 2, 3, bidirectional=True, zoneout=0.2, recurrent_dropout=0.3,
                                 backend="generic", dtype=DT).train()
@@ -189,11 +167,8 @@ def _gradient_penalty(module, x, h0):
     return torch.autograd.grad(sum(g.pow(2).sum() for g in first), leaves)
 
 
-@pytest.mark.parametrize("loop", ["graph", "bptt"])
-def test_second_derivatives_match_the_reference(loop, monkeypatch):
-    """A gradient penalty through the recurrence: the graph loop differentiates twice as any autograd
-    code does; the hand-written backward replays the graph loop under create_graph."""
-    monkeypatch.setenv(generic.ENV, loop)
+def test_second_derivatives_match_the_reference():
+    """A gradient penalty through the recurrence (create_graph), packed, with noise, both directions."""
     ours, ref = _pair(MGU.name, {}, bidirectional=True, zoneout=0.3, recurrent_dropout=0.3)
     x, h0 = torch.randn(T, B, I, dtype=DT), torch.randn(2, B, H, dtype=DT)
     names = ["x", "h0"] + [n for n, _ in ours.named_parameters()]
@@ -202,10 +177,8 @@ def test_second_derivatives_match_the_reference(loop, monkeypatch):
         assert rel_err(a, b) < 1e-12, name
 
 
-def test_torch_func_transforms_run_on_the_graph_loop(monkeypatch):
-    """torch.func.grad and vmap over a user family: the graph loop runs under them (the hand-written
-    backward is never chosen there, even when forced)."""
-    monkeypatch.setenv(generic.ENV, "bptt")
+def test_torch_func_grad_and_vmap():
+    """torch.func.grad and vmap over a user family on the generic backend give autograd's numbers."""
     module = gatedrnn.Recurrent(MGU.name, I, H, backend="generic", dtype=DT)
     params = {n: p.detach() for n, p in module.named_parameters()}
     x = torch.randn(T, B, I, dtype=DT)
@@ -220,7 +193,7 @@ def test_torch_func_transforms_run_on_the_graph_loop(monkeypatch):
     assert rel_err(batched, module(x)[0]) < 1e-12
 
 
-def test_torch_export_traces_the_graph_loop():
+def test_torch_export():
     module = gatedrnn.Recurrent(MGU.name, I, H, num_layers=2, backend="generic").eval()
     program = torch.export.export(module, (torch.randn(T, B, I),))
     x = torch.randn(T, B, I)
@@ -228,7 +201,7 @@ def test_torch_export_traces_the_graph_loop():
         assert rel_err(ours, eager) < 1e-6
 
 
-def test_the_graph_loops_backward_is_linear_in_time():
+def test_the_backward_is_linear_in_time():
     """No step reads the projection by indexing it (each such select's backward would allocate and
     zero a whole (T, B, G*H) gradient: a backward quadratic in T); one unbind serves every step."""
     module = gatedrnn.Recurrent(MGU.name, I, H, backend="generic")
@@ -249,7 +222,7 @@ def test_auto_runs_a_new_family_on_generic_and_the_fused_backends_refuse_it(monk
     kernel runs), and naming the cpu or triton backend raises an error that names the family."""
     calls = []
     for backend in ("generic", "reference", "cpu", "triton"):
-        module = generic if backend == "generic" else __import__(f"gatedrnn.backends.{backend}", fromlist=["x"])
+        module = importlib.import_module(f"gatedrnn.backends.{backend}")
         monkeypatch.setattr(module, "run_layer", lambda *a, _f=module.run_layer, _b=backend, **k:
                             calls.append(_b) or _f(*a, **k))
     module = gatedrnn.Recurrent(MGU.name, I, H, num_layers=2)
@@ -273,39 +246,28 @@ def test_auto_keeps_the_fused_backend_for_a_built_in_variant_and_generic_under_t
     assert chosen == ["generic"]
 
 
-def test_compiles_after_the_rent_and_a_failed_compile_falls_back_to_the_graph_loop(monkeypatch, fresh_compiles):
-    """Rent or buy: a small step runs the graph loop until its configuration has run
-    COMPILE_AFTER_STEPS steps in training, then the compiled loop; a compile that fails leaves that
-    call's results right and the configuration on the graph loop from then on."""
-    monkeypatch.delenv(generic.ENV, raising=False)
-    monkeypatch.setattr(generic, "COMPILE_AFTER_STEPS", 2 * T)
-    ours, ref = _pair(MGU.name, {})
-    loops = []
-    monkeypatch.setattr(generic, "loop_for", lambda *a, _f=generic.loop_for: loops.append(_f(*a)) or loops[-1])
-    for _ in range(3):
-        _assert_same(ours, ref, None)
-    with torch.no_grad():
-        ours(torch.randn(T, B, I, dtype=DT))  # inference: never compiled
-    assert loops == ["graph", "graph", "compiled", "graph"], loops
-    monkeypatch.setattr(generic, "_COMPILED", {})
-    monkeypatch.setattr(generic, "COMPILE_BACKEND", _failing_backend)
-    loops.clear()
-    for _ in range(2):
-        _assert_same(ours, ref, None)
-    assert loops == ["compiled", "graph"] and list(generic._COMPILED.values()) == [None], loops
-
-
-def _failing_backend(graph_module, example_inputs):
-    raise RuntimeError("no compiler here")
-
-
-def test_inductor_compiles_the_step_product(monkeypatch):
-    """The compiled loop with torch.compile's default backend (inductor: a C++ build on the CPU)."""
-    monkeypatch.setattr(generic, "_COMPILED", {})
-    monkeypatch.setenv(generic.ENV, "compiled")
-    ours, ref = _pair(MGU.name, {})
-    _assert_same(ours, ref, LENGTHS, tol=1e-10)
-    assert list(generic._COMPILED.values()) != [None]
+@pytest.mark.parametrize("family,kw", [FAMILIES[1], FAMILIES[12]])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_run_layer_outputs_zeros_on_padded_steps_as_the_reference_does(family, kw, reverse):
+    """One layer and direction called directly (the padded steps of a packed input are not
+    visible through the module): every step's output, zeros past each length, and the gradients."""
+    torch.manual_seed(0)
+    module = gatedrnn.Recurrent(family, I, H, dtype=DT, **kw)
+    cfg, weights = module.cell_config, module.layer_weights(0, 0)
+    x = torch.randn(T, B, I, dtype=DT, requires_grad=True)
+    state = tuple(torch.randn(B, s, dtype=DT, requires_grad=True) for s in cfg.state_sizes)
+    keeps = [torch.rand(T, B, s, dtype=DT).lt(0.3).to(DT) for s in cfg.state_sizes]
+    noise = Noise(torch.rand(B, cfg.output_size, dtype=DT) * 2, 0.3, *keeps[:2])
+    lengths = torch.tensor(LENGTHS)
+    results = []
+    for backend in (generic, reference_backend):
+        out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+        outs = [out, *final]
+        grads = torch.autograd.grad(random_projection(outs, seed=7), [x, *state, *weights.values()])
+        results.append([o.detach() for o in outs] + list(grads))
+    assert (results[0][0][torch.arange(T)[:, None] >= lengths] == 0).all()
+    for a, b in zip(*results, strict=True):
+        assert rel_err(a, b) < 1e-12
 
 
 def test_gate_recording_and_an_empty_batch_run_on_the_reference():
