@@ -29,7 +29,7 @@ import gatedrnn  # noqa: E402
 from gatedrnn.backends import choose  # noqa: E402
 from gatedrnn.backends import reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
-from gatedrnn.backends.triton import launch, measured, offline  # noqa: E402
+from gatedrnn.backends.triton import launch, measured, offline, op  # noqa: E402
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise  # noqa: E402
 from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
 
@@ -585,18 +585,33 @@ def test_custom_op_registration(name, mode):
     w = layer_weights(cfg, 2)
     xw = torch.randn(T, B, cfg.num_gates * H, dtype=torch.float64, requires_grad=True)
     lstm = cfg.family == "lstm"
-    zoneout, *noise = triton_backend.kernel_noise(cfg, sample_noise(cfg, T, B, mode), xw)
-    args = (
-        xw, torch.tensor([3, 2], dtype=torch.int32), torch.randn(B, R, dtype=torch.float64),
-        torch.randn(B, H, dtype=torch.float64) if lstm else None, w["weight_hh"].requires_grad_(True),
-        w.get("weight_hr"), w.get("weight_ch"),
-        launch.padded_gate_weight(w["weight_gg"]).requires_grad_(True) if cfg.variant == "fgr" else None,
-        torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
-        w.get("ln_weight_hh"), w.get("ln_weight_c"), w.get("ln_bias_c"),
-        *noise, cfg.family, cfg.variant, cfg.reset_after, False, cfg.eps, zoneout, False, False,
+    zoneout, keep_h, keep_c, rmask = triton_backend.kernel_noise(cfg, sample_noise(cfg, T, B, mode), xw)
+    operands = op.Operands(
+        c0=torch.randn(B, H, dtype=torch.float64) if lstm else None, weight_hr=w.get("weight_hr"),
+        weight_ch=w.get("weight_ch"),
+        weight_gg=launch.padded_gate_weight(w["weight_gg"]).requires_grad_(True) if cfg.variant == "fgr" else None,
+        bias_hn=torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
+        ln_weight_hh=w.get("ln_weight_hh"), ln_weight_c=w.get("ln_weight_c"), ln_bias_c=w.get("ln_bias_c"),
+        keep_h=keep_h, keep_c=keep_c, rmask=rmask,
     )
-    torch.library.opcheck(triton_backend.recurrence, args,
+    settings = op.Settings(cfg.family, cfg.variant, cfg.reset_after, zoneout=zoneout, eps=cfg.eps)
+    args = (xw, torch.tensor([3, 2], dtype=torch.int32), torch.randn(B, R, dtype=torch.float64),
+            w["weight_hh"].requires_grad_(True), operands.pack(xw), *settings.arguments())
+    torch.library.opcheck(op.triton_recurrence, args,
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+@pytest.mark.parametrize("zoneout", [0, 1, 2])
+def test_op_settings_survive_their_encoding(zoneout):
+    """The ops' settings go as (family, variant, flags, eps): every combination of the switches
+    and zoneout mode decodes to itself, and an unknown zoneout mode is refused."""
+    for bits in range(16):
+        switches = dict(reset_after=bool(bits & 1), relu=bool(bits & 2), reverse=bool(bits & 4),
+                        allow_tf32=bool(bits & 8))
+        settings = op.Settings("gru", "vanilla", zoneout=zoneout, eps=1e-3, **switches)
+        assert op.Settings.from_arguments(*settings.arguments()) == settings
+    with pytest.raises(ValueError, match="zoneout mode must be 0, 1 or 2, got 3"):
+        op.Settings("lstm", zoneout=3).arguments()
 
 
 def test_supports_every_variant(monkeypatch):

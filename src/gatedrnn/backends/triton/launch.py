@@ -71,9 +71,10 @@ tuning = Tuning()
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the op's string args)
-    and the call's regularisation: ``zoneout`` 0 (none), 1 (sampled masks) or 2 (their
-    expectation), ``dropout`` a recurrent dropout mask (see ``kernels/noise.py``)."""
+    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the ops': from their
+    settings and operands, :meth:`.op.Settings.spec`) and the call's regularisation: ``zoneout``
+    0 (none), 1 (sampled masks) or 2 (their expectation), ``dropout`` a recurrent dropout mask
+    (see ``kernels/noise.py``)."""
 
     family: str
     variant: str = "vanilla"

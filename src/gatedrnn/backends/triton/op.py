@@ -2,8 +2,12 @@
 ``torch.compile``) and their autograd formula.
 
 ``gatedrnn::triton_recurrence`` runs the forward kernel; ``gatedrnn::triton_recurrence_backward``
-the backward kernel. The weight gradients are large matmuls over all steps at once, after the
-backward recurrence (no atomics, so the result is deterministic):
+the backward kernel. Their schemas take tensors, lists and scalars only: the optional tensors go
+as one list (:meth:`Operands.pack`), the settings as two strings, an int of flags and a float
+(:meth:`Settings.arguments`); :func:`recurrence` takes them all by name.
+
+The weight gradients are large matmuls over all steps at once, after the backward recurrence
+(no atomics, so the result is deterministic):
 
 .. math::
     \\frac{\\partial L}{\\partial U} = \\sum_t \\delta^{rec}_t{}^\\top h_{t-1}, \\quad
@@ -26,6 +30,9 @@ The gradient of the input projection xw is :math:`\\delta_t` itself; the module'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -33,37 +40,107 @@ from . import launch
 from .launch import KernelSpec
 
 
-def _spec(family: str, variant: str, reset_after: bool, relu: bool, weight_hr: Tensor | None,
-          ln_weight_hh: Tensor | None, zoneout: int, rmask: Tensor | None) -> KernelSpec:
-    return KernelSpec(family, variant, reset_after, relu, weight_hr is not None, ln_weight_hh is not None, zoneout,
-                      rmask is not None)
+class Operands(NamedTuple):
+    """The ops' optional tensors, by name: the LSTM's initial cell ``c0`` (B, H); the weights
+    beyond ``weight_hh``: ``weight_hr`` (R, H), the peepholes ``weight_ch`` (3H,), fgr's
+    ``weight_gg`` padded to (4H, 4H), the GRU's ``bias_hn`` (H,) when it stays inside the
+    recurrence, the layer norms' gains and cell shift (see :class:`.launch.LayerNormWeights`); and
+    the call's regularisation ``keep_h``, ``keep_c``, ``rmask`` (see :class:`.launch.NoiseBuffers`).
+    None where absent.
+
+    The ops take them as one ``list[Tensor]`` in this order (:meth:`pack`), an absent one as an
+    empty tensor: torch.library's autograd reaches the tensors of a list only when the list
+    holds nothing but tensors."""
+
+    c0: Tensor | None = None
+    weight_hr: Tensor | None = None
+    weight_ch: Tensor | None = None
+    weight_gg: Tensor | None = None
+    bias_hn: Tensor | None = None
+    ln_weight_hh: Tensor | None = None
+    ln_weight_c: Tensor | None = None
+    ln_bias_c: Tensor | None = None
+    keep_h: Tensor | None = None
+    keep_c: Tensor | None = None
+    rmask: Tensor | None = None
+
+    def pack(self, like: Tensor) -> list[Tensor]:
+        """The ops' ``operands`` argument: each tensor, or an empty one of ``like``'s device and dtype."""
+        return [like.new_empty(0) if t is None else t for t in self]
+
+    @classmethod
+    def unpack(cls, operands: list[Tensor]) -> Operands:
+        """The inverse of :meth:`pack`: empty tensors are absent operands."""
+        return cls(*(t if t.numel() else None for t in operands))
+
+    def layer_norm(self, eps: float) -> launch.LayerNormWeights:
+        return launch.LayerNormWeights(self.ln_weight_hh, self.ln_weight_c, self.ln_bias_c, eps)
+
+    def noise(self) -> launch.NoiseBuffers:
+        return launch.NoiseBuffers(self.keep_h, self.keep_c, self.rmask)
+
+
+_SWITCHES = ("reset_after", "relu", "reverse", "allow_tf32")
+"""The settings held in the low bits of the ops' ``flags`` word, bit 0 first; ``zoneout`` is the
+number above them."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything of a recurrence that is not a tensor, as the ops take it (:meth:`arguments`):
+    ``family`` and ``variant`` as strings, ``eps`` (the layer norms' epsilon) as a float, and the
+    rest in one int, ``flags``: bit 0 ``reset_after`` (GRU), 1 ``relu`` (RNN), 2 ``reverse`` (run
+    the steps from T - 1 down to 0), 3 ``allow_tf32``, and ``zoneout`` (0 none, 1 the sampled
+    keeps, 2 their expectation) as ``flags >> 4``."""
+
+    family: str
+    variant: str = "vanilla"
+    reset_after: bool = True
+    relu: bool = False
+    zoneout: int = 0
+    reverse: bool = False
+    allow_tf32: bool = False
+    eps: float = 1e-5
+
+    def arguments(self) -> tuple[str, str, int, float]:
+        """(family, variant, flags, eps), the ops' last four arguments."""
+        if self.zoneout not in (0, 1, 2):
+            raise ValueError(f"zoneout mode must be 0, 1 or 2, got {self.zoneout!r}")
+        flags = sum(1 << bit for bit, name in enumerate(_SWITCHES) if getattr(self, name))
+        return self.family, self.variant, flags | self.zoneout << len(_SWITCHES), float(self.eps)
+
+    @classmethod
+    def from_arguments(cls, family: str, variant: str, flags: int, eps: float) -> Settings:
+        """The inverse of :meth:`arguments`."""
+        switches = {name: bool(flags >> bit & 1) for bit, name in enumerate(_SWITCHES)}
+        return cls(family, variant, zoneout=flags >> len(_SWITCHES), eps=eps, **switches)
+
+    def spec(self, operands: Operands) -> KernelSpec:
+        """The kernels' compile-time shape: these settings and which operands are present."""
+        return KernelSpec(self.family, self.variant, self.reset_after, self.relu, operands.weight_hr is not None,
+                          operands.ln_weight_hh is not None, self.zoneout, operands.rmask is not None)
 
 
 @torch.library.custom_op("gatedrnn::triton_recurrence", mutates_args=())
-def recurrence(
-    xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor, weight_hr: Tensor | None,
-    weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None, ln_weight_hh: Tensor | None,
-    ln_weight_c: Tensor | None, ln_bias_c: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None,
-    rmask: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool, eps: float, zoneout: int,
-    reverse: bool, allow_tf32: bool,
+def triton_recurrence(
+    xw: Tensor, lengths: Tensor, h0: Tensor, weight_hh: Tensor, operands: list[Tensor], family: str,
+    variant: str, flags: int, eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Forward recurrence: returns (hs (T+1, B, R), c_final (B, H) or empty, cs, gates, aux, hat,
-    hatc, rstd), see :func:`.launch.forward` (``weight_gg``: fgr's, padded). ``ln_weight_hh`` given
-    means layer norm; ``zoneout`` 0, 1 or 2 (none, the sampled keeps ``keep_h`` / ``keep_c``, their
-    expectation, held in ``keep_h``); ``rmask`` the recurrent dropout mask (see :class:`.launch.NoiseBuffers`)."""
-    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh, zoneout, rmask)
-    ln = launch.LayerNormWeights(ln_weight_hh, ln_weight_c, ln_bias_c, eps)
-    noise = launch.NoiseBuffers(keep_h, keep_c, rmask)
-    hs, cs, gates, aux, hat, hatc, rstd = launch.forward(spec, xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch,
-                                                         weight_gg, bias_hn, ln, noise, reverse, allow_tf32)
+    """Forward recurrence over xw (T, B, G*H) from h0 (B, R): returns (hs (T+1, B, R), c_final (B, H)
+    or empty, cs, gates, aux, hat, hatc, rstd), see :func:`.launch.forward`. ``operands``: the
+    optional tensors (:meth:`Operands.pack`); ``family, variant, flags, eps``: :class:`Settings`."""
+    given, settings = Operands.unpack(operands), Settings.from_arguments(family, variant, flags, eps)
+    reverse = settings.reverse
+    hs, cs, gates, aux, hat, hatc, rstd = launch.forward(
+        settings.spec(given), xw, lengths, h0, given.c0, weight_hh, given.weight_hr, given.weight_ch,
+        given.weight_gg, given.bias_hn, given.layer_norm(eps), given.noise(), reverse, settings.allow_tf32)
     c_final = cs[0 if reverse else -1].clone() if cs.numel() else cs.new_empty(0)
     return hs, c_final, cs, gates, aux, hat, hatc, rstd
 
 
-@recurrence.register_fake
-def _(xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c,
-      keep_h, keep_c, rmask, family, variant, reset_after, relu, eps, zoneout, reverse, allow_tf32):
-    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh, zoneout, rmask)
+@triton_recurrence.register_fake
+def _(xw, lengths, h0, weight_hh, operands, family, variant, flags, eps):
+    spec = Settings.from_arguments(family, variant, flags, eps).spec(Operands.unpack(operands))
     T, B, _ = xw.shape
     H, R = weight_hh.shape[0] // spec.num_gates, weight_hh.shape[1]
     acc = launch.accumulation_dtype(xw.dtype)
@@ -81,29 +158,53 @@ def _(xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, weight_gg, bias_hn, 
     )
 
 
+def recurrence(
+    xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor, weight_hr: Tensor | None,
+    weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None, ln_weight_hh: Tensor | None,
+    ln_weight_c: Tensor | None, ln_bias_c: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None,
+    rmask: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool, eps: float, zoneout: int,
+    reverse: bool, allow_tf32: bool,
+) -> tuple[Tensor, ...]:
+    """:func:`triton_recurrence` with every operand and setting named: the optional tensors are
+    gathered into :class:`Operands`, the settings into :class:`Settings`."""
+    operands = Operands(c0, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, keep_h,
+                        keep_c, rmask)
+    settings = Settings(family, variant, reset_after, relu, zoneout, reverse, allow_tf32, eps)
+    return triton_recurrence(xw, lengths, h0, weight_hh, operands.pack(xw), *settings.arguments())
+
+
+class Saved(NamedTuple):
+    """What the backward recurrence reads of the forward's outputs (see :func:`.launch.forward`)."""
+
+    hs: Tensor
+    cs: Tensor
+    gates: Tensor
+    hat: Tensor
+    hatc: Tensor
+    rstd: Tensor
+
+
 @torch.library.custom_op("gatedrnn::triton_recurrence_backward", mutates_args=())
-def recurrence_backward(
-    dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor, gates: Tensor, hat: Tensor,
-    hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None, weight_ch: Tensor | None,
-    weight_gg: Tensor | None, ln_weight_hh: Tensor | None, ln_weight_c: Tensor | None, ln_bias_c: Tensor | None,
-    keep_h: Tensor | None, keep_c: Tensor | None, rmask: Tensor | None, family: str, variant: str, reset_after: bool,
-    relu: bool, eps: float, zoneout: int, reverse: bool, allow_tf32: bool,
+def triton_recurrence_backward(
+    dhs: Tensor, dc: Tensor | None, lengths: Tensor, weight_hh: Tensor, saved: list[Tensor],
+    operands: list[Tensor], family: str, variant: str, flags: int, eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`."""
-    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh, zoneout, rmask)
-    ln = launch.LayerNormWeights(ln_weight_hh, ln_weight_c, ln_bias_c, eps)
-    return launch.backward(spec, dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch,
-                           weight_gg, ln, launch.NoiseBuffers(keep_h, keep_c, rmask), reverse, allow_tf32)
+    """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`.
+    ``saved``: :class:`Saved`; the rest as :func:`triton_recurrence` (``c0`` and ``bias_hn`` unused)."""
+    given, settings = Operands.unpack(operands), Settings.from_arguments(family, variant, flags, eps)
+    hs, cs, gates, hat, hatc, rstd = saved
+    return launch.backward(settings.spec(given), dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh,
+                           given.weight_hr, given.weight_ch, given.weight_gg, given.layer_norm(eps), given.noise(),
+                           settings.reverse, settings.allow_tf32)
 
 
-@recurrence_backward.register_fake
-def _(dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, weight_gg, ln_weight_hh,
-      ln_weight_c, ln_bias_c, keep_h, keep_c, rmask, family, variant, reset_after, relu, eps, zoneout, reverse,
-      allow_tf32):
-    spec = _spec(family, variant, reset_after, relu, weight_hr, ln_weight_hh, zoneout, rmask)
+@triton_recurrence_backward.register_fake
+def _(dhs, dc, lengths, weight_hh, saved, operands, family, variant, flags, eps):
+    spec = Settings.from_arguments(family, variant, flags, eps).spec(Operands.unpack(operands))
     T1, B, R = dhs.shape
     GH = weight_hh.shape[0]
     H = GH // spec.num_gates
+    hs = Saved(*saved).hs
     acc = launch.accumulation_dtype(hs.dtype)
     ln, lstm = spec.layer_norm, family == "lstm"
     return (
@@ -117,74 +218,67 @@ def _(dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, we
     )
 
 
-_CONFIG_ARGS = ("family", "variant", "reset_after", "relu", "eps", "zoneout", "reverse", "allow_tf32")
-
-
 def _setup_context(ctx, inputs, output) -> None:
-    (xw, lengths, h0, c0, weight_hh, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c,
-     keep_h, keep_c, rmask, *config) = inputs
+    xw, lengths, h0, weight_hh, operands, *settings = inputs
     hs, _, cs, gates, aux, hat, hatc, rstd = output
-    ctx.config = dict(zip(_CONFIG_ARGS, config))
-    ctx.has = (c0 is not None, weight_hr is not None, weight_ch is not None, bias_hn is not None)
+    ctx.settings = settings  # (family, variant, flags, eps)
     ctx.mark_non_differentiable(cs, gates, aux, hat, hatc, rstd)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(lengths, hs, cs, gates, aux, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, weight_gg,
-                          ln_weight_hh, ln_weight_c, ln_bias_c, keep_h, keep_c, rmask)
+    ctx.save_for_backward(lengths, weight_hh, aux, *Saved(hs, cs, gates, hat, hatc, rstd), *operands)
 
 
 def _backward(ctx, dhs, dc, *_non_differentiable):
-    (lengths, hs, cs, gates, aux, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, weight_gg, ln_weight_hh,
-     ln_weight_c, ln_bias_c, keep_h, keep_c, rmask) = ctx.saved_tensors
-    cfg = ctx.config
-    spec = _spec(cfg["family"], cfg["variant"], cfg["reset_after"], cfg["relu"], weight_hr, ln_weight_hh,
-                 cfg["zoneout"], rmask)
-    reverse = cfg["reverse"]
+    lengths, weight_hh, aux, *rest = ctx.saved_tensors
+    saved, operands = Saved(*rest[:len(Saved._fields)]), rest[len(Saved._fields):]
+    given = Operands.unpack(operands)
+    settings = Settings.from_arguments(*ctx.settings)
+    spec, reverse = settings.spec(given), settings.reverse
+    hs, cs, gates = saved.hs, saved.cs, saved.gates
     dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
-    d, drec, dprod, ghr, dchat, carry_h, carry_c = recurrence_backward(
-        dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh, weight_hr, weight_ch, weight_gg, ln_weight_hh,
-        ln_weight_c, ln_bias_c, keep_h, keep_c, rmask, **cfg)
+    d, drec, dprod, ghr, dchat, carry_h, carry_c = triton_recurrence_backward(
+        dhs, dc, lengths, weight_hh, list(saved), operands, *ctx.settings)
     T, B = d.shape[:2]
     H = weight_hh.shape[0] // spec.num_gates
     added = drec if spec.split_recurrent_grad else d  # dL/d(recurrent term as added to the pre-activation)
     prod = dprod if spec.layer_norm else added  # dL/d(h_{t-1} U^T)
     first, start = (T - 1, T) if reverse else (0, 0)
     h_prev = hs[1:] if reverse else hs[:-1]  # (T, B, R): h_{t-1} of every step t
-    if rmask is not None:
-        h_prev = h_prev * rmask  # as it entered the recurrent product
+    if given.rmask is not None:
+        h_prev = h_prev * given.rmask  # as it entered the recurrent product
     rows = spec.matmul_gates * H
     # the last gather of the recurrence: dL/dh_{-1} through the first step's recurrent matmul
     gather = prod[first, :, :rows].matmul(weight_hh[:rows])
-    dh0 = carry_h + dhs[start] + (gather if rmask is None else gather * rmask).to(carry_h.dtype)
+    dh0 = carry_h + dhs[start] + (gather if given.rmask is None else gather * given.rmask).to(carry_h.dtype)
     flat = prod.reshape(T * B, -1)
     if spec.gru_before:
         d_weight_hh = torch.cat([flat[:, :rows].t().matmul(h_prev.reshape(T * B, -1)),
                                  flat[:, rows:].t().matmul(aux.reshape(T * B, -1))])
     else:
         d_weight_hh = flat.t().matmul(h_prev.reshape(T * B, -1))
-    has_c0, has_hr, has_ch, has_bn = ctx.has
-    d_weight_hr = ghr.reshape(T * B, -1).t().matmul(aux.reshape(T * B, -1)) if has_hr else None
-    d_weight_ch = None
-    if has_ch:
+    grads = {}
+    if given.c0 is not None:
+        grads["c0"] = carry_c.to(hs.dtype)
+    if given.weight_hr is not None:
+        grads["weight_hr"] = ghr.reshape(T * B, -1).t().matmul(aux.reshape(T * B, -1))
+    if given.weight_ch is not None:
         c_prev, c_new = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
         if spec.zoneout:  # the carried cell is zoned out: p_o saw the cell's own f c_{t-1} + i g
             i, f, g, _ = gates.split(H, dim=-1)
             c_new = f * c_prev + i * g
         gi, gf, _, go = d.to(cs.dtype).split(H, dim=-1)
         d_weight_ch = torch.cat([(gi * c_prev).sum((0, 1)), (gf * c_prev).sum((0, 1)), (go * c_new).sum((0, 1))])
-        d_weight_ch = d_weight_ch.to(weight_ch.dtype)
-    d_weight_gg = None
-    if weight_gg is not None:
-        d_weight_gg = _gate_weight_grad(d, gates, lengths, reverse).to(weight_gg.dtype)
-    d_bias_hn = added[..., 2 * H:].sum((0, 1)) if has_bn else None
-    d_ln = [None, None, None]
+        grads["weight_ch"] = d_weight_ch.to(given.weight_ch.dtype)
+    if given.weight_gg is not None:
+        grads["weight_gg"] = _gate_weight_grad(d, gates, lengths, reverse).to(given.weight_gg.dtype)
+    if given.bias_hn is not None:
+        grads["bias_hn"] = added[..., 2 * H:].sum((0, 1))
     if spec.layer_norm:
-        d_ln[0] = (added.to(hat.dtype) * hat).sum((0, 1)).to(ln_weight_hh.dtype)
+        grads["ln_weight_hh"] = (added.to(saved.hat.dtype) * saved.hat).sum((0, 1)).to(given.ln_weight_hh.dtype)
         if spec.family == "lstm":
-            d_ln[1] = (dchat * hatc).sum((0, 1)).to(ln_weight_c.dtype)
-            d_ln[2] = dchat.sum((0, 1)).to(ln_bias_c.dtype)
-    dc0 = carry_c.to(hs.dtype) if has_c0 else None
-    return (d, None, dh0.to(hs.dtype), dc0, d_weight_hh.to(weight_hh.dtype), d_weight_hr, d_weight_ch, d_weight_gg,
-            d_bias_hn, *d_ln, None, None, None) + (None,) * len(_CONFIG_ARGS)
+            grads["ln_weight_c"] = (dchat * saved.hatc).sum((0, 1)).to(given.ln_weight_c.dtype)
+            grads["ln_bias_c"] = dchat.sum((0, 1)).to(given.ln_bias_c.dtype)
+    # one gradient per input of triton_recurrence, a list for the operands; none for the settings
+    return d, None, dh0.to(hs.dtype), d_weight_hh.to(weight_hh.dtype), list(Operands(**grads)), None, None, None, None
 
 
 def _gate_weight_grad(d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
@@ -212,5 +306,5 @@ def _no_second_derivative(ctx, *grads):
         "order; expected a module with backend='reference' (any device) or 'cpu' (CPU tensors) for them")
 
 
-recurrence.register_autograd(_backward, setup_context=_setup_context)
-recurrence_backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
+triton_recurrence.register_autograd(_backward, setup_context=_setup_context)
+triton_recurrence_backward.register_autograd(_no_second_derivative, setup_context=lambda ctx, inputs, output: None)
