@@ -1,6 +1,6 @@
-"""A user's cell family on the reference and generic backends: the LSTM written as a user
-CellFamily (a plain copy of its equations, with no kernel of its own), beside torch.nn.LSTM and
-gatedrnn.LSTM (``auto``: torch's kernel) for scale.
+"""A user's cell family on the layer machinery: the LSTM written as a user CellFamily (a plain copy
+of its equations, with no kernel of its own, so ``auto`` runs it on the reference loop), beside
+torch.nn.LSTM and gatedrnn.LSTM (``auto``: torch's kernel) for scale.
 
     python benchmarks/families.py                    # B=32, I=H=256, T=64, 256, 1024, packed, small cells
     python benchmarks/families.py --quick            # a smoke run
@@ -9,9 +9,8 @@ gatedrnn.LSTM (``auto``: torch's kernel) for scale.
 Each row times a forward and backward pass (the sum of the outputs) for every provider,
 interleaved (A B C ..., A B C ..., ...), after one untimed call each, and reports medians in ms,
 ms per step, and each provider's speed-up over the reference loop. A packed row's lengths are
-spread evenly from T down to T/2. Providers: ``reference`` and ``generic`` (``gatedrnn.Recurrent``
-of the user family on that backend), ``torch.nn`` (``torch.nn.LSTM``) and ``gatedrnn``
-(``gatedrnn.LSTM``).
+spread evenly from T down to T/2. Providers: ``reference`` (``gatedrnn.Recurrent`` of the user
+family), ``torch.nn`` (``torch.nn.LSTM``) and ``gatedrnn`` (``gatedrnn.LSTM``).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ class UserLSTM(gatedrnn.CellFamily):
         return (h, c), {"i": i, "f": f, "g": g, "o": o}
 
 
-PROVIDERS = ("reference", "generic", "torch.nn", "gatedrnn")
+PROVIDERS = ("reference", "torch.nn", "gatedrnn")
 
 
 def build(provider: str, I: int, H: int) -> torch.nn.Module:
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     repeats = 1 if args.quick else args.repeats
     rows = [(4, 16, 16, False), (4, 16, 64, True)] if args.quick else [parse_row(r) for r in args.rows.split(";")]
-    print(f"## The LSTM as a user family: reference and generic backends\n\n{machine()}\n")
+    print(f"## The LSTM as a user family on the reference loop\n\n{machine()}\n")
     print(f"Forward + backward, I = H, medians of {repeats} interleaved calls.\n")
     print_header()
     for B, H, T, packed in rows:

@@ -4,14 +4,14 @@
   torch.nn computes (plain LSTM, GRU with reset after, RNN, without zoneout or recurrent dropout).
   It runs the whole stack in one call.
 - Layer backends, which run one layer and direction at a time through ``run_layer`` (see
-  :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop,
-  the specification), ``"generic"`` (a loop over any family's step without the reference's
-  costs, on any device: :mod:`gatedrnn.backends.generic`), ``"cpu"`` (fused forward and backward
-  through time on the CPU) and ``"triton"`` (fused GPU kernels), each where it is installed and
-  supports the configuration.
+  :mod:`gatedrnn.backends.reference` for the contract): ``"reference"`` (the plain time loop over any
+  family's step, the specification, on any device), ``"cpu"`` (fused forward and backward through
+  time on the CPU) and ``"triton"`` (fused GPU kernels), each where it is installed and supports the
+  configuration.
+
 A fused backend (``cpu``, ``triton``) runs a family only where the family names one of its
 kernels (:meth:`gatedrnn.CellFamily.kernels`); it refuses every other family by name, and those
-run on the generic loop.
+run on the reference loop.
 
 - ``"auto"``, per call:
 
@@ -22,9 +22,8 @@ run on the generic loop.
   2. else the device's fused backend (``"cpu"`` on the CPU, ``"triton"`` on CUDA) where the
      family has a kernel there and the backend supports the call (not under ``torch.func``
      transforms, for instance);
-  3. else ``"generic"``, which runs every family on every device, under transforms and tracing
-     too;
-  4. else (the generic backend cannot be loaded) ``"reference"``.
+  3. else ``"reference"``, which runs every family on every device, under transforms and tracing
+     too.
 """
 
 from __future__ import annotations
@@ -38,11 +37,11 @@ from torch import Tensor
 from .._checks import autocast_on as _autocast_on
 from ..cells.family import CellFamily, LayerWeights
 
-BACKENDS = ("auto", "torch", "reference", "generic", "cpu", "triton")
-LAYER_BACKENDS = ("reference", "generic", "cpu", "triton")
-_MODULES = {"reference": ".reference", "generic": ".generic", "cpu": ".cpu", "triton": ".triton"}
-_AUTO_ORDER = {"cpu": ("cpu", "generic"), "cuda": ("triton", "generic")}
-"""``auto``'s layer backends per device type, first choice first (other devices: ``generic``)."""
+BACKENDS = ("auto", "torch", "reference", "cpu", "triton")
+LAYER_BACKENDS = ("reference", "cpu", "triton")
+_MODULES = {"reference": ".reference", "cpu": ".cpu", "triton": ".triton"}
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",)}
+"""``auto``'s fused layer backends per device type, tried before the reference loop."""
 
 
 def check_backend_name(backend: object) -> str:
@@ -81,7 +80,7 @@ def choose(backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_l
             if single_layer and _triton_measured_faster(cfg, x):
                 return "triton"
             return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
-        for candidate in _AUTO_ORDER.get(x.device.type, ("generic",)):
+        for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
             if module is not None and runs(candidate, module, cfg, x):
                 return candidate

@@ -1,5 +1,7 @@
 """The reference backend: a plain time loop over a family's step, the specification every fast path
-is tested against (exact in float64). It runs every family on every device.
+is tested against (exact in float64). It runs every family on every device, under torch.func
+transforms, ``create_graph``, ``torch.compile`` and ``torch.export`` as any autograd code does, and its
+backward is linear in T; a family no fused backend has a kernel for runs here.
 
 One call runs one layer in one direction over a padded, time-major batch:
 
@@ -93,7 +95,8 @@ def run_layer(
         if lengths is not None:
             active = (t < lengths).unsqueeze(-1)  # (B, 1)
             new = tuple(torch.where(active, n, o) for n, o in zip(new, carry))
-            gates = {k: torch.where(active, v, torch.zeros_like(v)) for k, v in gates.items()}
+            if record:
+                gates = {k: torch.where(active, v, torch.zeros_like(v)) for k, v in gates.items()}
             outputs[t] = torch.where(active, new[0], torch.zeros_like(new[0]))
         else:
             outputs[t] = new[0]

@@ -13,7 +13,7 @@ every backend reads. The minimal contract, for a family of G gates and H units::
     new_carry, gate_values = family.step(x_proj_t, carry, recurrent_weights)
 
 A family has a fused kernel in a fast backend only where it says so (:meth:`CellFamily.kernels`);
-elsewhere the backends refuse it and ``backend="auto"`` runs it on the generic loop, never on
+elsewhere the backends refuse it and ``backend="auto"`` runs it on the reference loop, never on
 another family's kernel.
 """
 
@@ -238,7 +238,7 @@ class CellFamily:
     def kernels(self) -> Mapping[str, str]:
         """Hook: backend name -> the name of that backend's fused kernel that computes exactly this
         configured cell (``"torch"`` -> torch's mode such as ``"LSTM"``). Default: none, so the
-        family runs on the generic and reference loops."""
+        family runs on the reference loop."""
         return {}
 
     def kernel(self, backend: str) -> str | None:
