@@ -13,10 +13,6 @@ import gatedrnn
 from gatedrnn import _checks as check
 
 
-NOT_WIRED = pytest.mark.xfail(strict=True, reason="wired in nn.py")
-"""torch.nn's rules for the bool arguments (_checks.layer_flag, _checks.cell_bias) that nn.py does not call yet."""
-
-
 @pytest.mark.parametrize("kwargs,error,pattern", [
     (dict(hidden_size=0), ValueError, "hidden_size must be a positive integer, got 0"),
     (dict(hidden_size=-3), ValueError, "hidden_size must be a positive integer, got -3"),
@@ -30,9 +26,8 @@ NOT_WIRED = pytest.mark.xfail(strict=True, reason="wired in nn.py")
     (dict(zoneout=1.5), ValueError, r"zoneout must be in \[0, 1\], got 1.5"),
     (dict(recurrent_dropout=1.0), ValueError, r"recurrent_dropout must be in \[0, 1\), got 1.0"),
     pytest.param(dict(bias="yes"), TypeError,
-                 r"bias should be of type bool \(True or False\), got: str \('yes'\)", marks=NOT_WIRED),
-    pytest.param(dict(bias=2), TypeError, r"bias should be of type bool \(True or False\), got: int \(2\)",
-                 marks=NOT_WIRED),
+                 r"bias should be of type bool \(True or False\), got: str \('yes'\)"),
+    pytest.param(dict(bias=2), TypeError, r"bias should be of type bool \(True or False\), got: int \(2\)"),
     (dict(backend="cuda"), ValueError, "unknown backend 'cuda': expected one of 'auto', 'torch', 'reference'"),
     (dict(variant="nfg", forget_bias=1.0), ValueError, "forget_bias=1.0 needs a forget gate"),
     (dict(bias=False, forget_bias=1.0), ValueError, "forget_bias=1.0 needs bias=True"),
@@ -310,16 +305,8 @@ def _build_and_run(library, name: str, argument: str, value: object):
     return module
 
 
-def _not_wired_yet(name: str, value_id: str) -> list:
-    """nn.py still checks these arguments with _checks.flag, which takes a bool, a numpy bool, 0 or
-    1: more than torch.nn's layers take, less than its cells take (any value of BOOL_VALUES)."""
-    taken_today = value_id in ("True", "False", "0", "1", "np.True_", "np.False_", "np.int64(0)", "np.int64(1)")
-    taken_by_torch = value_id in ("True", "False") if name in LAYERS else True
-    return [NOT_WIRED] if taken_today != taken_by_torch else []
-
-
 @pytest.mark.parametrize("name, argument, value", [
-    pytest.param(name, argument, value, id=f"{name}-{argument}-{value_id}", marks=_not_wired_yet(name, value_id))
+    pytest.param(name, argument, value, id=f"{name}-{argument}-{value_id}")
     for name, argument in BOOL_ARGUMENTS for value_id, value in BOOL_VALUES.items()])
 def test_a_bool_argument_is_taken_or_refused_as_torch_nn_does(name, argument, value):
     """A layer's bias, batch_first and bidirectional and a cell's bias: what torch.nn's module

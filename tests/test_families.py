@@ -12,8 +12,6 @@ from gatedrnn.cells import GRUFamily, LSTMFamily, family_class
 
 from helpers import rel_err
 
-torch.set_default_dtype(torch.float64)
-
 
 class MGU(gatedrnn.CellFamily):
     """The minimal gated unit (Zhou et al. 2016):
@@ -51,6 +49,15 @@ class LeakyPair(gatedrnn.CellFamily):
         u = torch.tanh(x_proj + h @ weights["weight_hh"].T + weights.get("bias_hh", 0.0))
         c_new = self.leak * c + (1 - self.leak) * u
         return (torch.tanh(c_new), c_new), {"u": u}
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every tensor and module of these tests in float64 (the default dtype restored after each)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(autouse=True)

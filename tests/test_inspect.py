@@ -59,7 +59,7 @@ def test_trace_is_differentiable_for_memory_span():
 
 
 def test_inspect_rejects_torch_modules():
-    with pytest.raises(TypeError, match="expected a gatedrnn.LSTM, GRU or RNN module, got LSTM"):
+    with pytest.raises(TypeError, match="expected a gatedrnn.LSTM, GRU or RNN module or another gatedrnn.Recurrent layer, got LSTM"):
         gatedrnn.inspect_gates(torch.nn.LSTM(3, 4), torch.randn(2, 1, 3))
 
 

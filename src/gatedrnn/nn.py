@@ -68,7 +68,8 @@ def unpack_states(owner: str, hx: object, names: tuple[str, ...]) -> tuple:
     for several; a TypeError that names the expected form otherwise."""
     if len(names) == 1:
         if isinstance(hx, (tuple, list)):
-            raise TypeError(f"{owner}: expected hx to be a Tensor {names[0]}, got a {type(hx).__name__}")
+            name = "" if names[0] == "hx" else f" {names[0]}"
+            raise TypeError(f"{owner}: expected hx to be a Tensor{name}, got a {type(hx).__name__}")
         return (hx,)
     if not isinstance(hx, (tuple, list)) or len(hx) != len(names):
         got = f"a {type(hx).__name__} of length {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
@@ -157,7 +158,7 @@ class Recurrent(nn.Module):
             as for :class:`torch.nn.LSTM`.
 
     Keyword-only args:
-        backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"generic"``, ``"cpu"`` or ``"triton"``
+        backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"cpu"`` or ``"triton"``
             (see :mod:`gatedrnn.backends`); a backend without a kernel for the family refuses it.
         zoneout: probability that each unit of each state keeps its previous value at each step
             (Krueger et al. 2016); random in training, its expectation in evaluation.
@@ -215,10 +216,10 @@ class Recurrent(nn.Module):
         self.input_size = check.positive_int(owner, "input_size", input_size)
         self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
         self.num_layers = check.positive_int(owner, "num_layers", num_layers)
-        self.bias = check.flag(owner, "bias", bias)
-        self.batch_first = check.flag(owner, "batch_first", batch_first)
+        self.bias = check.layer_flag(owner, "bias", bias)
+        self.batch_first = check.layer_flag(owner, "batch_first", batch_first)
         self.dropout = check.probability(owner, "dropout", dropout, allow_one=True)  # as torch.nn: 1 drops all
-        self.bidirectional = check.flag(owner, "bidirectional", bidirectional)
+        self.bidirectional = check.layer_flag(owner, "bidirectional", bidirectional)
         self.zoneout = check.probability(owner, "zoneout", zoneout, allow_one=True)
         self.recurrent_dropout = check.probability(owner, "recurrent_dropout", recurrent_dropout, allow_one=False)
         self.backend = backend
@@ -658,8 +659,8 @@ class LSTM(Recurrent):
         super().__init__(
             "lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
             backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
-            forget_bias=forget_bias, proj_size=check.proj_size(owner, proj_size, hidden_size),
-            variant=check.variant(owner, variant), layer_norm=check.flag(owner, "layer_norm", layer_norm),
+            forget_bias=forget_bias, proj_size=proj_size, variant=variant,
+            layer_norm=check.flag(owner, "layer_norm", layer_norm),
         )
 
 
@@ -783,7 +784,7 @@ class _CellBase(nn.Module):
         owner = type(self).__name__
         self.input_size = check.positive_int(owner, "input_size", input_size)
         self.hidden_size = check.positive_int(owner, "hidden_size", hidden_size)
-        self.bias = check.flag(owner, "bias", bias)
+        self.bias = check.cell_bias(bias)
         self.backend = backend
         self.cell_config: CellFamily = family_class(self._family)(self.hidden_size, bias=self.bias, **options)
         kw = {"device": device, "dtype": dtype}

@@ -76,7 +76,8 @@ class LSTMFamily(AffineGatesFamily):
     def check_options(self) -> None:
         from .. import _checks as check
 
-        check.choice("LSTM", "variant", self.variant, tuple(LSTM_VARIANTS))
+        check.variant("LSTM", self.variant)
+        self.proj_size = check.proj_size("LSTM", self.proj_size, self.hidden_size)
 
     @classmethod
     def configurations(cls) -> tuple[dict, ...]:
