@@ -54,7 +54,7 @@ def one_error_line(capsys, argv: list[str]) -> str:
     (["train", "--task", "adding", "--task-opt", "nope=1"], "task 'adding' has no option 'nope'; its options are: tolerance"),
     (["train", "--task", "adding", "--task-opt", "tolerance=abc"], "task 'adding' expects a number for tolerance"),
     (["train", "--task", "adding", "--task-opt", "tolerance"], "--task-opt expects KEY=VALUE"),
-    (["compare", "--task", "adding", "--cells", "rnn,tree"], "--cells expects a comma-separated list of rnn, lstm, gru"),
+    (["compare", "--task", "adding", "--cells", "rnn,tree"], "--cells expects a comma-separated list of lstm, gru, rnn"),
     (["reproduce", "hochreiter2000"], "invalid choice: 'hochreiter2000'"),
     (["reproduce", "hochreiter1997", "--rows", "nope"], "unknown row 'nope'"),
     ([], "the following arguments are required: COMMAND"),
@@ -202,7 +202,7 @@ def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
     gru.validate()
 
 
-@pytest.mark.parametrize("cells, expected", [(",", "--cells expects a comma-separated list of rnn, lstm, gru"),
+@pytest.mark.parametrize("cells, expected", [(",", "--cells expects a comma-separated list of lstm, gru, rnn"),
                                              ("gru,lstm,gru", "--cells lists a cell twice: 'gru,lstm,gru'")])
 def test_compare_refuses_no_cells_and_a_cell_twice(capsys, tmp_path, cells, expected):
     line = one_error_line(capsys, ["compare", "--task", "adding-modern", "--cells", cells, "--out", str(tmp_path)])

@@ -59,7 +59,7 @@ def test_page_carries_every_gate_of_every_unit(cell):
     record = traced(cell, text)
     data = embedded_data(render_page(record))
     assert data["text"] == list(text)
-    assert data["names"] == list(gatedrnn.config.TRACE_NAMES[cell])
+    assert data["names"] == list(gatedrnn.CellConfig(cell, 1).trace_names)
     for k, layer in enumerate(record.layers):
         for name, values in layer.items():
             # stored unit-major (H, T), rounded to 4 digits
