@@ -9,6 +9,7 @@ Python ones that replace them where they cannot be built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ from gatedrnn.backends import choose
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled, function
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise
+import catalogue
 from helpers import assert_close_results, random_projection, rel_err, run_and_grad
 
 I, H, T, B = 3, 5, 7, 4
@@ -84,22 +86,24 @@ def _compiled_runs(loop, monkeypatch):
 
 def _compiled_expected(cfg: CellConfig) -> bool:
     """Whether the compiled loops run this layer (in float32 and float64) when they are built."""
-    return cfg.family in ("lstm", "gru")
+    return cfg.kernel("cpu") in ("lstm", "gru")
 
 
 def _cells():
-    cells = [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=ln), id=f"lstm-{v}{'-ln' if ln else ''}")
-             for v in LSTM_VARIANTS for ln in (False, True)]
+    """The shared catalogue's configurations the cpu backend has kernels for, plus projections and
+    bias-free layers across the families."""
+    cells = [pytest.param(functools.partial(gatedrnn.Recurrent, name), kw, id=param.id)
+             for param in catalogue.configurations("cpu") for name, kw in [param.values]]
     cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=2, layer_norm=ln, bias=bias),
                            id=f"lstm-{v}-proj{'-ln' if ln else ''}{'' if bias else '-nobias'}")
               for v, ln, bias in [("vanilla", False, True), ("peephole", True, False), ("fgr", True, True),
                                   ("cifg", False, False), ("noaf", True, True)]]
     cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, bias=False), id=f"lstm-{v}-nobias") for v in ("fgr", "nfg")]
-    cells += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln, bias=bias),
-                           id=f"gru-ra{int(ra)}{'-ln' if ln else ''}{'' if bias else '-nobias'}")
-              for ra in (True, False) for ln in (False, True) for bias in (True, False)]
-    cells += [pytest.param(gatedrnn.RNN, dict(nonlinearity=nl, bias=bias), id=f"rnn-{nl}{'' if bias else '-nobias'}")
-              for nl in ("tanh", "relu") for bias in (True, False)]
+    cells += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln, bias=False),
+                           id=f"gru-ra{int(ra)}{'-ln' if ln else ''}-nobias")
+              for ra in (True, False) for ln in (False, True)]
+    cells += [pytest.param(gatedrnn.RNN, dict(nonlinearity=nl, bias=False), id=f"rnn-{nl}-nobias")
+              for nl in ("tanh", "relu")]
     return cells
 
 
@@ -501,7 +505,7 @@ def test_two_threads_odd_sizes_and_a_batch_split_between_them(cls, kw, hidden, b
     torch.set_num_threads(2)
     ref, fast = _pair(cls, kw, hidden=hidden, bidirectional=True, zoneout=0.3, recurrent_dropout=0.25)
     cfg = fast.cell_config
-    row_size = (4 * hidden if cfg.reset_after else 3 * hidden) if cfg.family == "gru" else cfg.num_gates * hidden
+    row_size = (4 * hidden if cfg.reset_after else 3 * hidden) if cfg.kernel("cpu") == "gru" else cfg.num_gates * hidden
     assert _row_tasks(batch, row_size, torch.get_num_threads()) == (2 if batch > 1 else 1)
     step_counts = [max(1, T - b % T) for b in range(batch)]
     _compare(ref.train(), fast.train(), lengths=True, hx=True, batch=batch, step_counts=step_counts)
@@ -522,7 +526,7 @@ def test_four_threads_each_with_its_own_rows(cls, kw):
     torch.set_num_threads(4)
     ref, fast = _pair(cls, kw, hidden=64, bidirectional=True)
     cfg = fast.cell_config
-    row_size = 4 * 64 if cfg.family == "lstm" or cfg.reset_after else 3 * 64
+    row_size = 4 * 64 if cfg.kernel("cpu") == "lstm" or cfg.reset_after else 3 * 64
     assert _row_tasks(100, row_size, torch.get_num_threads()) == 4
     _compare(ref, fast, lengths=False, hx=True, batch=100)
 
