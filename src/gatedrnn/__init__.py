@@ -4,6 +4,7 @@ Public API at a glance:
 
 - layers and cells, drop-in for torch.nn: :class:`LSTM`, :class:`GRU`, :class:`RNN`,
   :class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`;
+- the xLSTM and minimal recurrent layers: :class:`SLSTM`;
 - any cell family on the same layer machinery: :class:`Recurrent`, the base class
   :class:`CellFamily`, :func:`register_family`, :func:`unregister_family`, :func:`registered_families`;
 - gate inspection: :func:`inspect_gates` -> :class:`GateTrace`;
@@ -14,7 +15,7 @@ from .backends import BACKENDS
 from .cells import LSTM_VARIANTS, CellFamily, register_family, registered_families, unregister_family
 from .config import CellConfig
 from .inspect import GateTrace, inspect_gates
-from .nn import GRU, LSTM, RNN, GRUCell, LSTMCell, Recurrent, RNNCell
+from .nn import GRU, LSTM, RNN, SLSTM, GRUCell, LSTMCell, Recurrent, RNNCell
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "RNN",
     "RNNCell",
     "Recurrent",
+    "SLSTM",
     "inspect_gates",
     "register_family",
     "registered_families",

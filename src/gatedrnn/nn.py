@@ -766,6 +766,64 @@ class RNN(Recurrent):
         )
 
 
+class SLSTM(Recurrent):
+    r"""A multi-layer sLSTM network (Beck et al. 2024, xLSTM) with torch.nn's layer behaviour.
+
+    .. math::
+        \begin{array}{ll}
+        \tilde\imath_t, \tilde f_t, \tilde z_t, \tilde o_t = W x_t + R h_{t-1} + b \\
+        m_t = \max(\log f_t + m_{t-1}, \tilde\imath_t), \quad
+        i'_t = e^{\tilde\imath_t - m_t}, \quad f'_t = e^{\log f_t + m_{t-1} - m_t} \\
+        c_t = f'_t \odot c_{t-1} + i'_t \odot \tanh(\tilde z_t), \quad n_t = f'_t \odot n_{t-1} + i'_t \\
+        h_t = \sigma(\tilde o_t) \odot c_t / n_t
+        \end{array}
+
+    with :math:`\log f_t = \operatorname{logsigmoid}(\tilde f_t)` (``forget_gate="sigmoid"``) or
+    :math:`\tilde f_t` (``"exp"``), :math:`m_t = \tilde\imath_t` where :math:`n_{t-1} = 0`, and R
+    block-diagonal over ``num_heads`` heads (see :mod:`gatedrnn.cells.slstm`). m is float32.
+
+    Arguments are torch.nn.LSTM's without ``proj_size``; keyword-only ``num_heads`` (divides
+    hidden_size), ``forget_gate`` and ``backend``. Parameters per layer: ``weight_ih_l{k}`` (4H, I)
+    in gate order i, f, z, o, ``weight_hh_l{k}`` (num_heads, 4D, D) with D = H / num_heads,
+    ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,); initialised as the xlstm package does (forget-gate
+    bias from 5 down to -7 across each head's units, zero recurrent weights).
+
+    Shapes: input (T, B, I) / (B, T, I) / (T, I) / PackedSequence; hx = (h_0, c_0, n_0, m_0) and
+    the returned (h_n, c_n, n_n, m_n) each (L*D, B, H), zeros if omitted; output (T, B, D*H).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> slstm = gatedrnn.SLSTM(10, 8, num_heads=2)
+        >>> output, (h_n, c_n, n_n, m_n) = slstm(torch.randn(5, 3, 10))
+        >>> output.shape, m_n.shape, m_n.dtype
+        (torch.Size([5, 3, 8]), torch.Size([1, 3, 8]), torch.float32)
+    """
+
+    _family = "slstm"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        num_heads: int = 4,
+        forget_gate: str = "sigmoid",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            "slstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
+            backend=backend, num_heads=num_heads, forget_gate=forget_gate,
+        )
+
+
 # ----- cells ----------------------------------------------------------------------------------
 
 

@@ -13,13 +13,14 @@ from .family import (
 )
 
 # isort: off
-# registration order, which the CLI and the viewer list: LSTM, GRU, RNN
+# registration order, which the CLI and the viewer list: LSTM, GRU, RNN, then sLSTM, minGRU, minLSTM
 from .lstm import LSTM_VARIANTS, LSTMFamily
 from .gru import GRUFamily
 from .rnn import RNNFamily
+from .slstm import SLSTMFamily
 # isort: on
 
 __all__ = [
-    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "RNNFamily", "family_class",
+    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "RNNFamily", "SLSTMFamily", "family_class",
     "family_origin", "register_family", "registered_families", "unregister_family",
 ]
