@@ -1,7 +1,7 @@
 """GPU benchmark of one recurrent layer: torch.nn (cuDNN), gatedrnn's reference loop and the Triton
 kernels side by side, forward and forward+backward, medians of CUDA-event timings.
 
-    python benchmarks/gpu.py                      # the issue's grid (T=512), targets first
+    python benchmarks/gpu.py                      # the grid (T=512), targets first
     python benchmarks/gpu.py --budget-s 240 --csv out.csv --markdown out.md
     python benchmarks/gpu.py --dry-run            # list the cases in run order (no GPU needed)
     python benchmarks/gpu.py --auto-table src/gatedrnn/backends/triton/measured.json --verified
@@ -12,7 +12,7 @@ says the GPU tests passed on this device (``benchmarks/gpu_check.sh`` passes it 
 
 Reports µs per time step, the speed-up over cuDNN, the peak memory of forward+backward and the
 path the Triton kernels took (persistent or per step, resident or streamed weights). The grid
-runs the issue's targets first (and the layer-norm LSTM and GRU at B=16, H=1024 against cuDNN's
+runs the targets first (and the layer-norm LSTM and GRU at B=16, H=1024 against cuDNN's
 plain cells, which have no layer norm), then a few cases under each launch override of ``SWEEP``
 (units per program, warps, where the weights live, the batch block: what the planner chose without
 a GPU against the alternatives), then breadth first (B=16 and H=1024 before the corners), and
@@ -83,7 +83,7 @@ SWEEP = {TARGETS[0]: _SMALL_BATCH, TARGETS[1]: _SMALL_BATCH,
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
-    """The issue's targets first, then :data:`EXTRAS`, then the grid, most telling first: B=16
+    """The targets first, then :data:`EXTRAS`, then the grid, most telling first: B=16
     before the other batches, H=1024 before the other sizes, then in the order of ``dtypes``."""
     def priority(c: Case):
         return (c.B != 16, abs(c.H - 1024), dtypes.index(c.dtype), c.B, cells.index(c.cell))

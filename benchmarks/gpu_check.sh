@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (device tool, timeout_s=600): the gpu-marked tests (compiled
-# Triton kernels at real sizes, every dtype, against a float64 reference), then the benchmark,
-# issue targets first, then a short summary table last (the device tool returns the output's end).
-# Results go to $OUT (the device tool's output folder) when set, else benchmarks/results/, with
-# measured.json: the table backend="auto" reads (copy it to src/gatedrnn/backends/triton/).
+# The GPU check in one command of at most 10 minutes: the gpu-marked tests (compiled Triton
+# kernels at real sizes, every dtype, against a float64 reference), then the benchmark, targets
+# first, then a short summary table last (so that the end of the output is the part to read).
+# Results go to $OUT when set, else benchmarks/results/, with measured.json: the table
+# backend="auto" reads (copy it to src/gatedrnn/backends/triton/).
 #
 #   bash benchmarks/gpu_check.sh [TEST_BUDGET_S] [BENCH_BUDGET_S]   # defaults 270 and 170
 #   bash benchmarks/gpu_check.sh --dry-run                          # CPU-side checks only, no GPU

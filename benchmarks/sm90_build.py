@@ -3,7 +3,7 @@ GPU, and report what the compiler allocated: registers per thread, bytes spilled
 (and how many spill instructions sit in the step loop rather than the once-per-launch prologue),
 shared memory against the planner's estimate and the device's 227 KiB. No timing (that needs the
 GPU: benchmarks/gpu.py); this catches a kernel that does not compile, overflows shared memory or
-spills, before a GPU session is spent on it.
+spills, before GPU time is spent on it.
 
     python benchmarks/sm90_build.py                      # the grid of benchmarks/gpu.py, plus variants
     python benchmarks/sm90_build.py --markdown out.md --jobs 2

@@ -13,8 +13,9 @@ Per layer and direction:
 3. in the backward pass, the recurrence backwards in Triton, then the weight gradients as large
    matmuls over all steps (:mod:`.op`), so the result is deterministic (no float atomics).
 
-Runs: LSTM (every variant: vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf, fgr; with
-projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), in float16,
+Runs the families that name one of its kernels (``cfg.kernel("triton")``, :data:`KERNELS`) and
+refuses every other: LSTM (every variant: vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf, fgr;
+with projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), in float16,
 bfloat16, float32 (tf32 per ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation
 and cell state; under the interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for
 bfloat16). Zoneout (its sampled masks in training, its expectation in evaluation) and recurrent
@@ -42,14 +43,19 @@ from torch import Tensor
 
 from ..._checks import autocast_on
 from ...cells.common import gatewise_layer_norm
-from ...config import CellConfig, LayerWeights, Noise
+from ...cells.family import CellFamily, LayerWeights
+from ...config import Noise
 from .. import compute_dtype, recurrent_shifts, reference, require_support, sum_present
 from . import measured
-from .launch import accumulation_dtype, interpreting, padded_gate_weight
+from .launch import KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
 name = "triton"
+
+KERNELS = ("lstm", "gru", "rnn")
+"""The recurrence kernels by the names families give them (``cfg.kernel("triton")``): the cell
+:class:`.launch.KernelSpec` compiles."""
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -62,8 +68,11 @@ def cuda_enabled(device: torch.device | None = None) -> bool:
     return device is not None and measured.verified_on(device)
 
 
-def supports(cfg: CellConfig, x: Tensor) -> str | None:
-    """None when the kernels run ``cfg`` on ``x``'s device and dtype, else the reason they do not."""
+def supports(cfg: CellFamily, x: Tensor) -> str | None:
+    """None when the kernels run ``cfg`` (a family that names one of :data:`KERNELS`) on ``x``'s
+    device and dtype, else the reason they do not."""
+    if cfg.kernel(name) not in KERNELS:
+        return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
     if x.device.type == "cpu":
         if not interpreting():
             return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
@@ -84,7 +93,7 @@ def supports(cfg: CellConfig, x: Tensor) -> str | None:
     return None
 
 
-def _in_autocast_dtype(cfg: CellConfig, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights,
+def _in_autocast_dtype(cfg: CellFamily, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights,
                        **options) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """:func:`run_layer` under autocast: ``x``, the states and the weights cast to autocast's dtype
     and the layer run with autocast off, so that the kernels get one dtype (autocast would make
@@ -100,43 +109,53 @@ def _in_autocast_dtype(cfg: CellConfig, x: Tensor, state: tuple[Tensor, ...], we
                          {key: w.to(dtype) for key, w in weights.items()}, noise=noise, **options)
 
 
-def input_projection(cfg: CellConfig, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
+def kernel_spec(cfg: CellFamily) -> KernelSpec:
+    """The kernels' compile-time shape for ``cfg``, before a call's regularisation: the kernel it
+    names (``cfg.kernel("triton")``) and the options that kernel reads, each at
+    :class:`.launch.KernelSpec`'s default where the family has no such option."""
+    return KernelSpec(cfg.kernel(name), getattr(cfg, "variant", "vanilla"), getattr(cfg, "reset_after", True),
+                      getattr(cfg, "nonlinearity", "tanh") == "relu", getattr(cfg, "proj_size", 0) > 0,
+                      getattr(cfg, "layer_norm", False))
+
+
+def input_projection(cfg: CellFamily, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
     """``[LN](x W_ih^T) + b_ih`` plus every shift added after the recurrent product (``b_hh``, and
     ``ln_bias_hh`` with layer norm) for all steps: (T, B, I) -> (T, B, G*H); and the GRU's n-block
     recurrent shift when it must stay inside the recurrence (reset after the matmul: r multiplies
     it), else None."""
+    spec = kernel_spec(cfg)
     xw = x.matmul(w["weight_ih"].t())
-    if cfg.layer_norm:
+    if spec.layer_norm:
         xw = gatewise_layer_norm(xw, w["ln_weight_ih"], w["ln_bias_ih"], cfg.hidden_size, cfg.eps)
-    recurrent, bias_hn = recurrent_shifts(cfg, w)
+    recurrent, bias_hn = recurrent_shifts(w, cfg.hidden_size if spec.split_recurrent_grad else 0)
     bias = sum_present(w.get("bias_ih"), recurrent)
     return (xw if bias is None else xw + bias), bias_hn
 
 
-def kernel_noise(cfg: CellConfig, noise: Noise | None, x: Tensor
+def kernel_noise(cfg: CellFamily, noise: Noise | None, x: Tensor
                  ) -> tuple[int, Tensor | None, Tensor | None, Tensor | None] | None:
-    """A call's regularisation as the kernels take it: (zoneout mode, keep of h, keep of the LSTM
-    cell, recurrent dropout mask). Mode 1 passes the sampled (T, B, .) keep masks, mode 2
-    (evaluation) the expectation p in a (1,) tensor of the accumulation dtype, 0 none. None when
-    the LSTM's h and c would need different modes (a hand-made :class:`Noise` with one state's
-    mask sampled and the other's not; the modules draw both), which the kernels do not take."""
+    """A call's regularisation as the kernels take it: (zoneout mode, keep of h, keep of the
+    second state (the LSTM's cell), recurrent dropout mask). Mode 1 passes the sampled (T, B, .)
+    keep masks, mode 2 (evaluation) the expectation p in a (1,) tensor of the accumulation dtype,
+    0 none. None when h and c would need different modes (a hand-made :class:`Noise` with one
+    state's mask sampled and the other's not; the modules draw both), which the kernels do not take."""
     if noise is None:
         return 0, None, None, None
     rmask = None if noise.recurrent_mask is None else noise.recurrent_mask.to(x.dtype).contiguous()
     if noise.zoneout <= 0:
         return 0, None, None, rmask
-    lstm = cfg.family == "lstm"
-    if noise.zoneout_h is None and (not lstm or noise.zoneout_c is None):
+    cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
+    if noise.zoneout_h is None and (not cell or noise.zoneout_c is None):
         p = torch.full((1,), noise.zoneout, dtype=accumulation_dtype(x.dtype), device=x.device)
-        return 2, p, (p if lstm else None), rmask
-    keep_h, keep_c = noise.zoneout_h, noise.zoneout_c if lstm else None
-    if keep_h is None or (lstm and keep_c is None):
+        return 2, p, (p if cell else None), rmask
+    keep_h, keep_c = noise.zoneout_h, noise.zoneout_c if cell else None
+    if keep_h is None or (cell and keep_c is None):
         return None
-    return 1, keep_h.to(x.dtype).contiguous(), (keep_c.to(x.dtype).contiguous() if lstm else None), rmask
+    return 1, keep_h.to(x.dtype).contiguous(), (keep_c.to(x.dtype).contiguous() if cell else None), rmask
 
 
 def run_layer(
-    cfg: CellConfig,
+    cfg: CellFamily,
     x: Tensor,
     state: tuple[Tensor, ...],
     weights: LayerWeights,
@@ -164,25 +183,25 @@ def run_layer(
     # kernel reads past step T - 1 (fgr's previous gates of a reversed row's first step)
     lens = (torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None
             else lengths.clamp(max=T).to(torch.int32))
-    lstm = cfg.family == "lstm"
-    fgr = lstm and cfg.variant == "fgr"
+    spec = kernel_spec(cfg)
+    cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
 
     def given(key: str, present: bool = True) -> Tensor | None:
         return weights[key].contiguous() if present else None
 
     zoneout, keep_h, keep_c, rmask = regularisation
     hs, c_final, *_ = recurrence(
-        xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if lstm else None,
-        given("weight_hh"), given("weight_hr", cfg.proj_size > 0), given("weight_ch", cfg.variant == "peephole"),
-        padded_gate_weight(weights["weight_gg"]) if fgr else None, bias_hn,
-        given("ln_weight_hh", cfg.layer_norm), given("ln_weight_c", cfg.layer_norm and lstm),
-        given("ln_bias_c", cfg.layer_norm and lstm), keep_h, keep_c, rmask, cfg.family, cfg.variant, cfg.reset_after,
-        cfg.nonlinearity == "relu", float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
+        xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if cell else None,
+        given("weight_hh"), given("weight_hr", spec.proj), given("weight_ch", spec.variant == "peephole"),
+        padded_gate_weight(weights["weight_gg"]) if spec.fgr else None, bias_hn,
+        given("ln_weight_hh", spec.layer_norm), given("ln_weight_c", spec.layer_norm and cell),
+        given("ln_bias_c", spec.layer_norm and cell), keep_h, keep_c, rmask, cfg.kernel(name), spec.variant,
+        spec.reset_after, spec.relu, float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
     if lengths is not None:
         active = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
         out = torch.where(active, out, torch.zeros_like(out))
     h_final = hs[0] if reverse else hs[-1]
-    final = (h_final, c_final.to(x.dtype)) if lstm else (h_final,)
+    final = (h_final, c_final.to(x.dtype)) if cell else (h_final,)
     return out, final, None

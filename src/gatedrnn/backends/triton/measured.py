@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...config import CellConfig
+from ...cells.family import CellFamily
 from .. import compute_dtype
 
 TABLE_PATH = Path(__file__).with_name("measured.json")
@@ -60,12 +60,13 @@ class DeviceRecord:
     points: tuple[Point, ...]
 
 
-def cell_key(cfg: CellConfig) -> str | None:
-    """The benchmark's name for a configuration cuDNN also runs (``"lstm"``, ``"gru"``,
-    ``"rnn_tanh"``, ``"rnn_relu"``), None for the others (projection, variants, layer norm)."""
-    if cfg.torch_mode is None or cfg.proj_size > 0:
+def cell_key(cfg: CellFamily) -> str | None:
+    """The benchmark's name for a configuration cuDNN also runs: torch's mode in lower case
+    (:attr:`CellFamily.torch_mode`: ``"lstm"``, ``"gru"``, ``"rnn_tanh"``, ``"rnn_relu"``); None
+    for the others (the variants, layer norm, and a projection: h narrower than H)."""
+    if cfg.torch_mode is None or cfg.output_size != cfg.hidden_size:
         return None
-    return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}[cfg.torch_mode]
+    return cfg.torch_mode.lower()
 
 
 def parse(table: dict, source: str) -> dict[str, DeviceRecord]:
@@ -123,7 +124,7 @@ def nearest(points: tuple[Point, ...], cell: str, dtype: str, B: int, H: int, tr
     return min((p for p in near if distance(p) == best), key=lambda p: speedup(p, training))
 
 
-def beats_cudnn(cfg: CellConfig, x: Tensor, training: bool) -> bool:
+def beats_cudnn(cfg: CellFamily, x: Tensor, training: bool) -> bool:
     """Whether a measurement on this device says the kernels run ``cfg`` on ``x`` (T, B, I) at
     least :data:`MARGIN` times faster than cuDNN, forward + backward when ``training``; in the dtype
     both run in (autocast's where it is on)."""

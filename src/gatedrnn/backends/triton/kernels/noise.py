@@ -16,10 +16,10 @@ Recurrent dropout (Gal & Ghahramani 2016) multiplies one (B, R) mask per sequenc
 by 1 / (1 - p)) into h_{t-1} where it enters the recurrent product, so the gathered gradient of
 that product is multiplied by the same mask on its way back to h_{t-1}. The product reads a
 whole h_{t-1} (all R columns at once when the weights are resident): masking it there would hold
-two (BB, R) tiles in registers (at R = 1024 the build spilled kilobytes per thread), so instead
-each program stores its slice of h_t ⊙ m beside h_t, into one of two (B, R) slots (``hin``,
-slot ``index % 2``: the step reading one slot never meets the step writing the other), and the
-product reads that.
+two (BB, R) tiles in registers, more than a thread holds at large R, so instead each program
+stores its slice of h_t ⊙ m beside h_t, into one of two (B, R) slots (``hin``, slot
+``index % 2``: the step reading one slot never meets the step writing the other), and the product
+reads that.
 """
 
 import triton
