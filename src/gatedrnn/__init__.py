@@ -4,7 +4,7 @@ Public API at a glance:
 
 - layers and cells, drop-in for torch.nn: :class:`LSTM`, :class:`GRU`, :class:`RNN`,
   :class:`LSTMCell`, :class:`GRUCell`, :class:`RNNCell`;
-- the xLSTM and minimal recurrent layers: :class:`SLSTM`;
+- the xLSTM and minimal recurrent layers: :class:`SLSTM`, :class:`MinGRU`, :class:`MinLSTM`;
 - any cell family on the same layer machinery: :class:`Recurrent`, the base class
   :class:`CellFamily`, :func:`register_family`, :func:`unregister_family`, :func:`registered_families`;
 - gate inspection: :func:`inspect_gates` -> :class:`GateTrace`;
@@ -15,7 +15,7 @@ from .backends import BACKENDS
 from .cells import LSTM_VARIANTS, CellFamily, register_family, registered_families, unregister_family
 from .config import CellConfig
 from .inspect import GateTrace, inspect_gates
-from .nn import GRU, LSTM, RNN, SLSTM, GRUCell, LSTMCell, Recurrent, RNNCell
+from .nn import GRU, LSTM, RNN, SLSTM, GRUCell, LSTMCell, MinGRU, MinLSTM, Recurrent, RNNCell
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,8 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LSTM_VARIANTS",
+    "MinGRU",
+    "MinLSTM",
     "RNN",
     "RNNCell",
     "Recurrent",

@@ -824,6 +824,84 @@ class SLSTM(Recurrent):
         )
 
 
+class _MinimalRecurrent(Recurrent):
+    """The layer arguments minGRU and minLSTM share (see :mod:`gatedrnn.cells.mingru`)."""
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        activation: str = "g",
+        mode: str = "auto",
+        backend: str = "auto",
+    ) -> None:
+        super().__init__(
+            self._family, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
+            dtype, backend=backend, activation=activation, mode=mode,
+        )
+
+
+class MinGRU(_MinimalRecurrent):
+    r"""A multi-layer minGRU network (Feng et al. 2024) with torch.nn's layer behaviour.
+
+    .. math::
+        z_t = \sigma(W_z x_t + b_z), \quad \tilde h_t = g(W_h x_t + b_h), \quad
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t
+
+    with :math:`g(v) = v + 1/2` for :math:`v \ge 0` and :math:`\sigma(v)` otherwise
+    (``activation="identity"``: :math:`\tilde h_t` plain). The gates see x only, so a layer runs as a
+    scan over time (``mode="parallel"``), step by step (``"sequential"``), or picks by length
+    (``"auto"``); both compute the same h (:mod:`gatedrnn.cells.mingru`).
+
+    Arguments are torch.nn.GRU's; keyword-only ``activation``, ``mode`` and ``backend``.
+    Parameters per layer: ``weight_ih_l{k}`` (2H, I) in row order z, h and ``bias_ih_l{k}`` (2H,);
+    no recurrent weights. Shapes: input (T, B, I) / (B, T, I) / (T, I) / PackedSequence;
+    h_0 and h_n (L*D, B, H); output (T, B, D*H).
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> rnn = gatedrnn.MinGRU(10, 20, num_layers=2)
+        >>> output, h_n = rnn(torch.randn(100, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([100, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    _family = "mingru"
+
+
+class MinLSTM(_MinimalRecurrent):
+    r"""A multi-layer minLSTM network (Feng et al. 2024) with torch.nn's layer behaviour.
+
+    .. math::
+        \begin{array}{ll}
+        f_t = \sigma(W_f x_t + b_f), \quad i_t = \sigma(W_i x_t + b_i), \quad \tilde h_t = g(W_h x_t + b_h) \\
+        h_t = \frac{f_t}{f_t + i_t} \odot h_{t-1} + \frac{i_t}{f_t + i_t} \odot \tilde h_t
+        \end{array}
+
+    with g, ``activation``, ``mode`` and ``backend`` as for :class:`MinGRU`. Parameters per layer:
+    ``weight_ih_l{k}`` (3H, I) in row order f, i, h and ``bias_ih_l{k}`` (3H,). Shapes as :class:`MinGRU`.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> rnn = gatedrnn.MinLSTM(10, 20, mode="sequential")
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([1, 3, 20]))
+    """
+
+    _family = "minlstm"
+
+
 # ----- cells ----------------------------------------------------------------------------------
 
 

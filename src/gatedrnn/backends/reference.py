@@ -13,6 +13,8 @@ One call runs one layer in one direction over a padded, time-major batch:
   An inactive step leaves the state unchanged and outputs zeros, so the final state is the one
   after each sequence's last real step. ``reverse=True`` walks t = T-1 .. 0, which for padded
   sequences starts each one at its own last element.
+- A family that can run a whole layer at once (:meth:`~gatedrnn.CellFamily.run_sequence`, a scan)
+  does so when nothing asks for steps (no regularisation noise, no recording).
 - Zoneout mixes the new and old states after the step; recurrent dropout multiplies the mask into
   h_{t-1} where it enters the recurrence (see :class:`gatedrnn.config.Noise`).
 
@@ -84,8 +86,13 @@ def run_layer(
     T = x.shape[0]
     # (T, B, G*H) as T views from one unbind: its backward stacks the steps' gradients once, where
     # indexing x_proj[t] would give each step's gradient a zero-filled (T, B, G*H) tensor of its own
-    x_proj = cfg.input_projection(x, weights).unbind(0)
+    x_proj_all = cfg.input_projection(x, weights)
     step_weights = recurrent_weights(weights)
+    if not record and noise is None and T > 0:
+        whole = cfg.run_sequence(x_proj_all, tuple(state), step_weights, lengths, reverse)
+        if whole is not None:
+            return whole[0], tuple(whole[1]), None
+    x_proj = x_proj_all.unbind(0)
     carry = cfg.initial_carry(state)
     outputs: list[Tensor] = [x.new_empty(0)] * T
     trace: dict[str, list[Tensor]] = {k: [x.new_empty(0)] * T for k in cfg.trace_names} if record else {}

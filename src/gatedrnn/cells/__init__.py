@@ -18,9 +18,10 @@ from .lstm import LSTM_VARIANTS, LSTMFamily
 from .gru import GRUFamily
 from .rnn import RNNFamily
 from .slstm import SLSTMFamily
+from .mingru import MinGRUFamily, MinLSTMFamily
 # isort: on
 
 __all__ = [
-    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "RNNFamily", "SLSTMFamily", "family_class",
+    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "MinGRUFamily", "MinLSTMFamily", "RNNFamily", "SLSTMFamily", "family_class",
     "family_origin", "register_family", "registered_families", "unregister_family",
 ]

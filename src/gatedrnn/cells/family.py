@@ -223,6 +223,25 @@ class CellFamily:
         """
         return self.step(x_proj, (h_in, *states[1:]), weights)
 
+    def run_sequence(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
+                     lengths: Tensor | None, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+        """Hook: the whole of one layer and direction at once, for a family whose recurrence allows
+        it (a scan over time); the reference loop calls it when no regularisation or recording asks
+        for steps. It must compute what the step loop does, with the same padding rules (an inactive
+        step keeps the state and outputs zeros; ``reverse`` walks t = T-1 .. 0).
+
+        Args:
+            x_proj: (T, B, G*H) the input projection of the whole sequence.
+            states: the initial states, each (B, size).
+            weights: the recurrent parameters, as :meth:`step` receives them.
+            lengths: (B,) sequence lengths, or None when all are T.
+            reverse: run backwards in time.
+
+        Returns:
+            (output (T, B, R), final states), or None to run the step loop (the default).
+        """
+        return None
+
     def record(self, gate_values: dict[str, Tensor], states: tuple[Tensor, ...]) -> dict[str, Tensor]:
         """Hook: the values gate inspection records at one step, from the step's gate values and the
         carried states after it (zoneout and the length mask applied): :attr:`trace_names` each (B, H)."""

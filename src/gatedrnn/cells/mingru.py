@@ -1,0 +1,188 @@
+r"""The minimal recurrent cells minGRU and minLSTM (Feng et al. 2024, "Were RNNs All We Needed?").
+
+Their gates depend on the input alone, so each is a linear recurrence :math:`h_t = a_t \odot h_{t-1} + b_t`
+whose coefficients come from x_t; a layer can run it as a scan over time (:func:`linear_scan`)
+instead of step by step. With :math:`g(v) = v + 1/2` for :math:`v \ge 0`, :math:`\sigma(v)` otherwise
+(``activation="g"``; ``"identity"`` leaves :math:`\tilde h` plain):
+
+.. math::
+    \begin{array}{ll}
+    \text{minGRU:} & z_t = \sigma(W_z x_t + b_z), \quad \tilde h_t = g(W_h x_t + b_h), \quad
+        h_t = (1 - z_t) \odot h_{t-1} + z_t \odot \tilde h_t \\
+    \text{minLSTM:} & f_t = \sigma(W_f x_t + b_f), \quad i_t = \sigma(W_i x_t + b_i), \quad
+        \tilde h_t = g(W_h x_t + b_h), \\
+        & f'_t = f_t / (f_t + i_t), \quad i'_t = i_t / (f_t + i_t), \quad
+        h_t = f'_t \odot h_{t-1} + i'_t \odot \tilde h_t
+    \end{array}
+
+Parameters per layer: ``weight_ih`` ((G*H, I), row blocks z, h for minGRU and f, i, h for minLSTM)
+and ``bias_ih`` (G*H,) with bias; no recurrent weights.
+
+The scan. Within a chunk of C steps, with :math:`L_t = \sum_{s \le t} \log a_s` (a cumulative sum in
+log space, from a stable :math:`\log a` of the pre-activations),
+
+.. math::
+    h_t = e^{L_t} h_{\text{start}} + \sum_{s \le t} e^{L_t - L_s} b_s,
+
+every exponent :math:`\le 0`, so it neither overflows nor loses the sign of h or b (the log-space
+scan of Heinsen 2023 needs h, b > 0). The chunks' starts are then carried one chunk at a time.
+Memory is O(T·B·H·C) for a fixed C, time O(T·C) parallel work plus T/C sequential steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .family import CellFamily, LayerWeights, register_family
+
+ACTIVATIONS = ("g", "identity")
+MODES = ("auto", "parallel", "sequential")
+SCAN_CHUNK = 32
+"""C, the steps of one chunk of :func:`linear_scan`."""
+PARALLEL_FROM_T = 16
+"""``mode="auto"`` scans sequences of at least this many steps and steps through shorter ones."""
+
+
+def g(v: Tensor) -> Tensor:
+    """The minimal cells' candidate activation: v + 1/2 for v >= 0, σ(v) otherwise (continuous, > 0)."""
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK) -> Tensor:
+    """All h_t of h_t = a_t h_{t-1} + b_t for t = 0 .. T-1 (see the module docstring).
+
+    Args:
+        log_a: (T, B, H) log of the decays a_t in (0, 1] (may be -inf for a_t = 0).
+        b: (T, B, H) the inputs b_t, any sign.
+        h0: (B, H) the state before t = 0, any sign.
+    Returns:
+        (T, B, H) the states h_0' .. h_{T-1}' after each step.
+    """
+    T, B, H = b.shape
+    pad = (-T) % chunk
+    if pad:  # identity steps (a = 1, b = 0) fill the last chunk
+        log_a = torch.cat([log_a, log_a.new_zeros(pad, B, H)])
+        b = torch.cat([b, b.new_zeros(pad, B, H)])
+    n = (T + pad) // chunk
+    L = log_a.view(n, chunk, B, H).cumsum(1)  # (n, C, B, H)
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=b.device).tril()  # [t, s]: s <= t
+    exponent = L.unsqueeze(2) - L.unsqueeze(1)  # (n, C_t, C_s, B, H)
+    weights = torch.exp(torch.where(causal[None, :, :, None, None], exponent, float("-inf")))
+    local = (weights * b.view(n, 1, chunk, B, H)).sum(2)  # (n, C, B, H): each chunk from a zero start
+    decay = L.exp()  # (n, C, B, H): the factor each chunk's start state gets
+    starts = [h0]
+    for k in range(n - 1):
+        starts.append(local[k, -1] + decay[k, -1] * starts[-1])
+    h = local + decay * torch.stack(starts).unsqueeze(1)
+    return h.reshape(n * chunk, B, H)[:T]
+
+
+class MinimalFamily(CellFamily):
+    """What minGRU and minLSTM share: input-only gates, one state h, a linear recurrence
+    h_t = a_t h_{t-1} + b_t that :meth:`run_sequence` scans. A subclass gives :meth:`coefficients`."""
+
+    states = ("h",)
+    option_defaults = {"activation": "g", "mode": "auto"}
+    retention_gate: str | None = None
+
+    def check_options(self) -> None:
+        for key, allowed in (("activation", ACTIVATIONS), ("mode", MODES)):
+            value = getattr(self, key)
+            if value not in allowed:
+                raise ValueError(f"{type(self).__name__}: expected {key} to be one of "
+                                 f"{', '.join(map(repr, allowed))}, got {value!r}")
+
+    @classmethod
+    def configurations(cls) -> tuple[dict, ...]:
+        """Both activations, each stepped and scanned."""
+        return tuple({"activation": a, "mode": m} for a in ACTIVATIONS for m in ("sequential", "parallel"))
+
+    def parameter_shapes(self, input_size: int) -> dict[str, tuple[int, ...]]:
+        """``weight_ih`` (G*H, I) and ``bias_ih`` (G*H,) with bias: the gates see x only."""
+        rows = self.num_gates * self.hidden_size
+        return {"weight_ih": (rows, input_size), **({"bias_ih": (rows,)} if self.bias else {})}
+
+    def candidate(self, v: Tensor) -> Tensor:
+        """h̃ from its pre-activation: g(v), or v for ``activation="identity"``."""
+        return g(v) if self.activation == "g" else v
+
+    def coefficients(self, x_proj: Tensor) -> tuple[Tensor, Tensor]:
+        """(log a, b), each (..., H), of h_t = a h_{t-1} + b from the input projection (..., G*H)."""
+        raise NotImplementedError
+
+    def run_sequence(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
+                     lengths: Tensor | None, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+        """The layer as one :func:`linear_scan` (``mode="parallel"``, or ``"auto"`` from
+        :data:`PARALLEL_FROM_T` steps); None (step by step) otherwise."""
+        T = x_proj.shape[0]
+        if self.mode == "sequential" or (self.mode == "auto" and T < PARALLEL_FROM_T):
+            return None
+        log_a, b = self.coefficients(x_proj)  # (T, B, H) each
+        active = None
+        if lengths is not None:  # padding steps keep the state: a = 1, b = 0
+            active = (torch.arange(T, device=lengths.device)[:, None] < lengths)[..., None].to(b.device)
+            log_a, b = log_a.masked_fill(~active, 0.0), b.masked_fill(~active, 0.0)
+        if reverse:
+            log_a, b = log_a.flip(0), b.flip(0)
+        h = linear_scan(log_a, b, states[0])
+        final = h[-1]
+        if reverse:
+            h = h.flip(0)
+        if active is not None:
+            h = h.masked_fill(~active, 0.0)
+        return h, (final,)
+
+
+@register_family
+class MinGRUFamily(MinimalFamily):
+    """minGRU: gates z (update) and n (the candidate h̃), weight rows in that order; inspection records z."""
+
+    name = "mingru"
+    gates = ("z", "n")
+
+    @property
+    def trace_names(self) -> tuple[str, ...]:
+        return ("z",)
+
+    def step(self, x_proj, states, weights):
+        """h_t = (1 - z) h_{t-1} + z h̃: x_proj (B, 2H), states (h,) -> ((h_t,), {z})."""
+        (h,) = states
+        z_raw, n_raw = x_proj.split(self.hidden_size, dim=-1)
+        z = torch.sigmoid(z_raw)
+        h_new = (1 - z) * h + z * self.candidate(n_raw)
+        return (h_new,), {"z": z}
+
+    def coefficients(self, x_proj):
+        """log a = log(1 - z) = -softplus(z̃), b = z h̃."""
+        z_raw, n_raw = x_proj.split(self.hidden_size, dim=-1)
+        return -F.softplus(z_raw), torch.sigmoid(z_raw) * self.candidate(n_raw)
+
+
+@register_family
+class MinLSTMFamily(MinimalFamily):
+    """minLSTM: gates f, i and n (the candidate h̃), weight rows in that order; inspection records
+    the normalised f', i'."""
+
+    name = "minlstm"
+    gates = ("f", "i", "n")
+
+    @property
+    def trace_names(self) -> tuple[str, ...]:
+        return ("f", "i")
+
+    def step(self, x_proj, states, weights):
+        """h_t = f' h_{t-1} + i' h̃ with f' = f/(f+i), i' = i/(f+i): x_proj (B, 3H) -> ((h_t,), {f, i})."""
+        (h,) = states
+        f_raw, i_raw, n_raw = x_proj.split(self.hidden_size, dim=-1)
+        f, i = torch.sigmoid(f_raw), torch.sigmoid(i_raw)
+        f_norm, i_norm = f / (f + i), i / (f + i)
+        h_new = f_norm * h + i_norm * self.candidate(n_raw)
+        return (h_new,), {"f": f_norm, "i": i_norm}
+
+    def coefficients(self, x_proj):
+        """log f' = -softplus(d), i' = σ(d) with d = log σ(ĩ) - log σ(f̃) = softplus(-f̃) - softplus(-ĩ)."""
+        f_raw, i_raw, n_raw = x_proj.split(self.hidden_size, dim=-1)
+        d = F.softplus(-f_raw) - F.softplus(-i_raw)
+        return -F.softplus(d), torch.sigmoid(d) * self.candidate(n_raw)
