@@ -36,8 +36,8 @@ TORCH_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 """The parameters torch's fused kernels take, in their order (per layer and direction)."""
 
 # Hooks whose override by a subclass makes the kernels of the class above it compute other math.
-_MATH_HOOKS = ("step", "step_with_recurrent_input", "input_projection", "initial_carry", "parameter_shapes",
-               "state_sizes", "gates")
+_MATH_HOOKS = ("step", "step_with_recurrent_input", "run_sequence", "input_projection", "initial_carry",
+               "parameter_shapes", "state_sizes", "gates")
 
 
 class CellFamily:
