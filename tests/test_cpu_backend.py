@@ -544,7 +544,7 @@ def test_no_compiler_is_found_before_any_build(monkeypatch):
 def test_every_documented_word_switches_the_compiled_loops_off(monkeypatch, word):
     """GATEDRNN_CPU_COMPILED set to 0, false, no or off (any case, spaces around) runs the Python
     loops; other values keep the compiled ones where they are built."""
-    cfg = CellConfig("lstm", I, 5)
+    cfg = CellConfig("lstm", 5)
     monkeypatch.setenv(compiled.ENV, word)
     assert compiled.disabled() and compiled.loop_for(cfg, torch.float64) is None
     monkeypatch.setenv(compiled.ENV, "1")
@@ -765,7 +765,7 @@ def test_the_replay_holds_no_second_copy_of_the_zoneout_masks(lengths):
     """With sampled zoneout masks, the replay reruns the layer with the plan's keeps (the masks
     themselves over full lengths, 1 on padded steps otherwise), not with the raw masks beside
     them; the keeps differ from the masks only on steps that did not run."""
-    cfg = CellConfig("lstm", I, H)
+    cfg = CellConfig("lstm", H)
     x = torch.randn(T, B, I)
     noise = Noise(zoneout=0.3, zoneout_h=torch.rand(T, B, H).lt(0.3).float(),
                   zoneout_c=torch.rand(T, B, H).lt(0.3).float(), recurrent_mask=torch.rand(B, H))
