@@ -14,7 +14,8 @@ with a gradient penalty through the recurrence), ``linear`` (T=128 against
 T=1024), ``stream`` (cells called one step at a time), ``auto`` (torch.nn's kernels against the cpu
 backend for the plain cells, which ``auto`` chooses between), ``packed`` (the same for the plain
 GRU on packed batches of unequal lengths, which torch's kernel shortens step by step and the cpu
-backend masks), ``stack`` (the same for the plain GRU with 2 layers and/or both directions) and ``grid`` (B x T x H for ``--cells``).
+backend masks), ``stack`` (the same for the plain GRU with 2 layers and/or both directions) and ``grid`` (B x
+T x H for ``--cells``).
 
 Memory is measured two ways, both for one forward+backward at B=32, H=256, T=256:
 
@@ -35,8 +36,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -208,8 +209,11 @@ def print_rows(title: str, rows: list[Row], baseline: str = "torch") -> None:
         cells = [r.label, r.pass_name]
         cells += [f"{r.median_ms(p):.1f}" if p in r.times else "" for p in providers]
         if baseline in r.times:
-            cells += [f"{r.median_ms(baseline) / r.median_ms(p):.2f}x" if p in r.times else "" for p in providers
-                      if p != baseline]
+            cells += [
+                f"{r.median_ms(baseline) / r.median_ms(p):.2f}x" if p in r.times else ""
+                for p in providers
+                if p != baseline
+            ]
         print("| " + " | ".join(cells) + " |")
     sys.stdout.flush()
 
@@ -223,23 +227,48 @@ def target_rows(quick: bool) -> list[tuple[str, list[Row]]]:
     Ts = (16,) if quick else (128, 256)
     sections = []
     for cell in ("lstm", "gru"):
-        sections.append((f"{cell}: default backend vs torch.nn (target >= 0.95x)",
-                         [Row(Case(cell, B, T, H).label, ["torch", "default"], True, fixed(Case(cell, B, T, H)))
-                          for T in Ts]))
-    ln = [Row(Case("lstm-ln", B, T, H).label, ["torch", "loop", "cpu-py", "cpu"], True,
-              _torch_plain(Case("lstm-ln", B, T, H)))
-          for T in Ts]
-    sections.append(("layer-norm LSTM: cpu vs plain autograd loop (target loop/cpu >= 1.8x at T=128, 5x at T=256) "
-                     "and vs torch.nn.LSTM (target torch/cpu >= 0.6x)", ln))
-    peep = [Row(Case("lstm-peephole", B, T, H).label, ["torch", "cpu-py", "cpu"], True,
-                _torch_plain(Case("lstm-peephole", B, T, H)))
-            for T in Ts]
+        sections.append(
+            (
+                f"{cell}: default backend vs torch.nn (target >= 0.95x)",
+                [Row(Case(cell, B, T, H).label, ["torch", "default"], True, fixed(Case(cell, B, T, H))) for T in Ts],
+            )
+        )
+    ln = [
+        Row(
+            Case("lstm-ln", B, T, H).label,
+            ["torch", "loop", "cpu-py", "cpu"],
+            True,
+            _torch_plain(Case("lstm-ln", B, T, H)),
+        )
+        for T in Ts
+    ]
+    sections.append(
+        (
+            "layer-norm LSTM: cpu vs plain autograd loop (target loop/cpu >= 1.8x at T=128, 5x at T=256) "
+            "and vs torch.nn.LSTM (target torch/cpu >= 0.6x)",
+            ln,
+        )
+    )
+    peep = [
+        Row(
+            Case("lstm-peephole", B, T, H).label,
+            ["torch", "cpu-py", "cpu"],
+            True,
+            _torch_plain(Case("lstm-peephole", B, T, H)),
+        )
+        for T in Ts
+    ]
     sections.append(("peephole LSTM vs torch.nn.LSTM (target >= 0.7x)", peep))
-    variants = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
-                for c in CELLS if c.startswith("lstm-") and c not in ("lstm-ln", "lstm-peephole")]
+    variants = [
+        Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
+        for c in CELLS
+        if c.startswith("lstm-") and c not in ("lstm-ln", "lstm-peephole")
+    ]
     sections.append(("other variants vs torch.nn.LSTM (information)", variants))
-    grus = [Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
-            for c in ("gru-ln", "gru-ra0", "gru-ra0-ln")]
+    grus = [
+        Row(Case(c, B, Ts[0], H).label, ["torch", "cpu-py", "cpu"], True, _torch_plain(Case(c, B, Ts[0], H)))
+        for c in ("gru-ln", "gru-ra0", "gru-ra0-ln")
+    ]
     sections.append(("GRU variants torch.nn lacks vs torch.nn.GRU (information)", grus))
     return sections
 
@@ -290,8 +319,12 @@ def auto_rows(quick: bool) -> list[Row]:
     sizes = [(b, t, h) for b in (1, 8, 32) for t in (1, 16, 128) for h in (64, 256, 512)]
     if quick:
         sizes = [(1, 1, 16), (4, 16, 32)]
-    return [Row(Case(cell, B, T, H).label, ["torch", "cpu", "default"], train, fixed(Case(cell, B, T, H)))
-            for cell in ("gru", "lstm") for B, T, H in sizes for train in (False, True)]
+    return [
+        Row(Case(cell, B, T, H).label, ["torch", "cpu", "default"], train, fixed(Case(cell, B, T, H)))
+        for cell in ("gru", "lstm")
+        for B, T, H in sizes
+        for train in (False, True)
+    ]
 
 
 def packed_rows(quick: bool) -> list[Row]:
@@ -302,10 +335,16 @@ def packed_rows(quick: bool) -> list[Row]:
     lstm_sizes = [(8, 16, 64, 1), (8, 128, 64, 1), (32, 128, 256, 1)]
     if quick:
         sizes = lstm_sizes = [(4, 16, 32, 1)]
-    rows = [Row(Case("gru", B, T, H, s).label, ["torch", "cpu", "default"], train, fixed(Case("gru", B, T, H, s)))
-            for B, T, H, s in sizes for train in (False, True)]
-    return rows + [Row(Case("lstm", B, T, H, s).label, ["torch", "default"], train, fixed(Case("lstm", B, T, H, s)))
-                   for B, T, H, s in lstm_sizes for train in (False, True)]
+    rows = [
+        Row(Case("gru", B, T, H, s).label, ["torch", "cpu", "default"], train, fixed(Case("gru", B, T, H, s)))
+        for B, T, H, s in sizes
+        for train in (False, True)
+    ]
+    return rows + [
+        Row(Case("lstm", B, T, H, s).label, ["torch", "default"], train, fixed(Case("lstm", B, T, H, s)))
+        for B, T, H, s in lstm_sizes
+        for train in (False, True)
+    ]
 
 
 def stack_rows(quick: bool) -> list[Row]:
@@ -315,19 +354,28 @@ def stack_rows(quick: bool) -> list[Row]:
     stacks = [(2, False), (1, True), (2, True)]
     if quick:
         sizes, stacks = [(4, 16, 32)], [(2, True)]
-    return [Row(case.label, ["torch", "cpu", "default"], train, fixed(case))
-            for L, bi in stacks for B, T, H in sizes for case in [Case("gru", B, T, H, layers=L, bidirectional=bi)]
-            for train in (False, True)]
+    return [
+        Row(case.label, ["torch", "cpu", "default"], train, fixed(case))
+        for L, bi in stacks
+        for B, T, H in sizes
+        for case in [Case("gru", B, T, H, layers=L, bidirectional=bi)]
+        for train in (False, True)
+    ]
 
 
 def penalty_rows(quick: bool) -> list[Row]:
     """A training step with a gradient penalty on the weights (second derivatives through the
     recurrence): the cpu backend replays the layer on the reference loop for it."""
     B, T, H = (4, 8, 16) if quick else (32, 64, 128)
-    cells = [("gru", ["torch", "reference", "cpu", "default"]), ("lstm-peephole", ["reference", "cpu", "default"]),
-             ("lstm-ln", ["reference", "cpu", "default"])]
-    return [Row(Case(cell, B, T, H).label, providers, True, fixed(Case(cell, B, T, H)), penalty=True)
-            for cell, providers in cells]
+    cells = [
+        ("gru", ["torch", "reference", "cpu", "default"]),
+        ("lstm-peephole", ["reference", "cpu", "default"]),
+        ("lstm-ln", ["reference", "cpu", "default"]),
+    ]
+    return [
+        Row(Case(cell, B, T, H).label, providers, True, fixed(Case(cell, B, T, H)), penalty=True)
+        for cell, providers in cells
+    ]
 
 
 def stream_rows(quick: bool, repeats: int) -> None:
@@ -395,8 +443,18 @@ def peak_child(cell: str, provider: str, B: int, T: int, H: int) -> None:
 
 
 def peak_bytes(case: Case, provider: str, threads: int) -> int | None:
-    cmd = [sys.executable, __file__, "--threads", str(threads), "--peak-child", case.cell, provider,
-           str(case.B), str(case.T), str(case.H)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--threads",
+        str(threads),
+        "--peak-child",
+        case.cell,
+        provider,
+        str(case.B),
+        str(case.T),
+        str(case.H),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     try:
         return int(result.stdout.strip().splitlines()[-1])
@@ -413,8 +471,16 @@ def memory_rows(quick: bool, threads: int) -> None:
     base = Case("lstm", B, T, H)
     ref_saved, ref_peak = saved_bytes(base, "torch"), peak_bytes(base, "torch", threads)
     entries = [("lstm", "torch"), ("lstm", "cpu")] + [(c, "cpu") for c in CELLS if c.startswith("lstm-")]
-    entries += [("lstm-ln", "cpu-py"), ("lstm-peephole", "cpu-py"), ("lstm-ln", "loop"), ("gru", "torch"),
-                ("gru", "cpu"), ("gru-ln", "cpu"), ("gru-ra0-ln", "cpu"), ("gru-ln", "cpu-py")]
+    entries += [
+        ("lstm-ln", "cpu-py"),
+        ("lstm-peephole", "cpu-py"),
+        ("lstm-ln", "loop"),
+        ("gru", "torch"),
+        ("gru", "cpu"),
+        ("gru-ln", "cpu"),
+        ("gru-ra0-ln", "cpu"),
+        ("gru-ln", "cpu-py"),
+    ]
     for cell, provider in entries:
         case = Case(cell, B, T, H)
         baseline = case == base and provider == "torch"
@@ -434,9 +500,11 @@ def machine() -> str:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
     loop = compiled.unavailable_reason() or f"built for {torch.backends.cpu.get_cpu_capability()}"
-    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
-            f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}; "
-            f"compiled loops: {loop}")
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, {torch.get_num_threads()} intra-op "
+        f"thread(s), Python {platform.python_version()}, load average at start {load[0]:.2f}; "
+        f"compiled loops: {loop}"
+    )
 
 
 ROWS = ("targets", "memory", "linear", "stream", "auto", "packed", "stack", "penalty", "grid")
@@ -464,10 +532,13 @@ def main(argv: list[str] | None = None) -> None:
     if set(cells) - set(CELLS):
         parser.error(f"unknown cells {sorted(set(cells) - set(CELLS))}: expected some of {', '.join(CELLS)}")
     repeats = 1 if args.quick else args.repeats
-    print(f"## CPU benchmark\n\nMachine: {machine()}\n\nMedians of {repeats} interleaved calls per provider; "
-          "`torch` is torch.nn's plain cell of the same size, `default` gatedrnn with backend='auto', "
-          "`reference` its reference backend, `loop` a plain autograd time loop of the same cell, `cpu` the "
-          "fused CPU backend, `cpu-py` the same with its compiled loops off. Ratios are torch's time over the provider's (> 1: faster than torch.nn).")
+    print(
+        f"## CPU benchmark\n\nMachine: {machine()}\n\nMedians of {repeats} interleaved calls per provider; "
+        "`torch` is torch.nn's plain cell of the same size, `default` gatedrnn with backend='auto', "
+        "`reference` its reference backend, `loop` a plain autograd time loop of the same cell, `cpu` the "
+        "fused CPU backend, `cpu-py` the same with its compiled loops off. Ratios are torch's time over the "
+        "provider's (> 1: faster than torch.nn)."
+    )
     if "targets" in rows:
         for title, section in target_rows(args.quick):
             for r in section:
@@ -486,8 +557,7 @@ def main(argv: list[str] | None = None) -> None:
         table = auto_rows(args.quick)
         for r in table:
             r.run(repeats)
-        print_rows("auto: torch.nn's kernels, the cpu backend and the default, for the cells torch.nn computes",
-                   table)
+        print_rows("auto: torch.nn's kernels, the cpu backend and the default, for the cells torch.nn computes", table)
     if "packed" in rows:
         table = packed_rows(args.quick)
         for r in table:
@@ -502,10 +572,15 @@ def main(argv: list[str] | None = None) -> None:
         table = penalty_rows(args.quick)
         for r in table:
             r.run(repeats)
-        print_rows("penalty: a training step with a gradient penalty through the recurrence (plain GRU)",
-                   [r for r in table if "torch" in r.providers])
-        print_rows("penalty: the same for variants torch.nn lacks, against the reference backend",
-                   [r for r in table if "torch" not in r.providers], baseline="reference")
+        print_rows(
+            "penalty: a training step with a gradient penalty through the recurrence (plain GRU)",
+            [r for r in table if "torch" in r.providers],
+        )
+        print_rows(
+            "penalty: the same for variants torch.nn lacks, against the reference backend",
+            [r for r in table if "torch" not in r.providers],
+            baseline="reference",
+        )
     if "grid" in rows:
         grid = grid_rows(cells, args.quick)
         for r in grid:

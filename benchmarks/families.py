@@ -118,9 +118,11 @@ def machine() -> str:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines()[:12]
     except (OSError, subprocess.CalledProcessError):
         lscpu = [platform.processor() or "unknown CPU"]
-    return ("```\n" + "\n".join(lscpu) + "\n```\n\n"
-            f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), Python "
-            f"{platform.python_version()}, {torch.get_num_threads()} intra-op thread(s), load average {load()}")
+    return (
+        "```\n" + "\n".join(lscpu) + "\n```\n\n"
+        f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), Python "
+        f"{platform.python_version()}, {torch.get_num_threads()} intra-op thread(s), load average {load()}"
+    )
 
 
 def parse_row(text: str) -> tuple[int, int, int, bool]:

@@ -41,8 +41,10 @@ import gatedrnn  # noqa: E402
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM), "gru": (torch.nn.GRU, gatedrnn.GRU)}
 # layer-norm cells, timed against cuDNN's plain cell of the same size (cuDNN has no layer norm)
-LAYER_NORM_CELLS = {"lstm-ln": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, layer_norm=True)),
-                    "gru-ln": (torch.nn.GRU, functools.partial(gatedrnn.GRU, layer_norm=True))}
+LAYER_NORM_CELLS = {
+    "lstm-ln": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, layer_norm=True)),
+    "gru-ln": (torch.nn.GRU, functools.partial(gatedrnn.GRU, layer_norm=True)),
+}
 # regularised training (zoneout and recurrent dropout inside the kernels), which cuDNN cannot run:
 # timed beside cuDNN's unregularised cell and the reference loop, a regularised run's alternative
 REGULARISED_CELLS = {"lstm-zo": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, zoneout=0.1, recurrent_dropout=0.1))}
@@ -62,9 +64,16 @@ class Case:
         return f"{self.cell} {self.dtype} B={self.B} H={self.H} T={self.T}"
 
 
-TARGETS = (Case("lstm", "bf16", 16, 1024), Case("gru", "bf16", 16, 1024), Case("lstm", "fp16", 16, 1024),
-           Case("lstm", "fp16", 16, 768, 1024), Case("gru", "fp16", 16, 768, 1024), Case("gru", "bf16", 16, 768, 1024),
-           Case("lstm-ln", "bf16", 16, 1024), Case("gru-ln", "bf16", 16, 1024))
+TARGETS = (
+    Case("lstm", "bf16", 16, 1024),
+    Case("gru", "bf16", 16, 1024),
+    Case("lstm", "fp16", 16, 1024),
+    Case("lstm", "fp16", 16, 768, 1024),
+    Case("gru", "fp16", 16, 768, 1024),
+    Case("gru", "bf16", 16, 768, 1024),
+    Case("lstm-ln", "bf16", 16, 1024),
+    Case("gru-ln", "bf16", 16, 1024),
+)
 # timed after the targets and the sweep, before the grid
 EXTRAS = (Case("lstm-zo", "bf16", 16, 1024),)
 
@@ -74,17 +83,32 @@ EXTRAS = (Case("lstm-zo", "bf16", 16, 1024),)
 # what a GPU prefers. At B=16 the units per program, warps, where the weights live and the
 # pipelining of the streamed loops (the backward streams at H=1024); at B=256 the streamed batch
 # block (BB=32 re-reads the weights twice as often as 64) and the pipelining
-_SMALL_BATCH = {"planner's choice": {}, "block_h=8": {"block_h": 8}, "block_h=32": {"block_h": 32},
-                "4 warps": {"num_warps": 4}, "8 warps": {"num_warps": 8}, "streamed weights": {"resident": False},
-                "2 stages": {"stages": 2}, "3 stages": {"stages": 3}}
-SWEEP = {TARGETS[0]: _SMALL_BATCH, TARGETS[1]: _SMALL_BATCH,
-         Case("lstm", "bf16", 256, 1024): {"planner's choice": {}, "block_b=32": {"block_b": 32},
-                                           "8 warps": {"num_warps": 8}, "3 stages": {"stages": 3}}}
+_SMALL_BATCH = {
+    "planner's choice": {},
+    "block_h=8": {"block_h": 8},
+    "block_h=32": {"block_h": 32},
+    "4 warps": {"num_warps": 4},
+    "8 warps": {"num_warps": 8},
+    "streamed weights": {"resident": False},
+    "2 stages": {"stages": 2},
+    "3 stages": {"stages": 3},
+}
+SWEEP = {
+    TARGETS[0]: _SMALL_BATCH,
+    TARGETS[1]: _SMALL_BATCH,
+    Case("lstm", "bf16", 256, 1024): {
+        "planner's choice": {},
+        "block_b=32": {"block_b": 32},
+        "8 warps": {"num_warps": 8},
+        "3 stages": {"stages": 3},
+    },
+}
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
     """The targets first, then :data:`EXTRAS`, then the grid, most telling first: B=16
     before the other batches, H=1024 before the other sizes, then in the order of ``dtypes``."""
+
     def priority(c: Case):
         return (c.B != 16, abs(c.H - 1024), dtypes.index(c.dtype), c.B, cells.index(c.cell))
 
@@ -139,13 +163,23 @@ def machine() -> str:
 
     props = torch.cuda.get_device_properties(0)
     try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20).stdout.strip().splitlines()[0]
+        driver = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            .stdout.strip()
+            .splitlines()[0]
+        )
     except (OSError, subprocess.SubprocessError, IndexError):
         driver = "unknown"
-    return (f"{props.name} ({props.multi_processor_count} SMs), driver {driver}, torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, Triton {triton.__version__}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{props.name} ({props.multi_processor_count} SMs), driver {driver}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, Triton {triton.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main(argv=None) -> int:
@@ -156,15 +190,22 @@ def main(argv=None) -> int:
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--budget-s", type=float, default=float("inf"), help="start no new case after this long")
     p.add_argument("--rep-ms", type=int, default=200, help="do_bench repetition time per measurement")
-    p.add_argument("--reference-for", default="B=16", help="run the slow reference loop only where the label "
-                   "contains this (empty: everywhere)")
+    p.add_argument(
+        "--reference-for",
+        default="B=16",
+        help="run the slow reference loop only where the label contains this (empty: everywhere)",
+    )
     p.add_argument("--T", type=int, default=512, help="sequence length of the grid (targets keep theirs)")
     p.add_argument("--csv")
     p.add_argument("--markdown")
     p.add_argument("--dry-run", action="store_true", help="print the cases in run order and exit")
     p.add_argument("--no-sweep", action="store_true", help="skip the launch-override sweep after the targets")
-    p.add_argument("--sweep-budget-s", type=float, default=float("inf"), help="start no new sweep case after this "
-                   "long in the sweep (within --budget-s)")
+    p.add_argument(
+        "--sweep-budget-s",
+        type=float,
+        default=float("inf"),
+        help="start no new sweep case after this long in the sweep (within --budget-s)",
+    )
     p.add_argument("--auto-table", help="record the speed-ups in this measured.json for backend='auto'")
     p.add_argument("--verified", action="store_true", help="the GPU tests passed on this device")
     args = p.parse_args(argv)
@@ -196,8 +237,15 @@ def main(argv=None) -> int:
     if args.auto_table:
         import triton
 
-        record = auto_record(rows, planned, torch.cuda.get_device_name(0), args.verified,
-                             list(torch.cuda.get_device_capability(0)), triton.__version__, header)
+        record = auto_record(
+            rows,
+            planned,
+            torch.cuda.get_device_name(0),
+            args.verified,
+            list(torch.cuda.get_device_capability(0)),
+            triton.__version__,
+            header,
+        )
         write_auto_table(args.auto_table, record)
         print(auto_summary(record))
     return 0
@@ -214,7 +262,7 @@ def run(planned: list[Case], args) -> tuple[list[dict], list[str], list[dict]]:
         return time.time() - start > args.budget_s
 
     try:
-        for case in planned[:len(TARGETS)]:  # cases() puts the targets first
+        for case in planned[: len(TARGETS)]:  # cases() puts the targets first
             if spent():
                 break
             rows += measure_case(case, args)
@@ -276,8 +324,14 @@ def sweep(plan: dict[Case, dict[str, dict]], rep_ms: int, deadline: float, rows:
             row = {"case": case.label, "tuning": name, **r}
             if "error" not in r:
                 row.update(us_step_fwd=1000 * r["fwd_ms"] / case.T, us_step_fwdbwd=1000 * r["fwdbwd_ms"] / case.T)
-            print(f"sweep {case.label} [{name}] " + (row.get("error") or
-                  f"fwd {row['us_step_fwd']:.2f} fwd+bwd {row['us_step_fwdbwd']:.2f} us/step; {row['path']}"), flush=True)
+            print(
+                f"sweep {case.label} [{name}] "
+                + (
+                    row.get("error")
+                    or f"fwd {row['us_step_fwd']:.2f} fwd+bwd {row['us_step_fwdbwd']:.2f} us/step; {row['path']}"
+                ),
+                flush=True,
+            )
             rows.append(row)
 
 
@@ -294,18 +348,31 @@ def sweep_summary(rows: list[dict]) -> str:
 def sweep_markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
-    lines = ["", "| case | launch override | fwd µs/step | fwd+bwd µs/step | peak MiB | path |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "| case | launch override | fwd µs/step | fwd+bwd µs/step | peak MiB | path |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['case']} | {r['tuning']} | {r['error']} | | | |")
         else:
-            lines.append(f"| {r['case']} | {r['tuning']} | {r['us_step_fwd']:.2f} | {r['us_step_fwdbwd']:.2f} | "
-                         f"{r['peak_mib']:.0f} | {r['path']} |")
+            lines.append(
+                f"| {r['case']} | {r['tuning']} | {r['us_step_fwd']:.2f} | {r['us_step_fwdbwd']:.2f} | "
+                f"{r['peak_mib']:.0f} | {r['path']} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def auto_record(rows: list[dict], planned: list[Case], device: str, verified: bool, capability: list[int],
-                triton_version: str, source: str) -> dict:
+def auto_record(
+    rows: list[dict],
+    planned: list[Case],
+    device: str,
+    verified: bool,
+    capability: list[int],
+    triton_version: str,
+    source: str,
+) -> dict:
     """This run as a device record of measured.json: the speed-ups of every case of a cell cuDNN
     also runs (not the layer-norm rows, which compare against cuDNN's plain cell). A case where
     the kernels or cuDNN failed is recorded with speed-ups 0: no neighbouring measurement may
@@ -317,10 +384,27 @@ def auto_record(rows: list[dict], planned: list[Case], device: str, verified: bo
         if r["provider"] != "triton" or case is None or case.cell not in CELLS:
             continue
         fwd, train = (r["speedup_fwd"], r["speedup_fwdbwd"]) if "speedup_fwd" in r else (0.0, 0.0)
-        cases.append({"cell": case.cell, "dtype": case.dtype, "B": case.B, "H": case.H, "T": case.T,
-                      "fwd": round(fwd, 3), "train": round(train, 3)})
-    return {"name": device, "capability": capability, "verified": bool(verified), "triton": triton_version,
-            "torch": torch.__version__, "source": source, "measured": time.strftime("%Y-%m-%d"), "cases": cases}
+        cases.append(
+            {
+                "cell": case.cell,
+                "dtype": case.dtype,
+                "B": case.B,
+                "H": case.H,
+                "T": case.T,
+                "fwd": round(fwd, 3),
+                "train": round(train, 3),
+            }
+        )
+    return {
+        "name": device,
+        "capability": capability,
+        "verified": bool(verified),
+        "triton": triton_version,
+        "torch": torch.__version__,
+        "source": source,
+        "measured": time.strftime("%Y-%m-%d"),
+        "cases": cases,
+    }
 
 
 def write_auto_table(path: str, record: dict) -> None:
@@ -349,8 +433,10 @@ def auto_summary(record: dict) -> str:
     cases = record["cases"] if record["verified"] else []
     fwd = [c for c in cases if c["fwd"] >= MARGIN]
     train = [c for c in cases if c["train"] >= MARGIN]
-    lines = [f"auto on {record['name']} (verified: {record['verified']}): triton instead of cuDNN where "
-             f">= {MARGIN}x, forward in {len(fwd)} and training in {len(train)} of {len(record['cases'])} cases"]
+    lines = [
+        f"auto on {record['name']} (verified: {record['verified']}): triton instead of cuDNN where "
+        f">= {MARGIN}x, forward in {len(fwd)} and training in {len(train)} of {len(record['cases'])} cases"
+    ]
     lines += [f"  train: {c['cell']} {c['dtype']} B={c['B']} H={c['H']} x{c['train']:.2f}" for c in train]
     return "\n".join(lines)
 
@@ -366,9 +452,11 @@ def summarise(rows: list[dict]) -> str:
         if "us_step_fwd" not in t:
             lines.append(f"  {case:<34} triton: {t.get('error', 'not run')}")
             continue
-        lines.append(f"  {case:<34} cuDNN {c['us_step_fwd']:7.2f} | {c['us_step_fwdbwd']:7.2f}   triton "
-                     f"{t['us_step_fwd']:7.2f} | {t['us_step_fwdbwd']:7.2f}   x{t['speedup_fwd']:.2f} | "
-                     f"x{t['speedup_fwdbwd']:.2f}   mem {t['peak_mib']:.0f}/{c['peak_mib']:.0f} MiB")
+        lines.append(
+            f"  {case:<34} cuDNN {c['us_step_fwd']:7.2f} | {c['us_step_fwdbwd']:7.2f}   triton "
+            f"{t['us_step_fwd']:7.2f} | {t['us_step_fwdbwd']:7.2f}   x{t['speedup_fwd']:.2f} | "
+            f"x{t['speedup_fwdbwd']:.2f}   mem {t['peak_mib']:.0f}/{c['peak_mib']:.0f} MiB"
+        )
     return "\n".join(lines)
 
 
@@ -377,20 +465,27 @@ def format_row(row: dict) -> str:
         return f"{row['case']:<34} {row['provider']:<10} ERROR {row['error']}"
     if "us_step_fwd" not in row:
         return f"{row['case']:<34} {row['provider']:<10} fwd {row['fwd_ms']:.3f} ms  fwd+bwd {row['fwdbwd_ms']:.3f} ms"
-    return (f"{row['case']:<34} {row['provider']:<10} fwd {row['us_step_fwd']:7.2f} us/step "
-            f"(x{row['speedup_fwd']:.2f})  fwd+bwd {row['us_step_fwdbwd']:7.2f} us/step "
-            f"(x{row['speedup_fwdbwd']:.2f})  peak {row['peak_mib']:.0f} MiB")
+    return (
+        f"{row['case']:<34} {row['provider']:<10} fwd {row['us_step_fwd']:7.2f} us/step "
+        f"(x{row['speedup_fwd']:.2f})  fwd+bwd {row['us_step_fwdbwd']:7.2f} us/step "
+        f"(x{row['speedup_fwdbwd']:.2f})  peak {row['peak_mib']:.0f} MiB"
+    )
 
 
 def markdown(header: str, rows: list[dict], skipped: list[str]) -> str:
-    lines = [f"Machine: {header}", "",
-             "| case | provider | fwd µs/step | fwd speed-up | fwd+bwd µs/step | fwd+bwd speed-up | peak MiB | path |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {header}",
+        "",
+        "| case | provider | fwd µs/step | fwd speed-up | fwd+bwd µs/step | fwd+bwd speed-up | peak MiB | path |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "us_step_fwd" in r:
-            lines.append(f"| {r['case']} | {r['provider']} | {r['us_step_fwd']:.2f} | {r['speedup_fwd']:.2f}x | "
-                         f"{r['us_step_fwdbwd']:.2f} | {r['speedup_fwdbwd']:.2f}x | {r['peak_mib']:.0f} | "
-                         f"{r.get('path', '')} |")
+            lines.append(
+                f"| {r['case']} | {r['provider']} | {r['us_step_fwd']:.2f} | {r['speedup_fwd']:.2f}x | "
+                f"{r['us_step_fwdbwd']:.2f} | {r['speedup_fwdbwd']:.2f}x | {r['peak_mib']:.0f} | "
+                f"{r.get('path', '')} |"
+            )
         else:
             lines.append(f"| {r['case']} | {r['provider']} | {r.get('error', 'cuDNN failed')} | | | | | |")
     if skipped:

@@ -25,8 +25,9 @@ def main() -> None:
         theirs = getattr(torch.nn, family)(H, H)
         ours = getattr(gatedrnn, family)(H, H, backend="torch")
         ours.load_state_dict(theirs.state_dict())
-        packed = pack_padded_sequence(torch.randn(T, B, H), torch.linspace(T, 1, B).round().long(),
-                                      enforce_sorted=False)
+        packed = pack_padded_sequence(
+            torch.randn(T, B, H), torch.linspace(T, 1, B).round().long(), enforce_sorted=False
+        )
         times: dict[str, list[float]] = {"torch.nn": [], "gatedrnn": []}
         calls = [("torch.nn", theirs), ("gatedrnn", ours)]
         with torch.no_grad():

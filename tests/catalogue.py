@@ -38,8 +38,10 @@ def family_configurations(backend: str | None = None, hidden_size: int = 5) -> l
 
 def configurations(backend: str | None = None, hidden_size: int = 5) -> list:
     """:func:`family_configurations` as ``pytest.param``s with readable ids."""
-    return [pytest.param(name, options, id=_label(name, options))
-            for name, options in family_configurations(backend, hidden_size)]
+    return [
+        pytest.param(name, options, id=_label(name, options))
+        for name, options in family_configurations(backend, hidden_size)
+    ]
 
 
 def layer_shapes() -> list:

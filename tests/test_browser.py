@@ -18,14 +18,26 @@ pytestmark = pytest.mark.browser
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = os.environ.get("GATEDRNN_CHROMIUM") or next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
 if CHROMIUM is None:
-    pytest.skip("no chromium binary on PATH (apt-get install -y chromium, or set GATEDRNN_CHROMIUM)",
-                allow_module_level=True)
+    pytest.skip(
+        "no chromium binary on PATH (apt-get install -y chromium, or set GATEDRNN_CHROMIUM)", allow_module_level=True
+    )
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TEXT = "John wanted to visit his friend's house, but he couldn't find the address.\nHe spent hours searching for it. [X]"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TEXT = (
+    "John wanted to visit his friend's house, but he couldn't find the address.\nHe spent hours searching for it. [X]"
+)
 UNKNOWN = [TEXT.index("["), TEXT.index("X"), TEXT.index("]")]
 
 
@@ -37,12 +49,23 @@ def lstm_record() -> GateRecord:
     vowel = np.array([c in "aeiou" for c in TEXT])[:, None]
     ramp = np.broadcast_to(np.arange(H) / (H - 1), (T, H))
     f = np.where(vowel, 1 - ramp, ramp)
-    layer = {"i": rng.uniform(size=(T, H)), "f": f, "g": rng.uniform(-1, 1, (T, H)), "o": rng.uniform(size=(T, H)),
-             "c": rng.normal(size=(T, H)) * 3}
+    layer = {
+        "i": rng.uniform(size=(T, H)),
+        "f": f,
+        "g": rng.uniform(-1, 1, (T, H)),
+        "o": rng.uniform(size=(T, H)),
+        "c": rng.normal(size=(T, H)) * 3,
+    }
     layer["h"] = layer["o"] * np.tanh(layer["c"])
     span = (np.arange(H) * 3 % H).astype(float)  # a "memory span" per unit: 0 3 6 1 4 7 2 5
-    return GateRecord(text=TEXT, cell="lstm", layers=[layer, {k: -v for k, v in layer.items()}],
-                      unknown=UNKNOWN, unit_scores={"memory span": [span, span[::-1]]}, title="browser test")
+    return GateRecord(
+        text=TEXT,
+        cell="lstm",
+        layers=[layer, {k: -v for k, v in layer.items()}],
+        unknown=UNKNOWN,
+        unit_scores={"memory span": [span, span[::-1]]},
+        title="browser test",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +94,7 @@ def page(browser, tmp_path):
 
 
 def test_a_title_that_opens_an_html_comment_still_renders(browser, tmp_path):
-    """"<!--<script" inside the data block would leave it unclosed, and the page blank."""
+    """ "<!--<script" inside the data block would leave it unclosed, and the page blank."""
     record = lstm_record()
     record.title = "<!--<script> a model's name"
     pg = browser.new_page()
@@ -146,7 +169,9 @@ def test_hover_shows_every_gate_value(page):
     page.hover(f"#text .ch >> nth={t}")
     tip = page.locator("#tooltip")
     assert tip.is_visible()
-    rows = page.eval_on_selector_all("#tooltip tr", "els => els.map(e => [e.dataset.name, e.querySelector('.value').textContent])")
+    rows = page.eval_on_selector_all(
+        "#tooltip tr", "els => els.map(e => [e.dataset.name, e.querySelector('.value').textContent])"
+    )
     layer = lstm_record().layers[0]
     assert [name for name, _ in rows] == ["i", "f", "g", "o", "c", "h"]
     for name, shown in rows:

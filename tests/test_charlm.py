@@ -35,7 +35,10 @@ def test_corpus_files_match_the_recorded_checksums_and_licence():
 def test_corpus_is_prose_with_paragraphs_unwrapped():
     pride, persuasion = corpus_texts()
     assert pride.startswith("PRIDE AND PREJUDICE")
-    assert "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife." in pride
+    assert (
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife." in pride
+    )
     assert "Sir Walter Elliot, of Kellynch Hall" in persuasion
     # lines are paragraphs now: no printed 70-column wraps left
     assert max(len(line) for line in pride.split("\n")) > 500
@@ -109,11 +112,14 @@ def test_bad_options_are_refused():
 
 # --- the char model as the viewer and `gatedrnn sample` use it ----------------------------------
 
+
 def tiny_model(cell: str = "gru") -> CharModel:
     torch.manual_seed(0)
     vocab = corpus_vocab()
     rnn = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}[cell](8, 12, batch_first=True)
-    model = nn.ModuleDict({"embedding": nn.Embedding(len(vocab) + 1, 8), "rnn": rnn, "head": nn.Linear(12, len(vocab) + 1)})
+    model = nn.ModuleDict(
+        {"embedding": nn.Embedding(len(vocab) + 1, 8), "rnn": rnn, "head": nn.Linear(12, len(vocab) + 1)}
+    )
     return CharModel.from_module(model, vocab)
 
 

@@ -15,14 +15,28 @@ from pathlib import Path
 import pytest
 import torch
 
+import gatedrnn
 from gatedrnn import reproduce
 from gatedrnn.cli import build_parser, config_from_args, main, parse_task_options
 from gatedrnn.tasks import make_task
 from gatedrnn.train import TEST_SEED_OFFSET, ConfigError, TrainConfig
 from helpers import metrics_records
 
-TINY = ["--seq-len", "12", "--hidden", "8", "--batch", "8", "--steps", "20", "--eval-every", "10",
-        "--checkpoint-every", "10", "--no-progress"]
+TINY = [
+    "--seq-len",
+    "12",
+    "--hidden",
+    "8",
+    "--batch",
+    "8",
+    "--steps",
+    "20",
+    "--eval-every",
+    "10",
+    "--checkpoint-every",
+    "10",
+    "--no-progress",
+]
 
 
 def one_error_line(capsys, argv: list[str]) -> str:
@@ -39,26 +53,35 @@ def one_error_line(capsys, argv: list[str]) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["train", "--task", "nope"], "unknown task 'nope'; expected one of adding"),
-    (["train", "--task", "adding", "--cell", "lstmx"], "invalid choice: 'lstmx'"),
-    (["train", "--task", "adding", "--variant", "forgetless"], "invalid choice: 'forgetless'"),
-    (["train", "--task", "adding", "--cell", "gru", "--variant", "nfg"], "--variant applies to --cell lstm only"),
-    (["train", "--task", "adding", "--variant", "nfg", "--forget-bias", "1"], "variant 'nfg' has none"),
-    (["train", "--task", "adding", "--hidden", "0"], "--hidden: expected a positive integer, got 0"),
-    (["train", "--task", "adding", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
-    (["train", "--task", "adding", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
-    (["train", "--task", "adding", "--batch", "x"], "expected a positive integer, got 'x'"),
-    (["train", "--task", "adding", "--seq-len", "10"], "seq_len must be at least 22"),
-    (["train", "--task", "adding", "--lr", "-1"], "lr must be a positive number, got -1"),
-    (["train", "--task", "adding", "--task-opt", "nope=1"], "task 'adding' has no option 'nope'; its options are: tolerance"),
-    (["train", "--task", "adding", "--task-opt", "tolerance=abc"], "task 'adding' expects a number for tolerance"),
-    (["train", "--task", "adding", "--task-opt", "tolerance"], "--task-opt expects KEY=VALUE"),
-    (["compare", "--task", "adding", "--cells", "rnn,tree"], "--cells expects a comma-separated list of lstm, gru, rnn"),
-    (["reproduce", "hochreiter2000"], "invalid choice: 'hochreiter2000'"),
-    (["reproduce", "hochreiter1997", "--rows", "nope"], "unknown row 'nope'"),
-    ([], "the following arguments are required: COMMAND"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--task", "nope"], "unknown task 'nope'; expected one of adding"),
+        (["train", "--task", "adding", "--cell", "lstmx"], "invalid choice: 'lstmx'"),
+        (["train", "--task", "adding", "--variant", "forgetless"], "invalid choice: 'forgetless'"),
+        (["train", "--task", "adding", "--cell", "gru", "--variant", "nfg"], "--variant applies to --cell lstm only"),
+        (["train", "--task", "adding", "--variant", "nfg", "--forget-bias", "1"], "variant 'nfg' has none"),
+        (["train", "--task", "adding", "--hidden", "0"], "--hidden: expected a positive integer, got 0"),
+        (["train", "--task", "adding", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
+        (["train", "--task", "adding", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+        (["train", "--task", "adding", "--batch", "x"], "expected a positive integer, got 'x'"),
+        (["train", "--task", "adding", "--seq-len", "10"], "seq_len must be at least 22"),
+        (["train", "--task", "adding", "--lr", "-1"], "lr must be a positive number, got -1"),
+        (
+            ["train", "--task", "adding", "--task-opt", "nope=1"],
+            "task 'adding' has no option 'nope'; its options are: tolerance",
+        ),
+        (["train", "--task", "adding", "--task-opt", "tolerance=abc"], "task 'adding' expects a number for tolerance"),
+        (["train", "--task", "adding", "--task-opt", "tolerance"], "--task-opt expects KEY=VALUE"),
+        (
+            ["compare", "--task", "adding", "--cells", "rnn,tree"],
+            "--cells expects a comma-separated list of " + ", ".join(gatedrnn.registered_families()),
+        ),
+        (["reproduce", "hochreiter2000"], "invalid choice: 'hochreiter2000'"),
+        (["reproduce", "hochreiter1997", "--rows", "nope"], "unknown row 'nope'"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, expected):
     assert expected in one_error_line(capsys, argv)
 
@@ -126,19 +149,22 @@ def _damage(out, how: str) -> None:
         tensors.unlink()
 
 
-@pytest.mark.parametrize("how, expected", [
-    ("json-syntax", "checkpoint.json: JSONDecodeError"),
-    ("json-list", "expected a JSON object, got list"),
-    ("json-no-rng", "has no 'rng' entry"),
-    ("rng-truncated", "its checkpoint is damaged or from another program (RuntimeError"),
-    ("state-empty", "its training state lacks ema, last_eval, seconds, solved_step, step"),
-    ("state-mangled", "its training state mangles ema, solved_step"),
-    ("config-mangled", "the settings in its checkpoint are damaged (TypeError"),
-    ("config-options", "the settings in its checkpoint are damaged (TypeError: task_options must be a JSON object"),
-    ("step-infinite", "is not a checkpoint gatedrnn wrote: OverflowError"),
-    ("tensors-truncated", ".safetensors (named by"),
-    ("tensors-missing", ".safetensors (named by"),
-])
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("json-syntax", "checkpoint.json: JSONDecodeError"),
+        ("json-list", "expected a JSON object, got list"),
+        ("json-no-rng", "has no 'rng' entry"),
+        ("rng-truncated", "its checkpoint is damaged or from another program (RuntimeError"),
+        ("state-empty", "its training state lacks ema, last_eval, seconds, solved_step, step"),
+        ("state-mangled", "its training state mangles ema, solved_step"),
+        ("config-mangled", "the settings in its checkpoint are damaged (TypeError"),
+        ("config-options", "the settings in its checkpoint are damaged (TypeError: task_options must be a JSON object"),
+        ("step-infinite", "is not a checkpoint gatedrnn wrote: OverflowError"),
+        ("tensors-truncated", ".safetensors (named by"),
+        ("tensors-missing", ".safetensors (named by"),
+    ],
+)
 def test_resuming_a_damaged_checkpoint_says_what_is_wrong_in_one_line(capsys, tmp_path, how, expected):
     out = tmp_path / "run"
     argv = _finished_run(capsys, out)
@@ -202,8 +228,13 @@ def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
     gru.validate()
 
 
-@pytest.mark.parametrize("cells, expected", [(",", "--cells expects a comma-separated list of lstm, gru, rnn"),
-                                             ("gru,lstm,gru", "--cells lists a cell twice: 'gru,lstm,gru'")])
+@pytest.mark.parametrize(
+    "cells, expected",
+    [
+        (",", "--cells expects a comma-separated list of " + ", ".join(gatedrnn.registered_families())),
+        ("gru,lstm,gru", "--cells lists a cell twice: 'gru,lstm,gru'"),
+    ],
+)
 def test_compare_refuses_no_cells_and_a_cell_twice(capsys, tmp_path, cells, expected):
     line = one_error_line(capsys, ["compare", "--task", "adding-modern", "--cells", cells, "--out", str(tmp_path)])
     assert expected in line and not any(tmp_path.iterdir())
@@ -211,7 +242,12 @@ def test_compare_refuses_no_cells_and_a_cell_twice(capsys, tmp_path, cells, expe
 
 def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
     out = tmp_path / "rep"
-    assert main(["reproduce", "hochreiter1997", "--rows", "2a", "--seeds", "1", "--budget-scale", "0.01", "--out", str(out)]) == 0
+    assert (
+        main(
+            ["reproduce", "hochreiter1997", "--rows", "2a", "--seeds", "1", "--budget-scale", "0.01", "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     table = (out / "hochreiter1997-quick.md").read_text()
     assert table.strip() in printed
@@ -228,8 +264,9 @@ def test_reproduce_writes_and_prints_a_markdown_table(capsys, tmp_path):
     (out / "hochreiter1997-quick.md").unlink()  # the runs alone are kept too
     assert "already holds a run" in one_error_line(capsys, again)
     assert main([*again, "--overwrite"]) == 0
-    assert json.loads((out / "2a" / "seed0" / "summary.json").read_text())["steps"] != \
-        json.loads(summary_before)["steps"]
+    assert (
+        json.loads((out / "2a" / "seed0" / "summary.json").read_text())["steps"] != json.loads(summary_before)["steps"]
+    )
 
 
 def test_row_budgets_and_the_rows_of_a_full_table():
@@ -251,8 +288,22 @@ def test_a_rows_command_line_reruns_it():
     assert f"--steps {config.steps}" in command and "--eval-every 100" in command
     args = build_parser().parse_args(command.split()[1:])
     rerun = config_from_args(args, args.cell, None)
-    for name in ("task", "seq_len", "task_options", "cell", "variant", "hidden", "layers", "steps", "batch", "lr",
-                 "clip", "seed", "eval_every", "lstm_init"):
+    for name in (
+        "task",
+        "seq_len",
+        "task_options",
+        "cell",
+        "variant",
+        "hidden",
+        "layers",
+        "steps",
+        "batch",
+        "lr",
+        "clip",
+        "seed",
+        "eval_every",
+        "lstm_init",
+    ):
         assert getattr(rerun, name) == getattr(config, name), name
 
 
@@ -261,16 +312,29 @@ def test_the_table_cells_over_seeds():
     2/3 (67%), mean 200 sequences over the solved seeds, mean 2.3 wrong, budget steps x batch."""
     row = next(r for r in reproduce.HOCHREITER_1997 if r.key == "2a")
     config = row.config.to_dict()
-    summaries = [dict(solved_sequences=s, held_out_wrong=w, held_out_tested=2560, seconds=1.0, budget_steps=50,
-                      batch=32, config=config) for s, w in ((100, 1), (None, 2), (300, 4))]
+    summaries = [
+        dict(
+            solved_sequences=s,
+            held_out_wrong=w,
+            held_out_tested=2560,
+            seconds=1.0,
+            budget_steps=50,
+            batch=32,
+            config=config,
+        )
+        for s, w in ((100, 1), (None, 2), (300, 4))
+    ]
     result = reproduce.RowResult(row, summaries)
     assert result.cells() == ["2/3 (67%)", "200", "2.3 / 2560", "3"]
     line = next(x for x in reproduce.markdown_table([result], "quick").splitlines() if x.startswith("| 2a"))
     assert "| 2/3 (67%) | 200 | 2.3 / 2560 | 1,600 | 3 |" in line
 
 
-@pytest.mark.parametrize("full, scale, seeds, steps", [(False, 1.0, 3, 2000), (False, 0.5, 3, 1000),
-                                                       (True, 1.0, 10, 473)], ids=["quick", "scaled", "full"])
+@pytest.mark.parametrize(
+    "full, scale, seeds, steps",
+    [(False, 1.0, 3, 2000), (False, 0.5, 3, 1000), (True, 1.0, 10, 473)],
+    ids=["quick", "scaled", "full"],
+)
 def test_reproduce_runs_each_row_its_seeds_at_its_budget(tmp_path, monkeypatch, full, scale, seeds, steps):
     """Without --seeds a quick table runs 3 seeds and a full one 10; each run's steps are the
     row's quick steps (or full budget) times --budget-scale, in out/<row>/seed<S>."""
@@ -314,15 +378,49 @@ def test_resume_keeps_the_settings_left_out_and_refuses_one_changed(capsys, tmp_
     T=12 with 8 units, where the defaults say LSTM, the task's own T and 64 units); a flag given
     that differs from the checkpoint's is refused, and --steps may grow."""
     out = tmp_path / "run"
-    first = ["train", "--task", "adding-modern", "--cell", "gru", "--seq-len", "12", "--hidden", "8",
-             "--batch", "8", "--steps", "10", "--checkpoint-every", "5", "--task-opt", "tolerance=0.1",
-             "--no-progress", "--out", str(out)]
+    first = [
+        "train",
+        "--task",
+        "adding-modern",
+        "--cell",
+        "gru",
+        "--seq-len",
+        "12",
+        "--hidden",
+        "8",
+        "--batch",
+        "8",
+        "--steps",
+        "10",
+        "--checkpoint-every",
+        "5",
+        "--task-opt",
+        "tolerance=0.1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(first) == 0
     capsys.readouterr()
     line = one_error_line(capsys, ["train", "--task", "adding-modern", "--hidden", "16", "--out", str(out), "--resume"])
     assert "hidden: checkpoint 8, now 16" in line and "seq_len" not in line and "cell" not in line
-    assert main(["train", "--task", "adding-modern", "--steps", "20", "--no-progress", "--out", str(out), "--resume",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "adding-modern",
+                "--steps",
+                "20",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--resume",
+                "--json",
+            ]
+        )
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 20 and summary["cell"] == "gru"
     config = json.loads((out / "config.json").read_text())["train"]
@@ -344,8 +442,23 @@ def test_resume_under_another_task_machine_and_stopping_rule(capsys, tmp_path):
     meta = json.loads(pointer.read_text())
     meta["extra"]["config"]["device"] = "cuda"  # as a GPU run saves it
     pointer.write_text(json.dumps(meta))
-    assert main(["train", "--task", "adding-modern", "--steps", "20", "--stop", "--no-progress", "--out", str(out),
-                 "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "adding-modern",
+                "--steps",
+                "20",
+                "--stop",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())["train"]
     assert config["device"] == "auto" and config["stop_when_solved"] is True and config["hidden"] == 8
     assert "not allowed with argument" in one_error_line(capsys, [*argv, "--stop"])
@@ -419,8 +532,12 @@ def test_reproduce_counts_wrong_sequences_on_a_test_set_of_their_own(tmp_path, c
 
     monkeypatch.setattr(reproduce, "evaluate_saved", spy)
     out = tmp_path / "rep"
-    assert main(["reproduce", "hochreiter1997", "--rows", "6a", "--seeds", "1", "--budget-scale", "0.01",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["reproduce", "hochreiter1997", "--rows", "6a", "--seeds", "1", "--budget-scale", "0.01", "--out", str(out)]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert calls == [(out / "6a" / "seed0", reproduce.HELD_OUT_SEED_OFFSET)]
     [[summary]] = json.loads((out / "hochreiter1997-quick.json").read_text())
@@ -428,6 +545,8 @@ def test_reproduce_counts_wrong_sequences_on_a_test_set_of_their_own(tmp_path, c
     row = next(line for line in (out / "hochreiter1997-quick.md").read_text().splitlines() if line.startswith("| 6a"))
     assert "| 7 / 2560 |" in row and "| 1 / 2560 |" in row  # ours, then the paper's
     task = make_task("order-6a", seq_len=100)
-    first = [next(task.test_batches(torch.Generator().manual_seed(s + TEST_SEED_OFFSET), 64)).inputs
-             for s in (0, reproduce.HELD_OUT_SEED_OFFSET)]
+    first = [
+        next(task.test_batches(torch.Generator().manual_seed(s + TEST_SEED_OFFSET), 64)).inputs
+        for s in (0, reproduce.HELD_OUT_SEED_OFFSET)
+    ]
     assert not torch.equal(*first)  # two different test sets

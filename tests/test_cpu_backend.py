@@ -22,12 +22,12 @@ from torch.autograd import gradcheck
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import catalogue
 import gatedrnn
 from gatedrnn.backends import choose
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled, function
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise
-import catalogue
 from helpers import assert_close_results, random_projection, rel_err, run_and_grad
 
 I, H, T, B = 3, 5, 7, 4
@@ -38,8 +38,11 @@ LENGTHS = [7, 3, 1, 5]
 def _poison_empty_one_thread():
     """Uninitialised memory reads as NaN for the duration of a test. One intra-op thread: these
     tensors are tiny, and on a shared machine a second thread's wake-ups cost milliseconds per op."""
-    previous = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory,
-                torch.get_num_threads())
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.utils.deterministic.fill_uninitialized_memory,
+        torch.get_num_threads(),
+    )
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     torch.set_num_threads(1)
@@ -76,7 +79,8 @@ def _compiled_runs(loop, monkeypatch):
     _RUNS.update(forward=0, backward=0)
     for loop_class in (compiled.LSTMLoop, compiled.GRULoop):
         for kind in ("forward", "backward"):
-            def counting(*args, _original=getattr(loop_class, kind), _kind=kind):
+
+            def counting(*args, _original=getattr(loop_class, kind), _kind=kind):  # noqa: B008 -- binds the original now
                 _RUNS[_kind] += 1
                 return _original(*args)
 
@@ -92,18 +96,38 @@ def _compiled_expected(cfg: CellConfig) -> bool:
 def _cells():
     """The shared catalogue's configurations the cpu backend has kernels for, plus projections and
     bias-free layers across the families."""
-    cells = [pytest.param(functools.partial(gatedrnn.Recurrent, name), kw, id=param.id)
-             for param in catalogue.configurations("cpu") for name, kw in [param.values]]
-    cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=2, layer_norm=ln, bias=bias),
-                           id=f"lstm-{v}-proj{'-ln' if ln else ''}{'' if bias else '-nobias'}")
-              for v, ln, bias in [("vanilla", False, True), ("peephole", True, False), ("fgr", True, True),
-                                  ("cifg", False, False), ("noaf", True, True)]]
+    cells = [
+        pytest.param(functools.partial(gatedrnn.Recurrent, name), kw, id=param.id)
+        for param in catalogue.configurations("cpu")
+        for name, kw in [param.values]
+    ]
+    cells += [
+        pytest.param(
+            gatedrnn.LSTM,
+            dict(variant=v, proj_size=2, layer_norm=ln, bias=bias),
+            id=f"lstm-{v}-proj{'-ln' if ln else ''}{'' if bias else '-nobias'}",
+        )
+        for v, ln, bias in [
+            ("vanilla", False, True),
+            ("peephole", True, False),
+            ("fgr", True, True),
+            ("cifg", False, False),
+            ("noaf", True, True),
+        ]
+    ]
     cells += [pytest.param(gatedrnn.LSTM, dict(variant=v, bias=False), id=f"lstm-{v}-nobias") for v in ("fgr", "nfg")]
-    cells += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln, bias=False),
-                           id=f"gru-ra{int(ra)}{'-ln' if ln else ''}-nobias")
-              for ra in (True, False) for ln in (False, True)]
-    cells += [pytest.param(gatedrnn.RNN, dict(nonlinearity=nl, bias=False), id=f"rnn-{nl}-nobias")
-              for nl in ("tanh", "relu")]
+    cells += [
+        pytest.param(
+            gatedrnn.GRU,
+            dict(reset_after=ra, layer_norm=ln, bias=False),
+            id=f"gru-ra{int(ra)}{'-ln' if ln else ''}-nobias",
+        )
+        for ra in (True, False)
+        for ln in (False, True)
+    ]
+    cells += [
+        pytest.param(gatedrnn.RNN, dict(nonlinearity=nl, bias=False), id=f"rnn-{nl}-nobias") for nl in ("tanh", "relu")
+    ]
     return cells
 
 
@@ -127,8 +151,19 @@ def _pair(cls, kw, seed=1, hidden=H, **module_kw):
     return ref, fast
 
 
-def _compare(ref, fast, *, lengths: bool, hx: bool, batch_first=False, seed=5, steps=T, step_counts=LENGTHS,
-             batch=B, compiled_expected: bool | None = None):
+def _compare(
+    ref,
+    fast,
+    *,
+    lengths: bool,
+    hx: bool,
+    batch_first=False,
+    seed=5,
+    steps=T,
+    step_counts=LENGTHS,
+    batch=B,
+    compiled_expected: bool | None = None,
+):
     """Forward, final states and every gradient of ``fast`` against ``ref`` (1e-10 relative), and
     that ``fast`` ran the compiled loops for each layer and direction, forward and backward, where
     this test's ``loop`` is the compiled one and they take the cell (else that it did not)."""
@@ -226,13 +261,17 @@ def test_batch_first_unbatched_and_long_sequence():
         assert all(torch.allclose(s, t, rtol=1e-10, atol=1e-12) for s, t in zip(a[1], b[1]))
 
 
-@pytest.mark.parametrize("cls,kw", [
-    (gatedrnn.LSTM, dict(layer_norm=True, variant="peephole", proj_size=2, zoneout=0.2)),
-    (gatedrnn.LSTM, dict(layer_norm=True, variant="cifg", recurrent_dropout=0.3)),
-    (gatedrnn.LSTM, dict(layer_norm=True, variant="fgr", zoneout=0.2)),
-    (gatedrnn.GRU, dict(layer_norm=True, reset_after=True, zoneout=0.2)),
-    (gatedrnn.GRU, dict(reset_after=False, recurrent_dropout=0.3)),
-], ids=["lstm-peephole", "lstm-cifg", "lstm-fgr-ln", "gru-ra1-ln", "gru-ra0"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (gatedrnn.LSTM, dict(layer_norm=True, variant="peephole", proj_size=2, zoneout=0.2)),
+        (gatedrnn.LSTM, dict(layer_norm=True, variant="cifg", recurrent_dropout=0.3)),
+        (gatedrnn.LSTM, dict(layer_norm=True, variant="fgr", zoneout=0.2)),
+        (gatedrnn.GRU, dict(layer_norm=True, reset_after=True, zoneout=0.2)),
+        (gatedrnn.GRU, dict(reset_after=False, recurrent_dropout=0.3)),
+    ],
+    ids=["lstm-peephole", "lstm-cifg", "lstm-fgr-ln", "gru-ra1-ln", "gru-ra0"],
+)
 def test_long_sequences_match_in_every_gradient(cls, kw):
     """Long enough (37 steps, lengths down to 20) for the compiled loop's chunked weight gradient
     (16 steps a chunk) to cover several chunks and a partial one, in both directions."""
@@ -242,7 +281,9 @@ def test_long_sequences_match_in_every_gradient(cls, kw):
 
 GRADCHECK = [  # the big parameter sets run one direction only, to keep gradcheck's cost down
     pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, proj_size=2), id="lstm-fgr-ln-proj"),
-    pytest.param(gatedrnn.LSTM, dict(variant="peephole", zoneout=0.3, bidirectional=True), id="lstm-peephole-zoneout-eval"),
+    pytest.param(
+        gatedrnn.LSTM, dict(variant="peephole", zoneout=0.3, bidirectional=True), id="lstm-peephole-zoneout-eval"
+    ),
     pytest.param(gatedrnn.GRU, dict(layer_norm=True, reset_after=True), id="gru-ra1-ln"),
     pytest.param(gatedrnn.GRU, dict(layer_norm=True, reset_after=False, bidirectional=True), id="gru-ra0-ln"),
     pytest.param(gatedrnn.RNN, dict(nonlinearity="relu", bidirectional=True), id="rnn-relu"),
@@ -283,8 +324,11 @@ def _count_recurrence_calls(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("kw", [dict(variant="peephole"), dict(layer_norm=True), dict(zoneout=0.1)],
-                         ids=["peephole", "layer_norm", "zoneout"])
+@pytest.mark.parametrize(
+    "kw",
+    [dict(variant="peephole"), dict(layer_norm=True), dict(zoneout=0.1)],
+    ids=["peephole", "layer_norm", "zoneout"],
+)
 def test_auto_picks_cpu_for_what_torch_lacks(monkeypatch, kw):
     calls = _count_recurrence_calls(monkeypatch)
     module = gatedrnn.LSTM(I, H, num_layers=2, bidirectional=True, **kw)
@@ -294,24 +338,40 @@ def test_auto_picks_cpu_for_what_torch_lacks(monkeypatch, kw):
     assert choose("auto", CellConfig("lstm", H), torch.zeros(1), False) == "torch"
 
 
-@pytest.mark.parametrize("cls,T,B,hidden,dtype,grad,ragged,expected", [
-    (gatedrnn.GRU, 8, 2, H, torch.float32, True, False, "cpu"),
-    (gatedrnn.GRU, 7, 2, H, torch.float32, True, False, "torch"),
-    (gatedrnn.GRU, 1, 32, 256, torch.float64, True, False, "torch"),
-    (gatedrnn.GRU, 8, 2, H, torch.float32, True, True, "cpu"),
-    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, False, "cpu"),
-    (gatedrnn.GRU, 63, 32, 256, torch.float32, False, False, "torch"),
-    (gatedrnn.GRU, 64, 1, 257, torch.float32, False, False, "torch"),
-    (gatedrnn.GRU, 64, 33, 256, torch.float32, False, False, "torch"),
-    (gatedrnn.GRU, 64, 32, 256, torch.float32, False, True, "torch"),
-    (gatedrnn.GRU, 64, 2, H, torch.bfloat16, True, False, "torch"),
-    (gatedrnn.LSTM, 64, 2, H, torch.float32, True, False, "torch"),
-    (gatedrnn.RNN, 64, 2, H, torch.float32, True, False, "torch"),
-], ids=["gru-train-T8", "gru-train-T7", "gru-train-T1", "gru-train-T8-unequal", "gru-infer-T64", "gru-infer-T63",
-        "gru-infer-H257", "gru-infer-BH8448", "gru-infer-T64-unequal", "gru-bf16", "lstm",
-        "rnn"])
-def test_auto_runs_the_plain_gru_on_the_cpu_backend_where_measured_faster(loop, cls, T, B, hidden, dtype, grad,
-                                                                          ragged, expected):
+@pytest.mark.parametrize(
+    "cls,T,B,hidden,dtype,grad,ragged,expected",
+    [
+        (gatedrnn.GRU, 8, 2, H, torch.float32, True, False, "cpu"),
+        (gatedrnn.GRU, 7, 2, H, torch.float32, True, False, "torch"),
+        (gatedrnn.GRU, 1, 32, 256, torch.float64, True, False, "torch"),
+        (gatedrnn.GRU, 8, 2, H, torch.float32, True, True, "cpu"),
+        (gatedrnn.GRU, 64, 32, 256, torch.float32, False, False, "cpu"),
+        (gatedrnn.GRU, 63, 32, 256, torch.float32, False, False, "torch"),
+        (gatedrnn.GRU, 64, 1, 257, torch.float32, False, False, "torch"),
+        (gatedrnn.GRU, 64, 33, 256, torch.float32, False, False, "torch"),
+        (gatedrnn.GRU, 64, 32, 256, torch.float32, False, True, "torch"),
+        (gatedrnn.GRU, 64, 2, H, torch.bfloat16, True, False, "torch"),
+        (gatedrnn.LSTM, 64, 2, H, torch.float32, True, False, "torch"),
+        (gatedrnn.RNN, 64, 2, H, torch.float32, True, False, "torch"),
+    ],
+    ids=[
+        "gru-train-T8",
+        "gru-train-T7",
+        "gru-train-T1",
+        "gru-train-T8-unequal",
+        "gru-infer-T64",
+        "gru-infer-T63",
+        "gru-infer-H257",
+        "gru-infer-BH8448",
+        "gru-infer-T64-unequal",
+        "gru-bf16",
+        "lstm",
+        "rnn",
+    ],
+)
+def test_auto_runs_the_plain_gru_on_the_cpu_backend_where_measured_faster(
+    loop, cls, T, B, hidden, dtype, grad, ragged, expected
+):
     """The sizes of cpu.beats_torch's bounds, on either side, and packed batches of unequal
     lengths; without the compiled loops torch's kernel."""
     cfg = cls(I, hidden).cell_config
@@ -386,8 +446,9 @@ def test_gate_recording_runs_on_the_reference():
     assert trace.gates[(0, 0)]["o"].shape == (T, B, H)
 
 
-@pytest.mark.parametrize("kw", [dict(layer_norm=True, variant="fgr"), dict(variant="peephole", proj_size=2)],
-                         ids=["fgr-ln", "peephole-proj"])
+@pytest.mark.parametrize(
+    "kw", [dict(layer_norm=True, variant="fgr"), dict(variant="peephole", proj_size=2)], ids=["fgr-ln", "peephole-proj"]
+)
 def test_retained_graph_gives_the_same_gradients_twice(kw):
     module = gatedrnn.LSTM(I, H, backend="cpu", dtype=torch.float64, **kw)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
@@ -411,13 +472,17 @@ def _count_compiled_calls(monkeypatch) -> list[str]:
     return calls
 
 
-@pytest.mark.parametrize("cls,kw,expected", [
-    (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True), "LSTMLoop"),
-    (gatedrnn.LSTM, dict(variant="cifg", proj_size=2, zoneout=0.2), "LSTMLoop"),
-    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), "GRULoop"),
-    (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True), "LSTMLoop"),
-    (gatedrnn.RNN, dict(nonlinearity="relu"), None),
-], ids=["lstm-peephole-ln", "lstm-cifg", "gru-ra0-ln", "lstm-fgr-ln", "rnn"])
+@pytest.mark.parametrize(
+    "cls,kw,expected",
+    [
+        (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True), "LSTMLoop"),
+        (gatedrnn.LSTM, dict(variant="cifg", proj_size=2, zoneout=0.2), "LSTMLoop"),
+        (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), "GRULoop"),
+        (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True), "LSTMLoop"),
+        (gatedrnn.RNN, dict(nonlinearity="relu"), None),
+    ],
+    ids=["lstm-peephole-ln", "lstm-cifg", "gru-ra0-ln", "lstm-fgr-ln", "rnn"],
+)
 def test_the_compiled_loops_run_every_lstm_and_every_gru(loop, monkeypatch, cls, kw, expected):
     calls = _count_compiled_calls(monkeypatch)
     cls(I, H, bidirectional=True, backend="cpu", **kw)(torch.randn(T, B, I))
@@ -427,10 +492,15 @@ def test_the_compiled_loops_run_every_lstm_and_every_gru(loop, monkeypatch, cls,
 
 
 @pytest.mark.parametrize("hidden", [H, 21], ids=["H5", "H21"])
-@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=3)),
-                                    (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True)),
-                                    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True))],
-                         ids=["lstm", "lstm-fgr", "gru"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=3)),
+        (gatedrnn.LSTM, dict(variant="fgr", layer_norm=True)),
+        (gatedrnn.GRU, dict(reset_after=False, layer_norm=True)),
+    ],
+    ids=["lstm", "lstm-fgr", "gru"],
+)
 def test_float32_loops_are_as_accurate_as_each_other(loop, cls, kw, hidden):
     """In float32 the compiled loops and the Python ones both stay close to the float64 reference
     (H = 21: rows longer than one float vector, with a partial one after it; two threads)."""
@@ -474,9 +544,11 @@ def test_without_the_compiled_loop_the_python_one_runs_and_says_why(loop, monkey
 
 
 def test_a_failed_build_reports_the_compilers_first_error():
-    log = ("Error building extension 'x': [1/2] c++ -c lstm_loop.cpp -o lstm_loop.o\n"
-           "lstm_loop.cpp:12:5: error: 'foo' was not declared in this scope\n"
-           "lstm_loop.cpp:30:1: error: expected ';'\nninja: build stopped: subcommand failed.")
+    log = (
+        "Error building extension 'x': [1/2] c++ -c lstm_loop.cpp -o lstm_loop.o\n"
+        "lstm_loop.cpp:12:5: error: 'foo' was not declared in this scope\n"
+        "lstm_loop.cpp:30:1: error: expected ';'\nninja: build stopped: subcommand failed."
+    )
     assert compiled._first_error(log) == "lstm_loop.cpp:12:5: error: 'foo' was not declared in this scope"
     assert compiled._first_error("linker said no") == "linker said no"
 
@@ -489,10 +561,15 @@ def _row_tasks(batch: int, row_size: int, threads: int) -> int:
 
 
 SPLIT = [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=True), id=f"lstm-{v}-ln") for v in LSTM_VARIANTS]
-SPLIT += [pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=7, bias=False), id=f"lstm-{v}-proj-nobias")
-          for v in LSTM_VARIANTS]
-SPLIT += [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln), id=f"gru-ra{int(ra)}{'-ln' if ln else ''}")
-          for ra in (True, False) for ln in (False, True)]
+SPLIT += [
+    pytest.param(gatedrnn.LSTM, dict(variant=v, proj_size=7, bias=False), id=f"lstm-{v}-proj-nobias")
+    for v in LSTM_VARIANTS
+]
+SPLIT += [
+    pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln), id=f"gru-ra{int(ra)}{'-ln' if ln else ''}")
+    for ra in (True, False)
+    for ln in (False, True)
+]
 
 
 @pytest.mark.parametrize("hidden,batch", [(21, 1), (64, 45)], ids=["H21-B1", "H64-B45-two-tasks"])
@@ -590,8 +667,14 @@ def test_a_build_lock_left_by_a_killed_build_does_not_hang_the_next(loop, tmp_pa
     assert not (tmp_path / name / "lock").exists()
 
 
-@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2)),
-                                    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True))], ids=["lstm", "gru"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2)),
+        (gatedrnn.GRU, dict(reset_after=False, layer_norm=True)),
+    ],
+    ids=["lstm", "gru"],
+)
 def test_an_empty_batch_runs_as_the_reference_does(cls, kw):
     """The backend's run_layer with B = 0 (the module itself returns early) gives the reference's result."""
     module = cls(I, H, dtype=torch.float64, **kw)
@@ -631,19 +714,33 @@ def test_a_layer_outputs_zeros_on_padded_steps_and_takes_no_gradient_there(cls, 
         assert rel_err(a, b) < 1e-10, f"result {k}: rel err {rel_err(a, b)}"
 
 
-@pytest.mark.parametrize("cls,kw", [
-    (gatedrnn.GRU, dict(layer_norm=True)),
-    (gatedrnn.LSTM, dict(variant="peephole", bidirectional=True)),
-    (gatedrnn.LSTM, dict(variant="fgr", backend="reference")),
-    (gatedrnn.LSTM, dict()),  # torch's kernel: torch.nn.LSTM's fails under CPU autocast
-    (gatedrnn.RNN, dict(num_layers=2)),  # torch's kernel: torch.nn.RNN would return bfloat16
-    (gatedrnn.RNN, dict(backend="cpu")),
-    (gatedrnn.GRU, dict()),
-    (gatedrnn.LSTMCell, dict(layer_norm=True)),
-    (gatedrnn.GRUCell, dict(backend="reference")),
-    (gatedrnn.RNNCell, dict()),  # torch's step: torch.nn.RNNCell would return bfloat16
-], ids=["gru-ln", "lstm-peephole", "lstm-fgr-reference", "lstm", "rnn-2-layers", "rnn-cpu", "gru", "lstmcell-ln",
-        "grucell", "rnncell"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (gatedrnn.GRU, dict(layer_norm=True)),
+        (gatedrnn.LSTM, dict(variant="peephole", bidirectional=True)),
+        (gatedrnn.LSTM, dict(variant="fgr", backend="reference")),
+        (gatedrnn.LSTM, dict()),  # torch's kernel: torch.nn.LSTM's fails under CPU autocast
+        (gatedrnn.RNN, dict(num_layers=2)),  # torch's kernel: torch.nn.RNN would return bfloat16
+        (gatedrnn.RNN, dict(backend="cpu")),
+        (gatedrnn.GRU, dict()),
+        (gatedrnn.LSTMCell, dict(layer_norm=True)),
+        (gatedrnn.GRUCell, dict(backend="reference")),
+        (gatedrnn.RNNCell, dict()),  # torch's step: torch.nn.RNNCell would return bfloat16
+    ],
+    ids=[
+        "gru-ln",
+        "lstm-peephole",
+        "lstm-fgr-reference",
+        "lstm",
+        "rnn-2-layers",
+        "rnn-cpu",
+        "gru",
+        "lstmcell-ln",
+        "grucell",
+        "rnncell",
+    ],
+)
 @pytest.mark.parametrize("layout", ["padded", "packed"])
 def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw, layout):
     """Under CPU autocast (bfloat16) every module and backend computes as without it, in float32,
@@ -676,10 +773,16 @@ def test_cpu_autocast_runs_the_recurrence_in_the_parameters_dtype(cls, kw, layou
 
 
 SECOND_ORDER = [
-    pytest.param(gatedrnn.LSTM, dict(variant="peephole", proj_size=2, layer_norm=True, zoneout=0.3),
-                 id="lstm-peephole-proj-ln-zoneout"),
-    pytest.param(gatedrnn.LSTM, dict(variant="fgr", layer_norm=True, bias=False, recurrent_dropout=0.3),
-                 id="lstm-fgr-ln-nobias-dropout"),
+    pytest.param(
+        gatedrnn.LSTM,
+        dict(variant="peephole", proj_size=2, layer_norm=True, zoneout=0.3),
+        id="lstm-peephole-proj-ln-zoneout",
+    ),
+    pytest.param(
+        gatedrnn.LSTM,
+        dict(variant="fgr", layer_norm=True, bias=False, recurrent_dropout=0.3),
+        id="lstm-fgr-ln-nobias-dropout",
+    ),
     pytest.param(gatedrnn.LSTM, dict(variant="cifg"), id="lstm-cifg"),
     pytest.param(gatedrnn.GRU, dict(reset_after=True, layer_norm=True, zoneout=0.3), id="gru-ra1-ln-zoneout"),
     pytest.param(gatedrnn.GRU, dict(reset_after=False), id="gru-ra0"),
@@ -717,8 +820,11 @@ def test_second_derivatives_through_the_recurrence_match_the_reference(cls, kw, 
     backend's, and the first-order values equal the fused backward's."""
     replays = []
     for kind in ("_torch_gru_replay", "_replay"):
-        monkeypatch.setattr(cpu_backend, kind, lambda *a, _f=getattr(cpu_backend, kind), _k=kind, **k:
-                            replays.append(_k) or _f(*a, **k))
+        monkeypatch.setattr(
+            cpu_backend,
+            kind,
+            lambda *a, _f=getattr(cpu_backend, kind), _k=kind, **k: replays.append(_k) or _f(*a, **k),  # noqa: B008
+        )
     ref, fast = _pair(cls, kw, bidirectional=True, num_layers=2)
     x = torch.randn(T, B, I, dtype=torch.float64)
     LD = ref.num_layers * ref.num_directions
@@ -767,8 +873,12 @@ def test_the_replay_holds_no_second_copy_of_the_zoneout_masks(lengths):
     them; the keeps differ from the masks only on steps that did not run."""
     cfg = CellConfig("lstm", H)
     x = torch.randn(T, B, I)
-    noise = Noise(zoneout=0.3, zoneout_h=torch.rand(T, B, H).lt(0.3).float(),
-                  zoneout_c=torch.rand(T, B, H).lt(0.3).float(), recurrent_mask=torch.rand(B, H))
+    noise = Noise(
+        zoneout=0.3,
+        zoneout_h=torch.rand(T, B, H).lt(0.3).float(),
+        zoneout_c=torch.rand(T, B, H).lt(0.3).float(),
+        recurrent_mask=torch.rand(B, H),
+    )
     lens = None if lengths is None else torch.tensor(lengths)
     plan = cpu_backend.make_plan(cfg, x, lens, noise, reverse=False)
     replayed = plan.replay.args[-1]
@@ -794,10 +904,13 @@ def test_a_first_order_backward_runs_after_the_initial_state_is_overwritten():
     assert module.weight_ch_l0.grad is not None
 
 
-@pytest.mark.parametrize("cls,kw", [
-    pytest.param(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2), id="lstm-peephole-ln-proj"),
-    pytest.param(gatedrnn.GRU, dict(reset_after=True), id="gru"),
-])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        pytest.param(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2), id="lstm-peephole-ln-proj"),
+        pytest.param(gatedrnn.GRU, dict(reset_after=True), id="gru"),
+    ],
+)
 def test_gradgradcheck(cls, kw):
     """torch's own second-order check (analytic against numerical) on the cpu backend."""
     module = cls(2, 3, dtype=torch.float64, backend="cpu", **kw)
@@ -848,7 +961,8 @@ def test_the_compiled_ops_fake_implementations_match_them(loop, monkeypatch, cls
         pytest.skip("the compiled ops' own test")
     ops, captured = torch.ops.gatedrnn_cpu, {}
     for name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
-        def recording(*args, _op=getattr(ops, name), _name=name):
+
+        def recording(*args, _op=getattr(ops, name), _name=name):  # noqa: B008 -- binds the original now
             captured[_name] = args
             return _op(*args)
 
@@ -865,10 +979,15 @@ def test_the_compiled_ops_fake_implementations_match_them(loop, monkeypatch, cls
         torch.library.opcheck(getattr(torch.ops.gatedrnn_cpu, name).default, plain)
 
 
-@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2,
-                                                          num_layers=2, bidirectional=True)),
-                                    (gatedrnn.GRU, dict(reset_after=False, zoneout=0.2)), (gatedrnn.GRU, dict())],
-                         ids=["lstm-peephole-ln-proj-stacked", "gru-ra0-zoneout", "gru"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (gatedrnn.LSTM, dict(variant="peephole", layer_norm=True, proj_size=2, num_layers=2, bidirectional=True)),
+        (gatedrnn.GRU, dict(reset_after=False, zoneout=0.2)),
+        (gatedrnn.GRU, dict()),
+    ],
+    ids=["lstm-peephole-ln-proj-stacked", "gru-ra0-zoneout", "gru"],
+)
 def test_torch_export_runs_the_cpu_backend(loop, cls, kw):
     module = cls(I, H, backend="cpu", **kw).eval()
     program = torch.export.export(module, (torch.randn(T, B, I),))
@@ -893,15 +1012,18 @@ def test_the_plain_gru_keeps_torchs_kernel_under_torch_func_and_export(loop):
     (no vmap or forward-mode rule in the Function) and a graph that does not depend on T."""
     module = gatedrnn.GRU(I, H, dtype=torch.float64)
     x = torch.randn(9, B, I, dtype=torch.float64)
-    expected, = torch.autograd.grad(module(x.requires_grad_(True))[0].sum(), x)
+    (expected,) = torch.autograd.grad(module(x.requires_grad_(True))[0].sum(), x)
     given = torch.func.grad(lambda inp: module(inp)[0].sum())(x.detach())
     assert rel_err(given, expected) < 1e-12
     program = torch.export.export(module.eval(), (x.detach(),))
     assert "gatedrnn_cpu" not in str(program.graph) and "gru" in str(program.graph)
 
 
-@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, dict(variant="peephole")), (gatedrnn.GRU, dict(layer_norm=True))],
-                         ids=["lstm-peephole", "gru-ln"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [(gatedrnn.LSTM, dict(variant="peephole")), (gatedrnn.GRU, dict(layer_norm=True))],
+    ids=["lstm-peephole", "gru-ln"],
+)
 def test_a_variant_under_torch_func_runs_on_the_reference_loop(cls, kw):
     """torch.func.grad and vmap over a variant: ``auto`` (the cpu backend outside transforms)
     runs the reference loop under them, since the fused Function has no functorch rule; naming
@@ -930,8 +1052,10 @@ def test_the_compiled_ops_refuse_masks_of_the_wrong_length(loop):
         pytest.skip("the compiled ops' own test")
     xw, h0, w = torch.randn(T, B, 3 * H), torch.randn(B, H), torch.randn(3 * H, H)
     with pytest.raises(RuntimeError, match=r"keep_h must be \(T=7, B=4 or 1"):
-        torch.ops.gatedrnn_cpu.gru_forward(xw, h0, w, None, None, None, None, torch.rand(T - 1, B, H), None,
-                                           True, False, 1e-5)
+        torch.ops.gatedrnn_cpu.gru_forward(
+            xw, h0, w, None, None, None, None, torch.rand(T - 1, B, H), None, True, False, 1e-5
+        )
     with pytest.raises(RuntimeError, match=r"recurrent_mask must be \(B=4 or 1"):
-        torch.ops.gatedrnn_cpu.gru_forward(xw, h0, w, None, None, None, None, None, torch.rand(B + 1, H),
-                                           True, False, 1e-5)
+        torch.ops.gatedrnn_cpu.gru_forward(
+            xw, h0, w, None, None, None, None, None, torch.rand(B + 1, H), True, False, 1e-5
+        )

@@ -13,8 +13,9 @@ import gatedrnn.inspect
 import gatedrnn.nn
 
 
-@pytest.mark.parametrize("module", [gatedrnn.nn, gatedrnn.inspect, gatedrnn.cells.family, gatedrnn.config],
-                         ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [gatedrnn.nn, gatedrnn.inspect, gatedrnn.cells.family, gatedrnn.config], ids=lambda m: m.__name__
+)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -13,27 +13,29 @@ import gatedrnn
 from gatedrnn import _checks as check
 
 
-@pytest.mark.parametrize("kwargs,error,pattern", [
-    (dict(hidden_size=0), ValueError, "hidden_size must be a positive integer, got 0"),
-    (dict(hidden_size=-3), ValueError, "hidden_size must be a positive integer, got -3"),
-    (dict(hidden_size=4.0), TypeError, "hidden_size must be an int, got float"),
-    (dict(input_size=0), ValueError, "input_size must be a positive integer, got 0"),
-    (dict(num_layers=0), ValueError, "num_layers must be a positive integer, got 0"),
-    (dict(dropout=1.5), ValueError, r"dropout must be in \[0, 1\], got 1.5"),
-    (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\], got -0.1"),
-    (dict(proj_size=8), ValueError, r"proj_size must be 0 \(no projection\) or in \[1, hidden_size=8\), got 8"),
-    (dict(proj_size=-1), ValueError, "proj_size must be 0"),
-    (dict(zoneout=1.5), ValueError, r"zoneout must be in \[0, 1\], got 1.5"),
-    (dict(recurrent_dropout=1.0), ValueError, r"recurrent_dropout must be in \[0, 1\), got 1.0"),
-    pytest.param(dict(bias="yes"), TypeError,
-                 r"bias should be of type bool \(True or False\), got: str \('yes'\)"),
-    pytest.param(dict(bias=2), TypeError, r"bias should be of type bool \(True or False\), got: int \(2\)"),
-    (dict(backend="cuda"), ValueError, "unknown backend 'cuda': expected one of 'auto', 'torch', 'reference'"),
-    (dict(variant="nfg", forget_bias=1.0), ValueError, "forget_bias=1.0 needs a forget gate"),
-    (dict(bias=False, forget_bias=1.0), ValueError, "forget_bias=1.0 needs bias=True"),
-    (dict(hidden_size=True), TypeError, r"hidden_size must be an int, got bool \(True\)"),
-    (dict(forget_bias=True), TypeError, r"forget_bias must be a number or None, got bool \(True\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,pattern",
+    [
+        (dict(hidden_size=0), ValueError, "hidden_size must be a positive integer, got 0"),
+        (dict(hidden_size=-3), ValueError, "hidden_size must be a positive integer, got -3"),
+        (dict(hidden_size=4.0), TypeError, "hidden_size must be an int, got float"),
+        (dict(input_size=0), ValueError, "input_size must be a positive integer, got 0"),
+        (dict(num_layers=0), ValueError, "num_layers must be a positive integer, got 0"),
+        (dict(dropout=1.5), ValueError, r"dropout must be in \[0, 1\], got 1.5"),
+        (dict(dropout=-0.1), ValueError, r"dropout must be in \[0, 1\], got -0.1"),
+        (dict(proj_size=8), ValueError, r"proj_size must be 0 \(no projection\) or in \[1, hidden_size=8\), got 8"),
+        (dict(proj_size=-1), ValueError, "proj_size must be 0"),
+        (dict(zoneout=1.5), ValueError, r"zoneout must be in \[0, 1\], got 1.5"),
+        (dict(recurrent_dropout=1.0), ValueError, r"recurrent_dropout must be in \[0, 1\), got 1.0"),
+        pytest.param(dict(bias="yes"), TypeError, r"bias should be of type bool \(True or False\), got: str \('yes'\)"),
+        pytest.param(dict(bias=2), TypeError, r"bias should be of type bool \(True or False\), got: int \(2\)"),
+        (dict(backend="cuda"), ValueError, "unknown backend 'cuda': expected one of 'auto', 'torch', 'reference'"),
+        (dict(variant="nfg", forget_bias=1.0), ValueError, "forget_bias=1.0 needs a forget gate"),
+        (dict(bias=False, forget_bias=1.0), ValueError, "forget_bias=1.0 needs bias=True"),
+        (dict(hidden_size=True), TypeError, r"hidden_size must be an int, got bool \(True\)"),
+        (dict(forget_bias=True), TypeError, r"forget_bias must be a number or None, got bool \(True\)"),
+    ],
+)
 def test_constructor_rejects(kwargs, error, pattern):
     args = dict(input_size=3, hidden_size=8) | kwargs
     with pytest.raises(error, match=pattern):
@@ -55,7 +57,9 @@ def lstm():
 
 
 def test_input_dims(lstm):
-    with pytest.raises(ValueError, match=r"expected input to be 3-D \(T, B, input_size\).*got 4-D input of shape \(2, 3, 4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"expected input to be 3-D \(T, B, input_size\).*got 4-D input of shape \(2, 3, 4, 3\)"
+    ):
         lstm(torch.randn(2, 3, 4, 3))
     with pytest.raises(ValueError, match="got 1-D"):
         lstm(torch.randn(3))
@@ -78,7 +82,11 @@ def test_input_type_and_dtype(lstm):
 def test_state_shapes_for_each_layer_direction_and_batch(lstm):
     x = torch.randn(5, 2, 3)
     good_h, good_c = torch.zeros(4, 2, 4), torch.zeros(4, 2, 4)
-    with pytest.raises(ValueError, match=r"expected h_0 of shape \(num_layers \* num_directions, batch, hidden_size\) = \(4, 2, 4\), got \(2, 2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"expected h_0 of shape \(num_layers \* num_directions, batch, hidden_size\) = "
+        r"\(4, 2, 4\), got \(2, 2, 4\)",
+    ):
         lstm(x, (torch.zeros(2, 2, 4), good_c))
     with pytest.raises(ValueError, match=r"expected c_0 of shape .* = \(4, 2, 4\), got \(4, 3, 4\)"):
         lstm(x, (good_h, torch.zeros(4, 3, 4)))
@@ -108,13 +116,17 @@ def test_state_dtype_mismatch(lstm):
 def test_packed_input_checked():
     m = gatedrnn.GRU(3, 4, layer_norm=True)
     packed = pack_padded_sequence(torch.randn(5, 2, 6), torch.tensor([5, 2]))
-    with pytest.raises(ValueError, match=r"PackedSequence data of shape \(sum of lengths, input_size=3\), got \(7, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"PackedSequence data of shape \(sum of lengths, input_size=3\), got \(7, 6\)"
+    ):
         m(packed)
 
 
 def test_cell_errors():
     cell = gatedrnn.LSTMCell(3, 4)
-    with pytest.raises(ValueError, match=r"expected input of shape \(batch, input_size=3\) or \(input_size,\), got \(2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"expected input of shape \(batch, input_size=3\) or \(input_size,\), got \(2, 5\)"
+    ):
         cell(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"expected c of shape \(batch, hidden_size\) = \(2, 4\), got \(2, 5\)"):
         cell(torch.randn(2, 3), (torch.zeros(2, 4), torch.zeros(2, 5)))
@@ -152,8 +164,11 @@ def test_a_cell_refuses_a_backend_that_runs_whole_sequences():
     """The cpu and triton backends fuse a whole sequence: a cell naming one is refused (it used to
     run the reference step instead), and a rejected assignment leaves the backend as it was."""
     for name in ("cpu", "triton"):
-        with pytest.raises(ValueError, match=rf"LSTMCell: backend '{name}' runs whole sequences.*'auto', 'torch', "
-                                             rf"'reference' \(gatedrnn.LSTM\(..., backend='{name}'\)"):
+        with pytest.raises(
+            ValueError,
+            match=rf"LSTMCell: backend '{name}' runs whole sequences.*'auto', 'torch', "
+            rf"'reference' \(gatedrnn.LSTM\(..., backend='{name}'\)",
+        ):
             gatedrnn.LSTMCell(3, 4, backend=name)
     cell = gatedrnn.GRUCell(3, 4, backend="reference")
     with pytest.raises(ValueError, match="GRUCell: backend 'cpu' runs whole sequences"):
@@ -163,7 +178,9 @@ def test_a_cell_refuses_a_backend_that_runs_whole_sequences():
     assert cell.backend == "reference"
 
 
-@pytest.mark.parametrize("cls,kw", [(gatedrnn.LSTM, {}), (gatedrnn.LSTM, {"variant": "cifg"}), (gatedrnn.GRU, {}), (gatedrnn.RNN, {})])
+@pytest.mark.parametrize(
+    "cls,kw", [(gatedrnn.LSTM, {}), (gatedrnn.LSTM, {"variant": "cifg"}), (gatedrnn.GRU, {}), (gatedrnn.RNN, {})]
+)
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_empty_batch_and_zero_length_sequences(cls, kw, bidirectional):
     m = cls(3, 4, num_layers=2, bidirectional=bidirectional, **kw)
@@ -190,7 +207,9 @@ def test_dropout_one_is_taken_as_torch_nn_takes_it():
     x = torch.randn(5, 2, 3)
     for mode in (True, False):
         a, b = ours.train(mode)(x), theirs.train(mode)(x)
-        assert torch.allclose(a[0], b[0], atol=1e-6) and all(torch.allclose(s, t, atol=1e-6) for s, t in zip(a[1], b[1]))
+        assert torch.allclose(a[0], b[0], atol=1e-6) and all(
+            torch.allclose(s, t, atol=1e-6) for s, t in zip(a[1], b[1])
+        )
 
 
 def _outcome(call) -> Exception | None:
@@ -227,6 +246,7 @@ def _compare_with_torch_nn(name: str, mistake) -> BaseException:
     """Make ``mistake(module, hx)`` with torch.nn's module ``name`` and with ours (``hx(*shape)``
     builds a state of that shape, an (h, c) pair for the LSTM), and check that ours is an instance
     of the class torch.nn raised; returns ours."""
+
     def hx(*shape, **kw):
         h = torch.zeros(*shape, **kw)
         return (h, torch.zeros(*shape, **kw)) if name.startswith("LSTM") else h
@@ -276,8 +296,7 @@ def test_numpy_hyperparameters_are_taken():
     """A sweep's numpy integers (np.random.choice) size a module as Python's do, and a cell takes a
     numpy bool; a layer's bool arguments take Python bools only, as torch.nn's
     (test_a_bool_argument_is_taken_or_refused_as_torch_nn_does)."""
-    module = gatedrnn.LSTM(np.int64(3), np.int64(4), num_layers=np.int64(2), bidirectional=True,
-                           proj_size=np.int64(2))
+    module = gatedrnn.LSTM(np.int64(3), np.int64(4), num_layers=np.int64(2), bidirectional=True, proj_size=np.int64(2))
     assert (module.input_size, module.hidden_size, module.num_layers, module.proj_size) == (3, 4, 2, 2)
     assert all(type(v) is int for v in (module.input_size, module.hidden_size, module.num_layers, module.proj_size))
     assert module(torch.randn(5, 2, 3))[0].shape == (5, 2, 4)
@@ -286,8 +305,19 @@ def test_numpy_hyperparameters_are_taken():
 
 
 BOOL_VALUES = {
-    "True": True, "False": False, "0": 0, "1": 1, "2": 2, "np.True_": np.True_, "np.False_": np.False_,
-    "np.int64(0)": np.int64(0), "np.int64(1)": np.int64(1), "1.0": 1.0, "0.0": 0.0, "'yes'": "yes", "''": "",
+    "True": True,
+    "False": False,
+    "0": 0,
+    "1": 1,
+    "2": 2,
+    "np.True_": np.True_,
+    "np.False_": np.False_,
+    "np.int64(0)": np.int64(0),
+    "np.int64(1)": np.int64(1),
+    "1.0": 1.0,
+    "0.0": 0.0,
+    "'yes'": "yes",
+    "''": "",
     "None": None,
 }
 """What a user may pass for a bool argument: Python and numpy bools and ints, floats, strings, None."""
@@ -305,9 +335,14 @@ def _build_and_run(library, name: str, argument: str, value: object):
     return module
 
 
-@pytest.mark.parametrize("name, argument, value", [
-    pytest.param(name, argument, value, id=f"{name}-{argument}-{value_id}")
-    for name, argument in BOOL_ARGUMENTS for value_id, value in BOOL_VALUES.items()])
+@pytest.mark.parametrize(
+    "name, argument, value",
+    [
+        pytest.param(name, argument, value, id=f"{name}-{argument}-{value_id}")
+        for name, argument in BOOL_ARGUMENTS
+        for value_id, value in BOOL_VALUES.items()
+    ],
+)
 def test_a_bool_argument_is_taken_or_refused_as_torch_nn_does(name, argument, value):
     """A layer's bias, batch_first and bidirectional and a cell's bias: what torch.nn's module
     builds and runs with ours does too, with the same parameters; what torch.nn refuses (when
@@ -350,8 +385,11 @@ def test_cell_bias_without_a_truth_value_raises_what_torch_nn_raises():
 
 
 def test_dropout_on_a_single_layer_warns_as_torch_nn_does():
-    with pytest.warns(UserWarning, match=r"dropout option adds dropout after all but last recurrent layer.*"
-                                         r"got dropout=0.5 and num_layers=1"):
+    with pytest.warns(
+        UserWarning,
+        match=r"dropout option adds dropout after all but last recurrent layer.*"
+        r"got dropout=0.5 and num_layers=1",
+    ):
         gatedrnn.GRU(3, 4, dropout=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

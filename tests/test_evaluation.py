@@ -13,7 +13,6 @@ from gatedrnn.cli import main
 from gatedrnn.evaluation import evaluate_saved
 from gatedrnn.tasks import make_task
 from gatedrnn.train import ConfigError, TrainConfig, build_model, evaluate, train
-
 from test_cli import TINY, one_error_line
 from test_train import tiny_config
 
@@ -40,7 +39,10 @@ def test_a_finished_run_at_its_own_sizes_gives_its_final_result(capsys, run):
         result = _evaluate_json(capsys, [str(model)])
         assert result["loss"] == summary["final_loss"]
         assert (result["accuracy"], result["wrong"], result["sequences"]) == (
-            summary["accuracy"], summary["wrong"], summary["tested"])
+            summary["accuracy"],
+            summary["wrong"],
+            summary["tested"],
+        )
         assert (result["step"], result["seq_len"], result["trained_seq_len"]) == (20, 12, 12)
 
 
@@ -72,7 +74,10 @@ def test_a_seed_draws_another_test_set_and_the_same_seed_the_same(run):
 
 
 def test_a_task_option_reaches_the_task(run):
-    strict, loose = evaluate_saved(run, task_options={"tolerance": 1e-6}), evaluate_saved(run, task_options={"tolerance": 10.0})
+    strict, loose = (
+        evaluate_saved(run, task_options={"tolerance": 1e-6}),
+        evaluate_saved(run, task_options={"tolerance": 10.0}),
+    )
     assert strict["loss"] == loose["loss"]
     assert (strict["accuracy"], loose["accuracy"]) == (0.0, 1.0)
 
@@ -88,27 +93,50 @@ def test_the_shipped_model_reproduces_its_recorded_validation_bits_per_character
 
 def test_sizes_that_change_the_models_inputs_are_refused(capsys, tmp_path):
     out = tmp_path / "lags"
-    assert main(["train", "--task", "lag-2a", "--seq-len", "6", "--hidden", "4", "--batch", "4", "--steps", "2",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--task",
+                "lag-2a",
+                "--seq-len",
+                "6",
+                "--hidden",
+                "4",
+                "--batch",
+                "4",
+                "--steps",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     line = one_error_line(capsys, ["evaluate", str(out), "--seq-len", "9"])
     assert "the model was trained on lag-2a with input_size 7" in line and "the task has input_size 10" in line
 
 
-@pytest.mark.parametrize("argv, expected", [
-    ([], "give either MODEL (a run directory or .safetensors file) or --shipped CELL, got neither"),
-    (["x", "--shipped", "lstm"], "got both"),
-    (["--shipped", "cnn"], "invalid choice: 'cnn'"),
-    (["nowhere"], "model 'nowhere' not found"),
-    (["{run}", "--task-opt", "nope=1"], "task 'adding-modern' has no option 'nope'"),
-    (["{run}", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "give either MODEL (a run directory or .safetensors file) or --shipped CELL, got neither"),
+        (["x", "--shipped", "lstm"], "got both"),
+        (["--shipped", "cnn"], "invalid choice: 'cnn'"),
+        (["nowhere"], "model 'nowhere' not found"),
+        (["{run}", "--task-opt", "nope=1"], "task 'adding-modern' has no option 'nope'"),
+        (["{run}", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(capsys, run, argv, expected):
     assert expected in one_error_line(capsys, ["evaluate", *(a.format(run=run) for a in argv)])
 
 
 def test_a_directory_without_a_run_and_a_mangled_config_are_refused(capsys, tmp_path, run):
     assert "has no checkpoint.json: not a finished `gatedrnn train` run" in one_error_line(
-        capsys, ["evaluate", str(tmp_path)])
+        capsys, ["evaluate", str(tmp_path)]
+    )
     copy = tmp_path / "copy"
     copy.mkdir()
     for f in run.iterdir():

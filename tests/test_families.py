@@ -9,7 +9,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
 from gatedrnn.cells import GRUFamily, LSTMFamily, family_class
-
 from helpers import rel_err
 
 
@@ -134,13 +133,16 @@ def test_another_class_under_a_taken_name_is_refused():
     gatedrnn.register_family(MGU)  # the same class again replaces itself
 
 
-@pytest.mark.parametrize("attrs, error, message", [
-    (dict(name=""), ValueError, "expected `name` to be a non-empty string"),
-    (dict(name=3), ValueError, "expected `name` to be a non-empty string"),
-    (dict(gates=()), ValueError, "expected `gates` to be a non-empty tuple"),
-    (dict(gates=["f", "n"]), ValueError, "expected `gates` to be a non-empty tuple"),
-    (dict(states=("h", "h")), ValueError, "expected `states` to be a non-empty tuple of distinct names"),
-])
+@pytest.mark.parametrize(
+    "attrs, error, message",
+    [
+        (dict(name=""), ValueError, "expected `name` to be a non-empty string"),
+        (dict(name=3), ValueError, "expected `name` to be a non-empty string"),
+        (dict(gates=()), ValueError, "expected `gates` to be a non-empty tuple"),
+        (dict(gates=["f", "n"]), ValueError, "expected `gates` to be a non-empty tuple"),
+        (dict(states=("h", "h")), ValueError, "expected `states` to be a non-empty tuple of distinct names"),
+    ],
+)
 def test_malformed_families_are_refused_by_what_is_wrong(attrs, error, message):
     bad = type("Bad", (MGU,), attrs)
     with pytest.raises(error, match=message):
@@ -282,8 +284,16 @@ def test_inspect_gates_records_a_user_familys_gates_then_states():
 def test_parameters_names_state_dict_and_repr():
     layer = gatedrnn.Recurrent(MGU, 3, 4, num_layers=2, bidirectional=True, bias=False)
     names = [n for n, _ in layer.named_parameters()]
-    assert names == ["weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse", "weight_hh_l0_reverse",
-                     "weight_ih_l1", "weight_hh_l1", "weight_ih_l1_reverse", "weight_hh_l1_reverse"]
+    assert names == [
+        "weight_ih_l0",
+        "weight_hh_l0",
+        "weight_ih_l0_reverse",
+        "weight_hh_l0_reverse",
+        "weight_ih_l1",
+        "weight_hh_l1",
+        "weight_ih_l1_reverse",
+        "weight_hh_l1_reverse",
+    ]
     assert layer.weight_ih_l1.shape == (8, 8) and layer.weight_hh_l0.shape == (8, 4)
     copy = gatedrnn.Recurrent("test-mgu", 3, 4, num_layers=2, bidirectional=True, bias=False)
     copy.load_state_dict(layer.state_dict())
@@ -301,8 +311,11 @@ def test_forget_bias_sets_any_familys_f_rows():
 
 
 def test_builtin_families_through_recurrent_are_the_builtin_modules():
-    for family, module, options in [("lstm", gatedrnn.LSTM, dict(proj_size=2)), ("gru", gatedrnn.GRU, {}),
-                                    ("rnn", gatedrnn.RNN, dict(nonlinearity="relu"))]:
+    for family, module, options in [
+        ("lstm", gatedrnn.LSTM, dict(proj_size=2)),
+        ("gru", gatedrnn.GRU, {}),
+        ("rnn", gatedrnn.RNN, dict(nonlinearity="relu")),
+    ]:
         torch.manual_seed(5)
         generic = gatedrnn.Recurrent(family, 3, 4, 2, **options)
         torch.manual_seed(5)

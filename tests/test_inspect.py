@@ -10,12 +10,15 @@ import gatedrnn
 from helpers import rel_err
 
 
-@pytest.mark.parametrize("cls,kw,names", [
-    (gatedrnn.LSTM, {}, ("i", "f", "g", "o", "c", "h")),
-    (gatedrnn.LSTM, {"proj_size": 2, "variant": "peephole"}, ("i", "f", "g", "o", "c", "h")),
-    (gatedrnn.GRU, {"reset_after": False}, ("r", "z", "n", "h")),
-    (gatedrnn.RNN, {}, ("h",)),
-])
+@pytest.mark.parametrize(
+    "cls,kw,names",
+    [
+        (gatedrnn.LSTM, {}, ("i", "f", "g", "o", "c", "h")),
+        (gatedrnn.LSTM, {"proj_size": 2, "variant": "peephole"}, ("i", "f", "g", "o", "c", "h")),
+        (gatedrnn.GRU, {"reset_after": False}, ("r", "z", "n", "h")),
+        (gatedrnn.RNN, {}, ("h",)),
+    ],
+)
 def test_trace_matches_forward_for_every_layer_and_direction(cls, kw, names):
     m = cls(3, 5, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, **kw)
     x = torch.randn(2, 7, 3, dtype=torch.float64)
@@ -59,7 +62,9 @@ def test_trace_is_differentiable_for_memory_span():
 
 
 def test_inspect_rejects_torch_modules():
-    with pytest.raises(TypeError, match="expected a gatedrnn.LSTM, GRU or RNN module or another gatedrnn.Recurrent layer, got LSTM"):
+    with pytest.raises(
+        TypeError, match="expected a gatedrnn.LSTM, GRU or RNN module or another gatedrnn.Recurrent layer, got LSTM"
+    ):
         gatedrnn.inspect_gates(torch.nn.LSTM(3, 4), torch.randn(2, 1, 3))
 
 

@@ -92,8 +92,9 @@ def test_auto_runs_a_new_family_on_the_reference_and_the_fused_backends_refuse_i
     calls = []
     for backend in ("reference", "cpu", "triton"):
         module = importlib.import_module(f"gatedrnn.backends.{backend}")
-        monkeypatch.setattr(module, "run_layer", lambda *a, _f=module.run_layer, _b=backend, **k:
-                            calls.append(_b) or _f(*a, **k))
+        monkeypatch.setattr(
+            module, "run_layer", lambda *a, _f=module.run_layer, _b=backend, **k: calls.append(_b) or _f(*a, **k)
+        )
     module = gatedrnn.Recurrent(MGU.name, I, H, num_layers=2)
     x = torch.randn(T, B, I)
     assert choose("auto", module.cell_config, x, regularised=False) == "reference"
@@ -110,8 +111,9 @@ def test_auto_keeps_the_fused_backend_for_a_built_in_variant_and_the_reference_u
     x = torch.randn(T, B, I)
     assert choose("auto", cfg, x, regularised=False) == "cpu"
     chosen = []
-    torch.func.vmap(lambda inp: chosen.append(choose("auto", cfg, inp.unsqueeze(1), regularised=False)) or inp,
-                    in_dims=1)(x)
+    torch.func.vmap(
+        lambda inp: chosen.append(choose("auto", cfg, inp.unsqueeze(1), regularised=False)) or inp, in_dims=1
+    )(x)
     assert chosen == ["reference"]
 
 
@@ -134,7 +136,12 @@ def test_run_layer_outputs_zeros_on_padded_steps_and_no_gradient_from_them(famil
     (grad,) = torch.autograd.grad(random_projection([out, *final], seed=7), [x])
     assert (grad[padded] == 0).all()
     for b, n in enumerate(LENGTHS):  # each sequence alone, unpadded, ends in the same state
-        alone = reference_backend.run_layer(cfg, x[:n, b:b + 1], tuple(s[b:b + 1] for s in state), weights,
-                                            reverse=reverse, noise=Noise(noise.recurrent_mask[b:b + 1], 0.3,
-                                                                         *(k[:n, b:b + 1] for k in keeps[:2])))
-        assert all(rel_err(f[b:b + 1], a) < 1e-12 for f, a in zip(final, alone[1]))
+        alone = reference_backend.run_layer(
+            cfg,
+            x[:n, b : b + 1],
+            tuple(s[b : b + 1] for s in state),
+            weights,
+            reverse=reverse,
+            noise=Noise(noise.recurrent_mask[b : b + 1], 0.3, *(k[:n, b : b + 1] for k in keeps[:2])),
+        )
+        assert all(rel_err(f[b : b + 1], a) < 1e-12 for f, a in zip(final, alone[1]))

@@ -20,8 +20,20 @@ from gatedrnn.tasks.temporal_order import SYMBOLS as ORDER_SYMBOLS
 
 PAPER_1997 = {"reber", "lag-2a", "lag-2c", "two-sequence", "adding", "multiplication", "order-6a", "order-6b"}
 MODERN = {"adding-modern", "copy", "digits", "digits-permuted"}
-SMALL = {"reber": 40, "lag-2a": 12, "lag-2c": 12, "two-sequence": 30, "adding": 30, "multiplication": 30,
-         "order-6a": 40, "order-6b": 40, "adding-modern": 30, "copy": 15, "digits": 64, "digits-permuted": 64}
+SMALL = {
+    "reber": 40,
+    "lag-2a": 12,
+    "lag-2c": 12,
+    "two-sequence": 30,
+    "adding": 30,
+    "multiplication": 30,
+    "order-6a": 40,
+    "order-6b": 40,
+    "adding-modern": 30,
+    "copy": 15,
+    "digits": 64,
+    "digits-permuted": 64,
+}
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -56,18 +68,33 @@ def test_every_task_takes_seq_len_and_rejects_non_positive(name):
 def real_options() -> list[tuple[str, str]]:
     """(task, option) for every real-valued option of every registered task (``last_weight``
     defaults to None, meaning p - 1)."""
-    return [(name, key) for name in task_names() for key, default in task_options(name).items()
-            if isinstance(default, float) or key == "last_weight"]
+    return [
+        (name, key)
+        for name in task_names()
+        for key, default in task_options(name).items()
+        if isinstance(default, float) or key == "last_weight"
+    ]
 
 
-FRACTIONS = {("copy", "solved_accuracy"), ("digits", "solved_accuracy"), ("digits-permuted", "solved_accuracy"),
-             ("order-6a", "tolerance"), ("order-6b", "tolerance"), ("lag-2c", "tolerance")}
+FRACTIONS = {
+    ("copy", "solved_accuracy"),
+    ("digits", "solved_accuracy"),
+    ("digits-permuted", "solved_accuracy"),
+    ("order-6a", "tolerance"),
+    ("order-6b", "tolerance"),
+    ("lag-2c", "tolerance"),
+}
 """Options that are a fraction in (0, 1]: an accuracy, or a tolerance on softmax outputs."""
 
 
 def test_the_real_options_checked_below_are_every_tasks_thresholds():
-    assert {("two-sequence", "variance"), ("adding", "tolerance"), ("copy", "solved_accuracy"),
-            ("charlm", "valid_fraction"), ("lag-2a", "last_weight")} <= set(real_options())
+    assert {
+        ("two-sequence", "variance"),
+        ("adding", "tolerance"),
+        ("copy", "solved_accuracy"),
+        ("charlm", "valid_fraction"),
+        ("lag-2a", "last_weight"),
+    } <= set(real_options())
     assert FRACTIONS <= set(real_options())
 
 
@@ -81,8 +108,9 @@ def test_real_options_reject_non_positive_nan_inf_and_non_numbers(name, key, val
     if value == 0.0 and (name, key) in ZERO_OK:
         assert getattr(make_task(name, **{key: value}), "std" if key == "variance" else key) == 0.0
         return
-    with pytest.raises(ValueError, match=f"task '{name}': {key} must be (a positive finite number|a finite number "
-                                         f">= 0|in \\()"):
+    with pytest.raises(
+        ValueError, match=f"task '{name}': {key} must be (a positive finite number|a finite number >= 0|in \\()"
+    ):
         make_task(name, **{key: value})
 
 
@@ -94,8 +122,9 @@ def test_fraction_options_take_one_and_reject_more(name, key):
 
 
 def test_option_errors_say_what_was_expected_and_what_was_given():
-    with pytest.raises(ValueError, match=re.escape("task 'two-sequence': variance must be a finite number >= 0, "
-                                                   "got -1.0")):
+    with pytest.raises(
+        ValueError, match=re.escape("task 'two-sequence': variance must be a finite number >= 0, got -1.0")
+    ):
         make_task("two-sequence", variance=-1.0)
     with pytest.raises(ValueError, match=re.escape("task 'charlm': valid_fraction must be in (0, 0.5), got 0.5")):
         make_task("charlm", valid_fraction=0.5)
@@ -103,16 +132,34 @@ def test_option_errors_say_what_was_expected_and_what_was_given():
     assert make_task("lag-2a", seq_len=12).last_weight == 11.0
 
 
-@pytest.mark.parametrize("opt, message", [
-    ("variance=-1", "task 'two-sequence': variance must be a finite number >= 0, got -1.0"),
-    ("variance=nan", "task 'two-sequence': variance must be a finite number >= 0, got nan"),
-    ("tolerance=inf", "task 'two-sequence': tolerance must be a positive finite number, got inf"),
-])
+@pytest.mark.parametrize(
+    "opt, message",
+    [
+        ("variance=-1", "task 'two-sequence': variance must be a finite number >= 0, got -1.0"),
+        ("variance=nan", "task 'two-sequence': variance must be a finite number >= 0, got nan"),
+        ("tolerance=inf", "task 'two-sequence': tolerance must be a positive finite number, got inf"),
+    ],
+)
 def test_cli_reports_a_bad_task_option_value_in_one_line(opt, message, tmp_path, capsys):
     from gatedrnn.cli import main
 
-    argv = ["train", "--task", "two-sequence", "--seq-len", "10", "--steps", "2", "--hidden", "8", "--batch", "4",
-            "--task-opt", opt, "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--task",
+        "two-sequence",
+        "--seq-len",
+        "10",
+        "--steps",
+        "2",
+        "--hidden",
+        "8",
+        "--batch",
+        "4",
+        "--task-opt",
+        opt,
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: {message}\n"
@@ -125,8 +172,9 @@ def test_shapes_seeding_loss_and_criterion_types(name):
     batch = task.sample(6, gen(1))
     assert_batch_equal(batch, task.sample(6, gen(1)))
     other = task.sample(6, gen(2))
-    assert not (batch.inputs.shape == other.inputs.shape and torch.equal(batch.inputs, other.inputs)) \
-        or not torch.equal(batch.targets, other.targets)
+    assert not (
+        batch.inputs.shape == other.inputs.shape and torch.equal(batch.inputs, other.inputs)
+    ) or not torch.equal(batch.targets, other.targets)
     steps = batch.inputs.shape[1]
     assert batch.inputs.shape == (6, steps, task.input_size) and batch.inputs.dtype == torch.float32
     if batch.lengths is not None:
@@ -174,8 +222,10 @@ def test_every_length_from_T_to_T_plus_T_over_10_occurs(name):
     assert set(lengths.tolist()) == set(range(T, T + T // 10 + 1))
 
 
-@pytest.mark.parametrize("name, T, tolerance", [("adding", 30, 0.04), ("multiplication", 30, 0.04),
-                                                ("adding-modern", 30, 0.04), ("two-sequence", 30, 0.2)])
+@pytest.mark.parametrize(
+    "name, T, tolerance",
+    [("adding", 30, 0.04), ("multiplication", 30, 0.04), ("adding-modern", 30, 0.04), ("two-sequence", 30, 0.2)],
+)
 def test_regression_criterion_uses_the_published_tolerance(name, T, tolerance):
     """A sequence is correct when the absolute error at its end is below the paper's tolerance:
     ``tolerance - 0.002`` off is correct, ``tolerance + 0.002`` off is not."""
@@ -198,7 +248,7 @@ def test_class_criterion_uses_the_published_tolerance(name, tolerance):
 
 
 def test_below_and_at_least_are_strict_and_inclusive_at_exact_boundaries():
-    """"Below" excludes the boundary and "at least" includes it, at values that are exact in
+    """ "Below" excludes the boundary and "at least" includes it, at values that are exact in
     binary: an error of exactly the tolerance is wrong, an accuracy of exactly the threshold is
     solved, a wrong fraction or an MSE exactly at the threshold is not solved."""
     regression = make_task("adding", seq_len=30, tolerance=0.25)
@@ -250,20 +300,28 @@ def test_batch_to_keeps_the_lengths():
     assert moved.lengths is not None and torch.equal(moved.lengths, batch.lengths)
 
 
-@pytest.mark.parametrize("name", ["reber", "lag-2c", "two-sequence", "adding", "multiplication", "order-6a", "order-6b"])
+@pytest.mark.parametrize(
+    "name", ["reber", "lag-2c", "two-sequence", "adding", "multiplication", "order-6a", "order-6b"]
+)
 def test_padding_after_each_sequence_is_zero(name):
     """Every padded task pads with zero inputs (no symbol, no value), as adding and task 2c do."""
     task = make_task(name, seq_len=SMALL[name])
     batch = task.sample(200, gen())
     assert batch.lengths is not None and batch.lengths.unique().numel() > 1
     for b in range(len(batch)):
-        assert (batch.inputs[b, real_steps(batch, b):] == 0).all()
+        assert (batch.inputs[b, real_steps(batch, b) :] == 0).all()
 
 
-@pytest.mark.parametrize("name, accepted, refused", [
-    ("adding", dict(seq_len=22), dict(seq_len=21)), ("multiplication", dict(seq_len=22), dict(seq_len=21)),
-    ("order-6a", dict(seq_len=20), dict(seq_len=19)), ("reber", dict(seq_len=9), dict(seq_len=8)),
-    ("two-sequence", dict(seq_len=30, info=30), dict(seq_len=30, info=31))])
+@pytest.mark.parametrize(
+    "name, accepted, refused",
+    [
+        ("adding", dict(seq_len=22), dict(seq_len=21)),
+        ("multiplication", dict(seq_len=22), dict(seq_len=21)),
+        ("order-6a", dict(seq_len=20), dict(seq_len=19)),
+        ("reber", dict(seq_len=9), dict(seq_len=8)),
+        ("two-sequence", dict(seq_len=30, info=30), dict(seq_len=30, info=31)),
+    ],
+)
 def test_shortest_accepted_sizes(name, accepted, refused):
     """The documented limits: adding and multiplication need T >= 22, temporal order T >= 20,
     Reber seq_len >= 9, two-sequence N <= T; one step beyond is refused with a message naming it."""
@@ -286,7 +344,7 @@ def test_adding_1997_marking_scheme_and_target(T):
         assert len(marks) == 2
         assert min(marks) < 10 and max(marks) < T // 2
         assert marker[b, n - 1] == -1 and (marker[b, 0] == -1 or 0 in marks.tolist())
-        assert (marker[b, 1:n - 1].abs() == (marker[b, 1:n - 1] == 1).float()).all()  # only 0 and the marks
+        assert (marker[b, 1 : n - 1].abs() == (marker[b, 1 : n - 1] == 1).float()).all()  # only 0 and the marks
         assert (values[b, n:] == 0).all() and (marker[b, n:] == 0).all()
         assert values[b, :n].min() >= -1 and values[b, :n].max() <= 1
         if 0 in marks.tolist():
@@ -329,7 +387,7 @@ def test_adding_mark_positions_follow_the_1997_scheme():
     slots = T // 2 - 1
     expected = torch.zeros_like(freq)
     expected[:10] = 0.1 + 0.9 / slots
-    expected[10:T // 2] = 1 / slots
+    expected[10 : T // 2] = 1 / slots
     sigma = (expected * (1 - expected) / n).sqrt()
     assert ((freq - expected).abs() <= 5 * sigma).all()
 
@@ -377,8 +435,8 @@ def test_copy_memory_layout(T):
     assert batch.inputs.shape == (50, T + 20, 10) and batch.targets.shape == (50, T + 20)
     data = ids[:, :10]
     assert ((data >= 1) & (data <= 8)).all()
-    assert (ids[:, 10:T + 9] == 0).all() and (ids[:, T + 9] == 9).all() and (ids[:, T + 10:] == 0).all()
-    assert (batch.targets[:, :T + 10] == 0).all() and torch.equal(batch.targets[:, T + 10:], data)
+    assert (ids[:, 10 : T + 9] == 0).all() and (ids[:, T + 9] == 9).all() and (ids[:, T + 10 :] == 0).all()
+    assert (batch.targets[:, : T + 10] == 0).all() and torch.equal(batch.targets[:, T + 10 :], data)
 
 
 @pytest.mark.parametrize("T", [10, 100])
@@ -387,8 +445,8 @@ def test_copy_memoryless_baseline_is_10_ln8_over_T_plus_20(T):
     batch = task.sample(64, gen())
     # Blank with certainty for T + 10 steps, then uniform over the 8 data symbols.
     out = torch.full((64, T + 20, 9), -1e4)
-    out[:, :T + 10, 0] = 0.0
-    out[:, T + 10:, 1:] = 0.0
+    out[:, : T + 10, 0] = 0.0
+    out[:, T + 10 :, 1:] = 0.0
     assert task.baseline == pytest.approx(10 * math.log(8) / (T + 20))
     assert float(task.loss(out, batch)) == pytest.approx(task.baseline, rel=1e-5)
     perfect = F.one_hot(batch.targets, 9).float() * 10
@@ -471,7 +529,8 @@ def test_lag_2a_loss_weighs_the_long_lag_prediction_like_all_the_others_together
     plain = make_task("lag-2a", seq_len=p, last_weight=1)
     assert plain.loss(output, batch).item() == pytest.approx(last / p)
     assert plain.loss(output, batch).item() == pytest.approx(
-        F.cross_entropy(output.flatten(0, 1), batch.targets.flatten()).item())
+        F.cross_entropy(output.flatten(0, 1), batch.targets.flatten()).item()
+    )
     with pytest.raises(ValueError, match="last_weight must be a positive finite number, got 0"):
         make_task("lag-2a", seq_len=p, last_weight=0)
 
@@ -487,7 +546,7 @@ def test_lag_2c_structure_and_length_distribution():
     for i in range(50):
         n = int(batch.lengths[i])
         assert ids[i, 0] == b_sym and ids[i, 1] == x + batch.targets[i] and ids[i, n - 1] == e
-        assert (ids[i, 2:n - 1] < p).all()
+        assert (ids[i, 2 : n - 1] < p).all()
         assert batch.inputs[i, n:].abs().sum() == 0
     extra = (batch.lengths - q - 3).float()
     assert float(extra.mean()) == pytest.approx(9.0, abs=0.5)  # P(k) = 0.1 * 0.9^k
@@ -505,7 +564,7 @@ def test_lag_2c_uses_every_distractor_and_p_defaults_to_q():
     q, p = 12, 20
     batch = make_task("lag-2c", seq_len=q, distractors=p).sample(500, gen())
     ids = batch.inputs.argmax(-1)
-    middle = torch.cat([ids[i, 2:int(batch.lengths[i]) - 1] for i in range(len(batch))])
+    middle = torch.cat([ids[i, 2 : int(batch.lengths[i]) - 1] for i in range(len(batch))])
     assert set(middle.tolist()) == set(range(p))
     default = make_task("lag-2c", seq_len=q)
     assert default.distractors == q and default.input_size == q + 4
@@ -519,7 +578,7 @@ def test_two_sequence_definition():
     assert ((batch.lengths >= T) & (batch.lengths <= T + T // 10)).all()
     sign = 2 * batch.targets - 1  # class 1 -> +1, class 2 -> -1
     assert torch.equal(x[:, :N], sign.expand(-1, N))
-    noise = torch.cat([x[i, N:int(batch.lengths[i])] for i in range(len(batch))])
+    noise = torch.cat([x[i, N : int(batch.lengths[i])] for i in range(len(batch))])
     assert float(noise.var()) == pytest.approx(0.2, rel=0.05) and abs(float(noise.mean())) < 0.01
     assert set(batch.targets.flatten().tolist()) == {0.0, 1.0}
     assert task.solved(0.0, 1.0, abs_error=0.009)
@@ -552,7 +611,10 @@ def test_embedded_reber_strings_are_grammatical_and_legal_sets_are_right():
     seen_second = set()
     for b in range(len(batch)):
         n = int(batch.lengths[b])
-        string = "".join(REBER_SYMBOLS[i] for i in batch.inputs[b, :n].argmax(-1)) + REBER_SYMBOLS[batch.targets[b, n - 1, 0]]
+        string = (
+            "".join(REBER_SYMBOLS[i] for i in batch.inputs[b, :n].argmax(-1))
+            + REBER_SYMBOLS[batch.targets[b, n - 1, 0]]
+        )
         assert reber_valid(string), string
         seen_second.add(string[1])
         legal = batch.targets[b, :n, 1:].bool()
@@ -589,8 +651,9 @@ def test_reber_counts_a_tie_as_not_most_active():
     assert not task.correct(torch.zeros(20, batch.inputs.shape[1], 7), batch).any()
 
 
-@pytest.mark.parametrize("name, windows", [("order-6a", [(10, 20), (50, 60)]),
-                                           ("order-6b", [(10, 20), (33, 43), (66, 76)])])
+@pytest.mark.parametrize(
+    "name, windows", [("order-6a", [(10, 20), (50, 60)]), ("order-6b", [(10, 20), (33, 43), (66, 76)])]
+)
 def test_temporal_order_definition(name, windows):
     task = make_task(name, seq_len=100)
     batch = task.sample(500, gen())
@@ -604,7 +667,7 @@ def test_temporal_order_definition(name, windows):
         where = ((ids[b, :n] == x_id) | (ids[b, :n] == x_id + 1)).nonzero().flatten().tolist()
         assert len(where) == len(windows)
         assert all(lo <= t <= hi for t, (lo, hi) in zip(where, windows))
-        assert (ids[b, 1:n - 1][(ids[b, 1:n - 1] < 4)].numel() == n - 2 - len(windows))
+        assert ids[b, 1 : n - 1][(ids[b, 1 : n - 1] < 4)].numel() == n - 2 - len(windows)
         bits = [int(ids[b, t] == x_id + 1) for t in where]
         assert int(batch.targets[b]) == int("".join(map(str, bits)), 2)  # XX -> Q=0, XY -> R=1, ...
     assert set(batch.targets.tolist()) == set(range(2 ** len(windows)))
@@ -614,8 +677,9 @@ def test_temporal_order_definition(name, windows):
     assert not task.correct(last_step_output(batch, torch.zeros(500, task.output_size), task.output_size), batch).any()
 
 
-@pytest.mark.parametrize("name, windows", [("order-6a", [(10, 20), (50, 60)]),
-                                           ("order-6b", [(10, 20), (33, 43), (66, 76)])])
+@pytest.mark.parametrize(
+    "name, windows", [("order-6a", [(10, 20), (50, 60)]), ("order-6b", [(10, 20), (33, 43), (66, 76)])]
+)
 def test_temporal_order_windows_and_distractors_are_reached_at_both_ends(name, windows):
     """Each relevant position is uniform over its whole window, ends included, and every one of
     the four distractors a, b, c, d occurs."""
@@ -623,7 +687,7 @@ def test_temporal_order_windows_and_distractors_are_reached_at_both_ends(name, w
     ids = batch.inputs.argmax(-1)
     relevant = (ids == 4) | (ids == 5)
     for lo, hi in windows:
-        hit = relevant[:, lo:hi + 1].nonzero()[:, 1] + lo
+        hit = relevant[:, lo : hi + 1].nonzero()[:, 1] + lo
         assert set(hit.tolist()) == set(range(lo, hi + 1))
     assert set(ids[:, 1:99][~relevant[:, 1:99]].tolist()) == {0, 1, 2, 3}  # before any trigger
 
@@ -641,8 +705,9 @@ def test_digits_sequential_and_permuted():
     assert torch.equal(make_task("digits-permuted").sample(30, gen()).inputs, b.inputs)
     test = list(seq.test_batches(gen(), 100))
     assert sum(len(t) for t in test) == 297
-    assert torch.equal(torch.cat([t.targets for t in test]),
-                       torch.cat([t.targets for t in seq.test_batches(gen(5), 297)]))
+    assert torch.equal(
+        torch.cat([t.targets for t in test]), torch.cat([t.targets for t in seq.test_batches(gen(5), 297)])
+    )
     with pytest.raises(ValueError, match="fixed at 64"):
         make_task("digits", seq_len=63)
 

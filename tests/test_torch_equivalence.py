@@ -21,8 +21,14 @@ def _configs(n=28, seed=7):
     rng = random.Random(seed)
     space = list(
         itertools.product(
-            FAMILIES, (1, 2), (False, True), (0, 2), (False, True), ("padded", "packed", "unsorted", "unbatched"),
-            (False, True), (False, True),
+            FAMILIES,
+            (1, 2),
+            (False, True),
+            (0, 2),
+            (False, True),
+            ("padded", "packed", "unsorted", "unbatched"),
+            (False, True),
+            (False, True),
         )
     )
     picked = rng.sample(space, n)
@@ -33,7 +39,15 @@ def _configs(n=28, seed=7):
             kw["proj_size"] = proj
         if family == "RNN":
             kw["nonlinearity"] = rng.choice(["tanh", "relu"])
-        configs.append(pytest.param(family, kw, layout, with_hx, id=f"{family}-{layout}-hx{int(with_hx)}-" + "-".join(f"{k}{v}" for k, v in kw.items())))
+        configs.append(
+            pytest.param(
+                family,
+                kw,
+                layout,
+                with_hx,
+                id=f"{family}-{layout}-hx{int(with_hx)}-" + "-".join(f"{k}{v}" for k, v in kw.items()),
+            )
+        )
     return configs
 
 
@@ -116,12 +130,15 @@ def test_dropout_between_layers_only_in_training(family):
     assert not torch.equal(a, b), "training-mode dropout should draw new masks each call"
 
 
-@pytest.mark.parametrize("cls,tcls,kw", [
-    (gatedrnn.LSTMCell, nn.LSTMCell, {}),
-    (gatedrnn.GRUCell, nn.GRUCell, {}),
-    (gatedrnn.RNNCell, nn.RNNCell, {"nonlinearity": "relu"}),
-    (gatedrnn.LSTMCell, nn.LSTMCell, {"bias": False}),
-])
+@pytest.mark.parametrize(
+    "cls,tcls,kw",
+    [
+        (gatedrnn.LSTMCell, nn.LSTMCell, {}),
+        (gatedrnn.GRUCell, nn.GRUCell, {}),
+        (gatedrnn.RNNCell, nn.RNNCell, {"nonlinearity": "relu"}),
+        (gatedrnn.LSTMCell, nn.LSTMCell, {"bias": False}),
+    ],
+)
 @pytest.mark.parametrize("backend", ["auto", "reference"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_cells_equal_torch(cls, tcls, kw, backend, batched):
@@ -132,7 +149,9 @@ def test_cells_equal_torch(cls, tcls, kw, backend, batched):
     for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
         assert torch.equal(a, b), name
     x = torch.randn(3, 4, dtype=torch.float64) if batched else torch.randn(4, dtype=torch.float64)
-    states = [torch.randn(x.shape[:-1] + (6,), dtype=torch.float64) for _ in range(2 if cls is gatedrnn.LSTMCell else 1)]
+    states = [
+        torch.randn(x.shape[:-1] + (6,), dtype=torch.float64) for _ in range(2 if cls is gatedrnn.LSTMCell else 1)
+    ]
     results = []
     for module in (ours, theirs):
         xs = x.clone().requires_grad_(True)
@@ -161,8 +180,9 @@ def test_a_packed_batch_reaches_torchs_kernel_unpadded(family, monkeypatch):
     """On torch's kernels a packed input goes in packed, as in torch.nn: padding it first (which
     only the time loops need) cost up to 6% of the call. The lengths and batch sizes the other
     backends take from it agree with pad_packed_sequence's."""
-    import gatedrnn.nn as gnn
     from torch.nn.utils.rnn import pad_packed_sequence
+
+    import gatedrnn.nn as gnn
 
     pads = []
     monkeypatch.setattr(gnn, "pad_packed_sequence", lambda *a, **k: pads.append(1) or pad_packed_sequence(*a, **k))

@@ -30,24 +30,64 @@ from gatedrnn import checkpoint
 from gatedrnn.models import ModelConfig, SequenceModel, model_for_task
 from gatedrnn.tasks import Batch, make_task
 from gatedrnn.train import (
-    TEST_SEED_OFFSET, ConfigError, TrainConfig, build_model, build_task, comparison_table, evaluate, refuse_to_replace,
+    TEST_SEED_OFFSET,
+    ConfigError,
+    TrainConfig,
+    build_model,
+    build_task,
+    comparison_table,
+    evaluate,
+    refuse_to_replace,
     train,
 )
 from helpers import metrics_records
 
-TINY = ["--task", "adding-modern", "--seq-len", "12", "--cell", "lstm", "--hidden", "8", "--batch", "8",
-        "--lr", "0.01", "--eval-every", "40", "--log-every", "5", "--no-stop", "--no-progress", "--json"]
+TINY = [
+    "--task",
+    "adding-modern",
+    "--seq-len",
+    "12",
+    "--cell",
+    "lstm",
+    "--hidden",
+    "8",
+    "--batch",
+    "8",
+    "--lr",
+    "0.01",
+    "--eval-every",
+    "40",
+    "--log-every",
+    "5",
+    "--no-stop",
+    "--no-progress",
+    "--json",
+]
 
 
 def gatedrnn(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gatedrnn", *args], capture_output=True, text=True, timeout=240,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "gatedrnn", *args], capture_output=True, text=True, timeout=240, **kwargs
+    )
 
 
 def tiny_config(out: Path, **changes) -> TrainConfig:
-    values = dict(task="adding-modern", seq_len=12, cell="lstm", hidden=8, batch=8, lr=0.01, steps=30,
-                  eval_every=10, log_every=5, checkpoint_every=10, stop_when_solved=False, progress=False,
-                  device="cpu", out=str(out))
+    values = dict(
+        task="adding-modern",
+        seq_len=12,
+        cell="lstm",
+        hidden=8,
+        batch=8,
+        lr=0.01,
+        steps=30,
+        eval_every=10,
+        log_every=5,
+        checkpoint_every=10,
+        stop_when_solved=False,
+        progress=False,
+        device="cpu",
+        out=str(out),
+    )
     values.update(changes)
     return TrainConfig(**values)
 
@@ -129,15 +169,17 @@ def test_loading_cannot_execute_code(tmp_path, monkeypatch):
     model, optimizer = model_and_optimizer()
     checkpoint.save(tmp_path, 1, model, optimizer, torch.Generator())
     with monkeypatch.context() as m:
+
         def refuse(*args, **kwargs):
             raise AssertionError("a checkpoint loader must not unpickle")
+
         for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
             m.setattr(module, name, refuse)
         assert checkpoint.load(tmp_path).step == 1
     pointer = json.loads((tmp_path / checkpoint.POINTER).read_text())
     proof = tmp_path / "code-ran"
     (tmp_path / pointer["tensors"]).write_bytes(pickle.dumps(_Trap(str(proof))))
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 -- any refusal will do; what matters is that no code ran
         checkpoint.load(tmp_path)
     assert not proof.exists()
 
@@ -175,8 +217,11 @@ def _checkpointed_step(out: Path) -> int:
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     args = [*TINY, "--steps", "1500", "--checkpoint-every", "25"]
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    victim = subprocess.Popen([sys.executable, "-m", "gatedrnn", "train", *args, "--out", str(broken)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "gatedrnn", "train", *args, "--out", str(broken)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 200
     while _checkpointed_step(broken) < 100 and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -216,9 +261,19 @@ def finished(tmp_path_factory):
     return config
 
 
-@pytest.mark.parametrize("change", [dict(lr=0.02), dict(clip=0.5), dict(batch=4), dict(seed=1),
-                                    dict(lstm_init="torch"), dict(layers=2), dict(task_options={"tolerance": 0.1})],
-                         ids=lambda c: next(iter(c)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(lr=0.02),
+        dict(clip=0.5),
+        dict(batch=4),
+        dict(seed=1),
+        dict(lstm_init="torch"),
+        dict(layers=2),
+        dict(task_options={"tolerance": 0.1}),
+    ],
+    ids=lambda c: next(iter(c)),
+)
 def test_a_resume_refuses_each_setting_that_is_not_resumable(finished, change):
     """Only the fields of RESUMABLE_CHANGES may differ from the checkpointed run: another learning
     rate, clip, batch, seed, initialisation, depth or task option is named and refused."""
@@ -241,8 +296,15 @@ def test_stop_when_solved_and_the_summary(tmp_path):
     summary = train(tiny_config(tmp_path, task="lag-2a", seq_len=4, hidden=32, steps=600, stop_when_solved=True))
     assert summary["solved"] and summary["steps"] < 600
     assert summary["solved_step"] == summary["steps"] and summary["solved_sequences"] == summary["steps"] * 8
-    assert evaluate(model_for_task(make_task("lag-2a", seq_len=4), "lstm", 8), make_task("lag-2a", seq_len=4), 0,
-                    torch.device("cpu"))["sequences"] == 2
+    assert (
+        evaluate(
+            model_for_task(make_task("lag-2a", seq_len=4), "lstm", 8),
+            make_task("lag-2a", seq_len=4),
+            0,
+            torch.device("cpu"),
+        )["sequences"]
+        == 2
+    )
     lines = comparison_table([summary])
     assert "lag-2a (T=4)" in lines[0] and "yes" in lines[2]
 
@@ -250,8 +312,7 @@ def test_stop_when_solved_and_the_summary(tmp_path):
 def test_solved_step_is_the_first_evaluation_that_met_the_criterion(tmp_path):
     """With --no-stop a run evaluates on after it is solved: solved_step stays at the first
     evaluation that met the criterion, not the last."""
-    first = train(tiny_config(tmp_path / "stop", task="lag-2a", seq_len=4, hidden=32, steps=600,
-                              stop_when_solved=True))
+    first = train(tiny_config(tmp_path / "stop", task="lag-2a", seq_len=4, hidden=32, steps=600, stop_when_solved=True))
     assert first["solved"]
     summary = train(tiny_config(tmp_path / "on", task="lag-2a", seq_len=4, hidden=32, steps=first["steps"] + 40))
     solved = [r["step"] for r in metrics_records(tmp_path / "on") if r.get("solved")]
@@ -260,9 +321,22 @@ def test_solved_step_is_the_first_evaluation_that_met_the_criterion(tmp_path):
 
 
 def test_the_comparison_table_gives_the_loss_over_the_baseline():
-    summary = dict(task="adding-modern", seq_len=12, hidden=8, seed=0, baseline=0.2, cell="lstm", variant="vanilla",
-                   steps=10, sequences=80, final_loss=0.05, accuracy=0.5, solved=False, solved_sequences=None,
-                   seconds=1.0)
+    summary = dict(
+        task="adding-modern",
+        seq_len=12,
+        hidden=8,
+        seed=0,
+        baseline=0.2,
+        cell="lstm",
+        variant="vanilla",
+        steps=10,
+        sequences=80,
+        final_loss=0.05,
+        accuracy=0.5,
+        solved=False,
+        solved_sequences=None,
+        seconds=1.0,
+    )
     row = comparison_table([summary])[2].split()
     assert row[4] == "0.25" and row[-2] == "-"
 
@@ -348,8 +422,19 @@ def test_metrics_lines_and_the_train_loss_of_the_summary(tmp_path):
 def test_lag_2a_long_lag_is_learned_at_p_20(tmp_path):
     # With the plain mean over the p steps (last_weight=1) the cells drift into saturation and the
     # last prediction stays at chance for thousands of steps; weighted, it is solved in about 200.
-    summary = train(tiny_config(tmp_path, task="lag-2a", seq_len=20, hidden=32, batch=32, steps=600, eval_every=25,
-                                checkpoint_every=600, stop_when_solved=True))
+    summary = train(
+        tiny_config(
+            tmp_path,
+            task="lag-2a",
+            seq_len=20,
+            hidden=32,
+            batch=32,
+            steps=600,
+            eval_every=25,
+            checkpoint_every=600,
+            stop_when_solved=True,
+        )
+    )
     assert summary["solved"] and summary["steps"] < 600
 
 
@@ -373,9 +458,25 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     # block the read forever. torchrun starts each worker in its own session, so killing the
     # launcher's group does not reach them: they are found by the unique --out in their command line.
     with open(out_file, "w") as out, open(err_file, "w") as err:
-        launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                     "--nproc_per_node=2", "-m", "gatedrnn", "train", *args, "--out", str(ddp)],
-                                    stdout=out, stderr=err, env=env, start_new_session=True)
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node=2",
+                "-m",
+                "gatedrnn",
+                "train",
+                *args,
+                "--out",
+                str(ddp),
+            ],
+            stdout=out,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+        )
         try:
             launcher.wait(timeout=240)
         except subprocess.TimeoutExpired:
@@ -402,9 +503,15 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert b_losses == pytest.approx(a_losses, rel=1e-4)
 
 
-@pytest.mark.parametrize("variant, lstm_init, forget, input_", [
-    ("vanilla", "long-lag", 3.0, -3.0), ("nfg", "long-lag", None, -3.0), ("cifg", "long-lag", 3.0, None),
-    ("vanilla", "torch", None, None)])
+@pytest.mark.parametrize(
+    "variant, lstm_init, forget, input_",
+    [
+        ("vanilla", "long-lag", 3.0, -3.0),
+        ("nfg", "long-lag", None, -3.0),
+        ("cifg", "long-lag", 3.0, None),
+        ("vanilla", "torch", None, None),
+    ],
+)
 def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
     from gatedrnn.config import LSTM_VARIANTS
     from gatedrnn.train import build_model, gate_biases
@@ -420,7 +527,7 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
                 rows = slice(gates.index(gate) * 6, (gates.index(gate) + 1) * 6)
                 assert (b_ih[rows] == value).all() and (b_hh[rows] == 0).all()
         if lstm_init == "torch":
-            assert b_ih.abs().max() < 1 / 6 ** 0.5 + 1e-6  # torch.nn's U(-1/sqrt(H), 1/sqrt(H))
+            assert b_ih.abs().max() < 1 / 6**0.5 + 1e-6  # torch.nn's U(-1/sqrt(H), 1/sqrt(H))
     assert gate_biases(TrainConfig(cell="gru")) == (None, None)
     with pytest.raises(ConfigError, match="--input-bias needs the 'i' gate, but variant 'cifg' has none"):
         TrainConfig(variant="cifg", input_bias=-1.0).validate()
@@ -432,19 +539,34 @@ def test_a_sequence_model_refuses_lstm_options_for_other_cells():
         SequenceModel(ModelConfig(cell="gru", input_size=2, output_size=1, variant="nfg"))
 
 
-@pytest.mark.parametrize("change, message", [
-    *[(dict([(name, 0)]), f"{name.replace('_', '-')} must be a positive integer, got 0")
-      for name in ("hidden", "layers", "threads", "embedding_dim", "steps", "batch", "checkpoint_every", "log_every",
-                   "test_batch")],
-    (dict(seq_len=0), "seq-len must be a positive integer, got 0"),
-    (dict(eval_every=-1), "eval-every must be 0 (only at the end) or positive, got -1"),
-    (dict(lr=0.0), "lr must be a positive number, got 0.0"),
-    (dict(lr=math.inf), "lr must be a positive number, got inf"),
-    (dict(device="tpu"), "device must be auto, cpu or cuda, got 'tpu'"),
-    (dict(cell="gru", variant="nfg"), "--variant applies to --cell lstm only, got --cell gru"),
-    (dict(cell="rnn", input_bias=-1.0), "--input-bias needs the 'i' gate, but --cell rnn has none"),
-    (dict(lstm_init="xavier"), "lstm-init must be one of long-lag, torch, got 'xavier'"),
-], ids=lambda v: next(iter(v)) if isinstance(v, dict) else None)
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        *[
+            (dict([(name, 0)]), f"{name.replace('_', '-')} must be a positive integer, got 0")
+            for name in (
+                "hidden",
+                "layers",
+                "threads",
+                "embedding_dim",
+                "steps",
+                "batch",
+                "checkpoint_every",
+                "log_every",
+                "test_batch",
+            )
+        ],
+        (dict(seq_len=0), "seq-len must be a positive integer, got 0"),
+        (dict(eval_every=-1), "eval-every must be 0 (only at the end) or positive, got -1"),
+        (dict(lr=0.0), "lr must be a positive number, got 0.0"),
+        (dict(lr=math.inf), "lr must be a positive number, got inf"),
+        (dict(device="tpu"), "device must be auto, cpu or cuda, got 'tpu'"),
+        (dict(cell="gru", variant="nfg"), "--variant applies to --cell lstm only, got --cell gru"),
+        (dict(cell="rnn", input_bias=-1.0), "--input-bias needs the 'i' gate, but --cell rnn has none"),
+        (dict(lstm_init="xavier"), "lstm-init must be one of long-lag, torch, got 'xavier'"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
+)
 def test_validate_refuses_each_bad_field(change, message):
     """TrainConfig.validate names each bad field itself (the CLI's parsers refuse most of these
     before it, so only a direct use of the API reaches these checks)."""

@@ -47,10 +47,38 @@ class MGU(gatedrnn.CellFamily):
         return ((1 - f) * h + f * n,), {"f": f, "n": n}
 '''
 
-TINY = ["--task", "adding-modern", "--seq-len", "12", "--hidden", "8", "--batch", "8", "--eval-every", "0",
-        "--checkpoint-every", "2", "--no-progress"]
-CHARLM = ["--task", "charlm", "--seq-len", "16", "--hidden", "6", "--embedding-dim", "4", "--batch", "4",
-          "--steps", "2", "--eval-every", "0", "--no-progress"]
+TINY = [
+    "--task",
+    "adding-modern",
+    "--seq-len",
+    "12",
+    "--hidden",
+    "8",
+    "--batch",
+    "8",
+    "--eval-every",
+    "0",
+    "--checkpoint-every",
+    "2",
+    "--no-progress",
+]
+CHARLM = [
+    "--task",
+    "charlm",
+    "--seq-len",
+    "16",
+    "--hidden",
+    "6",
+    "--embedding-dim",
+    "4",
+    "--batch",
+    "4",
+    "--steps",
+    "2",
+    "--eval-every",
+    "0",
+    "--no-progress",
+]
 
 
 @pytest.fixture
@@ -91,8 +119,10 @@ def test_train_evaluate_and_resume_a_user_family(tmp_path, family_file, capsys):
     """train records the family and its file; evaluate reproduces the run's test loss; a resume in
     a process without the family, given its file, ends exactly where an uninterrupted run ends."""
     run = tmp_path / "run"
-    first = run_json(capsys, ["train", "--family-module", str(family_file), "--cell", "mgu", *TINY, "--steps", "4",
-                              "--out", str(run)])
+    first = run_json(
+        capsys,
+        ["train", "--family-module", str(family_file), "--cell", "mgu", *TINY, "--steps", "4", "--out", str(run)],
+    )
     record = {"name": "mgu", "module": "my_cells", "class": "MGU", "file": str(family_file)}
     assert json.loads((run / "config.json").read_text())["family"] == record
     assert checkpoint.saved_extra(run)["family"] == record
@@ -104,10 +134,24 @@ def test_train_evaluate_and_resume_a_user_family(tmp_path, family_file, capsys):
     assert run_json(capsys, ["evaluate", str(run)])["loss"] == pytest.approx(first["final_loss"], rel=1e-6)
 
     forget()
-    resumed = run_json(capsys, ["train", *TINY[:2], "--resume", "--out", str(run), "--steps", "6",
-                                "--family-module", str(family_file)])
-    whole = run_json(capsys, ["train", "--family-module", str(family_file), "--cell", "mgu", *TINY, "--steps", "6",
-                              "--out", str(tmp_path / "whole")])
+    resumed = run_json(
+        capsys, ["train", *TINY[:2], "--resume", "--out", str(run), "--steps", "6", "--family-module", str(family_file)]
+    )
+    whole = run_json(
+        capsys,
+        [
+            "train",
+            "--family-module",
+            str(family_file),
+            "--cell",
+            "mgu",
+            *TINY,
+            "--steps",
+            "6",
+            "--out",
+            str(tmp_path / "whole"),
+        ],
+    )
     assert (resumed["steps"], resumed["cell"]) == (6, "mgu")
     assert resumed["final_loss"] == whole["final_loss"]
 
@@ -115,8 +159,25 @@ def test_train_evaluate_and_resume_a_user_family(tmp_path, family_file, capsys):
 def test_compare_a_user_family_with_a_built_in_one(tmp_path, family_file, capsys):
     """--cells takes a family --family-module registers; --family-opt goes to the cells that have it."""
     out = tmp_path / "cmp"
-    assert main(["compare", "--family-module", str(family_file), "--cells", "mgu,gru", *TINY, "--steps", "2",
-                 "--family-opt", "activation=relu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--family-module",
+                str(family_file),
+                "--cells",
+                "mgu,gru",
+                *TINY,
+                "--steps",
+                "2",
+                "--family-opt",
+                "activation=relu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert re.search(r"^mgu\s", printed, re.M) and re.search(r"^gru\s", printed, re.M)
     configs = {c: json.loads((out / c / "config.json").read_text())["train"] for c in ("mgu", "gru")}
@@ -128,8 +189,26 @@ def test_family_options_and_gate_flags_are_decided_by_what_the_family_takes(tmp_
     a gate f (the MGU has one), --input-bias a gate i, --variant a variant option."""
     module = ["--family-module", str(family_file)]
     run = tmp_path / "relu"
-    assert main(["train", *module, "--cell", "mgu", *TINY, "--steps", "2", "--family-opt", "activation=relu",
-                 "--forget-bias", "1.5", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *module,
+                "--cell",
+                "mgu",
+                *TINY,
+                "--steps",
+                "2",
+                "--family-opt",
+                "activation=relu",
+                "--forget-bias",
+                "1.5",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     saved_run = saved.read(run)
     assert saved_run.meta["train"]["family_options"] == {"activation": "relu"}
@@ -137,17 +216,22 @@ def test_family_options_and_gate_flags_are_decided_by_what_the_family_takes(tmp_
     assert model.rnn.cell_config.activation == "relu"
 
     cases = [
-        (["--family-opt", "nope=1"], "--family-opt nope: the cell family 'mgu' has no option 'nope'; options: activation"),
+        (
+            ["--family-opt", "nope=1"],
+            "--family-opt nope: the cell family 'mgu' has no option 'nope'; options: activation",
+        ),
         (["--family-opt", "activation=sigmoid"], "activation must be tanh or relu, got 'sigmoid'"),
         (["--family-opt", "activation"], "--family-opt expects KEY=VALUE, got 'activation'"),
         (["--input-bias", "-1"], "--input-bias needs the 'i' gate, but --cell mgu has none (its gates: f, n)"),
         (["--variant", "nfg"], "--variant applies to --cell lstm only, got --cell mgu"),
     ]
     for flags, expected in cases:
-        assert expected in error_line(capsys, ["train", *module, "--cell", "mgu", *TINY, *flags,
-                                               "--out", str(tmp_path / "bad")])
-    line = error_line(capsys, ["train", "--cell", "gru", *TINY, "--family-opt", "layer_norm=maybe",
-                               "--out", str(tmp_path / "bad")])
+        assert expected in error_line(
+            capsys, ["train", *module, "--cell", "mgu", *TINY, *flags, "--out", str(tmp_path / "bad")]
+        )
+    line = error_line(
+        capsys, ["train", "--cell", "gru", *TINY, "--family-opt", "layer_norm=maybe", "--out", str(tmp_path / "bad")]
+    )
     assert "--family-opt layer_norm=maybe: expected true or false for layer_norm" in line
     assert not (tmp_path / "bad").exists()
 
@@ -172,8 +256,23 @@ def test_the_gate_viewer_shows_a_user_familys_gates(tmp_path, family_file, capsy
     run, out = tmp_path / "charlm", tmp_path / "page"
     assert main(["train", "--family-module", str(family_file), "--cell", "mgu", *CHARLM, "--out", str(run)]) == 0
     forget()
-    assert main(["gates", "It is a truth", "--model", str(run), "--family-module", str(family_file),
-                 "--out", str(out), "--span-window", "4"]) == 0
+    assert (
+        main(
+            [
+                "gates",
+                "It is a truth",
+                "--model",
+                str(run),
+                "--family-module",
+                str(family_file),
+                "--out",
+                str(out),
+                "--span-window",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert "MGU:" in capsys.readouterr().out
     page = (out / "gates.html").read_text()
     data = json.loads(re.search(r'<script id="data" type="application/json">(.*?)</script>', page, re.S).group(1))
@@ -197,36 +296,49 @@ sys.exit(10 * missing + main(["evaluate", run, "--family-module", file]))
 """In a new process: evaluate without the family's file named (exit 2), then with it (exit 0)."""
 
 
-def test_a_fresh_process_names_the_missing_family_and_rebuilds_it_from_the_named_file(tmp_path, family_file,
-                                                                                       capsys):
+def test_a_fresh_process_names_the_missing_family_and_rebuilds_it_from_the_named_file(tmp_path, family_file, capsys):
     """In a new process, evaluate names the family, its module, class and file, and the flag in one
     error line, without executing the file the run records; with --family-module it rebuilds the run.
     gates and --resume say the same."""
     run = tmp_path / "run"
     assert main(["train", "--family-module", str(family_file), "--cell", "mgu", *CHARLM, "--out", str(run)]) == 0
     capsys.readouterr()
-    fresh = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(run), str(family_file)],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
-    expected = (f"error: the run's cell family 'mgu' (module my_cells, class MGU, from {family_file}) is not "
-                "registered (a file a run names is executed only when given as --family-module): pass "
-                "--family-module PATH_OR_MODULE")
+    fresh = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(run), str(family_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    expected = (
+        f"error: the run's cell family 'mgu' (module my_cells, class MGU, from {family_file}) is not "
+        "registered (a file a run names is executed only when given as --family-module): pass "
+        "--family-module PATH_OR_MODULE"
+    )
     assert fresh.returncode == 20, fresh.stderr
     assert fresh.stderr.startswith(expected) and fresh.stderr.count("\n") == 1, fresh.stderr
     assert "charlm mgu (hidden 6, step 2)" in fresh.stdout
 
     forget()
-    for argv in (["gates", "It is", "--model", str(run), "--out", str(tmp_path / "page")],
-                 ["train", *CHARLM[:2], "--resume", "--out", str(run), "--steps", "3"]):
+    for argv in (
+        ["gates", "It is", "--model", str(run), "--out", str(tmp_path / "page")],
+        ["train", *CHARLM[:2], "--resume", "--out", str(run), "--steps", "3"],
+    ):
         assert error_line(capsys, argv).startswith(expected)
     assert main(["evaluate", str(run), "--family-module", str(family_file)]) == 0
 
 
 def test_an_unregistered_cell_or_a_broken_module_is_one_error_line(tmp_path, capsys):
-    assert ("invalid choice: 'mgu' (choose from lstm, gru, rnn; a family of your own: --family-module"
-            in error_line(capsys, ["train", "--cell", "mgu", *TINY]))
+    assert (
+        f"invalid choice: 'mgu' (choose from {', '.join(gatedrnn.registered_families())}; "
+        "a family of your own: --family-module" in error_line(capsys, ["train", "--cell", "mgu", *TINY])
+    )
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('no cells here')\n")
     assert error_line(capsys, ["train", "--family-module", str(broken), *TINY]) == (
-        f"error: --family-module {broken}: cannot import it (RuntimeError: no cells here)")
+        f"error: --family-module {broken}: cannot import it (RuntimeError: no cells here)"
+    )
     assert "no file or importable module 'no_such_cells'" in error_line(
-        capsys, ["evaluate", "x", "--family-module", "no_such_cells"])
+        capsys, ["evaluate", "x", "--family-module", "no_such_cells"]
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
@@ -14,10 +13,20 @@ from helpers import rel_err
 
 VARIANT_MODULES = (
     [pytest.param(gatedrnn.LSTM, dict(variant=v), id=f"lstm-{v}") for v in LSTM_VARIANTS]
-    + [pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=True), id=f"lstm-{v}-ln") for v in ("vanilla", "peephole", "cifg")]
+    + [
+        pytest.param(gatedrnn.LSTM, dict(variant=v, layer_norm=True), id=f"lstm-{v}-ln")
+        for v in ("vanilla", "peephole", "cifg")
+    ]
     + [pytest.param(gatedrnn.LSTM, dict(proj_size=2, variant="peephole"), id="lstm-peephole-proj")]
-    + [pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln), id=f"gru-ra{int(ra)}-ln{int(ln)}") for ra in (True, False) for ln in (False, True)]
-    + [pytest.param(gatedrnn.RNN, dict(nonlinearity="tanh"), id="rnn-tanh"), pytest.param(gatedrnn.LSTM, dict(zoneout=0.3), id="lstm-zoneout-eval")]
+    + [
+        pytest.param(gatedrnn.GRU, dict(reset_after=ra, layer_norm=ln), id=f"gru-ra{int(ra)}-ln{int(ln)}")
+        for ra in (True, False)
+        for ln in (False, True)
+    ]
+    + [
+        pytest.param(gatedrnn.RNN, dict(nonlinearity="tanh"), id="rnn-tanh"),
+        pytest.param(gatedrnn.LSTM, dict(zoneout=0.3), id="lstm-zoneout-eval"),
+    ]
 )
 
 
@@ -40,10 +49,13 @@ def test_gradcheck_stacked_bidirectional(cls, kw, backend):
     assert gradcheck(f, (x,) + params, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("cls,kw", [
-    pytest.param(gatedrnn.LSTM, dict(zoneout=0.4, recurrent_dropout=0.3, variant="peephole"), id="lstm"),
-    pytest.param(gatedrnn.GRU, dict(zoneout=0.4, recurrent_dropout=0.3, reset_after=False), id="gru"),
-])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        pytest.param(gatedrnn.LSTM, dict(zoneout=0.4, recurrent_dropout=0.3, variant="peephole"), id="lstm"),
+        pytest.param(gatedrnn.GRU, dict(zoneout=0.4, recurrent_dropout=0.3, reset_after=False), id="gru"),
+    ],
+)
 def test_gradcheck_training_regularisers_with_fixed_masks(cls, kw):
     module = cls(2, 3, num_layers=2, bidirectional=True, dropout=0.2, dtype=torch.float64, **kw).train()
     names = [n for n, _ in module.named_parameters()]
@@ -117,7 +129,11 @@ def test_extra_connections_zeroed_give_vanilla_and_matter_otherwise(x, variant, 
 
 def test_peephole_step_matches_hand_computation():
     cell = gatedrnn.LSTMCell(3, 2, variant="peephole", dtype=torch.float64)
-    x, h, c = torch.randn(1, 3, dtype=torch.float64), torch.randn(1, 2, dtype=torch.float64), torch.randn(1, 2, dtype=torch.float64)
+    x, h, c = (
+        torch.randn(1, 3, dtype=torch.float64),
+        torch.randn(1, 2, dtype=torch.float64),
+        torch.randn(1, 2, dtype=torch.float64),
+    )
     a = x @ cell.weight_ih.T + cell.bias_ih + h @ cell.weight_hh.T + cell.bias_hh
     ai, af, ag, ao = a.split(2, dim=1)
     pi, pf, po = cell.weight_ch.split(2)
@@ -143,9 +159,12 @@ def test_layer_norm_lstm_step_matches_hand_computation():
     gates = []
     for k in range(4):
         rows = slice(4 * k, 4 * k + 4)
-        gates.append(ln(wx[:, rows], cell.ln_weight_ih[rows], cell.ln_bias_ih[rows])
-                     + ln(wh[:, rows], cell.ln_weight_hh[rows], cell.ln_bias_hh[rows])
-                     + cell.bias_ih[rows] + cell.bias_hh[rows])
+        gates.append(
+            ln(wx[:, rows], cell.ln_weight_ih[rows], cell.ln_bias_ih[rows])
+            + ln(wh[:, rows], cell.ln_weight_hh[rows], cell.ln_bias_hh[rows])
+            + cell.bias_ih[rows]
+            + cell.bias_hh[rows]
+        )
     i, f, g, o = torch.sigmoid(gates[0]), torch.sigmoid(gates[1]), torch.tanh(gates[2]), torch.sigmoid(gates[3])
     c2 = f * c + i * g
     h2 = o * torch.tanh(ln(c2, cell.ln_weight_c, cell.ln_bias_c))
@@ -172,9 +191,9 @@ def test_forget_bias_initialises_the_effective_forget_bias():
         k = m.cell_config.gates.index("f")
         for layer in range(2):
             b_ih, b_hh = getattr(m, f"bias_ih_l{layer}"), getattr(m, f"bias_hh_l{layer}")
-            assert torch.equal(b_ih[4 * k:4 * k + 4], torch.ones(4))
-            assert torch.equal(b_hh[4 * k:4 * k + 4], torch.zeros(4))
-            assert (b_ih[:4 * k] != 1).all()
+            assert torch.equal(b_ih[4 * k : 4 * k + 4], torch.ones(4))
+            assert torch.equal(b_hh[4 * k : 4 * k + 4], torch.zeros(4))
+            assert (b_ih[: 4 * k] != 1).all()
 
 
 def test_zoneout_training_is_random_and_total_zoneout_freezes_state(x):
@@ -215,11 +234,16 @@ def test_recurrent_dropout_one_mask_per_sequence_and_off_in_eval(x):
     # the mask acts on h_{t-1} where it enters the matmul: ones give the plain LSTM, zeros cut the recurrence
     from gatedrnn.backends import reference
     from gatedrnn.config import Noise
+
     w = m.layer_weights(0, 0)
     zeros = torch.zeros(3, 5, dtype=torch.float64)
-    ones = reference.run_layer(m.cell_config, x, (zeros, zeros), w, noise=Noise(recurrent_mask=torch.ones(3, 5, dtype=torch.float64)))[0]
+    ones = reference.run_layer(
+        m.cell_config, x, (zeros, zeros), w, noise=Noise(recurrent_mask=torch.ones(3, 5, dtype=torch.float64))
+    )[0]
     assert torch.allclose(ones, plain(x)[0])
-    dropped = reference.run_layer(m.cell_config, x, (zeros, zeros), w, noise=Noise(recurrent_mask=torch.zeros(3, 5, dtype=torch.float64)))[0]
+    dropped = reference.run_layer(
+        m.cell_config, x, (zeros, zeros), w, noise=Noise(recurrent_mask=torch.zeros(3, 5, dtype=torch.float64))
+    )[0]
     assert torch.allclose(dropped, torch.stack(list(_no_recurrence_outputs(m, x))))
 
 
@@ -236,14 +260,21 @@ def _no_recurrence_outputs(m, x):
 def test_layer_norm_modules_and_unknown_variant():
     m = gatedrnn.GRU(3, 4, layer_norm=True)
     assert {n for n, _ in m.named_parameters() if n.startswith("ln_")} == {
-        "ln_weight_ih_l0", "ln_bias_ih_l0", "ln_weight_hh_l0", "ln_bias_hh_l0"}
+        "ln_weight_ih_l0",
+        "ln_bias_ih_l0",
+        "ln_weight_hh_l0",
+        "ln_bias_hh_l0",
+    }
     assert torch.equal(m.ln_weight_ih_l0, torch.ones(12))
     with pytest.raises(ValueError, match="unknown variant 'lstm97'.*'vanilla'.*'peephole'.*'fgr'"):
         gatedrnn.LSTM(3, 4, variant="lstm97")
 
 
 def test_nan_propagates(x):
-    for module in (gatedrnn.LSTM(4, 5, variant="peephole", dtype=torch.float64), gatedrnn.GRU(4, 5, dtype=torch.float64)):
+    for module in (
+        gatedrnn.LSTM(4, 5, variant="peephole", dtype=torch.float64),
+        gatedrnn.GRU(4, 5, dtype=torch.float64),
+    ):
         bad = x.clone()
         bad[2, 1, 0] = float("nan")
         out = module(bad)[0]
@@ -279,8 +310,8 @@ def test_lstm_cell_forget_bias_initialises_the_forget_rows():
     for variant in ("vanilla", "cifg", "peephole"):
         cell = gatedrnn.LSTMCell(3, 4, variant=variant, forget_bias=1.0)
         k = cell.cell_config.gates.index("f")
-        assert torch.equal(cell.bias_ih[4 * k:4 * k + 4], torch.ones(4)), variant
-        assert torch.equal(cell.bias_hh[4 * k:4 * k + 4], torch.zeros(4)), variant
+        assert torch.equal(cell.bias_ih[4 * k : 4 * k + 4], torch.ones(4)), variant
+        assert torch.equal(cell.bias_hh[4 * k : 4 * k + 4], torch.zeros(4)), variant
         assert cell.forget_bias == 1.0 and "forget_bias=1.0" in repr(cell)
     with pytest.raises(ValueError, match="forget_bias=1.0 needs a forget gate"):
         gatedrnn.LSTMCell(3, 4, variant="nfg", forget_bias=1.0)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-import gatedrnn
 from torch import nn
 
+import gatedrnn
 from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
 from gatedrnn.viz import commands, demo, plots
 from gatedrnn.viz.charmodel import CharModel, recurrent_step
@@ -24,9 +23,22 @@ from gatedrnn.viz.loading import UsageError, _vocab, shipped_path
 from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
 from gatedrnn.viz.plots import MAX_WORD_TICKS, _band, _word_ticks, informative_units, plot_gates, plot_memory_span
 from gatedrnn.viz.span import (
-    BEYOND, WINDOW, distance_curve, influence, mean_distance, measure_span, probe_positions, span_below, span_result,
-    states, summary_lines, to_band, total_influence, word_positions,
+    BEYOND,
+    WINDOW,
+    distance_curve,
+    influence,
+    mean_distance,
+    measure_span,
+    probe_positions,
+    span_below,
+    span_result,
+    states,
+    summary_lines,
+    to_band,
+    total_influence,
+    word_positions,
 )
+
 
 @pytest.fixture(autouse=True)
 def _keep_torch_threads():
@@ -147,7 +159,9 @@ def test_unknown_positions_are_sorted_once_and_scores_need_every_layer():
     assert page_data(record)["unknown"] == [1, 3]
     for given in (1, 3):
         with pytest.raises(ValueError, match=f"expected 2 layers, got {given}"):
-            GateRecord(text="ab", cell="rnn", layers=traced("rnn", "ab").layers, unit_scores={"s": [np.zeros(6)] * given})
+            GateRecord(
+                text="ab", cell="rnn", layers=traced("rnn", "ab").layers, unit_scores={"s": [np.zeros(6)] * given}
+            )
 
 
 def test_informative_units_are_the_most_varying():
@@ -167,6 +181,7 @@ def test_gates_png_has_one_panel_per_layer_and_quantity(tmp_path):
 
 # --- memory span -------------------------------------------------------------------------------
 
+
 def decay(T: int, a: float, scale: float = 1.0) -> np.ndarray:
     """J[t, s, 0] = scale * a^(t - s) for s <= t, (T, T, 1): a per-unit influence that decays geometrically."""
     return scale * np.tril(a ** np.subtract.outer(np.arange(T), np.arange(T)).clip(0))[..., None]
@@ -182,22 +197,34 @@ def test_influence_of_a_linear_recurrence_is_geometric(window):
     torch.manual_seed(0)
     T, D, H, a = 9, 3, 4, 0.5
     W = torch.randn(D, H, dtype=torch.float64)
-    got = influence(linear_step(a, W), torch.randn(T, D, dtype=torch.float64), torch.zeros(H, dtype=torch.float64),
-                    {"h": slice(0, H)}, window=window)
+    got = influence(
+        linear_step(a, W),
+        torch.randn(T, D, dtype=torch.float64),
+        torch.zeros(H, dtype=torch.float64),
+        {"h": slice(0, H)},
+        window=window,
+    )
     Wd = min(window, T)
     assert got.band["h"].shape == (T, Wd) and got.unit_sum["h"].shape == (Wd, H)
     t, d = np.arange(T)[:, None], np.arange(Wd)[None, :]
-    np.testing.assert_allclose(got.band["h"], np.where(d <= t, a ** d * torch.linalg.norm(W).item(), 0.0), rtol=1e-12)
+    np.testing.assert_allclose(got.band["h"], np.where(d <= t, a**d * torch.linalg.norm(W).item(), 0.0), rtol=1e-12)
     # unit k, distance d: T - d states, each a^d ||W[:, k]||
-    np.testing.assert_allclose(got.unit_sum["h"], (T - d.T) * a ** d.T * torch.linalg.norm(W, dim=0).numpy(),
-                               rtol=1e-12)
-    np.testing.assert_allclose(got.unit_curve("h")[2], a ** 2 * torch.linalg.norm(W, dim=0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got.unit_sum["h"], (T - d.T) * a**d.T * torch.linalg.norm(W, dim=0).numpy(), rtol=1e-12)
+    np.testing.assert_allclose(got.unit_curve("h")[2], a**2 * torch.linalg.norm(W, dim=0).numpy(), rtol=1e-12)
 
 
 MODULES = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}
 
-VARIANTS = [("lstm", {}), ("gru", {}), ("rnn", {}), ("lstm", {"variant": "fgr"}), ("lstm", {"variant": "peephole"}),
-            ("lstm", {"proj_size": 3}), ("lstm", {"zoneout": 0.3}), ("gru", {"layer_norm": True})]
+VARIANTS = [
+    ("lstm", {}),
+    ("gru", {}),
+    ("rnn", {}),
+    ("lstm", {"variant": "fgr"}),
+    ("lstm", {"variant": "peephole"}),
+    ("lstm", {"proj_size": 3}),
+    ("lstm", {"zoneout": 0.3}),
+    ("gru", {"layer_norm": True}),
+]
 
 
 def two_layer_module(cell: str, **options):
@@ -208,6 +235,7 @@ def two_layer_module(cell: str, **options):
 def full_per_unit(module, x: torch.Tensor, keys) -> np.ndarray:
     """J[t, s, k] (T, T, 5 len(keys)) from the full Jacobian of what inspect_gates records (the
     states named by ``keys``: (name, layer) pairs), by forward-mode autograd (torch.func.jacfwd)."""
+
     def fn(x):  # (T, D) -> (T, 5 len(keys))
         gates = gatedrnn.inspect_gates(module, x.unsqueeze(0 if module.batch_first else 1)).gates  # (T, 1, H) each
         return torch.cat([gates[(k, 0)][name][:, 0] for name, k in keys], dim=-1)
@@ -217,8 +245,9 @@ def full_per_unit(module, x: torch.Tensor, keys) -> np.ndarray:
 
 
 @pytest.mark.parametrize("window", [7, 3, 1], ids=["every-distance", "window-3", "window-1"])
-@pytest.mark.parametrize("cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items())
-                                                        for c, o in VARIANTS])
+@pytest.mark.parametrize(
+    "cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items()) for c, o in VARIANTS]
+)
 def test_influence_matches_the_full_jacobian(cell, options, window):
     """Every layer's h (before any projection) and c, through recurrent_step, against the full
     Jacobian of the module's recorded states; with a window, the Jacobian's band d < window."""
@@ -229,13 +258,14 @@ def test_influence_matches_the_full_jacobian(cell, options, window):
     expected = full_per_unit(module, x, keys)
     got = influence(step, x, z0, groups, window=window)
     for i, key in enumerate(keys):
-        units = to_band(expected[..., 5 * i:5 * (i + 1)], window)  # (T, W, 5)
+        units = to_band(expected[..., 5 * i : 5 * (i + 1)], window)  # (T, W, 5)
         np.testing.assert_allclose(got.unit_sum[key], units.sum(0), rtol=1e-10, atol=1e-14)
-        np.testing.assert_allclose(got.band[key], np.sqrt((units ** 2).sum(-1)), rtol=1e-10, atol=1e-14)
+        np.testing.assert_allclose(got.band[key], np.sqrt((units**2).sum(-1)), rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items())
-                                                        for c, o in VARIANTS])
+@pytest.mark.parametrize(
+    "cell, options", VARIANTS, ids=[c + "".join(f"-{k}={v}" for k, v in o.items()) for c, o in VARIANTS]
+)
 def test_recurrent_step_runs_the_module(cell, options):
     """The flat one-step map's states are the module's: its output and every layer's recorded h, c."""
     module = two_layer_module(cell, **options)
@@ -244,7 +274,7 @@ def test_recurrent_step_runs_the_module(cell, options):
     with torch.no_grad():
         zs = states(step, x, z0)[1:]  # (T, S)
         trace = gatedrnn.inspect_gates(module, x.unsqueeze(1))
-    assert set(groups) == {(n, k) for n in ("h", "c")[:2 if cell == "lstm" else 1] for k in range(2)}
+    assert set(groups) == {(n, k) for n in ("h", "c")[: 2 if cell == "lstm" else 1] for k in range(2)}
     for (name, k), rows in groups.items():
         torch.testing.assert_close(zs[:, rows], trace.gates[(k, 0)][name][:, 0], rtol=1e-12, atol=1e-14)
     if not options.get("proj_size"):
@@ -261,8 +291,9 @@ def char_model_around(rnn: nn.Module, features: int, hidden: int) -> CharModel:
     """``rnn`` (input size ``features``, output size ``hidden``) between an embedding of the charlm
     vocabulary (and the unknown symbol) and a linear head."""
     vocab = corpus_vocab()
-    model = nn.ModuleDict({"embedding": nn.Embedding(len(vocab) + 1, features), "rnn": rnn,
-                           "head": nn.Linear(hidden, len(vocab) + 1)})
+    model = nn.ModuleDict(
+        {"embedding": nn.Embedding(len(vocab) + 1, features), "rnn": rnn, "head": nn.Linear(hidden, len(vocab) + 1)}
+    )
     return CharModel.from_module(model, vocab)
 
 
@@ -285,7 +316,7 @@ def constructed_char_model(cell: str, hidden: int = 8, features: int = 4) -> Cha
         else:
             H = hidden
             rnn.weight_ih_l0.normal_(0.0, 0.1)  # i, f, g, o rows: small input dependence
-            rnn.bias_ih_l0[H:2 * H] = 8.0  # f = sigmoid(8 + small)
+            rnn.bias_ih_l0[H : 2 * H] = 8.0  # f = sigmoid(8 + small)
     return char_model_around(rnn, features, hidden)
 
 
@@ -375,7 +406,7 @@ def test_a_window_shorter_than_the_text_is_said_so():
     john, hours = word_positions(SENTENCE, "John"), word_positions(SENTENCE, "hours").stop - 1
     assert r.window == 50 and r.windowed and r.span is None and r.curve.shape == (50,)
     assert r.relative(hours, john) is None  # distance 85..88 > 49
-    assert r.relative(hours, slice(hours - 49, hours - 47)) == pytest.approx(0.97 ** 48)  # d = 49, 48
+    assert r.relative(hours, slice(hours - 49, hours - 47)) == pytest.approx(0.97**48)  # d = 49, 48
     assert r.relative(hours, hours + 1) == 0.0  # a later input: no influence
     with pytest.raises(ValueError, match="needs every distance"):
         r.triangle()
@@ -394,8 +425,8 @@ def test_relative_is_to_the_state_s_own_strongest_input_within_the_window():
     J[T - 1] *= 0.1  # the last state's inputs are weaker than the others'
     r = measure_span("m", "x" * T, J, window=20)
     t = T - 1
-    assert r.relative(t, t - 3) == pytest.approx(0.9 ** 3)
-    assert r.relative(t, t - 19) == pytest.approx(0.9 ** 19)
+    assert r.relative(t, t - 3) == pytest.approx(0.9**3)
+    assert r.relative(t, t - 19) == pytest.approx(0.9**19)
     assert r.relative(t, t - 20) is None  # d = W: not measured
     assert r.relative(t, slice(t - 21, t - 17)) is None  # d = 18..21: partly beyond the window
 
@@ -412,7 +443,7 @@ def test_band_heatmap_is_over_position_and_distance():
     image = im.get_array()
     assert image.shape == (W, T)  # rows: distance d (origin at the bottom), columns: position t
     assert np.ma.is_masked(image[5, 3]) or np.isnan(image[5, 3])  # d > t: no input that far back
-    np.testing.assert_allclose(image[10, 500], 0.9 ** 10)
+    np.testing.assert_allclose(image[10, 500], 0.9**10)
     assert "distance" in ax.get_ylabel() and "position" in ax.get_xlabel()
     assert any(BEYOND in t.get_text() for t in ax.texts)  # the "far" mark at d = 996..1000
     labels = [t.get_text() for t in ax.get_xticklabels()]
@@ -478,7 +509,9 @@ def test_gates_png_marks_unknowns_and_draws_g_diverging(tmp_path, kept_figures):
     heatmaps = [ax for ax in fig.axes if ax.get_ylabel().startswith("layer")]
     assert len(heatmaps) == 6
     for ax in heatmaps:
-        assert [(line.get_xdata()[0], line.get_color(), line.get_linestyle()) for line in ax.lines] == [(2, "red", "--")]
+        assert [(line.get_xdata()[0], line.get_color(), line.get_linestyle()) for line in ax.lines] == [
+            (2, "red", "--")
+        ]
     g = next(ax for ax in heatmaps if ax.get_ylabel().endswith("\ng"))
     assert g.images[0].get_clim() == (-1.0, 1.0) and g.images[0].get_cmap().name == "RdBu"
 
@@ -532,7 +565,10 @@ def test_summary_names_each_cell_and_the_probe():
 def test_summary_names_the_smallest_window_of_its_results():
     """Results measured with windows 30 and 50: the summary says distances 0..29."""
     T = len(SENTENCE)
-    results = [measure_span("A", SENTENCE, decay(T, 0.5), window=30), measure_span("B", SENTENCE, decay(T, 0.5), window=50)]
+    results = [
+        measure_span("A", SENTENCE, decay(T, 0.5), window=30),
+        measure_span("B", SENTENCE, decay(T, 0.5), window=50),
+    ]
     assert "distances 0..29 measured (--span-window 30)" in summary_lines(results)[0]
 
 
@@ -578,11 +614,12 @@ def test_word_positions():
 
 
 def test_probe_words_are_whole_words_on_both_sides():
-    """"John" inside "AJohn" is not the word John."""
+    """ "John" inside "AJohn" is not the word John."""
     assert probe_positions("AJohn spent hours", "John", "hours") is None
 
 
 # --- the commands: gatedrnn gates / sample on a small saved model ---------------------------------
+
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
@@ -625,39 +662,91 @@ def test_gates_command_writes_the_three_files(saved_model, tmp_path, capsys):
     assert list(data["scores"])[0] == "memory span of h (mean influence distance, chars)"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (("gates", "", "--model", "{model}"), "the text is empty"),
-    (("gates", "   ", "--model", "{model}"), "the text is empty"),
-    (("gates", "abc", "--model", "{tmp}/missing.safetensors"), "not found"),
-    (("gates", "abc", "--model", "{tmp}/corrupt.safetensors"), "cannot read model"),
-    (("gates", "abc", "--model", "{tmp}/nojson.safetensors"), "model config"),
-    (("gates", "abc", "--model", "{tmp}/badjson.safetensors"), "is not valid JSON"),
-    (("gates", "abc", "--model", "{model}", "--out", "{tmp}/corrupt.json"), "is a file: expected a directory"),
-    (("gates", "abc", "--model", "{model}", "--out", "{tmp}/taken"), "taken/gates.png' is a directory"),
-    (("gates", "abc", "--model", "{tmp}/adding.safetensors"), "trained on task 'adding'"),
-    (("gates", "abc", "--model", "{tmp}"), "no checkpoint.json"),
-    (("gates", "abc", "--model", "{tmp}/novocab.safetensors"), "the model config has no task.vocab: expected the "
-     "model's characters (a non-empty string or list of characters)"),
-    (("gates", "abc", "--model", "{tmp}/intvocab.safetensors"), "the model config's task.vocab must be the model's "
-     "characters (a non-empty string or list of characters), got int 5"),
-    (("gates", "abc", "--model", "{tmp}/repeatvocab.safetensors"), "task.vocab repeats the character(s) 'a'"),
-    (("gates", "a" * 2001, "--model", "{model}"), "the text has 2001 characters; `gatedrnn gates TEXT` takes at most 2000"),
-    (("gates", "abc \udcff\udcfe def", "--model", "{model}"), "the text is not valid UTF-8: byte 0xff at character 4"),
-    (("gates", "abc \ud800", "--model", "{model}"), "the text is not valid UTF-8: the lone surrogate U+D800 at "
-     "character 4"),
-    (("sample", "--model", "{model}", "--prompt", "It \udcff"), "the prompt is not valid UTF-8: byte 0xff at character 3"),
-    (("sample", "--model", "{model}", "--prompt", " "), "the prompt is empty"),
-    (("sample", "--model", "{model}", "--prompt", "a" * 2001),
-     "the prompt has 2001 characters; `gatedrnn sample --prompt` takes at most 2000"),
-    (("sample", "--model", "{model}", "--prompt", "It", "--length", "-1"), "--length must be >= 0"),
-    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "-1"),
-     "--temperature must be a finite number >= 0 (0 takes the most likely character), got -1.0"),
-    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "nan"), "--temperature must be a finite number"),
-    (("sample", "--model", "{model}", "--prompt", "It", "--temperature", "inf"), "--temperature must be a finite number"),
-], ids=["empty", "blank", "missing", "corrupt", "no-json", "bad-json", "out-is-a-file", "output-is-a-dir", "other-task", "not-a-run",
-        "no-vocab", "int-vocab", "repeated-vocab", "too-long", "not-utf8", "lone-surrogate", "prompt-not-utf8",
-        "blank-prompt", "prompt-too-long", "negative-length", "negative-temperature", "nan-temperature",
-        "inf-temperature"])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("gates", "", "--model", "{model}"), "the text is empty"),
+        (("gates", "   ", "--model", "{model}"), "the text is empty"),
+        (("gates", "abc", "--model", "{tmp}/missing.safetensors"), "not found"),
+        (("gates", "abc", "--model", "{tmp}/corrupt.safetensors"), "cannot read model"),
+        (("gates", "abc", "--model", "{tmp}/nojson.safetensors"), "model config"),
+        (("gates", "abc", "--model", "{tmp}/badjson.safetensors"), "is not valid JSON"),
+        (("gates", "abc", "--model", "{model}", "--out", "{tmp}/corrupt.json"), "is a file: expected a directory"),
+        (("gates", "abc", "--model", "{model}", "--out", "{tmp}/taken"), "taken/gates.png' is a directory"),
+        (("gates", "abc", "--model", "{tmp}/adding.safetensors"), "trained on task 'adding'"),
+        (("gates", "abc", "--model", "{tmp}"), "no checkpoint.json"),
+        (
+            ("gates", "abc", "--model", "{tmp}/novocab.safetensors"),
+            "the model config has no task.vocab: expected the "
+            "model's characters (a non-empty string or list of characters)",
+        ),
+        (
+            ("gates", "abc", "--model", "{tmp}/intvocab.safetensors"),
+            "the model config's task.vocab must be the model's "
+            "characters (a non-empty string or list of characters), got int 5",
+        ),
+        (("gates", "abc", "--model", "{tmp}/repeatvocab.safetensors"), "task.vocab repeats the character(s) 'a'"),
+        (
+            ("gates", "a" * 2001, "--model", "{model}"),
+            "the text has 2001 characters; `gatedrnn gates TEXT` takes at most 2000",
+        ),
+        (
+            ("gates", "abc \udcff\udcfe def", "--model", "{model}"),
+            "the text is not valid UTF-8: byte 0xff at character 4",
+        ),
+        (
+            ("gates", "abc \ud800", "--model", "{model}"),
+            "the text is not valid UTF-8: the lone surrogate U+D800 at character 4",
+        ),
+        (
+            ("sample", "--model", "{model}", "--prompt", "It \udcff"),
+            "the prompt is not valid UTF-8: byte 0xff at character 3",
+        ),
+        (("sample", "--model", "{model}", "--prompt", " "), "the prompt is empty"),
+        (
+            ("sample", "--model", "{model}", "--prompt", "a" * 2001),
+            "the prompt has 2001 characters; `gatedrnn sample --prompt` takes at most 2000",
+        ),
+        (("sample", "--model", "{model}", "--prompt", "It", "--length", "-1"), "--length must be >= 0"),
+        (
+            ("sample", "--model", "{model}", "--prompt", "It", "--temperature", "-1"),
+            "--temperature must be a finite number >= 0 (0 takes the most likely character), got -1.0",
+        ),
+        (
+            ("sample", "--model", "{model}", "--prompt", "It", "--temperature", "nan"),
+            "--temperature must be a finite number",
+        ),
+        (
+            ("sample", "--model", "{model}", "--prompt", "It", "--temperature", "inf"),
+            "--temperature must be a finite number",
+        ),
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "missing",
+        "corrupt",
+        "no-json",
+        "bad-json",
+        "out-is-a-file",
+        "output-is-a-dir",
+        "other-task",
+        "not-a-run",
+        "no-vocab",
+        "int-vocab",
+        "repeated-vocab",
+        "too-long",
+        "not-utf8",
+        "lone-surrogate",
+        "prompt-not-utf8",
+        "blank-prompt",
+        "prompt-too-long",
+        "negative-length",
+        "negative-temperature",
+        "nan-temperature",
+        "inf-temperature",
+    ],
+)
 def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, capsys):
     (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     (tmp_path / "corrupt.json").write_text(saved_model.with_suffix(".json").read_text())
@@ -671,7 +760,9 @@ def test_bad_input_gives_one_error_line(argv, message, saved_model, tmp_path, ca
     for stem, vocab in [("novocab", None), ("intvocab", 5), ("repeatvocab", "a" + meta["task"]["vocab"][1:] + "a")]:
         (tmp_path / f"{stem}.safetensors").write_bytes(saved_model.read_bytes())
         task = {k: v for k, v in meta["task"].items() if k != "vocab"}
-        (tmp_path / f"{stem}.json").write_text(json.dumps({**meta, "task": task if vocab is None else {**task, "vocab": vocab}}))
+        (tmp_path / f"{stem}.json").write_text(
+            json.dumps({**meta, "task": task if vocab is None else {**task, "vocab": vocab}})
+        )
     argv = [a.format(model=saved_model, tmp=tmp_path) for a in argv]
     assert run_cli(*argv) == 2
     err = capsys.readouterr().err
@@ -699,7 +790,9 @@ def test_a_vocabulary_saved_as_a_list_of_characters_loads_as_the_string(saved_mo
 
     meta = json.loads(saved_model.with_suffix(".json").read_text())
     (tmp_path / "list.safetensors").write_bytes(saved_model.read_bytes())
-    (tmp_path / "list.json").write_text(json.dumps({**meta, "task": {**meta["task"], "vocab": list(meta["task"]["vocab"])}}))
+    (tmp_path / "list.json").write_text(
+        json.dumps({**meta, "task": {**meta["task"], "vocab": list(meta["task"]["vocab"])}})
+    )
     assert load_char_model(tmp_path / "list.safetensors").vocab == meta["task"]["vocab"] == corpus_vocab()
 
 
@@ -735,7 +828,9 @@ def test_a_vocabulary_that_does_not_fit_the_embedding_is_one_error_line(saved_mo
     embedding: CharModel's ValueError becomes one error line, not a traceback."""
     meta = json.loads(saved_model.with_suffix(".json").read_text())
     (tmp_path / "short.safetensors").write_bytes(saved_model.read_bytes())
-    (tmp_path / "short.json").write_text(json.dumps({**meta, "task": {**meta["task"], "vocab": meta["task"]["vocab"][:-1]}}))
+    (tmp_path / "short.json").write_text(
+        json.dumps({**meta, "task": {**meta["task"], "vocab": meta["task"]["vocab"][:-1]}})
+    )
     assert run_cli("gates", "abc", "--model", str(tmp_path / "short.safetensors"), "--out", str(tmp_path / "o")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: the weights do not match their config: the embedding has") and err.count("\n") == 1
@@ -746,8 +841,19 @@ def test_a_training_run_loads_and_exports_to_the_same_model(tmp_path):
     from gatedrnn.viz.loading import export_char_model, load_char_model
 
     run = tmp_path / "run"
-    train(TrainConfig(task="charlm", cell="lstm", hidden=6, embedding_dim=4, steps=2, eval_every=0,
-                      out=str(run), progress=False, device="cpu"))
+    train(
+        TrainConfig(
+            task="charlm",
+            cell="lstm",
+            hidden=6,
+            embedding_dim=4,
+            steps=2,
+            eval_every=0,
+            out=str(run),
+            progress=False,
+            device="cpu",
+        )
+    )
     stem = tmp_path / "exported" / "lstm"
     path = export_char_model(run, stem, {"valid_bpc": 4.0}, "gatedrnn train ...")
     assert json.loads(stem.with_suffix(".json").read_text())["command"] == "gatedrnn train ..."
@@ -764,13 +870,16 @@ def test_a_training_run_loads_and_exports_to_the_same_model(tmp_path):
 
 # --- the shipped models and the real command line -------------------------------------------------
 
+
 def test_cli_registers_the_viewer_commands_and_errors_exit_2(capsys):
     from gatedrnn.cli import main
 
     assert main(["gates", "", "--cell", "gru"]) == 2
     assert main(["sample", "--prompt", "It", "--threads", "0"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith("error: the text is empty") and err[1] == "error: --threads must be a positive integer, got 0"
+    assert (
+        err[0].startswith("error: the text is empty") and err[1] == "error: --threads must be a positive integer, got 0"
+    )
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -818,7 +927,9 @@ def test_gates_uses_the_chosen_shipped_cell_and_an_lstm_page_opens_on_c(tmp_path
 def test_sample_with_the_shipped_model_writes_austen_like_text(capsys):
     from gatedrnn.cli import main
 
-    assert main(["sample", "--cell", "lstm", "--prompt", "It is a truth", "--length", "200", "--temperature", "0.5"]) == 0
+    assert (
+        main(["sample", "--cell", "lstm", "--prompt", "It is a truth", "--length", "200", "--temperature", "0.5"]) == 0
+    )
     text = capsys.readouterr().out
     words = re.findall(r"[a-z]+", text.lower())
     common = {"the", "of", "and", "to", "a", "in", "her", "was", "she", "be", "he", "his", "had", "not", "that", "it"}
@@ -850,9 +961,13 @@ def test_sample_note_does_not_promise_a_page(saved_model, capsys):
 def test_gates_reads_the_text_from_a_file_or_stdin(saved_model, tmp_path, monkeypatch, capsys):
     import io
 
-    (tmp_path / "text.txt").write_bytes("It is a truth\nuniversally acknowledged".encode())
-    assert run_cli("gates", "--file", str(tmp_path / "text.txt"), "--model", str(saved_model),
-                   "--out", str(tmp_path / "a")) == 0
+    (tmp_path / "text.txt").write_bytes(b"It is a truth\nuniversally acknowledged")
+    assert (
+        run_cli(
+            "gates", "--file", str(tmp_path / "text.txt"), "--model", str(saved_model), "--out", str(tmp_path / "a")
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out and (tmp_path / "a" / "gates.html").exists()
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"abc \xff")))
     assert run_cli("gates", "--file", "-", "--model", str(saved_model), "--out", str(tmp_path / "b")) == 2
@@ -861,11 +976,16 @@ def test_gates_reads_the_text_from_a_file_or_stdin(saved_model, tmp_path, monkey
     assert run_cli("gates", "--file", "-", "--model", str(saved_model), "--out", str(tmp_path / "b")) == 2
     assert "standard input is closed" in capsys.readouterr().err
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfIt is")
-    assert run_cli("gates", "--file", str(tmp_path / "bom.txt"), "--model", str(saved_model),
-                   "--out", str(tmp_path / "d")) == 0
+    assert (
+        run_cli("gates", "--file", str(tmp_path / "bom.txt"), "--model", str(saved_model), "--out", str(tmp_path / "d"))
+        == 0
+    )
     assert "vocabulary" not in capsys.readouterr().out  # the byte-order mark is not read as text
-    for argv, message in [((), "not neither"), (("abc", "--file", "x"), "not both"),
-                          (("--file", str(tmp_path / "missing.txt")), "cannot read --file")]:
+    for argv, message in [
+        ((), "not neither"),
+        (("abc", "--file", "x"), "not both"),
+        (("--file", str(tmp_path / "missing.txt")), "cannot read --file"),
+    ]:
         assert run_cli("gates", *argv, "--model", str(saved_model), "--out", str(tmp_path / "c")) == 2
         assert message in capsys.readouterr().err
 
@@ -894,10 +1014,25 @@ def test_gates_skips_the_span_of_a_single_character_and_removes_the_old_figure(s
 def test_gates_measures_a_long_text_within_the_window(saved_model, tmp_path, capsys):
     """Past the old 400-character limit, with a window shorter than the text: the summary and the
     figure say how far was measured."""
-    text = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-            "must be in want of a wife. ") * 4  # 460 characters
-    assert run_cli("gates", text, "--model", str(saved_model), "--out", str(tmp_path), "--span-window", "40",
-                   "--probe", "It,wife") == 0
+    text = (
+        "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+        "must be in want of a wife. "
+    ) * 4  # 460 characters
+    assert (
+        run_cli(
+            "gates",
+            text,
+            "--model",
+            str(saved_model),
+            "--out",
+            str(tmp_path),
+            "--span-window",
+            "40",
+            "--probe",
+            "It,wife",
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert f"memory span on a {len(text)}-character text" in out
     assert "distances 0..39 measured (--span-window 40)" in out
@@ -910,15 +1045,16 @@ def test_gates_measures_a_long_text_within_the_window(saved_model, tmp_path, cap
 def test_a_span_window_below_one_is_one_error_line(value, saved_model, tmp_path, capsys):
     assert run_cli("gates", "abc", "--model", str(saved_model), "--out", str(tmp_path), "--span-window", value) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: --span-window must be a positive number of characters (distances 0..N-1 are measured), "
-                   f"got {value}\n")
+    assert err == (
+        f"error: --span-window must be a positive number of characters (distances 0..N-1 are measured), got {value}\n"
+    )
 
 
 def test_span_work_counts_the_window_s_matrix_products():
     """D S^2 sum_t min(t, W - 1): the LSTM's state is h and c (S = 16), 4 embedding features."""
     model = constructed_char_model("lstm")
-    assert model.span_work(10, 4) == 4 * 16 ** 2 * (0 + 1 + 2 + 3 * 7)
-    assert model.span_work(10, 100) == 4 * 16 ** 2 * 45  # every distance: sum_t t
+    assert model.span_work(10, 4) == 4 * 16**2 * (0 + 1 + 2 + 3 * 7)
+    assert model.span_work(10, 100) == 4 * 16**2 * 45  # every distance: sum_t t
 
 
 def test_gates_prints_an_estimate_when_the_span_takes_long(saved_model, tmp_path, monkeypatch, capsys):

@@ -67,8 +67,7 @@ def layer_flag(owner: str, name: str, value: object) -> bool:
     their forward refuses all but a bool with a TypeError; here it is refused when built."""
     if isinstance(value, bool):
         return value
-    raise TypeError(f"{owner}: {name} should be of type bool (True or False), got: {type(value).__name__} "
-                    f"({value!r})")
+    raise TypeError(f"{owner}: {name} should be of type bool (True or False), got: {type(value).__name__} ({value!r})")
 
 
 def cell_bias(value: object) -> bool:
@@ -152,6 +151,4 @@ def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, devic
 
 def shape(owner: str, name: str, value: Tensor, expected: tuple[int, ...], legend: str) -> None:
     if tuple(value.shape) != tuple(expected):
-        raise InputError(
-            f"{owner}: expected {name} of shape {legend} = {tuple(expected)}, got {tuple(value.shape)}"
-        )
+        raise InputError(f"{owner}: expected {name} of shape {legend} = {tuple(expected)}, got {tuple(value.shape)}")

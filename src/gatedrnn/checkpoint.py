@@ -106,8 +106,14 @@ def _join_optimizer(tensors: dict[str, Tensor], plain: dict[str, Any]) -> dict[s
     return {"state": state, "param_groups": plain["param_groups"]}
 
 
-def save(directory: str | Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, extra: dict[str, Any] | None = None) -> Path:
+def save(
+    directory: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write the checkpoint of ``step`` into ``directory`` (see the module docstring); returns
     the path of ``checkpoint.json``."""
     directory = Path(directory)
@@ -116,8 +122,13 @@ def save(directory: str | Path, step: int, model: torch.nn.Module, optimizer: to
     tensors.update(optim_tensors)
     tensor_file = f"checkpoint-{step:09d}.safetensors"
     _atomic_write(directory / tensor_file, lambda p: save_file(tensors, str(p)))
-    meta = {"step": step, "tensors": tensor_file, "optimizer": optim_plain,
-            "rng": rng_state(generator), "extra": extra or {}}
+    meta = {
+        "step": step,
+        "tensors": tensor_file,
+        "optimizer": optim_plain,
+        "rng": rng_state(generator),
+        "extra": extra or {},
+    }
     pointer = directory / POINTER
     atomic_write_text(pointer, json.dumps(meta))
     # Older tensor files, and temporary files left by a write that was killed, are garbage now.
@@ -135,7 +146,7 @@ def _remove_tensor_files(directory: Path, keep: str | None = None) -> None:
 
 def model_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     """The model's state dict from a checkpoint's tensors file (its ``model/`` entries)."""
-    return {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    return {k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")}
 
 
 def exists(directory: str | Path) -> bool:
@@ -191,8 +202,13 @@ def load(directory: str | Path) -> Checkpoint:
     model = model_tensors(tensors)
     optim = {k: v for k, v in tensors.items() if k.startswith("optim/")}
     try:
-        return Checkpoint(step=int(meta["step"]), model=model, optimizer=_join_optimizer(optim, meta["optimizer"]),
-                          rng=dict(meta["rng"]), extra=dict(meta["extra"]))
+        return Checkpoint(
+            step=int(meta["step"]),
+            model=model,
+            optimizer=_join_optimizer(optim, meta["optimizer"]),
+            rng=dict(meta["rng"]),
+            extra=dict(meta["extra"]),
+        )
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
         raise CheckpointError(f"{pointer} is not a checkpoint gatedrnn wrote: {_reason(e)}") from e
 

@@ -2,7 +2,8 @@
 
 Commands: ``train`` (one run, :func:`gatedrnn.train.train`), ``compare`` (several cells with the
 same budget and seed), ``evaluate`` (a saved model on its task, :mod:`gatedrnn.evaluation`),
-``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate viewer's ``gates``, ``sample`` and ``demo`` (:mod:`gatedrnn.viz.commands`).
+``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate viewer's ``gates``, ``sample`` and
+``demo`` (:mod:`gatedrnn.viz.commands`).
 
 Bad arguments print one ``error: ...`` line on stderr and exit with code 2, never a traceback:
 argparse does this for unknown flags and choices, :class:`gatedrnn.train.ConfigError` carries the
@@ -22,9 +23,10 @@ import argparse
 import ast
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -90,7 +92,10 @@ def _option_value(text: str, default: object, any_literal: bool = False) -> obje
     elif isinstance(default, float) or not any_literal:
         fits, kind = number, "a number"
     else:
-        fits, kind = value is None or isinstance(value, (bool, int, float, str)), "a number, true, false, None or a word"
+        fits, kind = (
+            value is None or isinstance(value, (bool, int, float, str)),
+            "a number, true, false, None or a word",
+        )
     if not fits:
         raise ValueError(kind)
     return float(value) if isinstance(default, float) else value
@@ -136,8 +141,10 @@ def parse_family_options(pairs: Sequence[str], cells: Sequence[str]) -> dict[str
         takers = [family_class(c).option_defaults for c in cells if key in family_class(c).option_defaults]
         if not takers:
             known = sorted({o for c in cells for o in family_class(c).option_defaults if o != "variant"})
-            raise UsageError(f"--family-opt {key}: the cell family {' or '.join(map(repr, cells))} has no option "
-                             f"{key!r}; options: {', '.join(known) or 'none'}")
+            raise UsageError(
+                f"--family-opt {key}: the cell family {' or '.join(map(repr, cells))} has no option "
+                f"{key!r}; options: {', '.join(known) or 'none'}"
+            )
         default = takers[0][key]
         try:
             options[key] = _option_value(text, default, any_literal=True)
@@ -149,16 +156,23 @@ def parse_family_options(pairs: Sequence[str], cells: Sequence[str]) -> dict[str
 def _family_name(text: str) -> str:
     """``--cell NAME``: a registered cell family (argparse type, checked after ``--family-module``)."""
     if text not in registered_families():
-        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(registered_families())}; "
-                                         "a family of your own: --family-module PATH_OR_MODULE)")
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(registered_families())}; "
+            "a family of your own: --family-module PATH_OR_MODULE)"
+        )
     return text
 
 
 def add_family_module_option(p: argparse.ArgumentParser) -> None:
     """``--family-module PATH_OR_MODULE`` on a command's parser (:func:`main` imports them first)."""
-    p.add_argument("--family-module", action="append", default=[], metavar="PATH_OR_MODULE",
-                   help="a Python file or module to import first: the cell families it registers with "
-                        "gatedrnn.register_family can be named by --cell (repeatable)")
+    p.add_argument(
+        "--family-module",
+        action="append",
+        default=[],
+        metavar="PATH_OR_MODULE",
+        help="a Python file or module to import first: the cell families it registers with "
+        "gatedrnn.register_family can be named by --cell (repeatable)",
+    )
 
 
 def import_family_modules(argv: Sequence[str]) -> None:
@@ -176,9 +190,28 @@ def import_family_modules(argv: Sequence[str]) -> None:
 
 _UNSET = argparse.SUPPRESS  # a run flag left out is absent from the namespace: the base config's value applies
 
-RUN_FLAGS = ("seq_len", "variant", "forget_bias", "input_bias", "lstm_init", "hidden", "layers", "embedding_dim",
-             "steps", "batch", "lr", "clip", "seed", "device", "threads", "checkpoint_every", "eval_every",
-             "log_every", "stop_when_solved", "progress")
+RUN_FLAGS = (
+    "seq_len",
+    "variant",
+    "forget_bias",
+    "input_bias",
+    "lstm_init",
+    "hidden",
+    "layers",
+    "embedding_dim",
+    "steps",
+    "batch",
+    "lr",
+    "clip",
+    "seed",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "eval_every",
+    "log_every",
+    "stop_when_solved",
+    "progress",
+)
 """The :class:`TrainConfig` fields the run flags set (``_`` -> ``-``, plus ``--task-opt``, ``--cell``)."""
 
 
@@ -187,55 +220,131 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     base config's value (:func:`config_from_args`), the defaults named in the help, or with
     ``--resume`` the checkpointed run's."""
     d = DEFAULTS
-    p.add_argument("--task", required=True, metavar="NAME",
-                   help=f"the experiment: {', '.join(task_names())}")
-    p.add_argument("--seq-len", type=_positive_int, default=_UNSET, metavar="T",
-                   help="the task's length T (default: the task's own)")
-    p.add_argument("--task-opt", action="append", default=_UNSET, metavar="KEY=VALUE",
-                   help="another size of the task, e.g. --task-opt distractors=50 (repeatable)")
-    p.add_argument("--variant", default=_UNSET, choices=sorted(LSTM_VARIANTS), metavar="V",
-                   help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate; "
-                        f"default {d.variant}); for a family with a variant option")
-    p.add_argument("--forget-bias", type=float, default=_UNSET, metavar="X",
-                   help="forget-gate (f) bias at initialisation, for a family with that gate (default: --lstm-init's)")
-    p.add_argument("--input-bias", type=float, default=_UNSET, metavar="X",
-                   help="input-gate (i) bias at initialisation, for a family with that gate (default: --lstm-init's)")
-    p.add_argument("--lstm-init", default=_UNSET, choices=tuple(LSTM_INITS),
-                   help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init "
-                        "(for a family whose memory a forget gate f keeps, as the LSTM's)")
-    p.add_argument("--family-opt", action="append", default=_UNSET, metavar="KEY=VALUE",
-                   help="an option of the cell family, e.g. --family-opt layer_norm=True (a Python literal; "
-                        "repeatable)")
+    p.add_argument("--task", required=True, metavar="NAME", help=f"the experiment: {', '.join(task_names())}")
+    p.add_argument(
+        "--seq-len",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="T",
+        help="the task's length T (default: the task's own)",
+    )
+    p.add_argument(
+        "--task-opt",
+        action="append",
+        default=_UNSET,
+        metavar="KEY=VALUE",
+        help="another size of the task, e.g. --task-opt distractors=50 (repeatable)",
+    )
+    p.add_argument(
+        "--variant",
+        default=_UNSET,
+        choices=sorted(LSTM_VARIANTS),
+        metavar="V",
+        help=f"LSTM variant: {', '.join(LSTM_VARIANTS)} (nfg: the 1997 LSTM, no forget gate; "
+        f"default {d.variant}); for a family with a variant option",
+    )
+    p.add_argument(
+        "--forget-bias",
+        type=float,
+        default=_UNSET,
+        metavar="X",
+        help="forget-gate (f) bias at initialisation, for a family with that gate (default: --lstm-init's)",
+    )
+    p.add_argument(
+        "--input-bias",
+        type=float,
+        default=_UNSET,
+        metavar="X",
+        help="input-gate (i) bias at initialisation, for a family with that gate (default: --lstm-init's)",
+    )
+    p.add_argument(
+        "--lstm-init",
+        default=_UNSET,
+        choices=tuple(LSTM_INITS),
+        help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init "
+        "(for a family whose memory a forget gate f keeps, as the LSTM's)",
+    )
+    p.add_argument(
+        "--family-opt",
+        action="append",
+        default=_UNSET,
+        metavar="KEY=VALUE",
+        help="an option of the cell family, e.g. --family-opt layer_norm=True (a Python literal; repeatable)",
+    )
     add_family_module_option(p)
-    p.add_argument("--hidden", type=_positive_int, default=_UNSET, metavar="N", help=f"hidden units (default {d.hidden})")
-    p.add_argument("--layers", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"stacked layers (default {d.layers})")
-    p.add_argument("--embedding-dim", type=_positive_int, default=_UNSET, metavar="E",
-                   help=f"embedding width for token tasks (default {d.embedding_dim})")
-    p.add_argument("--steps", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"optimiser steps at most (default {d.steps})")
-    p.add_argument("--batch", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"sequences per step, over all processes (default {d.batch})")
+    p.add_argument(
+        "--hidden", type=_positive_int, default=_UNSET, metavar="N", help=f"hidden units (default {d.hidden})"
+    )
+    p.add_argument(
+        "--layers", type=_positive_int, default=_UNSET, metavar="N", help=f"stacked layers (default {d.layers})"
+    )
+    p.add_argument(
+        "--embedding-dim",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="E",
+        help=f"embedding width for token tasks (default {d.embedding_dim})",
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=_UNSET, metavar="N", help=f"optimiser steps at most (default {d.steps})"
+    )
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="N",
+        help=f"sequences per step, over all processes (default {d.batch})",
+    )
     p.add_argument("--lr", type=float, default=_UNSET, metavar="X", help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--clip", type=float, default=_UNSET, metavar="X",
-                   help=f"gradient-norm clip, 0 for none (default {d.clip})")
-    p.add_argument("--seed", type=int, default=_UNSET, metavar="S",
-                   help=f"seed of weights and data (default {d.seed})")
+    p.add_argument(
+        "--clip", type=float, default=_UNSET, metavar="X", help=f"gradient-norm clip, 0 for none (default {d.clip})"
+    )
+    p.add_argument("--seed", type=int, default=_UNSET, metavar="S", help=f"seed of weights and data (default {d.seed})")
     p.add_argument("--device", default=_UNSET, choices=("auto", "cpu", "cuda"), help=f"(default {d.device})")
-    p.add_argument("--threads", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"CPU threads per process (default {d.threads}: fastest for small recurrent nets)")
-    p.add_argument("--checkpoint-every", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"steps between checkpoints (default {d.checkpoint_every})")
-    p.add_argument("--eval-every", type=int, default=_UNSET, metavar="N",
-                   help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})")
-    p.add_argument("--log-every", type=_positive_int, default=_UNSET, metavar="N",
-                   help=f"steps between metrics lines (default {d.log_every})")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="N",
+        help=f"CPU threads per process (default {d.threads}: fastest for small recurrent nets)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="N",
+        help=f"steps between checkpoints (default {d.checkpoint_every})",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=_UNSET,
+        metavar="N",
+        help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})",
+    )
+    p.add_argument(
+        "--log-every",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="N",
+        help=f"steps between metrics lines (default {d.log_every})",
+    )
     stopping = p.add_mutually_exclusive_group()
-    stopping.add_argument("--no-stop", dest="stop_when_solved", action="store_false", default=_UNSET,
-                          help="train all --steps even after the task is solved")
-    stopping.add_argument("--stop", dest="stop_when_solved", action="store_true", default=_UNSET,
-                          help="stop at the first evaluation that meets the task's criterion (the default; "
-                               "undoes the --no-stop of a run resumed)")
+    stopping.add_argument(
+        "--no-stop",
+        dest="stop_when_solved",
+        action="store_false",
+        default=_UNSET,
+        help="train all --steps even after the task is solved",
+    )
+    stopping.add_argument(
+        "--stop",
+        dest="stop_when_solved",
+        action="store_true",
+        default=_UNSET,
+        help="stop at the first evaluation that meets the task's criterion (the default; "
+        "undoes the --no-stop of a run resumed)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=_UNSET, help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
 
@@ -245,8 +354,9 @@ def given_run_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in RUN_FLAGS if hasattr(args, name)}
 
 
-def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None,
-                     base: TrainConfig = DEFAULTS, cells: Sequence[str] = ()) -> TrainConfig:
+def config_from_args(
+    args: argparse.Namespace, cell: str | None, out: str | None, base: TrainConfig = DEFAULTS, cells: Sequence[str] = ()
+) -> TrainConfig:
     """The :class:`TrainConfig` the parsed flags describe, for ``cell`` (None: the base's), writing
     into ``out``; each flag left out takes ``base``'s value (its task options only for its task).
     The family's settings (``--variant``, the gate biases, ``--family-opt``) are those it takes
@@ -261,12 +371,16 @@ def config_from_args(args: argparse.Namespace, cell: str | None, out: str | None
         parse_task_options(args.task, [])  # an unknown task is named here, before any run
         options = dict(base.task_options) if base.task == args.task else {}
     values = {name: given.get(name, getattr(base, name)) for name in RUN_FLAGS}
-    family_options = (parse_family_options(args.family_opt, cells or [cell]) if hasattr(args, "family_opt")
-                      else base.family_options)
-    values.update(settings_for(cell, values["variant"], values["forget_bias"], values["input_bias"], family_options),
-                  progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty())
-    return replace(base, task=args.task, task_options=options, cell=cell, out=out,
-                   resume=getattr(args, "resume", False), **values)
+    family_options = (
+        parse_family_options(args.family_opt, cells or [cell]) if hasattr(args, "family_opt") else base.family_options
+    )
+    values.update(
+        settings_for(cell, values["variant"], values["forget_bias"], values["input_bias"], family_options),
+        progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty(),
+    )
+    return replace(
+        base, task=args.task, task_options=options, cell=cell, out=out, resume=getattr(args, "resume", False), **values
+    )
 
 
 MACHINE_FLAGS = ("device", "threads")
@@ -292,16 +406,23 @@ def _checkpointed_config(args: argparse.Namespace) -> TrainConfig:
             raise TypeError(f"task_options must be a JSON object, got {type(base.task_options).__name__}")
         base.validate()
     except (TypeError, ValueError, ConfigError) as e:
-        raise ConfigError(f"cannot resume {run_dir}: the settings in its checkpoint are damaged "
-                          f"({type(e).__name__}: {e}); start afresh in another --out, or delete the directory") from e
+        raise ConfigError(
+            f"cannot resume {run_dir}: the settings in its checkpoint are damaged "
+            f"({type(e).__name__}: {e}); start afresh in another --out, or delete the directory"
+        ) from e
     return base
 
 
 def _result_line(summary: dict[str, Any]) -> str:
-    solved = (f"solved after {summary['solved_sequences']} sequences" if summary["solved_sequences"] is not None
-              else "not solved")
-    return (f"{summary['task']} {summary['cell']}: {summary['steps']} steps, test loss {summary['final_loss']:.4g}, "
-            f"accuracy {summary['accuracy']:.1%}, {solved}; {summary['seconds']:.1f} s; files in {summary['out']}")
+    solved = (
+        f"solved after {summary['solved_sequences']} sequences"
+        if summary["solved_sequences"] is not None
+        else "not solved"
+    )
+    return (
+        f"{summary['task']} {summary['cell']}: {summary['steps']} steps, test loss {summary['final_loss']:.4g}, "
+        f"accuracy {summary['accuracy']:.1%}, {solved}; {summary['seconds']:.1f} s; files in {summary['out']}"
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -312,8 +433,9 @@ def run_train(args: argparse.Namespace) -> int:
     cell = getattr(args, "cell", None) or base.cell
     given = given_run_flags(args)
     options = parse_family_options(args.family_opt, [cell]) if hasattr(args, "family_opt") else {}
-    problem = family_settings_problem(cell, given.get("variant", "vanilla"), given.get("forget_bias"),
-                                      given.get("input_bias"), options)
+    problem = family_settings_problem(
+        cell, given.get("variant", "vanilla"), given.get("forget_bias"), given.get("input_bias"), options
+    )
     if problem:
         raise UsageError(problem)
     config = config_from_args(args, cell, args.out, base)
@@ -334,8 +456,10 @@ def run_compare(args: argparse.Namespace) -> int:
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     unknown = [c for c in cells if c not in registered_families()]
     if not cells or unknown:
-        raise UsageError(f"--cells expects a comma-separated list of {', '.join(registered_families())} (or of "
-                         f"families a --family-module registers), got {args.cells!r}")
+        raise UsageError(
+            f"--cells expects a comma-separated list of {', '.join(registered_families())} (or of "
+            f"families a --family-module registers), got {args.cells!r}"
+        )
     if len(set(cells)) != len(cells):
         raise UsageError(f"--cells lists a cell twice: {args.cells!r}")
     out = Path(args.out or f"runs/compare-{args.task}")
@@ -356,9 +480,17 @@ def run_reproduce(args: argparse.Namespace) -> int:
     Markdown table of the measured results beside the paper's."""
     from .reproduce import reproduce
 
-    reproduce(args.paper, full=args.full, out=Path(args.out), seeds=args.seeds, rows=args.rows,
-              variant=args.variant, budget_scale=args.budget_scale, progress=sys.stderr.isatty(),
-              overwrite=args.overwrite)
+    reproduce(
+        args.paper,
+        full=args.full,
+        out=Path(args.out),
+        seeds=args.seeds,
+        rows=args.rows,
+        variant=args.variant,
+        budget_scale=args.budget_scale,
+        progress=sys.stderr.isatty(),
+        overwrite=args.overwrite,
+    )
     return 0
 
 
@@ -373,14 +505,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .viz.loading import shipped_path
 
     if (args.model is None) == (args.shipped is None):
-        raise UsageError("give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
-                         f"got {'both' if args.model else 'neither'}")
+        raise UsageError(
+            "give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
+            f"got {'both' if args.model else 'neither'}"
+        )
     path = args.model if args.model is not None else shipped_path(args.shipped)
     torch.set_num_threads(args.threads)
     model_file = saved.read(path)
     options = parse_task_options(model_file.meta["train"].get("task"), args.task_opt) if args.task_opt else {}
-    result = evaluate_saved(model_file, seq_len=args.seq_len, task_options=options, seed=args.seed,
-                            test_batch=args.test_batch, device=args.device)
+    result = evaluate_saved(
+        model_file,
+        seq_len=args.seq_len,
+        task_options=options,
+        seed=args.seed,
+        test_batch=args.test_batch,
+        device=args.device,
+    )
     print(result_line(result))
     if args.json:
         print(json.dumps(result))
@@ -391,8 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``gatedrnn`` parser; ``--cell`` takes the families registered when it is called."""
     from .viz.loading import SHIPPED
 
-    parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments "
-                                     "and the gate viewer.")
+    parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments and the gate viewer.")
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"gatedrnn {__version__}")
@@ -400,59 +539,117 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
     _add_run_options(p)
-    p.add_argument("--cell", default=_UNSET, type=_family_name, metavar="NAME",
-                   help=f"a registered cell family: {', '.join(registered_families())} (default {DEFAULTS.cell}), "
-                        "or one a --family-module registers")
+    p.add_argument(
+        "--cell",
+        default=_UNSET,
+        type=_family_name,
+        metavar="NAME",
+        help=f"a registered cell family: {', '.join(registered_families())} (default {DEFAULTS.cell}), "
+        "or one a --family-module registers",
+    )
     p.add_argument("--out", metavar="DIR", help="run directory (default runs/<task>-<cell>-s<seed>)")
     again = p.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in --out; a flag left out keeps the run's setting "
-                            "(but --device and --threads: this machine's defaults), one given must match it "
-                            "(except --steps, --device, --threads, the intervals and --stop/--no-stop/--no-progress)")
-    again.add_argument("--overwrite", action="store_true",
-                       help="start afresh even if --out holds a run (its checkpoint and metrics are replaced)")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --out; a flag left out keeps the run's setting "
+        "(but --device and --threads: this machine's defaults), one given must match it "
+        "(except --steps, --device, --threads, the intervals and --stop/--no-stop/--no-progress)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh even if --out holds a run (its checkpoint and metrics are replaced)",
+    )
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("compare", help="train several cells with the same budget and seed, print a table",
-                       description=run_compare.__doc__)
+    p = sub.add_parser(
+        "compare",
+        help="train several cells with the same budget and seed, print a table",
+        description=run_compare.__doc__,
+    )
     _add_run_options(p)
-    p.add_argument("--cells", default="rnn,lstm,gru",
-                   help="comma-separated registered cell families (default rnn,lstm,gru)")
+    p.add_argument(
+        "--cells", default="rnn,lstm,gru", help="comma-separated registered cell families (default rnn,lstm,gru)"
+    )
     p.add_argument("--out", metavar="DIR", help="output directory (default runs/compare-<task>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the runs already in --out (refused without it: their checkpoints would be lost)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the runs already in --out (refused without it: their checkpoints would be lost)",
+    )
     p.set_defaults(func=run_compare)
 
     p = sub.add_parser("reproduce", help="rerun a paper's table of experiments", description=run_reproduce.__doc__)
     p.add_argument("paper", choices=("hochreiter1997",), help="which paper (hochreiter1997: LSTM, sec. 5)")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--quick", dest="full", action="store_false", default=False,
-                        help="reduced budgets, 3 to 12 minutes on 2 CPU cores by load (default)")
+    budget.add_argument(
+        "--quick",
+        dest="full",
+        action="store_false",
+        default=False,
+        help="reduced budgets, 3 to 12 minutes on 2 CPU cores by load (default)",
+    )
     budget.add_argument("--full", dest="full", action="store_true", help="the paper's budgets (hours)")
     p.add_argument("--seeds", type=_positive_int, metavar="N", help="trials per row (default: 3 quick, 10 full)")
     p.add_argument("--rows", metavar="NAMES", help="comma-separated rows to run, e.g. 2a,4 (default: all)")
-    p.add_argument("--variant", default="vanilla", choices=sorted(LSTM_VARIANTS), metavar="V",
-                   help="LSTM variant to train (nfg: the paper's LSTM, without forget gate; default vanilla)")
-    p.add_argument("--budget-scale", type=float, default=1.0, metavar="X",
-                   help="multiply every row's training steps by X (default 1)")
-    p.add_argument("--out", default="runs/reproduce-hochreiter1997", metavar="DIR",
-                   help="output directory (default runs/reproduce-hochreiter1997)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the table and runs already in --out (refused without it: a --full table takes hours)")
+    p.add_argument(
+        "--variant",
+        default="vanilla",
+        choices=sorted(LSTM_VARIANTS),
+        metavar="V",
+        help="LSTM variant to train (nfg: the paper's LSTM, without forget gate; default vanilla)",
+    )
+    p.add_argument(
+        "--budget-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="multiply every row's training steps by X (default 1)",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/reproduce-hochreiter1997",
+        metavar="DIR",
+        help="output directory (default runs/reproduce-hochreiter1997)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the table and runs already in --out (refused without it: a --full table takes hours)",
+    )
     p.set_defaults(func=run_reproduce)
 
-    p = sub.add_parser("evaluate", help="evaluate a trained model on its task, at its own or other sizes",
-                       description=run_evaluate.__doc__)
-    p.add_argument("model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported "
-                   ".safetensors")
-    p.add_argument("--shipped", choices=SHIPPED, metavar="CELL",
-                   help=f"evaluate the character model shipped for CELL ({', '.join(SHIPPED)}) instead")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained model on its task, at its own or other sizes",
+        description=run_evaluate.__doc__,
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported .safetensors"
+    )
+    p.add_argument(
+        "--shipped",
+        choices=SHIPPED,
+        metavar="CELL",
+        help=f"evaluate the character model shipped for CELL ({', '.join(SHIPPED)}) instead",
+    )
     p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: as trained)")
-    p.add_argument("--task-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="change one of the task's other sizes (repeatable; default: as trained)")
+    p.add_argument(
+        "--task-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one of the task's other sizes (repeatable; default: as trained)",
+    )
     p.add_argument("--seed", type=int, metavar="S", help="draw the test set of run seed S (default: the run's)")
-    p.add_argument("--test-batch", type=_positive_int, default=DEFAULTS.test_batch, metavar="N",
-                   help=f"sequences per forward pass (default {DEFAULTS.test_batch})")
+    p.add_argument(
+        "--test-batch",
+        type=_positive_int,
+        default=DEFAULTS.test_batch,
+        metavar="N",
+        help=f"sequences per forward pass (default {DEFAULTS.test_batch})",
+    )
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="(default cpu)")
     p.add_argument("--threads", type=_positive_int, default=1, metavar="N", help="CPU threads (default 1)")
     p.add_argument("--json", action="store_true", help="print the result as JSON too, as the last line")

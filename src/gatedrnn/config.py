@@ -14,9 +14,12 @@ from torch import Tensor
 
 from .cells import LSTM_VARIANTS, CellFamily, LayerWeights, family_class
 
+__all__ = ["LSTM_VARIANTS", "CellConfig", "LayerWeights", "Noise", "zoneout_mix"]
 
-def CellConfig(family: str | type[CellFamily], hidden_size: int, proj_size: int = 0, *, bias: bool = True,
-               **options) -> CellFamily:  # noqa: N802 -- reads as the value type it builds
+
+def CellConfig(
+    family: str | type[CellFamily], hidden_size: int, proj_size: int = 0, *, bias: bool = True, **options
+) -> CellFamily:  # noqa: N802 -- reads as the value type it builds
     """The configured cell of one layer and direction: ``family`` (a registered name or a
     :class:`~gatedrnn.CellFamily` subclass) with H = ``hidden_size`` and the family's options.
 
@@ -65,8 +68,13 @@ class Noise:
     def to(self, dtype: torch.dtype) -> Noise:
         """The same regularisation with its masks in ``dtype``."""
         cast = lambda mask: None if mask is None else mask.to(dtype)  # noqa: E731
-        return Noise(cast(self.recurrent_mask), self.zoneout, cast(self.zoneout_h), cast(self.zoneout_c),
-                     tuple(cast(mask) for mask in self.zoneout_rest))
+        return Noise(
+            cast(self.recurrent_mask),
+            self.zoneout,
+            cast(self.zoneout_h),
+            cast(self.zoneout_c),
+            tuple(cast(mask) for mask in self.zoneout_rest),
+        )
 
 
 def zoneout_mix(old: Tensor, new: Tensor, p: float, keep: Tensor | None) -> Tensor:

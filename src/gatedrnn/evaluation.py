@@ -25,8 +25,14 @@ MODEL_SIZES = ("input_size", "output_size", "vocab_size", "vocab")
 """Task sizes a model's weights are built for: evaluating on a task that changes one is refused."""
 
 
-def evaluate_saved(path: str | Path | saved.SavedModel, seq_len: int | None = None, task_options: dict[str, Any] | None = None,
-                   seed: int | None = None, test_batch: int = 1024, device: str = "cpu") -> dict[str, Any]:
+def evaluate_saved(
+    path: str | Path | saved.SavedModel,
+    seq_len: int | None = None,
+    task_options: dict[str, Any] | None = None,
+    seed: int | None = None,
+    test_batch: int = 1024,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Evaluate the model saved at ``path`` (any form :func:`gatedrnn.saved.read` takes, or what
     it returned) on its task.
 
@@ -50,20 +56,36 @@ def evaluate_saved(path: str | Path | saved.SavedModel, seq_len: int | None = No
     path = model_file.source
     trained = TrainConfig.from_dict(model_file.meta["train"])
     if not isinstance(trained.task, str) or not isinstance(trained.task_options, dict):
-        raise saved.SavedModelError(f"the config of {str(path)!r} names no task or mangles its options "
-                                    f"(task {trained.task!r}, task_options {trained.task_options!r})")
-    config = replace(trained, seq_len=trained.seq_len if seq_len is None else seq_len,
-                     task_options={**trained.task_options, **(task_options or {})},
-                     seed=trained.seed if seed is None else seed, test_batch=test_batch)
+        raise saved.SavedModelError(
+            f"the config of {str(path)!r} names no task or mangles its options "
+            f"(task {trained.task!r}, task_options {trained.task_options!r})"
+        )
+    config = replace(
+        trained,
+        seq_len=trained.seq_len if seq_len is None else seq_len,
+        task_options={**trained.task_options, **(task_options or {})},
+        seed=trained.seed if seed is None else seed,
+        test_batch=test_batch,
+    )
     task = build_task(config)
     _check_sizes(model_file.meta["task"], task.describe(), config)
     target = _device(device)
     model = saved.rebuild(model_file.meta, model_file.tensors).to(target)
     metrics = evaluate(model, task, config.seed, target, test_batch)
-    return {"model": str(path), "task": config.task, "cell": config.cell, "variant": config.variant,
-            "hidden": config.hidden, "layers": config.layers, "step": model_file.step, "seq_len": task.seq_len,
-            "trained_seq_len": model_file.meta["task"].get("seq_len"), "seed": config.seed,
-            "baseline": task.baseline, **metrics}
+    return {
+        "model": str(path),
+        "task": config.task,
+        "cell": config.cell,
+        "variant": config.variant,
+        "hidden": config.hidden,
+        "layers": config.layers,
+        "step": model_file.step,
+        "seq_len": task.seq_len,
+        "trained_seq_len": model_file.meta["task"].get("seq_len"),
+        "seed": config.seed,
+        "baseline": task.baseline,
+        **metrics,
+    }
 
 
 def _check_sizes(trained: dict[str, Any], now: dict[str, Any], config: TrainConfig) -> None:
@@ -71,10 +93,12 @@ def _check_sizes(trained: dict[str, Any], now: dict[str, Any], config: TrainConf
     for key in MODEL_SIZES:
         if key in trained and trained[key] != now.get(key):
             shown = "its vocabulary" if key == "vocab" else f"{key} {trained[key]}"
-            raise ConfigError(f"the model was trained on {config.task} with {shown}, but with seq_len={now['seq_len']} "
-                              f"and options {config.task_options or '{}'} the task has "
-                              f"{'another vocabulary' if key == 'vocab' else f'{key} {now.get(key)}'}: its weights "
-                              "cannot read that task (evaluate it with sizes that keep its inputs and outputs)")
+            raise ConfigError(
+                f"the model was trained on {config.task} with {shown}, but with seq_len={now['seq_len']} "
+                f"and options {config.task_options or '{}'} the task has "
+                f"{'another vocabulary' if key == 'vocab' else f'{key} {now.get(key)}'}: its weights "
+                "cannot read that task (evaluate it with sizes that keep its inputs and outputs)"
+            )
 
 
 def _device(name: str) -> torch.device:
@@ -88,16 +112,37 @@ def _device(name: str) -> torch.device:
 def result_line(result: dict[str, Any]) -> str:
     """One line for the terminal: what was evaluated and how it did."""
     at = f"step {result['step']}" if result["step"] is not None else "final weights"
-    lengths = (f"T={result['seq_len']}" if result["seq_len"] == result["trained_seq_len"]
-               else f"T={result['seq_len']} (trained at T={result['trained_seq_len']})")
+    lengths = (
+        f"T={result['seq_len']}"
+        if result["seq_len"] == result["trained_seq_len"]
+        else f"T={result['seq_len']} (trained at T={result['trained_seq_len']})"
+    )
     baseline = f" (no-memory baseline {result['baseline']:.4g})" if result["baseline"] is not None else ""
     measures = "".join(f", mean {k} {result[k]:.4g}" for k in result if k not in _NOT_MEASURES)
-    return (f"{result['task']} {result['cell']}{'' if result['variant'] == 'vanilla' else '-' + result['variant']} "
-            f"(hidden {result['hidden']}, {at}), {lengths}, test seed {result['seed']}: test loss "
-            f"{result['loss']:.4g}{baseline}{measures}; {result['accuracy']:.1%} of {result['sequences']} "
-            f"test sequences correct ({result['wrong']} wrong); {'solved' if result['solved'] else 'not solved'} "
-            "by the task's criterion")
+    return (
+        f"{result['task']} {result['cell']}{'' if result['variant'] == 'vanilla' else '-' + result['variant']} "
+        f"(hidden {result['hidden']}, {at}), {lengths}, test seed {result['seed']}: test loss "
+        f"{result['loss']:.4g}{baseline}{measures}; {result['accuracy']:.1%} of {result['sequences']} "
+        f"test sequences correct ({result['wrong']} wrong); {'solved' if result['solved'] else 'not solved'} "
+        "by the task's criterion"
+    )
 
 
-_NOT_MEASURES = {"model", "task", "cell", "variant", "hidden", "layers", "step", "seq_len", "trained_seq_len", "seed",
-                 "baseline", "loss", "accuracy", "wrong", "sequences", "solved"}
+_NOT_MEASURES = {
+    "model",
+    "task",
+    "cell",
+    "variant",
+    "hidden",
+    "layers",
+    "step",
+    "seq_len",
+    "trained_seq_len",
+    "seed",
+    "baseline",
+    "loss",
+    "accuracy",
+    "wrong",
+    "sequences",
+    "solved",
+}

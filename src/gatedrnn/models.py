@@ -81,8 +81,9 @@ class ModelConfig:
         return configured_family(self.cell, self.variant, self.family_options, self.hidden_size)
 
 
-def configured_family(cell: str, variant: str = "vanilla", options: dict[str, Any] | None = None,
-                      hidden_size: int = 1) -> CellFamily:
+def configured_family(
+    cell: str, variant: str = "vanilla", options: dict[str, Any] | None = None, hidden_size: int = 1
+) -> CellFamily:
     """The family registered as ``cell``, configured with ``options`` and, unless it is
     ``"vanilla"``, ``variant`` (which needs a family with a ``variant`` option): what decides which
     gates it has (an LSTM variant may lack i or f) and which flags apply to it."""
@@ -90,8 +91,9 @@ def configured_family(cell: str, variant: str = "vanilla", options: dict[str, An
     options = dict(options or {})
     if variant != "vanilla":
         if "variant" not in cls.option_defaults:
-            raise ValueError(f"variant applies to {option_takers('variant')} only, got cell={cell!r} "
-                             f"(variant={variant!r})")
+            raise ValueError(
+                f"variant applies to {option_takers('variant')} only, got cell={cell!r} (variant={variant!r})"
+            )
         options["variant"] = variant
     return cls(hidden_size, **options)
 
@@ -115,8 +117,9 @@ class SequenceModel(nn.Module):
         super().__init__()
         family = config.cell_config()
         if config.input_bias is not None and "i" not in family.gates:
-            raise ValueError(f"input_bias needs an input gate 'i', but {family.describe()} has gates "
-                             f"{', '.join(family.gates)}")
+            raise ValueError(
+                f"input_bias needs an input gate 'i', but {family.describe()} has gates {', '.join(family.gates)}"
+            )
         self.config = config
         if config.vocab_size is not None:
             self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim)
@@ -124,8 +127,15 @@ class SequenceModel(nn.Module):
         else:
             self.embedding = None
             features = config.input_size
-        self.rnn = Recurrent(config.cell, features, config.hidden_size, config.num_layers, batch_first=True,
-                             forget_bias=config.forget_bias, **family.options)
+        self.rnn = Recurrent(
+            config.cell,
+            features,
+            config.hidden_size,
+            config.num_layers,
+            batch_first=True,
+            forget_bias=config.forget_bias,
+            **family.options,
+        )
         self.head = nn.Linear(self.rnn.cell_config.output_size, config.output_size)
         if config.input_bias is not None:
             _set_gate_bias(self.rnn, "i", config.input_bias)
@@ -146,14 +156,33 @@ def _set_gate_bias(rnn: Recurrent, gate: str, value: float) -> None:
                 param[rows] = value if name.startswith("bias_ih") else 0.0
 
 
-def model_for_task(task, cell: str, hidden_size: int = 64, num_layers: int = 1, variant: str = "vanilla",
-                   forget_bias: float | None = None, embedding_dim: int = 64, input_bias: float | None = None,
-                   family_options: dict[str, Any] | None = None) -> SequenceModel:
+def model_for_task(
+    task,
+    cell: str,
+    hidden_size: int = 64,
+    num_layers: int = 1,
+    variant: str = "vanilla",
+    forget_bias: float | None = None,
+    embedding_dim: int = 64,
+    input_bias: float | None = None,
+    family_options: dict[str, Any] | None = None,
+) -> SequenceModel:
     """The model for ``task`` (a :class:`gatedrnn.tasks.Task`): its input, output and vocabulary sizes."""
-    return SequenceModel(ModelConfig(cell=cell, input_size=task.input_size, output_size=task.output_size,
-                                     hidden_size=hidden_size, num_layers=num_layers, variant=variant,
-                                     forget_bias=forget_bias, input_bias=input_bias, vocab_size=task.vocab_size,
-                                     embedding_dim=embedding_dim, family_options=dict(family_options or {})))
+    return SequenceModel(
+        ModelConfig(
+            cell=cell,
+            input_size=task.input_size,
+            output_size=task.output_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            variant=variant,
+            forget_bias=forget_bias,
+            input_bias=input_bias,
+            vocab_size=task.vocab_size,
+            embedding_dim=embedding_dim,
+            family_options=dict(family_options or {}),
+        )
+    )
 
 
 # ----- user families: importing their modules, recording and finding them again ---------------------
@@ -186,12 +215,15 @@ def _import_file(path: Path, name: str | None = None) -> ModuleType:
         raise ImportError(f"no such file {str(path)!r}")
     name = name or path.stem
     if not name.isidentifier():
-        raise ImportError(f"{str(path)!r}: the file name must be a Python module name (letters, digits, _), "
-                          f"got {name!r}")
+        raise ImportError(
+            f"{str(path)!r}: the file name must be a Python module name (letters, digits, _), got {name!r}"
+        )
     taken = sys.modules.get(name)
     if taken is not None and name not in _FROM_FILES:  # a module of its own, not a file read before
-        raise ImportError(f"{str(path)!r}: a module named {name!r} is already imported "
-                          f"({getattr(taken, '__file__', None) or 'built in'}); rename the file")
+        raise ImportError(
+            f"{str(path)!r}: a module named {name!r} is already imported "
+            f"({getattr(taken, '__file__', None) or 'built in'}); rename the file"
+        )
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"{str(path)!r} is not a Python file Python can import")
@@ -236,7 +268,8 @@ def require_family(cell: str, record: object = None) -> None:
     raise FamilyNotFoundError(
         f"the run's cell family {cell!r}{f' ({where})' if where else ''} is not registered ({why}): pass "
         "--family-module PATH_OR_MODULE naming the file or module that registers it (registered: "
-        f"{', '.join(registered_families())})")
+        f"{', '.join(registered_families())})"
+    )
 
 
 def _import_recorded(record: dict[str, Any]) -> str:

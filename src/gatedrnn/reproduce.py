@@ -72,35 +72,110 @@ class Row:
         return math.ceil(3 * self.paper_sequences / self.config.batch)
 
 
-def _lstm(task: str, seq_len: int | None, hidden: int, lr: float, batch: int = 32, eval_every: int = 100,
-          **task_options: Any) -> TrainConfig:
-    return TrainConfig(task=task, seq_len=seq_len, task_options=task_options, cell="lstm", hidden=hidden, lr=lr,
-                       batch=batch, eval_every=eval_every)
+def _lstm(
+    task: str, seq_len: int | None, hidden: int, lr: float, batch: int = 32, eval_every: int = 100, **task_options: Any
+) -> TrainConfig:
+    return TrainConfig(
+        task=task,
+        seq_len=seq_len,
+        task_options=task_options,
+        cell="lstm",
+        hidden=hidden,
+        lr=lr,
+        batch=batch,
+        eval_every=eval_every,
+    )
 
 
 HOCHREITER_1997: tuple[Row, ...] = (
-    Row("1", "embedded Reber grammar (tab. 1, best row)", _lstm("reber", None, 32, 1e-2, eval_every=50),
-        quick_steps=2000, paper_success="100%", paper_sequences=8_440),
-    Row("2a", "noise-free lag, p = 100 (tab. 2)", _lstm("lag-2a", 100, 32, 3e-3, eval_every=25),
-        quick_steps=2000, paper_success="100%", paper_sequences=5_040),
-    Row("2c", "no local regularities, q = p = 100 (tab. 3)", _lstm("lag-2c", 100, 32, 1e-2, eval_every=250),
-        quick_steps=3000, paper_success="", paper_sequences=31_000),
-    Row("2c-1000", "no local regularities, q = p = 1000 (tab. 3)",
-        _lstm("lag-2c", 1000, 32, 1e-2, eval_every=250), quick_steps=3000, paper_success="",
-        paper_sequences=49_000, full_only=True),
-    Row("3a", "two-sequence with noise, T = 100, N = 3 (tab. 4, ST2)",
-        _lstm("two-sequence", 100, 32, 1e-2, eval_every=100), quick_steps=2000, paper_success="",
-        paper_sequences=39_850, paper_errors="0.5 / 2560"),
-    Row("4", "adding, T = 100 (tab. 7)", _lstm("adding", 100, 64, 1e-2, eval_every=250),
-        quick_steps=8000, paper_success="", paper_sequences=74_000, paper_errors="1 / 2560"),
-    Row("4-1000", "adding, T = 1000 (tab. 7)", _lstm("adding", 1000, 64, 1e-2, eval_every=500),
-        quick_steps=8000, paper_success="", paper_sequences=853_000, paper_errors="1 / 2560", full_only=True),
-    Row("5", "multiplication, T = 100, n_seq = 140 (tab. 8)", _lstm("multiplication", 100, 64, 3e-3, eval_every=250),
-        quick_steps=4000, paper_success="", paper_sequences=482_000, paper_errors="139 / 2560"),
-    Row("6a", "temporal order, 2 symbols (tab. 9)", _lstm("order-6a", 100, 32, 1e-2, eval_every=100),
-        quick_steps=3000, paper_success="", paper_sequences=31_390, paper_errors="1 / 2560"),
-    Row("6b", "temporal order, 3 symbols (tab. 9)", _lstm("order-6b", 100, 32, 1e-2, eval_every=100),
-        quick_steps=5000, paper_success="", paper_sequences=571_100, paper_errors="2 / 2560"),
+    Row(
+        "1",
+        "embedded Reber grammar (tab. 1, best row)",
+        _lstm("reber", None, 32, 1e-2, eval_every=50),
+        quick_steps=2000,
+        paper_success="100%",
+        paper_sequences=8_440,
+    ),
+    Row(
+        "2a",
+        "noise-free lag, p = 100 (tab. 2)",
+        _lstm("lag-2a", 100, 32, 3e-3, eval_every=25),
+        quick_steps=2000,
+        paper_success="100%",
+        paper_sequences=5_040,
+    ),
+    Row(
+        "2c",
+        "no local regularities, q = p = 100 (tab. 3)",
+        _lstm("lag-2c", 100, 32, 1e-2, eval_every=250),
+        quick_steps=3000,
+        paper_success="",
+        paper_sequences=31_000,
+    ),
+    Row(
+        "2c-1000",
+        "no local regularities, q = p = 1000 (tab. 3)",
+        _lstm("lag-2c", 1000, 32, 1e-2, eval_every=250),
+        quick_steps=3000,
+        paper_success="",
+        paper_sequences=49_000,
+        full_only=True,
+    ),
+    Row(
+        "3a",
+        "two-sequence with noise, T = 100, N = 3 (tab. 4, ST2)",
+        _lstm("two-sequence", 100, 32, 1e-2, eval_every=100),
+        quick_steps=2000,
+        paper_success="",
+        paper_sequences=39_850,
+        paper_errors="0.5 / 2560",
+    ),
+    Row(
+        "4",
+        "adding, T = 100 (tab. 7)",
+        _lstm("adding", 100, 64, 1e-2, eval_every=250),
+        quick_steps=8000,
+        paper_success="",
+        paper_sequences=74_000,
+        paper_errors="1 / 2560",
+    ),
+    Row(
+        "4-1000",
+        "adding, T = 1000 (tab. 7)",
+        _lstm("adding", 1000, 64, 1e-2, eval_every=500),
+        quick_steps=8000,
+        paper_success="",
+        paper_sequences=853_000,
+        paper_errors="1 / 2560",
+        full_only=True,
+    ),
+    Row(
+        "5",
+        "multiplication, T = 100, n_seq = 140 (tab. 8)",
+        _lstm("multiplication", 100, 64, 3e-3, eval_every=250),
+        quick_steps=4000,
+        paper_success="",
+        paper_sequences=482_000,
+        paper_errors="139 / 2560",
+    ),
+    Row(
+        "6a",
+        "temporal order, 2 symbols (tab. 9)",
+        _lstm("order-6a", 100, 32, 1e-2, eval_every=100),
+        quick_steps=3000,
+        paper_success="",
+        paper_sequences=31_390,
+        paper_errors="1 / 2560",
+    ),
+    Row(
+        "6b",
+        "temporal order, 3 symbols (tab. 9)",
+        _lstm("order-6b", 100, 32, 1e-2, eval_every=100),
+        quick_steps=5000,
+        paper_success="",
+        paper_sequences=571_100,
+        paper_errors="2 / 2560",
+    ),
 )
 
 
@@ -127,8 +202,20 @@ def command_line(config: TrainConfig) -> str:
         parts.append(f"--seq-len {config.seq_len}")
     parts += [f"--task-opt {k}={v}" for k, v in config.task_options.items()]
     parts += [f"--family-opt {k}={v}" for k, v in config.family_options.items()]
-    for name in ("variant", "forget_bias", "input_bias", "lstm_init", "hidden", "layers", "steps", "batch", "lr",
-                 "clip", "seed", "eval_every"):
+    for name in (
+        "variant",
+        "forget_bias",
+        "input_bias",
+        "lstm_init",
+        "hidden",
+        "layers",
+        "steps",
+        "batch",
+        "lr",
+        "clip",
+        "seed",
+        "eval_every",
+    ):
         value = getattr(config, name)
         if value is not None and (value != getattr(defaults, name) or name in ("steps", "eval_every")):
             parts.append(f"--{name.replace('_', '-')} {value}")
@@ -172,17 +259,27 @@ def markdown_table(results: list[RowResult], budget: str, variant: str = "vanill
     for r in results:
         row, config = r.row, r.summaries[0]
         rate, sequences, wrong, seconds = r.cells()
-        lines.append(f"| {row.key} | {row.title} | {row.paper_success or '-'} | {row.paper_sequences:,} | "
-                     f"{row.paper_errors or '-'} | {rate} | {sequences} | {wrong} | "
-                     f"{config['budget_steps'] * config['batch']:,} | {seconds} |")
+        lines.append(
+            f"| {row.key} | {row.title} | {row.paper_success or '-'} | {row.paper_sequences:,} | "
+            f"{row.paper_errors or '-'} | {rate} | {sequences} | {wrong} | "
+            f"{config['budget_steps'] * config['batch']:,} | {seconds} |"
+        )
     lines += ["", "Rerun a row (seed 0; `--seed S` for the others):", ""]
     lines += [f"- {r.row.key}: `{command_line(TrainConfig.from_dict(r.summaries[0]['config']))}`" for r in results]
     return "\n".join(lines) + "\n"
 
 
-def reproduce(paper: str, full: bool = False, out: Path = Path("runs/reproduce"), seeds: int | None = None,
-              rows: str | None = None, variant: str = "vanilla", budget_scale: float = 1.0,
-              progress: bool = True, overwrite: bool = False) -> tuple[str, Path]:
+def reproduce(
+    paper: str,
+    full: bool = False,
+    out: Path = Path("runs/reproduce"),
+    seeds: int | None = None,
+    rows: str | None = None,
+    variant: str = "vanilla",
+    budget_scale: float = 1.0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> tuple[str, Path]:
     """Run the table (each row ``seeds`` times: default 3 quick, 10 full; runs in
     ``out/<row>[-<variant>]/seed<S>``), write ``out/<paper>-<quick|full>[-<variant>].md`` (and the
     run summaries as ``.json``) and print it; returns the table and its path. ``variant`` trains
@@ -200,21 +297,33 @@ def reproduce(paper: str, full: bool = False, out: Path = Path("runs/reproduce")
     path = out / f"{paper}-{budget}{suffix}.md"
     results = [RowResult(row) for row in selected]
     if not overwrite:
-        _refuse_to_replace_results(path, [out / f"{row.key}{suffix}" / f"seed{seed}" for row in selected
-                                          for seed in range(seeds)])
+        _refuse_to_replace_results(
+            path, [out / f"{row.key}{suffix}" / f"seed{seed}" for row in selected for seed in range(seeds)]
+        )
     bar = tqdm(total=len(selected) * seeds, desc=f"{paper} {budget}", disable=not progress, dynamic_ncols=True)
     for result in results:
         row = result.row
         steps = max(1, round((row.full_steps() if full else row.quick_steps) * budget_scale))
         for seed in range(seeds):
             bar.set_postfix_str(f"row {row.key} seed {seed}")
-            config = replace(row.config, variant=variant, steps=steps, seed=seed,
-                             checkpoint_every=steps, out=str(out / f"{row.key}{suffix}" / f"seed{seed}"),
-                             progress=progress, device="cpu")
+            config = replace(
+                row.config,
+                variant=variant,
+                steps=steps,
+                seed=seed,
+                checkpoint_every=steps,
+                out=str(out / f"{row.key}{suffix}" / f"seed{seed}"),
+                progress=progress,
+                device="cpu",
+            )
             summary = train(config)
             held_out = evaluate_saved(config.out, seed=seed + HELD_OUT_SEED_OFFSET)
-            summary.update(config=config.to_dict(), budget_steps=steps, held_out_wrong=held_out["wrong"],
-                           held_out_tested=held_out["sequences"])
+            summary.update(
+                config=config.to_dict(),
+                budget_steps=steps,
+                held_out_wrong=held_out["wrong"],
+                held_out_tested=held_out["sequences"],
+            )
             result.summaries.append(summary)
             bar.update(1)
     bar.close()

@@ -60,8 +60,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SavedModelError(f"model config {str(path)!r} is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("train"), dict) or not isinstance(meta.get("task"), dict):
-        raise SavedModelError(f"model config {str(path)!r} lacks the 'train' and 'task' sections gatedrnn train "
-                              "writes")
+        raise SavedModelError(f"model config {str(path)!r} lacks the 'train' and 'task' sections gatedrnn train writes")
     return meta
 
 
@@ -70,8 +69,9 @@ def read(path: str | Path, what: str = "the run directory of `gatedrnn train`") 
     ``what`` names the run directory a caller expects, for the error when ``path`` is missing."""
     path = Path(path)
     if not path.exists():
-        raise SavedModelError(f"model {str(path)!r} not found: expected a .safetensors file with its .json beside "
-                              f"it, or {what}")
+        raise SavedModelError(
+            f"model {str(path)!r} not found: expected a .safetensors file with its .json beside it, or {what}"
+        )
     try:
         if path.is_dir() or path.name == checkpoint.POINTER:
             run = path if path.is_dir() else path.parent
@@ -83,8 +83,12 @@ def read(path: str | Path, what: str = "the run directory of `gatedrnn train`") 
             raise SavedModelError(f"model {str(path)!r}: expected a .safetensors file or a run directory")
         if _is_checkpoint_tensors(path):
             step = path.stem.removeprefix("checkpoint-")
-            return SavedModel(_read_json(path.parent / "config.json"), checkpoint.model_tensors(load_file(str(path))),
-                              int(step) if step.isdigit() else None, path)
+            return SavedModel(
+                _read_json(path.parent / "config.json"),
+                checkpoint.model_tensors(load_file(str(path))),
+                int(step) if step.isdigit() else None,
+                path,
+            )
         meta = _read_json(path.with_suffix(".json"))
         result = meta.get("result")
         step = result.get("steps") if isinstance(result, dict) else None
@@ -96,8 +100,11 @@ def read(path: str | Path, what: str = "the run directory of `gatedrnn train`") 
 def _is_checkpoint_tensors(path: Path) -> bool:
     """Whether ``path`` is a run's checkpoint tensors file (no exported .json beside it, the run's
     config.json in its directory)."""
-    return (path.name.startswith("checkpoint-") and not path.with_suffix(".json").exists()
-            and (path.parent / "config.json").is_file())
+    return (
+        path.name.startswith("checkpoint-")
+        and not path.with_suffix(".json").exists()
+        and (path.parent / "config.json").is_file()
+    )
 
 
 def shorten(text: str, limit: int) -> str:
@@ -109,8 +116,9 @@ def _one_line(error: Exception, limit: int = 600) -> str:
     """``error``'s message on one line, its lines joined (load_state_dict names the missing and
     unexpected keys and the mismatched shapes on the lines after its first), cut at ``limit``
     characters."""
-    return shorten(" ".join(line.strip() for line in str(error).splitlines() if line.strip())
-                   or type(error).__name__, limit)
+    return shorten(
+        " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__, limit
+    )
 
 
 def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:
@@ -126,10 +134,17 @@ def rebuild(meta: dict[str, Any], tensors: dict[str, Tensor]) -> SequenceModel:
         except FamilyNotFoundError as e:
             raise SavedModelError(str(e)) from None
     try:
-        config = ModelConfig(cell=train["cell"], input_size=task["input_size"], output_size=task["output_size"],
-                             hidden_size=train["hidden"], num_layers=train["layers"], variant=train["variant"],
-                             vocab_size=task["vocab_size"], embedding_dim=train["embedding_dim"],
-                             family_options=dict(train.get("family_options") or {}))
+        config = ModelConfig(
+            cell=train["cell"],
+            input_size=task["input_size"],
+            output_size=task["output_size"],
+            hidden_size=train["hidden"],
+            num_layers=train["layers"],
+            variant=train["variant"],
+            vocab_size=task["vocab_size"],
+            embedding_dim=train["embedding_dim"],
+            family_options=dict(train.get("family_options") or {}),
+        )
         model = SequenceModel(config)
         model.load_state_dict(tensors)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:

@@ -50,7 +50,6 @@ TEST_SEED_OFFSET = 1_000_003
 """The test set of a run with seed s is drawn from a generator seeded s + this (fixed per run)."""
 
 
-
 class ConfigError(ValueError):
     """A setting that cannot be run (unknown name, non-positive size, a file as ``out``, a resume
     with different settings); the CLI prints it as one ``error:`` line and exits with code 2."""
@@ -59,8 +58,19 @@ class ConfigError(ValueError):
 LSTM_INITS: dict[str, dict[str, float]] = {"long-lag": {"f": 3.0, "i": -3.0}, "torch": {}}
 """Gate biases each ``lstm_init`` sets (where the family has the gate), see :class:`TrainConfig`."""
 
-RESUMABLE_CHANGES = {"steps", "resume", "out", "device", "threads", "progress", "checkpoint_every", "eval_every",
-                     "log_every", "stop_when_solved", "test_batch"}
+RESUMABLE_CHANGES = {
+    "steps",
+    "resume",
+    "out",
+    "device",
+    "threads",
+    "progress",
+    "checkpoint_every",
+    "eval_every",
+    "log_every",
+    "stop_when_solved",
+    "test_batch",
+}
 """Config fields a resumed run may change; any other difference from the checkpointed run is an error."""
 
 
@@ -138,18 +148,30 @@ class TrainConfig:
         if self.task not in task_names():
             raise ConfigError(f"unknown task {self.task!r}; expected one of {', '.join(task_names())}")
         if not isinstance(self.cell, str) or self.cell not in registered_families():
-            raise ConfigError(f"unknown cell {self.cell!r}; expected a registered cell family: "
-                              f"{', '.join(registered_families())} (a family of your own: --family-module PATH)")
+            raise ConfigError(
+                f"unknown cell {self.cell!r}; expected a registered cell family: "
+                f"{', '.join(registered_families())} (a family of your own: --family-module PATH)"
+            )
         if not isinstance(self.family_options, dict):
             raise ConfigError(f"family_options must be a dict, got {type(self.family_options).__name__}")
-        problem = family_settings_problem(self.cell, self.variant, self.forget_bias, self.input_bias,
-                                          self.family_options)
+        problem = family_settings_problem(
+            self.cell, self.variant, self.forget_bias, self.input_bias, self.family_options
+        )
         if problem:
             raise ConfigError(problem)
         if self.lstm_init not in LSTM_INITS:
             raise ConfigError(f"lstm-init must be one of {', '.join(LSTM_INITS)}, got {self.lstm_init!r}")
-        for name in ("hidden", "layers", "threads", "embedding_dim", "steps", "batch", "checkpoint_every",
-                     "log_every", "test_batch"):
+        for name in (
+            "hidden",
+            "layers",
+            "threads",
+            "embedding_dim",
+            "steps",
+            "batch",
+            "checkpoint_every",
+            "log_every",
+            "test_batch",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.seq_len is not None and self.seq_len <= 0:
@@ -175,7 +197,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -207,8 +229,12 @@ def setup_world(device: str) -> World:
     owns_group = not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if use_cuda else "gloo")
-    return World(rank=dist.get_rank(), size=dist.get_world_size(),
-                 device=torch.device(f"cuda:{local}" if use_cuda else "cpu"), owns_group=owns_group)
+    return World(
+        rank=dist.get_rank(),
+        size=dist.get_world_size(),
+        device=torch.device(f"cuda:{local}" if use_cuda else "cpu"),
+        owns_group=owns_group,
+    )
 
 
 def build_task(config: TrainConfig) -> Task:
@@ -223,9 +249,13 @@ GATE_FLAGS = (("--forget-bias", "f"), ("--input-bias", "i"))
 """The gate-bias settings and the gate each sets."""
 
 
-def family_settings_problem(cell: str, variant: str = "vanilla", forget_bias: float | None = None,
-                            input_bias: float | None = None, family_options: dict[str, Any] | None = None
-                            ) -> str | None:
+def family_settings_problem(
+    cell: str,
+    variant: str = "vanilla",
+    forget_bias: float | None = None,
+    input_bias: float | None = None,
+    family_options: dict[str, Any] | None = None,
+) -> str | None:
     """Why the registered family ``cell`` cannot take these settings, as one line naming the flag
     (the first problem), or None. What decides is what the family takes, never its name: a
     ``variant`` option, the options of its ``option_defaults`` (``family_options``), the gates
@@ -238,8 +268,10 @@ def family_settings_problem(cell: str, variant: str = "vanilla", forget_bias: fl
         return "--family-opt variant=...: use --variant"
     unknown = sorted(set(family_options) - set(cls.option_defaults))
     if unknown:
-        return (f"--family-opt {unknown[0]}: the cell family {cell!r} has no option {unknown[0]!r}; its options: "
-                f"{', '.join(o for o in cls.option_defaults if o != 'variant') or 'none'}")
+        return (
+            f"--family-opt {unknown[0]}: the cell family {cell!r} has no option {unknown[0]!r}; its options: "
+            f"{', '.join(o for o in cls.option_defaults if o != 'variant') or 'none'}"
+        )
     try:
         family = configured_family(cell, variant, family_options)
     except (TypeError, ValueError) as e:
@@ -251,8 +283,13 @@ def family_settings_problem(cell: str, variant: str = "vanilla", forget_bias: fl
     return None
 
 
-def settings_for(cell: str, variant: str = "vanilla", forget_bias: float | None = None,
-                 input_bias: float | None = None, family_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def settings_for(
+    cell: str,
+    variant: str = "vanilla",
+    forget_bias: float | None = None,
+    input_bias: float | None = None,
+    family_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Of these settings, those the registered family ``cell`` takes (see
     :func:`family_settings_problem`), the others at their unset values: what ``compare`` gives
     each of its cells. Returns the TrainConfig fields variant, forget_bias, input_bias,
@@ -264,8 +301,12 @@ def settings_for(cell: str, variant: str = "vanilla", forget_bias: float | None 
         gates = configured_family(cell, variant, options).gates
     except (TypeError, ValueError):  # an option value it refuses: validate names it
         gates = ("f", "i")
-    return {"variant": variant, "family_options": options,
-            "forget_bias": forget_bias if "f" in gates else None, "input_bias": input_bias if "i" in gates else None}
+    return {
+        "variant": variant,
+        "family_options": options,
+        "forget_bias": forget_bias if "f" in gates else None,
+        "input_bias": input_bias if "i" in gates else None,
+    }
 
 
 def gate_biases(config: TrainConfig) -> tuple[float | None, float | None]:
@@ -283,8 +324,17 @@ def gate_biases(config: TrainConfig) -> tuple[float | None, float | None]:
 
 def build_model(config: TrainConfig, task: Task) -> SequenceModel:
     forget_bias, input_bias = gate_biases(config)
-    return model_for_task(task, config.cell, config.hidden, config.layers, config.variant, forget_bias,
-                          config.embedding_dim, input_bias, config.family_options)
+    return model_for_task(
+        task,
+        config.cell,
+        config.hidden,
+        config.layers,
+        config.variant,
+        forget_bias,
+        config.embedding_dim,
+        input_bias,
+        config.family_options,
+    )
 
 
 def import_run_family(cell: str, run_dir: str | Path) -> None:
@@ -309,8 +359,7 @@ def shard(batch: Batch, rank: int, size: int) -> Batch:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, seed: int, device: torch.device, batch_size: int = 1024
-             ) -> dict[str, float]:
+def evaluate(model: nn.Module, task: Task, seed: int, device: torch.device, batch_size: int = 1024) -> dict[str, float]:
     """The task's criterion on its test set (drawn from seed ``seed + TEST_SEED_OFFSET``, so the
     same sequences every call): mean ``loss``, ``accuracy``, ``wrong`` (count), the means of
     ``task.measures`` and ``solved``."""
@@ -330,8 +379,13 @@ def evaluate(model: nn.Module, task: Task, seed: int, device: torch.device, batc
             sums[key] = sums.get(key, 0.0) + float(value.sum())
     model.train(was_training)
     measures = {k: v / total for k, v in sums.items()}
-    metrics: dict[str, float] = {"loss": loss_sum / total, "accuracy": right / total, "wrong": total - right,
-                                 "sequences": total, **measures}
+    metrics: dict[str, float] = {
+        "loss": loss_sum / total,
+        "accuracy": right / total,
+        "wrong": total - right,
+        "sequences": total,
+        **measures,
+    }
     metrics["solved"] = bool(task.solved(metrics["loss"], metrics["accuracy"], **measures))
     return metrics
 
@@ -353,8 +407,12 @@ class RunFiles:
             return
         if not resumed_step:
             checkpoint.clear(self.dir)
-        checkpoint.atomic_write_text(self.dir / "config.json", json.dumps(
-            {"train": config.to_dict(), "task": task.describe(), "family": family_record(config.cell)}, indent=2))
+        checkpoint.atomic_write_text(
+            self.dir / "config.json",
+            json.dumps(
+                {"train": config.to_dict(), "task": task.describe(), "family": family_record(config.cell)}, indent=2
+            ),
+        )
         kept = [r for r in self.records() if r["step"] <= resumed_step] if resumed_step else []
         checkpoint.atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -379,14 +437,15 @@ class RunFiles:
             except ValueError as e:
                 if number == len(lines):
                     break
-                raise ConfigError(f"{self.metrics_path} line {number} is damaged ({e}); start afresh with "
-                                  "--overwrite, or delete the damaged lines") from None
+                raise ConfigError(
+                    f"{self.metrics_path} line {number} is damaged ({e}); start afresh with "
+                    "--overwrite, or delete the damaged lines"
+                ) from None
             records.append(record)
         return records
 
 
-def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str,
-                baseline: float | None = None) -> None:
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, title: str, baseline: float | None = None) -> None:
     """Training loss (lines) and test loss (dots) against sequences seen, one colour per run."""
     import matplotlib
 
@@ -456,8 +515,14 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     def save() -> None:
         if world.main:
             state["seconds"] = time.perf_counter() - started
-            checkpoint.save(config.run_dir, state["step"], model, optimizer, generator,
-                            extra={"config": config.to_dict(), "state": state, "family": family_record(config.cell)})
+            checkpoint.save(
+                config.run_dir,
+                state["step"],
+                model,
+                optimizer,
+                generator,
+                extra={"config": config.to_dict(), "state": state, "family": family_record(config.cell)},
+            )
 
     def run_eval() -> dict[str, float]:
         metrics = evaluate(model, task, config.seed, world.device, config.test_batch)
@@ -468,8 +533,14 @@ def _train(config: TrainConfig) -> dict[str, Any]:
         files.log({"step": step, "sequences": step * config.batch, "eval": metrics, "solved": metrics["solved"]})
         return metrics
 
-    bar = tqdm(total=config.steps, initial=state["step"], disable=not (config.progress and world.main),
-               desc=f"{config.task} {config.cell}", dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=config.steps,
+        initial=state["step"],
+        disable=not (config.progress and world.main),
+        desc=f"{config.task} {config.cell}",
+        dynamic_ncols=True,
+        leave=False,
+    )
     model.train()
     while state["step"] < config.steps:
         batch = shard(task.sample(config.batch, generator), world.rank, world.size).to(world.device)
@@ -506,20 +577,38 @@ def _train(config: TrainConfig) -> dict[str, Any]:
     final = state["last_eval"]
     records = files.records()
     summary = {
-        "task": config.task, "cell": config.cell, "variant": config.variant, "seq_len": task.seq_len,
-        "hidden": config.hidden, "batch": config.batch, "lr": config.lr, "seed": config.seed,
-        "steps": state["step"], "sequences": state["step"] * config.batch,
+        "task": config.task,
+        "cell": config.cell,
+        "variant": config.variant,
+        "seq_len": task.seq_len,
+        "hidden": config.hidden,
+        "batch": config.batch,
+        "lr": config.lr,
+        "seed": config.seed,
+        "steps": state["step"],
+        "sequences": state["step"] * config.batch,
         "train_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
-        "final_loss": final["loss"], "accuracy": final["accuracy"], "wrong": final["wrong"], "tested": final["sequences"],
-        "solved": final["solved"], "solved_step": state["solved_step"],
+        "final_loss": final["loss"],
+        "accuracy": final["accuracy"],
+        "wrong": final["wrong"],
+        "tested": final["sequences"],
+        "solved": final["solved"],
+        "solved_step": state["solved_step"],
         "solved_sequences": None if state["solved_step"] is None else state["solved_step"] * config.batch,
-        "baseline": task.baseline, "seconds": round(time.perf_counter() - started, 2),
-        "out": str(files.dir), "world_size": world.size, "rank": world.rank,
+        "baseline": task.baseline,
+        "seconds": round(time.perf_counter() - started, 2),
+        "out": str(files.dir),
+        "world_size": world.size,
+        "rank": world.rank,
     }
     if world.main:
         (files.dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        plot_curves({config.cell: records}, files.dir / "curve.png",
-                    f"{config.task} (T={task.seq_len}), {config.cell}, hidden {config.hidden}", task.baseline)
+        plot_curves(
+            {config.cell: records},
+            files.dir / "curve.png",
+            f"{config.task} (T={task.seq_len}), {config.cell}, hidden {config.hidden}",
+            task.baseline,
+        )
     if world.owns_group:
         dist.destroy_process_group()
     return summary
@@ -550,13 +639,18 @@ def comparison_table(summaries: list[dict[str, Any]]) -> list[str]:
     title = f"{first['task']} (T={first['seq_len']}), hidden {first['hidden']}, seed {first['seed']}"
     if first["baseline"] is not None:
         title += f"; no-memory baseline loss {first['baseline']:.4g}"
-    lines = [title, f"{'cell':<12} {'steps':>6} {'sequences':>9} {'test loss':>10} {'/ baseline':>10} "
-                    f"{'correct':>8} {'solved':>6} {'solved at (seqs)':>16} {'seconds':>8}"]
+    lines = [
+        title,
+        f"{'cell':<12} {'steps':>6} {'sequences':>9} {'test loss':>10} {'/ baseline':>10} "
+        f"{'correct':>8} {'solved':>6} {'solved at (seqs)':>16} {'seconds':>8}",
+    ]
     for s in summaries:
         ratio = f"{s['final_loss'] / s['baseline']:.3g}" if s["baseline"] else "-"
         at = "-" if s["solved_sequences"] is None else str(s["solved_sequences"])
-        lines.append(f"{_label(s):<12} {s['steps']:>6} {s['sequences']:>9} {s['final_loss']:>10.4g} {ratio:>10} "
-                     f"{s['accuracy']:>8.1%} {'yes' if s['solved'] else 'no':>6} {at:>16} {s['seconds']:>8.1f}")
+        lines.append(
+            f"{_label(s):<12} {s['steps']:>6} {s['sequences']:>9} {s['final_loss']:>10.4g} {ratio:>10} "
+            f"{s['accuracy']:>8.1%} {'yes' if s['solved'] else 'no':>6} {at:>16} {s['seconds']:>8.1f}"
+        )
     return lines
 
 
@@ -565,12 +659,15 @@ def refuse_to_replace(run_dir: str | Path, remedy: str) -> None:
     and ``remedy`` (the flag that continues or replaces it); nothing when there is none."""
     if checkpoint.exists(run_dir):
         step = checkpoint.saved_step(run_dir)
-        raise ConfigError(f"{run_dir} already holds a run (its checkpoint is at step "
-                          f"{'unknown: unreadable' if step is None else step}): {remedy}, or choose another --out")
+        raise ConfigError(
+            f"{run_dir} already holds a run (its checkpoint is at step "
+            f"{'unknown: unreadable' if step is None else step}): {remedy}, or choose another --out"
+        )
 
 
-def _restore(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-             generator: torch.Generator) -> dict[str, Any]:
+def _restore(
+    config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> dict[str, Any]:
     try:
         ckpt = checkpoint.load(config.run_dir)
         saved, state = dict(ckpt.extra["config"]), dict(ckpt.extra["state"])
@@ -600,13 +697,17 @@ def _mangled_state(state: dict[str, Any]) -> list[str]:
     """The entries of a checkpoint's training state that are not of their kind: step an int,
     seconds a number, the loss average a number or None, the solved step an int or None, the
     last evaluation a dict or None."""
+
     def number(value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    kinds = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool), "seconds": number,
-             "ema": lambda v: v is None or number(v),
-             "solved_step": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
-             "last_eval": lambda v: v is None or isinstance(v, dict)}
+    kinds = {
+        "step": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "seconds": number,
+        "ema": lambda v: v is None or number(v),
+        "solved_step": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "last_eval": lambda v: v is None or isinstance(v, dict),
+    }
     return [name for name, fits in kinds.items() if not fits(state[name])]
 
 
@@ -615,5 +716,7 @@ def _damage(error: Exception) -> str:
     if isinstance(error, checkpoint.CheckpointError):
         return str(error)
     detail = f"no {error.args[0]!r} entry" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
-    return (f"its checkpoint is damaged or from another program ({detail.splitlines()[0]}); "
-            "start afresh in another --out, or delete the directory")
+    return (
+        f"its checkpoint is damaged or from another program ({detail.splitlines()[0]}); "
+        "start afresh in another --out, or delete the directory"
+    )

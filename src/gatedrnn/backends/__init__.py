@@ -65,8 +65,9 @@ def load_layer_backend(name: str) -> ModuleType | None:
     return _LOADED[name]
 
 
-def choose(backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_layer: bool = True,
-           ragged: bool = False) -> str:
+def choose(
+    backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_layer: bool = True, ragged: bool = False
+) -> str:
     """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
 
     ``regularised`` is True when zoneout or recurrent dropout act on this call, which torch's
@@ -119,8 +120,11 @@ def _triton_measured_faster(cfg: CellFamily, x: Tensor) -> bool:
     if x.device.type != "cuda":
         return False
     module = load_layer_backend("triton")
-    return (module is not None and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
-            and runs("triton", module, cfg, x))
+    return (
+        module is not None
+        and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
+        and runs("triton", module, cfg, x)
+    )
 
 
 def _cpu_measured_faster(cfg: CellFamily, x: Tensor, ragged: bool) -> bool:

@@ -54,11 +54,11 @@ class AffineGatesFamily(CellFamily):
         """``[LN](U h) + b_hh`` for the gate rows ``rows`` of weight_hh: (B, R) -> (B, rows)."""
         a = h.matmul(weights["weight_hh"][rows].t())
         if self.layer_norm:
-            a = gatewise_layer_norm(a, weights["ln_weight_hh"][rows], weights["ln_bias_hh"][rows],
-                                    self.hidden_size, self.eps)
+            a = gatewise_layer_norm(
+                a, weights["ln_weight_hh"][rows], weights["ln_bias_hh"][rows], self.hidden_size, self.eps
+            )
         return a + weights["bias_hh"][rows] if self.bias else a
 
     def step_with_recurrent_input(self, x_proj, states, weights, h_in):
         """The step with ``h_in`` (recurrent dropout's masked h) in the recurrent products only."""
         return self.step(x_proj, states, weights, h_in)
-

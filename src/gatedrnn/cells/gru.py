@@ -41,8 +41,9 @@ class GRUFamily(AffineGatesFamily):
         """Both reset forms, each with and without layer norm."""
         return tuple({"reset_after": ra, "layer_norm": ln} for ra in (True, False) for ln in (False, True))
 
-    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One GRU step: x_proj (B, 3H), states (h,) with h (B, H) -> ((h_new,), {r, z, n, h}).
 
         ``h_in`` is h_{t-1} as it enters the recurrent matmuls (after recurrent dropout); the

@@ -83,7 +83,9 @@ class LSTMFamily(AffineGatesFamily):
     def configurations(cls) -> tuple[dict, ...]:
         """Every variant, each with and without layer norm, and the projection."""
         return tuple({"variant": v, "layer_norm": ln} for v in LSTM_VARIANTS for ln in (False, True)) + (
-            {"proj_size": 3}, {"variant": "peephole", "proj_size": 2})
+            {"proj_size": 3},
+            {"variant": "peephole", "proj_size": 2},
+        )
 
     @property
     def gates(self) -> tuple[str, ...]:
@@ -114,8 +116,9 @@ class LSTMFamily(AffineGatesFamily):
             return (h, c, c.new_zeros(c.shape[:-1] + (3 * self.hidden_size,)))
         return tuple(states)
 
-    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One LSTM step.
 
         Args:

@@ -33,8 +33,9 @@ class RNNFamily(AffineGatesFamily):
         """Both nonlinearities."""
         return ({"nonlinearity": "tanh"}, {"nonlinearity": "relu"})
 
-    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One RNN step: x_proj (B, H), states (h,) with h (B, H) -> ((h_new,), {"h": h_new})."""
         (h,) = states
         a = x_proj + self.recurrent_part(h if h_in is None else h_in, weights)

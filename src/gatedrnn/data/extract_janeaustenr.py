@@ -49,7 +49,7 @@ class _XDRReader:
         return value
 
     def _bytes(self, n: int) -> bytes:
-        out = self.data[self.pos:self.pos + n]
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -78,8 +78,7 @@ class _XDRReader:
                 value = self._bytes(n)
             else:
                 fmt = ">d" if kind == _REAL else ">i"
-                value = [struct.unpack_from(fmt, self.data, self.pos + k * struct.calcsize(fmt))[0]
-                         for k in range(n)]
+                value = [struct.unpack_from(fmt, self.data, self.pos + k * struct.calcsize(fmt))[0] for k in range(n)]
                 self.pos += n * struct.calcsize(fmt)
             attr = self.read() if has_attr else None
             return {"value": value, "attr": attr}
@@ -102,7 +101,7 @@ def read_lazyload(data_dir: Path) -> dict[str, list[str]]:
     out = {}
     for name, span in zip(_names(variables["attr"]), variables["value"]):
         offset, length = span["value"]
-        obj = _XDRReader(zlib.decompress(blobs[offset + 4:offset + length])).read()
+        obj = _XDRReader(zlib.decompress(blobs[offset + 4 : offset + length])).read()
         out[name] = ["" if line is None else line for line in obj["value"]]
     return out
 

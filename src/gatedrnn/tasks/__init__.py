@@ -15,8 +15,17 @@ import importlib
 import inspect
 import pkgutil
 
-from .base import (Batch, LastStepClassification, LastStepRegression, Task, check_number, check_positive,
-                   last_step, one_hot, step_mask)
+from .base import (
+    Batch,
+    LastStepClassification,
+    LastStepRegression,
+    Task,
+    check_number,
+    check_positive,
+    last_step,
+    one_hot,
+    step_mask,
+)
 
 _REGISTRY: dict[str, type[Task]] = {}
 _discovered = False
@@ -25,8 +34,9 @@ _discovered = False
 def register(cls: type[Task]) -> type[Task]:
     """Class decorator: make ``cls`` available as ``--task cls.name``."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"task name {cls.name!r} is registered twice: "
-                         f"{_REGISTRY[cls.name].__qualname__} and {cls.__qualname__}")
+        raise ValueError(
+            f"task name {cls.name!r} is registered twice: {_REGISTRY[cls.name].__qualname__} and {cls.__qualname__}"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -57,8 +67,11 @@ def task_class(name: str) -> type[Task]:
 def task_options(name: str) -> dict[str, object]:
     """The keyword arguments a task takes, with their defaults (``seq_len`` included)."""
     signature = inspect.signature(task_class(name).__init__)
-    return {p.name: p.default for p in signature.parameters.values()
-            if p.name != "self" and p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {
+        p.name: p.default
+        for p in signature.parameters.values()
+        if p.name != "self" and p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def make_task(name: str, seq_len: int | None = None, **options: object) -> Task:
@@ -67,13 +80,27 @@ def make_task(name: str, seq_len: int | None = None, **options: object) -> Task:
     known = task_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"task {name!r} has no option {', '.join(unknown)}; "
-                         f"its options are {', '.join(sorted(known))}")
+        raise ValueError(
+            f"task {name!r} has no option {', '.join(unknown)}; its options are {', '.join(sorted(known))}"
+        )
     if seq_len is not None:
         options["seq_len"] = seq_len
     return cls(**options)
 
 
-__all__ = ["Batch", "Task", "LastStepRegression", "LastStepClassification", "check_number", "check_positive",
-           "last_step", "one_hot", "step_mask", "register",
-           "task_names", "task_class", "task_options", "make_task"]
+__all__ = [
+    "Batch",
+    "Task",
+    "LastStepRegression",
+    "LastStepClassification",
+    "check_number",
+    "check_positive",
+    "last_step",
+    "one_hot",
+    "step_mask",
+    "register",
+    "task_names",
+    "task_class",
+    "task_options",
+    "make_task",
+]

@@ -19,8 +19,9 @@ from . import register
 from .base import Batch, LastStepRegression, check_number, check_positive, randint, uniform
 
 
-def _marked_sequences(batch_size: int, seq_len: int, low: float, generator: torch.Generator
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _marked_sequences(
+    batch_size: int, seq_len: int, low: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The 1997 marking scheme (section 5.4).
 
     Each sequence has a random length L in {T, ..., T + T // 10} (padded to the longest). Values
@@ -62,8 +63,10 @@ class _Marked1997(LastStepRegression):
     def __init__(self, *, seq_len: int = 100, tolerance: float = 0.04) -> None:
         check_positive(self.name, seq_len=seq_len)
         if seq_len < 22:
-            raise ValueError(f"task {self.name!r}: seq_len must be at least 22 (the first mark is one of "
-                             f"the first 10 steps, inside the first T/2 - 1), got {seq_len}")
+            raise ValueError(
+                f"task {self.name!r}: seq_len must be at least 22 (the first mark is one of "
+                f"the first 10 steps, inside the first T/2 - 1), got {seq_len}"
+            )
         self.seq_len = seq_len
         self.tolerance = check_number(self.name, "tolerance", tolerance)
         self.input_size, self.output_size = 2, 1
@@ -84,7 +87,7 @@ class _Marked1997(LastStepRegression):
         at_start = 0.1 + 0.9 / (self.seq_len // 2 - 1)
         one, two = self.target_moments(1), self.target_moments(2)
         mean = at_start * one[0] + (1 - at_start) * two[0]
-        return at_start * one[1] + (1 - at_start) * two[1] - mean ** 2
+        return at_start * one[1] + (1 - at_start) * two[1] - mean**2
 
     def sample(self, batch_size: int, generator: torch.Generator, split: str = "train") -> Batch:
         inputs, lengths, positions, marked = _marked_sequences(batch_size, self.seq_len, self.low, generator)
@@ -149,7 +152,7 @@ class Multiplication1997(_Marked1997):
         return x1 * x2
 
     def target_moments(self, drawn: int) -> tuple[float, float]:
-        return 0.5 ** drawn, (1.0 / 3.0) ** drawn  # E[X] = 1/2, E[X^2] = 1/3 for X ~ U[0, 1]
+        return 0.5**drawn, (1.0 / 3.0) ** drawn  # E[X] = 1/2, E[X^2] = 1/3 for X ~ U[0, 1]
 
     def solved(self, loss: float, accuracy: float, **measures: float) -> bool:
         return 1.0 - accuracy < self.wrong_fraction

@@ -58,8 +58,9 @@ from __future__ import annotations
 import math
 import numbers
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ class Batch:
     targets: Tensor
     lengths: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         lengths = None if self.lengths is None else self.lengths.to(device)
         return Batch(self.inputs.to(device), self.targets.to(device), lengths)
 
@@ -154,10 +155,16 @@ class Task(ABC):
 
     def describe(self) -> dict[str, object]:
         """JSON-safe summary of the task and its sizes (written into the run's config)."""
-        return {"name": self.name, "reference": self.reference, "seq_len": self.seq_len,
-                "input_size": self.input_size, "output_size": self.output_size,
-                "vocab_size": self.vocab_size, "test_size": self.test_size,
-                "baseline": self.baseline}
+        return {
+            "name": self.name,
+            "reference": self.reference,
+            "seq_len": self.seq_len,
+            "input_size": self.input_size,
+            "output_size": self.output_size,
+            "vocab_size": self.vocab_size,
+            "test_size": self.test_size,
+            "baseline": self.baseline,
+        }
 
 
 class LastStepRegression(Task):
@@ -218,8 +225,9 @@ def check_positive(task: str, **sizes: int) -> None:
             raise ValueError(f"task {task!r}: {key} must be a positive integer, got {value!r}")
 
 
-def check_number(task: str, key: str, value: object, *, high: float = math.inf,
-                 high_included: bool = True, zero_ok: bool = False) -> float:
+def check_number(
+    task: str, key: str, value: object, *, high: float = math.inf, high_included: bool = True, zero_ok: bool = False
+) -> float:
     """``value`` as a float when it is a finite real number in (0, high] ((0, high) when not
     ``high_included``; from 0 included with ``zero_ok``); otherwise ValueError naming the task,
     the option, the range and the value.

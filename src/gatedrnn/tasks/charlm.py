@@ -4,7 +4,8 @@ The network reads a window of characters and predicts, at every step, the next o
 bits per character (bpc), the mean of -log2 p(next character) over the predicted characters:
 
 .. math::
-    \\mathrm{bpc} = -\\frac{1}{N} \\sum_{t} \\log_2 p(c_{t+1} \\mid c_1, \\dots, c_t) = \\frac{\\mathcal{L}_{CE}}{\\ln 2}.
+    \\mathrm{bpc} = -\\frac{1}{N} \\sum_{t} \\log_2 p(c_{t+1} \\mid c_1, \\dots, c_t)
+    = \\frac{\\mathcal{L}_{CE}}{\\ln 2}.
 
 This is the setting of Karpathy, Johnson & Fei-Fei 2015 ("Visualizing and Understanding
 Recurrent Networks", sec. 4), whose cell-level plots the gate viewer (:mod:`gatedrnn.viz`)
@@ -22,9 +23,10 @@ Shapes: B batch, T = ``seq_len`` characters per window, V vocabulary size.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -93,7 +95,9 @@ class CharLM(Task):
     """
 
     name: ClassVar[str] = "charlm"
-    reference: ClassVar[str] = "Karpathy, Johnson & Fei-Fei 2015, Visualizing and Understanding Recurrent Networks, sec. 4"
+    reference: ClassVar[str] = (
+        "Karpathy, Johnson & Fei-Fei 2015, Visualizing and Understanding Recurrent Networks, sec. 4"
+    )
     test_size: ClassVar[int] = 512
 
     def __init__(self, *, seq_len: int = 128, valid_fraction: float = 0.1, target_bpc: float = 1.5):
@@ -110,8 +114,10 @@ class CharLM(Task):
         }
         self.baseline = unigram_loss(self.splits["train"], self.splits["test"], self.vocab_size)
         if len(self.splits["test"]) <= seq_len + 1:
-            raise ValueError(f"task 'charlm': seq_len={seq_len} is longer than the validation text "
-                             f"({len(self.splits['test'])} characters)")
+            raise ValueError(
+                f"task 'charlm': seq_len={seq_len} is longer than the validation text "
+                f"({len(self.splits['test'])} characters)"
+            )
 
     def _windows(self, split: str, starts: Tensor) -> Batch:
         ids = self.splits[split]
@@ -154,5 +160,10 @@ class CharLM(Task):
 
     def describe(self) -> dict[str, object]:
         """The base summary plus the vocabulary, so a saved model can encode text without the task."""
-        return {**super().describe(), "vocab": self.vocab, "valid_fraction": self.valid_fraction,
-                "target_bpc": self.target_bpc, "corpus": list(CORPUS_FILES)}
+        return {
+            **super().describe(),
+            "vocab": self.vocab,
+            "valid_fraction": self.valid_fraction,
+            "target_bpc": self.target_bpc,
+            "corpus": list(CORPUS_FILES),
+        }

@@ -9,9 +9,9 @@ spreads strokes over the whole sequence and lengthens the dependencies.
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib import resources
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -56,8 +56,10 @@ class SequentialDigits(LastStepClassification):
         if self.permutation_seed is not None:
             order = torch.randperm(PIXELS, generator=torch.Generator().manual_seed(self.permutation_seed))
             images = images[:, order]
-        self.splits = {"train": (images[:-TEST_IMAGES], labels[:-TEST_IMAGES]),
-                       "test": (images[-TEST_IMAGES:], labels[-TEST_IMAGES:])}
+        self.splits = {
+            "train": (images[:-TEST_IMAGES], labels[:-TEST_IMAGES]),
+            "test": (images[-TEST_IMAGES:], labels[-TEST_IMAGES:]),
+        }
 
     def _batch(self, split: str, index: Tensor) -> Batch:
         images, labels = self.splits[split]

@@ -11,15 +11,14 @@ Symbols are coded locally (one-hot). Two tasks:
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import (Batch, LastStepClassification, Task, check_number, check_positive, one_hot, softmax_within,
-                   step_mask)
+from .base import Batch, LastStepClassification, Task, check_number, check_positive, one_hot, softmax_within, step_mask
 
 
 @register
@@ -100,7 +99,8 @@ class NoiseFreeLag2c(LastStepClassification):
     key again: (b, key, a_{i_1}, ..., a_{i_{q+k}}, e, key), distractors uniform; the number k of
     extra distractors has P(k) = (1/10)(9/10)^k. Minimal length q + 4, mean q + 13 (the paper
     prints q + 14, though its own sum gives q + 13). The network reads everything up to and
-    including e and must output the key (class 0 for x, 1 for y) there; only that step has an error signal. Correct: both outputs
+    including e and must output the key (class 0 for x, 1 for y) there; only that step has an error signal.
+    Correct: both outputs
     within 0.2 of the target ("prediction error of both output units always below 0.2"); the paper
     demands this for 10,000 successive sequences, which is the test set here. ``seq_len`` is q;
     ``distractors`` is p (default q). Reported: q = p = 100 after 31,000 training sequences,

@@ -73,8 +73,10 @@ class EmbeddedReber(Task):
     def __init__(self, *, seq_len: int = 1000) -> None:
         check_positive(self.name, seq_len=seq_len)
         if seq_len < 9:
-            raise ValueError(f"task 'reber': seq_len must be at least 9 (the shortest embedded Reber "
-                             f"string, BTBTXSETE), got {seq_len}")
+            raise ValueError(
+                f"task 'reber': seq_len must be at least 9 (the shortest embedded Reber "
+                f"string, BTBTXSETE), got {seq_len}"
+            )
         self.seq_len = seq_len
         self.input_size = self.output_size = len(SYMBOLS)
 
@@ -88,7 +90,7 @@ class EmbeddedReber(Task):
         ids = torch.full((batch_size, steps + 1), -100, dtype=torch.int64)
         mask = torch.zeros(batch_size, steps, len(SYMBOLS), dtype=torch.bool)  # legal next symbols
         for b, (string, legal) in enumerate(strings):
-            ids[b, :len(string)] = torch.tensor([_ID[c] for c in string])
+            ids[b, : len(string)] = torch.tensor([_ID[c] for c in string])
             for t, allowed in enumerate(legal):
                 mask[b, t, [_ID[c] for c in allowed]] = True
         lengths = torch.tensor([len(s) - 1 for s, _ in strings])

@@ -28,8 +28,15 @@ class TwoSequence(LastStepRegression):
     reference = "Hochreiter & Schmidhuber 1997, sec. 5.3 (exp. 3, task 3a)"
     test_size = 256
 
-    def __init__(self, *, seq_len: int = 100, info: int = 3, variance: float = 0.2,
-                 tolerance: float = 0.2, solved_error: float = 0.01) -> None:
+    def __init__(
+        self,
+        *,
+        seq_len: int = 100,
+        info: int = 3,
+        variance: float = 0.2,
+        tolerance: float = 0.2,
+        solved_error: float = 0.01,
+    ) -> None:
         check_positive(self.name, seq_len=seq_len, info=info)
         if info > seq_len:
             raise ValueError(f"task 'two-sequence': info (N) must be at most seq_len={seq_len}, got {info}")
@@ -45,7 +52,7 @@ class TwoSequence(LastStepRegression):
         steps = int(lengths.max())
         cls = torch.randint(2, (batch_size,), generator=generator).float()  # 1: class 1, 0: class 2
         x = torch.randn(batch_size, steps, generator=generator) * self.std
-        x[:, :self.info] = (2.0 * cls - 1.0).view(-1, 1)
+        x[:, : self.info] = (2.0 * cls - 1.0).view(-1, 1)
         x = x * step_mask(lengths, batch_size, steps)
         return Batch(x.unsqueeze(-1), cls.view(-1, 1), lengths)
 

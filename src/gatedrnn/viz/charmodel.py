@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -39,20 +39,21 @@ def check_sample_options(length: int, temperature: float, prefix: str = "") -> N
     if length < 0:
         raise ValueError(f"{prefix}length must be >= 0, got {length}")
     if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"{prefix}temperature must be a finite number >= 0 (0 takes the most likely character), "
-                         f"got {temperature}")
+        raise ValueError(
+            f"{prefix}temperature must be a finite number >= 0 (0 takes the most likely character), got {temperature}"
+        )
 
 
 def _only(model: nn.Module, kind: type, what: str) -> nn.Module:
     found = [m for m in model.modules() if isinstance(m, kind)]
     if len(found) != 1:
-        raise ValueError(f"expected a character model with exactly one {what}, "
-                         f"found {len(found)} in {type(model).__name__}")
+        raise ValueError(
+            f"expected a character model with exactly one {what}, found {len(found)} in {type(model).__name__}"
+        )
     return found[0]
 
 
-def recurrent_step(rnn: Recurrent) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor,
-                                             dict[tuple[str, int], slice]]:
+def recurrent_step(rnn: Recurrent) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor, dict[tuple[str, int], slice]]:
     """The stack's one-step map on one flat state vector, z_t = step(x_t, z_{t-1}), for
     :func:`gatedrnn.viz.span.influence`, in evaluation mode (no dropout; zoneout as its
     expectation, as the module's forward in ``eval()``), for any cell family.
@@ -78,7 +79,7 @@ def recurrent_step(rnn: Recurrent) -> tuple[Callable[[Tensor, Tensor], Tensor], 
     def step(x_t: Tensor, z: Tensor) -> Tensor:
         parts, out, layer_input = z.unsqueeze(0).split(sizes * rnn.num_layers, dim=-1), [], x_t.unsqueeze(0)
         for k, w in enumerate(weights):
-            carry = parts[k * len(sizes): k * len(sizes) + len(carry_sizes)]
+            carry = parts[k * len(sizes) : k * len(sizes) + len(carry_sizes)]
             new, gates = layer_step(cfg, cfg.input_projection(layer_input, w), carry, recurrent_weights(w), noise)
             out += list(new) + ([cfg.record(gates, new)[output]] if len(sizes) > len(carry_sizes) else [])
             layer_input = new[0]
@@ -124,17 +125,24 @@ class CharModel:
     name: str
 
     @classmethod
-    def from_module(cls, model: nn.Module, vocab: str, name: str | None = None) -> "CharModel":
+    def from_module(cls, model: nn.Module, vocab: str, name: str | None = None) -> CharModel:
         """Take the embedding, recurrent stack and head out of ``model`` (e.g. a SequenceModel)."""
-        parts = cls(_only(model, nn.Embedding, "nn.Embedding"),
-                    _only(model, Recurrent, "gatedrnn recurrent stack (LSTM, GRU, RNN or Recurrent)"),
-                    _only(model, nn.Linear, "nn.Linear head"), vocab, "")
+        parts = cls(
+            _only(model, nn.Embedding, "nn.Embedding"),
+            _only(model, Recurrent, "gatedrnn recurrent stack (LSTM, GRU, RNN or Recurrent)"),
+            _only(model, nn.Linear, "nn.Linear head"),
+            vocab,
+            "",
+        )
         if parts.rnn.bidirectional:
-            raise ValueError("a character model predicts the next character: expected a unidirectional stack, "
-                             "got bidirectional=True")
+            raise ValueError(
+                "a character model predicts the next character: expected a unidirectional stack, got bidirectional=True"
+            )
         if parts.embedding.num_embeddings != len(vocab) + 1:
-            raise ValueError(f"the embedding has {parts.embedding.num_embeddings} rows but the vocabulary "
-                             f"has {len(vocab)} characters + 1 unknown")
+            raise ValueError(
+                f"the embedding has {parts.embedding.num_embeddings} rows but the vocabulary "
+                f"has {len(vocab)} characters + 1 unknown"
+            )
         parts.name = name or parts.cell.upper()
         return parts
 
@@ -158,10 +166,18 @@ class CharModel:
         """Every layer's gates on ``text`` (batch of one), as the page and gates.png need them."""
         ids, unknown = self.encode(text)
         trace = inspect_gates(self.rnn.eval(), self._time_major(self.embedding(ids)))
-        layers = [{k: v[:, 0].float().numpy() for k, v in trace.gates[(layer, 0)].items()}
-                  for layer in range(self.rnn.num_layers)]
-        return GateRecord(text=text, cell=self.cell, layers=layers, unknown=unknown,
-                          title=f"{self.name}: gates on {len(text)} characters", names=trace.names)
+        layers = [
+            {k: v[:, 0].float().numpy() for k, v in trace.gates[(layer, 0)].items()}
+            for layer in range(self.rnn.num_layers)
+        ]
+        return GateRecord(
+            text=text,
+            cell=self.cell,
+            layers=layers,
+            unknown=unknown,
+            title=f"{self.name}: gates on {len(text)} characters",
+            names=trace.names,
+        )
 
     @property
     def memory(self) -> tuple[str, ...]:
@@ -185,13 +201,28 @@ class CharModel:
         with torch.no_grad():
             x = self.embedding(ids).to(torch.float64)
         top = rnn.num_layers - 1
-        measured = influence(step, x, z0, {g: rows for g, rows in groups.items() if g[0] in self.memory}, window,
-                             totals=[(name, top) for name in self.memory], progress=f"memory span ({self.name})")
-        results = [span_result(self.name if name == self.memory[0] else f"{self.name} {name}", text,
-                               measured.band[(name, top)], measured.unit_sum[(name, top)], quantity=name)
-                   for name in self.memory]
-        distances = {name: [mean_distance(measured.unit_curve((name, k))) for k in range(rnn.num_layers)]
-                     for name in self.memory}
+        measured = influence(
+            step,
+            x,
+            z0,
+            {g: rows for g, rows in groups.items() if g[0] in self.memory},
+            window,
+            totals=[(name, top) for name in self.memory],
+            progress=f"memory span ({self.name})",
+        )
+        results = [
+            span_result(
+                self.name if name == self.memory[0] else f"{self.name} {name}",
+                text,
+                measured.band[(name, top)],
+                measured.unit_sum[(name, top)],
+                quantity=name,
+            )
+            for name in self.memory
+        ]
+        distances = {
+            name: [mean_distance(measured.unit_curve((name, k))) for k in range(rnn.num_layers)] for name in self.memory
+        }
         return results, distances
 
     def span_work(self, length: int, window: int = WINDOW) -> int:

@@ -23,8 +23,7 @@ from .page import write_gates_html
 from .plots import plot_gates, plot_memory_span
 from .span import WINDOW, probe_positions, summary_lines
 
-TUTORIAL = ("John wanted to visit his friend's house, but he couldn't find the address. "
-            "He spent hours searching for it.")
+TUTORIAL = "John wanted to visit his friend's house, but he couldn't find the address. He spent hours searching for it."
 """The sentence the LSTM tutorial explains gates with."""
 
 PROBE = ("John", "hours")
@@ -54,8 +53,13 @@ def set_threads(threads: int) -> None:
 
 
 def add_threads_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="CPU threads (default 1: fastest for these small networks on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="CPU threads (default 1: fastest for these small networks on a shared machine)",
+    )
 
 
 TEXT_ARGUMENTS = {
@@ -85,8 +89,9 @@ def _check_utf8(text: str, what: str) -> None:
     except UnicodeEncodeError as e:
         code = ord(text[e.start])
         found = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"the lone surrogate U+{code:04X}"
-        raise UsageError(f"{what} is not valid UTF-8: {found} at character {e.start} (counting from 0); "
-                         f"give {what} in UTF-8") from None
+        raise UsageError(
+            f"{what} is not valid UTF-8: {found} at character {e.start} (counting from 0); give {what} in UTF-8"
+        ) from None
 
 
 def _model_from_args(args: argparse.Namespace):
@@ -100,8 +105,10 @@ def _unknown_note(model, text: str, marked: bool = True) -> str | None:
     if not unknown:
         return None
     chars = " ".join(sorted({repr(text[t]) for t in unknown}))
-    return (f"note: {len(unknown)} character(s) outside {model.name}'s vocabulary ({chars}) are read as its "
-            "unknown symbol" + (" and marked in the page and the figure" if marked else ""))
+    return (
+        f"note: {len(unknown)} character(s) outside {model.name}'s vocabulary ({chars}) are read as its "
+        "unknown symbol" + (" and marked in the page and the figure" if marked else "")
+    )
 
 
 OUTPUTS = ("gates.html", "gates.png", "memory_span.png")
@@ -147,8 +154,9 @@ def read_text(args: argparse.Namespace) -> str:
     input), read as UTF-8 (a leading byte-order mark dropped) with undecodable bytes kept for
     :func:`_check_utf8` to name."""
     if (args.text is None) == (getattr(args, "file", None) is None):
-        raise UsageError("give the text either as TEXT or with --file PATH, not " +
-                         ("both" if args.text is not None else "neither"))
+        raise UsageError(
+            "give the text either as TEXT or with --file PATH, not " + ("both" if args.text is not None else "neither")
+        )
     if args.text is not None:
         return args.text
     if args.file == "-":
@@ -164,8 +172,9 @@ def read_text(args: argparse.Namespace) -> str:
 def _check_span_window(window: int) -> None:
     """UsageError unless ``--span-window`` is a positive number of characters."""
     if window < 1:
-        raise UsageError(f"--span-window must be a positive number of characters (distances 0..N-1 are measured), "
-                         f"got {window}")
+        raise UsageError(
+            f"--span-window must be a positive number of characters (distances 0..N-1 are measured), got {window}"
+        )
 
 
 def _span_estimate(models, length: int, window: int) -> str | None:
@@ -175,9 +184,11 @@ def _span_estimate(models, length: int, window: int) -> str | None:
     seconds = work / SPAN_RATE
     if seconds <= SPAN_NOTE_SECONDS:
         return None
-    return (f"note: the memory span of {length} characters at distances below {min(window, length)} takes "
-            f"{work:.1e} multiply-adds for {len(models)} model(s): about {seconds / 60:.0f} min on one thread of a "
-            f"loaded 2-core machine (a shorter --span-window is faster)")
+    return (
+        f"note: the memory span of {length} characters at distances below {min(window, length)} takes "
+        f"{work:.1e} multiply-adds for {len(models)} model(s): about {seconds / 60:.0f} min on one thread of a "
+        f"loaded 2-core machine (a shorter --span-window is faster)"
+    )
 
 
 def run_gates(args: argparse.Namespace) -> int:
@@ -212,28 +223,36 @@ def run_gates(args: argparse.Namespace) -> int:
             if note:
                 print(note, flush=True)
             spans = [m.span(text, window) for m in models]
-            record.unit_scores = {f"memory span of {name} (mean influence distance, chars)": distances
-                                  for name, distances in reversed(spans[models.index(model)][1].items())}
+            record.unit_scores = {
+                f"memory span of {name} (mean influence distance, chars)": distances
+                for name, distances in reversed(spans[models.index(model)][1].items())
+            }
             figure, lines = span_figure([r for results, _ in spans for r in results], text, out, probe or PROBE)
             print("\n".join(lines))
             if probe and not probe_positions(text, *probe):
-                print(f"note: --probe {','.join(probe)}: the text has no whole word {probe[0]!r} followed later by "
-                      f"{probe[1]!r}, so no influence between them is reported")
+                print(
+                    f"note: --probe {','.join(probe)}: the text has no whole word {probe[0]!r} followed later by "
+                    f"{probe[1]!r}, so no influence between them is reported"
+                )
         else:
             stale = out / "memory_span.png"
             removed = stale.exists()
             if removed:  # an earlier text's figure must not sit beside this text's page
                 stale.unlink()
-            print(f"note: memory span skipped: the text has {len(text)} character(s), the analysis needs at least "
-                  f"{MIN_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else ""))
+            print(
+                f"note: memory span skipped: the text has {len(text)} character(s), the analysis needs at least "
+                f"{MIN_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else "")
+            )
         page = write_gates_html(record, out / "gates.html")
         png = plot_gates(record, out / "gates.png")
     except UsageError as e:
         return print_error(str(e))
     except OSError as e:
         return print_error(f"cannot write {(e.filename or args.out)!r}: {e.strerror or e}")
-    print(f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
-          f"{model.rnn.hidden_size} units; open it in a browser)")
+    print(
+        f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
+        f"{model.rnn.hidden_size} units; open it in a browser)"
+    )
     print(f"wrote {png}")
     if figure:
         print(f"wrote {figure}")
@@ -271,10 +290,18 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     from ..cli import add_family_module_option
 
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--model", metavar="PATH", help="a char-level model saved by `gatedrnn train --task charlm` "
-                       "(its .safetensors file or the run directory), of any cell family")
-    which.add_argument("--cell", choices=SHIPPED, default="lstm",
-                       help="use the model shipped with gatedrnn for this cell (default: lstm)")
+    which.add_argument(
+        "--model",
+        metavar="PATH",
+        help="a char-level model saved by `gatedrnn train --task charlm` "
+        "(its .safetensors file or the run directory), of any cell family",
+    )
+    which.add_argument(
+        "--cell",
+        choices=SHIPPED,
+        default="lstm",
+        help="use the model shipped with gatedrnn for this cell (default: lstm)",
+    )
     add_family_module_option(p)
 
 
@@ -283,18 +310,28 @@ def add_subcommands(subparsers) -> None:
     ``func`` default is the function to call with the parsed arguments."""
     from .demo import add_demo_arguments, run_demo
 
-    p = subparsers.add_parser("gates", help="gate viewer page, gate heatmaps and memory span of a text",
-                              description=run_gates.__doc__)
+    p = subparsers.add_parser(
+        "gates", help="gate viewer page, gate heatmaps and memory span of a text", description=run_gates.__doc__
+    )
     p.add_argument("text", nargs="?", help="the text to run the model on (or --file)")
     p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file instead (- : standard input)")
     _model_options(p)
     p.add_argument("--out", default="gates_out", metavar="DIR", help="output directory (default: gates_out)")
-    p.add_argument("--probe", type=parse_probe, metavar="EARLY,LATE",
-                   help="report how much the state at the word LATE depends on the earlier word EARLY "
-                        "(default: John,hours, when the text has them)")
-    p.add_argument("--span-window", type=int, default=WINDOW, metavar="N",
-                   help=f"measure the memory span for distances below N characters (default {WINDOW}); its "
-                        "cost grows as T min(T, N) for T characters; a text no longer than N is measured in full")
+    p.add_argument(
+        "--probe",
+        type=parse_probe,
+        metavar="EARLY,LATE",
+        help="report how much the state at the word LATE depends on the earlier word EARLY "
+        "(default: John,hours, when the text has them)",
+    )
+    p.add_argument(
+        "--span-window",
+        type=int,
+        default=WINDOW,
+        metavar="N",
+        help=f"measure the memory span for distances below N characters (default {WINDOW}); its "
+        "cost grows as T min(T, N) for T characters; a text no longer than N is measured in full",
+    )
     add_threads_option(p)
     p.set_defaults(func=run_gates)
 
@@ -307,7 +344,11 @@ def add_subcommands(subparsers) -> None:
     add_threads_option(p)
     p.set_defaults(func=run_sample)
 
-    p = subparsers.add_parser("demo", help="the main job in a few CPU minutes: long-lag comparison, then the gate "
-                              "viewer and memory span on the tutorial's sentence", description=run_demo.__doc__)
+    p = subparsers.add_parser(
+        "demo",
+        help="the main job in a few CPU minutes: long-lag comparison, then the gate "
+        "viewer and memory span on the tutorial's sentence",
+        description=run_demo.__doc__,
+    )
     add_demo_arguments(p)
     p.set_defaults(func=run_demo)

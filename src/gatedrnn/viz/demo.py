@@ -24,11 +24,25 @@ from .loading import SHIPPED, UsageError
 def demo_configs(args: argparse.Namespace, out: Path) -> list[TrainConfig]:
     """One :class:`TrainConfig` per cell of the shipped models (:data:`SHIPPED`: RNN, LSTM, GRU),
     identical but for the cell (runs in ``out/<cell>``)."""
-    return [TrainConfig(task=args.task, seq_len=demo_seq_len(args), cell=cell, hidden=args.hidden, steps=args.steps,
-                        batch=args.batch, lr=args.lr, seed=args.seed, device="cpu", threads=args.threads,
-                        out=str(out / cell), eval_every=max(args.steps // 10, 1), checkpoint_every=args.steps,
-                        progress=sys.stderr.isatty())
-            for cell in SHIPPED]
+    return [
+        TrainConfig(
+            task=args.task,
+            seq_len=demo_seq_len(args),
+            cell=cell,
+            hidden=args.hidden,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            device="cpu",
+            threads=args.threads,
+            out=str(out / cell),
+            eval_every=max(args.steps // 10, 1),
+            checkpoint_every=args.steps,
+            progress=sys.stderr.isatty(),
+        )
+        for cell in SHIPPED
+    ]
 
 
 DEMO_TASK, DEMO_SEQ_LEN = "adding-modern", 100
@@ -53,8 +67,11 @@ def run_demo(args: argparse.Namespace) -> int:
         for config in configs:
             config.validate()
         length = "its own T" if configs[0].seq_len is None else f"T={configs[0].seq_len}"
-        print(f"training RNN, LSTM and GRU on {args.task} ({length}, {args.hidden} units, {args.steps} "
-              f"steps of {args.batch} sequences each) ...", flush=True)
+        print(
+            f"training RNN, LSTM and GRU on {args.task} ({length}, {args.hidden} units, {args.steps} "
+            f"steps of {args.batch} sequences each) ...",
+            flush=True,
+        )
         summaries, curves = compare(configs, out / "compare")
     except (UsageError, ConfigError) as e:
         return print_error(str(e))
@@ -63,8 +80,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"learning curves: {curves} (runs and checkpoints in {out / 'compare'}/<cell>)")
     print()
     print(f'gate viewer on the tutorial\'s sentence: "{TUTORIAL}"')
-    code = run_gates(argparse.Namespace(text=TUTORIAL, model=None, cell="lstm", out=str(out / "gates"),
-                                        threads=args.threads))
+    code = run_gates(
+        argparse.Namespace(text=TUTORIAL, model=None, cell="lstm", out=str(out / "gates"), threads=args.threads)
+    )
     if code == 0:
         print(f"open {out / 'gates' / 'gates.html'} in a browser; `gatedrnn gates TEXT --cell gru` shows another cell")
     return code
@@ -74,8 +92,11 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """The demo's options. Defaults: the adding problem at T = 100, which the LSTM and GRU solve
     within the step budget on a 2-core CPU while the RNN stays at the no-memory baseline."""
     p.add_argument("--task", default=DEMO_TASK, choices=task_names(), help=f"long-lag task (default {DEMO_TASK})")
-    p.add_argument("--seq-len", type=int, help=f"task length T (default {DEMO_SEQ_LEN} for the default task, "
-                                               "the task's own for another --task)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help=f"task length T (default {DEMO_SEQ_LEN} for the default task, the task's own for another --task)",
+    )
     p.add_argument("--hidden", type=int, default=64, help="units per cell (default 64)")
     p.add_argument("--steps", type=int, default=2000, help="training steps per cell at most (default 2000)")
     p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")

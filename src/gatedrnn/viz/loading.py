@@ -43,8 +43,10 @@ SHIPPED_DIR = "pretrained"
 def shipped_path(cell: str) -> Path:
     """Where the model shipped for ``cell`` lives (``gatedrnn/pretrained/<cell>.safetensors``)."""
     if cell not in SHIPPED:
-        raise UsageError(f"cell must be one of {', '.join(SHIPPED)}, got {cell!r} (the shipped models; a model "
-                         "of another family: --model PATH)")
+        raise UsageError(
+            f"cell must be one of {', '.join(SHIPPED)}, got {cell!r} (the shipped models; a model "
+            "of another family: --model PATH)"
+        )
     return Path(str(resources.files("gatedrnn") / SHIPPED_DIR / f"{cell}.safetensors"))
 
 
@@ -61,8 +63,10 @@ def char_model_from(meta: dict[str, Any], tensors: dict[str, torch.Tensor], name
     """Rebuild the :class:`SequenceModel` a charlm run trained and wrap it as a :class:`CharModel`."""
     task = meta["task"]
     if task.get("name") != "charlm":
-        raise UsageError(f"the model was trained on task {task.get('name')!r}; the gate viewer and sampler need a "
-                         "character-level model (`gatedrnn train --task charlm`)")
+        raise UsageError(
+            f"the model was trained on task {task.get('name')!r}; the gate viewer and sampler need a "
+            "character-level model (`gatedrnn train --task charlm`)"
+        )
     vocab = _vocab(task.get("vocab"))
     try:
         return CharModel.from_module(rebuild(meta, tensors), vocab, name)
@@ -77,12 +81,14 @@ def _vocab(vocab: object) -> str:
     non-empty string, or list of one-character strings, without repeats."""
     expected = "the model's characters (a non-empty string or list of characters)"
     if vocab is None:
-        raise UsageError(f"the model config has no task.vocab: expected {expected}, as `gatedrnn train --task "
-                         "charlm` records it")
+        raise UsageError(
+            f"the model config has no task.vocab: expected {expected}, as `gatedrnn train --task charlm` records it"
+        )
     chars = list(vocab) if isinstance(vocab, (str, list)) else []
     if not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-        raise UsageError(f"the model config's task.vocab must be {expected}, got {type(vocab).__name__} "
-                         f"{shorten(repr(vocab), 40)}")
+        raise UsageError(
+            f"the model config's task.vocab must be {expected}, got {type(vocab).__name__} {shorten(repr(vocab), 40)}"
+        )
     repeated = sorted(c for c, n in Counter(chars).items() if n > 1)
     if repeated:
         raise UsageError(f"the model config's task.vocab repeats the character(s) {' '.join(map(repr, repeated))}")
@@ -127,8 +133,12 @@ def main(argv: list[str]) -> int:
     run = Path(argv[0])
     try:
         summary = json.loads((run / "summary.json").read_text())
-        result = {"valid_bpc": round(bits_per_char(summary["final_loss"]), 4), "steps": summary["steps"],
-                  "sequences": summary["sequences"], "seconds": summary["seconds"]}
+        result = {
+            "valid_bpc": round(bits_per_char(summary["final_loss"]), 4),
+            "steps": summary["steps"],
+            "sequences": summary["sequences"],
+            "seconds": summary["seconds"],
+        }
         path = export_char_model(run, argv[1], result, argv[2] if len(argv) == 3 else "")
     except (UsageError, OSError, KeyError, json.JSONDecodeError) as e:
         return print_error(str(e))

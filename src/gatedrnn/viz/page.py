@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from ..cells import CellFamily, family_class, registered_families
 
-BOUNDED = {"i": (0.0, 1.0), "f": (0.0, 1.0), "o": (0.0, 1.0), "r": (0.0, 1.0), "z": (0.0, 1.0),
-           "g": (-1.0, 1.0), "n": (-1.0, 1.0)}
+BOUNDED = {
+    "i": (0.0, 1.0),
+    "f": (0.0, 1.0),
+    "o": (0.0, 1.0),
+    "r": (0.0, 1.0),
+    "z": (0.0, 1.0),
+    "g": (-1.0, 1.0),
+    "n": (-1.0, 1.0),
+}
 """Range of the built-in families' gate activations by name (sigmoid gates in [0, 1], tanh
 candidates in [-1, 1]), used where the recorded values lie within it; anything else (states, a
 user's gate outside these) is scaled per unit by its largest magnitude on the text."""
@@ -50,8 +57,9 @@ DIGITS = 4
 def family_of(cell: str) -> type[CellFamily]:
     """The registered family ``cell`` (ValueError naming the registered ones otherwise)."""
     if cell not in registered_families():
-        raise ValueError(f"cell must be one of the registered cell families {', '.join(registered_families())}, "
-                         f"got {cell!r}")
+        raise ValueError(
+            f"cell must be one of the registered cell families {', '.join(registered_families())}, got {cell!r}"
+        )
     return family_class(cell)
 
 
@@ -130,12 +138,12 @@ class GateRecord:
                 raise ValueError(f"layer {k} of a {self.cell} lacks {missing}; has {sorted(layer)}")
             for name, values in layer.items():
                 if np.ndim(values) != 2 or np.shape(values)[0] != len(self.text):
-                    raise ValueError(f"layer {k} {name!r}: expected shape (T={len(self.text)}, H), "
-                                     f"got {np.shape(values)}")
+                    raise ValueError(
+                        f"layer {k} {name!r}: expected shape (T={len(self.text)}, H), got {np.shape(values)}"
+                    )
         for label, per_layer in self.unit_scores.items():
             if len(per_layer) != len(self.layers):
-                raise ValueError(f"unit score {label!r}: expected {len(self.layers)} layers, "
-                                 f"got {len(per_layer)}")
+                raise ValueError(f"unit score {label!r}: expected {len(self.layers)} layers, got {len(per_layer)}")
         bad = [t for t in self.unknown if not 0 <= t < len(self.text)]
         if bad:
             raise ValueError(f"unknown positions {bad} outside the text (length {len(self.text)})")

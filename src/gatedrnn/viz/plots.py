@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -55,7 +55,7 @@ def _tick_label(char: str) -> str:
 def _word_starts(text: str, limit: int) -> list[int]:
     """Positions of the word starts of ``text``, every k-th so that at most ``limit`` remain."""
     starts = [i for i, c in enumerate(text) if not c.isspace() and (i == 0 or text[i - 1].isspace())]
-    return starts[::max(1, math.ceil(len(starts) / limit))]
+    return starts[:: max(1, math.ceil(len(starts) / limit))]
 
 
 def _word_label(text: str, i: int) -> str:
@@ -68,8 +68,9 @@ def _char_ticks(ax, text: str) -> None:
     every k-th, at most MAX_CHAR_TICKS / 4 of them."""
     if len(text) <= MAX_CHAR_TICKS:
         ax.set_xticks(np.arange(len(text)))
-        ax.set_xticklabels([_tick_label(c) for c in text], fontsize=max(4, min(9, 900 // max(len(text), 1))),
-                           family="monospace")
+        ax.set_xticklabels(
+            [_tick_label(c) for c in text], fontsize=max(4, min(9, 900 // max(len(text), 1))), family="monospace"
+        )
     else:
         starts = _word_starts(text, MAX_CHAR_TICKS // 4)
         ax.set_xticks(starts)
@@ -90,8 +91,9 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
     rows = [(k, n) for k in range(len(record.layers)) for n in names]
     T = len(record.text)
     width = min(max(8.0, 0.13 * T + 2.5), 40.0)
-    fig, axes = plt.subplots(len(rows), 1, figsize=(width, 1.0 + 0.16 * units_per_layer * len(rows) + 0.35 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), 1, figsize=(width, 1.0 + 0.16 * units_per_layer * len(rows) + 0.35 * len(rows)), squeeze=False
+    )
     for ax, (k, name) in zip(axes[:, 0], rows):
         layer = record.layers[k]
         units = informative_units(layer, units_per_layer, output)
@@ -109,10 +111,13 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
         for t in record.unknown:
             ax.axvline(t, color="red", lw=0.8, ls="--")
         fig.colorbar(im, ax=ax, fraction=0.015, pad=0.005)
-    axes[0, 0].set_title(f"{record.title or record.cell.upper()}: gate values of the {units_per_layer} most active "
-                         f"units (rows, by std of {output}) per character (columns)"
-                         + ("; red dashes: characters outside the vocabulary" if len(record.unknown) else ""),
-                         fontsize=10, loc="left")
+    axes[0, 0].set_title(
+        f"{record.title or record.cell.upper()}: gate values of the {units_per_layer} most active "
+        f"units (rows, by std of {output}) per character (columns)"
+        + ("; red dashes: characters outside the vocabulary" if len(record.unknown) else ""),
+        fontsize=10,
+        loc="left",
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,8 +161,14 @@ def _triangle(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
     _word_ticks(ax, r.text, "y")
     for label, s, t in marks:
         ax.add_patch(plt.Rectangle((s.start - 0.5, t - 0.5), s.stop - s.start, 1.0, fill=False, ec="cyan", lw=1.5))
-        ax.annotate(f"{label}: {r.relative(t, s):.1e}", (s.start, t), xytext=(s.start + 8, t - 12),
-                    color="cyan", fontsize=8, arrowprops={"arrowstyle": "->", "color": "cyan"})
+        ax.annotate(
+            f"{label}: {r.relative(t, s):.1e}",
+            (s.start, t),
+            xytext=(s.start + 8, t - 12),
+            color="cyan",
+            fontsize=8,
+            arrowprops={"arrowstyle": "->", "color": "cyan"},
+        )
     return im
 
 
@@ -176,13 +187,26 @@ def _band(ax, r: SpanResult, marks: Sequence[tuple[str, slice, int]]):
         near, far = t - (s.stop - 1), t - s.start
         rel_value = r.relative(t, s)
         if rel_value is None:
-            ax.annotate(f"{label} (d = {near}..{far}): {BEYOND}", (t, W - 1), xytext=(0.02, 0.92),
-                        textcoords="axes fraction", color="cyan", fontsize=8,
-                        arrowprops={"arrowstyle": "->", "color": "cyan"})
+            ax.annotate(
+                f"{label} (d = {near}..{far}): {BEYOND}",
+                (t, W - 1),
+                xytext=(0.02, 0.92),
+                textcoords="axes fraction",
+                color="cyan",
+                fontsize=8,
+                arrowprops={"arrowstyle": "->", "color": "cyan"},
+            )
             continue
         ax.add_patch(plt.Rectangle((t - 0.5, near - 0.5), 1.0, far - near + 1, fill=False, ec="cyan", lw=1.5))
-        ax.annotate(f"{label}: {rel_value:.1e}", (t, far), xytext=(0.02, 0.92), textcoords="axes fraction",
-                    color="cyan", fontsize=8, arrowprops={"arrowstyle": "->", "color": "cyan"})
+        ax.annotate(
+            f"{label}: {rel_value:.1e}",
+            (t, far),
+            xytext=(0.02, 0.92),
+            textcoords="axes fraction",
+            color="cyan",
+            fontsize=8,
+            arrowprops={"arrowstyle": "->", "color": "cyan"},
+        )
     return im
 
 
@@ -194,8 +218,9 @@ def _span_words(r: SpanResult) -> str:
     return f"still above 1% at d = {r.window - 1}" + (" (the window)" if r.windowed else "")
 
 
-def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
-                     marks: Sequence[tuple[str, slice, int]] = ()) -> Path:
+def plot_memory_span(
+    results: Sequence[SpanResult], path: str | Path, marks: Sequence[tuple[str, slice, int]] = ()
+) -> Path:
     """Write ``memory_span.png``: per model a heatmap of the relative influence on its hidden state
     h (log scale) and, below, the influence-vs-distance curves of every result (each normalised by
     its peak; an LSTM's cell state c dashed, in its h's colour) with the 1% line.
@@ -225,9 +250,14 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
         c = r.curve / max(r.curve.max(), 1e-30)
         what = f"||d{r.quantity}_t/dx_s||"
         model = r.label.removesuffix(f" {r.quantity}")
-        line, = ax.semilogy(np.arange(len(c)), np.maximum(c, 1e-12), lw=1.8, color=colours.get(model),
-                            ls="-" if r.quantity == "h" else "--",
-                            label=f"{r.label}: {what} ({_span_words(r)})")
+        (line,) = ax.semilogy(
+            np.arange(len(c)),
+            np.maximum(c, 1e-12),
+            lw=1.8,
+            color=colours.get(model),
+            ls="-" if r.quantity == "h" else "--",
+            label=f"{r.label}: {what} ({_span_words(r)})",
+        )
         colours.setdefault(model, line.get_color())
     ax.axhline(THRESHOLD, color="gray", ls="--", lw=1)
     ax.text(0.5, THRESHOLD * 1.15, f"{THRESHOLD:.0%} of peak", color="gray", fontsize=8)
@@ -238,11 +268,20 @@ def plot_memory_span(results: Sequence[SpanResult], path: str | Path,
             ax.axvline(d, color="teal", ls=":", lw=1.2)
             ax.text(d + 0.5, 0.5, f"{label} (d = {d})", color="teal", fontsize=8, rotation=90, va="top")
         else:
-            ax.text(0.99, 0.5, f"{label} (d = {d}): {BEYOND}", color="teal", fontsize=8, ha="right", va="top",
-                    transform=ax.transAxes)
+            ax.text(
+                0.99,
+                0.5,
+                f"{label} (d = {d}): {BEYOND}",
+                color="teal",
+                fontsize=8,
+                ha="right",
+                va="top",
+                transform=ax.transAxes,
+            )
     ax.set_ylim(1e-8, 1.5)
-    ax.set_xlabel("distance d = t - s (characters)" + (f"; measured for d < {window}"
-                                                        if any(r.windowed for r in results) else ""))
+    ax.set_xlabel(
+        "distance d = t - s (characters)" + (f"; measured for d < {window}" if any(r.windowed for r in results) else "")
+    )
     ax.set_ylabel("mean_t influence of x_{t-d} on the state at t / peak")
     ax.set_title("influence of an input on the state d characters later", fontsize=10)
     ax.legend(fontsize=9)

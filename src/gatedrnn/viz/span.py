@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -98,9 +98,15 @@ def step_jacobians(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, zs: Tens
     return torch.func.vmap(torch.func.jacrev(step, argnums=(0, 1)))(x, zs)
 
 
-def influence(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, z0: Tensor, groups: Mapping[Hashable, slice],
-              window: int = WINDOW, totals: Iterable[Hashable] | None = None,
-              progress: str | None = None) -> Influence:
+def influence(
+    step: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    z0: Tensor,
+    groups: Mapping[Hashable, slice],
+    window: int = WINDOW,
+    totals: Iterable[Hashable] | None = None,
+    progress: str | None = None,
+) -> Influence:
     """The band and per-unit sums of J[t, s, k] = ||d z_t[k] / d x_s||_2 for t - s < ``window``.
 
     Args:
@@ -139,25 +145,26 @@ def influence(step: Callable[[Tensor, Tensor], Tensor], x: Tensor, z0: Tensor, g
             for i in range(len(A)):
                 t = t0 + i
                 kept = min(t, W - 1)  # earlier inputs still inside the window after this step
-                torch.matmul(tangents[:kept * D], A[i].T, out=advanced[D:(kept + 1) * D])
+                torch.matmul(tangents[: kept * D], A[i].T, out=advanced[D : (kept + 1) * D])
                 advanced[:D] = B[i].T
                 tangents, advanced = advanced, tangents
                 n = kept + 1
-                norms = torch.linalg.vector_norm(tangents[:n * D].view(n, D, S), dim=1)  # (n, S): J[t, t-d, k]
+                norms = torch.linalg.vector_norm(tangents[: n * D].view(n, D, S), dim=1)  # (n, S): J[t, t-d, k]
                 for g, rows in groups.items():
                     unit_sum[g][:n] += norms[:, rows]
                     if g in band:
                         band[g][t, :n] = torch.linalg.vector_norm(norms[:, rows], dim=1)
             bar.update(len(A))
         bar.close()
-    return Influence(T, {g: b.cpu().numpy() for g, b in band.items()},
-                     {g: u.cpu().numpy() for g, u in unit_sum.items()})
+    return Influence(
+        T, {g: b.cpu().numpy() for g, b in band.items()}, {g: u.cpu().numpy() for g, u in unit_sum.items()}
+    )
 
 
 def total_influence(per_unit: np.ndarray) -> np.ndarray:
     """J = ||d h_t / d x_s||_F from the per-unit norms over the last axis: (T, T, H) -> (T, T), or
     a band (T, W, H) -> (T, W)."""
-    return np.sqrt((per_unit ** 2).sum(-1))
+    return np.sqrt((per_unit**2).sum(-1))
 
 
 def to_band(J: np.ndarray, window: int | None = None) -> np.ndarray:
@@ -253,8 +260,9 @@ class SpanResult:
     def triangle(self) -> np.ndarray:
         """J[t, s] (T, T), rows t, columns s (zero for s > t); only when every distance was measured."""
         if self.windowed:
-            raise ValueError(f"the triangle J[t, s] needs every distance: the window has {self.window} of "
-                             f"{len(self.text)}")
+            raise ValueError(
+                f"the triangle J[t, s] needs every distance: the window has {self.window} of {len(self.text)}"
+            )
         T = len(self.text)
         t, s = np.arange(T)[:, None], np.arange(T)[None, :]
         return np.where(s <= t, self.band[t, np.maximum(t - s, 0)], 0.0)
@@ -275,12 +283,14 @@ def span_result(label: str, text: str, band: np.ndarray, unit_sum: np.ndarray, q
     """Summarise the band (T, W) and per-unit sums (W, H) of one state (``quantity``) of a model on
     ``text`` (as :func:`influence` returns them)."""
     curve, unit_curves = band_curve(band), per_distance_mean(unit_sum, len(text))
-    return SpanResult(label, text, band, curve, span_below(curve), mean_distance(unit_curves),
-                      span_below(unit_curves), quantity)
+    return SpanResult(
+        label, text, band, curve, span_below(curve), mean_distance(unit_curves), span_below(unit_curves), quantity
+    )
 
 
-def measure_span(label: str, text: str, per_unit: np.ndarray, quantity: str = "h",
-                 window: int | None = None) -> SpanResult:
+def measure_span(
+    label: str, text: str, per_unit: np.ndarray, quantity: str = "h", window: int | None = None
+) -> SpanResult:
     """:func:`span_result` from a full per-unit influence (T, T, H) (small texts, tests), keeping
     the distances below ``window`` (default all)."""
     units = to_band(per_unit, window)  # (T, W, H)
@@ -329,9 +339,12 @@ def summary_lines(results: list[SpanResult], probe: tuple[str, str] | None = Non
         head += f" {early + ' -> ' + late + ' (rel.)':>22}"
     window = min(r.window for r in results)
     others = "".join(f" ({q}: ||d{q}_t/dx_s||)" for q in dict.fromkeys(r.quantity for r in results) if q != "h")
-    lines = [f"memory span on a {T}-character text: distance from which ||dh_t/dx_s||{others} "
-             f"stays below {THRESHOLD:.0%} of its peak"
-             + (f"; distances 0..{window - 1} measured (--span-window {window})" if window < T else ""), head]
+    lines = [
+        f"memory span on a {T}-character text: distance from which ||dh_t/dx_s||{others} "
+        f"stays below {THRESHOLD:.0%} of its peak"
+        + (f"; distances 0..{window - 1} measured (--span-window {window})" if window < T else ""),
+        head,
+    ]
     for r in results:
         line = f"{r.label:<8} {r.span_text():>16} {mean_distance(r.curve):>14.1f}"
         if found:

@@ -33,7 +33,7 @@ from functools import partial
 from types import ModuleType
 
 import torch
-from torch import Tensor, _VF
+from torch import _VF, Tensor
 
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
@@ -68,8 +68,10 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
     if not x.dtype.is_floating_point:
         return f"expected a floating-point input, got {x.dtype}"
     if _transformed():
-        return ("expected a call outside torch.func transforms (grad, vmap, jacrev, ...), which its fused "
-                "autograd Function does not support; backend='reference' or 'auto' runs under them")
+        return (
+            "expected a call outside torch.func transforms (grad, vmap, jacrev, ...), which its fused "
+            "autograd Function does not support; backend='reference' or 'auto' runs under them"
+        )
     return None
 
 
@@ -101,8 +103,12 @@ def beats_torch(cfg: CellFamily, x: Tensor, training: bool, ragged: bool = False
     The thresholds were measured on one layer and one direction and checked on stacks of two
     layers and both directions. Needs the compiled loops (float32 or float64, built or
     buildable); without them torch's kernel is kept, with no warning."""
-    if (cfg.kernel(name) not in FASTER_THAN_TORCH or cfg.torch_mode is None or x.dtype not in compiled.DTYPES
-            or x.dim() != 3):
+    if (
+        cfg.kernel(name) not in FASTER_THAN_TORCH
+        or cfg.torch_mode is None
+        or x.dtype not in compiled.DTYPES
+        or x.dim() != 3
+    ):
         return False
     if _tracing_or_transformed(x):
         return False
@@ -111,8 +117,7 @@ def beats_torch(cfg: CellFamily, x: Tensor, training: bool, ragged: bool = False
     if training:
         faster = T >= TRAIN_FROM_STEPS
     else:
-        faster = (T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN
-                  and not ragged)
+        faster = T >= INFER_FROM_STEPS and H <= INFER_MAX_HIDDEN and B * H <= INFER_MAX_BATCH_HIDDEN and not ragged
     return faster and compiled.ready()
 
 
@@ -139,8 +144,9 @@ def _internal_rows(cfg: CellFamily, device: torch.device) -> Tensor | None:
     return torch.cat([torch.arange(k * H, (k + 1) * H, device=device) for k in map(cfg.gates.index, order)])
 
 
-def prepare(cfg: CellFamily, w: LayerWeights, device: torch.device
-            ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor]]:
+def prepare(
+    cfg: CellFamily, w: LayerWeights, device: torch.device
+) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, Tensor]]:
     """The Function's weights from the module's, in the backend's row order (differentiable with
     autograd): ``(weight_ih, in_gain, bias, params)`` with every foldable bias summed in ``bias``."""
     rows = _internal_rows(cfg, device)
@@ -159,8 +165,9 @@ def prepare(cfg: CellFamily, w: LayerWeights, device: torch.device
     return reorder(w["weight_ih"]), reorder(w.get("ln_weight_ih")), bias, params
 
 
-def module_weights(cfg: CellFamily, weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None,
-                   params: dict[str, Tensor | None]) -> LayerWeights:
+def module_weights(
+    cfg: CellFamily, weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None, params: dict[str, Tensor | None]
+) -> LayerWeights:
     """The inverse of :func:`prepare` (differentiable with autograd): weights in the module's layout
     and gate order with which the reference loop computes the same layer. The summed bias becomes
     the input shift (``bias_ih``, or ``ln_bias_ih`` with layer norm) and the GRU's n-block
@@ -172,15 +179,24 @@ def module_weights(cfg: CellFamily, weight_ih: Tensor, in_gain: Tensor | None, b
         return t if t is None or back is None else t.index_select(0, back)
 
     w: LayerWeights = {"weight_ih": restore(weight_ih), "weight_hh": restore(params["weight_hh"])}
-    w.update({k: params[k] for k in ("weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
-              if params.get(k) is not None})
+    w.update(
+        {
+            k: params[k]
+            for k in ("weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
+            if params.get(k) is not None
+        }
+    )
     zeros = weight_ih.new_zeros(weight_ih.shape[0])
     input_shift = zeros if bias is None else restore(bias)
     rec_shift = params.get("rec_shift")
     recurrent = zeros if rec_shift is None else torch.cat([zeros[: -rec_shift.shape[0]], rec_shift])
     if cfg.layer_norm:
-        w.update(ln_weight_ih=restore(in_gain), ln_weight_hh=restore(params["rec_gain"]), ln_bias_ih=input_shift,
-                 ln_bias_hh=recurrent)
+        w.update(
+            ln_weight_ih=restore(in_gain),
+            ln_weight_hh=restore(params["rec_gain"]),
+            ln_bias_ih=input_shift,
+            ln_bias_hh=recurrent,
+        )
         if cfg.bias:
             w.update(bias_ih=zeros, bias_hh=zeros)
     elif cfg.bias:
@@ -188,20 +204,45 @@ def module_weights(cfg: CellFamily, weight_ih: Tensor, in_gain: Tensor | None, b
     return w
 
 
-def _replay(cfg: CellFamily, reverse: bool, lengths: Tensor | None, noise: Noise | None, x: Tensor,
-            weight_ih: Tensor, in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None,
-            params: dict[str, Tensor | None]) -> tuple[Tensor, ...]:
+def _replay(
+    cfg: CellFamily,
+    reverse: bool,
+    lengths: Tensor | None,
+    noise: Noise | None,
+    x: Tensor,
+    weight_ih: Tensor,
+    in_gain: Tensor | None,
+    bias: Tensor | None,
+    h0: Tensor,
+    c0: Tensor | None,
+    params: dict[str, Tensor | None],
+) -> tuple[Tensor, ...]:
     """The layer :class:`.function.Recurrence` ran, as the reference loop on its inputs:
     (output, h_n[, c_n]) (the plan's ``replay``)."""
     state = (h0,) if c0 is None else (h0, c0)
-    out, final, _ = reference.run_layer(cfg, x, state, module_weights(cfg, weight_ih, in_gain, bias, params),
-                                        reverse=reverse, lengths=lengths, noise=noise)
+    out, final, _ = reference.run_layer(
+        cfg,
+        x,
+        state,
+        module_weights(cfg, weight_ih, in_gain, bias, params),
+        reverse=reverse,
+        lengths=lengths,
+        noise=noise,
+    )
     return (out, *final)
 
 
-def _torch_gru_replay(cfg: CellFamily, reverse: bool, x: Tensor, weight_ih: Tensor, in_gain: None,
-                      bias: Tensor | None, h0: Tensor, c0: None, params: dict[str, Tensor | None]
-                      ) -> tuple[Tensor, Tensor]:
+def _torch_gru_replay(
+    cfg: CellFamily,
+    reverse: bool,
+    x: Tensor,
+    weight_ih: Tensor,
+    in_gain: None,
+    bias: Tensor | None,
+    h0: Tensor,
+    c0: None,
+    params: dict[str, Tensor | None],
+) -> tuple[Tensor, Tensor]:
     """The plain GRU's replay over full-length sequences on torch's own kernel (``aten.gru``),
     whose graph differentiates faster than the reference loop's: (output (T, B, H), h_n (B, H));
     in reverse on the time-flipped input. (Its packed form differentiates slower than the padded
@@ -242,8 +283,17 @@ def make_plan(cfg: CellFamily, x: Tensor, lengths: Tensor | None, noise: Noise |
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask
     keep_h = _keep(noise, zoneout_h, active, T, x)
     keep_c = _keep(noise, zoneout_c, active, T, x) if len(cfg.states) > 1 else None
-    return Plan(cfg, T, B, reverse, active, keep_h, keep_c, recurrent_mask,
-                replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None))
+    return Plan(
+        cfg,
+        T,
+        B,
+        reverse,
+        active,
+        keep_h,
+        keep_c,
+        recurrent_mask,
+        replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None),
+    )
 
 
 def _replay_noise(noise: Noise | None, keep_h: Tensor | None, keep_c: Tensor | None) -> Noise | None:
@@ -270,12 +320,21 @@ def run_layer(
     """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
     require_support(name, supports(cfg, x))
     if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
-                                   record=record)
+        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
     c0 = state[1].contiguous() if len(cfg.states) > 1 else None
     kernel = compiled.loop_for(cfg, x.dtype) or _kernel(cfg)
-    out, *final = Recurrence.apply(plan, kernel, _PARAMS, x.contiguous(), weight_ih, in_gain, bias,
-                                   state[0].contiguous(), c0, *(params.get(k) for k in _PARAMS))
+    out, *final = Recurrence.apply(
+        plan,
+        kernel,
+        _PARAMS,
+        x.contiguous(),
+        weight_ih,
+        in_gain,
+        bias,
+        state[0].contiguous(),
+        c0,
+        *(params.get(k) for k in _PARAMS),
+    )
     return out, tuple(final), None

@@ -170,14 +170,28 @@ def unavailable_reason() -> str | None:
         return "ninja is not installed (pip install ninja)"
     name, flags, ldflags = _build_flags(compiler)
     # loading a cached build takes well under a second: say something only when it is compiling
-    notice = threading.Timer(1.0, print, [f"gatedrnn: building the CPU backend's compiled loops ({name}; once "
-                                          "per machine and torch version, about 30 s)"], {"file": sys.stderr})
+    notice = threading.Timer(
+        1.0,
+        print,
+        [
+            f"gatedrnn: building the CPU backend's compiled loops ({name}; once "
+            "per machine and torch version, about 30 s)"
+        ],
+        {"file": sys.stderr},
+    )
     notice.start()
     try:
         build_dir = _build_directory(cpp_extension, name)
         with _build_lock(build_dir):
-            cpp_extension.load(name, _SOURCES, extra_cflags=flags, extra_ldflags=ldflags, build_directory=build_dir,
-                               is_python_module=False, verbose=False)
+            cpp_extension.load(
+                name,
+                _SOURCES,
+                extra_cflags=flags,
+                extra_ldflags=ldflags,
+                build_directory=build_dir,
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as exc:  # a compiler error, a missing header, no writable cache: the Python loop still works
         return f"the build failed: {_first_error(str(exc)) or type(exc).__name__}"
     finally:
@@ -196,9 +210,12 @@ def _first_error(log: str) -> str:
 
 @functools.cache
 def _warn_once(reason: str) -> None:
-    warnings.warn(f"gatedrnn: the CPU backend's compiled loops are unavailable ({reason}); running its "
-                  f"Python loops instead, which give the same results more slowly. Set {ENV}=0 to silence this.",
-                  RuntimeWarning, stacklevel=4)
+    warnings.warn(
+        f"gatedrnn: the CPU backend's compiled loops are unavailable ({reason}); running its "
+        f"Python loops instead, which give the same results more slowly. Set {ENV}=0 to silence this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 @torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
@@ -232,8 +249,17 @@ def _layout(cfg: CellFamily) -> list[int]:
 
 
 def _weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
-    return [w["weight_hh"], w.get("in_gain"), w.get("in_bias"), w["rec_gain"], w["weight_ch"], w["ln_weight_c"],
-            w["ln_bias_c"], w["weight_hr"], w["weight_gg"]]
+    return [
+        w["weight_hh"],
+        w.get("in_gain"),
+        w.get("in_bias"),
+        w["rec_gain"],
+        w["weight_ch"],
+        w["ln_weight_c"],
+        w["ln_bias_c"],
+        w["weight_hr"],
+        w["weight_gg"],
+    ]
 
 
 def _masks(plan: Plan) -> list[Tensor | None]:
@@ -245,8 +271,9 @@ def _present(grads: dict[str, Tensor], w: dict[str, Tensor | None]) -> dict[str,
     return {k: (g if w.get(k) is not None else None) for k, g in grads.items()}
 
 
-def _saved(names: tuple[str, ...], results: list[Tensor], xw: Tensor, w: dict[str, Tensor | None]
-           ) -> dict[str, Tensor | None]:
+def _saved(
+    names: tuple[str, ...], results: list[Tensor], xw: Tensor, w: dict[str, Tensor | None]
+) -> dict[str, Tensor | None]:
     """A forward op's results by name (None for the empty ones), with x W^T when layer norm will
     normalise it again in the backward pass."""
     saved = {k: (v if v.numel() else None) for k, v in zip(names, results)}
@@ -268,24 +295,36 @@ class LSTMLoop:
     @staticmethod
     def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor | None]):
         cfg = plan.cfg
-        results = torch.ops.gatedrnn_cpu.lstm_forward(xw, h0, c0, *_weights(w), *_masks(plan), _layout(cfg),
-                                                      plan.reverse, cfg.eps)
+        results = torch.ops.gatedrnn_cpu.lstm_forward(
+            xw, h0, c0, *_weights(w), *_masks(plan), _layout(cfg), plan.reverse, cfg.eps
+        )
         saved = _saved(_SAVED, results, xw, w)
         states, cells = saved["states"], saved["cells"]
         outputs = (plan.outputs(states), states[plan.final].clone(), cells[plan.final].clone())
         return outputs, saved
 
     @staticmethod
-    def backward(plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
-                 ) -> dict[str, Tensor | None]:
+    def backward(
+        plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
+    ) -> dict[str, Tensor | None]:
         d_out, d_hn, d_cn = grads
         d_out = d_out if plan.active is None else d_out * plan.active
         s = [saved[k] for k in _SAVED]
         d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gg = (
-            torch.ops.gatedrnn_cpu.lstm_backward(d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan),
-                                                 _layout(plan.cfg), plan.reverse))
-        present = {"rec_gain": d_gain, "weight_ch": d_peep, "ln_weight_c": d_ln_w, "ln_bias_c": d_ln_b,
-                   "weight_hr": d_hr, "in_gain": d_in_gain, "in_bias": d_in_bias, "weight_gg": d_gg}
+            torch.ops.gatedrnn_cpu.lstm_backward(
+                d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan), _layout(plan.cfg), plan.reverse
+            )
+        )
+        present = {
+            "rec_gain": d_gain,
+            "weight_ch": d_peep,
+            "ln_weight_c": d_ln_w,
+            "ln_bias_c": d_ln_b,
+            "weight_hr": d_hr,
+            "in_gain": d_in_gain,
+            "in_bias": d_in_bias,
+            "weight_gg": d_gg,
+        }
         return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh, **_present(present, w)}
 
 
@@ -305,19 +344,29 @@ class GRULoop:
     @staticmethod
     def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor | None]):
         cfg = plan.cfg
-        results = torch.ops.gatedrnn_cpu.gru_forward(xw, h0, *_gru_weights(w), plan.keep_h, plan.recurrent_mask,
-                                                     cfg.reset_after, plan.reverse, cfg.eps)
+        results = torch.ops.gatedrnn_cpu.gru_forward(
+            xw, h0, *_gru_weights(w), plan.keep_h, plan.recurrent_mask, cfg.reset_after, plan.reverse, cfg.eps
+        )
         saved = _saved(_GRU_SAVED, results, xw, w)
         states = saved["states"]
         return (plan.outputs(states), states[plan.final].clone()), saved
 
     @staticmethod
-    def backward(plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
-                 ) -> dict[str, Tensor | None]:
+    def backward(
+        plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
+    ) -> dict[str, Tensor | None]:
         d_out, d_hn = grads
         d_out = d_out if plan.active is None else d_out * plan.active
         d_z, dh, d_hh, d_gain, d_shift, d_in_gain, d_in_bias = torch.ops.gatedrnn_cpu.gru_backward(
-            d_out, d_hn, saved.get("xa"), *(saved[k] for k in _GRU_SAVED), *_gru_weights(w), plan.keep_h,
-            plan.recurrent_mask, plan.cfg.reset_after, plan.reverse)
+            d_out,
+            d_hn,
+            saved.get("xa"),
+            *(saved[k] for k in _GRU_SAVED),
+            *_gru_weights(w),
+            plan.keep_h,
+            plan.recurrent_mask,
+            plan.cfg.reset_after,
+            plan.reverse,
+        )
         present = {"rec_gain": d_gain, "rec_shift": d_shift, "in_gain": d_in_gain, "in_bias": d_in_bias}
         return {"xw": d_z, "h0": dh, "weight_hh": d_hh, **_present(present, w)}

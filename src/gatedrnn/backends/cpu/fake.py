@@ -24,56 +24,153 @@ def _maybe(x: Tensor, present: bool, *shape: int) -> Tensor:
     return x.new_empty(shape if present else (0,))
 
 
-def lstm_forward(xw, h0, c0, weight_hh, in_gain, in_bias, rec_gain, peep, ln_weight_c, ln_bias_c, weight_hr,
-                 weight_gg, keep_h, keep_c, recurrent_mask, active, layout, reverse, eps) -> list[Tensor]:
+def lstm_forward(
+    xw,
+    h0,
+    c0,
+    weight_hh,
+    in_gain,
+    in_bias,
+    rec_gain,
+    peep,
+    ln_weight_c,
+    ln_bias_c,
+    weight_hr,
+    weight_gg,
+    keep_h,
+    keep_c,
+    recurrent_mask,
+    active,
+    layout,
+    reverse,
+    eps,
+) -> list[Tensor]:
     """[states (T+1, B, R), cells (T+1, B, H), acts (T, B, GH), c_new (T, B, H), h_hat (T, B, H),
     normed (T, B, GH), rstd (T, B, G), in_stats (T, B, G, 2), c_stats (T, B, 2)]."""
     T, B, GH = xw.shape
     H, R = c0.shape[1], h0.shape[1]
     G, norm, cell_norm = GH // H, rec_gain is not None, ln_weight_c is not None
-    return [xw.new_empty(T + 1, B, R), xw.new_empty(T + 1, B, H), xw.new_empty(T, B, GH),
-            _maybe(xw, keep_c is not None, T, B, H), _maybe(xw, weight_hr is not None, T, B, H),
-            _maybe(xw, norm, T, B, GH), _maybe(xw, norm, T, B, G), _maybe(xw, norm, T, B, G, 2),
-            _maybe(xw, cell_norm, T, B, 2)]
+    return [
+        xw.new_empty(T + 1, B, R),
+        xw.new_empty(T + 1, B, H),
+        xw.new_empty(T, B, GH),
+        _maybe(xw, keep_c is not None, T, B, H),
+        _maybe(xw, weight_hr is not None, T, B, H),
+        _maybe(xw, norm, T, B, GH),
+        _maybe(xw, norm, T, B, G),
+        _maybe(xw, norm, T, B, G, 2),
+        _maybe(xw, cell_norm, T, B, 2),
+    ]
 
 
-def lstm_backward(d_out, d_hn, d_cn, xw, states, cells, acts, c_new, h_hat, normed, rstd, in_stats, c_stats,
-                  weight_hh, in_gain, in_bias, rec_gain, peep, ln_weight_c, ln_bias_c, weight_hr, weight_gg, keep_h,
-                  keep_c, recurrent_mask, active, layout, reverse) -> list[Tensor]:
+def lstm_backward(
+    d_out,
+    d_hn,
+    d_cn,
+    xw,
+    states,
+    cells,
+    acts,
+    c_new,
+    h_hat,
+    normed,
+    rstd,
+    in_stats,
+    c_stats,
+    weight_hh,
+    in_gain,
+    in_bias,
+    rec_gain,
+    peep,
+    ln_weight_c,
+    ln_bias_c,
+    weight_hr,
+    weight_gg,
+    keep_h,
+    keep_c,
+    recurrent_mask,
+    active,
+    layout,
+    reverse,
+) -> list[Tensor]:
     """[d_z (T, B, GH), dh (B, R), dc (B, H), d_weight_hh (GH, R), d_rec_gain (GH), d_peep (3H),
     d_ln_weight_c (H), d_ln_bias_c (H), d_weight_hr (R, H), d_in_gain (GH), d_in_bias (GH),
     d_weight_gg (3H, 3H)]."""
     T, B, GH = acts.shape
     H, R = cells.shape[2], states.shape[2]
     norm, cell_norm = rec_gain is not None, ln_weight_c is not None
-    return [acts.new_empty(T, B, GH), acts.new_empty(B, R), acts.new_empty(B, H), acts.new_empty(GH, R),
-            _maybe(acts, norm, GH), _maybe(acts, layout[_PEEPHOLE_SWITCH] != 0, 3 * H),
-            _maybe(acts, cell_norm, H), _maybe(acts, cell_norm, H), _maybe(acts, weight_hr is not None, R, H),
-            _maybe(acts, norm, GH), _maybe(acts, norm, GH), _maybe(acts, weight_gg is not None, 3 * H, 3 * H)]
+    return [
+        acts.new_empty(T, B, GH),
+        acts.new_empty(B, R),
+        acts.new_empty(B, H),
+        acts.new_empty(GH, R),
+        _maybe(acts, norm, GH),
+        _maybe(acts, layout[_PEEPHOLE_SWITCH] != 0, 3 * H),
+        _maybe(acts, cell_norm, H),
+        _maybe(acts, cell_norm, H),
+        _maybe(acts, weight_hr is not None, R, H),
+        _maybe(acts, norm, GH),
+        _maybe(acts, norm, GH),
+        _maybe(acts, weight_gg is not None, 3 * H, 3 * H),
+    ]
 
 
-def gru_forward(xw, h0, weight_hh, in_gain, in_bias, rec_gain, rec_shift, keep_h, recurrent_mask, reset_after,
-                reverse, eps) -> list[Tensor]:
+def gru_forward(
+    xw, h0, weight_hh, in_gain, in_bias, rec_gain, rec_shift, keep_h, recurrent_mask, reset_after, reverse, eps
+) -> list[Tensor]:
     """[states (T+1, B, H), acts (T, B, 4H with the reset after, else 3H), normed (T, B, 3H),
     rstd (T, B, 3), in_stats (T, B, 3, 2)]."""
     T, B, _ = xw.shape
     H, norm = h0.shape[1], rec_gain is not None
-    return [xw.new_empty(T + 1, B, H), xw.new_empty(T, B, (4 if reset_after else 3) * H),
-            _maybe(xw, norm, T, B, 3 * H), _maybe(xw, norm, T, B, 3), _maybe(xw, norm, T, B, 3, 2)]
+    return [
+        xw.new_empty(T + 1, B, H),
+        xw.new_empty(T, B, (4 if reset_after else 3) * H),
+        _maybe(xw, norm, T, B, 3 * H),
+        _maybe(xw, norm, T, B, 3),
+        _maybe(xw, norm, T, B, 3, 2),
+    ]
 
 
-def gru_backward(d_out, d_hn, xw, states, acts, normed, rstd, in_stats, weight_hh, in_gain, in_bias, rec_gain,
-                 rec_shift, keep_h, recurrent_mask, reset_after, reverse) -> list[Tensor]:
+def gru_backward(
+    d_out,
+    d_hn,
+    xw,
+    states,
+    acts,
+    normed,
+    rstd,
+    in_stats,
+    weight_hh,
+    in_gain,
+    in_bias,
+    rec_gain,
+    rec_shift,
+    keep_h,
+    recurrent_mask,
+    reset_after,
+    reverse,
+) -> list[Tensor]:
     """[d_z (T, B, 3H), dh (B, H), d_weight_hh (3H, H), d_rec_gain (3H), d_rec_shift (H),
     d_in_gain (3H), d_in_bias (3H)]."""
     T, B, _ = acts.shape
     H, norm = states.shape[2], rec_gain is not None
-    return [acts.new_empty(T, B, 3 * H), acts.new_empty(B, H), acts.new_empty(3 * H, H), _maybe(acts, norm, 3 * H),
-            _maybe(acts, rec_shift is not None, H), _maybe(acts, norm, 3 * H), _maybe(acts, norm, 3 * H)]
+    return [
+        acts.new_empty(T, B, 3 * H),
+        acts.new_empty(B, H),
+        acts.new_empty(3 * H, H),
+        _maybe(acts, norm, 3 * H),
+        _maybe(acts, rec_shift is not None, H),
+        _maybe(acts, norm, 3 * H),
+        _maybe(acts, norm, 3 * H),
+    ]
 
 
-_FAKES = {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward, "gru_forward": gru_forward,
-          "gru_backward": gru_backward}
+_FAKES = {
+    "lstm_forward": lstm_forward,
+    "lstm_backward": lstm_backward,
+    "gru_forward": gru_forward,
+    "gru_backward": gru_backward,
+}
 
 
 def register() -> None:

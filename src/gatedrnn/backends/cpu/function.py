@@ -137,8 +137,9 @@ def block_norm(raw: Tensor, hidden_size: int, eps: float) -> tuple[Tensor, Tenso
     return torch.native_layer_norm(raw.unflatten(-1, (-1, hidden_size)), (hidden_size,), None, None, eps)
 
 
-def block_norm_backward(grad: Tensor, normed: Tensor, rstd: Tensor, hidden_size: int, out: Tensor | None = None
-                        ) -> Tensor:
+def block_norm_backward(
+    grad: Tensor, normed: Tensor, rstd: Tensor, hidden_size: int, out: Tensor | None = None
+) -> Tensor:
     r"""Gradient into the raw blocks (..., G*H) from ``grad`` (..., G, H) at the normalised ones
     ``normed`` (..., G, H): :math:`\sigma^{-1}(\delta - \overline{\delta} - \hat a\, \overline{\delta \hat a})`.
 
@@ -173,8 +174,15 @@ class RecurrentProduct:
     and their reciprocal standard deviations are kept in (T, B, ·) buffers for the backward pass.
     """
 
-    def __init__(self, weight: Tensor, gain: Tensor | None, cfg: CellFamily, saved: dict[str, Tensor] | None = None,
-                 T: int = 0, B: int = 0) -> None:
+    def __init__(
+        self,
+        weight: Tensor,
+        gain: Tensor | None,
+        cfg: CellFamily,
+        saved: dict[str, Tensor] | None = None,
+        T: int = 0,
+        B: int = 0,
+    ) -> None:
         self.weight, self.weight_t = weight, weight.t()
         self.H, self.eps = cfg.hidden_size, cfg.eps
         self.gain = gain
@@ -196,10 +204,11 @@ class RecurrentProduct:
         return {f"{prefix}.{k}": v for k, v in self.buffers.items()}
 
     @classmethod
-    def restore(cls, weight: Tensor, gain: Tensor | None, cfg: CellFamily, saved: dict[str, Tensor],
-                prefix: str) -> RecurrentProduct:
+    def restore(
+        cls, weight: Tensor, gain: Tensor | None, cfg: CellFamily, saved: dict[str, Tensor], prefix: str
+    ) -> RecurrentProduct:
         """The product of a forward pass, from what :meth:`saved` stored."""
-        mine = {k[len(prefix) + 1:]: v for k, v in saved.items() if k.startswith(prefix + ".")}
+        mine = {k[len(prefix) + 1 :]: v for k, v in saved.items() if k.startswith(prefix + ".")}
         return cls(weight, gain, cfg, mine)
 
     def forward(self, t: int, h: Tensor, base: Tensor | None, out: Tensor) -> None:
@@ -250,8 +259,9 @@ class RecurrentProduct:
         return d_weight, None if self.d_gain is None else self.d_gain.view(-1)
 
 
-def input_pre_activations(cfg: CellFamily, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None
-                          ) -> tuple[Tensor, dict[str, Tensor]]:
+def input_pre_activations(
+    cfg: CellFamily, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The input part of every step at once, ``[LN](x W^T) * gain + bias``: one matmul over all
     steps, (T, B, I) -> (T, B, G*H); returns it and what its backward needs."""
     x2d = x.flatten(0, 1)
@@ -264,8 +274,16 @@ def input_pre_activations(cfg: CellFamily, x: Tensor, weight: Tensor, gain: Tens
     return xw.flatten(-2), {"in.normed": normed, "in.rstd": rstd}
 
 
-def input_grads(cfg: CellFamily, d_xw: Tensor, x: Tensor, weight: Tensor, gain: Tensor | None, bias: Tensor | None,
-                saved: dict[str, Tensor], need_x: bool) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
+def input_grads(
+    cfg: CellFamily,
+    d_xw: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    gain: Tensor | None,
+    bias: Tensor | None,
+    saved: dict[str, Tensor],
+    need_x: bool,
+) -> tuple[Tensor | None, Tensor, Tensor | None, Tensor | None]:
     """Backward of :func:`input_pre_activations`: (dx, dW, d gain, d bias), dW as one matmul."""
     d_bias = None if bias is None else d_xw.flatten(0, 1).sum(0)
     d_gain = None
@@ -303,8 +321,19 @@ class Recurrence(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, plan: Plan, kernel, names: tuple[str, ...], x: Tensor, weight_ih: Tensor,
-                in_gain: Tensor | None, bias: Tensor | None, h0: Tensor, c0: Tensor | None, *params: Tensor):
+    def forward(
+        ctx,
+        plan: Plan,
+        kernel,
+        names: tuple[str, ...],
+        x: Tensor,
+        weight_ih: Tensor,
+        in_gain: Tensor | None,
+        bias: Tensor | None,
+        h0: Tensor,
+        c0: Tensor | None,
+        *params: Tensor,
+    ):
         w = dict(zip(names, params))
         fused = in_gain is not None and getattr(kernel, "normalises_input", False)
         if fused:
@@ -336,7 +365,7 @@ class Recurrence(torch.autograd.Function):
         with ``create_graph``. The fused backward pass is first order; this path costs the replay's
         forward and backward and is taken only when asked for."""
         x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
-        (h0, c0), params = ctx.initial, rest[:len(ctx.names)]
+        (h0, c0), params = ctx.initial, rest[: len(ctx.names)]
         inputs = (x, weight_ih, in_gain, bias, h0, c0, *params)
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[3 + i]]
         result: list[Tensor | None] = [None] * len(inputs)
@@ -346,8 +375,13 @@ class Recurrence(torch.autograd.Function):
             # projection trainable): autograd refuses those
             live = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
             if live and wanted:
-                found = torch.autograd.grad([o for o, _ in live], [inputs[i] for i in wanted], [g for _, g in live],
-                                            create_graph=True, allow_unused=True)
+                found = torch.autograd.grad(
+                    [o for o, _ in live],
+                    [inputs[i] for i in wanted],
+                    [g for _, g in live],
+                    create_graph=True,
+                    allow_unused=True,
+                )
                 for i, g in zip(wanted, found):
                     result[i] = g
         return (None, None, None, *result)

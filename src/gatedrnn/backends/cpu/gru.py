@@ -35,8 +35,9 @@ def kept_shift_rows(cfg: CellFamily) -> int:
     return cfg.hidden_size if cfg.reset_after else 0
 
 
-def _products(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor] | None = None
-              ) -> tuple[list[RecurrentProduct], list[str]]:
+def _products(
+    plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor] | None = None
+) -> tuple[list[RecurrentProduct], list[str]]:
     """One product over all rows (reset after), or the r,z rows and the n rows (reset before)."""
     cfg, H = plan.cfg, plan.cfg.hidden_size
     weight, gain = w["weight_hh"], w.get("rec_gain")
@@ -46,8 +47,8 @@ def _products(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor] | None 
         parts = [("rec_rz", slice(0, 2 * H)), ("rec_n", slice(2 * H, 3 * H))]
     return [
         RecurrentProduct(weight[rows], None if gain is None else gain[rows], cfg, T=plan.T, B=plan.B)
-        if saved is None else
-        RecurrentProduct.restore(weight[rows], None if gain is None else gain[rows], cfg, saved, prefix)
+        if saved is None
+        else RecurrentProduct.restore(weight[rows], None if gain is None else gain[rows], cfg, saved, prefix)
         for prefix, rows in parts
     ], [prefix for prefix, _ in parts]
 
@@ -66,18 +67,18 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
     for t in plan.steps():
         h_prev, target = states[plan.prev(t)], states[plan.new(t)]
         a, x_t = acts[t], xw[t]
-        r, z, n = a[:, :H], a[:, H: 2 * H], a[:, 2 * H: 3 * H]
+        r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
         h_in = plan.matmul_input(h_prev, hm)
         if cfg.reset_after:
             products[0].forward(t, h_in, None, u)
             torch.add(x_t[:, : 2 * H], u[:, : 2 * H], out=a[:, : 2 * H]).sigmoid_()
-            v = a[:, 3 * H:]
-            torch.add(u[:, 2 * H:], shift, out=v) if shift is not None else v.copy_(u[:, 2 * H:])
-            torch.addcmul(x_t[:, 2 * H:], r, v, out=n).tanh_()
+            v = a[:, 3 * H :]
+            torch.add(u[:, 2 * H :], shift, out=v) if shift is not None else v.copy_(u[:, 2 * H :])
+            torch.addcmul(x_t[:, 2 * H :], r, v, out=n).tanh_()
         else:
             products[0].forward(t, h_in, x_t[:, : 2 * H], a[:, : 2 * H])
             a[:, : 2 * H].sigmoid_()
-            products[1].forward(t, torch.mul(r, h_in, out=rh), x_t[:, 2 * H:], n)
+            products[1].forward(t, torch.mul(r, h_in, out=rh), x_t[:, 2 * H :], n)
             n.tanh_()
         if h_new is None:
             torch.lerp(n, h_prev, z, out=target)
@@ -90,7 +91,9 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
     return (plan.outputs(states), states[plan.final].clone()), saved
 
 
-def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def backward(
+    plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]
+) -> dict[str, Tensor]:
     d_out, d_hn = grads
     cfg, H = plan.cfg, plan.cfg.hidden_size
     states, acts = saved["states"], saved["acts"]
@@ -105,8 +108,8 @@ def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: 
     for t in plan.backward_steps():
         d_new, d_old = split_grad(plan.keep_h, t, dh + d_out[t])
         a, d = acts[t], d_pre[t]
-        r, z, n = a[:, :H], a[:, H: 2 * H], a[:, 2 * H: 3 * H]
-        dr, dz, dn = d[:, :H], d[:, H: 2 * H], d[:, 2 * H:]
+        r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
+        dr, dz, dn = d[:, :H], d[:, H : 2 * H], d[:, 2 * H :]
         h_prev = states[plan.prev(t)]
         h_in = plan.matmul_input(h_prev, hm)
         dh_carry = d_new * z
@@ -115,11 +118,11 @@ def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: 
         torch.sub(h_prev, n, out=dz).mul_(d_new)
         _sigmoid_backward(dz, z, grad_input=dz)
         if cfg.reset_after:
-            torch.mul(dn, a[:, 3 * H:], out=dr)
+            torch.mul(dn, a[:, 3 * H :], out=dr)
             _sigmoid_backward(dr, r, grad_input=dr)
             dp = d_prod[t]
             dp[:, : 2 * H] = d[:, : 2 * H]
-            torch.mul(dn, r, out=dp[:, 2 * H:])
+            torch.mul(dn, r, out=dp[:, 2 * H :])
             dh = products[0].backward(t, dp, plan.recurrent_mask)
         else:
             d_rh = products[1].backward(t, dn)
@@ -134,9 +137,9 @@ def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: 
     inputs = plan.matmul_inputs(states)
     if cfg.reset_after:
         d_weight, d_gain = products[0].grads(d_prod, inputs)
-        d_shift = d_prod[..., 2 * H:].flatten(0, 1).sum(0) if w.get("rec_shift") is not None else None
+        d_shift = d_prod[..., 2 * H :].flatten(0, 1).sum(0) if w.get("rec_shift") is not None else None
         return {"xw": d_pre, "h0": dh, "weight_hh": d_weight, "rec_gain": d_gain, "rec_shift": d_shift}
     rz = products[0].grads(d_pre[..., : 2 * H], inputs)
-    n = products[1].grads(d_pre[..., 2 * H:], acts[..., :H] * inputs)
+    n = products[1].grads(d_pre[..., 2 * H :], acts[..., :H] * inputs)
     d_gain = torch.cat([rz[1], n[1]]) if layer_norm else None
     return {"xw": d_pre, "h0": dh, "weight_hh": torch.cat([rz[0], n[0]]), "rec_gain": d_gain}

@@ -78,7 +78,9 @@ def _cell_update(lay: Layout, a: Tensor, c_prev: Tensor, out: Tensor) -> None:
         out.add_(g) if lay.i is None else out.addcmul_(a[:, lay.i], g)
 
 
-def _squash(cfg: CellFamily, c: Tensor, w: dict[str, Tensor], out: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def _squash(
+    cfg: CellFamily, c: Tensor, w: dict[str, Tensor], out: Tensor
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """y = tanh([LN](c)) (no tanh for noaf), written to ``out`` where a tanh runs: (y, mean, rstd)
     with the cell layer norm's statistics (None without it)."""
     mean = rstd = None
@@ -152,7 +154,9 @@ def gate_weight_grad(plan: Plan, d_gates: Tensor, acts: Tensor) -> Tensor:
     return d_gates[later].flatten(0, 1).t().mm(q[earlier].flatten(0, 1))
 
 
-def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def backward(
+    plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]
+) -> dict[str, Tensor]:
     d_out, d_hn, d_cn = grads
     cfg, T, B, H = plan.cfg, plan.T, plan.B, plan.cfg.hidden_size
     lay = Layout.of(cfg)
@@ -183,7 +187,7 @@ def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: 
             o, do = a[:, lay.o], d[:, lay.o]
             torch.mul(dh_new, y, out=do)
             if dq is not None:
-                do += dq[:, 2 * H:]
+                do += dq[:, 2 * H :]
             _sigmoid_backward(do, o, grad_input=do)
             dy = dh_new * o
         else:

@@ -32,7 +32,9 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
     return outputs, {"states": states, "acts": acts, **prod.saved("rec")}
 
 
-def backward(plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]) -> dict[str, Tensor]:
+def backward(
+    plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]
+) -> dict[str, Tensor]:
     d_out, d_hn = grads
     relu = plan.cfg.nonlinearity == "relu"
     states, acts = saved["states"], saved["acts"]

@@ -13,7 +13,8 @@ when every GPU test passed)::
 
 ``fwd`` and ``train`` are speed-ups over cuDNN (its time over the kernels' time) without and with
 the backward pass; a case where the kernels failed is recorded with speed-ups 0, so that no
-neighbouring measurement can choose them there. The rule (:func:`beats_cudnn`): on a device of that name, for a cell and dtype
+neighbouring measurement can choose them there. The rule (:func:`beats_cudnn`): on a device of that name, for
+a cell and dtype
 that was measured, take the measured point nearest in batch and hidden size (at most a factor of 2
 away in each, ties to the lower speed-up) and pick the kernels when its speed-up is at least
 :data:`MARGIN`. Anywhere else (another GPU, a size far from any measurement, a configuration
@@ -75,16 +76,20 @@ def parse(table: dict, source: str) -> dict[str, DeviceRecord]:
     try:
         records = {}
         for d in table["devices"]:
-            points = tuple(Point(str(p["cell"]), str(p["dtype"]), int(p["B"]), int(p["H"]), float(p["fwd"]),
-                                 float(p["train"])) for p in d["cases"])
+            points = tuple(
+                Point(str(p["cell"]), str(p["dtype"]), int(p["B"]), int(p["H"]), float(p["fwd"]), float(p["train"]))
+                for p in d["cases"]
+            )
             records[str(d["name"])] = DeviceRecord(str(d["name"]), bool(d["verified"]), points)
         return records
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{source}: expected {{'devices': [{{'name', 'verified', 'cases': [{{'cell', 'dtype', "
-                         f"'B', 'H', 'fwd', 'train'}}]}}]}}, got a table without {exc}") from exc
+        raise ValueError(
+            f"{source}: expected {{'devices': [{{'name', 'verified', 'cases': [{{'cell', 'dtype', "
+            f"'B', 'H', 'fwd', 'train'}}]}}]}}, got a table without {exc}"
+        ) from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(path: str = str(TABLE_PATH)) -> dict[str, DeviceRecord]:
     """The records of ``path`` (cached; empty when the file does not exist)."""
     p = Path(path)
@@ -114,6 +119,7 @@ def nearest(points: tuple[Point, ...], cell: str, dtype: str, B: int, H: int, tr
     """The point of ``cell`` and ``dtype`` nearest to (B, H) on a log2 scale, at most one octave
     away in each of B and H; of equally near ones the lowest speed-up for the pass in question
     (the cautious reading)."""
+
     def distance(p: Point) -> float:
         return max(abs(math.log2(p.B) - math.log2(B)), abs(math.log2(p.H) - math.log2(H)))
 

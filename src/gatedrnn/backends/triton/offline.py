@@ -8,7 +8,8 @@ launch plan a given device would get (:func:`plan_for`):
 - the shared memory Triton allocated, against the planner's estimate (:func:`.launch.resident_bytes`)
   and the device's limit;
 - the registers per thread and the bytes spilled to local memory, from the ``ptxas -v`` log of
-  Triton's own ptxas call (its ptxas and options for the target), and how many of the spill instructions sit inside the step loop
+  Triton's own ptxas call (its ptxas and options for the target), and how many of the spill instructions sit
+  inside the step loop
   (from the SASS): a persistent kernel that spills there re-reads part of its state from local
   memory in every step, a speed defect even where the numbers are right, while a spill in the
   prologue (loading the resident weights) costs once per launch.
@@ -34,8 +35,17 @@ from .launch import KernelSpec
 
 #: kernel arguments that are always float32 (accumulation-precision buffers) in a float16 /
 #: bfloat16 / float32 build; the others take the compute dtype, ``len_ptr`` and ``bar_ptr`` int32
-FLOAT32_BUFFERS = ("cs_ptr", "gates_ptr", "carry_h_ptr", "carry_c_ptr", "hat_ptr", "hatc_ptr", "rstd_ptr",
-                   "part_ptr", "dchat_ptr")
+FLOAT32_BUFFERS = (
+    "cs_ptr",
+    "gates_ptr",
+    "carry_h_ptr",
+    "carry_c_ptr",
+    "hat_ptr",
+    "hatc_ptr",
+    "rstd_ptr",
+    "part_ptr",
+    "dchat_ptr",
+)
 #: zoneout's keeps: the sampled masks take the compute dtype, the expectation p (``ZO == 2``) float32
 ZONEOUT_KEEPS = ("keep_h_ptr", "keep_c_ptr")
 _POINTER_TYPES = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32"}
@@ -60,14 +70,14 @@ H100 = Device("H100 / H200 (sm_90)", 90, 132, 232448)
 class Build:
     """One kernel built for ``device``: its plan, and what the compiler allocated."""
 
-    kernel: str            # "forward" or "backward"
+    kernel: str  # "forward" or "backward"
     plan: launch._Launch
-    shared_bytes: int      # shared memory Triton allocated per program
-    estimate_bytes: int    # the planner's estimate of the resident operands, plus its margin
-    registers: int         # per thread
-    spill_stores: int      # bytes per thread ptxas spills to local memory (0: no spill)
+    shared_bytes: int  # shared memory Triton allocated per program
+    estimate_bytes: int  # the planner's estimate of the resident operands, plus its margin
+    registers: int  # per thread
+    spill_stores: int  # bytes per thread ptxas spills to local memory (0: no spill)
     spill_loads: int
-    loop_spills: int       # local-memory loads and stores (LDL / STL) inside the step loop
+    loop_spills: int  # local-memory loads and stores (LDL / STL) inside the step loop
 
     @property
     def spills(self) -> bool:
@@ -75,18 +85,38 @@ class Build:
         return self.spill_stores > 0 or self.spill_loads > 0
 
 
-def plan_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.dtype, B: int, H: int, R: int,
-             resident: bool | None = None) -> launch._Launch:
+def plan_for(
+    device: Device,
+    spec: KernelSpec,
+    backward: bool,
+    dtype: torch.dtype,
+    B: int,
+    H: int,
+    R: int,
+    resident: bool | None = None,
+) -> launch._Launch:
     """The plan :func:`.launch._plan` gives a layer on ``device`` (forward direction, no tf32)."""
-    return launch._plan(spec, backward, B, H, R, dtype, torch.device("cuda"), False, False, resident=resident,
-                        limits=(device.sm_count, device.shared_per_block))
+    return launch._plan(
+        spec,
+        backward,
+        B,
+        H,
+        R,
+        dtype,
+        torch.device("cuda"),
+        False,
+        False,
+        resident=resident,
+        limits=(device.sm_count, device.shared_per_block),
+    )
 
 
 _DIVISIBLE_BY_16 = [["tt.divisibility", 16]]
 
 
-def _specialise(kernel, consts: dict[str, object], dtype: torch.dtype,
-                ints: dict[str, int]) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
+def _specialise(
+    kernel, consts: dict[str, object], dtype: torch.dtype, ints: dict[str, int]
+) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
     """Signature, constexprs and attributes as Triton's launcher would specialise a call with the
     integer arguments ``ints`` (by name) and torch's 16-byte aligned buffers: every pointer and
     every integer divisible by 16 gets ``tt.divisibility = 16``, an integer equal to 1 becomes a
@@ -102,8 +132,9 @@ def _specialise(kernel, consts: dict[str, object], dtype: torch.dtype,
             signature[name] = "fp32"
         elif name.endswith("_ptr"):
             float32 = name in FLOAT32_BUFFERS or (name in ZONEOUT_KEEPS and consts.get("ZO") == 2)
-            signature[name] = ("*i32" if name in ("len_ptr", "bar_ptr") else
-                               "*fp32" if float32 else _POINTER_TYPES[dtype])
+            signature[name] = (
+                "*i32" if name in ("len_ptr", "bar_ptr") else "*fp32" if float32 else _POINTER_TYPES[dtype]
+            )
             attrs[(i,)] = _DIVISIBLE_BY_16
         elif ints[name] == 1:
             signature[name] = "constexpr"
@@ -115,8 +146,17 @@ def _specialise(kernel, consts: dict[str, object], dtype: torch.dtype,
     return signature, constexprs, attrs
 
 
-def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.dtype, B: int, H: int, R: int,
-                resident: bool | None = None, T: int = 512) -> Build:
+def compile_for(
+    device: Device,
+    spec: KernelSpec,
+    backward: bool,
+    dtype: torch.dtype,
+    B: int,
+    H: int,
+    R: int,
+    resident: bool | None = None,
+    T: int = 512,
+) -> Build:
     """Compile the persistent forward or backward kernel for ``device`` with the plan it would get
     there (weights resident or streamed as the planner decides, unless ``resident`` says) and the
     specialisation a call with these sizes gets, and read its resources. Needs Triton's NVIDIA
@@ -136,15 +176,29 @@ def compile_for(device: Device, spec: KernelSpec, backward: bool, dtype: torch.d
         consts["HAS_BN"] = spec.split_recurrent_grad
     ints = {"T": T, "B": B, "H": H, "R": R, "s_first": 0, "n_steps": T}  # the persistent launch's
     signature, constexprs, attrs = _specialise(kernel, consts, dtype, ints)
-    compiled, log = _compile_with_ptxas_log(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
-                                            GPUTarget("cuda", device.capability, 32), plan.num_warps)
+    compiled, log = _compile_with_ptxas_log(
+        ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+        GPUTarget("cuda", device.capability, 32),
+        plan.num_warps,
+    )
     usage = ptxas_report(log)
     c = plan.consts
-    estimate = launch.resident_bytes(spec, backward, c["BB"], c["BH"], c["KA"], c["KB"], c["KG"],
-                                     torch.empty(0, dtype=dtype).element_size()) + launch._SMEM_MARGIN
-    return Build("backward" if backward else "forward", plan, compiled.metadata.shared, estimate,
-                 usage["registers"], usage["spill_stores"], usage["spill_loads"],
-                 step_loop_spills(sass(compiled.asm["cubin"])))
+    estimate = (
+        launch.resident_bytes(
+            spec, backward, c["BB"], c["BH"], c["KA"], c["KB"], c["KG"], torch.empty(0, dtype=dtype).element_size()
+        )
+        + launch._SMEM_MARGIN
+    )
+    return Build(
+        "backward" if backward else "forward",
+        plan,
+        compiled.metadata.shared,
+        estimate,
+        usage["registers"],
+        usage["spill_stores"],
+        usage["spill_loads"],
+        step_loop_spills(sass(compiled.asm["cubin"])),
+    )
 
 
 def _compile_with_ptxas_log(source, target, num_warps: int):
@@ -167,8 +221,11 @@ def _compile_with_ptxas_log(source, target, num_warps: int):
 def ptxas_report(log: str) -> dict[str, int]:
     """Registers per thread and spilled bytes from a ``ptxas -v`` log (``Used 168 registers``;
     ``0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads``)."""
-    fields = {"registers": r"Used (\d+) registers",
-              "spill_stores": r"(\d+) bytes spill stores", "spill_loads": r"(\d+) bytes spill loads"}
+    fields = {
+        "registers": r"Used (\d+) registers",
+        "spill_stores": r"(\d+) bytes spill stores",
+        "spill_loads": r"(\d+) bytes spill loads",
+    }
     found = {key: re.search(pattern, log) for key, pattern in fields.items()}
     missing = [key for key, match in found.items() if match is None]
     if missing:
@@ -184,8 +241,7 @@ def sass(cubin: bytes) -> str:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        run = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", path], capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run([knobs.nvidia.cuobjdump.path, "-sass", path], capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
         raise RuntimeError(f"cuobjdump -sass failed ({run.returncode}): {run.stderr.strip()[-500:]}")
     return run.stdout
@@ -198,8 +254,11 @@ def step_loop_spills(listing: str) -> int:
     """Local-memory instructions (``LDL`` / ``STL``) inside the widest backward branch of a SASS
     listing: the persistent kernel's step loop, which encloses every other loop."""
     instructions = [(int(addr, 16), text) for addr, text in _SASS_LINE.findall(listing)]
-    loops = [(int(m.group(1), 16), addr) for addr, text in instructions
-             if (m := re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", text)) and int(m.group(1), 16) < addr]
+    loops = [
+        (int(m.group(1), 16), addr)
+        for addr, text in instructions
+        if (m := re.search(r"\bBRA\s+(?:\S+\s+)?0x([0-9a-f]+)", text)) and int(m.group(1), 16) < addr
+    ]
     if not loops:
         return 0
     start, end = max(loops, key=lambda r: r[1] - r[0])

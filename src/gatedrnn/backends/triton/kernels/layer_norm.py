@@ -82,8 +82,7 @@ def _load_partials(part_ptr, slot, offs_b, mb, p0, B, H, NS: tl.constexpr, BH: t
 
 
 @triton.jit
-def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, BH: tl.constexpr,
-                       PP: tl.constexpr):
+def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr):
     """Phase 2: (mean, r) (BB,) over all H units, merging the programs' partials PP programs at a
     time, in program order: first the mean, then the variance as the sum of each program's squared
     deviations plus n_p (mean_p - mean)^2 (exact, not a difference of large sums)."""
@@ -104,8 +103,22 @@ def combined_rstd_mean(part_ptr, slot, offs_b, mb, B, H, eps, NS: tl.constexpr, 
 
 
 @triton.jit
-def normalize(src, dst, rstd_row, slot, mask, mb, offs_b, B, H, eps, part_ptr, NS: tl.constexpr,
-              BH: tl.constexpr, PP: tl.constexpr):
+def normalize(
+    src,
+    dst,
+    rstd_row,
+    slot,
+    mask,
+    mb,
+    offs_b,
+    B,
+    H,
+    eps,
+    part_ptr,
+    NS: tl.constexpr,
+    BH: tl.constexpr,
+    PP: tl.constexpr,
+):
     """Phase 2 of a forward normalisation: x̂ (BB, BH) of the values at ``src`` (whose partials
     phase 1 left in ``slot``), stored at ``dst``; program 0 saves r at ``rstd_row + slot``."""
     raw = tl.load(src, mask=mask, other=0.0)
@@ -117,18 +130,36 @@ def normalize(src, dst, rstd_row, slot, mask, mb, offs_b, B, H, eps, part_ptr, N
 
 
 @triton.jit
-def normalize_block(hat_row, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS: tl.constexpr,
-                    BH: tl.constexpr, PP: tl.constexpr):
+def normalize_block(
+    hat_row, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr
+):
     """:func:`normalize` of gate block g in place: its raw product, left in ``hat_row + g*H`` by
     phase 1, is replaced there by x̂."""
-    return normalize(hat_row + g * H, hat_row + g * H, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH,
-                     PP)
+    return normalize(hat_row + g * H, hat_row + g * H, rstd_row, g, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
 
 
 @triton.jit
-def normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps,
-                        G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, BH: tl.constexpr, GAP: tl.constexpr,
-                        PP: tl.constexpr):
+def normalized_products(
+    hat_ptr,
+    rstd_ptr,
+    gln_ptr,
+    part_ptr,
+    t,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    s0,
+    B,
+    H,
+    eps,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    NS: tl.constexpr,
+    BH: tl.constexpr,
+    GAP: tl.constexpr,
+    PP: tl.constexpr,
+):
     """(BB, GAP*BH) gate-major ``γ ⊙ x̂`` of gate blocks 0 .. GA-1: the layer-normalised
     recurrent terms, laid out like the product they replace (see ``fwd_product_a``)."""
     hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
@@ -153,8 +184,9 @@ def store_grad_sums(dy, xhat, gain, mask, mb, part_ptr, slot, offs_b, B, NS: tl.
 
 
 @triton.jit
-def normalized_grad(dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: tl.constexpr, BH: tl.constexpr,
-                    PP: tl.constexpr):
+def normalized_grad(
+    dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr
+):
     """Phase 2: dL/da (BB, BH) from dy = dL/d(γ x̂), with the sums of every program (added PP
     programs at a time, in program order)."""
     s1_p, s2_p, _ = _load_partials(part_ptr, slot, offs_b, mb, 0, B, H, NS, BH, PP)
@@ -168,17 +200,35 @@ def normalized_grad(dy, xhat, gain, rstd, part_ptr, slot, offs_b, mb, B, H, NS: 
 
 
 @triton.jit
-def store_block_grad_sums(dy, g, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H,
-                          G: tl.constexpr, NS: tl.constexpr):
+def store_block_grad_sums(
+    dy, g, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G: tl.constexpr, NS: tl.constexpr
+):
     """:func:`store_grad_sums` for gate block g of the recurrent products at time t."""
     xhat, gain = block_xhat_gain(hat_ptr, gln_ptr, t, g * H, G * H, offs_b, B, offs_j, mj, mask)
     store_grad_sums(dy, xhat, gain, mask, mb, part_ptr, g, offs_b, B, NS)
 
 
 @triton.jit
-def bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H,
-                G0: tl.constexpr, G1: tl.constexpr, G: tl.constexpr, NS: tl.constexpr, BB: tl.constexpr,
-                BH: tl.constexpr, PP: tl.constexpr):
+def bwd_phase_d(
+    t,
+    b0,
+    s0,
+    drec_ptr,
+    dprod_ptr,
+    hat_ptr,
+    rstd_ptr,
+    gln_ptr,
+    part_ptr,
+    B,
+    H,
+    G0: tl.constexpr,
+    G1: tl.constexpr,
+    G: tl.constexpr,
+    NS: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PP: tl.constexpr,
+):
     """Phase 2 of the gate blocks G0 .. G1-1: from dL/d(γ x̂) (``drec``) to dL/d(h_{t-1} U^T)
     (``dprod``), what the next step gathers and the recurrent weight gradient is made of."""
     offs_b = b0 + tl.arange(0, BB)

@@ -71,15 +71,17 @@ def dropped(v, mask_ptr, offs_b, mb, offs_j, R, DROP: tl.constexpr):
     times the same slice of the recurrent dropout mask (``DROP``), in v's dtype (as the
     reference rounds ``h * mask``); else ``v``."""
     if DROP:
-        m = tl.load(mask_ptr + offs_b[:, None].to(tl.int64) * R + offs_j[None, :],
-                    mask=mb[:, None] & (offs_j < R)[None, :], other=0.0)
+        m = tl.load(
+            mask_ptr + offs_b[:, None].to(tl.int64) * R + offs_j[None, :],
+            mask=mb[:, None] & (offs_j < R)[None, :],
+            other=0.0,
+        )
         return v * m.to(v.dtype)
     return v
 
 
 @triton.jit
-def zoned_store(ptr, old, new, act, keep_ptr, t, offs_b, offs_j, mask, B, width, ZO: tl.constexpr,
-                ACC: tl.constexpr):
+def zoned_store(ptr, old, new, act, keep_ptr, t, offs_b, offs_j, mask, B, width, ZO: tl.constexpr, ACC: tl.constexpr):
     """Store a carried state (BB, BH) at ``ptr``: on active rows (``act``) the fresh ``new``
     zoned out against ``old``, in old's dtype; on inactive rows ``old`` unchanged. Returns what
     it stored."""
@@ -91,12 +93,43 @@ def zoned_store(ptr, old, new, act, keep_ptr, t, offs_b, offs_j, mask, B, width,
 
 
 @triton.jit
-def store_h(hs_ptr, hin_ptr, rmask_ptr, new, old, fresh, act, keep_ptr, t, offs_b, mb, offs_j, mask, B, R,
-            ZO: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr):
+def store_h(
+    hs_ptr,
+    hin_ptr,
+    rmask_ptr,
+    new,
+    old,
+    fresh,
+    act,
+    keep_ptr,
+    t,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    B,
+    R,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """Store h_t (BB, BH) at ``hs[new]`` (zoned out, :func:`zoned_store`) and with ``DROP`` its
     masked copy h_t ⊙ m in slot ``new % 2`` of ``hin``, what the next step's product reads."""
-    h = zoned_store(rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :], old, fresh, act, keep_ptr, t, offs_b,
-                    offs_j, mask, B, R, ZO, ACC)
+    h = zoned_store(
+        rows_of(hs_ptr, new, offs_b, B, R) + offs_j[None, :],
+        old,
+        fresh,
+        act,
+        keep_ptr,
+        t,
+        offs_b,
+        offs_j,
+        mask,
+        B,
+        R,
+        ZO,
+        ACC,
+    )
     if DROP:
         h_in = dropped(h, rmask_ptr, offs_b, mb, offs_j, R, DROP)
         tl.store(rows_of(hin_ptr, new % 2, offs_b, B, R) + offs_j[None, :], h_in, mask=mask)

@@ -61,8 +61,9 @@ def gate_index(n_gates, span, BLK: tl.constexpr, GP: tl.constexpr):
 
 
 @triton.jit
-def load_gated_rows_t(w_ptr, n_gates, span, row0, n_cols, col0, n_valid_cols,
-                      BLK: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr):
+def load_gated_rows_t(
+    w_ptr, n_gates, span, row0, n_cols, col0, n_valid_cols, BLK: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr
+):
     """The (KP, GP*BLK) tile ``w[g*span + row0 + j, col0 + k]^T`` of a row-major (., n_cols)
     weight: rows row0 .. row0+BLK (< span) of each gate block g < n_gates as columns, weight
     columns col0 + k < n_valid_cols as rows (zeros outside), the right operand of ``x @ tile``."""
@@ -74,8 +75,9 @@ def load_gated_rows_t(w_ptr, n_gates, span, row0, n_cols, col0, n_valid_cols,
 
 
 @triton.jit
-def load_gated_cols(w_ptr, n_gates, H, row_base, k0, n_cols, col0, n_valid_cols,
-                    BLK: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr):
+def load_gated_cols(
+    w_ptr, n_gates, H, row_base, k0, n_cols, col0, n_valid_cols, BLK: tl.constexpr, GP: tl.constexpr, KP: tl.constexpr
+):
     """The (GP*KP, BLK) tile ``w[row_base + g*H + k0 + k, col0 + j]`` for gate blocks g < n_gates
     of H rows, k0 + k < H and col0 + j < n_valid_cols: a column slice of a row-major (., n_cols)
     weight, each gate's rows k0 .. k0+KP padded to KP, the right operand of
@@ -89,8 +91,7 @@ def load_gated_cols(w_ptr, n_gates, H, row_base, k0, n_cols, col0, n_valid_cols,
 
 
 @triton.jit
-def load_gated_full(ptr, row_stride, offs_b, mb, n_gates, H, gate0, k0,
-                    GP: tl.constexpr, KP: tl.constexpr):
+def load_gated_full(ptr, row_stride, offs_b, mb, n_gates, H, gate0, k0, GP: tl.constexpr, KP: tl.constexpr):
     """Units k0 .. k0+KP of the gate blocks gate0 .. gate0+n_gates of rows ``offs_b`` of a
     (., row_stride) buffer as a (BB, GP*KP) tile laid out like :func:`load_gated_cols`'s rows.
     This is data other programs wrote, so it is read past L1 (``.cg``)."""
@@ -101,8 +102,7 @@ def load_gated_full(ptr, row_stride, offs_b, mb, n_gates, H, gate0, k0,
 
 
 @triton.jit
-def load_row_chunk(ptr, row_stride, offs_b, mb, k0, n_valid,
-                   KP: tl.constexpr):
+def load_row_chunk(ptr, row_stride, offs_b, mb, k0, n_valid, KP: tl.constexpr):
     """Columns k0 .. k0+KP (< n_valid, zeros past it) of rows ``offs_b`` of a (., row_stride)
     buffer as a (BB, KP) tile: a chunk of a vector other programs wrote, read past L1 (``.cg``)."""
     k = k0 + tl.arange(0, KP)
