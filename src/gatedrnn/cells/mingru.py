@@ -25,8 +25,9 @@ log space, from a stable :math:`\log a` of the pre-activations),
     h_t = e^{L_t} h_{\text{start}} + \sum_{s \le t} e^{L_t - L_s} b_s,
 
 every exponent :math:`\le 0`, so it neither overflows nor loses the sign of h or b (the log-space
-scan of Heinsen 2023 needs h, b > 0). The chunks' starts are then carried one chunk at a time.
-Memory is O(T·B·H·C) for a fixed C, time O(T·C) parallel work plus T/C sequential steps.
+scan of Heinsen 2023 needs h, b > 0). The chunks' ends obey the same recurrence over T/C steps,
+which the scan solves recursively. Memory and work are O(T·B·H·C) for a fixed C, in
+log_C(T) levels.
 """
 
 from __future__ import annotations
@@ -39,10 +40,16 @@ from .family import CellFamily, LayerWeights, register_family
 
 ACTIVATIONS = ("g", "identity")
 MODES = ("auto", "parallel", "sequential")
-SCAN_CHUNK = 32
+SCAN_CHUNK = 16
 """C, the steps of one chunk of :func:`linear_scan`."""
-PARALLEL_FROM_T = 16
-"""``mode="auto"`` scans sequences of at least this many steps and steps through shorter ones."""
+PARALLEL_FROM_T = 64
+"""``mode="auto"`` scans sequences of at least this many steps on an accelerator; on the CPU, where
+the scan was measured slower than the step loop at every length tried (T = 8 .. 1024), it steps."""
+
+
+def scan_pays(x_proj: Tensor) -> bool:
+    """Whether ``mode="auto"`` scans this (T, B, G*H) input projection (see :data:`PARALLEL_FROM_T`)."""
+    return x_proj.device.type != "cpu" and x_proj.shape[0] >= PARALLEL_FROM_T
 
 
 def g(v: Tensor) -> Tensor:
@@ -72,10 +79,11 @@ def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK) -
     weights = torch.exp(torch.where(causal[None, :, :, None, None], exponent, float("-inf")))
     local = (weights * b.view(n, 1, chunk, B, H)).sum(2)  # (n, C, B, H): each chunk from a zero start
     decay = L.exp()  # (n, C, B, H): the factor each chunk's start state gets
-    starts = [h0]
-    for k in range(n - 1):
-        starts.append(local[k, -1] + decay[k, -1] * starts[-1])
-    h = local + decay * torch.stack(starts).unsqueeze(1)
+    starts = h0.unsqueeze(0)  # (n, B, H): the state before each chunk
+    if n > 1:  # the chunks' ends form the same recurrence, one level up
+        ends = linear_scan(L[:, -1], local[:, -1], h0, chunk)
+        starts = torch.cat([starts, ends[:-1]])
+    h = local + decay * starts.unsqueeze(1)
     return h.reshape(n * chunk, B, H)[:T]
 
 
@@ -114,10 +122,10 @@ class MinimalFamily(CellFamily):
 
     def run_sequence(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
                      lengths: Tensor | None, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]] | None:
-        """The layer as one :func:`linear_scan` (``mode="parallel"``, or ``"auto"`` from
-        :data:`PARALLEL_FROM_T` steps); None (step by step) otherwise."""
+        """The layer as one :func:`linear_scan` (``mode="parallel"``, or ``"auto"`` where
+        :func:`scan_pays`); None (step by step) otherwise."""
         T = x_proj.shape[0]
-        if self.mode == "sequential" or (self.mode == "auto" and T < PARALLEL_FROM_T):
+        if self.mode == "sequential" or (self.mode == "auto" and not scan_pays(x_proj)):
             return None
         log_a, b = self.coefficients(x_proj)  # (T, B, H) each
         active = None
