@@ -1,6 +1,7 @@
 # Two entry points, both from a fresh clone with only Python and pip:
 #   make demo   the main job: a short long-lag experiment and the gate viewer
 #   make test   the whole test suite
+#   make lint   ruff's lint and format checks (CI runs them before the tests)
 # torch is pinned here (a CPU build) so that pip does not pull a multi-GB CUDA build;
 # pyproject.toml itself accepts torch>=2.4.
 
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test,triton]"
+	$(BIN)/python -m pip install -q -e ".[test,triton,lint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV)
