@@ -47,15 +47,15 @@ from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
 from .. import compute_dtype, recurrent_shifts, reference, require_support, sum_present
 from . import measured
-from .launch import KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
+from .launch import CELLS, KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
 name = "triton"
 
-KERNELS = ("lstm", "gru", "rnn")
-"""The recurrence kernels by the names families give them (``cfg.kernel("triton")``): the cell
-:class:`.launch.KernelSpec` compiles."""
+KERNELS = tuple(CELLS)
+"""The recurrence kernels by the names families give them (``cfg.kernel("triton")``): the cells
+:class:`.launch.KernelSpec` compiles (:data:`.launch.CELLS`)."""
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -109,21 +109,12 @@ def _in_autocast_dtype(cfg: CellFamily, x: Tensor, state: tuple[Tensor, ...], we
                          {key: w.to(dtype) for key, w in weights.items()}, noise=noise, **options)
 
 
-def kernel_spec(cfg: CellFamily) -> KernelSpec:
-    """The kernels' compile-time shape for ``cfg``, before a call's regularisation: the kernel it
-    names (``cfg.kernel("triton")``) and the options that kernel reads, each at
-    :class:`.launch.KernelSpec`'s default where the family has no such option."""
-    return KernelSpec(cfg.kernel(name), getattr(cfg, "variant", "vanilla"), getattr(cfg, "reset_after", True),
-                      getattr(cfg, "nonlinearity", "tanh") == "relu", getattr(cfg, "proj_size", 0) > 0,
-                      getattr(cfg, "layer_norm", False))
-
-
 def input_projection(cfg: CellFamily, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
     """``[LN](x W_ih^T) + b_ih`` plus every shift added after the recurrent product (``b_hh``, and
     ``ln_bias_hh`` with layer norm) for all steps: (T, B, I) -> (T, B, G*H); and the GRU's n-block
     recurrent shift when it must stay inside the recurrence (reset after the matmul: r multiplies
     it), else None."""
-    spec = kernel_spec(cfg)
+    spec = KernelSpec.from_config(cfg)
     xw = x.matmul(w["weight_ih"].t())
     if spec.layer_norm:
         xw = gatewise_layer_norm(xw, w["ln_weight_ih"], w["ln_bias_ih"], cfg.hidden_size, cfg.eps)
@@ -183,7 +174,7 @@ def run_layer(
     # kernel reads past step T - 1 (fgr's previous gates of a reversed row's first step)
     lens = (torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None
             else lengths.clamp(max=T).to(torch.int32))
-    spec = kernel_spec(cfg)
+    spec = KernelSpec.from_config(cfg)
     cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
 
     def given(key: str, present: bool = True) -> Tensor | None:
@@ -195,7 +186,7 @@ def run_layer(
         given("weight_hh"), given("weight_hr", spec.proj), given("weight_ch", spec.variant == "peephole"),
         padded_gate_weight(weights["weight_gg"]) if spec.fgr else None, bias_hn,
         given("ln_weight_hh", spec.layer_norm), given("ln_weight_c", spec.layer_norm and cell),
-        given("ln_bias_c", spec.layer_norm and cell), keep_h, keep_c, rmask, cfg.kernel(name), spec.variant,
+        given("ln_bias_c", spec.layer_norm and cell), keep_h, keep_c, rmask, spec.cell, spec.variant,
         spec.reset_after, spec.relu, float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step

@@ -25,13 +25,19 @@ from dataclasses import dataclass
 
 import torch
 import triton
-from triton.runtime.errors import OutOfResources
 from torch import Tensor
+from triton.runtime.errors import OutOfResources
 
-from ...config import LSTM_VARIANTS, CellConfig
+from ...cells import LSTM_VARIANTS, CellFamily
 from .kernels.recurrence import recurrence_bwd_kernel, recurrence_fwd_kernel
 
 _LSTM_GATE_FLAGS = ("i", "f", "g", "o")
+
+LSTM, GRU, RNN = 0, 1, 2
+"""The kernels' cell kinds, the ``CELL`` constexpr of :mod:`.kernels.recurrence`."""
+
+CELLS = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
+"""The kernel kinds by the names families give them (``cfg.kernel("triton")``)."""
 
 
 def interpreting() -> bool:
@@ -58,7 +64,7 @@ class Tuning:
 
 
 #: the last plan each kernel ran with, by kernel name (what the benchmark reports)
-last_plans: dict[str, "_Launch"] = {}
+last_plans: dict[str, _Launch] = {}
 
 # shared memory Triton needs beside the operands (layout conversions of the gate tiles)
 _SMEM_MARGIN = 8192
@@ -71,12 +77,12 @@ tuning = Tuning()
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """The compile-time shape of a recurrence, from a :class:`CellConfig` (the ops': from their
-    settings and operands, :meth:`.op.Settings.spec`) and the call's regularisation: ``zoneout``
-    0 (none), 1 (sampled masks) or 2 (their expectation), ``dropout`` a recurrent dropout mask
-    (see ``kernels/noise.py``)."""
+    """The compile-time shape of a recurrence, from a cell family (:meth:`from_config`; the ops':
+    from their settings and operands, :meth:`.op.Settings.spec`) and the call's regularisation:
+    ``cell`` the kernel's name (a key of :data:`CELLS`), ``zoneout`` 0 (none), 1 (sampled masks)
+    or 2 (their expectation), ``dropout`` a recurrent dropout mask (see ``kernels/noise.py``)."""
 
-    family: str
+    cell: str
     variant: str = "vanilla"
     reset_after: bool = True
     relu: bool = False
@@ -85,16 +91,34 @@ class KernelSpec:
     zoneout: int = 0
     dropout: bool = False
 
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"no recurrence kernel named {self.cell!r}; expected one of {', '.join(CELLS)}")
+
     @classmethod
-    def from_config(cls, cfg: CellConfig) -> KernelSpec:
-        return cls(cfg.family, cfg.variant, cfg.reset_after, cfg.nonlinearity == "relu", cfg.proj_size > 0,
-                   cfg.layer_norm)
+    def from_config(cls, cfg: CellFamily) -> KernelSpec:
+        """The kernels' shape for ``cfg``, before a call's regularisation: the kernel it names
+        (``cfg.kernel("triton")``) and the options that kernel reads, each at this class's default
+        where the family has no such option."""
+        return cls(cfg.kernel("triton"), getattr(cfg, "variant", "vanilla"), getattr(cfg, "reset_after", True),
+                   getattr(cfg, "nonlinearity", "tanh") == "relu", getattr(cfg, "proj_size", 0) > 0,
+                   getattr(cfg, "layer_norm", False))
+
+    @property
+    def kind(self) -> int:
+        """The cell's kernel kind: :data:`LSTM`, :data:`GRU` or :data:`RNN`."""
+        return CELLS[self.cell]
+
+    @property
+    def has_cell_state(self) -> bool:
+        """Whether the recurrence carries a second state, the LSTM's cell c."""
+        return self.kind == LSTM
 
     @property
     def gates(self) -> tuple[str, ...]:
-        if self.family == "lstm":
+        if self.kind == LSTM:
             return LSTM_VARIANTS[self.variant]
-        return ("r", "z", "n") if self.family == "gru" else ("h",)
+        return ("r", "z", "n") if self.kind == GRU else ("h",)
 
     @property
     def num_gates(self) -> int:
@@ -103,12 +127,12 @@ class KernelSpec:
     @property
     def gru_before(self) -> bool:
         """GRU with the reset applied before the matmul (two phases per step)."""
-        return self.family == "gru" and not self.reset_after
+        return self.kind == GRU and not self.reset_after
 
     @property
     def split_recurrent_grad(self) -> bool:
         """GRU with the reset after the matmul: the n rows' recurrent gradient is r * da_n."""
-        return self.family == "gru" and self.reset_after
+        return self.kind == GRU and self.reset_after
 
     @property
     def matmul_gates(self) -> int:
@@ -119,16 +143,16 @@ class KernelSpec:
     def saved_gates(self) -> int:
         """GS: activation blocks saved per step (the GRU adds U_n h + b_hn when reset after; the
         RNN saves its h before zoneout, when zoneout makes it differ from the carried one)."""
-        if self.family == "lstm":
+        if self.kind == LSTM:
             return self.num_gates
-        if self.family == "gru":
+        if self.kind == GRU:
             return 4 if self.reset_after else 3
         return 1 if self.zoneout else 0
 
     @property
     def fgr(self) -> bool:
         """The LSTM's full gate recurrence: (i, f, o) also take weight_gg times the previous step's."""
-        return self.family == "lstm" and self.variant == "fgr"
+        return self.kind == LSTM and self.variant == "fgr"
 
     @property
     def two_phase(self) -> bool:
@@ -148,7 +172,7 @@ class KernelSpec:
         layer-norm backward), B (projection, or the GRU's n block), C (LN LSTM: the cell and gate
         gradients), D (LN: the gate blocks' layer-norm backward). See ``kernels/recurrence.py``.
         """
-        ln, lstm = self.layer_norm, self.family == "lstm"
+        ln, lstm = self.layer_norm, self.has_cell_state
         if backward:
             present = {"A": True, "DN": ln and self.gru_before, "B": self.two_phase, "C": ln and lstm, "D": ln}
         else:
@@ -164,7 +188,7 @@ class KernelSpec:
     def constexprs(self) -> dict[str, object]:
         index = {name: (self.gates.index(name) if name in self.gates else -1) for name in _LSTM_GATE_FLAGS}
         return dict(
-            FAMILY={"lstm": 0, "gru": 1, "rnn": 2}[self.family],
+            CELL=self.kind,
             G=self.num_gates, GA=self.matmul_gates, GS=self.saved_gates,
             IDX_I=index["i"], IDX_F=index["f"], IDX_G=index["g"], IDX_O=index["o"],
             CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
@@ -396,7 +420,7 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     hs = _new_buffer((T + 1, B, R), dt, dev)
     hs[start] = h0
     none = xw  # stands in for absent tensors; the constexpr switches keep the kernel off them
-    lstm, normed = spec.family == "lstm", spec.layer_norm
+    lstm, normed = spec.has_cell_state, spec.layer_norm
     cs = _buffer_if(lstm, (T + 1, B, H), acc, dev)
     if c0 is not None:
         cs[start] = c0
@@ -433,7 +457,7 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     H = weight_hh.shape[0] // spec.num_gates
     dev, dt, acc = hs.device, hs.dtype, accumulation_dtype(hs.dtype)
     none = hs
-    lstm, normed = spec.family == "lstm", spec.layer_norm
+    lstm, normed = spec.has_cell_state, spec.layer_norm
     d = _new_buffer((T, B, spec.num_gates * H), dt, dev)
     drec = _buffer_if(spec.split_recurrent_grad, (T, B, spec.num_gates * H), dt, dev)
     dprod = _buffer_if(normed, (T, B, spec.num_gates * H), dt, dev)

@@ -88,12 +88,13 @@ number above them."""
 @dataclass(frozen=True)
 class Settings:
     """Everything of a recurrence that is not a tensor, as the ops take it (:meth:`arguments`):
-    ``family`` and ``variant`` as strings, ``eps`` (the layer norms' epsilon) as a float, and the
-    rest in one int, ``flags``: bit 0 ``reset_after`` (GRU), 1 ``relu`` (RNN), 2 ``reverse`` (run
-    the steps from T - 1 down to 0), 3 ``allow_tf32``, and ``zoneout`` (0 none, 1 the sampled
-    keeps, 2 their expectation) as ``flags >> 4``."""
+    ``cell`` (the kernel's name, a key of :data:`.launch.CELLS`) and ``variant`` as strings,
+    ``eps`` (the layer norms' epsilon) as a float, and the rest in one int, ``flags``: bit 0
+    ``reset_after`` (GRU), 1 ``relu`` (RNN), 2 ``reverse`` (run the steps from T - 1 down to 0),
+    3 ``allow_tf32``, and ``zoneout`` (0 none, 1 the sampled keeps, 2 their expectation) as
+    ``flags >> 4``."""
 
-    family: str
+    cell: str
     variant: str = "vanilla"
     reset_after: bool = True
     relu: bool = False
@@ -103,33 +104,33 @@ class Settings:
     eps: float = 1e-5
 
     def arguments(self) -> tuple[str, str, int, float]:
-        """(family, variant, flags, eps), the ops' last four arguments."""
+        """(cell, variant, flags, eps), the ops' last four arguments."""
         if self.zoneout not in (0, 1, 2):
             raise ValueError(f"zoneout mode must be 0, 1 or 2, got {self.zoneout!r}")
         flags = sum(1 << bit for bit, name in enumerate(_SWITCHES) if getattr(self, name))
-        return self.family, self.variant, flags | self.zoneout << len(_SWITCHES), float(self.eps)
+        return self.cell, self.variant, flags | self.zoneout << len(_SWITCHES), float(self.eps)
 
     @classmethod
-    def from_arguments(cls, family: str, variant: str, flags: int, eps: float) -> Settings:
+    def from_arguments(cls, cell: str, variant: str, flags: int, eps: float) -> Settings:
         """The inverse of :meth:`arguments`."""
         switches = {name: bool(flags >> bit & 1) for bit, name in enumerate(_SWITCHES)}
-        return cls(family, variant, zoneout=flags >> len(_SWITCHES), eps=eps, **switches)
+        return cls(cell, variant, zoneout=flags >> len(_SWITCHES), eps=eps, **switches)
 
     def spec(self, operands: Operands) -> KernelSpec:
         """The kernels' compile-time shape: these settings and which operands are present."""
-        return KernelSpec(self.family, self.variant, self.reset_after, self.relu, operands.weight_hr is not None,
+        return KernelSpec(self.cell, self.variant, self.reset_after, self.relu, operands.weight_hr is not None,
                           operands.ln_weight_hh is not None, self.zoneout, operands.rmask is not None)
 
 
 @torch.library.custom_op("gatedrnn::triton_recurrence", mutates_args=())
 def triton_recurrence(
-    xw: Tensor, lengths: Tensor, h0: Tensor, weight_hh: Tensor, operands: list[Tensor], family: str,
+    xw: Tensor, lengths: Tensor, h0: Tensor, weight_hh: Tensor, operands: list[Tensor], cell: str,
     variant: str, flags: int, eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Forward recurrence over xw (T, B, G*H) from h0 (B, R): returns (hs (T+1, B, R), c_final (B, H)
     or empty, cs, gates, aux, hat, hatc, rstd), see :func:`.launch.forward`. ``operands``: the
-    optional tensors (:meth:`Operands.pack`); ``family, variant, flags, eps``: :class:`Settings`."""
-    given, settings = Operands.unpack(operands), Settings.from_arguments(family, variant, flags, eps)
+    optional tensors (:meth:`Operands.pack`); ``cell, variant, flags, eps``: :class:`Settings`."""
+    given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     reverse = settings.reverse
     hs, cs, gates, aux, hat, hatc, rstd = launch.forward(
         settings.spec(given), xw, lengths, h0, given.c0, weight_hh, given.weight_hr, given.weight_ch,
@@ -139,12 +140,12 @@ def triton_recurrence(
 
 
 @triton_recurrence.register_fake
-def _(xw, lengths, h0, weight_hh, operands, family, variant, flags, eps):
-    spec = Settings.from_arguments(family, variant, flags, eps).spec(Operands.unpack(operands))
+def _(xw, lengths, h0, weight_hh, operands, cell, variant, flags, eps):
+    spec = Settings.from_arguments(cell, variant, flags, eps).spec(Operands.unpack(operands))
     T, B, _ = xw.shape
     H, R = weight_hh.shape[0] // spec.num_gates, weight_hh.shape[1]
     acc = launch.accumulation_dtype(xw.dtype)
-    lstm = family == "lstm"
+    lstm = spec.has_cell_state
     ln = spec.layer_norm
     return (
         xw.new_empty((T + 1, B, R)),
@@ -162,14 +163,14 @@ def recurrence(
     xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor, weight_hr: Tensor | None,
     weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None, ln_weight_hh: Tensor | None,
     ln_weight_c: Tensor | None, ln_bias_c: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None,
-    rmask: Tensor | None, family: str, variant: str, reset_after: bool, relu: bool, eps: float, zoneout: int,
+    rmask: Tensor | None, cell: str, variant: str, reset_after: bool, relu: bool, eps: float, zoneout: int,
     reverse: bool, allow_tf32: bool,
 ) -> tuple[Tensor, ...]:
     """:func:`triton_recurrence` with every operand and setting named: the optional tensors are
     gathered into :class:`Operands`, the settings into :class:`Settings`."""
     operands = Operands(c0, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, keep_h,
                         keep_c, rmask)
-    settings = Settings(family, variant, reset_after, relu, zoneout, reverse, allow_tf32, eps)
+    settings = Settings(cell, variant, reset_after, relu, zoneout, reverse, allow_tf32, eps)
     return triton_recurrence(xw, lengths, h0, weight_hh, operands.pack(xw), *settings.arguments())
 
 
@@ -187,11 +188,11 @@ class Saved(NamedTuple):
 @torch.library.custom_op("gatedrnn::triton_recurrence_backward", mutates_args=())
 def triton_recurrence_backward(
     dhs: Tensor, dc: Tensor | None, lengths: Tensor, weight_hh: Tensor, saved: list[Tensor],
-    operands: list[Tensor], family: str, variant: str, flags: int, eps: float,
+    operands: list[Tensor], cell: str, variant: str, flags: int, eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`.
     ``saved``: :class:`Saved`; the rest as :func:`triton_recurrence` (``c0`` and ``bias_hn`` unused)."""
-    given, settings = Operands.unpack(operands), Settings.from_arguments(family, variant, flags, eps)
+    given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     hs, cs, gates, hat, hatc, rstd = saved
     return launch.backward(settings.spec(given), dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh,
                            given.weight_hr, given.weight_ch, given.weight_gg, given.layer_norm(eps), given.noise(),
@@ -199,14 +200,14 @@ def triton_recurrence_backward(
 
 
 @triton_recurrence_backward.register_fake
-def _(dhs, dc, lengths, weight_hh, saved, operands, family, variant, flags, eps):
-    spec = Settings.from_arguments(family, variant, flags, eps).spec(Operands.unpack(operands))
+def _(dhs, dc, lengths, weight_hh, saved, operands, cell, variant, flags, eps):
+    spec = Settings.from_arguments(cell, variant, flags, eps).spec(Operands.unpack(operands))
     T1, B, R = dhs.shape
     GH = weight_hh.shape[0]
     H = GH // spec.num_gates
     hs = Saved(*saved).hs
     acc = launch.accumulation_dtype(hs.dtype)
-    ln, lstm = spec.layer_norm, family == "lstm"
+    ln, lstm = spec.layer_norm, spec.has_cell_state
     return (
         hs.new_empty((T1 - 1, B, GH)),
         hs.new_empty((T1 - 1, B, GH) if spec.split_recurrent_grad else (0,)),
@@ -221,7 +222,7 @@ def _(dhs, dc, lengths, weight_hh, saved, operands, family, variant, flags, eps)
 def _setup_context(ctx, inputs, output) -> None:
     xw, lengths, h0, weight_hh, operands, *settings = inputs
     hs, _, cs, gates, aux, hat, hatc, rstd = output
-    ctx.settings = settings  # (family, variant, flags, eps)
+    ctx.settings = settings  # (cell, variant, flags, eps)
     ctx.mark_non_differentiable(cs, gates, aux, hat, hatc, rstd)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(lengths, weight_hh, aux, *Saved(hs, cs, gates, hat, hatc, rstd), *operands)
@@ -274,7 +275,7 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
         grads["bias_hn"] = added[..., 2 * H:].sum((0, 1))
     if spec.layer_norm:
         grads["ln_weight_hh"] = (added.to(saved.hat.dtype) * saved.hat).sum((0, 1)).to(given.ln_weight_hh.dtype)
-        if spec.family == "lstm":
+        if spec.has_cell_state:
             grads["ln_weight_c"] = (dchat * saved.hatc).sum((0, 1)).to(given.ln_weight_c.dtype)
             grads["ln_bias_c"] = dchat.sum((0, 1)).to(given.ln_bias_c.dtype)
     # one gradient per input of triton_recurrence, a list for the operands; none for the settings

@@ -1,4 +1,4 @@
-"""The forward and backward recurrences of one layer and direction, for every cell family.
+"""The forward and backward recurrences of one layer and direction, for each kernel cell (LSTM, GRU, RNN).
 
 Work split: program p owns units ``p*BH .. p*BH+BH`` of every gate. With ``RESIDENT`` it loads its
 slice of the recurrent weights once, before the time loop (Triton keeps a loop-invariant dot
@@ -122,9 +122,9 @@ def _fwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP:
 
 
 @triton.jit
-def _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY: tl.constexpr, BH: tl.constexpr, KC: tl.constexpr):
+def _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL: tl.constexpr, BH: tl.constexpr, KC: tl.constexpr):
     """(KC, BH): rows S of W_hr (LSTM) or of U_n (GRU), columns k0 .. k0+KC, transposed."""
-    if FAMILY == 0:
+    if CELL == 0:
         return load_gated_rows_t(whr_ptr, 1, R, s0, H, k0, H, BH, 1, KC)
     else:
         return load_gated_rows_t(u_ptr + 2 * H * R, 1, H, s0, R, k0, R, BH, 1, KC)
@@ -138,9 +138,9 @@ def _bwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP:
 
 
 @triton.jit
-def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY: tl.constexpr, BH: tl.constexpr, KC: tl.constexpr):
+def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL: tl.constexpr, BH: tl.constexpr, KC: tl.constexpr):
     """(KC, BH): columns S of W_hr (LSTM, rows k0.. of R) or of U_n (GRU, rows k0.. of H)."""
-    if FAMILY == 0:
+    if CELL == 0:
         return load_gated_cols(whr_ptr, 1, R, 0, k0, H, s0, H, BH, 1, KC)
     else:
         return load_gated_cols(u_ptr, 1, H, 2 * H, k0, R, s0, H, BH, 1, KC)
@@ -166,7 +166,7 @@ def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexp
 
 
 @triton.jit
-def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
+def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL: tl.constexpr,
                   RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
                   ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH): aux_t @ W_hr[S]^T (LSTM, aux = h before projection) or aux_t @ U_n[S]^T (GRU, aux = r h)."""
@@ -176,7 +176,7 @@ def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, F
         if RESIDENT:
             w = w_tile
         else:
-            w = _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
+            w = _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL, BH, KB)
         acc += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
     return acc
 
@@ -245,14 +245,14 @@ def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j
 
 
 @triton.jit
-def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY: tl.constexpr,
+def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL: tl.constexpr,
                   G: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
                   KB: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
     """(BB, BH): LSTM dh_r @ W_hr[:, S] (dh_r from ``ghr_ptr``), GRU da_n @ U_n[:, S] (the n block of
     the (T, B, G*H) buffer ``d_ptr``). K = R for the LSTM and H = R for the GRU."""
     prod = tl.zeros((BB, BH), ACC)
     for k0 in tl.range(0, R, KB, num_stages=STAGES):
-        if FAMILY == 0:
+        if CELL == 0:
             a_chunk = load_row_chunk(ghr_ptr + t.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KB)  # (BB, KB)
         else:
             a_chunk = load_gated_full(d_ptr + t.to(tl.int64) * B * (G * H), G * H, offs_b, mb,
@@ -260,7 +260,7 @@ def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, 
         if RESIDENT:
             w = w_tile
         else:
-            w = _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, FAMILY, BH, KB)
+            w = _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL, BH, KB)
         prod += tl.dot(a_chunk, w, out_dtype=ACC, input_precision=PREC)  # (BB, BH)
     return prod
 
@@ -341,7 +341,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                  xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
                  hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps,
                  B, H, R,
-                 FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
+                 CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
@@ -369,7 +369,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
-    if FAMILY == 0:
+    if CELL == 0:
         c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
         c, h = _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
                            IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, BB, GAP, BH, ACC)
@@ -383,7 +383,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                           keep_h_ptr, B, H, R, PROJ, ZO, DROP, ACC)
     else:
         h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
-        if FAMILY == 2:
+        if CELL == 2:
             a = _pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC)
             if RELU:
                 h = tl.maximum(a, 0.0)
@@ -416,7 +416,7 @@ def _fwd_phase_a(t, prev, new, b0, s0,
 @triton.jit
 def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr, w_tile,
                  hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps,
-                 B, H, R, FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
+                 B, H, R, CELL: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
                  NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
                  STAGES: tl.constexpr,
                  BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
@@ -426,22 +426,22 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
-    if FAMILY == 0:
+    if CELL == 0:
         mask = mb[:, None] & (offs_j < R)[None, :]
     else:
         mask = mb[:, None] & (offs_j < H)[None, :]
-    if LN and FAMILY == 1:
+    if LN and CELL == 1:
         hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
         xhat = normalize_block(hat_row, rstd_rows(rstd_ptr, t, offs_b, B, NS), 2, mask, mb, offs_b, B, H, eps,
                                part_ptr, NS, BH, PP)
         acc = xhat * tl.load(gln_ptr + 2 * H + offs_j, mask=offs_j < H, other=0.0).to(ACC)[None, :]
     else:
-        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, RESIDENT, STAGES,
+        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, RESIDENT, STAGES,
                             BB, BH, KB, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
     h = acc
-    if FAMILY == 1:
+    if CELL == 1:
         g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
         x_n = tl.load(rows_of(xw_ptr, t, offs_b, B, G * H) + 2 * H + offs_j[None, :], mask=mask, other=0.0)
         n = tanh(x_n.to(ACC) + acc)
@@ -543,7 +543,7 @@ def recurrence_fwd_kernel(
     eps,        # layer-norm epsilon
     s_first,    # first processing step of this launch
     n_steps,    # steps in this launch
-    FAMILY: tl.constexpr,       # 0 LSTM, 1 GRU, 2 RNN
+    CELL: tl.constexpr,         # 0 LSTM, 1 GRU, 2 RNN
     G: tl.constexpr,            # gates with weights (row blocks of weight_ih / weight_hh)
     GA: tl.constexpr,           # gate blocks in phase A's matmul
     GS: tl.constexpr,           # saved activation blocks
@@ -581,7 +581,7 @@ def recurrence_fwd_kernel(
     if RESIDENT and (PHASE == 0 or PHASE == PH_UA):
         u_tile = _fwd_a_weights(u_ptr, 0, s0, H, R, GA, BH, GAP, KA)  # (KA, GAP*BH)
     if RESIDENT and TWO_PHASE and (PHASE == 0 or PHASE == PH_WB):
-        w_tile = _fwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, FAMILY, BH, KB)  # (KB, BH)
+        w_tile = _fwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, CELL, BH, KB)  # (KB, BH)
     for k in range(n_steps):
         t, prev, new = _times(s_first + k, T, REVERSE)
         if PH_SA > 0 and (PHASE == 0 or PHASE == PH_SA):
@@ -595,7 +595,7 @@ def recurrence_fwd_kernel(
             for b0 in range(0, B, BB):
                 _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
                              gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr,
-                             rmask_ptr, hin_ptr, eps, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
+                             rmask_ptr, hin_ptr, eps, B, H, R, CELL, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
                              PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, FGR, REVERSE,
                              RESIDENT, STAGES, BB, BH, KA, KG, GAP, ACC, PREC)
             if PHASE == 0:
@@ -618,7 +618,7 @@ def recurrence_fwd_kernel(
             for b0 in range(0, B, BB):
                 _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr,
                              w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps, B, H, R,
-                             FAMILY, G, GS, LN, NS, PP, ZO, DROP, RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
+                             CELL, G, GS, LN, NS, PP, ZO, DROP, RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
 
@@ -818,7 +818,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
                  len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr,
                  ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
                  dchat_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                 FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
+                 CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
@@ -840,7 +840,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
     zero = tl.zeros(gh.shape, ACC)
     # dL/dh_t splits into the fresh h's part gn and the part gk that zoneout kept from h_{t-1}
     gn, gk = zone_grads(gh, zone_keep(keep_h_ptr, t, offs_b, offs_j, mask, B, R, ZO, ACC), ZO)
-    if FAMILY == 0:
+    if CELL == 0:
         if PROJ:
             tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gn, zero), mask=mask)
         else:
@@ -849,7 +849,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
                              B, H, G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES,
                              BB, BH, KG, ACC, PREC)
         tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
-    elif FAMILY == 2:
+    elif CELL == 2:
         if ZO > 0:  # h before zoneout, saved by the forward
             h_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
         else:
@@ -893,7 +893,7 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
 def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
                  gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
                  gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                 FAMILY: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
+                 CELL: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
                  IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
                  CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
                  LN: tl.constexpr, NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr,
@@ -909,9 +909,9 @@ def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_pt
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     # the GRU's n block of dprod: the raw product's gradient with LN, else the same buffer as d
-    prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, FAMILY, G, RESIDENT,
+    prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, G, RESIDENT,
                          STAGES, BB, BH, KB, ACC, PREC)
-    if FAMILY == 0:
+    if CELL == 0:
         _lstm_bwd_from_h(prod, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
                          carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr, B, H,
                          G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES, BB, BH,
@@ -967,7 +967,7 @@ def recurrence_bwd_kernel(
     eps,          # layer-norm epsilon (unused: the forward's statistics are saved)
     s_first,      # first backward step of this launch (0 = the forward's last step)
     n_steps,      # steps in this launch
-    FAMILY: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
+    CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
     PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, TWO_PHASE: tl.constexpr,
@@ -988,7 +988,7 @@ def recurrence_bwd_kernel(
     if RESIDENT and (PHASE == 0 or PHASE == PH_A):
         u_tile = _bwd_a_weights(u_ptr, 0, s0, H, R, GA, BH, GAP, KA)  # (GAP*KA, BH)
     if RESIDENT and TWO_PHASE and (PHASE == 0 or PHASE == PH_B):
-        w_tile = _bwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, FAMILY, BH, KB)  # (KB, BH)
+        w_tile = _bwd_b_weights(u_ptr, whr_ptr, 0, s0, H, R, CELL, BH, KB)  # (KB, BH)
     for k in range(n_steps):
         s = s_first + k
         t, prev, new = _times(T - 1 - s, T, REVERSE)
@@ -998,7 +998,7 @@ def recurrence_bwd_kernel(
                 _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
                              gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
                              hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_h_ptr, keep_c_ptr,
-                             rmask_ptr, B, H, R, FAMILY, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT,
+                             rmask_ptr, B, H, R, CELL, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT,
                              O_ACT, PROJ, RESET_AFTER, RELU, LN, NS, ZO, DROP, FGR, RESIDENT, STAGES, BB, BH, KA, KG,
                              GAP, ACC, PREC)
             if PHASE == 0:
@@ -1014,7 +1014,7 @@ def recurrence_bwd_kernel(
                 _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr,
                              peep_ptr, gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr,
                              hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                             FAMILY, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP,
+                             CELL, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP,
                              FGR, RESIDENT, STAGES, BB, BH, KB, KG, ACC, PREC)
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
