@@ -111,10 +111,10 @@ def test_packed_sequences_equal_each_sequence_alone(name, mode):
     packed_out, h_n = layer(pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
     out, _ = pad_packed_sequence(packed_out)
     for b, n in enumerate(lengths.tolist()):
-        alone, h_alone = layer(x[:n, b:b + 1], h0[:, b:b + 1])
-        torch.testing.assert_close(out[:n, b:b + 1], alone)
+        alone, h_alone = layer(x[:n, b : b + 1], h0[:, b : b + 1])
+        torch.testing.assert_close(out[:n, b : b + 1], alone)
         torch.testing.assert_close(out[n:, b], torch.zeros_like(out[n:, b]))
-        torch.testing.assert_close(h_n[:, b:b + 1], h_alone)
+        torch.testing.assert_close(h_n[:, b : b + 1], h_alone)
 
 
 @pytest.mark.parametrize("name, names", [("mingru", ("z",)), ("minlstm", ("f", "i"))])

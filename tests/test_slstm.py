@@ -15,8 +15,14 @@ xlstm_cell = pytest.importorskip("xlstm.blocks.slstm.cell")
 
 def xlstm_vanilla(hidden_size: int, num_heads: int) -> torch.nn.Module:
     """The xlstm package's sLSTM cell on its pure-PyTorch (vanilla) backend, float32, time-major."""
-    config = xlstm_cell.sLSTMCellConfig(hidden_size=hidden_size, num_heads=num_heads, backend="vanilla",
-                                        dtype="float32", input_shape="SBGNH", output_shape="SBH")
+    config = xlstm_cell.sLSTMCellConfig(
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        backend="vanilla",
+        dtype="float32",
+        input_shape="SBGNH",
+        output_shape="SBH",
+    )
     return xlstm_cell.sLSTMCell_vanilla(config)
 
 
@@ -54,7 +60,7 @@ def slstm_loop(x, states, w_ih, w_hh, b, num_heads, exp_gate):
     D = H // num_heads
     for k in range(num_heads):
         for g in range(4):
-            R[g * H + k * D:g * H + (k + 1) * D, k * D:(k + 1) * D] = w_hh[k, g * D:(g + 1) * D]
+            R[g * H + k * D : g * H + (k + 1) * D, k * D : (k + 1) * D] = w_hh[k, g * D : (g + 1) * D]
     out = []
     for x_t in x:
         i, f, z, o = (x_t @ w_ih.T + h @ R.T + b).split(H, dim=-1)
@@ -73,11 +79,22 @@ def test_matches_its_equations_with_initial_states(forget_gate):
     T, B, I, H, K = 20, 2, 3, 6, 3
     layer = randomised(gatedrnn.SLSTM(I, H, num_heads=K, forget_gate=forget_gate, dtype=torch.float64))
     x = torch.randn(T, B, I, dtype=torch.float64)
-    hx = (torch.randn(1, B, H, dtype=torch.float64), torch.randn(1, B, H, dtype=torch.float64),
-          torch.rand(1, B, H, dtype=torch.float64) + 1, torch.randn(1, B, H, dtype=torch.float64))
+    hx = (
+        torch.randn(1, B, H, dtype=torch.float64),
+        torch.randn(1, B, H, dtype=torch.float64),
+        torch.rand(1, B, H, dtype=torch.float64) + 1,
+        torch.randn(1, B, H, dtype=torch.float64),
+    )
     output, finals = layer(x, hx)
-    want, want_finals = slstm_loop(x, tuple(s[0] for s in hx), layer.weight_ih_l0, layer.weight_hh_l0,
-                                   layer.bias_ih_l0 + layer.bias_hh_l0, K, forget_gate == "exp")
+    want, want_finals = slstm_loop(
+        x,
+        tuple(s[0] for s in hx),
+        layer.weight_ih_l0,
+        layer.weight_hh_l0,
+        layer.bias_ih_l0 + layer.bias_hh_l0,
+        K,
+        forget_gate == "exp",
+    )
     torch.testing.assert_close(output, want)
     for mine, theirs in zip(finals, want_finals):
         torch.testing.assert_close(mine[0], theirs)
@@ -92,9 +109,9 @@ def test_gradients_pass_gradcheck(forget_gate):
     c0 = torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True)
 
     def run(x, c0, *params):
-        out, (h, c, n, m) = torch.func.functional_call(layer, dict(zip(names, params)),
-                                                       (x, (torch.zeros_like(c0), c0, torch.zeros_like(c0),
-                                                            torch.zeros_like(c0))))
+        out, (h, c, n, m) = torch.func.functional_call(
+            layer, dict(zip(names, params)), (x, (torch.zeros_like(c0), c0, torch.zeros_like(c0), torch.zeros_like(c0)))
+        )
         return out, c, n
 
     params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
@@ -109,8 +126,12 @@ def test_large_pre_activations_over_long_sequences_stay_finite(dtype, forget_gat
     g = torch.Generator().manual_seed(3)
     # pre-activations of +-80 in every gate, signs random over time and units
     x_proj = 80.0 * torch.where(torch.rand(T, B, 4 * H, generator=g) < 0.5, 1.0, -1.0).to(dtype)
-    weights = {"weight_ih": torch.eye(4 * H, dtype=dtype), "weight_hh": torch.zeros(2, 8, 2, dtype=dtype),
-               "bias_ih": torch.zeros(4 * H, dtype=dtype), "bias_hh": torch.zeros(4 * H, dtype=dtype)}
+    weights = {
+        "weight_ih": torch.eye(4 * H, dtype=dtype),
+        "weight_hh": torch.zeros(2, 8, 2, dtype=dtype),
+        "bias_ih": torch.zeros(4 * H, dtype=dtype),
+        "bias_hh": torch.zeros(4 * H, dtype=dtype),
+    }
     states = tuple(torch.zeros(B, H, dtype=dtype) for _ in range(4))
     with torch.no_grad():
         out, finals, _ = reference.run_layer(cfg, x_proj, states, weights)

@@ -99,8 +99,9 @@ class MinimalFamily(CellFamily):
         for key, allowed in (("activation", ACTIVATIONS), ("mode", MODES)):
             value = getattr(self, key)
             if value not in allowed:
-                raise ValueError(f"{type(self).__name__}: expected {key} to be one of "
-                                 f"{', '.join(map(repr, allowed))}, got {value!r}")
+                raise ValueError(
+                    f"{type(self).__name__}: expected {key} to be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                )
 
     @classmethod
     def configurations(cls) -> tuple[dict, ...]:
@@ -120,8 +121,9 @@ class MinimalFamily(CellFamily):
         """(log a, b), each (..., H), of h_t = a h_{t-1} + b from the input projection (..., G*H)."""
         raise NotImplementedError
 
-    def run_sequence(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-                     lengths: Tensor | None, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    def run_sequence(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, lengths: Tensor | None, reverse: bool
+    ) -> tuple[Tensor, tuple[Tensor, ...]] | None:
         """The layer as one :func:`linear_scan` (``mode="parallel"``, or ``"auto"`` where
         :func:`scan_pays`); None (step by step) otherwise."""
         T = x_proj.shape[0]

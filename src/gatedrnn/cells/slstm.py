@@ -57,11 +57,14 @@ class SLSTMFamily(CellFamily):
         if not isinstance(self.num_heads, int) or isinstance(self.num_heads, bool) or self.num_heads <= 0:
             raise ValueError(f"sLSTM: expected num_heads to be a positive int, got {self.num_heads!r}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"sLSTM: hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                             f"({self.num_heads})")
+            raise ValueError(
+                f"sLSTM: hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
         if self.forget_gate not in FORGET_GATES:
-            raise ValueError(f"sLSTM: expected forget_gate to be one of {', '.join(map(repr, FORGET_GATES))}, "
-                             f"got {self.forget_gate!r}")
+            raise ValueError(
+                f"sLSTM: expected forget_gate to be one of {', '.join(map(repr, FORGET_GATES))}, "
+                f"got {self.forget_gate!r}"
+            )
 
     @classmethod
     def configurations(cls) -> tuple[dict, ...]:
@@ -95,7 +98,7 @@ class SLSTMFamily(CellFamily):
             tensor.zero_()
             ramp = torch.linspace(0.0, 1.0, self.head_size) ** 0.3
             H = self.hidden_size
-            tensor[H:2 * H] = (5.0 - 12.0 * ramp).repeat(self.num_heads).to(tensor)
+            tensor[H : 2 * H] = (5.0 - 12.0 * ramp).repeat(self.num_heads).to(tensor)
         else:
             tensor.zero_()
 
@@ -111,8 +114,9 @@ class SLSTMFamily(CellFamily):
         h, c, n, m = states
         return h, c, n, m.to(stabiliser_dtype(h.dtype))
 
-    def step(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-             h_in: Tensor | None = None) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor | None = None
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One sLSTM step: x_proj (B, 4H), states (h, c, n, m) each (B, H) -> the new states and
         {i, f, z, o} (the stabilised i', f', the pre-activation z and σ(õ)). ``h_in`` is h_{t-1} in
         the recurrent product (recurrent dropout)."""
