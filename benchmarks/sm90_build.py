@@ -32,16 +32,27 @@ import gpu  # noqa: E402  (the benchmark's grid)
 from gatedrnn.backends.triton import offline  # noqa: E402
 from gatedrnn.backends.triton.launch import KernelSpec  # noqa: E402
 
-SPECS = {"lstm": KernelSpec("lstm"), "gru": KernelSpec("gru"), "lstm-ln": KernelSpec("lstm", layer_norm=True),
-         "gru-ln": KernelSpec("gru", layer_norm=True), "lstm-zo": KernelSpec("lstm", zoneout=1, dropout=True)}
+SPECS = {
+    "lstm": KernelSpec("lstm"),
+    "gru": KernelSpec("gru"),
+    "lstm-ln": KernelSpec("lstm", layer_norm=True),
+    "gru-ln": KernelSpec("gru", layer_norm=True),
+    "lstm-zo": KernelSpec("lstm", zoneout=1, dropout=True),
+}
 # the variants the grid does not time, at the target size
-VARIANTS = {"lstm-peephole": KernelSpec("lstm", "peephole"), "lstm-cifg": KernelSpec("lstm", "cifg"),
-            "lstm-proj": KernelSpec("lstm", proj=True), "gru-before": KernelSpec("gru", reset_after=False),
-            "rnn-tanh": KernelSpec("rnn"), "lstm-proj-ln": KernelSpec("lstm", proj=True, layer_norm=True),
-            "gru-zo": KernelSpec("gru", zoneout=1, dropout=True),
-            "lstm-ln-zo": KernelSpec("lstm", layer_norm=True, zoneout=1, dropout=True),
-            "gru-before-zo": KernelSpec("gru", reset_after=False, zoneout=1, dropout=True),
-            "lstm-fgr": KernelSpec("lstm", "fgr"), "lstm-fgr-ln": KernelSpec("lstm", "fgr", layer_norm=True)}
+VARIANTS = {
+    "lstm-peephole": KernelSpec("lstm", "peephole"),
+    "lstm-cifg": KernelSpec("lstm", "cifg"),
+    "lstm-proj": KernelSpec("lstm", proj=True),
+    "gru-before": KernelSpec("gru", reset_after=False),
+    "rnn-tanh": KernelSpec("rnn"),
+    "lstm-proj-ln": KernelSpec("lstm", proj=True, layer_norm=True),
+    "gru-zo": KernelSpec("gru", zoneout=1, dropout=True),
+    "lstm-ln-zo": KernelSpec("lstm", layer_norm=True, zoneout=1, dropout=True),
+    "gru-before-zo": KernelSpec("gru", reset_after=False, zoneout=1, dropout=True),
+    "lstm-fgr": KernelSpec("lstm", "fgr"),
+    "lstm-fgr-ln": KernelSpec("lstm", "fgr", layer_norm=True),
+}
 
 
 def jobs(batches, hiddens, dtypes) -> dict[tuple, list[str]]:
@@ -49,8 +60,10 @@ def jobs(batches, hiddens, dtypes) -> dict[tuple, list[str]]:
     cases whose plans are equal share the first one's build."""
     planned = gpu.cases(batches, hiddens, dtypes, list(gpu.CELLS) + list(gpu.LAYER_NORM_CELLS))
     todo = [(c.cell, SPECS[c.cell], c.dtype, c.B, c.H, c.H, c.label) for c in planned]
-    todo += [(name, spec, "bf16", 16, 1024, 512 if spec.proj else 1024, f"{name} bf16 B=16 H=1024")
-             for name, spec in VARIANTS.items()]
+    todo += [
+        (name, spec, "bf16", 16, 1024, 512 if spec.proj else 1024, f"{name} bf16 B=16 H=1024")
+        for name, spec in VARIANTS.items()
+    ]
     unique: dict[tuple, list[str]] = {}
     seen: dict[tuple, tuple] = {}
     for name, spec, dtype, B, H, R, label in todo:
@@ -58,8 +71,14 @@ def jobs(batches, hiddens, dtypes) -> dict[tuple, list[str]]:
             plan = offline.plan_for(offline.H100, spec, backward, gpu.DTYPES[dtype], B, H, R)
             # the launcher also specialises the sizes: 1 becomes a constant, multiples of 16 are marked
             shapes = tuple((n == 1, n % 16 == 0) for n in (B, H, R))
-            key = (spec, backward, dtype, tuple(sorted((k, str(v)) for k, v in plan.consts.items())),
-                   plan.num_warps, shapes)
+            key = (
+                spec,
+                backward,
+                dtype,
+                tuple(sorted((k, str(v)) for k, v in plan.consts.items())),
+                plan.num_warps,
+                shapes,
+            )
             build = seen.setdefault(key, (name, backward, dtype, B, H, R))
             unique.setdefault(build, []).append(label)
     return unique
@@ -86,8 +105,10 @@ def row(result: dict, labels: list[str]) -> str:
     b = result["build"]
     spill = f"{b.spill_stores}/{b.spill_loads}" if b.spills else "0"
     within = "ok" if b.shared_bytes <= min(b.estimate_bytes, offline.H100.shared_per_block) else "OVER"
-    return (f"| {what} | {used} | {b.plan.describe()}, {b.plan.num_warps} warps | {b.registers} | {spill} | "
-            f"{b.loop_spills} | {b.shared_bytes} / {b.estimate_bytes} {within} | {result['seconds']:.0f} s |")
+    return (
+        f"| {what} | {used} | {b.plan.describe()}, {b.plan.num_warps} warps | {b.registers} | {spill} | "
+        f"{b.loop_spills} | {b.shared_bytes} / {b.estimate_bytes} {within} | {result['seconds']:.0f} s |"
+    )
 
 
 def main(argv=None) -> int:
@@ -99,13 +120,19 @@ def main(argv=None) -> int:
     p.add_argument("--markdown")
     args = p.parse_args(argv)
     unique = jobs(args.batches, args.hiddens, args.dtypes)
-    print(f"{len(unique)} builds for sm_{offline.H100.capability} with Triton {triton.__version__}, "
-          f"torch {torch.__version__}", flush=True)
-    lines = [f"sm_{offline.H100.capability} builds ({offline.H100.name}), Triton {triton.__version__}: "
-             "registers per thread, spilled bytes per thread (stores/loads), local-memory instructions inside the "
-             "step loop, shared bytes allocated / planner's estimate", "",
-             "| kernel | used by | plan | registers | spills | in the step loop | shared | build |",
-             "|---|---|---|---|---|---|---|---|"]
+    print(
+        f"{len(unique)} builds for sm_{offline.H100.capability} with Triton {triton.__version__}, "
+        f"torch {torch.__version__}",
+        flush=True,
+    )
+    lines = [
+        f"sm_{offline.H100.capability} builds ({offline.H100.name}), Triton {triton.__version__}: "
+        "registers per thread, spilled bytes per thread (stores/loads), local-memory instructions inside the "
+        "step loop, shared bytes allocated / planner's estimate",
+        "",
+        "| kernel | used by | plan | registers | spills | in the step loop | shared | build |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     failed = spilled = in_loop = 0
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for result in pool.map(build, unique):

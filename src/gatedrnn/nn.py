@@ -16,7 +16,7 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, _VF, nn
+from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks as check
@@ -58,8 +58,10 @@ def check_forget_bias(owner: str, value: object, family: CellFamily) -> float | 
     """``forget_bias`` checked: a number, with biases, for a family with a gate named ``"f"``."""
     value = check.forget_bias(owner, value, bias=family.bias, has_forget_gate=True)
     if value is not None and "f" not in family.gates:
-        raise ValueError(f"{owner}: forget_bias={value} needs a forget gate 'f', but {family.describe()} "
-                         f"has gates {', '.join(family.gates)}")
+        raise ValueError(
+            f"{owner}: forget_bias={value} needs a forget gate 'f', but {family.describe()} "
+            f"has gates {', '.join(family.gates)}"
+        )
     return value
 
 
@@ -281,7 +283,10 @@ class Recurrent(nn.Module):
     def layer_weights(self, layer: int, direction: int) -> LayerWeights:
         """The weights of one layer and direction keyed by their names without the suffix."""
         suffix = self._suffix(layer, direction)
-        return {name[: -len(suffix)]: getattr(self, name) for name in self._all_weights[layer * self.num_directions + direction]}
+        return {
+            name[: -len(suffix)]: getattr(self, name)
+            for name in self._all_weights[layer * self.num_directions + direction]
+        }
 
     def flatten_parameters(self) -> None:
         """Make torch's weights one contiguous cuDNN buffer (as torch.nn does); a no-op off CUDA
@@ -290,9 +295,7 @@ class Recurrent(nn.Module):
         if self.cell_config.torch_mode is None or not weights:
             return
         first = weights[0]
-        if any(
-            not w.is_cuda or w.dtype != first.dtype or not torch.backends.cudnn.is_acceptable(w) for w in weights
-        ):
+        if any(not w.is_cuda or w.dtype != first.dtype or not torch.backends.cudnn.is_acceptable(w) for w in weights):
             return
         if len({w.data_ptr() for w in weights}) != len(weights):
             return
@@ -383,7 +386,9 @@ class Recurrent(nn.Module):
                 check.shape(owner, name, value, (LD, B, size), f"(num_layers * num_directions, batch, {what})")
                 out.append(value)
             else:
-                check.shape(owner, name, value, (LD, size), f"(num_layers * num_directions, {what}) for unbatched input")
+                check.shape(
+                    owner, name, value, (LD, size), f"(num_layers * num_directions, {what}) for unbatched input"
+                )
                 out.append(value.unsqueeze(1))
         return tuple(out)
 
@@ -403,8 +408,14 @@ class Recurrent(nn.Module):
             out = prep.like.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
             finals = tuple(s.clone() for s in states)
         else:
-            backend = choose(self.backend, self.cell_config, prep.like, self._regularised(),
-                             single_layer=self.num_layers == 1 and self.num_directions == 1, ragged=prep.ragged)
+            backend = choose(
+                self.backend,
+                self.cell_config,
+                prep.like,
+                self._regularised(),
+                single_layer=self.num_layers == 1 and self.num_directions == 1,
+                ragged=prep.ragged,
+            )
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
             out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)
@@ -425,6 +436,7 @@ class Recurrent(nn.Module):
         """``forward(input, hx)`` on the reference loop, recording every layer's gates: returns
         (output, final states, gates) with ``gates[(layer, direction)][name]`` (T, B, H) for the
         family's :attr:`~CellFamily.trace_names`. The hook :func:`gatedrnn.inspect_gates` calls."""
+
         def record(input, hx):
             prep = self._prepare(input)
             states = self._initial_states(hx, prep)
@@ -551,8 +563,9 @@ def _variant_repr(cfg: CellFamily, module: nn.Module) -> str:
     """The family's options not at their default (those torch.nn's own repr shows aside), then the
     module's regularisation and backend."""
     shown_by_torch = ("proj_size", "nonlinearity") if getattr(module, "_family", None) else ("proj_size",)
-    s = "".join(f", {k}={v!r}" for k, v in cfg.options.items()
-                if v != cfg.option_defaults[k] and k not in shown_by_torch)
+    s = "".join(
+        f", {k}={v!r}" for k, v in cfg.options.items() if v != cfg.option_defaults[k] and k not in shown_by_torch
+    )
     for name in ("forget_bias", "zoneout", "recurrent_dropout"):
         value = getattr(module, name, None)
         if value:
@@ -657,9 +670,22 @@ class LSTM(Recurrent):
     ) -> None:
         owner = type(self).__name__
         super().__init__(
-            "lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
-            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
-            forget_bias=forget_bias, proj_size=proj_size, variant=variant,
+            "lstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            backend=backend,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            forget_bias=forget_bias,
+            proj_size=proj_size,
+            variant=variant,
             layer_norm=check.flag(owner, "layer_norm", layer_norm),
         )
 
@@ -714,9 +740,21 @@ class GRU(Recurrent):
     ) -> None:
         owner = type(self).__name__
         super().__init__(
-            "gru", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
-            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
-            layer_norm=check.flag(owner, "layer_norm", layer_norm), reset_after=check.flag(owner, "reset_after", reset_after),
+            "gru",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            backend=backend,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            layer_norm=check.flag(owner, "layer_norm", layer_norm),
+            reset_after=check.flag(owner, "reset_after", reset_after),
         )
 
 
@@ -761,8 +799,20 @@ class RNN(Recurrent):
     ) -> None:
         self.nonlinearity = check.choice("RNN", "nonlinearity", nonlinearity, ("tanh", "relu"))
         super().__init__(
-            "rnn", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
-            backend=backend, zoneout=zoneout, recurrent_dropout=recurrent_dropout, nonlinearity=nonlinearity,
+            "rnn",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            backend=backend,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
+            nonlinearity=nonlinearity,
         )
 
 
@@ -819,8 +869,19 @@ class SLSTM(Recurrent):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            "slstm", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype,
-            backend=backend, num_heads=num_heads, forget_gate=forget_gate,
+            "slstm",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            backend=backend,
+            num_heads=num_heads,
+            forget_gate=forget_gate,
         )
 
 
@@ -844,8 +905,19 @@ class _MinimalRecurrent(Recurrent):
         backend: str = "auto",
     ) -> None:
         super().__init__(
-            self._family, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device,
-            dtype, backend=backend, activation=activation, mode=mode,
+            self._family,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device,
+            dtype,
+            backend=backend,
+            activation=activation,
+            mode=mode,
         )
 
 
@@ -971,8 +1043,12 @@ class _CellBase(nn.Module):
         if len(sizes) > 1 and not (isinstance(hx, tuple) and len(hx) == len(sizes)):
             return None
         for value, size in zip(states, sizes):
-            if not (isinstance(value, Tensor) and value.shape == (batch, size)
-                    and value.dtype == dtype and value.device == device):
+            if not (
+                isinstance(value, Tensor)
+                and value.shape == (batch, size)
+                and value.dtype == dtype
+                and value.device == device
+            ):
                 return None
         return states
 
@@ -1058,8 +1134,17 @@ class LSTMCell(_CellBase):
     _family = "lstm"
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-        variant: str = "vanilla", layer_norm: bool = False, forget_bias: float | None = None, backend: str = "auto",
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        variant: str = "vanilla",
+        layer_norm: bool = False,
+        forget_bias: float | None = None,
+        backend: str = "auto",
     ) -> None:
         variant = check.variant("LSTMCell", variant)
         if variant == "fgr":
@@ -1068,7 +1153,13 @@ class LSTMCell(_CellBase):
                 "sequence; use gatedrnn.LSTM(..., variant='fgr') instead"
             )
         super().__init__(
-            input_size, hidden_size, bias, device, dtype, backend=backend, variant=variant,
+            input_size,
+            hidden_size,
+            bias,
+            device,
+            dtype,
+            backend=backend,
+            variant=variant,
             layer_norm=check.flag("LSTMCell", "layer_norm", layer_norm),
         )
         self.forget_bias = check.forget_bias(
@@ -1093,11 +1184,24 @@ class GRUCell(_CellBase):
     _family = "gru"
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None, *,
-        layer_norm: bool = False, reset_after: bool = True, backend: str = "auto",
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        layer_norm: bool = False,
+        reset_after: bool = True,
+        backend: str = "auto",
     ) -> None:
         super().__init__(
-            input_size, hidden_size, bias, device, dtype, backend=backend,
+            input_size,
+            hidden_size,
+            bias,
+            device,
+            dtype,
+            backend=backend,
             layer_norm=check.flag("GRUCell", "layer_norm", layer_norm),
             reset_after=check.flag("GRUCell", "reset_after", reset_after),
         )
@@ -1120,8 +1224,15 @@ class RNNCell(_CellBase):
     _family = "rnn"
 
     def __init__(
-        self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
-        device=None, dtype=None, *, backend: str = "auto",
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
     ) -> None:
         self.nonlinearity = check.choice("RNNCell", "nonlinearity", nonlinearity, ("tanh", "relu"))
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend, nonlinearity=nonlinearity)

@@ -44,8 +44,9 @@ def recurrent_weights(weights: LayerWeights) -> LayerWeights:
     return {k: v for k, v in weights.items() if k not in INPUT_KEYS}
 
 
-def _apply_zoneout(cfg: CellFamily, old: tuple[Tensor, ...], new: tuple[Tensor, ...], noise: Noise,
-                   t: int) -> tuple[Tensor, ...]:
+def _apply_zoneout(
+    cfg: CellFamily, old: tuple[Tensor, ...], new: tuple[Tensor, ...], noise: Noise, t: int
+) -> tuple[Tensor, ...]:
     """Zone out each state at time t; other carried values (fgr's gates) are taken as new."""
     n = len(cfg.states)
     keeps = noise.zoneout_keeps + (None,) * n
@@ -56,8 +57,14 @@ def _apply_zoneout(cfg: CellFamily, old: tuple[Tensor, ...], new: tuple[Tensor, 
     return tuple(mixed) + tuple(new[n:])
 
 
-def layer_step(cfg: CellFamily, x_proj_t: Tensor, carry: tuple[Tensor, ...], weights: LayerWeights,
-               noise: Noise | None = None, t: int = 0) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+def layer_step(
+    cfg: CellFamily,
+    x_proj_t: Tensor,
+    carry: tuple[Tensor, ...],
+    weights: LayerWeights,
+    noise: Noise | None = None,
+    t: int = 0,
+) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
     """One step of :func:`run_layer`'s loop before the lengths mask: the family's step on the input
     projection x_proj_t (B, G*H) from ``carry`` (``weights``: the step's, :func:`recurrent_weights`),
     with recurrent dropout's mask on h_{t-1} and zoneout (its masks at time t) applied. Returns

@@ -22,6 +22,18 @@ from .mingru import MinGRUFamily, MinLSTMFamily
 # isort: on
 
 __all__ = [
-    "CellFamily", "GRUFamily", "LSTMFamily", "LSTM_VARIANTS", "LayerWeights", "MinGRUFamily", "MinLSTMFamily", "RNNFamily", "SLSTMFamily", "family_class",
-    "family_origin", "register_family", "registered_families", "unregister_family",
+    "CellFamily",
+    "GRUFamily",
+    "LSTMFamily",
+    "LSTM_VARIANTS",
+    "LayerWeights",
+    "MinGRUFamily",
+    "MinLSTMFamily",
+    "RNNFamily",
+    "SLSTMFamily",
+    "family_class",
+    "family_origin",
+    "register_family",
+    "registered_families",
+    "unregister_family",
 ]

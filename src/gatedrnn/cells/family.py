@@ -36,8 +36,16 @@ TORCH_KEYS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 """The parameters torch's fused kernels take, in their order (per layer and direction)."""
 
 # Hooks whose override by a subclass makes the kernels of the class above it compute other math.
-_MATH_HOOKS = ("step", "step_with_recurrent_input", "run_sequence", "input_projection", "initial_carry",
-               "parameter_shapes", "state_sizes", "gates")
+_MATH_HOOKS = (
+    "step",
+    "step_with_recurrent_input",
+    "run_sequence",
+    "input_projection",
+    "initial_carry",
+    "parameter_shapes",
+    "state_sizes",
+    "gates",
+)
 
 
 class CellFamily:
@@ -89,8 +97,10 @@ class CellFamily:
         unknown = sorted(set(options) - set(self.option_defaults))
         if unknown:
             known = ", ".join(self.option_defaults) or "none"
-            raise TypeError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; "
-                            f"the family {self.name!r} takes: {known}")
+            raise TypeError(
+                f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; "
+                f"the family {self.name!r} takes: {known}"
+            )
         self.hidden_size = hidden_size
         self.bias = bias
         for key, default in self.option_defaults.items():
@@ -199,8 +209,9 @@ class CellFamily:
         A family may carry more (the first ``len(states)`` entries stay the states)."""
         return tuple(states)
 
-    def step(self, x_proj: Tensor, states: tuple[Tensor, ...],
-             weights: LayerWeights) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """One time step: the family's math.
 
         Args:
@@ -214,8 +225,9 @@ class CellFamily:
         """
         raise NotImplementedError(f"{type(self).__name__} must implement step(x_proj, states, weights)")
 
-    def step_with_recurrent_input(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-                                  h_in: Tensor) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
+    def step_with_recurrent_input(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor
+    ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
         """Hook: a step where h_{t-1} enters the recurrence as ``h_in`` (recurrent dropout's masked h).
 
         Default: :meth:`step` with ``h_in`` in place of the first state throughout the step. The
@@ -223,8 +235,9 @@ class CellFamily:
         """
         return self.step(x_proj, (h_in, *states[1:]), weights)
 
-    def run_sequence(self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights,
-                     lengths: Tensor | None, reverse: bool) -> tuple[Tensor, tuple[Tensor, ...]] | None:
+    def run_sequence(
+        self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, lengths: Tensor | None, reverse: bool
+    ) -> tuple[Tensor, tuple[Tensor, ...]] | None:
         """Hook: the whole of one layer and direction at once, for a family whose recurrence allows
         it (a scan over time); the reference loop calls it when no regularisation or recording asks
         for steps. It must compute what the step loop does, with the same padding rules (an inactive
@@ -248,8 +261,10 @@ class CellFamily:
         values = {**gate_values, **dict(zip(self.states, states))}
         missing = [n for n in self.trace_names if n not in values]
         if missing:
-            raise KeyError(f"{type(self).__name__}.step returned no value for {', '.join(missing)}: "
-                           f"expected gate values for {', '.join(self.trace_names)}")
+            raise KeyError(
+                f"{type(self).__name__}.step returned no value for {', '.join(missing)}: "
+                f"expected gate values for {', '.join(self.trace_names)}"
+            )
         return {n: values[n] for n in self.trace_names}
 
     # ----- backend hooks --------------------------------------------------------------------------
@@ -264,8 +279,10 @@ class CellFamily:
         """The kernel of ``backend`` that computes this cell, or None. A subclass that overrides the
         math (:data:`_MATH_HOOKS`) without declaring kernels of its own gets none of its parent's."""
         owner = _defining_class(type(self), "kernels")
-        if any(_defining_class(type(self), hook) is not owner and issubclass(_defining_class(type(self), hook), owner)
-               for hook in _MATH_HOOKS):
+        if any(
+            _defining_class(type(self), hook) is not owner and issubclass(_defining_class(type(self), hook), owner)
+            for hook in _MATH_HOOKS
+        ):
             return None
         return self.kernels().get(backend)
 
@@ -300,8 +317,12 @@ def _check_family_class(cls: object) -> type[CellFamily]:
         value = getattr(cls, attr)
         if isinstance(value, property):
             continue
-        if (not isinstance(value, tuple) or not value or not all(isinstance(v, str) and v for v in value)
-                or len(set(value)) != len(value)):
+        if (
+            not isinstance(value, tuple)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+            or len(set(value)) != len(value)
+        ):
             raise ValueError(f"{where}: expected `{attr}` to be a non-empty tuple of distinct names, got {value!r}")
     if _defining_class(cls, "step") is CellFamily:
         raise TypeError(f"{where}: a family must implement step(self, x_proj, states, weights)")
@@ -317,8 +338,10 @@ def register_family(cls: type[CellFamily]) -> type[CellFamily]:
     cls = _check_family_class(cls)
     taken = _REGISTRY.get(cls.name)
     if taken is not None and (taken.__module__, taken.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise ValueError(f"a cell family named {cls.name!r} is already registered ({_origin(taken)}); "
-                         "unregister_family it first or choose another name")
+        raise ValueError(
+            f"a cell family named {cls.name!r} is already registered ({_origin(taken)}); "
+            "unregister_family it first or choose another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -339,8 +362,10 @@ def family_class(family: str | type[CellFamily]) -> type[CellFamily]:
     """The family class for a registered name or a :class:`CellFamily` subclass (registered or not)."""
     if isinstance(family, str):
         if family not in _REGISTRY:
-            raise ValueError(f"unknown cell family {family!r}: expected one of {', '.join(map(repr, _REGISTRY))} "
-                             "or a gatedrnn.CellFamily subclass (register a family with gatedrnn.register_family)")
+            raise ValueError(
+                f"unknown cell family {family!r}: expected one of {', '.join(map(repr, _REGISTRY))} "
+                "or a gatedrnn.CellFamily subclass (register a family with gatedrnn.register_family)"
+            )
         return _REGISTRY[family]
     return _check_family_class(family)
 
@@ -356,5 +381,12 @@ def family_origin(cls: type[CellFamily]) -> dict[str, str]:
     return {"name": cls.name, "module": cls.__module__, "class": cls.__qualname__}
 
 
-__all__ = ["CellFamily", "LayerWeights", "family_class", "family_origin", "register_family", "registered_families",
-           "unregister_family"]
+__all__ = [
+    "CellFamily",
+    "LayerWeights",
+    "family_class",
+    "family_origin",
+    "register_family",
+    "registered_families",
+    "unregister_family",
+]

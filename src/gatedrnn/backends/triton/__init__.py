@@ -79,8 +79,10 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
         dtypes = _CUDA_DTYPES + (torch.float64,)
     elif x.device.type == "cuda":
         if not cuda_enabled(x.device):
-            return (f"the Triton kernels have not been verified on this GPU ({torch.cuda.get_device_name(x.device)}); "
-                    "set GATEDRNN_TRITON_CUDA=1 to use them (benchmarks/gpu_check.sh does)")
+            return (
+                f"the Triton kernels have not been verified on this GPU ({torch.cuda.get_device_name(x.device)}); "
+                "set GATEDRNN_TRITON_CUDA=1 to use them (benchmarks/gpu_check.sh does)"
+            )
         dtypes = _CUDA_DTYPES
     else:
         return f"expected a CUDA tensor, got one on {x.device.type}"
@@ -88,13 +90,16 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
     if dtype not in dtypes:
         return f"expected dtype in {', '.join(str(d) for d in dtypes)}, got {dtype}"
     if dtype == torch.bfloat16 and x.device.type == "cpu":
-        return ("torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
-                "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there")
+        return (
+            "torch.bfloat16 does not run under the Triton interpreter: its tl.dot gives wrong results for "
+            "bfloat16 operands (seen in Triton 3.9); use float16, float32 or float64 there"
+        )
     return None
 
 
-def _in_autocast_dtype(cfg: CellFamily, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights,
-                       **options) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
+def _in_autocast_dtype(
+    cfg: CellFamily, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights, **options
+) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """:func:`run_layer` under autocast: ``x``, the states and the weights cast to autocast's dtype
     and the layer run with autocast off, so that the kernels get one dtype (autocast would make
     the input projection bfloat16 and the bias sum float32 again). The casts are differentiable:
@@ -105,8 +110,14 @@ def _in_autocast_dtype(cfg: CellFamily, x: Tensor, state: tuple[Tensor, ...], we
     if noise is not None:  # the masks too: the reference loop of a recording call multiplies by them
         noise = noise.to(dtype)
     with torch.autocast(x.device.type, enabled=False):
-        return run_layer(cfg, x.to(dtype), tuple(s.to(dtype) for s in state),
-                         {key: w.to(dtype) for key, w in weights.items()}, noise=noise, **options)
+        return run_layer(
+            cfg,
+            x.to(dtype),
+            tuple(s.to(dtype) for s in state),
+            {key: w.to(dtype) for key, w in weights.items()},
+            noise=noise,
+            **options,
+        )
 
 
 def input_projection(cfg: CellFamily, x: Tensor, w: LayerWeights) -> tuple[Tensor, Tensor | None]:
@@ -123,8 +134,9 @@ def input_projection(cfg: CellFamily, x: Tensor, w: LayerWeights) -> tuple[Tenso
     return (xw if bias is None else xw + bias), bias_hn
 
 
-def kernel_noise(cfg: CellFamily, noise: Noise | None, x: Tensor
-                 ) -> tuple[int, Tensor | None, Tensor | None, Tensor | None] | None:
+def kernel_noise(
+    cfg: CellFamily, noise: Noise | None, x: Tensor
+) -> tuple[int, Tensor | None, Tensor | None, Tensor | None] | None:
     """A call's regularisation as the kernels take it: (zoneout mode, keep of h, keep of the
     second state (the LSTM's cell), recurrent dropout mask). Mode 1 passes the sampled (T, B, .)
     keep masks, mode 2 (evaluation) the expectation p in a (1,) tensor of the accumulation dtype,
@@ -162,18 +174,19 @@ def run_layer(
     cell state as always): see :func:`_in_autocast_dtype`."""
     require_support(name, supports(cfg, x))
     if autocast_on(x.device.type):
-        return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
-                                  record=record)
+        return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     regularisation = kernel_noise(cfg, noise, x)
     if record or regularisation is None or x.shape[0] == 0:  # T = 0: no step to launch, the state passes through
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise,
-                                   record=record)
+        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     T, B = x.shape[:2]
     xw, bias_hn = input_projection(cfg, x, weights)
     # a length beyond T means every step is real, as in the reference loop; clamped, so that no
     # kernel reads past step T - 1 (fgr's previous gates of a reversed row's first step)
-    lens = (torch.full((B,), T, dtype=torch.int32, device=x.device) if lengths is None
-            else lengths.clamp(max=T).to(torch.int32))
+    lens = (
+        torch.full((B,), T, dtype=torch.int32, device=x.device)
+        if lengths is None
+        else lengths.clamp(max=T).to(torch.int32)
+    )
     spec = KernelSpec.from_config(cfg)
     cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
 
@@ -182,12 +195,29 @@ def run_layer(
 
     zoneout, keep_h, keep_c, rmask = regularisation
     hs, c_final, *_ = recurrence(
-        xw.contiguous(), lens, state[0].contiguous(), state[1].contiguous() if cell else None,
-        given("weight_hh"), given("weight_hr", spec.proj), given("weight_ch", spec.variant == "peephole"),
-        padded_gate_weight(weights["weight_gg"]) if spec.fgr else None, bias_hn,
-        given("ln_weight_hh", spec.layer_norm), given("ln_weight_c", spec.layer_norm and cell),
-        given("ln_bias_c", spec.layer_norm and cell), keep_h, keep_c, rmask, spec.cell, spec.variant,
-        spec.reset_after, spec.relu, float(cfg.eps), zoneout, reverse, bool(torch.backends.cuda.matmul.allow_tf32),
+        xw.contiguous(),
+        lens,
+        state[0].contiguous(),
+        state[1].contiguous() if cell else None,
+        given("weight_hh"),
+        given("weight_hr", spec.proj),
+        given("weight_ch", spec.variant == "peephole"),
+        padded_gate_weight(weights["weight_gg"]) if spec.fgr else None,
+        bias_hn,
+        given("ln_weight_hh", spec.layer_norm),
+        given("ln_weight_c", spec.layer_norm and cell),
+        given("ln_bias_c", spec.layer_norm and cell),
+        keep_h,
+        keep_c,
+        rmask,
+        spec.cell,
+        spec.variant,
+        spec.reset_after,
+        spec.relu,
+        float(cfg.eps),
+        zoneout,
+        reverse,
+        bool(torch.backends.cuda.matmul.allow_tf32),
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
     if lengths is not None:

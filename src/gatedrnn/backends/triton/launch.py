@@ -100,9 +100,14 @@ class KernelSpec:
         """The kernels' shape for ``cfg``, before a call's regularisation: the kernel it names
         (``cfg.kernel("triton")``) and the options that kernel reads, each at this class's default
         where the family has no such option."""
-        return cls(cfg.kernel("triton"), getattr(cfg, "variant", "vanilla"), getattr(cfg, "reset_after", True),
-                   getattr(cfg, "nonlinearity", "tanh") == "relu", getattr(cfg, "proj_size", 0) > 0,
-                   getattr(cfg, "layer_norm", False))
+        return cls(
+            cfg.kernel("triton"),
+            getattr(cfg, "variant", "vanilla"),
+            getattr(cfg, "reset_after", True),
+            getattr(cfg, "nonlinearity", "tanh") == "relu",
+            getattr(cfg, "proj_size", 0) > 0,
+            getattr(cfg, "layer_norm", False),
+        )
 
     @property
     def kind(self) -> int:
@@ -189,12 +194,26 @@ class KernelSpec:
         index = {name: (self.gates.index(name) if name in self.gates else -1) for name in _LSTM_GATE_FLAGS}
         return dict(
             CELL=self.kind,
-            G=self.num_gates, GA=self.matmul_gates, GS=self.saved_gates,
-            IDX_I=index["i"], IDX_F=index["f"], IDX_G=index["g"], IDX_O=index["o"],
-            CIFG=self.variant == "cifg", PEEP=self.variant == "peephole",
-            G_ACT=self.variant != "niaf", O_ACT=self.variant != "noaf",
-            PROJ=self.proj, RESET_AFTER=self.reset_after, RELU=self.relu, TWO_PHASE=self.two_phase,
-            LN=self.layer_norm, NS=self.stat_slots, ZO=self.zoneout, DROP=self.dropout, FGR=self.fgr,
+            G=self.num_gates,
+            GA=self.matmul_gates,
+            GS=self.saved_gates,
+            IDX_I=index["i"],
+            IDX_F=index["f"],
+            IDX_G=index["g"],
+            IDX_O=index["o"],
+            CIFG=self.variant == "cifg",
+            PEEP=self.variant == "peephole",
+            G_ACT=self.variant != "niaf",
+            O_ACT=self.variant != "noaf",
+            PROJ=self.proj,
+            RESET_AFTER=self.reset_after,
+            RELU=self.relu,
+            TWO_PHASE=self.two_phase,
+            LN=self.layer_norm,
+            NS=self.stat_slots,
+            ZO=self.zoneout,
+            DROP=self.dropout,
+            FGR=self.fgr,
         )
 
 
@@ -252,8 +271,7 @@ def _device_limits(device: torch.device) -> tuple[int, int]:
     return props.multi_processor_count, smem
 
 
-def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, KB: int, KG: int,
-                   itemsize: int) -> int:
+def resident_bytes(spec: KernelSpec, backward: bool, BB: int, BH: int, KA: int, KB: int, KG: int, itemsize: int) -> int:
     """Shared memory of the resident operands: each phase's weight tile plus its staged
     exchange vector (BB rows), e.g. (R, G*BH) + (BB, R) for the forward matmul of h_{t-1}; for
     fgr also the always streamed chunk of its gate weight and gates, (KG, 4*BH) + (BB, KG) forward,
@@ -302,9 +320,19 @@ def _min_block_h(spec: KernelSpec, backward: bool) -> int:
     return max(1, 16 // _pow2(spec.matmul_gates))
 
 
-def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch.dtype, device: torch.device,
-          reverse: bool, allow_tf32: bool, resident: bool | None = None,
-          limits: tuple[int, int] | None = None) -> _Launch:
+def _plan(
+    spec: KernelSpec,
+    backward: bool,
+    B: int,
+    H: int,
+    R: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    reverse: bool,
+    allow_tf32: bool,
+    resident: bool | None = None,
+    limits: tuple[int, int] | None = None,
+) -> _Launch:
     """Grid, blocks and path for the forward (``backward=False``) or backward kernel; ``limits``
     (SM count, shared memory per block) stands in for the device's own (building for a GPU that
     is not here, :mod:`.offline`)."""
@@ -336,8 +364,9 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
     if resident is None:
         resident = tuning.resident
     if resident is None:
-        need = resident_bytes(spec, backward, resident_bb, block_h, max(low, _pow2(ka_full)),
-                              max(low, _pow2(kb_full)), KG, itemsize)
+        need = resident_bytes(
+            spec, backward, resident_bb, block_h, max(low, _pow2(ka_full)), max(low, _pow2(kb_full)), KG, itemsize
+        )
         resident = need + _SMEM_MARGIN <= smem
     if resident:
         block_b = resident_bb
@@ -348,9 +377,19 @@ def _plan(spec: KernelSpec, backward: bool, B: int, H: int, R: int, dtype: torch
         chunk = tuning.block_k or (_STREAM_K if on_gpu else 2)
         KA, KB = max(low, min(_pow2(ka_full), chunk)), max(low, min(_pow2(kb_full), chunk))
     consts = dict(
-        spec.constexprs(), **spec.phase_slots(backward), PP=_merge_chunk(programs, block_b, on_gpu), REVERSE=reverse,
-        RESIDENT=bool(resident), STAGES=_stages(bool(resident), persistent), BB=block_b, BH=block_h, KA=KA, KB=KB,
-        KG=KG, GAP=GAP, ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
+        spec.constexprs(),
+        **spec.phase_slots(backward),
+        PP=_merge_chunk(programs, block_b, on_gpu),
+        REVERSE=reverse,
+        RESIDENT=bool(resident),
+        STAGES=_stages(bool(resident), persistent),
+        BB=block_b,
+        BH=block_h,
+        KA=KA,
+        KB=KB,
+        KG=KG,
+        GAP=GAP,
+        ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
         PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
     )
     tile = max(KA * GAP * block_h, KB * block_h)
@@ -380,8 +419,9 @@ def _launch(kernel, plan: _Launch, args: tuple, sizes: tuple, T: int) -> None:
             kernel[grid](*args, part, unused, *sizes, s, 1, PHASE=phase, num_warps=plan.num_warps, **c)
 
 
-def _run(kernel, name: str, plan_args: tuple, args: tuple, sizes: tuple, T: int,
-         extra: dict[str, object] | None = None) -> None:
+def _run(
+    kernel, name: str, plan_args: tuple, args: tuple, sizes: tuple, T: int, extra: dict[str, object] | None = None
+) -> None:
     """Plan and launch ``kernel``; a resident plan the device refuses for lack of resources is
     retried with streamed weights (shared memory estimates can miss Triton's own scratch)."""
     plan = _plan(*plan_args)
@@ -406,9 +446,22 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor,
-            weight_hr: Tensor | None, weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None,
-            ln: LayerNormWeights, noise: NoiseBuffers, reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+def forward(
+    spec: KernelSpec,
+    xw: Tensor,
+    lengths: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    weight_hh: Tensor,
+    weight_hr: Tensor | None,
+    weight_ch: Tensor | None,
+    weight_gg: Tensor | None,
+    bias_hn: Tensor | None,
+    ln: LayerNormWeights,
+    noise: NoiseBuffers,
+    reverse: bool,
+    allow_tf32: bool,
+) -> tuple[Tensor, ...]:
     """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux, hat, hatc, rstd)
     (the last three, the layer norms' saved statistics, empty without layer norm). ``weight_gg``
     is fgr's, padded to (4H, 4H) (:func:`padded_gate_weight`)."""
@@ -433,19 +486,59 @@ def forward(spec: KernelSpec, xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tenso
     if spec.dropout:  # h ⊙ m for the recurrent product, in two slots by hs index (kernels/noise.py)
         hin = _new_buffer((2, B, R), dt, dev)
         hin[start % 2] = h0 * noise.rmask
-    args = (xw, lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(weight_gg, none),
-            _or(bias_hn, none),
-            hs, _or(cs, none), _or(gates, none), _or(aux, none), _or(hat, none), _or(hatc, none), _or(rstd, none),
-            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none), hin)
-    _run(recurrence_fwd_kernel, "forward", (spec, False, B, H, R, dt, dev, reverse, allow_tf32), args,
-         (T, B, H, R, ln.eps), T, {"HAS_BN": bias_hn is not None})
+    args = (
+        xw,
+        lengths,
+        weight_hh,
+        _or(weight_hr, none),
+        _or(weight_ch, none),
+        _or(weight_gg, none),
+        _or(bias_hn, none),
+        hs,
+        _or(cs, none),
+        _or(gates, none),
+        _or(aux, none),
+        _or(hat, none),
+        _or(hatc, none),
+        _or(rstd, none),
+        _or(ln.gain, none),
+        _or(ln.cell_gain, none),
+        _or(ln.cell_shift, none),
+        *_noise_args(noise, none),
+        hin,
+    )
+    _run(
+        recurrence_fwd_kernel,
+        "forward",
+        (spec, False, B, H, R, dt, dev, reverse, allow_tf32),
+        args,
+        (T, B, H, R, ln.eps),
+        T,
+        {"HAS_BN": bias_hn is not None},
+    )
     return hs, cs, gates, aux, hat, hatc, rstd
 
 
-def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, hs: Tensor, cs: Tensor,
-             gates: Tensor, hat: Tensor, hatc: Tensor, rstd: Tensor, weight_hh: Tensor, weight_hr: Tensor | None,
-             weight_ch: Tensor | None, weight_gg: Tensor | None, ln: LayerNormWeights, noise: NoiseBuffers,
-             reverse: bool, allow_tf32: bool) -> tuple[Tensor, ...]:
+def backward(
+    spec: KernelSpec,
+    dhs: Tensor,
+    dc: Tensor | None,
+    lengths: Tensor,
+    hs: Tensor,
+    cs: Tensor,
+    gates: Tensor,
+    hat: Tensor,
+    hatc: Tensor,
+    rstd: Tensor,
+    weight_hh: Tensor,
+    weight_hr: Tensor | None,
+    weight_ch: Tensor | None,
+    weight_gg: Tensor | None,
+    ln: LayerNormWeights,
+    noise: NoiseBuffers,
+    reverse: bool,
+    allow_tf32: bool,
+) -> tuple[Tensor, ...]:
     """Run the backward recurrence. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
     (T, B, G*H) the gradients of the input-side pre-activations; drec those of the recurrent terms
     as they are added (empty when equal to d); dprod those of the recurrent products h_{t-1} U^T
@@ -469,13 +562,39 @@ def backward(spec: KernelSpec, dhs: Tensor, dc: Tensor | None, lengths: Tensor, 
     else:
         carry_c = hs.new_empty(0, dtype=acc)
     rec = _or(drec, d)
-    args = (lengths, weight_hh, _or(weight_hr, none), _or(weight_ch, none), _or(weight_gg, none), hs, _or(cs, none),
-            _or(gates, none),
-            dhs, d, rec, _or(dprod, rec), _or(ghr, none), _or(dchat, none), carry_h, _or(carry_c, none),
-            _or(hat, none), _or(hatc, none), _or(rstd, none),
-            _or(ln.gain, none), _or(ln.cell_gain, none), _or(ln.cell_shift, none), *_noise_args(noise, none))
-    _run(recurrence_bwd_kernel, "backward", (spec, True, B, H, R, dt, dev, reverse, allow_tf32), args,
-         (T, B, H, R, ln.eps), T)
+    args = (
+        lengths,
+        weight_hh,
+        _or(weight_hr, none),
+        _or(weight_ch, none),
+        _or(weight_gg, none),
+        hs,
+        _or(cs, none),
+        _or(gates, none),
+        dhs,
+        d,
+        rec,
+        _or(dprod, rec),
+        _or(ghr, none),
+        _or(dchat, none),
+        carry_h,
+        _or(carry_c, none),
+        _or(hat, none),
+        _or(hatc, none),
+        _or(rstd, none),
+        _or(ln.gain, none),
+        _or(ln.cell_gain, none),
+        _or(ln.cell_shift, none),
+        *_noise_args(noise, none),
+    )
+    _run(
+        recurrence_bwd_kernel,
+        "backward",
+        (spec, True, B, H, R, dt, dev, reverse, allow_tf32),
+        args,
+        (T, B, H, R, ln.eps),
+        T,
+    )
     return d, drec, dprod, ghr, dchat, carry_h, carry_c
 
 

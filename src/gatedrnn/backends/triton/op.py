@@ -118,14 +118,29 @@ class Settings:
 
     def spec(self, operands: Operands) -> KernelSpec:
         """The kernels' compile-time shape: these settings and which operands are present."""
-        return KernelSpec(self.cell, self.variant, self.reset_after, self.relu, operands.weight_hr is not None,
-                          operands.ln_weight_hh is not None, self.zoneout, operands.rmask is not None)
+        return KernelSpec(
+            self.cell,
+            self.variant,
+            self.reset_after,
+            self.relu,
+            operands.weight_hr is not None,
+            operands.ln_weight_hh is not None,
+            self.zoneout,
+            operands.rmask is not None,
+        )
 
 
 @torch.library.custom_op("gatedrnn::triton_recurrence", mutates_args=())
 def triton_recurrence(
-    xw: Tensor, lengths: Tensor, h0: Tensor, weight_hh: Tensor, operands: list[Tensor], cell: str,
-    variant: str, flags: int, eps: float,
+    xw: Tensor,
+    lengths: Tensor,
+    h0: Tensor,
+    weight_hh: Tensor,
+    operands: list[Tensor],
+    cell: str,
+    variant: str,
+    flags: int,
+    eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Forward recurrence over xw (T, B, G*H) from h0 (B, R): returns (hs (T+1, B, R), c_final (B, H)
     or empty, cs, gates, aux, hat, hatc, rstd), see :func:`.launch.forward`. ``operands``: the
@@ -133,8 +148,21 @@ def triton_recurrence(
     given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     reverse = settings.reverse
     hs, cs, gates, aux, hat, hatc, rstd = launch.forward(
-        settings.spec(given), xw, lengths, h0, given.c0, weight_hh, given.weight_hr, given.weight_ch,
-        given.weight_gg, given.bias_hn, given.layer_norm(eps), given.noise(), reverse, settings.allow_tf32)
+        settings.spec(given),
+        xw,
+        lengths,
+        h0,
+        given.c0,
+        weight_hh,
+        given.weight_hr,
+        given.weight_ch,
+        given.weight_gg,
+        given.bias_hn,
+        given.layer_norm(eps),
+        given.noise(),
+        reverse,
+        settings.allow_tf32,
+    )
     c_final = cs[0 if reverse else -1].clone() if cs.numel() else cs.new_empty(0)
     return hs, c_final, cs, gates, aux, hat, hatc, rstd
 
@@ -160,16 +188,35 @@ def _(xw, lengths, h0, weight_hh, operands, cell, variant, flags, eps):
 
 
 def recurrence(
-    xw: Tensor, lengths: Tensor, h0: Tensor, c0: Tensor | None, weight_hh: Tensor, weight_hr: Tensor | None,
-    weight_ch: Tensor | None, weight_gg: Tensor | None, bias_hn: Tensor | None, ln_weight_hh: Tensor | None,
-    ln_weight_c: Tensor | None, ln_bias_c: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None,
-    rmask: Tensor | None, cell: str, variant: str, reset_after: bool, relu: bool, eps: float, zoneout: int,
-    reverse: bool, allow_tf32: bool,
+    xw: Tensor,
+    lengths: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    weight_hh: Tensor,
+    weight_hr: Tensor | None,
+    weight_ch: Tensor | None,
+    weight_gg: Tensor | None,
+    bias_hn: Tensor | None,
+    ln_weight_hh: Tensor | None,
+    ln_weight_c: Tensor | None,
+    ln_bias_c: Tensor | None,
+    keep_h: Tensor | None,
+    keep_c: Tensor | None,
+    rmask: Tensor | None,
+    cell: str,
+    variant: str,
+    reset_after: bool,
+    relu: bool,
+    eps: float,
+    zoneout: int,
+    reverse: bool,
+    allow_tf32: bool,
 ) -> tuple[Tensor, ...]:
     """:func:`triton_recurrence` with every operand and setting named: the optional tensors are
     gathered into :class:`Operands`, the settings into :class:`Settings`."""
-    operands = Operands(c0, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, keep_h,
-                        keep_c, rmask)
+    operands = Operands(
+        c0, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, keep_h, keep_c, rmask
+    )
     settings = Settings(cell, variant, reset_after, relu, zoneout, reverse, allow_tf32, eps)
     return triton_recurrence(xw, lengths, h0, weight_hh, operands.pack(xw), *settings.arguments())
 
@@ -187,16 +234,41 @@ class Saved(NamedTuple):
 
 @torch.library.custom_op("gatedrnn::triton_recurrence_backward", mutates_args=())
 def triton_recurrence_backward(
-    dhs: Tensor, dc: Tensor | None, lengths: Tensor, weight_hh: Tensor, saved: list[Tensor],
-    operands: list[Tensor], cell: str, variant: str, flags: int, eps: float,
+    dhs: Tensor,
+    dc: Tensor | None,
+    lengths: Tensor,
+    weight_hh: Tensor,
+    saved: list[Tensor],
+    operands: list[Tensor],
+    cell: str,
+    variant: str,
+    flags: int,
+    eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`.
     ``saved``: :class:`Saved`; the rest as :func:`triton_recurrence` (``c0`` and ``bias_hn`` unused)."""
     given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     hs, cs, gates, hat, hatc, rstd = saved
-    return launch.backward(settings.spec(given), dhs, dc, lengths, hs, cs, gates, hat, hatc, rstd, weight_hh,
-                           given.weight_hr, given.weight_ch, given.weight_gg, given.layer_norm(eps), given.noise(),
-                           settings.reverse, settings.allow_tf32)
+    return launch.backward(
+        settings.spec(given),
+        dhs,
+        dc,
+        lengths,
+        hs,
+        cs,
+        gates,
+        hat,
+        hatc,
+        rstd,
+        weight_hh,
+        given.weight_hr,
+        given.weight_ch,
+        given.weight_gg,
+        given.layer_norm(eps),
+        given.noise(),
+        settings.reverse,
+        settings.allow_tf32,
+    )
 
 
 @triton_recurrence_backward.register_fake
@@ -230,14 +302,15 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dhs, dc, *_non_differentiable):
     lengths, weight_hh, aux, *rest = ctx.saved_tensors
-    saved, operands = Saved(*rest[:len(Saved._fields)]), rest[len(Saved._fields):]
+    saved, operands = Saved(*rest[: len(Saved._fields)]), rest[len(Saved._fields) :]
     given = Operands.unpack(operands)
     settings = Settings.from_arguments(*ctx.settings)
     spec, reverse = settings.spec(given), settings.reverse
     hs, cs, gates = saved.hs, saved.cs, saved.gates
     dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
     d, drec, dprod, ghr, dchat, carry_h, carry_c = triton_recurrence_backward(
-        dhs, dc, lengths, weight_hh, list(saved), operands, *ctx.settings)
+        dhs, dc, lengths, weight_hh, list(saved), operands, *ctx.settings
+    )
     T, B = d.shape[:2]
     H = weight_hh.shape[0] // spec.num_gates
     added = drec if spec.split_recurrent_grad else d  # dL/d(recurrent term as added to the pre-activation)
@@ -252,8 +325,9 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
     dh0 = carry_h + dhs[start] + (gather if given.rmask is None else gather * given.rmask).to(carry_h.dtype)
     flat = prod.reshape(T * B, -1)
     if spec.gru_before:
-        d_weight_hh = torch.cat([flat[:, :rows].t().matmul(h_prev.reshape(T * B, -1)),
-                                 flat[:, rows:].t().matmul(aux.reshape(T * B, -1))])
+        d_weight_hh = torch.cat(
+            [flat[:, :rows].t().matmul(h_prev.reshape(T * B, -1)), flat[:, rows:].t().matmul(aux.reshape(T * B, -1))]
+        )
     else:
         d_weight_hh = flat.t().matmul(h_prev.reshape(T * B, -1))
     grads = {}
@@ -272,7 +346,7 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
     if given.weight_gg is not None:
         grads["weight_gg"] = _gate_weight_grad(d, gates, lengths, reverse).to(given.weight_gg.dtype)
     if given.bias_hn is not None:
-        grads["bias_hn"] = added[..., 2 * H:].sum((0, 1))
+        grads["bias_hn"] = added[..., 2 * H :].sum((0, 1))
     if spec.layer_norm:
         grads["ln_weight_hh"] = (added.to(saved.hat.dtype) * saved.hat).sum((0, 1)).to(given.ln_weight_hh.dtype)
         if spec.has_cell_state:
@@ -304,7 +378,8 @@ def _no_second_derivative(ctx, *grads):
     raise RuntimeError(
         "second derivatives (a backward through gradients computed with create_graph=True: gradient "
         "penalties, gradgradcheck) are not implemented by backend='triton', whose backward kernel is first "
-        "order; expected a module with backend='reference' (any device) or 'cpu' (CPU tensors) for them")
+        "order; expected a module with backend='reference' (any device) or 'cpu' (CPU tensors) for them"
+    )
 
 
 triton_recurrence.register_autograd(_backward, setup_context=_setup_context)

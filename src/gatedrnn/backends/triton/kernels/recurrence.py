@@ -97,8 +97,9 @@ from .primitives import (
 
 
 @triton.jit
-def _pre_activation(acc, x_row, g: tl.constexpr, H, mask, BB: tl.constexpr, GAP: tl.constexpr, BH: tl.constexpr,
-                    ACC: tl.constexpr):
+def _pre_activation(
+    acc, x_row, g: tl.constexpr, H, mask, BB: tl.constexpr, GAP: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr
+):
     """Gate g's (BB, BH) pre-activation: its block of the recurrent product ``acc`` plus its part of
     the input projection xw_t (``x_row``, gate-major rows of width H)."""
     return pick_gate(acc, g, BB, GAP, BH) + tl.load(x_row + g * H, mask=mask, other=0.0).to(ACC)
@@ -115,8 +116,7 @@ def _times(s, T, REVERSE: tl.constexpr):
 
 
 @triton.jit
-def _fwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP: tl.constexpr,
-                   KC: tl.constexpr):
+def _fwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP: tl.constexpr, KC: tl.constexpr):
     """(KC, GAP*BH): rows S of phase A's gate blocks of U, columns k0 .. k0+KC, transposed."""
     return load_gated_rows_t(u_ptr, GA, H, s0, R, k0, R, BH, GAP, KC)
 
@@ -131,8 +131,7 @@ def _fwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL: tl.constexpr, BH: tl.cons
 
 
 @triton.jit
-def _bwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP: tl.constexpr,
-                   KC: tl.constexpr):
+def _bwd_a_weights(u_ptr, k0, s0, H, R, GA: tl.constexpr, BH: tl.constexpr, GAP: tl.constexpr, KC: tl.constexpr):
     """(GAP*KC, BH): columns S of U, rows k0 .. k0+KC of each of phase A's gate blocks."""
     return load_gated_cols(u_ptr, GA, H, 0, k0, R, s0, R, BH, GAP, KC)
 
@@ -147,9 +146,26 @@ def _bwd_b_weights(u_ptr, whr_ptr, k0, s0, H, R, CELL: tl.constexpr, BH: tl.cons
 
 
 @triton.jit
-def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexpr, RESIDENT: tl.constexpr,
-                  STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
-                  ACC: tl.constexpr, PREC: tl.constexpr):
+def fwd_product_a(
+    h_ptr,
+    offs_b,
+    mb,
+    u_ptr,
+    u_tile,
+    s0,
+    B,
+    H,
+    R,
+    GA: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, GAP*BH) gate-major: h_{t-1} @ U[S]^T for phase A's gate blocks, h_{t-1} the (B, R)
     matrix at ``h_ptr`` (:func:`.noise.product_input`), rows ``mb``. Also fgr's gate-to-gate
     product (:func:`fgr_product`), whose vector, the saved activations, is rounded to U's dtype."""
@@ -166,9 +182,27 @@ def fwd_product_a(h_ptr, offs_b, mb, u_ptr, u_tile, s0, B, H, R, GA: tl.constexp
 
 
 @triton.jit
-def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL: tl.constexpr,
-                  RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
-                  ACC: tl.constexpr, PREC: tl.constexpr):
+def fwd_product_b(
+    aux_ptr,
+    t,
+    offs_b,
+    mb,
+    u_ptr,
+    whr_ptr,
+    w_tile,
+    s0,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KB: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, BH): aux_t @ W_hr[S]^T (LSTM, aux = h before projection) or aux_t @ U_n[S]^T (GRU, aux = r h)."""
     acc = tl.zeros((BB, BH), ACC)
     for k0 in tl.range(0, H, KB, num_stages=STAGES):
@@ -182,9 +216,30 @@ def fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, C
 
 
 @triton.jit
-def gathered_product(rec_ptr, t_next, s, offs_b, mb, w_ptr, w_tile, s0, B, H, n_cols, n_valid, G: tl.constexpr,
-                     GA: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
-                     BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def gathered_product(
+    rec_ptr,
+    t_next,
+    s,
+    offs_b,
+    mb,
+    w_ptr,
+    w_tile,
+    s0,
+    B,
+    H,
+    n_cols,
+    n_valid,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, BH): rec_{t_next}[:, blocks < GA] @ w[:, S] with rec the (T, B, G*H) gradients of the
     next step's pre-activations and w a row-major weight of ``n_cols`` columns (columns s0 ..
     s0+BH, those < ``n_valid`` real; rows gate-major, H per block); zero at backward step s == 0,
@@ -192,8 +247,9 @@ def gathered_product(rec_ptr, t_next, s, offs_b, mb, w_ptr, w_tile, s0, B, H, n_
     has_next = mb & ((offs_b * 0 + s) > 0)
     gather = tl.zeros((BB, BH), ACC)
     for k0 in tl.range(0, H, KA, num_stages=STAGES):
-        d_next = load_gated_full(rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next,
-                                 GA, H, 0, k0, GAP, KA)  # (BB, GAP*KA)
+        d_next = load_gated_full(
+            rec_ptr + t_next.to(tl.int64) * B * (G * H), G * H, offs_b, has_next, GA, H, 0, k0, GAP, KA
+        )  # (BB, GAP*KA)
         if RESIDENT:
             w = w_tile
         else:
@@ -203,8 +259,24 @@ def gathered_product(rec_ptr, t_next, s, offs_b, mb, w_ptr, w_tile, s0, B, H, n_
 
 
 @triton.jit
-def fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE: tl.constexpr, STAGES: tl.constexpr,
-                BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def fgr_product(
+    gates_ptr,
+    gg_ptr,
+    len_ptr,
+    t,
+    offs_b,
+    mb,
+    s0,
+    B,
+    H,
+    REVERSE: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KG: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, 4*BH) gate-major, fgr's gate-to-gate recurrence: the previous step's saved (i, f, g, o)
     of all H units times gg[S]^T, gg = weight_gg padded to (4H, 4H) with zero g row and column
     blocks; streamed in chunks of KG columns. Zero for rows whose previous step did not run (the
@@ -216,38 +288,147 @@ def fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE: tl
 
 
 @triton.jit
-def fgr_gathered(d_ptr, gg_ptr, t_next, s, m: tl.constexpr, offs_b, mb, s0, B, H, FGR: tl.constexpr,
-                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr,
-                 PREC: tl.constexpr):
+def fgr_gathered(
+    d_ptr,
+    gg_ptr,
+    t_next,
+    s,
+    m: tl.constexpr,
+    offs_b,
+    mb,
+    s0,
+    B,
+    H,
+    FGR: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KG: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, BH) with ``FGR``, else 0: dL/d(the step's activation block m)[S] through the next step's
     gate-to-gate product, d_{t_next} @ gg[:, m*H + S] (d the (T, B, 4H) pre-activation gradients;
     see :func:`fgr_product`)."""
     if FGR:  # both branches (one return each): the compiler sees only the taken one
-        return gathered_product(d_ptr, t_next, s, offs_b, mb, gg_ptr + m * H, 0, s0, B, H, 4 * H, H, 4, 4, False,
-                                STAGES, BB, BH, KG, 4, ACC, PREC)
+        return gathered_product(
+            d_ptr,
+            t_next,
+            s,
+            offs_b,
+            mb,
+            gg_ptr + m * H,
+            0,
+            s0,
+            B,
+            H,
+            4 * H,
+            H,
+            4,
+            4,
+            False,
+            STAGES,
+            BB,
+            BH,
+            KG,
+            4,
+            ACC,
+            PREC,
+        )
     else:
         return 0.0
 
 
 @triton.jit
-def bwd_gathered_dh(rec_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile, rmask_ptr, s0,
-                    B, H, R, G: tl.constexpr, GA: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
-                    STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, GAP: tl.constexpr,
-                    ACC: tl.constexpr, PREC: tl.constexpr):
+def bwd_gathered_dh(
+    rec_ptr,
+    dhs_ptr,
+    ch_ptr,
+    t_next,
+    new,
+    s,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    u_ptr,
+    u_tile,
+    rmask_ptr,
+    s0,
+    B,
+    H,
+    R,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    DROP: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, BH) dL/dh_t[S]: the carried local part (``ch_ptr``), dL/dhs, and the gather
     rec_{t+1} @ U[:, S] of the next step's recurrent pre-activation gradients (zero at s == 0),
     times the recurrent dropout mask with ``DROP`` (h_t entered that product masked)."""
-    gather = gathered_product(rec_ptr, t_next, s, offs_b, mb, u_ptr, u_tile, s0, B, H, R, R, G, GA, RESIDENT, STAGES,
-                              BB, BH, KA, GAP, ACC, PREC)
+    gather = gathered_product(
+        rec_ptr,
+        t_next,
+        s,
+        offs_b,
+        mb,
+        u_ptr,
+        u_tile,
+        s0,
+        B,
+        H,
+        R,
+        R,
+        G,
+        GA,
+        RESIDENT,
+        STAGES,
+        BB,
+        BH,
+        KA,
+        GAP,
+        ACC,
+        PREC,
+    )
     gather = dropped(gather, rmask_ptr, offs_b, mb, offs_j, R, DROP)
-    return (tl.load(ch_ptr, mask=mask, other=0.0) + gather
-            + tl.load(rows_of(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC))
+    return (
+        tl.load(ch_ptr, mask=mask, other=0.0)
+        + gather
+        + tl.load(rows_of(dhs_ptr, new, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+    )
 
 
 @triton.jit
-def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL: tl.constexpr,
-                  G: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
-                  KB: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def bwd_product_b(
+    ghr_ptr,
+    d_ptr,
+    t,
+    offs_b,
+    mb,
+    u_ptr,
+    whr_ptr,
+    w_tile,
+    s0,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KB: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """(BB, BH): LSTM dh_r @ W_hr[:, S] (dh_r from ``ghr_ptr``), GRU da_n @ U_n[:, S] (the n block of
     the (T, B, G*H) buffer ``d_ptr``). K = R for the LSTM and H = R for the GRU."""
     prod = tl.zeros((BB, BH), ACC)
@@ -255,8 +436,9 @@ def bwd_product_b(ghr_ptr, d_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, 
         if CELL == 0:
             a_chunk = load_row_chunk(ghr_ptr + t.to(tl.int64) * B * R, R, offs_b, mb, k0, R, KB)  # (BB, KB)
         else:
-            a_chunk = load_gated_full(d_ptr + t.to(tl.int64) * B * (G * H), G * H, offs_b, mb,
-                                      1, H, 2, k0, 1, KB)  # (BB, KB) of da_n
+            a_chunk = load_gated_full(
+                d_ptr + t.to(tl.int64) * B * (G * H), G * H, offs_b, mb, 1, H, 2, k0, 1, KB
+            )  # (BB, KB) of da_n
         if RESIDENT:
             w = w_tile
         else:
@@ -277,10 +459,30 @@ def _lstm_gate(g_row, idx: tl.constexpr, one, mask, H):
 
 
 @triton.jit
-def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
-                IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                BB: tl.constexpr, GAP: tl.constexpr, BH: tl.constexpr, ACC: tl.constexpr):
+def _lstm_fwd_a(
+    x_row,
+    g_row,
+    c_prev,
+    act,
+    mask,
+    peep_ptr,
+    offs_j,
+    mj,
+    H,
+    acc,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    BB: tl.constexpr,
+    GAP: tl.constexpr,
+    BH: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """LSTM gates, saved to ``g_row``; returns (c_t, h_t before projection)."""
     pre_g = _pre_activation(acc, x_row, IDX_G, H, mask, BB, GAP, BH, ACC)
     one = tl.full(pre_g.shape, 1.0, ACC)
@@ -324,31 +526,120 @@ def _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
 
 
 @triton.jit
-def _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr, keep_h_ptr,
-                  B, H, R, PROJ: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, ACC: tl.constexpr):
+def _lstm_store_h(
+    h,
+    t,
+    prev,
+    new,
+    act,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    hs_ptr,
+    aux_ptr,
+    hin_ptr,
+    rmask_ptr,
+    keep_h_ptr,
+    B,
+    H,
+    R,
+    PROJ: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """The LSTM's h_t (BB, BH): before the projection into ``aux`` (phase B projects and stores
     it), else the carried state into ``hs`` (:func:`.noise.store_h`)."""
     if PROJ:
         tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
     else:
         h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
-        store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R, ZO,
-                DROP, ACC)
+        store_h(
+            hs_ptr,
+            hin_ptr,
+            rmask_ptr,
+            new,
+            h_prev,
+            h,
+            act,
+            keep_h_ptr,
+            t,
+            offs_b,
+            mb,
+            offs_j,
+            mask,
+            B,
+            R,
+            ZO,
+            DROP,
+            ACC,
+        )
 
 
 @triton.jit
-def _fwd_phase_a(t, prev, new, b0, s0,
-                 xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, u_tile,
-                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps,
-                 B, H, R,
-                 CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
-                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
-                 LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr,
-                 FGR: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KG: tl.constexpr, GAP: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+def _fwd_phase_a(
+    t,
+    prev,
+    new,
+    b0,
+    s0,
+    xw_ptr,
+    len_ptr,
+    u_ptr,
+    bn_ptr,
+    peep_ptr,
+    gg_ptr,
+    hs_ptr,
+    cs_ptr,
+    gates_ptr,
+    aux_ptr,
+    u_tile,
+    hat_ptr,
+    rstd_ptr,
+    part_ptr,
+    gln_ptr,
+    keep_h_ptr,
+    keep_c_ptr,
+    rmask_ptr,
+    hin_ptr,
+    eps,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    PROJ: tl.constexpr,
+    RESET_AFTER: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    RELU: tl.constexpr,
+    LN: tl.constexpr,
+    NS: tl.constexpr,
+    PP: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    FGR: tl.constexpr,
+    REVERSE: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    KG: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials;
     with ``FGR`` plus the gate recurrence, :func:`fgr_product`) and the cell's pointwise step for
     batch rows b0.. and units s0.., the new state zoned out (with LN the LSTM stops at c_t and its
@@ -359,11 +650,30 @@ def _fwd_phase_a(t, prev, new, b0, s0,
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
     if LN:
-        acc = normalized_products(hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps,
-                                  G, GA, NS, BH, GAP, PP)
+        acc = normalized_products(
+            hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps, G, GA, NS, BH, GAP, PP
+        )
     else:
-        acc = fwd_product_a(product_input(hs_ptr, hin_ptr, prev, B, R, DROP), offs_b, mb, u_ptr, u_tile, s0, B, H, R,
-                            GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+        acc = fwd_product_a(
+            product_input(hs_ptr, hin_ptr, prev, B, R, DROP),
+            offs_b,
+            mb,
+            u_ptr,
+            u_tile,
+            s0,
+            B,
+            H,
+            R,
+            GA,
+            RESIDENT,
+            STAGES,
+            BB,
+            BH,
+            KA,
+            GAP,
+            ACC,
+            PREC,
+        )
     if FGR:
         acc += fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE, STAGES, BB, BH, KG, ACC, PREC)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
@@ -371,16 +681,59 @@ def _fwd_phase_a(t, prev, new, b0, s0,
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     if CELL == 0:
         c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
-        c, h = _lstm_fwd_a(x_row, g_row, c_prev, act, mask, peep_ptr, offs_j, mj, H, acc,
-                           IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, BB, GAP, BH, ACC)
+        c, h = _lstm_fwd_a(
+            x_row,
+            g_row,
+            c_prev,
+            act,
+            mask,
+            peep_ptr,
+            offs_j,
+            mj,
+            H,
+            acc,
+            IDX_I,
+            IDX_F,
+            IDX_G,
+            IDX_O,
+            CIFG,
+            PEEP,
+            G_ACT,
+            O_ACT,
+            BB,
+            GAP,
+            BH,
+            ACC,
+        )
         c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
         if LN:  # phase C normalises c_t, then zones it out
             tl.store(c_row, tl.where(act, c, c_prev), mask=mask)
             store_moments(c, mask, mb, part_ptr, G, offs_b, s0, B, H, NS, BH)
         else:
             zoned_store(c_row, c_prev, c, act, keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-            _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr,
-                          keep_h_ptr, B, H, R, PROJ, ZO, DROP, ACC)
+            _lstm_store_h(
+                h,
+                t,
+                prev,
+                new,
+                act,
+                offs_b,
+                mb,
+                offs_j,
+                mask,
+                hs_ptr,
+                aux_ptr,
+                hin_ptr,
+                rmask_ptr,
+                keep_h_ptr,
+                B,
+                H,
+                R,
+                PROJ,
+                ZO,
+                DROP,
+                ACC,
+            )
     else:
         h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
         if CELL == 2:
@@ -391,8 +744,26 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                 h = tanh(a)
             if ZO > 0:  # the backward pass needs h before zoneout
                 tl.store(g_row, h, mask=mask)
-            store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
-                    ZO, DROP, ACC)
+            store_h(
+                hs_ptr,
+                hin_ptr,
+                rmask_ptr,
+                new,
+                h_prev,
+                h,
+                act,
+                keep_h_ptr,
+                t,
+                offs_b,
+                mb,
+                offs_j,
+                mask,
+                B,
+                R,
+                ZO,
+                DROP,
+                ACC,
+            )
         else:
             r = sigmoid(_pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC))
             z = sigmoid(_pre_activation(acc, x_row, 1, H, mask, BB, GAP, BH, ACC))
@@ -406,21 +777,73 @@ def _fwd_phase_a(t, prev, new, b0, s0,
                 tl.store(g_row + 2 * H, n, mask=mask)
                 tl.store(g_row + 3 * H, u_n, mask=mask)
                 h = (1.0 - z) * n + z * h_prev.to(ACC)
-                store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
-                        ZO, DROP, ACC)
+                store_h(
+                    hs_ptr,
+                    hin_ptr,
+                    rmask_ptr,
+                    new,
+                    h_prev,
+                    h,
+                    act,
+                    keep_h_ptr,
+                    t,
+                    offs_b,
+                    mb,
+                    offs_j,
+                    mask,
+                    B,
+                    R,
+                    ZO,
+                    DROP,
+                    ACC,
+                )
             else:
                 rh = r * dropped(h_prev, rmask_ptr, offs_b, mb, offs_j, R, DROP).to(ACC)
                 tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], rh.to(h_prev.dtype), mask=mask)
 
 
 @triton.jit
-def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr, w_tile,
-                 hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps,
-                 B, H, R, CELL: tl.constexpr, G: tl.constexpr, GS: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, RESIDENT: tl.constexpr,
-                 STAGES: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+def _fwd_phase_b(
+    t,
+    prev,
+    new,
+    b0,
+    s0,
+    xw_ptr,
+    len_ptr,
+    u_ptr,
+    whr_ptr,
+    hs_ptr,
+    gates_ptr,
+    aux_ptr,
+    w_tile,
+    hat_ptr,
+    rstd_ptr,
+    part_ptr,
+    gln_ptr,
+    keep_h_ptr,
+    rmask_ptr,
+    hin_ptr,
+    eps,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    LN: tl.constexpr,
+    NS: tl.constexpr,
+    PP: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KB: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t
     (with LN the product's normalised form, from phase SB). The new h is zoned out."""
     offs_b = b0 + tl.arange(0, BB)
@@ -432,12 +855,14 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
         mask = mb[:, None] & (offs_j < H)[None, :]
     if LN and CELL == 1:
         hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-        xhat = normalize_block(hat_row, rstd_rows(rstd_ptr, t, offs_b, B, NS), 2, mask, mb, offs_b, B, H, eps,
-                               part_ptr, NS, BH, PP)
+        xhat = normalize_block(
+            hat_row, rstd_rows(rstd_ptr, t, offs_b, B, NS), 2, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP
+        )
         acc = xhat * tl.load(gln_ptr + 2 * H + offs_j, mask=offs_j < H, other=0.0).to(ACC)[None, :]
     else:
-        acc = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, RESIDENT, STAGES,
-                            BB, BH, KB, ACC, PREC)
+        acc = fwd_product_b(
+            aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, RESIDENT, STAGES, BB, BH, KB, ACC, PREC
+        )
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
     h = acc
@@ -448,16 +873,44 @@ def _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, 
         tl.store(g_row + 2 * H, n, mask=mask)
         z = tl.load(g_row + H, mask=mask, other=0.0)
         h = (1.0 - z) * n + z * h_prev.to(ACC)
-    store_h(hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R,
-            ZO, DROP, ACC)
+    store_h(
+        hs_ptr, hin_ptr, rmask_ptr, new, h_prev, h, act, keep_h_ptr, t, offs_b, mb, offs_j, mask, B, R, ZO, DROP, ACC
+    )
 
 
 @triton.jit
-def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr, hin_ptr, B, H, R,
-               SIDE_B: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, NS: tl.constexpr, DROP: tl.constexpr,
-               RESIDENT: tl.constexpr,
-               STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KB: tl.constexpr,
-               GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _fwd_stats(
+    t,
+    prev,
+    b0,
+    s0,
+    hs_ptr,
+    aux_ptr,
+    u_ptr,
+    whr_ptr,
+    u_tile,
+    w_tile,
+    hat_ptr,
+    part_ptr,
+    hin_ptr,
+    B,
+    H,
+    R,
+    SIDE_B: tl.constexpr,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    NS: tl.constexpr,
+    DROP: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    KB: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """LN phase SA (``SIDE_B`` False): h_{t-1} @ U[S]^T for gate blocks 0 .. GA-1; phase SB (the GRU
     with the reset before): (r h) @ U_n[S]^T for block 2. Saves the raw products to ``hat`` and
     this program's partial moments of each block."""
@@ -467,13 +920,32 @@ def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile,
     mask = mb[:, None] & (offs_j < H)[None, :]
     hat_row = rows_of(hat_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     if SIDE_B:
-        v = fwd_product_b(aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, 1, RESIDENT, STAGES, BB, BH, KB,
-                          ACC, PREC)
+        v = fwd_product_b(
+            aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, 1, RESIDENT, STAGES, BB, BH, KB, ACC, PREC
+        )
         tl.store(hat_row + 2 * H, v, mask=mask)
         store_moments(v, mask, mb, part_ptr, 2, offs_b, s0, B, H, NS, BH)
     else:
-        acc = fwd_product_a(product_input(hs_ptr, hin_ptr, prev, B, R, DROP), offs_b, mb, u_ptr, u_tile, s0, B, H, R,
-                            GA, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+        acc = fwd_product_a(
+            product_input(hs_ptr, hin_ptr, prev, B, R, DROP),
+            offs_b,
+            mb,
+            u_ptr,
+            u_tile,
+            s0,
+            B,
+            H,
+            R,
+            GA,
+            RESIDENT,
+            STAGES,
+            BB,
+            BH,
+            KA,
+            GAP,
+            ACC,
+            PREC,
+        )
         for g in tl.static_range(GA):
             v = pick_gate(acc, g, BB, GAP, BH)
             tl.store(hat_row + g * H, v, mask=mask)
@@ -481,11 +953,43 @@ def _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile,
 
 
 @triton.jit
-def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr, part_ptr,
-                 cw_ptr, cb_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps, B, H, R, G: tl.constexpr,
-                 GS: tl.constexpr, IDX_O: tl.constexpr, O_ACT: tl.constexpr, PROJ: tl.constexpr, NS: tl.constexpr,
-                 ZO: tl.constexpr, DROP: tl.constexpr,
-                 BB: tl.constexpr, BH: tl.constexpr, PP: tl.constexpr, ACC: tl.constexpr):
+def _fwd_phase_c(
+    t,
+    prev,
+    new,
+    b0,
+    s0,
+    len_ptr,
+    hs_ptr,
+    cs_ptr,
+    gates_ptr,
+    aux_ptr,
+    hatc_ptr,
+    rstd_ptr,
+    part_ptr,
+    cw_ptr,
+    cb_ptr,
+    keep_h_ptr,
+    keep_c_ptr,
+    rmask_ptr,
+    hin_ptr,
+    eps,
+    B,
+    H,
+    R,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_O: tl.constexpr,
+    O_ACT: tl.constexpr,
+    PROJ: tl.constexpr,
+    NS: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    PP: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """LN LSTM phase C: h_t = o ⊙ tanh(γ_c ĉ_t + β_c), ĉ_t the normalised cell (from phase A's
     partials); then c_t (and h_t without projection) zoned out."""
     offs_b = b0 + tl.arange(0, BB)
@@ -495,12 +999,29 @@ def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_p
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
-    xc = normalize(c_row, rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :], rstd_rows(rstd_ptr, t, offs_b, B, NS),
-                   G, mask, mb, offs_b, B, H, eps, part_ptr, NS, BH, PP)
-    chat = (tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :] * xc
-            + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :])
-    o = _lstm_gate(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], IDX_O, tl.full(xc.shape, 1.0, xc.dtype),
-                   mask, H)
+    xc = normalize(
+        c_row,
+        rows_of(hatc_ptr, t, offs_b, B, H) + offs_j[None, :],
+        rstd_rows(rstd_ptr, t, offs_b, B, NS),
+        G,
+        mask,
+        mb,
+        offs_b,
+        B,
+        H,
+        eps,
+        part_ptr,
+        NS,
+        BH,
+        PP,
+    )
+    chat = (
+        tl.load(cw_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :] * xc
+        + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
+    )
+    o = _lstm_gate(
+        rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], IDX_O, tl.full(xc.shape, 1.0, xc.dtype), mask, H
+    )
     if O_ACT:
         h = o * tanh(chat)
     else:
@@ -510,70 +1031,107 @@ def _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_p
         c_new = tl.load(c_row, mask=mask, other=0.0)
         tl.debug_barrier()  # every thread has read c_t (here and in normalize) before it is overwritten
         zoned_store(c_row, c_prev, c_new, act, keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-    _lstm_store_h(h, t, prev, new, act, offs_b, mb, offs_j, mask, hs_ptr, aux_ptr, hin_ptr, rmask_ptr, keep_h_ptr,
-                  B, H, R, PROJ, ZO, DROP, ACC)
+    _lstm_store_h(
+        h,
+        t,
+        prev,
+        new,
+        act,
+        offs_b,
+        mb,
+        offs_j,
+        mask,
+        hs_ptr,
+        aux_ptr,
+        hin_ptr,
+        rmask_ptr,
+        keep_h_ptr,
+        B,
+        H,
+        R,
+        PROJ,
+        ZO,
+        DROP,
+        ACC,
+    )
 
 
 @triton.jit
 def recurrence_fwd_kernel(
-    xw_ptr,     # (T, B, G*H) input projections W_ih x_t + folded biases (and layer-norm shifts)
-    len_ptr,    # (B,) int32 sequence lengths
-    u_ptr,      # (G*H, R) weight_hh
-    whr_ptr,    # (R, H) weight_hr (PROJ)
-    peep_ptr,   # (3H,) weight_ch (PEEP)
-    gg_ptr,     # (4H, 4H) weight_gg padded (FGR, see fgr_product)
-    bn_ptr,     # (H,) bias_hh (+ ln_bias_hh) of the GRU's n rows (HAS_BN)
-    hs_ptr,     # (T+1, B, R) carried h, initial state already at its index
-    cs_ptr,     # (T+1, B, H) LSTM cell, initial state already at its index
+    xw_ptr,  # (T, B, G*H) input projections W_ih x_t + folded biases (and layer-norm shifts)
+    len_ptr,  # (B,) int32 sequence lengths
+    u_ptr,  # (G*H, R) weight_hh
+    whr_ptr,  # (R, H) weight_hr (PROJ)
+    peep_ptr,  # (3H,) weight_ch (PEEP)
+    gg_ptr,  # (4H, 4H) weight_gg padded (FGR, see fgr_product)
+    bn_ptr,  # (H,) bias_hh (+ ln_bias_hh) of the GRU's n rows (HAS_BN)
+    hs_ptr,  # (T+1, B, R) carried h, initial state already at its index
+    cs_ptr,  # (T+1, B, H) LSTM cell, initial state already at its index
     gates_ptr,  # (T, B, GS*H) saved activations
-    aux_ptr,    # (T, B, H) h before projection (PROJ) or r * h_{t-1} (GRU, reset before)
-    hat_ptr,    # (T, B, G*H) LN: normalised recurrent products x̂
-    hatc_ptr,   # (T, B, H) LN LSTM: normalised cell ĉ
-    rstd_ptr,   # (T, B, NS) LN: 1 / sqrt(var + eps) per gate block, slot G the cell's
-    gln_ptr,    # (G*H,) LN gain of the recurrent products (ln_weight_hh)
-    cw_ptr,     # (H,) LN gain of the cell (ln_weight_c)
-    cb_ptr,     # (H,) LN shift of the cell (ln_bias_c)
+    aux_ptr,  # (T, B, H) h before projection (PROJ) or r * h_{t-1} (GRU, reset before)
+    hat_ptr,  # (T, B, G*H) LN: normalised recurrent products x̂
+    hatc_ptr,  # (T, B, H) LN LSTM: normalised cell ĉ
+    rstd_ptr,  # (T, B, NS) LN: 1 / sqrt(var + eps) per gate block, slot G the cell's
+    gln_ptr,  # (G*H,) LN gain of the recurrent products (ln_weight_hh)
+    cw_ptr,  # (H,) LN gain of the cell (ln_weight_c)
+    cb_ptr,  # (H,) LN shift of the cell (ln_bias_c)
     keep_h_ptr,  # zoneout of h: (T, B, R) sampled keep mask (ZO == 1) or (1,) its expectation p (ZO == 2)
     keep_c_ptr,  # zoneout of the LSTM cell: (T, B, H) mask or (1,) p, as keep_h_ptr
     rmask_ptr,  # (B, R) recurrent dropout mask, scaled (DROP)
-    hin_ptr,    # (2, B, R) DROP: h ⊙ m, what the recurrent product reads, slot (hs index) % 2
-    part_ptr,   # (P, B, NS, 2) LN scratch: each program's partial moments
-    bar_ptr,    # (1,) int32 zeroed barrier counter (PHASE == 0)
-    T, B, H, R,
-    eps,        # layer-norm epsilon
-    s_first,    # first processing step of this launch
-    n_steps,    # steps in this launch
-    CELL: tl.constexpr,         # 0 LSTM, 1 GRU, 2 RNN
-    G: tl.constexpr,            # gates with weights (row blocks of weight_ih / weight_hh)
-    GA: tl.constexpr,           # gate blocks in phase A's matmul
-    GS: tl.constexpr,           # saved activation blocks
-    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,  # LSTM row blocks, -1 absent
-    CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,    # LSTM variant switches
-    PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, HAS_BN: tl.constexpr, RELU: tl.constexpr,
-    TWO_PHASE: tl.constexpr,    # PROJ or GRU with the reset before the matmul
-    LN: tl.constexpr,           # layer norm (see kernels/layer_norm.py)
-    NS: tl.constexpr,           # LN statistics slots: G + 1
-    PP: tl.constexpr,           # programs whose LN partials are merged at once (a power of two)
-    ZO: tl.constexpr,           # zoneout: 0 none, 1 sampled masks, 2 expectation (kernels/noise.py)
-    DROP: tl.constexpr,         # recurrent dropout mask on h_{t-1} in the recurrent product
-    FGR: tl.constexpr,          # LSTM fgr: the previous step's gates times weight_gg (fgr_product)
-    PH_SA: tl.constexpr, PH_A: tl.constexpr, PH_SB: tl.constexpr, PH_C: tl.constexpr, PH_B: tl.constexpr,
+    hin_ptr,  # (2, B, R) DROP: h ⊙ m, what the recurrent product reads, slot (hs index) % 2
+    part_ptr,  # (P, B, NS, 2) LN scratch: each program's partial moments
+    bar_ptr,  # (1,) int32 zeroed barrier counter (PHASE == 0)
+    T,
+    B,
+    H,
+    R,
+    eps,  # layer-norm epsilon
+    s_first,  # first processing step of this launch
+    n_steps,  # steps in this launch
+    CELL: tl.constexpr,  # 0 LSTM, 1 GRU, 2 RNN
+    G: tl.constexpr,  # gates with weights (row blocks of weight_ih / weight_hh)
+    GA: tl.constexpr,  # gate blocks in phase A's matmul
+    GS: tl.constexpr,  # saved activation blocks
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,  # LSTM row blocks, -1 absent
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,  # LSTM variant switches
+    PROJ: tl.constexpr,
+    RESET_AFTER: tl.constexpr,
+    HAS_BN: tl.constexpr,
+    RELU: tl.constexpr,
+    TWO_PHASE: tl.constexpr,  # PROJ or GRU with the reset before the matmul
+    LN: tl.constexpr,  # layer norm (see kernels/layer_norm.py)
+    NS: tl.constexpr,  # LN statistics slots: G + 1
+    PP: tl.constexpr,  # programs whose LN partials are merged at once (a power of two)
+    ZO: tl.constexpr,  # zoneout: 0 none, 1 sampled masks, 2 expectation (kernels/noise.py)
+    DROP: tl.constexpr,  # recurrent dropout mask on h_{t-1} in the recurrent product
+    FGR: tl.constexpr,  # LSTM fgr: the previous step's gates times weight_gg (fgr_product)
+    PH_SA: tl.constexpr,
+    PH_A: tl.constexpr,
+    PH_SB: tl.constexpr,
+    PH_C: tl.constexpr,
+    PH_B: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
-    PH_UA: tl.constexpr,        # the phase that multiplies by phase A's weight slice
-    PH_WB: tl.constexpr,        # the phase that multiplies by phase B's weight slice
-    NPH: tl.constexpr,          # phases per step
-    REVERSE: tl.constexpr,      # walk t = T-1 .. 0
-    PHASE: tl.constexpr,        # 0 persistent with barriers, k > 0 only the k-th phase of step s_first
-    RESIDENT: tl.constexpr,     # weight slices loaded once (on chip), else streamed per step in chunks
-    STAGES: tl.constexpr,       # software-pipeline depth of the streamed chunk loops (1: none)
-    BB: tl.constexpr,           # batch rows per block
-    BH: tl.constexpr,           # units per program
-    KA: tl.constexpr,           # phase A's chunk of h_{t-1} (>= R when RESIDENT)
-    KB: tl.constexpr,           # phase B's chunk of h_pre / r * h (>= H when RESIDENT)
-    KG: tl.constexpr,           # FGR: the gate recurrence's chunk of the previous gates (always streamed)
-    GAP: tl.constexpr,          # GA rounded up to a power of two
-    ACC: tl.constexpr,          # accumulation / pointwise dtype
-    PREC: tl.constexpr,         # tl.dot input precision ("ieee" or "tf32")
+    PH_UA: tl.constexpr,  # the phase that multiplies by phase A's weight slice
+    PH_WB: tl.constexpr,  # the phase that multiplies by phase B's weight slice
+    NPH: tl.constexpr,  # phases per step
+    REVERSE: tl.constexpr,  # walk t = T-1 .. 0
+    PHASE: tl.constexpr,  # 0 persistent with barriers, k > 0 only the k-th phase of step s_first
+    RESIDENT: tl.constexpr,  # weight slices loaded once (on chip), else streamed per step in chunks
+    STAGES: tl.constexpr,  # software-pipeline depth of the streamed chunk loops (1: none)
+    BB: tl.constexpr,  # batch rows per block
+    BH: tl.constexpr,  # units per program
+    KA: tl.constexpr,  # phase A's chunk of h_{t-1} (>= R when RESIDENT)
+    KB: tl.constexpr,  # phase B's chunk of h_pre / r * h (>= H when RESIDENT)
+    KG: tl.constexpr,  # FGR: the gate recurrence's chunk of the previous gates (always streamed)
+    GAP: tl.constexpr,  # GA rounded up to a power of two
+    ACC: tl.constexpr,  # accumulation / pointwise dtype
+    PREC: tl.constexpr,  # tl.dot input precision ("ieee" or "tf32")
 ):
     s0 = tl.program_id(0) * BH
     u_tile = 0
@@ -586,39 +1144,226 @@ def recurrence_fwd_kernel(
         t, prev, new = _times(s_first + k, T, REVERSE)
         if PH_SA > 0 and (PHASE == 0 or PHASE == PH_SA):
             for b0 in range(0, B, BB):
-                _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           hin_ptr, B, H, R, False, G, GA, NS, DROP, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC,
-                           PREC)
+                _fwd_stats(
+                    t,
+                    prev,
+                    b0,
+                    s0,
+                    hs_ptr,
+                    aux_ptr,
+                    u_ptr,
+                    whr_ptr,
+                    u_tile,
+                    w_tile,
+                    hat_ptr,
+                    part_ptr,
+                    hin_ptr,
+                    B,
+                    H,
+                    R,
+                    False,
+                    G,
+                    GA,
+                    NS,
+                    DROP,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KA,
+                    KB,
+                    GAP,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SA)
         if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
-                _fwd_phase_a(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, bn_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
-                             gates_ptr, aux_ptr, u_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, keep_c_ptr,
-                             rmask_ptr, hin_ptr, eps, B, H, R, CELL, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG,
-                             PEEP, G_ACT, O_ACT, PROJ, RESET_AFTER, HAS_BN, RELU, LN, NS, PP, ZO, DROP, FGR, REVERSE,
-                             RESIDENT, STAGES, BB, BH, KA, KG, GAP, ACC, PREC)
+                _fwd_phase_a(
+                    t,
+                    prev,
+                    new,
+                    b0,
+                    s0,
+                    xw_ptr,
+                    len_ptr,
+                    u_ptr,
+                    bn_ptr,
+                    peep_ptr,
+                    gg_ptr,
+                    hs_ptr,
+                    cs_ptr,
+                    gates_ptr,
+                    aux_ptr,
+                    u_tile,
+                    hat_ptr,
+                    rstd_ptr,
+                    part_ptr,
+                    gln_ptr,
+                    keep_h_ptr,
+                    keep_c_ptr,
+                    rmask_ptr,
+                    hin_ptr,
+                    eps,
+                    B,
+                    H,
+                    R,
+                    CELL,
+                    G,
+                    GA,
+                    GS,
+                    IDX_I,
+                    IDX_F,
+                    IDX_G,
+                    IDX_O,
+                    CIFG,
+                    PEEP,
+                    G_ACT,
+                    O_ACT,
+                    PROJ,
+                    RESET_AFTER,
+                    HAS_BN,
+                    RELU,
+                    LN,
+                    NS,
+                    PP,
+                    ZO,
+                    DROP,
+                    FGR,
+                    REVERSE,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KA,
+                    KG,
+                    GAP,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_SB > 0 and (PHASE == 0 or PHASE == PH_SB):
             for b0 in range(0, B, BB):
-                _fwd_stats(t, prev, b0, s0, hs_ptr, aux_ptr, u_ptr, whr_ptr, u_tile, w_tile, hat_ptr, part_ptr,
-                           hin_ptr, B, H, R, True, G, GA, NS, DROP, RESIDENT, STAGES, BB, BH, KA, KB, GAP, ACC,
-                           PREC)
+                _fwd_stats(
+                    t,
+                    prev,
+                    b0,
+                    s0,
+                    hs_ptr,
+                    aux_ptr,
+                    u_ptr,
+                    whr_ptr,
+                    u_tile,
+                    w_tile,
+                    hat_ptr,
+                    part_ptr,
+                    hin_ptr,
+                    B,
+                    H,
+                    R,
+                    True,
+                    G,
+                    GA,
+                    NS,
+                    DROP,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KA,
+                    KB,
+                    GAP,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_SB)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
             for b0 in range(0, B, BB):
-                _fwd_phase_c(t, prev, new, b0, s0, len_ptr, hs_ptr, cs_ptr, gates_ptr, aux_ptr, hatc_ptr, rstd_ptr,
-                             part_ptr, cw_ptr, cb_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, hin_ptr, eps, B, H, R, G, GS,
-                             IDX_O, O_ACT, PROJ, NS, ZO, DROP, BB, BH, PP, ACC)
+                _fwd_phase_c(
+                    t,
+                    prev,
+                    new,
+                    b0,
+                    s0,
+                    len_ptr,
+                    hs_ptr,
+                    cs_ptr,
+                    gates_ptr,
+                    aux_ptr,
+                    hatc_ptr,
+                    rstd_ptr,
+                    part_ptr,
+                    cw_ptr,
+                    cb_ptr,
+                    keep_h_ptr,
+                    keep_c_ptr,
+                    rmask_ptr,
+                    hin_ptr,
+                    eps,
+                    B,
+                    H,
+                    R,
+                    G,
+                    GS,
+                    IDX_O,
+                    O_ACT,
+                    PROJ,
+                    NS,
+                    ZO,
+                    DROP,
+                    BB,
+                    BH,
+                    PP,
+                    ACC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_C)
         if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
-                _fwd_phase_b(t, prev, new, b0, s0, xw_ptr, len_ptr, u_ptr, whr_ptr, hs_ptr, gates_ptr, aux_ptr,
-                             w_tile, hat_ptr, rstd_ptr, part_ptr, gln_ptr, keep_h_ptr, rmask_ptr, hin_ptr, eps, B, H, R,
-                             CELL, G, GS, LN, NS, PP, ZO, DROP, RESIDENT, STAGES, BB, BH, KB, ACC, PREC)
+                _fwd_phase_b(
+                    t,
+                    prev,
+                    new,
+                    b0,
+                    s0,
+                    xw_ptr,
+                    len_ptr,
+                    u_ptr,
+                    whr_ptr,
+                    hs_ptr,
+                    gates_ptr,
+                    aux_ptr,
+                    w_tile,
+                    hat_ptr,
+                    rstd_ptr,
+                    part_ptr,
+                    gln_ptr,
+                    keep_h_ptr,
+                    rmask_ptr,
+                    hin_ptr,
+                    eps,
+                    B,
+                    H,
+                    R,
+                    CELL,
+                    G,
+                    GS,
+                    LN,
+                    NS,
+                    PP,
+                    ZO,
+                    DROP,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KB,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
 
@@ -627,8 +1372,7 @@ def recurrence_fwd_kernel(
 
 
 @triton.jit
-def _lstm_bwd_out(gh, cell, o, dgo, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: tl.constexpr,
-                  FGR: tl.constexpr):
+def _lstm_bwd_out(gh, cell, o, dgo, act, d_row, mask, H, IDX_O: tl.constexpr, O_ACT: tl.constexpr, FGR: tl.constexpr):
     """Through h = o ⊙ tanh(cell) (``noaf``: o ⊙ cell), cell = c_t or its layer norm: stores the
     output gate's pre-activation gradient (with ``FGR`` also through ``dgo``, dL/do_t from the next
     step's gate recurrence) and returns (dL/dcell from h, da_o)."""
@@ -649,8 +1393,7 @@ def _lstm_bwd_out(gh, cell, o, dgo, act, d_row, mask, H, IDX_O: tl.constexpr, O_
 
 
 @triton.jit
-def _lstm_saved_ifg(g_row, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
-                    CIFG: tl.constexpr):
+def _lstm_saved_ifg(g_row, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, CIFG: tl.constexpr):
     """The step's i, f, g (BB, BH) from the saved activations (1 for an absent gate, i = 1 - f for cifg)."""
     g = tl.load(g_row + IDX_G * H, mask=mask, other=0.0)
     one = tl.full(g.shape, 1.0, g.dtype)
@@ -663,11 +1406,37 @@ def _lstm_saved_ifg(g_row, mask, H, IDX_I: tl.constexpr, IDX_F: tl.constexpr, ID
 
 
 @triton.jit
-def _lstm_bwd_cell(dcell, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                   carry_c_ptr, peep_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
-                   IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr,
-                   CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr,
-                   FGR: tl.constexpr):
+def _lstm_bwd_cell(
+    dcell,
+    gc_in,
+    kc,
+    da_o,
+    dgi,
+    dgf,
+    t,
+    prev,
+    offs_b,
+    offs_j,
+    mask,
+    act,
+    cs_ptr,
+    gates_ptr,
+    d_ptr,
+    carry_c_ptr,
+    peep_ptr,
+    B,
+    H,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    ZO: tl.constexpr,
+    FGR: tl.constexpr,
+):
     """From dL/dc_t before zoneout (the carried ``gc_in``'s fresh part under the keep ``kc``, plus
     ``dcell`` from the output side and the output peephole's da_o p_o) to the i, f, g
     pre-activation gradients (with ``FGR`` i and f also through ``dgi``, ``dgf``, their gradients
@@ -709,11 +1478,40 @@ def _lstm_bwd_cell(dcell, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, ma
 
 
 @triton.jit
-def _lstm_bwd(gh, dgi, dgf, dgo, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-              peep_ptr, keep_c_ptr, B, H, G: tl.constexpr, GS: tl.constexpr,
-              IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-              CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr, ZO: tl.constexpr,
-              FGR: tl.constexpr, ACC: tl.constexpr):
+def _lstm_bwd(
+    gh,
+    dgi,
+    dgf,
+    dgo,
+    t,
+    prev,
+    new,
+    offs_b,
+    offs_j,
+    mask,
+    act,
+    cs_ptr,
+    gates_ptr,
+    d_ptr,
+    carry_c_ptr,
+    peep_ptr,
+    keep_c_ptr,
+    B,
+    H,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    ZO: tl.constexpr,
+    FGR: tl.constexpr,
+    ACC: tl.constexpr,
+):
     """From dL/dh_t (before projection and zoneout) to the gate pre-activation gradients; carries
     dL/dc. With ``FGR``, dgi, dgf, dgo are dL/d(i_t, f_t, o_t) from the next step's gate recurrence."""
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
@@ -728,14 +1526,65 @@ def _lstm_bwd(gh, dgi, dgf, dgo, t, prev, new, offs_b, offs_j, mask, act, cs_ptr
     o = _lstm_gate(g_row, IDX_O, tl.full(c.shape, 1.0, c.dtype), mask, H)
     dcell, da_o = _lstm_bwd_out(gh, c, o, dgo, act, d_row, mask, H, IDX_O, O_ACT, FGR)
     kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-    _lstm_bwd_cell(dcell, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO, FGR)
+    _lstm_bwd_cell(
+        dcell,
+        gc_in,
+        kc,
+        da_o,
+        dgi,
+        dgf,
+        t,
+        prev,
+        offs_b,
+        offs_j,
+        mask,
+        act,
+        cs_ptr,
+        gates_ptr,
+        d_ptr,
+        carry_c_ptr,
+        peep_ptr,
+        B,
+        H,
+        G,
+        GS,
+        IDX_I,
+        IDX_F,
+        IDX_G,
+        CIFG,
+        PEEP,
+        G_ACT,
+        ZO,
+        FGR,
+    )
 
 
 @triton.jit
-def _lstm_bwd_out_ln(gh, dgo, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
-                     dchat_ptr, part_ptr, B, H, G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
-                     IDX_O: tl.constexpr, O_ACT: tl.constexpr, FGR: tl.constexpr):
+def _lstm_bwd_out_ln(
+    gh,
+    dgo,
+    t,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    act,
+    gates_ptr,
+    d_ptr,
+    hatc_ptr,
+    cw_ptr,
+    cb_ptr,
+    dchat_ptr,
+    part_ptr,
+    B,
+    H,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    NS: tl.constexpr,
+    IDX_O: tl.constexpr,
+    O_ACT: tl.constexpr,
+    FGR: tl.constexpr,
+):
     """LN LSTM, first half of a step's backward: through h = o ⊙ tanh(γ_c ĉ + β_c) to dL/d(γ_c ĉ)
     (saved to ``dchat``) and this program's sums for the cell's layer-norm backward (``dgo`` as in
     :func:`_lstm_bwd`)."""
@@ -744,44 +1593,177 @@ def _lstm_bwd_out_ln(gh, dgo, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr
     cell = cw * xc + tl.load(cb_ptr + offs_j, mask=mj, other=0.0).to(xc.dtype)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     o = _lstm_gate(g_row, IDX_O, tl.full(xc.shape, 1.0, xc.dtype), mask, H)
-    dcell, _ = _lstm_bwd_out(gh, cell, o, dgo, act, rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], mask,
-                             H, IDX_O, O_ACT, FGR)
+    dcell, _ = _lstm_bwd_out(
+        gh, cell, o, dgo, act, rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], mask, H, IDX_O, O_ACT, FGR
+    )
     dcell = tl.where(act, dcell, tl.zeros(dcell.shape, dcell.dtype))
     tl.store(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], dcell, mask=mask)
     store_grad_sums(dcell, xc, cw, mask, mb, part_ptr, G, offs_b, B, NS)
 
 
 @triton.jit
-def _lstm_bwd_from_h(gh, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
-                     carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr, B, H,
-                     G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
-                     IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                     CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                     LN: tl.constexpr, ZO: tl.constexpr, FGR: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr,
-                     BH: tl.constexpr, KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _lstm_bwd_from_h(
+    gh,
+    t,
+    prev,
+    new,
+    t_next,
+    s,
+    offs_b,
+    mb,
+    offs_j,
+    mask,
+    act,
+    s0,
+    cs_ptr,
+    gates_ptr,
+    d_ptr,
+    carry_c_ptr,
+    peep_ptr,
+    keep_c_ptr,
+    gg_ptr,
+    hatc_ptr,
+    cw_ptr,
+    cb_ptr,
+    dchat_ptr,
+    part_ptr,
+    B,
+    H,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    NS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    LN: tl.constexpr,
+    ZO: tl.constexpr,
+    FGR: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KG: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """The LSTM's backward from dL/dh_t (before projection, the fresh part under zoneout): the whole
     step (:func:`_lstm_bwd`), or with LN its first half (:func:`_lstm_bwd_out_ln`; phase C
     finishes it); with ``FGR`` the gate recurrence's gradients gathered from step t_next."""
     dgo = fgr_gathered(d_ptr, gg_ptr, t_next, s, 3, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
     if LN:
-        _lstm_bwd_out_ln(gh, dgo, t, offs_b, mb, offs_j, mask, act, gates_ptr, d_ptr, hatc_ptr, cw_ptr, cb_ptr,
-                         dchat_ptr, part_ptr, B, H, G, GS, NS, IDX_O, O_ACT, FGR)
+        _lstm_bwd_out_ln(
+            gh,
+            dgo,
+            t,
+            offs_b,
+            mb,
+            offs_j,
+            mask,
+            act,
+            gates_ptr,
+            d_ptr,
+            hatc_ptr,
+            cw_ptr,
+            cb_ptr,
+            dchat_ptr,
+            part_ptr,
+            B,
+            H,
+            G,
+            GS,
+            NS,
+            IDX_O,
+            O_ACT,
+            FGR,
+        )
     else:
         dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
         dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
-        _lstm_bwd(gh, dgi, dgf, dgo, t, prev, new, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr, carry_c_ptr,
-                  peep_ptr, keep_c_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, ZO, FGR,
-                  ACC)
+        _lstm_bwd(
+            gh,
+            dgi,
+            dgf,
+            dgo,
+            t,
+            prev,
+            new,
+            offs_b,
+            offs_j,
+            mask,
+            act,
+            cs_ptr,
+            gates_ptr,
+            d_ptr,
+            carry_c_ptr,
+            peep_ptr,
+            keep_c_ptr,
+            B,
+            H,
+            G,
+            GS,
+            IDX_I,
+            IDX_F,
+            IDX_G,
+            IDX_O,
+            CIFG,
+            PEEP,
+            G_ACT,
+            O_ACT,
+            ZO,
+            FGR,
+            ACC,
+        )
 
 
 @triton.jit
-def _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr, gg_ptr,
-                 hat_ptr, hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B, H,
-                 G: tl.constexpr, GS: tl.constexpr, NS: tl.constexpr,
-                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, ZO: tl.constexpr, FGR: tl.constexpr,
-                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KG: tl.constexpr, PP: tl.constexpr,
-                 ACC: tl.constexpr, PREC: tl.constexpr):
+def _bwd_phase_c(
+    t,
+    prev,
+    t_next,
+    s,
+    b0,
+    s0,
+    len_ptr,
+    cs_ptr,
+    gates_ptr,
+    d_ptr,
+    carry_c_ptr,
+    peep_ptr,
+    gg_ptr,
+    hat_ptr,
+    hatc_ptr,
+    rstd_ptr,
+    part_ptr,
+    gln_ptr,
+    cw_ptr,
+    dchat_ptr,
+    keep_c_ptr,
+    B,
+    H,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    NS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    ZO: tl.constexpr,
+    FGR: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KG: tl.constexpr,
+    PP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """LN LSTM, second half: dL/dc_t = the carry's part through zoneout + the cell layer norm's
     backward (with every program's sums) + the output peephole; the gate gradients (with ``FGR``
     i and f also through the next step's gate recurrence); this program's sums for each gate
@@ -804,8 +1786,37 @@ def _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, 
     kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
     dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
     dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
-    _lstm_bwd_cell(dnorm, gc_in, kc, da_o, dgi, dgf, t, prev, offs_b, offs_j, mask, act, cs_ptr, gates_ptr, d_ptr,
-                   carry_c_ptr, peep_ptr, B, H, G, GS, IDX_I, IDX_F, IDX_G, CIFG, PEEP, G_ACT, ZO, FGR)
+    _lstm_bwd_cell(
+        dnorm,
+        gc_in,
+        kc,
+        da_o,
+        dgi,
+        dgf,
+        t,
+        prev,
+        offs_b,
+        offs_j,
+        mask,
+        act,
+        cs_ptr,
+        gates_ptr,
+        d_ptr,
+        carry_c_ptr,
+        peep_ptr,
+        B,
+        H,
+        G,
+        GS,
+        IDX_I,
+        IDX_F,
+        IDX_G,
+        CIFG,
+        PEEP,
+        G_ACT,
+        ZO,
+        FGR,
+    )
     # the gate gradients are read back by other threads of this program
     tl.debug_barrier()
     for g in tl.static_range(G):
@@ -814,17 +1825,72 @@ def _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, 
 
 
 @triton.jit
-def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
-                 len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr, gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr,
-                 ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile, hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr,
-                 dchat_ptr, keep_h_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                 CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
-                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, LN: tl.constexpr,
-                 NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr, RESIDENT: tl.constexpr,
-                 STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KA: tl.constexpr, KG: tl.constexpr,
-                 GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _bwd_phase_a(
+    t,
+    prev,
+    new,
+    t_next,
+    s,
+    b0,
+    s0,
+    len_ptr,
+    u_ptr,
+    peep_ptr,
+    gg_ptr,
+    hs_ptr,
+    cs_ptr,
+    gates_ptr,
+    dhs_ptr,
+    d_ptr,
+    drec_ptr,
+    dprod_ptr,
+    ghr_ptr,
+    carry_h_ptr,
+    carry_c_ptr,
+    u_tile,
+    hat_ptr,
+    hatc_ptr,
+    part_ptr,
+    gln_ptr,
+    cw_ptr,
+    cb_ptr,
+    dchat_ptr,
+    keep_h_ptr,
+    keep_c_ptr,
+    rmask_ptr,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    PROJ: tl.constexpr,
+    RESET_AFTER: tl.constexpr,
+    RELU: tl.constexpr,
+    LN: tl.constexpr,
+    NS: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    FGR: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,
+    KG: tl.constexpr,
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S] (times the dropout mask), split by
     zoneout into the fresh h_t's part and the part kept for h_{t-1}; then the cell's pointwise
     backward (with LN as far as the first exchange of layer-norm sums)."""
@@ -834,8 +1900,36 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
     mj = offs_j < H
     mask = mb[:, None] & (offs_j < R)[None, :]
     ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
-    gh = bwd_gathered_dh(dprod_ptr, dhs_ptr, ch_ptr, t_next, new, s, offs_b, mb, offs_j, mask, u_ptr, u_tile,
-                         rmask_ptr, s0, B, H, R, G, GA, DROP, RESIDENT, STAGES, BB, BH, KA, GAP, ACC, PREC)
+    gh = bwd_gathered_dh(
+        dprod_ptr,
+        dhs_ptr,
+        ch_ptr,
+        t_next,
+        new,
+        s,
+        offs_b,
+        mb,
+        offs_j,
+        mask,
+        u_ptr,
+        u_tile,
+        rmask_ptr,
+        s0,
+        B,
+        H,
+        R,
+        G,
+        GA,
+        DROP,
+        RESIDENT,
+        STAGES,
+        BB,
+        BH,
+        KA,
+        GAP,
+        ACC,
+        PREC,
+    )
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     zero = tl.zeros(gh.shape, ACC)
     # dL/dh_t splits into the fresh h's part gn and the part gk that zoneout kept from h_{t-1}
@@ -844,10 +1938,54 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
         if PROJ:
             tl.store(rows_of(ghr_ptr, t, offs_b, B, R) + offs_j[None, :], tl.where(act, gn, zero), mask=mask)
         else:
-            _lstm_bwd_from_h(gn, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
-                             carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr,
-                             B, H, G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES,
-                             BB, BH, KG, ACC, PREC)
+            _lstm_bwd_from_h(
+                gn,
+                t,
+                prev,
+                new,
+                t_next,
+                s,
+                offs_b,
+                mb,
+                offs_j,
+                mask,
+                act,
+                s0,
+                cs_ptr,
+                gates_ptr,
+                d_ptr,
+                carry_c_ptr,
+                peep_ptr,
+                keep_c_ptr,
+                gg_ptr,
+                hatc_ptr,
+                cw_ptr,
+                cb_ptr,
+                dchat_ptr,
+                part_ptr,
+                B,
+                H,
+                G,
+                GS,
+                NS,
+                IDX_I,
+                IDX_F,
+                IDX_G,
+                IDX_O,
+                CIFG,
+                PEEP,
+                G_ACT,
+                O_ACT,
+                LN,
+                ZO,
+                FGR,
+                STAGES,
+                BB,
+                BH,
+                KG,
+                ACC,
+                PREC,
+            )
         tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
     elif CELL == 2:
         if ZO > 0:  # h before zoneout, saved by the forward
@@ -882,23 +2020,74 @@ def _bwd_phase_a(t, prev, new, t_next, s, b0, s0,
             if LN:
                 store_block_grad_sums(da_r, 0, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
                 store_block_grad_sums(da_z, 1, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
-                store_block_grad_sums(da_n * r, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H,
-                                      G, NS)
+                store_block_grad_sums(
+                    da_n * r, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS
+                )
         elif LN:
             store_block_grad_sums(da_n, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
         tl.store(ch_ptr, tl.where(act, gk + gn * z, gh), mask=mask)
 
 
 @triton.jit
-def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr, peep_ptr,
-                 gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr, hatc_ptr, part_ptr,
-                 gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                 CELL: tl.constexpr, G: tl.constexpr, GS: tl.constexpr,
-                 IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-                 CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-                 LN: tl.constexpr, NS: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr,
-                 RESIDENT: tl.constexpr, STAGES: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, KB: tl.constexpr,
-                 KG: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr):
+def _bwd_phase_b(
+    t,
+    prev,
+    new,
+    t_next,
+    s,
+    b0,
+    s0,
+    len_ptr,
+    u_ptr,
+    whr_ptr,
+    hs_ptr,
+    cs_ptr,
+    gates_ptr,
+    peep_ptr,
+    gg_ptr,
+    d_ptr,
+    dprod_ptr,
+    ghr_ptr,
+    carry_h_ptr,
+    carry_c_ptr,
+    w_tile,
+    hat_ptr,
+    hatc_ptr,
+    part_ptr,
+    gln_ptr,
+    cw_ptr,
+    cb_ptr,
+    dchat_ptr,
+    keep_c_ptr,
+    rmask_ptr,
+    B,
+    H,
+    R,
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    LN: tl.constexpr,
+    NS: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    FGR: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KB: tl.constexpr,
+    KG: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
+):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
     d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
     giving da_r and the r * d(r h) part of dL/dh_{t-1} (h_{t-1} and that part times the dropout mask)."""
@@ -909,13 +2098,78 @@ def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_pt
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     # the GRU's n block of dprod: the raw product's gradient with LN, else the same buffer as d
-    prod = bwd_product_b(ghr_ptr, dprod_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, G, RESIDENT,
-                         STAGES, BB, BH, KB, ACC, PREC)
+    prod = bwd_product_b(
+        ghr_ptr,
+        dprod_ptr,
+        t,
+        offs_b,
+        mb,
+        u_ptr,
+        whr_ptr,
+        w_tile,
+        s0,
+        B,
+        H,
+        R,
+        CELL,
+        G,
+        RESIDENT,
+        STAGES,
+        BB,
+        BH,
+        KB,
+        ACC,
+        PREC,
+    )
     if CELL == 0:
-        _lstm_bwd_from_h(prod, t, prev, new, t_next, s, offs_b, mb, offs_j, mask, act, s0, cs_ptr, gates_ptr, d_ptr,
-                         carry_c_ptr, peep_ptr, keep_c_ptr, gg_ptr, hatc_ptr, cw_ptr, cb_ptr, dchat_ptr, part_ptr, B, H,
-                         G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, ZO, FGR, STAGES, BB, BH,
-                         KG, ACC, PREC)
+        _lstm_bwd_from_h(
+            prod,
+            t,
+            prev,
+            new,
+            t_next,
+            s,
+            offs_b,
+            mb,
+            offs_j,
+            mask,
+            act,
+            s0,
+            cs_ptr,
+            gates_ptr,
+            d_ptr,
+            carry_c_ptr,
+            peep_ptr,
+            keep_c_ptr,
+            gg_ptr,
+            hatc_ptr,
+            cw_ptr,
+            cb_ptr,
+            dchat_ptr,
+            part_ptr,
+            B,
+            H,
+            G,
+            GS,
+            NS,
+            IDX_I,
+            IDX_F,
+            IDX_G,
+            IDX_O,
+            CIFG,
+            PEEP,
+            G_ACT,
+            O_ACT,
+            LN,
+            ZO,
+            FGR,
+            STAGES,
+            BB,
+            BH,
+            KG,
+            ACC,
+            PREC,
+        )
     else:
         drh = prod
         r = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
@@ -936,51 +2190,81 @@ def _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_pt
 
 @triton.jit
 def recurrence_bwd_kernel(
-    len_ptr,      # (B,) int32 sequence lengths
-    u_ptr,        # (G*H, R) weight_hh
-    whr_ptr,      # (R, H) weight_hr (PROJ)
-    peep_ptr,     # (3H,) weight_ch (PEEP)
-    gg_ptr,       # (4H, 4H) weight_gg padded (FGR, see fgr_product)
-    hs_ptr,       # (T+1, B, R) forward's carried h
-    cs_ptr,       # (T+1, B, H) forward's LSTM cells
-    gates_ptr,    # (T, B, GS*H) forward's activations
-    dhs_ptr,      # (T+1, B, R) dL/dhs from the outputs and the final state
-    d_ptr,        # (T, B, G*H) out: dL/d(input-side pre-activations), zero where inactive
-    drec_ptr,     # (T, B, G*H) out: dL/d(recurrent terms as added) (== d_ptr unless GRU reset after)
-    dprod_ptr,    # (T, B, G*H) out: dL/d(h_{t-1} U^T), what the next step gathers (== drec_ptr without LN)
-    ghr_ptr,      # (T, B, R) out: dL/dh_r, the projected h (PROJ)
-    dchat_ptr,    # (T, B, H) out, LN LSTM: dL/d(γ_c ĉ_t)
+    len_ptr,  # (B,) int32 sequence lengths
+    u_ptr,  # (G*H, R) weight_hh
+    whr_ptr,  # (R, H) weight_hr (PROJ)
+    peep_ptr,  # (3H,) weight_ch (PEEP)
+    gg_ptr,  # (4H, 4H) weight_gg padded (FGR, see fgr_product)
+    hs_ptr,  # (T+1, B, R) forward's carried h
+    cs_ptr,  # (T+1, B, H) forward's LSTM cells
+    gates_ptr,  # (T, B, GS*H) forward's activations
+    dhs_ptr,  # (T+1, B, R) dL/dhs from the outputs and the final state
+    d_ptr,  # (T, B, G*H) out: dL/d(input-side pre-activations), zero where inactive
+    drec_ptr,  # (T, B, G*H) out: dL/d(recurrent terms as added) (== d_ptr unless GRU reset after)
+    dprod_ptr,  # (T, B, G*H) out: dL/d(h_{t-1} U^T), what the next step gathers (== drec_ptr without LN)
+    ghr_ptr,  # (T, B, R) out: dL/dh_r, the projected h (PROJ)
+    dchat_ptr,  # (T, B, H) out, LN LSTM: dL/d(γ_c ĉ_t)
     carry_h_ptr,  # (B, R) zeroed; out: local part of dL/dh_{-1}
     carry_c_ptr,  # (B, H) dL/dc_final; out: dL/dc_{-1}
-    hat_ptr,      # (T, B, G*H) LN: forward's normalised recurrent products
-    hatc_ptr,     # (T, B, H) LN LSTM: forward's normalised cells
-    rstd_ptr,     # (T, B, NS) LN: forward's 1 / sqrt(var + eps)
-    gln_ptr,      # (G*H,) LN gain of the recurrent products
-    cw_ptr,       # (H,) LN gain of the cell
-    cb_ptr,       # (H,) LN shift of the cell
-    keep_h_ptr,   # zoneout of h: (T, B, R) sampled keep mask (ZO == 1) or (1,) its expectation p (ZO == 2)
-    keep_c_ptr,   # zoneout of the LSTM cell: (T, B, H) mask or (1,) p, as keep_h_ptr
-    rmask_ptr,    # (B, R) recurrent dropout mask, scaled (DROP)
-    part_ptr,     # (P, B, NS, 2) LN scratch: each program's partial sums
-    bar_ptr,      # (1,) int32 zeroed barrier counter (PHASE == 0)
-    T, B, H, R,
-    eps,          # layer-norm epsilon (unused: the forward's statistics are saved)
-    s_first,      # first backward step of this launch (0 = the forward's last step)
-    n_steps,      # steps in this launch
-    CELL: tl.constexpr, G: tl.constexpr, GA: tl.constexpr, GS: tl.constexpr,
-    IDX_I: tl.constexpr, IDX_F: tl.constexpr, IDX_G: tl.constexpr, IDX_O: tl.constexpr,
-    CIFG: tl.constexpr, PEEP: tl.constexpr, G_ACT: tl.constexpr, O_ACT: tl.constexpr,
-    PROJ: tl.constexpr, RESET_AFTER: tl.constexpr, RELU: tl.constexpr, TWO_PHASE: tl.constexpr,
-    LN: tl.constexpr, NS: tl.constexpr, PP: tl.constexpr, ZO: tl.constexpr, DROP: tl.constexpr, FGR: tl.constexpr,
-    PH_A: tl.constexpr, PH_DN: tl.constexpr, PH_B: tl.constexpr, PH_C: tl.constexpr, PH_D: tl.constexpr,
+    hat_ptr,  # (T, B, G*H) LN: forward's normalised recurrent products
+    hatc_ptr,  # (T, B, H) LN LSTM: forward's normalised cells
+    rstd_ptr,  # (T, B, NS) LN: forward's 1 / sqrt(var + eps)
+    gln_ptr,  # (G*H,) LN gain of the recurrent products
+    cw_ptr,  # (H,) LN gain of the cell
+    cb_ptr,  # (H,) LN shift of the cell
+    keep_h_ptr,  # zoneout of h: (T, B, R) sampled keep mask (ZO == 1) or (1,) its expectation p (ZO == 2)
+    keep_c_ptr,  # zoneout of the LSTM cell: (T, B, H) mask or (1,) p, as keep_h_ptr
+    rmask_ptr,  # (B, R) recurrent dropout mask, scaled (DROP)
+    part_ptr,  # (P, B, NS, 2) LN scratch: each program's partial sums
+    bar_ptr,  # (1,) int32 zeroed barrier counter (PHASE == 0)
+    T,
+    B,
+    H,
+    R,
+    eps,  # layer-norm epsilon (unused: the forward's statistics are saved)
+    s_first,  # first backward step of this launch (0 = the forward's last step)
+    n_steps,  # steps in this launch
+    CELL: tl.constexpr,
+    G: tl.constexpr,
+    GA: tl.constexpr,
+    GS: tl.constexpr,
+    IDX_I: tl.constexpr,
+    IDX_F: tl.constexpr,
+    IDX_G: tl.constexpr,
+    IDX_O: tl.constexpr,
+    CIFG: tl.constexpr,
+    PEEP: tl.constexpr,
+    G_ACT: tl.constexpr,
+    O_ACT: tl.constexpr,
+    PROJ: tl.constexpr,
+    RESET_AFTER: tl.constexpr,
+    RELU: tl.constexpr,
+    TWO_PHASE: tl.constexpr,
+    LN: tl.constexpr,
+    NS: tl.constexpr,
+    PP: tl.constexpr,
+    ZO: tl.constexpr,
+    DROP: tl.constexpr,
+    FGR: tl.constexpr,
+    PH_A: tl.constexpr,
+    PH_DN: tl.constexpr,
+    PH_B: tl.constexpr,
+    PH_C: tl.constexpr,
+    PH_D: tl.constexpr,
     # ^ each phase's place in the step, 1-based, 0 absent (module doc)
-    NPH: tl.constexpr,            # phases per step
-    REVERSE: tl.constexpr, PHASE: tl.constexpr, RESIDENT: tl.constexpr, STAGES: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr,
-    KA: tl.constexpr,             # phase A's chunk of each gate's H units (>= H when RESIDENT)
-    KB: tl.constexpr,             # phase B's chunk of dh_r / da_n (>= R when RESIDENT)
-    KG: tl.constexpr,             # FGR: the gate recurrence's chunk of each gate's H units (always streamed)
-    GAP: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    NPH: tl.constexpr,  # phases per step
+    REVERSE: tl.constexpr,
+    PHASE: tl.constexpr,
+    RESIDENT: tl.constexpr,
+    STAGES: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    KA: tl.constexpr,  # phase A's chunk of each gate's H units (>= H when RESIDENT)
+    KB: tl.constexpr,  # phase B's chunk of dh_r / da_n (>= R when RESIDENT)
+    KG: tl.constexpr,  # FGR: the gate recurrence's chunk of each gate's H units (always streamed)
+    GAP: tl.constexpr,
+    ACC: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     s0 = tl.program_id(0) * BH
     u_tile = 0
@@ -995,40 +2279,196 @@ def recurrence_bwd_kernel(
         t_next = tl.maximum(tl.minimum(t + 1 - 2 * REVERSE, T - 1), 0)
         if PHASE == 0 or PHASE == PH_A:
             for b0 in range(0, B, BB):
-                _bwd_phase_a(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, peep_ptr, gg_ptr, hs_ptr, cs_ptr,
-                             gates_ptr, dhs_ptr, d_ptr, drec_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, u_tile,
-                             hat_ptr, hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_h_ptr, keep_c_ptr,
-                             rmask_ptr, B, H, R, CELL, G, GA, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT,
-                             O_ACT, PROJ, RESET_AFTER, RELU, LN, NS, ZO, DROP, FGR, RESIDENT, STAGES, BB, BH, KA, KG,
-                             GAP, ACC, PREC)
+                _bwd_phase_a(
+                    t,
+                    prev,
+                    new,
+                    t_next,
+                    s,
+                    b0,
+                    s0,
+                    len_ptr,
+                    u_ptr,
+                    peep_ptr,
+                    gg_ptr,
+                    hs_ptr,
+                    cs_ptr,
+                    gates_ptr,
+                    dhs_ptr,
+                    d_ptr,
+                    drec_ptr,
+                    dprod_ptr,
+                    ghr_ptr,
+                    carry_h_ptr,
+                    carry_c_ptr,
+                    u_tile,
+                    hat_ptr,
+                    hatc_ptr,
+                    part_ptr,
+                    gln_ptr,
+                    cw_ptr,
+                    cb_ptr,
+                    dchat_ptr,
+                    keep_h_ptr,
+                    keep_c_ptr,
+                    rmask_ptr,
+                    B,
+                    H,
+                    R,
+                    CELL,
+                    G,
+                    GA,
+                    GS,
+                    IDX_I,
+                    IDX_F,
+                    IDX_G,
+                    IDX_O,
+                    CIFG,
+                    PEEP,
+                    G_ACT,
+                    O_ACT,
+                    PROJ,
+                    RESET_AFTER,
+                    RELU,
+                    LN,
+                    NS,
+                    ZO,
+                    DROP,
+                    FGR,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KA,
+                    KG,
+                    GAP,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_A)
         if PH_DN > 0 and (PHASE == 0 or PHASE == PH_DN):
             for b0 in range(0, B, BB):
-                bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H,
-                            2, 3, G, NS, BB, BH, PP)
+                bwd_phase_d(
+                    t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H, 2, 3, G, NS, BB, BH, PP
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_DN)
         if PH_B > 0 and (PHASE == 0 or PHASE == PH_B):
             for b0 in range(0, B, BB):
-                _bwd_phase_b(t, prev, new, t_next, s, b0, s0, len_ptr, u_ptr, whr_ptr, hs_ptr, cs_ptr, gates_ptr,
-                             peep_ptr, gg_ptr, d_ptr, dprod_ptr, ghr_ptr, carry_h_ptr, carry_c_ptr, w_tile, hat_ptr,
-                             hatc_ptr, part_ptr, gln_ptr, cw_ptr, cb_ptr, dchat_ptr, keep_c_ptr, rmask_ptr, B, H, R,
-                             CELL, G, GS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, O_ACT, LN, NS, ZO, DROP,
-                             FGR, RESIDENT, STAGES, BB, BH, KB, KG, ACC, PREC)
+                _bwd_phase_b(
+                    t,
+                    prev,
+                    new,
+                    t_next,
+                    s,
+                    b0,
+                    s0,
+                    len_ptr,
+                    u_ptr,
+                    whr_ptr,
+                    hs_ptr,
+                    cs_ptr,
+                    gates_ptr,
+                    peep_ptr,
+                    gg_ptr,
+                    d_ptr,
+                    dprod_ptr,
+                    ghr_ptr,
+                    carry_h_ptr,
+                    carry_c_ptr,
+                    w_tile,
+                    hat_ptr,
+                    hatc_ptr,
+                    part_ptr,
+                    gln_ptr,
+                    cw_ptr,
+                    cb_ptr,
+                    dchat_ptr,
+                    keep_c_ptr,
+                    rmask_ptr,
+                    B,
+                    H,
+                    R,
+                    CELL,
+                    G,
+                    GS,
+                    IDX_I,
+                    IDX_F,
+                    IDX_G,
+                    IDX_O,
+                    CIFG,
+                    PEEP,
+                    G_ACT,
+                    O_ACT,
+                    LN,
+                    NS,
+                    ZO,
+                    DROP,
+                    FGR,
+                    RESIDENT,
+                    STAGES,
+                    BB,
+                    BH,
+                    KB,
+                    KG,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_B)
         if PH_C > 0 and (PHASE == 0 or PHASE == PH_C):
             for b0 in range(0, B, BB):
-                _bwd_phase_c(t, prev, t_next, s, b0, s0, len_ptr, cs_ptr, gates_ptr, d_ptr, carry_c_ptr, peep_ptr,
-                             gg_ptr, hat_ptr, hatc_ptr, rstd_ptr, part_ptr, gln_ptr, cw_ptr, dchat_ptr, keep_c_ptr, B,
-                             H, G, GS, NS, IDX_I, IDX_F, IDX_G, IDX_O, CIFG, PEEP, G_ACT, ZO, FGR, STAGES, BB, BH, KG,
-                             PP, ACC, PREC)
+                _bwd_phase_c(
+                    t,
+                    prev,
+                    t_next,
+                    s,
+                    b0,
+                    s0,
+                    len_ptr,
+                    cs_ptr,
+                    gates_ptr,
+                    d_ptr,
+                    carry_c_ptr,
+                    peep_ptr,
+                    gg_ptr,
+                    hat_ptr,
+                    hatc_ptr,
+                    rstd_ptr,
+                    part_ptr,
+                    gln_ptr,
+                    cw_ptr,
+                    dchat_ptr,
+                    keep_c_ptr,
+                    B,
+                    H,
+                    G,
+                    GS,
+                    NS,
+                    IDX_I,
+                    IDX_F,
+                    IDX_G,
+                    IDX_O,
+                    CIFG,
+                    PEEP,
+                    G_ACT,
+                    ZO,
+                    FGR,
+                    STAGES,
+                    BB,
+                    BH,
+                    KG,
+                    PP,
+                    ACC,
+                    PREC,
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_C)
         if PH_D > 0 and (PHASE == 0 or PHASE == PH_D):
             for b0 in range(0, B, BB):
-                bwd_phase_d(t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H,
-                            0, GA, G, NS, BB, BH, PP)
+                bwd_phase_d(
+                    t, b0, s0, drec_ptr, dprod_ptr, hat_ptr, rstd_ptr, gln_ptr, part_ptr, B, H, 0, GA, G, NS, BB, BH, PP
+                )
             if PHASE == 0:
                 grid_sync(bar_ptr, k * NPH + PH_D)
