@@ -25,49 +25,52 @@ if not torch.cuda.is_available():
 
 triton = pytest.importorskip("triton")
 
+import catalogue  # noqa: E402
 import gatedrnn  # noqa: E402
-from gatedrnn.backends import choose  # noqa: E402
-from gatedrnn.backends import reference  # noqa: E402
+from gatedrnn.backends import choose, reference  # noqa: E402
 from gatedrnn.backends import triton as triton_backend  # noqa: E402
 from gatedrnn.backends.triton import launch, measured, offline, op  # noqa: E402
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise  # noqa: E402
-from gatedrnn.nn import extra_parameter_shapes  # noqa: E402
-
 from helpers import assert_close_results, rel_err, run_and_grad  # noqa: E402
 
 interpreter = pytest.mark.skipif(not launch.interpreting(), reason="needs TRITON_INTERPRET=1 (CPU run)")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or launch.interpreting(),
-                                reason="needs a CUDA GPU, without the interpreter")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available() or launch.interpreting(), reason="needs a CUDA GPU, without the interpreter"
+)
 
-CONFIGS = {
-    "rnn_tanh": CellConfig("rnn", 5),
-    "rnn_relu": CellConfig("rnn", 5, nonlinearity="relu"),
-    "lstm": CellConfig("lstm", 5),
-    "lstm_peephole": CellConfig("lstm", 5, variant="peephole"),
-    "lstm_cifg": CellConfig("lstm", 5, variant="cifg"),
-    "lstm_nig": CellConfig("lstm", 5, variant="nig"),
-    "lstm_nfg": CellConfig("lstm", 5, variant="nfg"),
-    "lstm_nog": CellConfig("lstm", 5, variant="nog"),
-    "lstm_niaf": CellConfig("lstm", 5, variant="niaf"),
-    "lstm_noaf": CellConfig("lstm", 5, variant="noaf"),
-    "lstm_fgr": CellConfig("lstm", 5, variant="fgr"),
-    "lstm_proj": CellConfig("lstm", 5, proj_size=3),
-    "lstm_peephole_proj_nobias": CellConfig("lstm", 5, proj_size=2, variant="peephole", bias=False),
-    "gru": CellConfig("gru", 5),
-    "gru_reset_before": CellConfig("gru", 5, reset_after=False),
-    "gru_nobias": CellConfig("gru", 5, bias=False),
-    "lstm_ln": CellConfig("lstm", 5, layer_norm=True),
-    "lstm_peephole_ln": CellConfig("lstm", 5, variant="peephole", layer_norm=True),
-    "lstm_cifg_ln_nobias": CellConfig("lstm", 5, variant="cifg", layer_norm=True, bias=False),
-    "lstm_nog_ln": CellConfig("lstm", 5, variant="nog", layer_norm=True),
-    "lstm_noaf_ln": CellConfig("lstm", 5, variant="noaf", layer_norm=True),
-    "lstm_proj_ln": CellConfig("lstm", 5, proj_size=3, layer_norm=True),
-    "lstm_fgr_ln": CellConfig("lstm", 5, variant="fgr", layer_norm=True),
-    "lstm_fgr_proj_ln": CellConfig("lstm", 5, variant="fgr", proj_size=3, layer_norm=True),
-    "gru_ln": CellConfig("gru", 5, layer_norm=True),
-    "gru_reset_before_ln": CellConfig("gru", 5, reset_after=False, layer_norm=True),
-    "gru_ln_nobias": CellConfig("gru", 5, layer_norm=True, bias=False),
-}
+
+def _config_label(family: str, options: dict) -> str:
+    """A readable key for a configuration: ``lstm_peephole_proj_ln``, ``gru_reset_before``, ``rnn_relu``."""
+    parts = [family]
+    for key, value in options.items():
+        if key in ("variant", "nonlinearity") and value != "vanilla":
+            parts.append(value)
+        elif key == "reset_after" and not value:
+            parts.append("reset_before")
+        elif key == "proj_size" and value:
+            parts.append("proj")
+        elif key == "layer_norm" and value:
+            parts.append("ln")
+        elif key == "bias" and not value:
+            parts.append("nobias")
+    return "_".join(parts)
+
+
+def _configs(cases: list[tuple[str, dict]]) -> dict[str, CellConfig]:
+    return {_config_label(family, options): CellConfig(family, 5, **options) for family, options in cases}
+
+
+# every configuration the families name a Triton kernel for, and the combinations beside them
+CONFIGS = _configs(catalogue.family_configurations("triton")) | _configs(
+    [
+        ("lstm", dict(variant="peephole", proj_size=2, bias=False)),
+        ("lstm", dict(variant="cifg", layer_norm=True, bias=False)),
+        ("lstm", dict(proj_size=3, layer_norm=True)),
+        ("lstm", dict(variant="fgr", proj_size=3, layer_norm=True)),
+        ("gru", dict(bias=False)),
+        ("gru", dict(layer_norm=True, bias=False)),
+    ]
+)
 LN_NAMES = ["lstm_ln", "lstm_proj_ln", "gru_ln", "gru_reset_before_ln"]
 
 
@@ -88,9 +91,7 @@ def layer_weights(cfg: CellConfig, input_size: int, dtype=torch.float64, device=
     shapes = {"weight_ih": (G * H, input_size), "weight_hh": (G * H, R)}
     if cfg.bias:
         shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-    if cfg.proj_size:
-        shapes["weight_hr"] = (R, H)
-    shapes.update(extra_parameter_shapes(cfg))
+    shapes.update(cfg.extra_parameter_shapes())
     scale = 1.5 / H**0.5
     weights = {k: (torch.rand(s, dtype=dtype, device=device) * 2 - 1) * scale for k, s in shapes.items()}
     for k in weights:
@@ -107,11 +108,15 @@ def layer_run(backend, cfg, x, state, weights, reverse, lengths, noise=None):
     out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
     gen = torch.Generator(device=x.device).manual_seed(7)
     results = [out, *final]
-    loss = sum((r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64, device=x.device)).sum()
-               for r in results)
+    loss = sum(
+        (r.double() * torch.randn(r.shape, generator=gen, dtype=torch.float64, device=x.device)).sum() for r in results
+    )
     loss.backward()
-    grads = {"x": x.grad, **{f"state{k}": s.grad for k, s in enumerate(state)},
-             **{k: v.grad for k, v in weights.items()}}
+    grads = {
+        "x": x.grad,
+        **{f"state{k}": s.grad for k, s in enumerate(state)},
+        **{k: v.grad for k, v in weights.items()},
+    }
     return [r.detach() for r in results], grads
 
 
@@ -120,14 +125,16 @@ def sample_noise(cfg, T, B, mode, device="cpu") -> Noise | None:
     mask (p = 0.3), ``"eval"`` zoneout's expectation, ``"dropout"`` the dropout mask alone."""
     if mode is None:
         return None
+
     def bernoulli(shape, p):  # noqa: E306
         return torch.bernoulli(torch.full(shape, p, dtype=torch.float64, device=device))
+
     noise = Noise(zoneout=0.0 if mode == "dropout" else 0.4)
     if mode in ("train", "dropout"):
         noise.recurrent_mask = bernoulli((B, cfg.output_size), 0.7) / 0.7
     if mode == "train":
         noise.zoneout_h = bernoulli((T, B, cfg.output_size), 0.4)
-        if cfg.family == "lstm":
+        if len(cfg.states) > 1:
             noise.zoneout_c = bernoulli((T, B, cfg.hidden_size), 0.4)
     return noise
 
@@ -140,9 +147,19 @@ def compare_layer(cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="c
     x = cast(torch.randn(T, B, I, dtype=torch.float64, device=device))
     state = tuple(cast(torch.randn(B, s, dtype=torch.float64, device=device) * 0.5) for s in cfg.state_sizes)
     weights = {k: cast(v) for k, v in layer_weights(cfg, I, device=device).items()}
-    expected = layer_run(reference, cfg, x.double(), tuple(s.double() for s in state),
-                         {k: v.double() for k, v in weights.items()}, reverse, lengths, noise)
-    got = layer_run(triton_backend, cfg, x, state, weights, reverse, lengths, None if noise is None else noise.to(dtype))
+    expected = layer_run(
+        reference,
+        cfg,
+        x.double(),
+        tuple(s.double() for s in state),
+        {k: v.double() for k, v in weights.items()},
+        reverse,
+        lengths,
+        noise,
+    )
+    got = layer_run(
+        triton_backend, cfg, x, state, weights, reverse, lengths, None if noise is None else noise.to(dtype)
+    )
     for k, (a, b) in enumerate(zip(got[0], expected[0])):
         assert rel_err(a.double(), b) <= tol, f"output {k}: rel err {rel_err(a.double(), b):.2e}"
     for name in expected[1]:
@@ -172,8 +189,7 @@ def test_a_second_derivative_says_which_backends_give_one(cls):
     ref = cls(3, 4, backend="reference", dtype=torch.float64)
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    grads = [torch.autograd.grad(m(x)[0].pow(2).sum(), list(m.parameters()), create_graph=True)
-             for m in (fast, ref)]
+    grads = [torch.autograd.grad(m(x)[0].pow(2).sum(), list(m.parameters()), create_graph=True) for m in (fast, ref)]
     assert all(rel_err(a, b) < 1e-10 for a, b in zip(*grads))
     with pytest.raises(RuntimeError, match="not implemented by backend='triton'.*backend='reference'"):
         sum(g.pow(2).sum() for g in grads[0]).backward()
@@ -198,10 +214,12 @@ def test_empty_sequence_passes_the_state_through(name, noise, reverse):
     x = torch.randn(0, 3, 2, dtype=torch.float64)
     state = tuple(torch.randn(3, s, dtype=torch.float64) for s in cfg.state_sizes)
     weights = layer_weights(cfg, 2)
-    (out, *final), grads = layer_run(triton_backend, cfg, x, state, weights, reverse, None,
-                                     sample_noise(cfg, 0, 3, noise))
-    (ref_out, *ref_final), ref_grads = layer_run(reference, cfg, x, state, weights, reverse, None,
-                                                sample_noise(cfg, 0, 3, noise))
+    (out, *final), grads = layer_run(
+        triton_backend, cfg, x, state, weights, reverse, None, sample_noise(cfg, 0, 3, noise)
+    )
+    (ref_out, *ref_final), ref_grads = layer_run(
+        reference, cfg, x, state, weights, reverse, None, sample_noise(cfg, 0, 3, noise)
+    )
     assert out.shape == ref_out.shape == (0, 3, cfg.output_size)
     for got, initial in zip(final, state):
         assert torch.equal(got, initial)
@@ -213,8 +231,9 @@ def test_empty_sequence_passes_the_state_through(name, noise, reverse):
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", "lstm_fgr",
-                                  *LN_NAMES])
+@pytest.mark.parametrize(
+    "name", ["lstm_peephole_proj_nobias", "gru_reset_before", "rnn_relu", "gru", "lstm_fgr", *LN_NAMES]
+)
 def test_persistent_kernel_path(name):
     """The single-launch path with grid barriers (one program: the interpreter runs programs in turn)."""
     launch.tuning.mode = "persistent"
@@ -232,8 +251,20 @@ def test_many_programs_and_batch_blocks(name):
 
 @interpreter
 @pytest.mark.parametrize("mode", ["persistent", "stepwise"])
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru", "gru_reset_before", "rnn_tanh", "lstm_cifg",
-                                  "lstm_proj_ln", "gru_reset_before_ln", "lstm_fgr", "lstm_fgr_proj_ln"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lstm_peephole_proj_nobias",
+        "gru",
+        "gru_reset_before",
+        "rnn_tanh",
+        "lstm_cifg",
+        "lstm_proj_ln",
+        "gru_reset_before_ln",
+        "lstm_fgr",
+        "lstm_fgr_proj_ln",
+    ],
+)
 def test_streamed_weights(name, mode):
     """The weights-don't-fit path: every phase re-reads its weight slice in chunks of 2 columns
     (R = 5 or 2: a ragged last chunk; fgr's gate weight too), in batch blocks of 2 rows, with a
@@ -249,8 +280,9 @@ def test_streamed_weights(name, mode):
 
 @interpreter
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln",
-                                  "lstm_fgr"])
+@pytest.mark.parametrize(
+    "name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln", "lstm_fgr"]
+)
 def test_low_precision_matches_float64_reference(name, dtype, tol):
     """fp32 / fp16 storage with fp32 accumulation against float64 on the same rounded inputs
     (bfloat16 runs on the GPU only: the interpreter's tl.dot is wrong for it)."""
@@ -263,10 +295,14 @@ def test_cell_state_is_carried_in_float32():
     to float16 (spacing 0.25 at 256) each step never moves, the float32 carry reaches
     256 + 10 tanh(0.1) = 257.0 after 10 steps (bfloat16 does not run under the interpreter)."""
     cfg, H, T, dtype = CellConfig("lstm", 2), 2, 10, torch.float16
-    weights = {"weight_ih": torch.zeros(4 * H, 1), "weight_hh": torch.zeros(4 * H, H),
-               "bias_ih": torch.zeros(4 * H), "bias_hh": torch.zeros(4 * H)}
+    weights = {
+        "weight_ih": torch.zeros(4 * H, 1),
+        "weight_hh": torch.zeros(4 * H, H),
+        "bias_ih": torch.zeros(4 * H),
+        "bias_hh": torch.zeros(4 * H),
+    }
     weights["bias_ih"][: 2 * H] = 20.0  # i = f = sigmoid(20) = 1 in half precision
-    weights["bias_ih"][2 * H: 3 * H] = 0.1
+    weights["bias_ih"][2 * H : 3 * H] = 0.1
     weights = {k: v.to(dtype) for k, v in weights.items()}
     state = (torch.zeros(1, H, dtype=dtype), torch.full((1, H), 256.0, dtype=dtype))
     with torch.no_grad():
@@ -277,10 +313,16 @@ def test_cell_state_is_carried_in_float32():
 
 
 @interpreter
-@pytest.mark.parametrize("dtype, allow, precision", [
-    (torch.float32, False, "ieee"), (torch.float32, True, "tf32"), (torch.float16, True, "ieee"),
-    (torch.float64, True, "ieee"),
-], ids=["fp32", "fp32_tf32", "fp16", "fp64"])
+@pytest.mark.parametrize(
+    "dtype, allow, precision",
+    [
+        (torch.float32, False, "ieee"),
+        (torch.float32, True, "tf32"),
+        (torch.float16, True, "ieee"),
+        (torch.float64, True, "ieee"),
+    ],
+    ids=["fp32", "fp32_tf32", "fp16", "fp64"],
+)
 def test_dot_precision_follows_the_tf32_switch(dtype, allow, precision):
     """Float32 runs tf32 dots only where torch's matmul switch allows it (the GPU's fp32 bound,
     1e-5, needs ieee); other dtypes always ieee. Checked on both kernels' plans, since the
@@ -312,8 +354,15 @@ def test_under_autocast_every_operand_runs_in_autocast_dtype(name):
     with torch.autocast("cpu", dtype=torch.float16):
         assert triton_backend.supports(cfg, x) is None
         got = layer_run(triton_backend, cfg, x, state, weights, False, lengths)
-    half = layer_run(triton_backend, cfg, x.half(), tuple(s.half() for s in state),
-                     {k: v.half() for k, v in weights.items()}, False, lengths)
+    half = layer_run(
+        triton_backend,
+        cfg,
+        x.half(),
+        tuple(s.half() for s in state),
+        {k: v.half() for k, v in weights.items()},
+        False,
+        lengths,
+    )
     for a, b in zip(got[0], half[0]):
         assert a.dtype == torch.float16 and torch.equal(a, b)
     for key, grad in got[1].items():
@@ -325,15 +374,21 @@ def test_under_autocast_every_operand_runs_in_autocast_dtype(name):
     with torch.autocast("cpu", dtype=torch.float16):
         recorded = triton_backend.run_layer(cfg, x, state, weights, lengths=lengths, noise=noise, record=True)
         fused = triton_backend.run_layer(cfg, x, state, weights, lengths=lengths, noise=noise)
-        wide = triton_backend.run_layer(cfg, x.double(), tuple(s.double() for s in state),
-                                        {k: v.double() for k, v in weights.items()}, lengths=lengths)
+        wide = triton_backend.run_layer(
+            cfg,
+            x.double(),
+            tuple(s.double() for s in state),
+            {k: v.double() for k, v in weights.items()},
+            lengths=lengths,
+        )
     assert recorded[0].dtype == fused[0].dtype == torch.float16 and rel_err(recorded[0], fused[0]) < 1e-2
     assert wide[0].dtype == torch.float64  # autocast leaves float64 alone, as torch's own ops do
 
 
 @interpreter
-@pytest.mark.parametrize("name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln",
-                                  "lstm_fgr_ln"])
+@pytest.mark.parametrize(
+    "name", ["lstm_peephole_proj_nobias", "gru_reset_before", "lstm_proj_ln", "gru_ln", "lstm_fgr_ln"]
+)
 def test_bitwise_deterministic(name):
     """Two runs on the same inputs give bitwise equal outputs, final states and gradients."""
     cfg = CONFIGS[name]
@@ -362,12 +417,14 @@ def nan_tailed(t: torch.Tensor) -> torch.Tensor:
 
 def _tailed_args(args: tuple) -> tuple:
     """Every tensor of a launcher's arguments (also inside its dataclasses) replaced by a NaN-tailed copy."""
+
     def tail(a):
         if isinstance(a, torch.Tensor) and a.numel():
             return nan_tailed(a)
         if dataclasses.is_dataclass(a) and not isinstance(a, type):
             return dataclasses.replace(a, **{f.name: tail(getattr(a, f.name)) for f in dataclasses.fields(a)})
         return a
+
     return tuple(tail(a) for a in args)
 
 
@@ -384,12 +441,16 @@ def reads_past_the_end_are_nan(monkeypatch):
 
 
 @interpreter
-@pytest.mark.parametrize("name, tuning, noise", [
-    ("lstm_peephole_proj_nobias", {}, None),
-    ("gru_reset_before", {}, "train"),
-    ("gru", {"resident": False, "block_k": 2, "block_b": 2}, None),
-    ("lstm_fgr_proj_ln", {}, "eval"),
-], ids=["lstm_peephole_proj", "gru_before_train", "gru_streamed", "lstm_fgr_proj_ln_eval"])
+@pytest.mark.parametrize(
+    "name, tuning, noise",
+    [
+        ("lstm_peephole_proj_nobias", {}, None),
+        ("gru_reset_before", {}, "train"),
+        ("gru", {"resident": False, "block_k": 2, "block_b": 2}, None),
+        ("lstm_fgr_proj_ln", {}, "eval"),
+    ],
+    ids=["lstm_peephole_proj", "gru_before_train", "gru_streamed", "lstm_fgr_proj_ln_eval"],
+)
 def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, reads_past_the_end_are_nan):
     """Every kernel read stays inside its tensor: each input and buffer is followed in memory by
     NaN, so a load whose mask lets one element past the end (an off-by-one ``<=`` against a tile
@@ -401,19 +462,42 @@ def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, reads_past_the_
     still match the reference."""
     launch.tuning = launch.Tuning(**tuning)
     cfg = CONFIGS[name]
-    compare_layer(cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 1, 3]),
-                  noise=sample_noise(cfg, 4, 3, noise))
+    compare_layer(
+        cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 1, 3]), noise=sample_noise(cfg, 4, 3, noise)
+    )
 
 
 # every code path of the regularisation once: sampled masks with dropout in every phase layout,
 # the expectation in each family, dropout alone (zoneout's code off) where it meets r * h
-REGULARISED = [(name, "train") for name in ("lstm", "lstm_peephole", "lstm_cifg_ln_nobias", "lstm_proj",
-                                            "lstm_proj_ln", "gru", "gru_reset_before", "gru_reset_before_ln",
-                                            "rnn_tanh", "rnn_relu")]
-REGULARISED += [(name, "eval") for name in ("lstm", "lstm_peephole", "lstm_proj", "lstm_ln", "gru",
-                                            "gru_reset_before", "gru_ln", "rnn_tanh")]
-REGULARISED += [("lstm", "dropout"), ("gru_reset_before", "dropout"), ("lstm_cifg", "train"), ("lstm_nfg", "train"),
-                ("lstm_niaf", "eval"), ("lstm_fgr", "train"), ("lstm_fgr_ln", "eval"), ("lstm_fgr_ln", "train")]
+REGULARISED = [
+    (name, "train")
+    for name in (
+        "lstm",
+        "lstm_peephole",
+        "lstm_cifg_ln_nobias",
+        "lstm_proj",
+        "lstm_proj_ln",
+        "gru",
+        "gru_reset_before",
+        "gru_reset_before_ln",
+        "rnn_tanh",
+        "rnn_relu",
+    )
+]
+REGULARISED += [
+    (name, "eval")
+    for name in ("lstm", "lstm_peephole", "lstm_proj", "lstm_ln", "gru", "gru_reset_before", "gru_ln", "rnn_tanh")
+]
+REGULARISED += [
+    ("lstm", "dropout"),
+    ("gru_reset_before", "dropout"),
+    ("lstm_cifg", "train"),
+    ("lstm_nfg", "train"),
+    ("lstm_niaf", "eval"),
+    ("lstm_fgr", "train"),
+    ("lstm_fgr_ln", "eval"),
+    ("lstm_fgr_ln", "train"),
+]
 
 
 @interpreter
@@ -437,12 +521,18 @@ def test_regularised_layer_matches_reference(name, mode):
 
 
 @interpreter
-@pytest.mark.parametrize("name, how", [
-    ("lstm_peephole", "persistent_streamed"), ("lstm_proj_ln", "persistent_streamed"),
-    ("gru_reset_before_ln", "persistent_streamed"), ("rnn_relu", "persistent_streamed"),
-    ("lstm_fgr_proj_ln", "persistent_streamed"),
-    ("gru_reset_before", "stepwise_one_unit_per_program"), ("rnn_relu", "stepwise_one_unit_per_program"),
-])
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("lstm_peephole", "persistent_streamed"),
+        ("lstm_proj_ln", "persistent_streamed"),
+        ("gru_reset_before_ln", "persistent_streamed"),
+        ("rnn_relu", "persistent_streamed"),
+        ("lstm_fgr_proj_ln", "persistent_streamed"),
+        ("gru_reset_before", "stepwise_one_unit_per_program"),
+        ("rnn_relu", "stepwise_one_unit_per_program"),
+    ],
+)
 def test_regularised_persistent_streamed_and_split(name, how):
     """Zoneout and recurrent dropout on the persistent path with streamed weights in chunks of
     2, and with one unit per program and one batch row per block (the masks' slices at every
@@ -452,8 +542,9 @@ def test_regularised_persistent_streamed_and_split(name, how):
     else:
         launch.tuning = launch.Tuning(mode="stepwise", block_h=1, block_b=1)
     cfg = CONFIGS[name]
-    compare_layer(cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 0, 3]),
-                  noise=sample_noise(cfg, 4, 3, "train"))
+    compare_layer(
+        cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 0, 3]), noise=sample_noise(cfg, 4, 3, "train")
+    )
 
 
 @interpreter
@@ -462,8 +553,17 @@ def test_regularised_persistent_streamed_and_split(name, how):
 def test_regularised_low_precision(name, dtype, tol):
     """Zoneout masks and the dropout mask in the storage dtype, against float64."""
     cfg = CONFIGS[name]
-    compare_layer(cfg, T=6, B=2, I=3, reverse=False, lengths=torch.tensor([6, 3]), dtype=dtype, tol=tol,
-                  noise=sample_noise(cfg, 6, 2, "train"))
+    compare_layer(
+        cfg,
+        T=6,
+        B=2,
+        I=3,
+        reverse=False,
+        lengths=torch.tensor([6, 3]),
+        dtype=dtype,
+        tol=tol,
+        noise=sample_noise(cfg, 6, 2, "train"),
+    )
 
 
 def _module_pair(factory, **kwargs):
@@ -475,17 +575,27 @@ def _module_pair(factory, **kwargs):
 
 MODULES = {
     "lstm_2layer_bidir": (gatedrnn.LSTM, dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True)),
-    "lstm_proj_bidir_peephole": (gatedrnn.LSTM, dict(input_size=3, hidden_size=5, proj_size=3, bidirectional=True,
-                                                    variant="peephole")),
-    "gru_2layer_bidir_before": (gatedrnn.GRU, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
-                                                   reset_after=False)),
+    "lstm_proj_bidir_peephole": (
+        gatedrnn.LSTM,
+        dict(input_size=3, hidden_size=5, proj_size=3, bidirectional=True, variant="peephole"),
+    ),
+    "gru_2layer_bidir_before": (
+        gatedrnn.GRU,
+        dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, reset_after=False),
+    ),
     "rnn_relu_2layer": (gatedrnn.RNN, dict(input_size=3, hidden_size=4, num_layers=2, nonlinearity="relu")),
-    "lstm_ln_2layer_bidir_peephole": (gatedrnn.LSTM, dict(input_size=3, hidden_size=5, num_layers=2,
-                                                          bidirectional=True, variant="peephole", layer_norm=True)),
-    "gru_ln_bidir_before": (gatedrnn.GRU, dict(input_size=3, hidden_size=4, bidirectional=True, reset_after=False,
-                                               layer_norm=True)),
-    "lstm_fgr_2layer_bidir_proj": (gatedrnn.LSTM, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True,
-                                                       proj_size=3, variant="fgr")),
+    "lstm_ln_2layer_bidir_peephole": (
+        gatedrnn.LSTM,
+        dict(input_size=3, hidden_size=5, num_layers=2, bidirectional=True, variant="peephole", layer_norm=True),
+    ),
+    "gru_ln_bidir_before": (
+        gatedrnn.GRU,
+        dict(input_size=3, hidden_size=4, bidirectional=True, reset_after=False, layer_norm=True),
+    ),
+    "lstm_fgr_2layer_bidir_proj": (
+        gatedrnn.LSTM,
+        dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=3, variant="fgr"),
+    ),
 }
 
 
@@ -512,10 +622,14 @@ def test_modules_match_reference(name, packed):
 
 
 @interpreter
-@pytest.mark.parametrize("factory, kwargs, training", [
-    (gatedrnn.LSTM, dict(num_layers=2, bidirectional=True, proj_size=3), True),
-    (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), False),
-], ids=["lstm_2layer_bidir_proj_train", "gru_ln_before_eval"])
+@pytest.mark.parametrize(
+    "factory, kwargs, training",
+    [
+        (gatedrnn.LSTM, dict(num_layers=2, bidirectional=True, proj_size=3), True),
+        (gatedrnn.GRU, dict(reset_after=False, layer_norm=True), False),
+    ],
+    ids=["lstm_2layer_bidir_proj_train", "gru_ln_before_eval"],
+)
 def test_regularised_modules_match_reference(factory, kwargs, training):
     """Modules with zoneout and recurrent dropout on backend='triton': the masks the module draws
     (the same for both backends under the same seed) go into the kernels; in evaluation zoneout's
@@ -572,10 +686,21 @@ def test_compiles_with_torch_compile():
 
 
 @interpreter
-@pytest.mark.parametrize("name, mode", [("lstm_peephole_proj_nobias", None), ("gru", None), ("gru_reset_before", None),
-                                        ("lstm_proj_ln", None), ("gru_ln", None), ("lstm_peephole", "train"),
-                                        ("rnn_tanh", "train"), ("gru_reset_before", "eval"), ("lstm_fgr", None),
-                                        ("lstm_fgr_proj_ln", "train")])
+@pytest.mark.parametrize(
+    "name, mode",
+    [
+        ("lstm_peephole_proj_nobias", None),
+        ("gru", None),
+        ("gru_reset_before", None),
+        ("lstm_proj_ln", None),
+        ("gru_ln", None),
+        ("lstm_peephole", "train"),
+        ("rnn_tanh", "train"),
+        ("gru_reset_before", "eval"),
+        ("lstm_fgr", None),
+        ("lstm_fgr_proj_ln", "train"),
+    ],
+)
 def test_custom_op_registration(name, mode):
     """torch.library's own check of the ops: schema, fake implementation (shapes under
     FakeTensor, i.e. torch.compile tracing) and the registered autograd formula; also with
@@ -584,34 +709,63 @@ def test_custom_op_registration(name, mode):
     T, B, H, R = 3, 2, cfg.hidden_size, cfg.output_size
     w = layer_weights(cfg, 2)
     xw = torch.randn(T, B, cfg.num_gates * H, dtype=torch.float64, requires_grad=True)
-    lstm = cfg.family == "lstm"
+    lstm = len(cfg.states) > 1
+    spec = launch.KernelSpec.from_config(cfg)
     zoneout, keep_h, keep_c, rmask = triton_backend.kernel_noise(cfg, sample_noise(cfg, T, B, mode), xw)
     operands = op.Operands(
-        c0=torch.randn(B, H, dtype=torch.float64) if lstm else None, weight_hr=w.get("weight_hr"),
+        c0=torch.randn(B, H, dtype=torch.float64) if lstm else None,
+        weight_hr=w.get("weight_hr"),
         weight_ch=w.get("weight_ch"),
-        weight_gg=launch.padded_gate_weight(w["weight_gg"]).requires_grad_(True) if cfg.variant == "fgr" else None,
-        bias_hn=torch.randn(H, dtype=torch.float64) if cfg.family == "gru" and cfg.reset_after else None,
-        ln_weight_hh=w.get("ln_weight_hh"), ln_weight_c=w.get("ln_weight_c"), ln_bias_c=w.get("ln_bias_c"),
-        keep_h=keep_h, keep_c=keep_c, rmask=rmask,
+        weight_gg=launch.padded_gate_weight(w["weight_gg"]).requires_grad_(True) if spec.fgr else None,
+        bias_hn=torch.randn(H, dtype=torch.float64) if spec.split_recurrent_grad else None,
+        ln_weight_hh=w.get("ln_weight_hh"),
+        ln_weight_c=w.get("ln_weight_c"),
+        ln_bias_c=w.get("ln_bias_c"),
+        keep_h=keep_h,
+        keep_c=keep_c,
+        rmask=rmask,
     )
-    settings = op.Settings(cfg.family, cfg.variant, cfg.reset_after, zoneout=zoneout, eps=cfg.eps)
-    args = (xw, torch.tensor([3, 2], dtype=torch.int32), torch.randn(B, R, dtype=torch.float64),
-            w["weight_hh"].requires_grad_(True), operands.pack(xw), *settings.arguments())
-    torch.library.opcheck(op.triton_recurrence, args,
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    settings = op.Settings(cfg.kernel("triton"), spec.variant, spec.reset_after, zoneout=zoneout, eps=cfg.eps)
+    args = (
+        xw,
+        torch.tensor([3, 2], dtype=torch.int32),
+        torch.randn(B, R, dtype=torch.float64),
+        w["weight_hh"].requires_grad_(True),
+        operands.pack(xw),
+        *settings.arguments(),
+    )
+    torch.library.opcheck(
+        op.triton_recurrence, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration")
+    )
 
 
 @pytest.mark.parametrize("zoneout", [0, 1, 2])
 def test_op_settings_survive_their_encoding(zoneout):
-    """The ops' settings go as (family, variant, flags, eps): every combination of the switches
+    """The ops' settings go as (cell, variant, flags, eps): every combination of the switches
     and zoneout mode decodes to itself, and an unknown zoneout mode is refused."""
     for bits in range(16):
-        switches = dict(reset_after=bool(bits & 1), relu=bool(bits & 2), reverse=bool(bits & 4),
-                        allow_tf32=bool(bits & 8))
+        switches = dict(
+            reset_after=bool(bits & 1), relu=bool(bits & 2), reverse=bool(bits & 4), allow_tf32=bool(bits & 8)
+        )
         settings = op.Settings("gru", "vanilla", zoneout=zoneout, eps=1e-3, **switches)
         assert op.Settings.from_arguments(*settings.arguments()) == settings
     with pytest.raises(ValueError, match="zoneout mode must be 0, 1 or 2, got 3"):
         op.Settings("lstm", zoneout=3).arguments()
+
+
+def test_kernel_spec_takes_only_its_own_cells():
+    """A spec names one of the backend's kernels (``launch.CELLS``), the ``CELL`` constexpr its
+    kind; any other name is refused rather than run on another cell's kernel."""
+    assert [launch.KernelSpec(name).constexprs()["CELL"] for name in launch.CELLS] == [
+        launch.LSTM,
+        launch.GRU,
+        launch.RNN,
+    ]
+    assert launch.KernelSpec.from_config(CONFIGS["gru_reset_before_ln"]) == launch.KernelSpec(
+        "gru", reset_after=False, layer_norm=True
+    )
+    with pytest.raises(ValueError, match="no recurrence kernel named 'mingru'"):
+        launch.KernelSpec("mingru")
 
 
 def test_supports_every_variant(monkeypatch):
@@ -619,8 +773,12 @@ def test_supports_every_variant(monkeypatch):
     and RNN form: the kernels take them all, and backend='triton' is chosen for them."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.zeros(1, dtype=torch.float32)
-    cfgs = [CellConfig("lstm", 4, variant=v, layer_norm=ln, proj_size=p)
-            for v in LSTM_VARIANTS for ln in (False, True) for p in (0, 2)]
+    cfgs = [
+        CellConfig("lstm", 4, variant=v, layer_norm=ln, proj_size=p)
+        for v in LSTM_VARIANTS
+        for ln in (False, True)
+        for p in (0, 2)
+    ]
     cfgs += [CellConfig("gru", 4, reset_after=ra, layer_norm=ln) for ra in (False, True) for ln in (False, True)]
     cfgs += [CellConfig("rnn", 4, nonlinearity=n) for n in ("tanh", "relu")]
     for cfg in cfgs:
@@ -663,10 +821,23 @@ def test_layer_norm_phases_and_saved_statistics(name):
     h0 = torch.randn(B, cfg.output_size, dtype=torch.float64)
     xw, bias_hn = triton_backend.input_projection(cfg, torch.randn(T, B, I, dtype=torch.float64), w)
     ln = launch.LayerNormWeights(w["ln_weight_hh"], w.get("ln_weight_c"), w.get("ln_bias_c"), cfg.eps)
-    c0 = torch.randn(B, H, dtype=torch.float64) if cfg.family == "lstm" else None
-    hs, cs, _, aux, hat, hatc, rstd = launch.forward(spec, xw, torch.full((B,), T, dtype=torch.int32), h0, c0,
-                                                     w["weight_hh"], w.get("weight_hr"), None, None, bias_hn, ln,
-                                                     launch.NoiseBuffers(), False, False)
+    c0 = torch.randn(B, H, dtype=torch.float64) if len(cfg.states) > 1 else None
+    hs, cs, _, aux, hat, hatc, rstd = launch.forward(
+        spec,
+        xw,
+        torch.full((B,), T, dtype=torch.int32),
+        h0,
+        c0,
+        w["weight_hh"],
+        w.get("weight_hr"),
+        None,
+        None,
+        bias_hn,
+        ln,
+        launch.NoiseBuffers(),
+        False,
+        False,
+    )
     blocks = hat.unflatten(-1, (cfg.num_gates, H))  # (T, B, G, H)
     assert blocks.mean(-1).abs().max() < 1e-12
     # var(x̂) = var / (var + eps) = 1 - eps r^2
@@ -676,9 +847,9 @@ def test_layer_norm_phases_and_saved_statistics(name):
     ref_rstd = torch.rsqrt(raw[..., rz, :].var(-1, unbiased=False) + cfg.eps)
     assert torch.allclose(rstd[..., : cfg.num_gates][..., rz], ref_rstd, rtol=1e-12)
     if spec.gru_before:
-        n_raw = aux.matmul(w["weight_hh"][2 * H:].t())
+        n_raw = aux.matmul(w["weight_hh"][2 * H :].t())
         assert torch.allclose(rstd[..., 2], torch.rsqrt(n_raw.var(-1, unbiased=False) + cfg.eps), rtol=1e-12)
-    if cfg.family == "lstm":
+    if len(cfg.states) > 1:
         assert torch.allclose(hatc, torch.nn.functional.layer_norm(cs[1:], (H,), eps=cfg.eps), atol=1e-12)
 
 
@@ -709,8 +880,16 @@ def test_plan_keeps_resident_weights_only_where_they_fit():
             p = plan(backward, dtype)
             assert p.persistent and p.programs <= 132 and p.programs * p.consts["BH"] >= 1024
             assert min(p.consts["BB"], p.consts["BH"], p.consts["KA"], p.consts["KB"]) >= 16
-            need = launch.resident_bytes(spec, backward, p.consts["BB"], p.consts["BH"], p.consts["KA"],
-                                         p.consts["KB"], p.consts["KG"], torch.empty(0, dtype=dtype).element_size())
+            need = launch.resident_bytes(
+                spec,
+                backward,
+                p.consts["BB"],
+                p.consts["BH"],
+                p.consts["KA"],
+                p.consts["KB"],
+                p.consts["KG"],
+                torch.empty(0, dtype=dtype).element_size(),
+            )
             assert need <= 232448
 
 
@@ -745,9 +924,14 @@ def test_plan_pipelines_only_streamed_loops_and_bounds_units_by_the_dot(monkeypa
     monkeypatch.setattr(launch, "tuning", launch.Tuning(mode="stepwise"))
     assert not plan(True, torch.bfloat16).persistent and plan(True, torch.bfloat16).consts["STAGES"] == 3
     monkeypatch.setattr(launch, "tuning", launch.Tuning(block_h=1))
-    cases = {(launch.KernelSpec("lstm"), False): 4, (launch.KernelSpec("lstm"), True): 16,
-             (launch.KernelSpec("gru", reset_after=False), False): 16, (launch.KernelSpec("rnn"), False): 16,
-             (launch.KernelSpec("lstm", "cifg"), False): 4, (launch.KernelSpec("lstm", proj=True), False): 16}
+    cases = {
+        (launch.KernelSpec("lstm"), False): 4,
+        (launch.KernelSpec("lstm"), True): 16,
+        (launch.KernelSpec("gru", reset_after=False), False): 16,
+        (launch.KernelSpec("rnn"), False): 16,
+        (launch.KernelSpec("lstm", "cifg"), False): 4,
+        (launch.KernelSpec("lstm", proj=True), False): 16,
+    }
     for (spec, backward), block_h in cases.items():
         p = _h100_plan(spec, backward, torch.bfloat16, B=16, H=1024, R=512 if spec.proj else 1024)
         assert p.consts["BH"] == block_h and p.programs == 1024 // block_h, (spec, backward)
@@ -765,23 +949,52 @@ SM90_CASES = {
     "lstm_proj_fp32_fwd_streamed": (launch.KernelSpec("lstm", proj=True), False, torch.float32, 1024, 512),
     "gru_before_bf16_H512_bwd_resident": (launch.KernelSpec("gru", reset_after=False), True, torch.bfloat16, 512, 512),
     "lstm_ln_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm", layer_norm=True), False, torch.bfloat16, 1024, 1024),
-    "lstm_proj_ln_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", proj=True, layer_norm=True), True,
-                                             torch.bfloat16, 1024, 512),
-    "gru_before_ln_bf16_H512_fwd_resident": (launch.KernelSpec("gru", reset_after=False, layer_norm=True), False,
-                                             torch.bfloat16, 512, 512),
+    "lstm_proj_ln_bf16_H1024_bwd_streamed": (
+        launch.KernelSpec("lstm", proj=True, layer_norm=True),
+        True,
+        torch.bfloat16,
+        1024,
+        512,
+    ),
+    "gru_before_ln_bf16_H512_fwd_resident": (
+        launch.KernelSpec("gru", reset_after=False, layer_norm=True),
+        False,
+        torch.bfloat16,
+        512,
+        512,
+    ),
     "gru_ln_bf16_H512_bwd_resident": (launch.KernelSpec("gru", layer_norm=True), True, torch.bfloat16, 512, 512),
     # zoneout's sampled masks and recurrent dropout; the expectation (its p in a float32 buffer)
-    "lstm_zoneout_dropout_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", zoneout=1, dropout=True), True,
-                                                     torch.bfloat16, 1024, 1024),
+    "lstm_zoneout_dropout_bf16_H1024_bwd_streamed": (
+        launch.KernelSpec("lstm", zoneout=1, dropout=True),
+        True,
+        torch.bfloat16,
+        1024,
+        1024,
+    ),
     "gru_before_ln_zoneout_dropout_bf16_H512_fwd_resident": (
-        launch.KernelSpec("gru", reset_after=False, layer_norm=True, zoneout=1, dropout=True), False, torch.bfloat16,
-        512, 512),
+        launch.KernelSpec("gru", reset_after=False, layer_norm=True, zoneout=1, dropout=True),
+        False,
+        torch.bfloat16,
+        512,
+        512,
+    ),
     "lstm_proj_ln_zoneout_eval_fp16_H1024_fwd_resident": (
-        launch.KernelSpec("lstm", proj=True, layer_norm=True, zoneout=2), False, torch.float16, 1024, 512),
+        launch.KernelSpec("lstm", proj=True, layer_norm=True, zoneout=2),
+        False,
+        torch.float16,
+        1024,
+        512,
+    ),
     # fgr: the streamed gate-to-gate product beside resident or streamed weight_hh
     "lstm_fgr_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm", "fgr"), False, torch.bfloat16, 1024, 1024),
-    "lstm_fgr_ln_bf16_H1024_bwd_streamed": (launch.KernelSpec("lstm", "fgr", layer_norm=True), True, torch.bfloat16,
-                                            1024, 1024),
+    "lstm_fgr_ln_bf16_H1024_bwd_streamed": (
+        launch.KernelSpec("lstm", "fgr", layer_norm=True),
+        True,
+        torch.bfloat16,
+        1024,
+        1024,
+    ),
 }
 
 
@@ -790,8 +1003,12 @@ def sm90_build(case: str) -> dict[str, int]:
     Triton and ptxas allocated, and the planner's estimate. Needs the compiled path (no interpreter)."""
     spec, backward, dtype, H, R = SM90_CASES[case]
     b = offline.compile_for(offline.H100, spec, backward, dtype, 16, H, R)
-    return {"shared": b.shared_bytes, "estimate": b.estimate_bytes, "registers": b.registers,
-            "resident": int(b.plan.consts["RESIDENT"])}
+    return {
+        "shared": b.shared_bytes,
+        "estimate": b.estimate_bytes,
+        "registers": b.registers,
+        "resident": int(b.plan.consts["RESIDENT"]),
+    }
 
 
 def test_kernels_compile_for_hopper():
@@ -799,13 +1016,22 @@ def test_kernels_compile_for_hopper():
     its bundled ptxas (no GPU needed), and their shared memory stays within the planner's
     estimate and the H100's 227 KiB. A subprocess, since the interpreter is on in this one."""
     pytest.importorskip("triton.backends.nvidia")
-    script = ("import json, test_triton_backend as t; "
-              "print(json.dumps({c: t.sm90_build(c) for c in t.SM90_CASES}))")
+    script = "import json, test_triton_backend as t; print(json.dumps({c: t.sm90_build(c) for c in t.SM90_CASES}))"
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-c", script], cwd=os.path.dirname(__file__), env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        TRITON_INTERPRET="0",
+        TRITON_DEFAULT_FP_FUSION="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=os.path.dirname(__file__),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if run.returncode != 0 and "ptxas" in run.stderr.lower():
         pytest.skip("Triton cannot build for sm_90 here: " + run.stderr.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
@@ -821,9 +1047,11 @@ FAKE_GPU = "Fake GPU 80GB"
 
 
 def fake_table(verified: bool = True) -> dict:
-    cases = [{"cell": "lstm", "dtype": "bf16", "B": 16, "H": 1024, "fwd": 2.0, "train": 4.0},
-             {"cell": "lstm", "dtype": "bf16", "B": 256, "H": 1024, "fwd": 0.9, "train": 1.2},
-             {"cell": "gru", "dtype": "fp16", "B": 16, "H": 768, "fwd": 1.02, "train": 0.8}]
+    cases = [
+        {"cell": "lstm", "dtype": "bf16", "B": 16, "H": 1024, "fwd": 2.0, "train": 4.0},
+        {"cell": "lstm", "dtype": "bf16", "B": 256, "H": 1024, "fwd": 0.9, "train": 1.2},
+        {"cell": "gru", "dtype": "fp16", "B": 16, "H": 768, "fwd": 1.02, "train": 0.8},
+    ]
     return {"devices": [{"name": FAKE_GPU, "verified": verified, "cases": cases}]}
 
 
@@ -839,8 +1067,9 @@ def on_fake_gpu(monkeypatch, tmp_path):
         path.write_text(json.dumps(table))
         measured.load.cache_clear()
 
-    monkeypatch.setattr(measured, "load", functools.lru_cache(None)(lambda: measured.parse(
-        json.loads(path.read_text()), str(path))))
+    monkeypatch.setattr(
+        measured, "load", functools.lru_cache(None)(lambda: measured.parse(json.loads(path.read_text()), str(path)))
+    )
     use(fake_table())
     return use
 
@@ -856,8 +1085,9 @@ def test_cuda_needs_the_opt_in_until_verified(monkeypatch, on_fake_gpu):
     assert triton_backend.cuda_enabled(gpu)  # the fake GPU's record is verified
     on_fake_gpu(fake_table(verified=False))
     assert not triton_backend.cuda_enabled(gpu)
-    assert "not been verified on this GPU (Fake GPU 80GB)" in triton_backend.supports(CellConfig("lstm", 8),
-                                                                                      cuda_input(16, 8))
+    assert "not been verified on this GPU (Fake GPU 80GB)" in triton_backend.supports(
+        CellConfig("lstm", 8), cuda_input(16, 8)
+    )
     monkeypatch.setenv("GATEDRNN_TRITON_CUDA", "1")
     assert triton_backend.cuda_enabled()
 
@@ -869,17 +1099,17 @@ def test_auto_picks_the_kernels_only_where_measured_faster(on_fake_gpu):
         with torch.set_grad_enabled(training):
             return choose("auto", cfg, x, regularised=False, single_layer=single_layer)
 
-    assert auto(lstm, cuda_input(16, 1024)) == "triton"                       # measured 4x training
-    assert auto(lstm, cuda_input(16, 1024), training=False) == "triton"       # and 2x forward
-    assert auto(CellConfig("lstm", 2048), cuda_input(32, 2048)) == "triton"   # one octave away in B and H
-    assert auto(CellConfig("lstm", 4096), cuda_input(16, 4096)) == "torch"    # two octaves: nothing claimed
-    assert auto(lstm, cuda_input(256, 1024), training=False) == "torch"       # 0.9x forward
-    assert auto(lstm, cuda_input(256, 1024)) == "triton"                      # 1.2x training
-    assert auto(lstm, cuda_input(128, 1024)) == "triton"                      # nearest point is B=256
-    assert auto(lstm, cuda_input(64, 1024)) == "torch"                        # two octaves from both: nothing
+    assert auto(lstm, cuda_input(16, 1024)) == "triton"  # measured 4x training
+    assert auto(lstm, cuda_input(16, 1024), training=False) == "triton"  # and 2x forward
+    assert auto(CellConfig("lstm", 2048), cuda_input(32, 2048)) == "triton"  # one octave away in B and H
+    assert auto(CellConfig("lstm", 4096), cuda_input(16, 4096)) == "torch"  # two octaves: nothing claimed
+    assert auto(lstm, cuda_input(256, 1024), training=False) == "torch"  # 0.9x forward
+    assert auto(lstm, cuda_input(256, 1024)) == "triton"  # 1.2x training
+    assert auto(lstm, cuda_input(128, 1024)) == "triton"  # nearest point is B=256
+    assert auto(lstm, cuda_input(64, 1024)) == "torch"  # two octaves from both: nothing
     assert auto(gru, cuda_input(16, 768, torch.float16), training=False) == "torch"  # 1.02x < MARGIN
-    assert auto(lstm, cuda_input(16, 1024, torch.float16)) == "torch"         # fp16 not measured
-    assert auto(lstm, cuda_input(16, 1024), single_layer=False) == "torch"    # stacks were not measured
+    assert auto(lstm, cuda_input(16, 1024, torch.float16)) == "torch"  # fp16 not measured
+    assert auto(lstm, cuda_input(16, 1024), single_layer=False) == "torch"  # stacks were not measured
     assert auto(CellConfig("lstm", 1024, proj_size=512), cuda_input(16, 1024)) == "torch"
     assert choose("auto", lstm, cuda_input(16, 1024), regularised=True) == "triton"  # zoneout: not cuDNN
     on_fake_gpu(fake_table(verified=False))
@@ -892,21 +1122,36 @@ def test_auto_picks_the_kernels_only_where_measured_faster(on_fake_gpu):
 def test_auto_reads_equally_near_points_cautiously_and_never_over_a_failure(on_fake_gpu):
     """Of two points one octave either side, the lower speed-up for the pass in question decides;
     a case where the kernels failed (recorded as 0) vetoes its neighbourhood at distance 0."""
+
     def lstm_point(B, fwd, train):
         return {"cell": "lstm", "dtype": "bf16", "B": B, "H": 1024, "fwd": fwd, "train": train}
 
-    on_fake_gpu({"devices": [{"name": FAKE_GPU, "verified": True, "cases": [
-        lstm_point(32, 0.9, 3.0), lstm_point(128, 1.5, 1.0), lstm_point(512, 0.0, 0.0), lstm_point(1024, 2.0, 2.0)]}]})
+    on_fake_gpu(
+        {
+            "devices": [
+                {
+                    "name": FAKE_GPU,
+                    "verified": True,
+                    "cases": [
+                        lstm_point(32, 0.9, 3.0),
+                        lstm_point(128, 1.5, 1.0),
+                        lstm_point(512, 0.0, 0.0),
+                        lstm_point(1024, 2.0, 2.0),
+                    ],
+                }
+            ]
+        }
+    )
     lstm = CellConfig("lstm", 1024)
 
     def auto(B, training):
         with torch.set_grad_enabled(training):
             return choose("auto", lstm, cuda_input(B, 1024), regularised=False)
 
-    assert auto(64, training=True) == "torch"    # train: 3.0 at B=32 but 1.0 at B=128
-    assert auto(64, training=False) == "torch"   # fwd: 0.9 at B=32
+    assert auto(64, training=True) == "torch"  # train: 3.0 at B=32 but 1.0 at B=128
+    assert auto(64, training=False) == "torch"  # fwd: 0.9 at B=32
     assert auto(128, training=False) == "triton"
-    assert auto(512, training=True) == "torch"   # failed there, though B=1024 won at 2x
+    assert auto(512, training=True) == "torch"  # failed there, though B=1024 won at 2x
     assert auto(1024, training=True) == "triton"
 
 
@@ -932,13 +1177,23 @@ def test_benchmark_writes_the_table_auto_reads(tmp_path, on_fake_gpu):
     gpu = import_gpu_benchmark()
     planned = [gpu.Case("lstm", "bf16", 16, 1024), gpu.Case("lstm-ln", "bf16", 16, 1024)]
     planned.append(gpu.Case("gru", "bf16", 256, 1024))
-    rows = [{"case": planned[0].label, "provider": "cudnn", "speedup_fwd": 1.0, "speedup_fwdbwd": 1.0},
-            {"case": planned[0].label, "provider": "triton", "speedup_fwd": 3.0, "speedup_fwdbwd": 0.5},
-            {"case": planned[1].label, "provider": "triton", "speedup_fwd": 9.0, "speedup_fwdbwd": 9.0},
-            {"case": planned[2].label, "provider": "triton", "error": "OutOfResources: shared memory"}]
+    rows = [
+        {"case": planned[0].label, "provider": "cudnn", "speedup_fwd": 1.0, "speedup_fwdbwd": 1.0},
+        {"case": planned[0].label, "provider": "triton", "speedup_fwd": 3.0, "speedup_fwdbwd": 0.5},
+        {"case": planned[1].label, "provider": "triton", "speedup_fwd": 9.0, "speedup_fwdbwd": 9.0},
+        {"case": planned[2].label, "provider": "triton", "error": "OutOfResources: shared memory"},
+    ]
     path = tmp_path / "table.json"
-    path.write_text(json.dumps({"devices": [{"name": "Old GPU", "verified": True, "cases": []},
-                                            {"name": FAKE_GPU, "verified": True, "cases": [{"bad": 1}]}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "devices": [
+                    {"name": "Old GPU", "verified": True, "cases": []},
+                    {"name": FAKE_GPU, "verified": True, "cases": [{"bad": 1}]},
+                ]
+            }
+        )
+    )
     record = gpu.auto_record(rows, planned, FAKE_GPU, True, [9, 0], "3.6.0", "test")
     gpu.write_auto_table(str(path), record)
     records = measured.parse(json.loads(path.read_text()), str(path))
@@ -1038,8 +1293,17 @@ def test_gpu_layer_matches_float64_reference(name, dtype_name, path):
     dtype, tf32, tol = GPU_DTYPES[dtype_name]
     launch.tuning = launch.Tuning(**GPU_PATHS[path])
     with _tf32(tf32):
-        compare_layer(GPU_CONFIGS[name], T=128, B=16, I=64, reverse=name.endswith("proj"),
-                      lengths=_gpu_lengths(128, 16), dtype=dtype, device="cuda", tol=tol)
+        compare_layer(
+            GPU_CONFIGS[name],
+            T=128,
+            B=16,
+            I=64,
+            reverse=name.endswith("proj"),
+            lengths=_gpu_lengths(128, 16),
+            dtype=dtype,
+            device="cuda",
+            tol=tol,
+        )
     if "resident" in GPU_PATHS[path]:
         assert not launch.last_plans["forward"].consts["RESIDENT"]
         assert launch.last_plans["backward"].consts["STAGES"] == GPU_PATHS[path].get("stages", 1)
@@ -1053,19 +1317,35 @@ def test_gpu_target_sizes_match_float64_reference(name):
     cfg, dtype_name = GPU_TARGETS[name]
     dtype, tf32, tol = GPU_DTYPES[dtype_name]
     with _tf32(tf32):
-        compare_layer(cfg, T=32, B=16, I=cfg.hidden_size, reverse=False, lengths=_gpu_lengths(32, 16),
-                      dtype=dtype, device="cuda", tol=tol)
+        compare_layer(
+            cfg,
+            T=32,
+            B=16,
+            I=cfg.hidden_size,
+            reverse=False,
+            lengths=_gpu_lengths(32, 16),
+            dtype=dtype,
+            device="cuda",
+            tol=tol,
+        )
     assert launch.last_plans["forward"].persistent and launch.last_plans["backward"].persistent
 
 
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("name, dtype_name, path", [
-    ("lstm", "bf16", "auto"), ("lstm", "fp32", "streamed"), ("gru_reset_before", "bf16", "auto"),
-    ("lstm_proj_ln", "bf16", "streamed"), ("gru_ln", "fp16", "auto"), ("rnn_relu", "fp32", "auto"),
-    ("lstm_fgr", "bf16", "auto"),
-])
+@pytest.mark.parametrize(
+    "name, dtype_name, path",
+    [
+        ("lstm", "bf16", "auto"),
+        ("lstm", "fp32", "streamed"),
+        ("gru_reset_before", "bf16", "auto"),
+        ("lstm_proj_ln", "bf16", "streamed"),
+        ("gru_ln", "fp16", "auto"),
+        ("rnn_relu", "fp32", "auto"),
+        ("lstm_fgr", "bf16", "auto"),
+    ],
+)
 def test_gpu_regularised_matches_float64_reference(name, dtype_name, path, mode):
     """Zoneout and recurrent dropout in the compiled kernels (resident and streamed plans),
     against float64 with the same masks."""
@@ -1073,8 +1353,18 @@ def test_gpu_regularised_matches_float64_reference(name, dtype_name, path, mode)
     launch.tuning = launch.Tuning(**GPU_PATHS[path])
     cfg = GPU_CONFIGS[name]
     with _tf32(tf32):
-        compare_layer(cfg, T=64, B=16, I=64, reverse=False, lengths=_gpu_lengths(64, 16), dtype=dtype,
-                      device="cuda", tol=tol, noise=sample_noise(cfg, 64, 16, mode, device="cuda"))
+        compare_layer(
+            cfg,
+            T=64,
+            B=16,
+            I=64,
+            reverse=False,
+            lengths=_gpu_lengths(64, 16),
+            dtype=dtype,
+            device="cuda",
+            tol=tol,
+            noise=sample_noise(cfg, 64, 16, mode, device="cuda"),
+        )
 
 
 @pytest.mark.gpu
@@ -1125,8 +1415,9 @@ def test_gpu_modules_match_reference(name, packed):
         out, final = module(inp, states if len(states) > 1 else states[0])
         outs = [out.data if packed else out, *(final if isinstance(final, tuple) else (final,))]
         gen = torch.Generator(device="cuda").manual_seed(5)
-        loss = sum((o.double() * torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)).sum()
-                   for o in outs)
+        loss = sum(
+            (o.double() * torch.randn(o.shape, generator=gen, device="cuda", dtype=torch.float64)).sum() for o in outs
+        )
         loss.backward()
         grads = {"input": leaf.grad, **{n: p.grad for n, p in module.named_parameters()}}
         return [o.detach() for o in outs], grads
@@ -1141,9 +1432,15 @@ def test_gpu_modules_match_reference(name, packed):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("factory, kwargs", [
-    (gatedrnn.LSTM, {}), (gatedrnn.GRU, {}), (gatedrnn.LSTM, {"variant": "peephole", "num_layers": 2}),
-], ids=["lstm", "gru", "peephole_2_layers"])
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [
+        (gatedrnn.LSTM, {}),
+        (gatedrnn.GRU, {}),
+        (gatedrnn.LSTM, {"variant": "peephole", "num_layers": 2}),
+    ],
+    ids=["lstm", "gru", "peephole_2_layers"],
+)
 def test_gpu_under_autocast_runs_in_bfloat16_as_cudnn_does(factory, kwargs):
     """A float32 module under CUDA autocast (bfloat16): the kernels run in bfloat16, as cuDNN does
     there: outputs and final states in bfloat16 (torch.nn's dtypes under autocast), within the
@@ -1190,11 +1487,30 @@ def test_gpu_benchmark_runs_end_to_end_with_fake_timings(tmp_path, monkeypatch, 
     table = tmp_path / "measured.json"
     table.write_text(json.dumps({"devices": []}))
     out = tmp_path / "bench.md"
-    assert gpu.main(["--batches", "16", "--hiddens", "1024", "--dtypes", "bf16", "--auto-table", str(table),
-                     "--verified", "--markdown", str(out), "--csv", str(tmp_path / "bench.csv")]) == 0
+    assert (
+        gpu.main(
+            [
+                "--batches",
+                "16",
+                "--hiddens",
+                "1024",
+                "--dtypes",
+                "bf16",
+                "--auto-table",
+                str(table),
+                "--verified",
+                "--markdown",
+                str(out),
+                "--csv",
+                str(tmp_path / "bench.csv"),
+            ]
+        )
+        == 0
+    )
     swept = [(label, vars(t)) for label, provider, t in seen if t is not launch.tuning]
-    assert swept == [(case.label, vars(launch.Tuning(**o))) for case, by_name in gpu.SWEEP.items()
-                     for o in by_name.values()]
+    assert swept == [
+        (case.label, vars(launch.Tuning(**o))) for case, by_name in gpu.SWEEP.items() for o in by_name.values()
+    ]
     assert launch.tuning == launch.Tuning()  # restored after the sweep
     text = out.read_text()
     assert "| lstm bf16 B=16 H=1024 T=512 | triton | 0.25 | 4.00x |" in text
@@ -1217,6 +1533,7 @@ def test_gpu_benchmark_writes_its_tables_when_interrupted(tmp_path, monkeypatch)
             if len(calls) > n:
                 raise KeyboardInterrupt
             return {"fwd_ms": 1.0, "fwdbwd_ms": 2.0, "peak_mib": 1.0, "path": "fake plan"}
+
         return fake_measure
 
     monkeypatch.setattr(gpu, "machine", lambda: "Fake GPU")
