@@ -152,6 +152,12 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return x.dtype
 
 
+def active_steps(lengths: Tensor, T: int) -> Tensor:
+    """(T, B, 1) bool: whether sequence b is active at step t (``t < lengths[b]``), for a fused
+    backend's masks; ``lengths`` (B,) on the input's device."""
+    return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]).unsqueeze(-1)
+
+
 def sum_present(*parts: Tensor | None) -> Tensor | None:
     """The sum of the given tensors that are not None, or None if all are."""
     present = [p for p in parts if p is not None]

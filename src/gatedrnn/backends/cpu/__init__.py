@@ -37,7 +37,7 @@ from torch import _VF, Tensor
 
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
-from .. import recurrent_shifts, reference, require_support, sum_present
+from .. import active_steps, recurrent_shifts, reference, require_support, sum_present
 from . import compiled, gru, lstm, rnn
 from .function import Plan, Recurrence
 
@@ -277,7 +277,7 @@ def make_plan(cfg: CellFamily, x: Tensor, lengths: Tensor | None, noise: Noise |
     T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
-        active = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).to(x.dtype).unsqueeze(-1)
+        active = active_steps(lengths, T).to(x.dtype)
     zoneout_h = zoneout_c = recurrent_mask = None
     if noise is not None:
         zoneout_h, zoneout_c, recurrent_mask = noise.zoneout_h, noise.zoneout_c, noise.recurrent_mask

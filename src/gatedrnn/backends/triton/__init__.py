@@ -45,7 +45,7 @@ from ..._checks import autocast_on
 from ...cells.common import gatewise_layer_norm
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
-from .. import compute_dtype, recurrent_shifts, reference, require_support, sum_present
+from .. import active_steps, compute_dtype, recurrent_shifts, reference, require_support, sum_present
 from . import measured
 from .launch import CELLS, KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
@@ -221,7 +221,7 @@ def run_layer(
     )
     out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
     if lengths is not None:
-        active = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
+        active = active_steps(lengths, T)  # (T, B, 1)
         out = torch.where(active, out, torch.zeros_like(out))
     h_final = hs[0] if reverse else hs[-1]
     final = (h_final, c_final.to(x.dtype)) if cell else (h_final,)
