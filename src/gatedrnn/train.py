@@ -111,7 +111,7 @@ class TrainConfig:
         test_batch: sequences per forward pass when evaluating.
         threads: torch CPU threads per process. 1 by default: the per-step matrix products of these
             small recurrent nets are too small to split, and on a loaded machine a second thread
-            made a T=100 LSTM step 40x slower (0.6 s against 13 ms on the 2-core test machine).
+            waiting for a core slows every step many times over.
         progress: show a tqdm progress bar (rank 0).
     """
 

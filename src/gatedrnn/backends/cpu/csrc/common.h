@@ -151,9 +151,9 @@ struct NoAutograd {
 };
 
 // W^T as the right operand of the steps' products. A contiguous copy makes a step's product
-// faster at most sizes, but the copy costs about as much as 30 steps' worth of that gain (H = 256:
-// 0.3 ms, against a 35 us step at B = 1), so a short call (a stream fed a few steps at a time)
-// multiplies by the transposed view instead.
+// faster at most sizes, but the copy costs about as much as a few tens of steps' worth of that
+// gain, so a short call (a stream fed a few steps at a time) multiplies by the transposed view
+// instead (BENCHMARKS.md, the loops' per-step overhead).
 constexpr int64_t kCopyTransposeFrom = 32;
 inline Tensor product_operand(const Tensor& w, int64_t steps) {
   return steps >= kCopyTransposeFrom ? w.t().contiguous() : w.t();
