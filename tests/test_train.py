@@ -455,8 +455,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     out_file, err_file = tmp_path / "torchrun.out", tmp_path / "torchrun.err"
     # Output to files, not pipes: a worker that outlived the launcher would hold a pipe open and
-    # block the read forever. torchrun starts each worker in its own session, so killing the
-    # launcher's group does not reach them: they are found by the unique --out in their command line.
+    # block the read forever. torchrun starts each worker with setsid (a process group of its own), so
+    # killing the launcher's group does not reach them: they are found by the unique --out in their
+    # command line.
     with open(out_file, "w") as out, open(err_file, "w") as err:
         launcher = subprocess.Popen(
             [
