@@ -208,12 +208,12 @@ def import_family_module(spec: str) -> ModuleType:
         raise ImportError(f"no file or importable module {spec!r} ({e})") from e
 
 
-def _import_file(path: Path, name: str | None = None) -> ModuleType:
-    """Execute the Python file ``path`` as the module ``name`` (default: the file's stem)."""
+def _import_file(path: Path) -> ModuleType:
+    """Execute the Python file ``path`` as the module named after its stem."""
     path = path.expanduser().resolve()
     if not path.is_file():
         raise ImportError(f"no such file {str(path)!r}")
-    name = name or path.stem
+    name = path.stem
     if not name.isidentifier():
         raise ImportError(
             f"{str(path)!r}: the file name must be a Python module name (letters, digits, _), got {name!r}"
@@ -276,15 +276,14 @@ def _import_recorded(record: dict[str, Any]) -> str:
     """Import the installed module a run's family record names (never its file); returns why that
     may not have registered the family, for :func:`require_family`'s message."""
     module, file = record.get("module"), record.get("file")
+    if isinstance(file, str):
+        return "a file a run names is executed only when given as --family-module"
+    if module == "__main__":
+        return "it was defined in the script that trained the run"
+    if not isinstance(module, str):
+        return "the run does not record where it came from"
     try:
-        if isinstance(file, str):
-            return "a file a run names is executed only when given as --family-module"
-        if module == "__main__":
-            return "it was defined in the script that trained the run"
-        elif isinstance(module, str):
-            _reimport(module)
-        else:
-            return "the run does not record where it came from"
+        _reimport(module)
     except Exception as e:  # the user's module failed: its error, on the one line
         return f"importing it failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
     return "importing its module did not register it"
