@@ -83,7 +83,7 @@ def choose(
             return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
         for candidate in _AUTO_ORDER.get(x.device.type, ()):
             module = load_layer_backend(candidate)
-            if module is not None and runs(candidate, module, cfg, x):
+            if module is not None and module.supports(cfg, x) is None:
                 return candidate
         return "reference"
     if backend == "torch":
@@ -96,21 +96,13 @@ def choose(
     module = load_layer_backend(backend)
     if module is None:
         raise ValueError(f"backend {backend!r} is not available in this installation")
-    require_support(backend, family_refusal(backend, module, cfg) or module.supports(cfg, x))
+    require_support(backend, module.supports(cfg, x))
     return backend
 
 
-def family_refusal(backend: str, module: ModuleType, cfg: CellFamily) -> str | None:
-    """Why layer backend ``backend`` cannot run ``cfg``'s family at all (it has no kernel the family
-    names), or None; a backend whose module sets ``RUNS_ANY_FAMILY`` runs every family."""
-    if getattr(module, "RUNS_ANY_FAMILY", False) or cfg.kernel(backend) is not None:
-        return None
+def no_kernel(cfg: CellFamily) -> str:
+    """A fused backend's ``supports`` reason for a family that names none of its kernels."""
     return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
-
-
-def runs(backend: str, module: ModuleType, cfg: CellFamily, x: Tensor) -> bool:
-    """Whether layer backend ``backend`` runs ``cfg`` on ``x``."""
-    return family_refusal(backend, module, cfg) is None and module.supports(cfg, x) is None
 
 
 def _triton_measured_faster(cfg: CellFamily, x: Tensor) -> bool:
@@ -123,7 +115,7 @@ def _triton_measured_faster(cfg: CellFamily, x: Tensor) -> bool:
     return (
         module is not None
         and module.beats_cudnn(cfg, x, training=torch.is_grad_enabled())
-        and runs("triton", module, cfg, x)
+        and module.supports(cfg, x) is None
     )
 
 

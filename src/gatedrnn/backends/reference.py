@@ -31,7 +31,6 @@ from ..cells.family import INPUT_KEYS, CellFamily, LayerWeights
 from ..config import Noise, zoneout_mix
 
 name = "reference"
-RUNS_ANY_FAMILY = True
 
 
 def supports(cfg: CellFamily, x: Tensor) -> str | None:

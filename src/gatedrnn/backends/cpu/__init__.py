@@ -37,7 +37,7 @@ from torch import _VF, Tensor
 
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
-from .. import active_steps, recurrent_shifts, reference, require_support, sum_present
+from .. import active_steps, no_kernel, recurrent_shifts, reference, require_support, sum_present
 from . import compiled, gru, lstm, rnn
 from .function import Plan, Recurrence
 
@@ -62,7 +62,7 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
     floating-point tensors outside torch.func transforms (its Function has no functorch rule:
     ``auto`` then runs another backend), else the reason not."""
     if cfg.kernel(name) not in _KERNELS:
-        return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
+        return no_kernel(cfg)
     if x.device.type != "cpu":
         return f"expected a CPU tensor, got one on {x.device.type}"
     if not x.dtype.is_floating_point:

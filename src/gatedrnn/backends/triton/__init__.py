@@ -45,7 +45,7 @@ from ..._checks import autocast_on
 from ...cells.common import gatewise_layer_norm
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
-from .. import active_steps, compute_dtype, recurrent_shifts, reference, require_support, sum_present
+from .. import active_steps, compute_dtype, no_kernel, recurrent_shifts, reference, require_support, sum_present
 from . import measured
 from .launch import CELLS, KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
@@ -72,7 +72,7 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
     """None when the kernels run ``cfg`` (a family that names one of :data:`KERNELS`) on ``x``'s
     device and dtype, else the reason they do not."""
     if cfg.kernel(name) not in KERNELS:
-        return f"it has no kernel for the {cfg.name!r} family ({cfg.describe()})"
+        return no_kernel(cfg)
     if x.device.type == "cpu":
         if not interpreting():
             return "CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1)"
