@@ -44,11 +44,16 @@ from .function import Plan, Recurrence
 name = "cpu"
 
 _KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn}
-"""This backend's kernels by the names families give them (``cfg.kernel("cpu")``): modules with
-``forward`` and ``backward`` for :class:`.function.Recurrence`, and optionally
-``internal_order(cfg)`` (the kernel's own order of the gate blocks; default the family's) and
-``kept_shift_rows(cfg)`` (how many last rows' recurrent shift stays inside the recurrence; default
-none, see :func:`gatedrnn.backends.recurrent_shifts`)."""
+"""This backend's kernels by the names families give them (``cfg.kernel("cpu")``), of two kinds:
+
+- step kernels, modules with ``forward`` and ``backward`` for :class:`.function.Recurrence` (one
+  or two carried states, a dense recurrent matrix), and optionally ``internal_order(cfg)`` (the
+  kernel's own order of the gate blocks; default the family's) and ``kept_shift_rows(cfg)`` (how
+  many last rows' recurrent shift stays inside the recurrence; default none, see
+  :func:`gatedrnn.backends.recurrent_shifts`);
+- layer kernels, modules with their own ``run_layer`` (this module's signature and contract) for
+  families whose layer does not fit that loop, and optionally ``supports(cfg, x)`` (a reason to
+  refuse a call this module's :func:`supports` accepts, or None)."""
 _PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
 
 
@@ -72,7 +77,8 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
             "expected a call outside torch.func transforms (grad, vmap, jacrev, ...), which its fused "
             "autograd Function does not support; backend='reference' or 'auto' runs under them"
         )
-    return None
+    kernel_supports = getattr(_kernel(cfg), "supports", None)
+    return None if kernel_supports is None else kernel_supports(cfg, x)
 
 
 FASTER_THAN_TORCH = ("gru",)
@@ -321,6 +327,9 @@ def run_layer(
     require_support(name, supports(cfg, x))
     if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
+    layer_kernel = getattr(_kernel(cfg), "run_layer", None)
+    if layer_kernel is not None:
+        return layer_kernel(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
     c0 = state[1].contiguous() if len(cfg.states) > 1 else None
