@@ -633,3 +633,16 @@ def test_clearing_a_run_directory_deletes_the_temporary_files_of_killed_writes(t
     (tmp_path / "notes.tmp").write_text("not ours")
     checkpoint.clear(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
+
+
+def test_a_family_whose_options_constrain_the_width_validates_at_the_run_s_width():
+    """The sLSTM's default 4 heads divide 128 units: the settings are checked at the run's width."""
+    from gatedrnn.cli import main
+    from gatedrnn.train import gate_biases
+
+    config = TrainConfig(task="charlm", cell="slstm", hidden=128)
+    config.validate()
+    assert gate_biases(replace(config, lstm_init="torch")) == (None, None)
+    with pytest.raises(ConfigError, match=r"hidden_size \(6\) must be divisible by num_heads \(4\)"):
+        replace(config, hidden=6).validate()
+    assert main(["train", "--task", "charlm", "--cell", "slstm", "--hidden", "6", "--steps", "1"]) == 2

@@ -375,7 +375,9 @@ def config_from_args(
         parse_family_options(args.family_opt, cells or [cell]) if hasattr(args, "family_opt") else base.family_options
     )
     values.update(
-        settings_for(cell, values["variant"], values["forget_bias"], values["input_bias"], family_options),
+        settings_for(
+            cell, values["variant"], values["forget_bias"], values["input_bias"], family_options, values["hidden"]
+        ),
         progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty(),
     )
     return replace(
@@ -434,7 +436,12 @@ def run_train(args: argparse.Namespace) -> int:
     given = given_run_flags(args)
     options = parse_family_options(args.family_opt, [cell]) if hasattr(args, "family_opt") else {}
     problem = family_settings_problem(
-        cell, given.get("variant", "vanilla"), given.get("forget_bias"), given.get("input_bias"), options
+        cell,
+        given.get("variant", "vanilla"),
+        given.get("forget_bias"),
+        given.get("input_bias"),
+        options,
+        given.get("hidden", base.hidden),
     )
     if problem:
         raise UsageError(problem)

@@ -154,11 +154,6 @@ class TrainConfig:
             )
         if not isinstance(self.family_options, dict):
             raise ConfigError(f"family_options must be a dict, got {type(self.family_options).__name__}")
-        problem = family_settings_problem(
-            self.cell, self.variant, self.forget_bias, self.input_bias, self.family_options
-        )
-        if problem:
-            raise ConfigError(problem)
         if self.lstm_init not in LSTM_INITS:
             raise ConfigError(f"lstm-init must be one of {', '.join(LSTM_INITS)}, got {self.lstm_init!r}")
         for name in (
@@ -174,6 +169,11 @@ class TrainConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        problem = family_settings_problem(  # at the run's width, once it is known to be one
+            self.cell, self.variant, self.forget_bias, self.input_bias, self.family_options, self.hidden
+        )
+        if problem:
+            raise ConfigError(problem)
         if self.seq_len is not None and self.seq_len <= 0:
             raise ConfigError(f"seq-len must be a positive integer, got {self.seq_len}")
         if self.eval_every < 0:
@@ -255,11 +255,13 @@ def family_settings_problem(
     forget_bias: float | None = None,
     input_bias: float | None = None,
     family_options: dict[str, Any] | None = None,
+    hidden: int = 1,
 ) -> str | None:
     """Why the registered family ``cell`` cannot take these settings, as one line naming the flag
     (the first problem), or None. What decides is what the family takes, never its name: a
     ``variant`` option, the options of its ``option_defaults`` (``family_options``), the gates
-    ``f`` and ``i`` of its configuration (an LSTM variant may lack one)."""
+    ``f`` and ``i`` of its configuration (an LSTM variant may lack one), configured with ``hidden``
+    units (an option may constrain them: the sLSTM's heads divide them)."""
     family_options = family_options or {}
     cls = family_class(cell)
     if variant != "vanilla" and "variant" not in cls.option_defaults:
@@ -273,7 +275,7 @@ def family_settings_problem(
             f"{', '.join(o for o in cls.option_defaults if o != 'variant') or 'none'}"
         )
     try:
-        family = configured_family(cell, variant, family_options)
+        family = configured_family(cell, variant, family_options, hidden)
     except (TypeError, ValueError) as e:
         return f"--cell {cell}: {e}"
     what = f"variant {variant!r}" if variant != "vanilla" else f"--cell {cell}"
@@ -289,6 +291,7 @@ def settings_for(
     forget_bias: float | None = None,
     input_bias: float | None = None,
     family_options: dict[str, Any] | None = None,
+    hidden: int = 1,
 ) -> dict[str, Any]:
     """Of these settings, those the registered family ``cell`` takes (see
     :func:`family_settings_problem`), the others at their unset values: what ``compare`` gives
@@ -298,7 +301,7 @@ def settings_for(
     variant = variant if "variant" in cls.option_defaults else "vanilla"
     options = {k: v for k, v in (family_options or {}).items() if k in cls.option_defaults and k != "variant"}
     try:
-        gates = configured_family(cell, variant, options).gates
+        gates = configured_family(cell, variant, options, hidden).gates
     except (TypeError, ValueError):  # an option value it refuses: validate names it
         gates = ("f", "i")
     return {
@@ -313,7 +316,7 @@ def gate_biases(config: TrainConfig) -> tuple[float | None, float | None]:
     """(forget_bias, input_bias) the model is built with: the explicit values, else, for a family
     whose retention gate is a forget gate ``f`` (the LSTM), ``lstm_init``'s for the gates it has;
     (None, None) for the others without explicit values (GRU, RNN)."""
-    family = configured_family(config.cell, config.variant, config.family_options)
+    family = configured_family(config.cell, config.variant, config.family_options, config.hidden)
     init = LSTM_INITS[config.lstm_init] if family.retention_gate == "f" else {}
 
     def bias(value: float | None, gate: str) -> float | None:
