@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from gatedrnn.tasks import Batch, LastStepRegression, make_task, task_names, task_options
 from gatedrnn.tasks.base import Task
 from gatedrnn.tasks.digits import TEST_IMAGES, load_digits
+from gatedrnn.tasks.formal import band_name, length_bands
 from gatedrnn.tasks.reber import SYMBOLS as REBER_SYMBOLS
 from gatedrnn.tasks.temporal_order import SYMBOLS as ORDER_SYMBOLS
 
 PAPER_1997 = {"reber", "lag-2a", "lag-2c", "two-sequence", "adding", "multiplication", "order-6a", "order-6b"}
 MODERN = {"adding-modern", "copy", "digits", "digits-permuted"}
+FORMAL = {"parity", "modular-arithmetic"}
 SMALL = {
     "reber": 40,
     "lag-2a": 12,
@@ -33,6 +35,8 @@ SMALL = {
     "copy": 15,
     "digits": 64,
     "digits-permuted": 64,
+    "parity": 6,
+    "modular-arithmetic": 9,
 }
 
 
@@ -48,7 +52,7 @@ def assert_batch_equal(a: Batch, b: Batch) -> None:
 
 
 def test_registry_has_every_experiment():
-    assert PAPER_1997 | MODERN <= set(task_names())
+    assert PAPER_1997 | MODERN | FORMAL <= set(task_names())
 
 
 def test_unknown_task_and_option_name_the_choices():
@@ -58,7 +62,7 @@ def test_unknown_task_and_option_name_the_choices():
         make_task("adding", bogus=1)
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN))
+@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN | FORMAL))
 def test_every_task_takes_seq_len_and_rejects_non_positive(name):
     assert "seq_len" in task_options(name)
     with pytest.raises(ValueError, match="seq_len"):
@@ -83,6 +87,8 @@ FRACTIONS = {
     ("order-6a", "tolerance"),
     ("order-6b", "tolerance"),
     ("lag-2c", "tolerance"),
+    ("parity", "solved_accuracy"),
+    ("modular-arithmetic", "solved_accuracy"),
 }
 """Options that are a fraction in (0, 1]: an accuracy, or a tolerance on softmax outputs."""
 
@@ -166,7 +172,7 @@ def test_cli_reports_a_bad_task_option_value_in_one_line(opt, message, tmp_path,
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN))
+@pytest.mark.parametrize("name", sorted(PAPER_1997 | MODERN | FORMAL))
 def test_shapes_seeding_loss_and_criterion_types(name):
     task = make_task(name, seq_len=SMALL[name])
     batch = task.sample(6, gen(1))
@@ -733,3 +739,122 @@ def test_digits_training_draws_are_the_first_1500_images_all_of_them():
     assert test_only  # the check below can see a held-out image
     drawn = {tuple(r) for r in task.sample(30_000, gen()).inputs[..., 0].tolist()}
     assert drawn == train and not drawn & test_only
+
+
+MOD_SYMBOLS = "01234+-*_"
+"""Modular arithmetic's symbols by id (mod 5), as the reference code numbers them."""
+
+
+def decode(batch: Batch, b: int, symbols: str) -> str:
+    """Sequence ``b`` of a formal-language batch as text, the query step checked and dropped."""
+    steps = real_steps(batch, b)
+    ids = batch.inputs[b, :steps].argmax(-1).tolist()
+    assert ids[-1] == len(symbols) and (batch.inputs[b, :steps].sum(-1) == 1).all()
+    assert (batch.inputs[b, steps:] == 0).all()
+    return "".join(symbols[i] for i in ids[:-1])
+
+
+def test_parity_labels_are_the_count_of_ones_mod_2():
+    """Class 1 exactly when a string has an odd number of 1s, at training and test lengths."""
+    task = make_task("parity")
+    for batch in [task.sample(64, gen(1)), task.sample(64, gen(2), split="test")]:
+        for b in range(len(batch)):
+            text = decode(batch, b, "01")
+            assert set(text) <= {"0", "1"} and len(text) == int(batch.targets[b, 1])
+            assert int(batch.targets[b, 0]) == text.count("1") % 2
+
+
+def test_modular_arithmetic_labels_are_the_expression_value_mod_5():
+    """The label is Python's value of the expression (``*`` before ``+`` and ``-``, left to right)
+    mod 5; a drawn even length L gives L - 1 symbols (the reference code's rule)."""
+    task = make_task("modular-arithmetic")
+    batches = [task.sample(64, gen(1)), task.sample(64, gen(2), split="test"), *task.test_batches(gen(3), 400)]
+    labels = []
+    for batch in batches:
+        for b in range(len(batch)):
+            text, drawn = decode(batch, b, MOD_SYMBOLS), int(batch.targets[b, 1])
+            assert len(text) == drawn - (drawn % 2 == 0)
+            assert re.fullmatch(r"[0-4]([-+*][0-4])*", text), text
+            assert int(batch.targets[b, 0]) == eval(text) % 5  # only digits and + - *, checked above
+            labels.append(int(batch.targets[b, 0]))
+    assert set(labels) == set(range(5))
+
+
+def test_modular_arithmetic_examples_of_the_reference_code():
+    """The reference's docstring examples mod 5: 1 + 2 * 3 = 2, 1 - 1 - 1 = 4, 0 * 1 + 4 * 3 - 2 = 0."""
+    from gatedrnn.tasks.formal import MINUS, PLUS, TIMES, evaluate_expression
+
+    numbers = torch.tensor([[1, 2, 3, 0, 0], [1, 1, 1, 0, 0], [0, 1, 4, 3, 2]])
+    operators = torch.tensor([[PLUS, TIMES, PLUS, PLUS], [MINUS, MINUS, PLUS, PLUS], [TIMES, PLUS, TIMES, MINUS]])
+    assert evaluate_expression(numbers, operators, 5).tolist() == [2, 4, 0]
+
+
+@pytest.mark.parametrize("name, lengths", [("parity", range(1, 41)), ("modular-arithmetic", range(1, 41, 2))])
+def test_formal_training_lengths_are_uniform_up_to_40_one_per_batch(name, lengths):
+    """Training batches hold one length each, drawn from 1..40 (odd ones for arithmetic), all reached."""
+    task = make_task(name)
+    generator, seen = gen(), []
+    for _ in range(600):
+        batch = task.sample(3, generator)
+        assert batch.lengths is None and len(set(batch.targets[:, 1].tolist())) == 1
+        seen.append(batch.inputs.shape[1] - 1)
+    assert set(seen) == set(lengths)
+
+
+@pytest.mark.parametrize("name", sorted(FORMAL))
+def test_formal_test_set_is_per_length_strings_of_every_length_in_bands(name):
+    """The test set: ``per_length`` strings of each length 1..test_max, shortest first, the same
+    for the same seed; bands split it at the training length and at each multiple of 100."""
+    task = make_task(name, per_length=3)
+    assert task.test_size == 1500
+    assert [band_name(b) for b in task.bands] == [
+        "acc_1_40",
+        "acc_41_100",
+        "acc_101_200",
+        "acc_201_300",
+        "acc_301_400",
+        "acc_401_500",
+    ]
+    batches = list(task.test_batches(gen(4), 256))
+    drawn = torch.cat([b.targets[:, 1] for b in batches])
+    assert torch.equal(drawn, torch.arange(1, 501).repeat_interleave(3))
+    again = torch.cat([b.targets for b in task.test_batches(gen(4), 256)])
+    assert torch.equal(torch.cat([b.targets for b in batches]), again)
+    assert length_bands(12, 250) == [(1, 12), (13, 100), (101, 200), (201, 250)]
+    assert length_bands(100, 150) == [(1, 100), (101, 150)]
+
+
+def test_formal_band_measures_average_to_each_bands_accuracy_and_the_score():
+    """Averaged over the test set as training's ``evaluate`` does, the measures are the accuracy
+    within each band and the mean accuracy over the lengths above 40 (the paper's score); solved
+    is a score of at least ``solved_accuracy``."""
+    task = make_task("parity", test_max=150, per_length=2)
+    sums, total, by_length = {}, 0, {}
+    for batch in task.test_batches(gen(), 64):
+        length = batch.targets[:, 1]
+        right = length % 3 != 0  # answer right exactly at the lengths not divisible by 3
+        answer = torch.where(right, batch.targets[:, 0], 1 - batch.targets[:, 0])
+        output = last_step_output(batch, F.one_hot(answer, 2).float(), 2)
+        assert torch.equal(task.correct(output, batch), right)
+        for key, value in task.measures(output, batch).items():
+            sums[key] = sums.get(key, 0.0) + float(value.sum())
+        total += len(batch)
+        by_length.update({int(n): bool(r) for n, r in zip(length, right)})
+    means = {k: v / total for k, v in sums.items()}
+
+    def accuracy(first, last):
+        return sum(by_length[n] for n in range(first, last + 1)) / (last - first + 1)
+
+    expected = {"acc_1_40": accuracy(1, 40), "acc_41_100": accuracy(41, 100), "acc_101_150": accuracy(101, 150)}
+    assert means == pytest.approx({**expected, "score": accuracy(41, 150)})
+    assert task.solved(0.0, 0.0, score=0.9) and not task.solved(0.0, 1.0, score=0.89)
+
+
+def test_formal_sizes_are_checked():
+    with pytest.raises(ValueError, match="test_max must exceed seq_len.*test_max=40, seq_len=40"):
+        make_task("parity", test_max=40)
+    with pytest.raises(ValueError, match="modulus must be at least 2, got 1"):
+        make_task("modular-arithmetic", modulus=1)
+    task = make_task("modular-arithmetic", modulus=7)
+    assert (task.input_size, task.output_size, task.chance) == (12, 7, 1 / 7)
+    assert make_task("parity").baseline == pytest.approx(math.log(2))
