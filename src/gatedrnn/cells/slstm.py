@@ -20,6 +20,9 @@ Parameters per layer: ``weight_ih`` (4H, I) in gate order i, f, z, o; ``weight_h
 (num_heads, 4D, D) with D = H / num_heads, head k mapping h[kD:(k+1)D] to its units' four gates
 (gate g in rows gD:(g+1)D); ``bias_ih``, ``bias_hh`` (4H,). This is the xlstm package's layout
 (``sLSTMCell_vanilla``'s internal recurrent kernel and gate-major bias).
+
+The cpu backend runs the layer with a fused forward and backward through time
+(:mod:`gatedrnn.backends.cpu.slstm`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,10 @@ class SLSTMFamily(CellFamily):
     def configurations(cls) -> tuple[dict, ...]:
         """Both forget gates; one head (a dense R) and several."""
         return ({"num_heads": 1}, {"num_heads": 5}, {"num_heads": 5, "forget_gate": "exp"})
+
+    def kernels(self) -> dict[str, str]:
+        """The cpu backend's fused layer kernel (:mod:`gatedrnn.backends.cpu.slstm`)."""
+        return {"cpu": "slstm"}
 
     @property
     def head_size(self) -> int:

@@ -231,13 +231,21 @@ def loop_for(cfg: CellFamily, dtype: torch.dtype) -> type | None:
     ``lstm`` kernel's for every variant, the ``gru`` kernel's for both reset forms (by the kernel
     ``cfg`` names, :meth:`CellFamily.kernel`), in float32 and float64."""
     loop = {"lstm": LSTMLoop, "gru": GRULoop}.get(cfg.kernel("cpu"))
-    if loop is None or dtype not in DTYPES or disabled():
-        return None
+    return loop if loop is not None and ops_run(dtype) else None
+
+
+@torch.compiler.disable  # a build check and a file-system probe: nothing for dynamo to trace
+def ops_run(dtype: torch.dtype) -> bool:
+    """Whether the compiled ops run ``dtype`` here (building them on first use; saying once why
+    not where they cannot be built): for :func:`loop_for` and the layer kernels that call their
+    ops themselves (:mod:`.slstm`)."""
+    if dtype not in DTYPES or disabled():
+        return False
     reason = unavailable_reason()
     if reason is not None:
         _warn_once(reason)
-        return None
-    return loop
+        return False
+    return True
 
 
 def _layout(cfg: CellFamily) -> list[int]:

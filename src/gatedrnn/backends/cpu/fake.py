@@ -131,6 +131,20 @@ def gru_forward(
     ]
 
 
+def slstm_forward(pre, h0, c0, n0, m0, weight_hh, active, reverse, exp_gate) -> list[Tensor]:
+    """[h, c, n, m (T+1, B, H)] of the sLSTM's pass (``csrc/slstm_loop.cpp``; it also adds the
+    recurrent products into ``pre`` in place)."""
+    T, B = pre.shape[:2]
+    return [pre.new_empty(T + 1, B, h0.shape[1]) for _ in range(4)]
+
+
+def slstm_backward(
+    pre, hs, cs, ns, ms, weight_hh, d_out, dh_n, dc_n, dn_n, dm_n, active, reverse, exp_gate
+) -> list[Tensor]:
+    """[d_pre (T, B, 4H), dh0, dc0, dn0, dm0 (B, H)]."""
+    return [torch.empty_like(pre)] + [torch.empty_like(dh_n) for _ in range(4)]
+
+
 def gru_backward(
     d_out,
     d_hn,
@@ -170,6 +184,8 @@ _FAKES = {
     "lstm_backward": lstm_backward,
     "gru_forward": gru_forward,
     "gru_backward": gru_backward,
+    "slstm_forward": slstm_forward,
+    "slstm_backward": slstm_backward,
 }
 
 
