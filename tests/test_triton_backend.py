@@ -53,6 +53,8 @@ def _config_label(family: str, options: dict) -> str:
             parts.append("ln")
         elif key == "bias" and not value:
             parts.append("nobias")
+        elif key not in ("variant", "nonlinearity", "reset_after", "proj_size", "layer_norm", "bias"):
+            parts.append(f"{key}-{value}")
     return "_".join(parts)
 
 
@@ -87,12 +89,8 @@ def _poison_and_reset(monkeypatch):
 
 
 def layer_weights(cfg: CellConfig, input_size: int, dtype=torch.float64, device="cpu") -> dict[str, torch.Tensor]:
-    H, G, R = cfg.hidden_size, cfg.num_gates, cfg.output_size
-    shapes = {"weight_ih": (G * H, input_size), "weight_hh": (G * H, R)}
-    if cfg.bias:
-        shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-    shapes.update(cfg.extra_parameter_shapes())
-    scale = 1.5 / H**0.5
+    shapes = cfg.parameter_shapes(input_size)
+    scale = 1.5 / cfg.hidden_size**0.5
     weights = {k: (torch.rand(s, dtype=dtype, device=device) * 2 - 1) * scale for k, s in shapes.items()}
     for k in weights:
         if k.startswith("ln_weight"):  # gains around 1, all different, so that a wrong gain index shows
@@ -139,13 +137,18 @@ def sample_noise(cfg, T, B, mode, device="cpu") -> Noise | None:
     return noise
 
 
-def compare_layer(cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="cpu", tol=1e-12, noise=None):
+def compare_layer(
+    cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="cpu", tol=1e-12, noise=None, zero_states=()
+):
     """Triton in ``dtype`` against the float64 reference on the same (``dtype``-rounded) inputs and
     weights (and regularisation ``noise``): every output, final state and gradient within
-    relative error ``tol``."""
+    relative error ``tol``. Initial states random, but zero for the state names in ``zero_states``."""
     cast = lambda t: t.to(dtype)  # noqa: E731
     x = cast(torch.randn(T, B, I, dtype=torch.float64, device=device))
-    state = tuple(cast(torch.randn(B, s, dtype=torch.float64, device=device) * 0.5) for s in cfg.state_sizes)
+    state = tuple(
+        cast(torch.randn(B, s, dtype=torch.float64, device=device) * (0.0 if k in zero_states else 0.5))
+        for k, s in zip(cfg.states, cfg.state_sizes)
+    )
     weights = {k: cast(v) for k, v in layer_weights(cfg, I, device=device).items()}
     expected = layer_run(
         reference,
@@ -281,7 +284,19 @@ def test_streamed_weights(name, mode):
 @interpreter
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=["fp32", "fp16"])
 @pytest.mark.parametrize(
-    "name", ["lstm_proj", "lstm_nog", "gru", "gru_reset_before", "rnn_relu", "lstm_ln", "gru_ln", "lstm_fgr"]
+    "name",
+    [
+        "lstm_proj",
+        "lstm_nog",
+        "gru",
+        "gru_reset_before",
+        "rnn_relu",
+        "lstm_ln",
+        "gru_ln",
+        "lstm_fgr",
+        "slstm_num_heads-5",
+        "minlstm_activation-g_mode-parallel",
+    ],
 )
 def test_low_precision_matches_float64_reference(name, dtype, tol):
     """fp32 / fp16 storage with fp32 accumulation against float64 on the same rounded inputs
@@ -568,6 +583,10 @@ def test_regularised_low_precision(name, dtype, tol):
 
 def _module_pair(factory, **kwargs):
     ref = factory(backend="reference", dtype=torch.float64, **kwargs)
+    with torch.no_grad():  # parameters initialised to zero (the sLSTM's recurrent ones) made random
+        for p in ref.parameters():
+            if not p.any():
+                p.uniform_(-0.5, 0.5)
     fast = factory(backend="triton", dtype=torch.float64, **kwargs)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
@@ -596,6 +615,12 @@ MODULES = {
         gatedrnn.LSTM,
         dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, proj_size=3, variant="fgr"),
     ),
+    "slstm_2layer_bidir": (
+        gatedrnn.SLSTM,
+        dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, num_heads=2),
+    ),
+    "mingru_2layer_bidir": (gatedrnn.MinGRU, dict(input_size=3, hidden_size=4, num_layers=2, bidirectional=True)),
+    "minlstm_bidir": (gatedrnn.MinLSTM, dict(input_size=3, hidden_size=4, bidirectional=True)),
 }
 
 
@@ -1039,6 +1064,109 @@ def test_kernels_compile_for_hopper():
         assert b["shared"] <= b["estimate"] <= 232448, f"{case}: {b}"
         assert b["resident"] == ("resident" in case), f"{case}: {b}"
         assert 0 < b["registers"] <= 255, f"{case}: {b}"
+
+
+# ----- layer kernels: the sLSTM recurrence and the minimal cells' scan ------------------------
+
+
+@interpreter
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("name", ["slstm_num_heads-5", "slstm_num_heads-5_forget_gate-exp"])
+def test_slstm_first_step_rule_from_a_zero_normaliser(name, reverse):
+    """n_0 = 0 (the modules' default) with c_0 and m_0 not: m_1 = i~ and the clamped f', as in
+    the family's step, forward and every gradient."""
+    compare_layer(CONFIGS[name], T=4, B=3, I=3, reverse=reverse, lengths=torch.tensor([4, 1, 3]), zero_states=("n",))
+
+
+@interpreter
+def test_slstm_several_tiles_per_head_and_batch_blocks(monkeypatch):
+    """Heads of D = 20 units in tiles of 16 (the last one partial) and B = 18 rows in two blocks."""
+    monkeypatch.setattr(triton_backend.slstm, "MAX_BLOCK_D", 16)
+    cfg = CellConfig("slstm", 40, num_heads=2, forget_gate="exp")
+    compare_layer(cfg, T=3, B=18, I=3, reverse=True, lengths=torch.tensor([3, 1, 2] * 6))
+
+
+@interpreter
+@pytest.mark.parametrize("name", ["mingru_activation-g_mode-parallel", "minlstm_activation-identity_mode-sequential"])
+def test_scan_several_programs(monkeypatch, name):
+    """The B*H = 15 recurrences over four programs, the last one partial."""
+    monkeypatch.setattr(triton_backend.scan, "BLOCK", 4)
+    compare_layer(CONFIGS[name], T=5, B=3, I=3, reverse=False, lengths=torch.tensor([5, 2, 4]))
+
+
+@interpreter
+def test_slstm_states_keep_their_dtypes():
+    """In float16: h, c, n come back in float16 and m in float32, as the family's step gives them."""
+    cfg = CONFIGS["slstm_num_heads-1"]
+    w = {k: v.half() for k, v in layer_weights(cfg, 3).items()}
+    state = tuple(torch.zeros(2, 5, dtype=torch.float16) for _ in cfg.states)
+    _, final, _ = triton_backend.run_layer(cfg, torch.randn(3, 2, 3, dtype=torch.float16), state, w)
+    expected = reference.run_layer(cfg, torch.randn(3, 2, 3, dtype=torch.float16), state, w)[1]
+    assert [s.dtype for s in final] == [s.dtype for s in expected] == [torch.float16] * 3 + [torch.float32]
+
+
+@interpreter
+@pytest.mark.parametrize("name", ["slstm_num_heads-5", "minlstm_activation-g_mode-parallel"])
+def test_layer_kernels_leave_regularised_calls_to_the_reference_loop(monkeypatch, name):
+    """Zoneout and recurrent dropout, which the layer kernels do not take, run on the reference loop."""
+    cfg = CONFIGS[name]
+    monkeypatch.setattr(triton_backend.LAYER_KERNELS[cfg.kernel("triton")], "run_layer", None)
+    compare_layer(cfg, T=4, B=3, I=3, reverse=False, lengths=None, noise=sample_noise(cfg, 4, 3, "train"))
+
+
+@interpreter
+@pytest.mark.parametrize("exp_forget", [False, True], ids=["sigmoid", "exp"])
+def test_slstm_op_registration(exp_forget):
+    """torch.library's check of the sLSTM op: schema, fake implementation, autograd formula."""
+    T, B, H, heads = 3, 2, 4, 2
+    state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    args = (
+        torch.randn(T, B, 4 * H, dtype=torch.float64, requires_grad=True),
+        torch.tensor([3, 2], dtype=torch.int32),
+        *state,
+        torch.randn(heads, 4 * H // heads, H // heads, dtype=torch.float64, requires_grad=True),
+        exp_forget,
+        False,
+        False,
+        True,
+    )
+    torch.library.opcheck(
+        triton_backend.slstm.triton_slstm,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+@interpreter
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_scan_op_registration(reverse):
+    """torch.library's check of the scan op: schema, fake implementation, autograd formula."""
+    T, B, H = 3, 2, 4
+    args = (
+        -torch.rand(T, B, H, dtype=torch.float64).requires_grad_(True),
+        torch.randn(T, B, H, dtype=torch.float64, requires_grad=True),
+        torch.randn(B, H, dtype=torch.float64, requires_grad=True),
+        torch.tensor([3, 2], dtype=torch.int32),
+        reverse,
+    )
+    torch.library.opcheck(
+        triton_backend.scan.triton_linear_scan,
+        args,
+        test_utils=("test_schema", "test_faketensor", "test_autograd_registration"),
+    )
+
+
+@interpreter
+def test_layer_kernels_compile_with_torch_compile():
+    """A module on a layer kernel runs forward and backward under torch.compile (the sLSTM op's
+    fake implementation is checked by :func:`test_slstm_op_registration`)."""
+    ref, fast = _module_pair(gatedrnn.MinGRU, input_size=3, hidden_size=4)
+    compiled = torch.compile(fast, backend="aot_eager")
+    x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = compiled(x)
+    out.sum().backward()
+    assert rel_err(out, ref(x.detach())[0]) < 1e-12
+    assert x.grad is not None and all(p.grad is not None for p in fast.parameters())
 
 
 # ----- auto's measured table (gatedrnn.backends.triton.measured) -------------------------------

@@ -156,6 +156,10 @@ class MinGRUFamily(MinimalFamily):
     def trace_names(self) -> tuple[str, ...]:
         return ("z",)
 
+    def kernels(self):
+        """The Triton backend's fused layer kernel (:mod:`gatedrnn.backends.triton.scan`)."""
+        return {"triton": "linear_scan"}
+
     def step(self, x_proj, states, weights):
         """h_t = (1 - z) h_{t-1} + z h̃: x_proj (B, 2H), states (h,) -> ((h_t,), {z})."""
         (h,) = states
@@ -181,6 +185,10 @@ class MinLSTMFamily(MinimalFamily):
     @property
     def trace_names(self) -> tuple[str, ...]:
         return ("f", "i")
+
+    def kernels(self):
+        """The Triton backend's fused layer kernel (:mod:`gatedrnn.backends.triton.scan`)."""
+        return {"triton": "linear_scan"}
 
     def step(self, x_proj, states, weights):
         """h_t = f' h_{t-1} + i' h̃ with f' = f/(f+i), i' = i/(f+i): x_proj (B, 3H) -> ((h_t,), {f, i})."""

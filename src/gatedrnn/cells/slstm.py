@@ -75,8 +75,9 @@ class SLSTMFamily(CellFamily):
         return ({"num_heads": 1}, {"num_heads": 5}, {"num_heads": 5, "forget_gate": "exp"})
 
     def kernels(self) -> dict[str, str]:
-        """The cpu backend's fused layer kernel (:mod:`gatedrnn.backends.cpu.slstm`)."""
-        return {"cpu": "slstm"}
+        """The fused layer kernels of the cpu backend (:mod:`gatedrnn.backends.cpu.slstm`) and the
+        Triton backend (:mod:`gatedrnn.backends.triton.slstm`)."""
+        return {"cpu": "slstm", "triton": "slstm"}
 
     @property
     def head_size(self) -> int:

@@ -45,17 +45,31 @@ from ..._checks import autocast_on
 from ...cells.common import gatewise_layer_norm
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
-from .. import active_steps, compute_dtype, no_kernel, recurrent_shifts, reference, require_support, sum_present
-from . import measured
-from .launch import CELLS, KernelSpec, accumulation_dtype, interpreting, padded_gate_weight
+from .. import compute_dtype, no_kernel, recurrent_shifts, reference, require_support, sum_present
+from . import measured, scan, slstm
+from .launch import (
+    CELLS,
+    KernelSpec,
+    accumulation_dtype,
+    interpreting,
+    kernel_lengths,
+    layer_outputs,
+    padded_gate_weight,
+)
 from .measured import beats_cudnn  # noqa: F401  (what ``auto`` asks, see gatedrnn.backends.choose)
 from .op import recurrence
 
 name = "triton"
 
-KERNELS = tuple(CELLS)
-"""The recurrence kernels by the names families give them (``cfg.kernel("triton")``): the cells
-:class:`.launch.KernelSpec` compiles (:data:`.launch.CELLS`)."""
+LAYER_KERNELS = {"slstm": slstm, "linear_scan": scan}
+"""Layer kernels by the names families give them: modules with their own ``run_layer(cfg, x,
+state, weights, *, reverse, lengths)`` for families whose layer does not fit the recurrence op
+(:mod:`.slstm`: the sLSTM's head-blocked recurrence; :mod:`.scan`: the minimal cells' linear
+scan). They take no regularisation: those calls, like recording ones, run on the reference loop."""
+
+KERNELS = tuple(CELLS) + tuple(LAYER_KERNELS)
+"""Every kernel by the name families give it (``cfg.kernel("triton")``): the cells
+:class:`.launch.KernelSpec` compiles (:data:`.launch.CELLS`) and the :data:`LAYER_KERNELS`."""
 
 _CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -175,18 +189,16 @@ def run_layer(
     require_support(name, supports(cfg, x))
     if autocast_on(x.device.type):
         return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
-    regularisation = kernel_noise(cfg, noise, x)
-    if record or regularisation is None or x.shape[0] == 0:  # T = 0: no step to launch, the state passes through
+    fused = not record and x.shape[0] > 0 and x.shape[1] > 0  # T or B = 0: the state passes through
+    layer_kernel = LAYER_KERNELS.get(cfg.kernel(name))
+    if layer_kernel is not None and fused and noise is None:
+        return layer_kernel.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths)
+    regularisation = None if layer_kernel is not None else kernel_noise(cfg, noise, x)
+    if not fused or regularisation is None:
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     T, B = x.shape[:2]
     xw, bias_hn = input_projection(cfg, x, weights)
-    # a length beyond T means every step is real, as in the reference loop; clamped, so that no
-    # kernel reads past step T - 1 (fgr's previous gates of a reversed row's first step)
-    lens = (
-        torch.full((B,), T, dtype=torch.int32, device=x.device)
-        if lengths is None
-        else lengths.clamp(max=T).to(torch.int32)
-    )
+    lens = kernel_lengths(lengths, T, B, x.device)
     spec = KernelSpec.from_config(cfg)
     cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
 
@@ -219,10 +231,6 @@ def run_layer(
         reverse,
         bool(torch.backends.cuda.matmul.allow_tf32),
     )
-    out = hs[:-1] if reverse else hs[1:]  # (T, B, R): h_t of every step
-    if lengths is not None:
-        active = active_steps(lengths, T)  # (T, B, 1)
-        out = torch.where(active, out, torch.zeros_like(out))
-    h_final = hs[0] if reverse else hs[-1]
+    out, h_final = layer_outputs(hs, lengths, reverse)
     final = (h_final, c_final.to(x.dtype)) if cell else (h_final,)
     return out, final, None

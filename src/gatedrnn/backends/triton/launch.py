@@ -29,6 +29,7 @@ from torch import Tensor
 from triton.runtime.errors import OutOfResources
 
 from ...cells import LSTM_VARIANTS, CellFamily
+from .. import active_steps
 from .kernels.recurrence import recurrence_bwd_kernel, recurrence_fwd_kernel
 
 _LSTM_GATE_FLAGS = ("i", "f", "g", "o")
@@ -389,8 +390,8 @@ def _plan(
         KB=KB,
         KG=KG,
         GAP=GAP,
-        ACC=triton.language.float64 if dtype == torch.float64 else triton.language.float32,
-        PREC="tf32" if (dtype == torch.float32 and allow_tf32) else "ieee",
+        ACC=accumulation_type(dtype),
+        PREC=dot_precision(dtype, allow_tf32),
     )
     tile = max(KA * GAP * block_h, KB * block_h)
     return _Launch(programs, persistent, consts, tuning.num_warps or (8 if tile >= 32768 else 4))
@@ -621,3 +622,33 @@ def _noise_args(noise: NoiseBuffers, none: Tensor) -> tuple[Tensor, Tensor, Tens
 
 def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:
     return fallback if tensor is None or tensor.numel() == 0 else tensor
+
+
+def kernel_lengths(lengths: Tensor | None, T: int, B: int, device: torch.device) -> Tensor:
+    """(B,) int32 sequence lengths as the kernels read them: T for every row without ``lengths``;
+    a length beyond T means every step is real, as in the reference loop, and is clamped to T so
+    that no kernel reads past step T - 1."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int32, device=device)
+    return lengths.clamp(max=T).to(device=device, dtype=torch.int32)
+
+
+def layer_outputs(hs: Tensor, lengths: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor]:
+    """(output (T, B, R), final h (B, R)) from the carried h of a (T+1, B, R) state buffer laid out
+    by real time (the state after step t at ``t + 1``, or ``t`` in reverse), the output zero at
+    each row's padded steps."""
+    out = hs[:-1] if reverse else hs[1:]
+    if lengths is not None:
+        active = active_steps(lengths, out.shape[0])  # (T, B, 1)
+        out = torch.where(active, out, torch.zeros_like(out))
+    return out, hs[0] if reverse else hs[-1]
+
+
+def dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """``tl.dot``'s input precision: tf32 for float32 where ``allow_tf32`` says, else exact."""
+    return "tf32" if (dtype == torch.float32 and allow_tf32) else "ieee"
+
+
+def accumulation_type(dtype: torch.dtype) -> triton.language.dtype:
+    """:func:`accumulation_dtype` as the kernels' ``ACC`` constexpr."""
+    return triton.language.float64 if dtype == torch.float64 else triton.language.float32

@@ -116,3 +116,15 @@ def pick_gate(acc, g: tl.constexpr, BB: tl.constexpr, GP: tl.constexpr, BLK: tl.
     acc3 = tl.reshape(acc, (BB, GP, BLK))
     gid = tl.arange(0, GP)[None, :, None]
     return tl.sum(tl.where(gid == g, acc3, 0.0), axis=1)
+
+
+@triton.jit
+def step_slots(s, T, REVERSE: tl.constexpr):
+    """The s-th step in processing order -> (its time t, the slot of the state before it, the slot
+    of the state after it) in a (T+1, ...) state buffer: t, t + 1, t walking t = T-1 .. 0 with
+    ``REVERSE``, else s, s, s + 1."""
+    if REVERSE:
+        t = T - 1 - s
+        return t, t + 1, t
+    else:
+        return s, s, s + 1
