@@ -13,7 +13,9 @@ says the GPU tests passed on this device (``benchmarks/gpu_check.sh`` passes it 
 Reports µs per time step, the speed-up over cuDNN, the peak memory of forward+backward and the
 path the Triton kernels took (persistent or per step, resident or streamed weights). The grid
 runs the targets first (and the layer-norm LSTM and GRU at B=16, H=1024 against cuDNN's
-plain cells, which have no layer norm), then a few cases under each launch override of ``SWEEP``
+plain cells, which have no layer norm), then the layer kernels (the sLSTM with 4 heads against
+cuDNN's LSTM, minGRU and minLSTM against its GRU; B=32, H=256 and 1024, T=256 and 1024), then a
+few cases under each launch override of ``SWEEP``
 (units per program, warps, where the weights live, the batch block: what the planner chose without
 a GPU against the alternatives), then breadth first (B=16 and H=1024 before the corners), and
 starts no new case once ``--budget-s`` is spent (the skipped ones are listed).
@@ -48,6 +50,13 @@ LAYER_NORM_CELLS = {
 # regularised training (zoneout and recurrent dropout inside the kernels), which cuDNN cannot run:
 # timed beside cuDNN's unregularised cell and the reference loop, a regularised run's alternative
 REGULARISED_CELLS = {"lstm-zo": (torch.nn.LSTM, functools.partial(gatedrnn.LSTM, zoneout=0.1, recurrent_dropout=0.1))}
+# the families on the Triton layer kernels, which torch.nn does not compute: timed against cuDNN's
+# cell of the same size (the sLSTM against the LSTM, the minimal cells against the GRU)
+LAYER_KERNEL_CELLS = {
+    "slstm": (torch.nn.LSTM, functools.partial(gatedrnn.SLSTM, num_heads=4)),
+    "mingru": (torch.nn.GRU, gatedrnn.MinGRU),
+    "minlstm": (torch.nn.GRU, gatedrnn.MinLSTM),
+}
 PROVIDERS = ("cudnn", "triton", "reference")
 
 
@@ -74,6 +83,12 @@ TARGETS = (
     Case("lstm-ln", "bf16", 16, 1024),
     Case("gru-ln", "bf16", 16, 1024),
 )
+# the layer kernels' cases, timed after the targets, before the sweep
+LAYER_KERNEL_CASES = tuple(
+    Case(cell, "bf16", 32, H, T) for cell in LAYER_KERNEL_CELLS for H in (256, 1024) for T in (256, 1024)
+)
+FIRST = TARGETS + LAYER_KERNEL_CASES
+"""The cases timed before the launch-override sweep."""
 # timed after the targets and the sweep, before the grid
 EXTRAS = (Case("lstm-zo", "bf16", 16, 1024),)
 
@@ -106,19 +121,20 @@ SWEEP = {
 
 
 def cases(batches, hiddens, dtypes, cells, T: int = 512) -> list[Case]:
-    """The targets first, then :data:`EXTRAS`, then the grid, most telling first: B=16
-    before the other batches, H=1024 before the other sizes, then in the order of ``dtypes``."""
+    """The targets and the layer kernels' cases first (:data:`FIRST`), then :data:`EXTRAS`, then the
+    grid, most telling first: B=16 before the other batches, H=1024 before the other sizes, then in
+    the order of ``dtypes``."""
 
     def priority(c: Case):
         return (c.B != 16, abs(c.H - 1024), dtypes.index(c.dtype), c.B, cells.index(c.cell))
 
     grid = sorted((Case(c, d, b, h, T) for d in dtypes for c in cells for h in hiddens for b in batches), key=priority)
-    return list(TARGETS) + list(EXTRAS) + [c for c in grid if c not in TARGETS]
+    return list(FIRST) + list(EXTRAS) + [c for c in grid if c not in TARGETS]
 
 
 def build(case: Case, provider: str) -> torch.nn.Module:
     dtype = DTYPES[case.dtype]
-    torch_cls, ours = {**CELLS, **LAYER_NORM_CELLS, **REGULARISED_CELLS}[case.cell]
+    torch_cls, ours = {**CELLS, **LAYER_NORM_CELLS, **REGULARISED_CELLS, **LAYER_KERNEL_CELLS}[case.cell]
     if provider == "cudnn":
         return torch_cls(case.H, case.H, device="cuda", dtype=dtype)
     return ours(case.H, case.H, device="cuda", dtype=dtype, backend=provider)
@@ -128,6 +144,9 @@ def measure(case: Case, provider: str, rep_ms: int) -> dict[str, float]:
     """Median forward and forward+backward milliseconds and peak MiB of forward+backward."""
     from triton.testing import do_bench
 
+    from gatedrnn.backends.triton import launch
+
+    launch.last_plans.clear()  # the recurrence op's plans; the layer kernels record none
     module = build(case, provider)
     x = torch.randn(case.T, case.B, case.H, device="cuda", dtype=DTYPES[case.dtype], requires_grad=True)
 
@@ -152,9 +171,7 @@ def measure(case: Case, provider: str, rep_ms: int) -> dict[str, float]:
         "peak_mib": peak,
     }
     if provider == "triton":
-        from gatedrnn.backends.triton import launch
-
-        result["path"] = "; ".join(f"{k}: {p.describe()}" for k, p in launch.last_plans.items())
+        result["path"] = "; ".join(f"{k}: {p.describe()}" for k, p in launch.last_plans.items()) or "layer kernel"
     return result
 
 
@@ -262,7 +279,7 @@ def run(planned: list[Case], args) -> tuple[list[dict], list[str], list[dict]]:
         return time.time() - start > args.budget_s
 
     try:
-        for case in planned[: len(TARGETS)]:  # cases() puts the targets first
+        for case in planned[: len(FIRST)]:  # cases() puts the targets and the layer kernels first
             if spent():
                 break
             rows += measure_case(case, args)

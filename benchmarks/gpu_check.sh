@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check in one command of at most 10 minutes: the gpu-marked tests (compiled Triton
 # kernels at real sizes, every dtype, against a float64 reference), then the benchmark, targets
-# first, then a short summary table last (so that the end of the output is the part to read).
+# first, then the layer kernels (sLSTM against cuDNN's LSTM, minGRU and minLSTM against its GRU;
+# B=32, H=256 and 1024, T=256 and 1024), then a short summary table last (so that the end of the
+# output is the part to read).
 # Results go to $OUT when set, else benchmarks/results/, with measured.json: the table
 # backend="auto" reads (copy it to src/gatedrnn/backends/triton/).
 #
@@ -33,7 +35,7 @@ if "$py" -c "import pytest_timeout" 2>/dev/null; then pytest_opts+=(--timeout 15
 if [ "$dry" = 1 ]; then
     echo "dry run: $py, pytest options: ${pytest_opts[*]}"
     "$py" -m pytest tests/test_triton_backend.py --collect-only -q -m gpu -p no:cacheprovider | tail -1
-    "$py" benchmarks/gpu.py --dry-run > "$out/gpu_bench_cases.txt" && head -8 "$out/gpu_bench_cases.txt"
+    "$py" benchmarks/gpu.py --dry-run > "$out/gpu_bench_cases.txt" && head -20 "$out/gpu_bench_cases.txt"
     exit $?
 fi
 

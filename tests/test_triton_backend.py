@@ -1459,6 +1459,38 @@ def test_gpu_target_sizes_match_float64_reference(name):
     assert launch.last_plans["forward"].persistent and launch.last_plans["backward"].persistent
 
 
+# the layer kernels: two batch blocks; heads of 64 units and of 256 (four tiles of the product)
+GPU_LAYER_KERNEL_CONFIGS = {
+    "slstm_H256": CellConfig("slstm", 256, num_heads=4),
+    "slstm_exp_H1024": CellConfig("slstm", 1024, num_heads=4, forget_gate="exp"),
+    "mingru_H256": CellConfig("mingru", 256),
+    "minlstm_H1024": CellConfig("minlstm", 1024),
+}
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype_name", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("name", list(GPU_LAYER_KERNEL_CONFIGS))
+def test_gpu_layer_kernels_match_float64_reference(name, dtype_name):
+    """The sLSTM recurrence and the minimal cells' scan compiled, B=32, T=64, mixed lengths, from
+    a zero normaliser (the sLSTM's first-step rule), against float64 within GPU_DTYPES' error."""
+    dtype, tf32, tol = GPU_DTYPES[dtype_name]
+    with _tf32(tf32):
+        compare_layer(
+            GPU_LAYER_KERNEL_CONFIGS[name],
+            T=64,
+            B=32,
+            I=64,
+            reverse="exp" in name,
+            lengths=_gpu_lengths(64, 32),
+            dtype=dtype,
+            device="cuda",
+            tol=tol,
+            zero_states=("n",),
+        )
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -1643,6 +1675,8 @@ def test_gpu_benchmark_runs_end_to_end_with_fake_timings(tmp_path, monkeypatch, 
     text = out.read_text()
     assert "| lstm bf16 B=16 H=1024 T=512 | triton | 0.25 | 4.00x |" in text
     assert "| gru bf16 B=16 H=1024 T=512 | block_h=8 | 0.25 | 0.75 |" in text
+    for cell in gpu.LAYER_KERNEL_CELLS:  # timed beside cuDNN, kept out of auto's table
+        assert f"| {cell} bf16 B=32 H=1024 T=1024 | triton | 0.25 | 4.00x |" in text
     record = measured.parse(json.loads(table.read_text()), str(table))[FAKE_GPU]
     targets = {(c.cell, c.dtype, c.B, c.H) for c in gpu.TARGETS if c.cell in gpu.CELLS}
     assert record.verified and {(p.cell, p.dtype, p.B, p.H) for p in record.points} == targets
@@ -1672,8 +1706,10 @@ def test_gpu_benchmark_writes_its_tables_when_interrupted(tmp_path, monkeypatch)
     text = out.read_text()
     assert f"| {gpu.TARGETS[0].label} | triton | 1.95 |" in text  # 1 ms / 512 steps
     assert f"Not run (time budget or interrupt): {gpu.TARGETS[1].label}" in text
-    # the targets take 8 cases x 3 providers (all B=16, so the reference runs too); then the sweep
-    monkeypatch.setattr(gpu, "measure", interrupting_after(3 * len(gpu.TARGETS) + 2))
+    # the targets take 8 cases x 3 providers (all B=16, so the reference runs too), the layer
+    # kernels' cases 2 each (B=32: cuDNN and triton); then the sweep
+    first = 3 * len(gpu.TARGETS) + 2 * len(gpu.LAYER_KERNEL_CASES)
+    monkeypatch.setattr(gpu, "measure", interrupting_after(first + 2))
     assert gpu.main(["--markdown", str(out)]) == 0
     text = out.read_text()
     assert f"| {gpu.TARGETS[0].label} | planner's choice | 1.95 |" in text

@@ -42,13 +42,16 @@ from .op import _no_second_derivative
 BLOCK_B = 16
 """Batch rows per program: the smallest tile ``tl.dot`` takes, for the most programs per head."""
 MAX_BLOCK_D = 64
-"""The largest unit and column tile of a head's (4D, D) block."""
+"""The largest unit and column tile of a head's (4D, D) block for 2-byte weights; half of it for
+4-byte ones, whose four (BB, BD) accumulators and operand tiles would not fit the registers of four
+warps at 64 (the sm_90 build of the float32 forward kernel spills there and does not at 32)."""
 
 
-def _blocks(D: int) -> tuple[int, int]:
-    """(BD, BK): the unit and column tiles for heads of D units, powers of two from 16 (``tl.dot``'s
-    least) to :data:`MAX_BLOCK_D`."""
-    block = min(max(16, triton.next_power_of_2(D)), MAX_BLOCK_D)
+def _blocks(D: int, dtype: torch.dtype) -> tuple[int, int]:
+    """(BD, BK): the unit and column tiles for heads of D units with weights of ``dtype``, powers
+    of two from 16 (``tl.dot``'s least) to :data:`MAX_BLOCK_D` (halved for 4-byte dtypes)."""
+    limit = MAX_BLOCK_D if dtype.itemsize <= 2 else MAX_BLOCK_D // 2
+    block = max(16, min(triton.next_power_of_2(D), limit))
     return block, block
 
 
@@ -77,7 +80,7 @@ def forward(
     for buffer, initial in ((hs, h0), (cs, c0), (ns, n0), (ms, m0)):
         buffer[start] = initial
     pre = _new_buffer((T, B, H4), acc, dev) if store_pre else torch.empty(0, dtype=acc, device=dev)
-    BD, BK = _blocks(D)
+    BD, BK = _blocks(D, weight_hh.dtype)
     slstm_fwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         xw,
         lengths,
@@ -128,7 +131,7 @@ def backward(
     dpre = _new_buffer((T1 - 1, B, 4 * H), acc, dev)
     gh = torch.zeros((B, H), dtype=acc, device=dev)
     gc, gn, gm = (g.to(acc, copy=True).contiguous() for g in (dc, dn, dm))
-    BD, BK = _blocks(D)
+    BD, BK = _blocks(D, weight_hh.dtype)
     slstm_bwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         dhs,
         lengths,
