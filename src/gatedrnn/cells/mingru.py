@@ -157,8 +157,9 @@ class MinGRUFamily(MinimalFamily):
         return ("z",)
 
     def kernels(self):
-        """The Triton backend's fused layer kernel (:mod:`gatedrnn.backends.triton.scan`)."""
-        return {"triton": "linear_scan"}
+        """The fused layer kernels of the cpu backend (:mod:`gatedrnn.backends.cpu.minimal`) and the
+        Triton backend (:mod:`gatedrnn.backends.triton.scan`)."""
+        return {"cpu": "mingru", "triton": "linear_scan"}
 
     def step(self, x_proj, states, weights):
         """h_t = (1 - z) h_{t-1} + z h̃: x_proj (B, 2H), states (h,) -> ((h_t,), {z})."""
@@ -187,8 +188,9 @@ class MinLSTMFamily(MinimalFamily):
         return ("f", "i")
 
     def kernels(self):
-        """The Triton backend's fused layer kernel (:mod:`gatedrnn.backends.triton.scan`)."""
-        return {"triton": "linear_scan"}
+        """The fused layer kernels of the cpu backend (:mod:`gatedrnn.backends.cpu.minimal`) and the
+        Triton backend (:mod:`gatedrnn.backends.triton.scan`)."""
+        return {"cpu": "minlstm", "triton": "linear_scan"}
 
     def step(self, x_proj, states, weights):
         """h_t = f' h_{t-1} + i' h̃ with f' = f/(f+i), i' = i/(f+i): x_proj (B, 3H) -> ((h_t,), {f, i})."""

@@ -38,12 +38,12 @@ from torch import _VF, Tensor
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
 from .. import active_steps, no_kernel, recurrent_shifts, reference, require_support, sum_present
-from . import compiled, gru, lstm, rnn, slstm
+from . import compiled, gru, lstm, minimal, rnn, slstm
 from .function import Plan, Recurrence
 
 name = "cpu"
 
-_KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn, "slstm": slstm}
+_KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn, "mingru": minimal, "minlstm": minimal, "slstm": slstm}
 """This backend's kernels by the names families give them (``cfg.kernel("cpu")``), of two kinds:
 
 - step kernels, modules with ``forward`` and ``backward`` for :class:`.function.Recurrence` (one

@@ -179,6 +179,17 @@ def gru_backward(
     ]
 
 
+def min_scan_forward(xp, h0, lengths, kind, g_activation, reverse) -> list[Tensor]:
+    """[output (T, B, H), h_n (B, H)] of the minimal cells' pass (``csrc/min_scan.cpp``)."""
+    T, B, _ = xp.shape
+    return [xp.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape)]
+
+
+def min_scan_backward(xp, out, h0, d_out, d_hn, lengths, kind, g_activation, reverse) -> list[Tensor]:
+    """[d xp (T, B, G*H), d h0 (B, H)]."""
+    return [torch.empty_like(xp), torch.empty_like(h0)]
+
+
 _FAKES = {
     "lstm_forward": lstm_forward,
     "lstm_backward": lstm_backward,
@@ -186,6 +197,8 @@ _FAKES = {
     "gru_backward": gru_backward,
     "slstm_forward": slstm_forward,
     "slstm_backward": slstm_backward,
+    "min_scan_forward": min_scan_forward,
+    "min_scan_backward": min_scan_backward,
 }
 
 
