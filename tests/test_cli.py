@@ -18,8 +18,8 @@ import torch
 import gatedrnn
 from gatedrnn import reproduce
 from gatedrnn.cli import build_parser, config_from_args, main, parse_task_options
-from gatedrnn.tasks import make_task
-from gatedrnn.train import TEST_SEED_OFFSET, ConfigError, TrainConfig
+from gatedrnn.tasks import make_task, task_names
+from gatedrnn.train import TEST_SEED_OFFSET, ConfigError, TrainConfig, build_model, build_task
 from helpers import metrics_records
 
 TINY = [
@@ -550,3 +550,124 @@ def test_reproduce_counts_wrong_sequences_on_a_test_set_of_their_own(tmp_path, c
         for s in (0, reproduce.HELD_OUT_SEED_OFFSET)
     ]
     assert not torch.equal(*first)  # two different test sets
+
+
+SIX_CELLS = "rnn,lstm,gru,slstm,mingru,minlstm"
+SHORT = {"digits": 64, "digits-permuted": 64, "charlm": 16}
+"""A length every task takes (fixed at 64 for the digits), for tiny runs."""
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_compare_s_six_cells_learn_on_every_task(task, tmp_path):
+    """The run ``compare --cells rnn,lstm,gru,slstm,mingru,minlstm`` configures for each cell,
+    on any task, validates and trains: a finite loss, a gradient for every parameter, the
+    task's criterion per sequence."""
+    cells = SIX_CELLS.split(",")
+    length = str(SHORT.get(task, 24))
+    args = build_parser().parse_args(["compare", "--task", task, "--cells", SIX_CELLS, "--seq-len", length])
+    for cell in cells:
+        config = replace(config_from_args(args, cell, str(tmp_path / cell), cells=cells), hidden=8)
+        config.validate()
+        built = build_task(config)
+        model = build_model(config, built)
+        batch = built.sample(3, torch.Generator().manual_seed(0))
+        output, _ = model(batch.inputs)
+        loss = built.loss(output, batch)
+        loss.backward()
+        assert torch.isfinite(loss), cell
+        assert all(p.grad is not None for p in model.parameters()), cell
+        assert built.correct(output.detach(), batch).shape == (3,)
+
+
+def test_compare_runs_the_six_cells_on_a_length_generalisation_task(capsys, tmp_path):
+    out = tmp_path / "cmp"
+    sizes = ["--seq-len", "4", "--task-opt", "test_max=12", "--task-opt", "per_length=1"]
+    argv = ["compare", "--task", "parity", "--cells", SIX_CELLS, *sizes, "--hidden", "8", "--batch", "4"]
+    assert main([*argv, "--steps", "2", "--eval-every", "0", "--no-progress", "--out", str(out)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:8]
+    assert [line.split()[0] for line in rows] == SIX_CELLS.split(",")
+    summary = json.loads((out / "slstm" / "summary.json").read_text())
+    assert (summary["steps"], summary["tested"]) == (2, 12)
+
+
+@pytest.mark.parametrize("full, seeds, steps", [(False, 1, 3000), (True, 3, 20000)], ids=["quick", "full"])
+def test_reproduce_formal_runs_every_cell_on_each_row(tmp_path, monkeypatch, full, seeds, steps):
+    """The formal table trains each of the six cells on each row, 1 seed quick and 3 full, at the
+    row's budget, in out/<row>/<cell>/seed<S>; its lines give the papers' result, the band
+    accuracies and the score in percent."""
+    runs = []
+
+    def fake_train(config):
+        runs.append(config)
+        return {"solved_sequences": None, "seconds": 1.0, "batch": config.batch, "steps": config.steps}
+
+    held_out = {"wrong": 1, "sequences": 2, "accuracy": 0.5, "solved": False, "acc_1_40": 1.0, "score": 0.25}
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: held_out)
+    table, path = reproduce.reproduce("formal", full=full, out=tmp_path, rows="parity", progress=False)
+    assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in SIX_CELLS.split(",") for s in range(seeds)]
+    assert {c.steps for c in runs} == {steps} and {c.task for c in runs} == {"parity"}
+    assert runs[0].out == str(tmp_path / "parity" / "rnn" / "seed0")
+    assert path == tmp_path / f"formal-{'full' if full else 'quick'}.md" and path.read_text() == table
+    line = next(x for x in table.splitlines() if x.startswith("| lstm"))
+    best = " (25.0)" if seeds > 1 else ""
+    assert line.startswith(f"| lstm | 100.0 [D] | 0/{seeds} | 100.0 | 25.0{best} | - | {steps:,} |")
+
+
+def test_reproduce_formal_quick_table_on_tiny_budgets(tmp_path, capsys, monkeypatch):
+    """The whole quick pipeline, rows shrunk to tiny sizes: a table per row with its length
+    bands, the runs and their commands, and a second call refused."""
+    tiny = {"parity": {"test_max": 12, "per_length": 1}, "copy": {}}
+    rows = tuple(
+        replace(row, config=replace(row.config, seq_len=4, hidden=8, task_options=tiny[row.key]))
+        for row in reproduce.FORMAL
+        if row.key in tiny
+    )
+    monkeypatch.setattr(reproduce, "FORMAL", rows)
+    out = tmp_path / "formal"
+    argv = ["reproduce", "formal", "--cells", "lstm,mingru", "--budget-scale", "0.001", "--out", str(out)]
+    assert main(argv) == 0
+    table = (out / "formal-quick.md").read_text()
+    assert table.strip() in capsys.readouterr().out
+    assert "| cell | papers | solved | L 1-4 (%) | L 5-12 (%) | score: mean (best) |" in table
+    assert "| cell | papers | solved | accuracy: mean (best) |" in table
+    assert json.loads((out / "parity" / "mingru" / "seed0" / "summary.json").read_text())["steps"] == 3
+    assert "- parity, mingru: `gatedrnn train --task parity --cell mingru --seq-len 4 --task-opt test_max=12" in table
+    assert "already holds a table" in one_error_line(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["formal", "--variant", "nfg"], "--variant applies to hochreiter1997 only, got --variant nfg for formal"),
+        (["hochreiter1997", "--cells", "lstm"], "--cells applies to the formal table only"),
+        (["formal", "--cells", "lstm,mgu"], "unknown cell 'mgu'; the formal table runs rnn, lstm"),
+        (["formal", "--rows", "parity,nope"], "unknown row 'nope'; expected one of parity, modular-arithmetic"),
+    ],
+)
+def test_reproduce_refuses_what_its_table_does_not_take(capsys, tmp_path, argv, expected):
+    line = one_error_line(capsys, ["reproduce", *argv, "--out", str(tmp_path / "r")])
+    assert expected in line and not (tmp_path / "r").exists()
+
+
+def test_reproduce_jobs_share_the_runs_and_keep_their_order(monkeypatch):
+    """With ``jobs`` > 1 the runs go to a pool of that many workers, the longest budget first,
+    and come back in the order they were asked for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pools, started = [], []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers, mp_context):
+            pools.append((workers, mp_context.get_start_method()))
+            super().__init__(1)
+
+    def fake(config):
+        started.append(config.steps)
+        return {"steps": config.steps}
+
+    monkeypatch.setattr(reproduce, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(reproduce, "train_and_hold_out", fake)
+    configs = [TrainConfig(steps=s) for s in (5, 30, 10)]
+    assert [s["steps"] for s in reproduce._run_all(configs, 2, "test", False)] == [5, 30, 10]
+    assert pools == [(2, "spawn")] and started == [30, 10, 5]

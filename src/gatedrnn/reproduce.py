@@ -20,12 +20,23 @@ stopping rule reads is all correct by construction when a run stops).
 Differences from the paper, on purpose: our LSTM is torch.nn's (forget gate, no peepholes, full
 gradient through time, Adam, mini-batches), the paper's had no forget gate (``--variant nfg``),
 truncated gradients and online SGD, and its own architectures per task.
+
+``gatedrnn reproduce formal``: what the six built-in cells (:data:`FORMAL_CELLS`) can remember,
+one :class:`FormalRow` per task: parity and modular arithmetic with Delétang et al. 2023's
+length-generalisation protocol (train on lengths up to 40, test on 41 to 500, accuracy per length
+band and their score), the 1997 adding problem at T = 100 and the copy task at T = 100. Each row
+names the papers' results where they report one; the quick budget runs one seed per cell, the
+full budget more steps and three seeds. With ``jobs`` > 1 the runs are shared among that many
+worker processes (one torch thread each).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,9 +45,9 @@ from tqdm import tqdm
 
 from .config import LSTM_VARIANTS
 from .evaluation import evaluate_saved
-from .train import ConfigError, TrainConfig, refuse_to_replace, train
+from .train import ConfigError, TrainConfig, refuse_to_replace, settings_for, train
 
-PAPERS = ("hochreiter1997",)
+PAPERS = ("hochreiter1997", "formal")
 
 HELD_OUT_SEED_OFFSET = 1000
 """The final net's wrong sequences are counted on the test set of seed ``seed + 1000``, not on the
@@ -182,16 +193,197 @@ HOCHREITER_1997: tuple[Row, ...] = (
 def rows_for(paper: str, full: bool, keys: list[str] | None = None) -> list[Row]:
     """The rows of ``paper`` to run: all of them with ``full``, those without ``full_only``
     otherwise; ``keys`` picks rows by name (:class:`ConfigError` on an unknown one)."""
-    if paper not in PAPERS:
-        raise ConfigError(f"unknown paper {paper!r}; expected one of {', '.join(PAPERS)}")
-    table = HOCHREITER_1997
+    if paper != "hochreiter1997":
+        raise ConfigError(f"unknown paper {paper!r}; expected hochreiter1997 (the formal table: formal_rows)")
     if keys:
-        known = {row.key: row for row in table}
-        unknown = [k for k in keys if k not in known]
-        if unknown:
-            raise ConfigError(f"unknown row {unknown[0]!r}; expected one of {', '.join(known)}")
-        return [known[k] for k in keys]
-    return [row for row in table if full or not row.full_only]
+        return _pick(HOCHREITER_1997, keys)
+    return [row for row in HOCHREITER_1997 if full or not row.full_only]
+
+
+def _pick(table: tuple[Any, ...], keys: list[str]) -> list[Any]:
+    """The rows of ``table`` named by ``keys``, in that order; ConfigError naming an unknown one."""
+    known = {row.key: row for row in table}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown row {unknown[0]!r}; expected one of {', '.join(known)}")
+    return [known[k] for k in keys]
+
+
+FORMAL_CELLS = ("rnn", "lstm", "gru", "slstm", "mingru", "minlstm")
+"""The cells of the formal table: the built-in families, non-linear recurrences first."""
+
+SOURCES = {
+    "D": "Delétang et al. 2023, Table 2: best score (%) of 10 seeds and 3 learning rates",
+    "X": "Beck et al. 2024 (xLSTM), sec. 4.1 and Fig. 4 (formal languages)",
+    "H": "Hochreiter & Schmidhuber 1997, Table 7",
+    "T": "theory (Sarrof et al. 2024; Grazzi et al. 2024): a diagonal linear recurrence whose "
+    "transitions lie in (0, 1) cannot track parity or a residue mod m at every length in finite precision",
+}
+"""The sources the ``papers`` column cites, by the letter it cites them with."""
+
+
+@dataclass(frozen=True)
+class FormalRow:
+    """One task of the formal table, run for each cell.
+
+    Attributes:
+        key: the row's short name (``--rows``) and its run directory.
+        title: what the row is, for the table.
+        config: the run (cell, seed, steps and output directory are set per run).
+        quick_steps, full_steps: optimiser steps per run of each budget.
+        papers: cell -> the published result, as ``"100.0 [D]"`` (the letter a key of
+            :data:`SOURCES`); a cell not named has none.
+    """
+
+    key: str
+    title: str
+    config: TrainConfig
+    quick_steps: int
+    full_steps: int
+    papers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _formal(task: str, seq_len: int | None, eval_every: int) -> TrainConfig:
+    return TrainConfig(task=task, seq_len=seq_len, hidden=64, lr=1e-2, batch=32, eval_every=eval_every)
+
+
+_LINEAR = {"mingru": "cannot [T]", "minlstm": "cannot [T]"}
+
+FORMAL: tuple[FormalRow, ...] = (
+    FormalRow(
+        "parity",
+        "parity check: train L <= 40, test L = 41..500 (Delétang et al. 2023)",
+        _formal("parity", None, 500),
+        quick_steps=3000,
+        full_steps=20000,
+        papers={"rnn": "100.0 [D]", "lstm": "100.0 [D]", "slstm": "solved [X]", **_LINEAR},
+    ),
+    FormalRow(
+        "modular-arithmetic",
+        "modular arithmetic mod 5: train L <= 40, test L = 41..500 (Delétang et al. 2023)",
+        _formal("modular-arithmetic", None, 500),
+        quick_steps=3000,
+        full_steps=20000,
+        papers={"rnn": "100.0 [D]", "lstm": "100.0 [D]", **_LINEAR},
+    ),
+    FormalRow(
+        "adding",
+        "adding problem, T = 100 (Hochreiter & Schmidhuber 1997, exp. 4)",
+        _formal("adding", 100, 250),
+        quick_steps=2000,
+        full_steps=8000,
+        papers={"lstm": "solved: 74,000 seqs, 1 / 2560 wrong [H]"},
+    ),
+    FormalRow(
+        "copy",
+        "copy memory, T = 100 (Arjovsky et al. 2016)",
+        _formal("copy", 100, 250),
+        quick_steps=2000,
+        full_steps=8000,
+    ),
+)
+
+
+@dataclass
+class FormalResult:
+    """What one cell measured on one row over its seeds (held-out test sets)."""
+
+    row: FormalRow
+    cell: str
+    summaries: list[dict[str, Any]] = field(default_factory=list)
+
+    def bands(self) -> list[str]:
+        """The length-band accuracies the task measures (``acc_1_40``, ...), in its order."""
+        return [k for k in self.summaries[0]["held_out"] if k.startswith("acc_")]
+
+    def cells(self) -> list[str]:
+        """papers, solved k/n, each band's mean accuracy (%), the score (or accuracy): mean and
+        best, sequences until solved (mean over the solved seeds), steps (mean), seconds (sum)."""
+        held = [s["held_out"] for s in self.summaries]
+        n = len(held)
+        solved = [s for s, h in zip(self.summaries, held) if h["solved"]]
+        headline = [h.get("score", h["accuracy"]) for h in held]
+        sequences = [s["solved_sequences"] for s in self.summaries if s["solved_sequences"] is not None]
+        return [
+            self.row.papers.get(self.cell, "-"),
+            f"{len(solved)}/{n}",
+            *(f"{100 * sum(h[b] for h in held) / n:.1f}" for b in self.bands()),
+            f"{100 * sum(headline) / n:.1f}" + (f" ({100 * max(headline):.1f})" if n > 1 else ""),
+            f"{round(sum(sequences) / len(sequences)):,}" if sequences else "-",
+            f"{round(sum(s['steps'] for s in self.summaries) / n):,}",
+            f"{sum(s['seconds'] for s in self.summaries):.0f}",
+        ]
+
+
+def formal_table(results: list[FormalResult], budget: str) -> str:
+    """One Markdown table per row (a line per cell), the sources cited, then the command per run."""
+    lines = [f"What the six cells remember, {budget} budget (gatedrnn, Adam; held-out test sets)", ""]
+    for key in dict.fromkeys(r.row.key for r in results):
+        group = [r for r in results if r.row.key == key]
+        first = group[0]
+        bands = [b.removeprefix("acc_").replace("_", "-") for b in first.bands()]
+        headline = "score: mean (best)" if bands else "accuracy: mean (best)"
+        columns = ["cell", "papers", "solved", *[f"L {b} (%)" for b in bands], headline, "seqs until solved"]
+        lines += [
+            f"**{first.row.title}**, {first.summaries[0]['budget_steps']:,} steps of "
+            f"{first.summaries[0]['batch']} sequences at most, {len(first.summaries)} seed(s)",
+            "",
+            "| " + " | ".join([*columns, "steps", "seconds"]) + " |",
+            "|" + "---|" * (len(columns) + 2),
+        ]
+        lines += ["| " + " | ".join([r.cell, *r.cells()]) + " |" for r in group]
+        lines.append("")
+    lines += [f"- [{k}] {v}" for k, v in SOURCES.items()]
+    lines += ["", "Rerun a cell (seed 0; `--seed S` for the others):", ""]
+    lines += [
+        f"- {r.row.key}, {r.cell}: `{command_line(TrainConfig.from_dict(r.summaries[0]['config']))}`" for r in results
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce_formal(
+    full: bool = False,
+    out: Path = Path("runs/reproduce-formal"),
+    seeds: int | None = None,
+    rows: str | None = None,
+    cells: str | None = None,
+    budget_scale: float = 1.0,
+    progress: bool = True,
+    overwrite: bool = False,
+    jobs: int = 1,
+) -> tuple[str, Path]:
+    """The formal table: each row of :data:`FORMAL` (``rows`` picks some) for each cell of
+    :data:`FORMAL_CELLS` (``cells`` picks some), ``seeds`` times (default 1 quick, 3 full), runs
+    in ``out/<row>/<cell>/seed<S>``; writes ``out/formal-<quick|full>.md`` and ``.json`` and
+    prints the table; returns it and its path. Refuses to replace results as :func:`reproduce`."""
+    _check_budget(budget_scale, jobs)
+    selected = _pick(FORMAL, _names(rows)) if _names(rows) else list(FORMAL)
+    chosen = _names(cells) or list(FORMAL_CELLS)
+    unknown = [c for c in chosen if c not in FORMAL_CELLS]
+    if unknown:
+        raise ConfigError(f"unknown cell {unknown[0]!r}; the formal table runs {', '.join(FORMAL_CELLS)}")
+    seeds = seeds or (3 if full else 1)
+    budget = "full" if full else "quick"
+    path = out / f"formal-{budget}.md"
+    runs = [(row, cell, seed) for row in selected for cell in chosen for seed in range(seeds)]
+    if not overwrite:
+        _refuse_to_replace_results(path, [out / row.key / cell / f"seed{seed}" for row, cell, seed in runs])
+    configs = [
+        _run_config(
+            row.config,
+            _scaled(row.full_steps if full else row.quick_steps, budget_scale),
+            seed,
+            out / row.key / cell / f"seed{seed}",
+            cell=cell,
+            **settings_for(cell),
+        )
+        for row, cell, seed in runs
+    ]
+    summaries = iter(_run_all(configs, jobs, f"formal {budget}", progress))
+    results = [FormalResult(row, cell, [next(summaries) for _ in range(seeds)]) for row in selected for cell in chosen]
+    table = formal_table(results, budget)
+    _write(out, f"formal-{budget}", table, [r.summaries for r in results])
+    return table, path
 
 
 def command_line(config: TrainConfig) -> str:
@@ -279,61 +471,119 @@ def reproduce(
     budget_scale: float = 1.0,
     progress: bool = True,
     overwrite: bool = False,
+    cells: str | None = None,
+    jobs: int = 1,
 ) -> tuple[str, Path]:
     """Run the table (each row ``seeds`` times: default 3 quick, 10 full; runs in
     ``out/<row>[-<variant>]/seed<S>``), write ``out/<paper>-<quick|full>[-<variant>].md`` (and the
     run summaries as ``.json``) and print it; returns the table and its path. ``variant`` trains
     another LSTM variant (``nfg``: the paper's LSTM without forget gate); ``budget_scale``
-    multiplies every row's steps. Without ``overwrite``, a table or run already in ``out`` that
-    this call would replace is refused (ConfigError) before any training."""
+    multiplies every row's steps; ``jobs`` runs that many trainings at a time. Without
+    ``overwrite``, a table or run already in ``out`` that this call would replace is refused
+    (ConfigError) before any training. ``paper="formal"`` runs :func:`reproduce_formal` (``cells``
+    picks its cells; ``variant`` is refused there)."""
+    _check_budget(budget_scale, jobs)
+    if paper == "formal":
+        if variant != "vanilla":
+            raise ConfigError(f"--variant applies to hochreiter1997 only, got --variant {variant} for formal")
+        return reproduce_formal(full, out, seeds, rows, cells, budget_scale, progress, overwrite, jobs)
+    if cells is not None:
+        raise ConfigError(f"--cells applies to the formal table only, got --cells {cells} for {paper}")
     if variant not in LSTM_VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(LSTM_VARIANTS)}")
-    if not budget_scale > 0:
-        raise ConfigError(f"--budget-scale must be positive, got {budget_scale}")
-    selected = rows_for(paper, full, [k.strip() for k in rows.split(",")] if rows else None)
+    selected = rows_for(paper, full, _names(rows))
     seeds = seeds or (10 if full else 3)
     budget = "full" if full else "quick"
     suffix = "" if variant == "vanilla" else f"-{variant}"
     path = out / f"{paper}-{budget}{suffix}.md"
-    results = [RowResult(row) for row in selected]
     if not overwrite:
         _refuse_to_replace_results(
             path, [out / f"{row.key}{suffix}" / f"seed{seed}" for row in selected for seed in range(seeds)]
         )
-    bar = tqdm(total=len(selected) * seeds, desc=f"{paper} {budget}", disable=not progress, dynamic_ncols=True)
-    for result in results:
-        row = result.row
-        steps = max(1, round((row.full_steps() if full else row.quick_steps) * budget_scale))
-        for seed in range(seeds):
-            bar.set_postfix_str(f"row {row.key} seed {seed}")
-            config = replace(
-                row.config,
-                variant=variant,
-                steps=steps,
-                seed=seed,
-                checkpoint_every=steps,
-                out=str(out / f"{row.key}{suffix}" / f"seed{seed}"),
-                progress=progress,
-                device="cpu",
-            )
-            summary = train(config)
-            held_out = evaluate_saved(config.out, seed=seed + HELD_OUT_SEED_OFFSET)
-            summary.update(
-                config=config.to_dict(),
-                budget_steps=steps,
-                held_out_wrong=held_out["wrong"],
-                held_out_tested=held_out["sequences"],
-            )
-            result.summaries.append(summary)
+    configs = []
+    for row in selected:
+        steps = _scaled(row.full_steps() if full else row.quick_steps, budget_scale)
+        configs += [
+            _run_config(row.config, steps, seed, out / f"{row.key}{suffix}" / f"seed{seed}", variant=variant)
+            for seed in range(seeds)
+        ]
+    summaries = iter(_run_all(configs, jobs, f"{paper} {budget}", progress))
+    results = [RowResult(row, [next(summaries) for _ in range(seeds)]) for row in selected]
+    table = markdown_table(results, budget, variant)
+    _write(out, f"{paper}-{budget}{suffix}", table, [r.summaries for r in results])
+    return table, path
+
+
+def _check_budget(budget_scale: float, jobs: int) -> None:
+    if not budget_scale > 0:
+        raise ConfigError(f"--budget-scale must be positive, got {budget_scale}")
+    if not (isinstance(jobs, int) and jobs > 0):
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs!r}")
+
+
+def _names(text: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; None or empty -> None."""
+    return [k.strip() for k in text.split(",") if k.strip()] if text else None
+
+
+def _scaled(steps: int, budget_scale: float) -> int:
+    return max(1, round(steps * budget_scale))
+
+
+def _run_config(base: TrainConfig, steps: int, seed: int, out: Path, **changes: Any) -> TrainConfig:
+    """One run of a table: ``base`` with these steps, seed and directory, on the CPU, checkpointed
+    at the end."""
+    return replace(
+        base, steps=steps, seed=seed, checkpoint_every=steps, out=str(out), device="cpu", progress=False, **changes
+    )
+
+
+def train_and_hold_out(config: TrainConfig) -> dict[str, Any]:
+    """Train ``config`` and evaluate the final net on the test set of seed ``seed +``
+    :data:`HELD_OUT_SEED_OFFSET`: the run's summary with ``config``, ``budget_steps``,
+    ``held_out`` (the evaluation's metrics), ``held_out_wrong`` and ``held_out_tested``."""
+    summary = train(config)
+    held_out = evaluate_saved(config.out, seed=config.seed + HELD_OUT_SEED_OFFSET)
+    summary.update(
+        config=config.to_dict(),
+        budget_steps=config.steps,
+        held_out=held_out,
+        held_out_wrong=held_out["wrong"],
+        held_out_tested=held_out["sequences"],
+    )
+    return summary
+
+
+def _run_all(configs: list[TrainConfig], jobs: int, desc: str, progress: bool) -> list[dict[str, Any]]:
+    """:func:`train_and_hold_out` of each config, in order; ``jobs`` > 1 shares them among that
+    many worker processes (longest first, so that the last to finish is a short one)."""
+    bar = tqdm(total=len(configs), desc=desc, disable=not progress, dynamic_ncols=True)
+    if jobs == 1:
+        summaries = []
+        for config in configs:
+            bar.set_postfix_str(f"{config.task} {config.cell} seed {config.seed}")
+            summaries.append(train_and_hold_out(replace(config, progress=progress)))
+            bar.update(1)
+        bar.close()
+        return summaries
+    results: dict[int, dict[str, Any]] = {}
+    order = sorted(range(len(configs)), key=lambda k: -configs[k].steps)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(train_and_hold_out, configs[k]): k for k in order}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
             bar.update(1)
     bar.close()
-    table = markdown_table(results, budget, variant)
+    return [results[k] for k in range(len(configs))]
+
+
+def _write(out: Path, name: str, table: str, summaries: list[Any]) -> None:
+    """``out/<name>.md`` (the table, also printed) and ``out/<name>.json`` (the run summaries)."""
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(table)
-    (out / f"{paper}-{budget}{suffix}.json").write_text(json.dumps([r.summaries for r in results], indent=1))
+    (out / f"{name}.md").write_text(table)
+    (out / f"{name}.json").write_text(json.dumps(summaries, indent=1))
     print(table)
-    print(f"wrote {path}")
-    return table, path
+    print(f"wrote {out / f'{name}.md'}")
 
 
 def _refuse_to_replace_results(table: Path, run_dirs: list[Path]) -> None:

@@ -132,12 +132,13 @@ class _LengthGeneralisation(Task):
         the test set of :meth:`test_batches` are the band accuracies and the paper's score."""
         ok = self.correct(output, batch).float()
         length = batch.targets[:, 1]
-        found = {}
-        for band in [*self.bands, (self.seq_len + 1, self.test_max)]:
-            inside = ((length >= band[0]) & (length <= band[1])).float()
-            share = (band[1] - band[0] + 1) / self.test_max
-            found[band_name(band)] = ok * inside / share
-        found["score"] = found.pop(band_name((self.seq_len + 1, self.test_max)))
+
+        def weighted(first: int, last: int) -> Tensor:
+            share = (last - first + 1) / self.test_max  # of the test set
+            return ok * ((length >= first) & (length <= last)).float() / share
+
+        found = {band_name(band): weighted(*band) for band in self.bands}
+        found["score"] = weighted(self.seq_len + 1, self.test_max)
         return found
 
     def solved(self, loss: float, accuracy: float, **measures: float) -> bool:
