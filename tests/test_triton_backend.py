@@ -1036,12 +1036,10 @@ def sm90_build(case: str) -> dict[str, int]:
     }
 
 
-def test_kernels_compile_for_hopper():
-    """The compiled (not interpreted) path: Triton builds the persistent kernels for sm_90 with
-    its bundled ptxas (no GPU needed), and their shared memory stays within the planner's
-    estimate and the H100's 227 KiB. A subprocess, since the interpreter is on in this one."""
+def _compiled_path_json(script: str):
+    """What ``script`` prints as JSON on its last line, run in a subprocess on Triton's compiled
+    path (the interpreter is on in this one); skips where Triton cannot build for sm_90 here."""
     pytest.importorskip("triton.backends.nvidia")
-    script = "import json, test_triton_backend as t; print(json.dumps({c: t.sm90_build(c) for c in t.SM90_CASES}))"
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
     env = dict(
         os.environ,
@@ -1060,13 +1058,34 @@ def test_kernels_compile_for_hopper():
     if run.returncode != 0 and "ptxas" in run.stderr.lower():
         pytest.skip("Triton cannot build for sm_90 here: " + run.stderr.strip().splitlines()[-1])
     assert run.returncode == 0, run.stderr[-3000:]
-    for case, b in json.loads(run.stdout.strip().splitlines()[-1]).items():
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_kernels_compile_for_hopper():
+    """The compiled (not interpreted) path: Triton builds the persistent kernels for sm_90 with
+    its bundled ptxas (no GPU needed), and their shared memory stays within the planner's
+    estimate and the H100's 227 KiB."""
+    script = "import json, test_triton_backend as t; print(json.dumps({c: t.sm90_build(c) for c in t.SM90_CASES}))"
+    for case, b in _compiled_path_json(script).items():
         assert b["shared"] <= b["estimate"] <= 232448, f"{case}: {b}"
         assert b["resident"] == ("resident" in case), f"{case}: {b}"
         assert 0 < b["registers"] <= 255, f"{case}: {b}"
 
 
 # ----- layer kernels: the sLSTM recurrence and the minimal cells' scan ------------------------
+
+
+@pytest.mark.slow
+def test_layer_kernels_compile_for_hopper():
+    """The sLSTM and scan kernels, forward and backward, built for sm_90 with their launchers'
+    blocks at the benchmark's largest size (bf16, B=32, H=1024, 4 heads of 256 units): they
+    compile, and none spills to local memory."""
+    script = (
+        "import json, torch; from gatedrnn.backends.triton import offline; "
+        "print(json.dumps(offline.compile_layer_kernels(offline.H100, torch.bfloat16, 32, 1024, 4)))"
+    )
+    for kernel, b in _compiled_path_json(script).items():
+        assert 0 < b["registers"] <= 255 and b["spill_stores"] == b["spill_loads"] == 0, f"{kernel}: {b}"
 
 
 @interpreter

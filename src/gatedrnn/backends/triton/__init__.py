@@ -15,7 +15,8 @@ Per layer and direction:
 
 Runs the families that name one of its kernels (``cfg.kernel("triton")``, :data:`KERNELS`) and
 refuses every other: LSTM (every variant: vanilla, peephole, cifg, nig, nfg, nog, niaf, noaf, fgr;
-with projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), in float16,
+with projection and layer norm), GRU (both reset forms, layer norm), RNN (tanh, relu), and through
+layer kernels of their own (:data:`LAYER_KERNELS`) the sLSTM and minGRU/minLSTM, in float16,
 bfloat16, float32 (tf32 per ``torch.backends.cuda.matmul.allow_tf32``) with float32 accumulation
 and cell state; under the interpreter float16, float32 and float64 (its ``tl.dot`` is wrong for
 bfloat16). Zoneout (its sampled masks in training, its expectation in evaluation) and recurrent

@@ -45,6 +45,16 @@ FLOAT32_BUFFERS = (
     "rstd_ptr",
     "part_ptr",
     "dchat_ptr",
+    # the layer kernels' (sLSTM, scan) carried states and gradients
+    "ns_ptr",
+    "ms_ptr",
+    "pre_ptr",
+    "dpre_ptr",
+    "gh_ptr",
+    "gc_ptr",
+    "gn_ptr",
+    "gm_ptr",
+    "dh0_ptr",
 )
 #: zoneout's keeps: the sampled masks take the compute dtype, the expectation p (``ZO == 2``) float32
 ZONEOUT_KEEPS = ("keep_h_ptr", "keep_c_ptr")
@@ -263,3 +273,44 @@ def step_loop_spills(listing: str) -> int:
         return 0
     start, end = max(loops, key=lambda r: r[1] - r[0])
     return sum(1 for addr, text in instructions if start <= addr <= end and re.search(r"\b(LDL|STL)\b", text))
+
+
+def compile_layer_kernels(
+    device: Device, dtype: torch.dtype, B: int, H: int, num_heads: int, T: int = 512
+) -> dict[str, dict[str, int]]:
+    """Compile the layer kernels (:mod:`.kernels.slstm` with ``num_heads`` heads, saving its
+    pre-activations, and :mod:`.kernels.scan`; forward and backward) for ``device`` with the blocks
+    and warps their launchers choose and the specialisation a call with these sizes gets, and read
+    their resources: ``{kernel: {"shared", "registers", "spill_stores", "spill_loads"}}``. Needs
+    the compiled path, as :func:`compile_for`."""
+    if launch.interpreting():
+        raise RuntimeError("compile_layer_kernels needs Triton's compiled path: unset TRITON_INTERPRET")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from . import scan, slstm
+    from .kernels.scan import linear_scan_bwd_kernel, linear_scan_fwd_kernel
+    from .kernels.slstm import slstm_bwd_kernel, slstm_fwd_kernel
+
+    D = H // num_heads
+    BD, BK = slstm._blocks(D, dtype)
+    acc = launch.accumulation_type(dtype)
+    precision = launch.dot_precision(dtype, False)
+    recurrence = dict(EXP_FORGET=False, REVERSE=False, BB=slstm.BLOCK_B, BD=BD, BK=BK, ACC=acc, PREC=precision)
+    scanning = dict(REVERSE=False, BLOCK=scan.BLOCK, ACC=acc)
+    builds = {
+        "slstm forward": (slstm_fwd_kernel, dict(recurrence, STORE_PRE=True), {"T": T, "B": B, "H": H, "D": D}),
+        "slstm backward": (slstm_bwd_kernel, recurrence, {"T": T, "B": B, "H": H, "D": D}),
+        "scan forward": (linear_scan_fwd_kernel, scanning, {"T": T, "BH": B * H, "H": H}),
+        "scan backward": (linear_scan_bwd_kernel, scanning, {"T": T, "BH": B * H, "H": H}),
+    }
+    reports = {}
+    for name, (kernel, consts, ints) in builds.items():
+        signature, constexprs, attrs = _specialise(kernel, consts, dtype, ints)
+        compiled, log = _compile_with_ptxas_log(
+            ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+            GPUTarget("cuda", device.capability, 32),
+            slstm.NUM_WARPS if name.startswith("slstm") else scan.NUM_WARPS,
+        )
+        reports[name] = {"shared": compiled.metadata.shared, **ptxas_report(log)}
+    return reports

@@ -30,7 +30,8 @@ from .launch import _new_buffer, accumulation_dtype, accumulation_type, kernel_l
 from .op import _no_second_derivative
 
 BLOCK = 128
-"""Units (of the B*H independent recurrences) per program: one per thread of four warps."""
+"""Units (of the B*H independent recurrences) per program: one per thread of :data:`NUM_WARPS` warps."""
+NUM_WARPS = 4
 
 
 def _grid(units: int) -> tuple[int]:
@@ -44,8 +45,9 @@ def triton_linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor, re
     T, B, H = b.shape
     hs = _new_buffer((T + 1, B, H), b.dtype, b.device)
     hs[T if reverse else 0] = h0
+    acc = accumulation_type(b.dtype)
     linear_scan_fwd_kernel[_grid(B * H)](
-        log_a, b, lengths, hs, T, B * H, H, REVERSE=reverse, BLOCK=BLOCK, ACC=accumulation_type(b.dtype), num_warps=4
+        log_a, b, lengths, hs, T, B * H, H, REVERSE=reverse, BLOCK=BLOCK, ACC=acc, num_warps=NUM_WARPS
     )
     return hs
 
@@ -80,7 +82,7 @@ def triton_linear_scan_backward(
         REVERSE=reverse,
         BLOCK=BLOCK,
         ACC=accumulation_type(hs.dtype),
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
     return dlog_a, db, dh0
 

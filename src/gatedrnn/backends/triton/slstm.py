@@ -41,6 +41,8 @@ from .op import _no_second_derivative
 
 BLOCK_B = 16
 """Batch rows per program: the smallest tile ``tl.dot`` takes, for the most programs per head."""
+NUM_WARPS = 4
+"""Warps per program of both kernels."""
 MAX_BLOCK_D = 64
 """The largest unit and column tile of a head's (4D, D) block for 2-byte weights; half of it for
 4-byte ones, whose four (BB, BD) accumulators and operand tiles would not fit the registers of four
@@ -102,7 +104,7 @@ def forward(
         BK=BK,
         ACC=accumulation_type(xw.dtype),
         PREC=dot_precision(xw.dtype, allow_tf32),
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
     return hs, cs, ns, ms, pre
 
@@ -156,7 +158,7 @@ def backward(
         BK=BK,
         ACC=accumulation_type(dhs.dtype),
         PREC=dot_precision(weight_hh.dtype, allow_tf32),
-        num_warps=4,
+        num_warps=NUM_WARPS,
     )
     return dpre, gh, gc, gn, gm
 

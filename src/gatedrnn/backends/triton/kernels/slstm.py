@@ -73,6 +73,17 @@ def _weight_tile(r_ptr, gate, offs_j, mj, offs_k, mk, D):
 
 
 @triton.jit
+def _program_slice(len_ptr, r_ptr, B, D, BB: tl.constexpr):
+    """Program (p, k)'s head k, batch rows p*BB .. p*BB+BB, their validity and lengths, and the
+    head's (4D, D) block."""
+    head = tl.program_id(1)
+    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
+    mb = offs_b < B
+    lens = tl.load(len_ptr + offs_b, mask=mb, other=0)
+    return head, offs_b, mb, lens, r_ptr + head.to(tl.int64) * 4 * D * D
+
+
+@triton.jit
 def _log_forget(f_raw, EXP_FORGET: tl.constexpr):
     """log f: the exponential gate's pre-activation itself, else logsigmoid = -softplus(-f)."""
     if EXP_FORGET:
@@ -123,11 +134,7 @@ def slstm_fwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     PREC: tl.constexpr,  # tl.dot input precision
 ):
-    head = tl.program_id(1)
-    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
-    mb = offs_b < B
-    lens = tl.load(len_ptr + offs_b, mask=mb, other=0)
-    r_head = r_ptr + head.to(tl.int64) * 4 * D * D
+    head, offs_b, mb, lens, r_head = _program_slice(len_ptr, r_ptr, B, D, BB)
     H4 = 4 * H
     for s in range(T):
         t, prev, new = step_slots(s, T, REVERSE)
@@ -237,11 +244,7 @@ def slstm_bwd_kernel(
     ACC: tl.constexpr,  # accumulation dtype
     PREC: tl.constexpr,  # tl.dot input precision
 ):
-    head = tl.program_id(1)
-    offs_b = tl.program_id(0) * BB + tl.arange(0, BB)
-    mb = offs_b < B
-    lens = tl.load(len_ptr + offs_b, mask=mb, other=0)
-    r_head = r_ptr + head.to(tl.int64) * 4 * D * D
+    head, offs_b, mb, lens, r_head = _program_slice(len_ptr, r_ptr, B, D, BB)
     H4 = 4 * H
     for s in range(T - 1, -1, -1):
         t, prev, new = step_slots(s, T, REVERSE)
