@@ -17,7 +17,7 @@ LAYERS = {"mingru": gatedrnn.MinGRU, "minlstm": gatedrnn.MinLSTM}
 
 
 def pair(name, *args, **kwargs):
-    """The same layer stepped and scanned (equal weights)."""
+    """The same layer stepped and scanned (equal weights; ``backend`` among ``kwargs``)."""
     torch.manual_seed(0)
     sequential = LAYERS[name](*args, mode="sequential", dtype=F64, **kwargs)
     parallel = LAYERS[name](*args, mode="parallel", dtype=F64, **kwargs)
@@ -60,8 +60,9 @@ def test_minlstm_matches_mingru_pytorch_from_a_zero_state():
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 @pytest.mark.parametrize("activation", ["g", "identity"])
 @pytest.mark.parametrize("T", [1, 63, 4096])
-def test_the_scan_equals_the_step_loop(name, activation, T):
-    sequential, parallel = pair(name, 3, 5, activation=activation)
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_the_scan_equals_the_step_loop(name, activation, T, backend):
+    sequential, parallel = pair(name, 3, 5, activation=activation, backend=backend)
     x = 3 * torch.randn(T, 2, 3, dtype=F64)
     h0 = 4 * torch.randn(1, 2, 5, dtype=F64)  # any sign
     out_s, h_s = sequential(x, h0)
@@ -135,3 +136,158 @@ def test_bad_options_are_refused():
         gatedrnn.MinGRU(3, 4, mode="scan")
     with pytest.raises(ValueError, match="activation"):
         gatedrnn.MinLSTM(3, 4, activation="relu")
+
+
+# ----- the cpu backend's kernel (gatedrnn.backends.cpu.minimal) ------------------------------------
+
+
+PATHS = {"compiled": "sequential", "scan": "sequential", "parallel": "parallel"}
+"""The cpu kernel's recurrences: the compiled pass (``mode="sequential"``), the scan it falls back
+to where the compiled ops are switched off, and the scan of ``mode="parallel"``."""
+
+
+@pytest.fixture(params=list(PATHS))
+def cpu_path(request, monkeypatch):
+    """(the mode that takes this path, a count of the compiled passes run, the passes expected per
+    layer and direction)."""
+    from gatedrnn.backends.cpu import compiled, minimal
+
+    if request.param == "scan":
+        monkeypatch.setenv(compiled.ENV, "0")
+    else:
+        monkeypatch.delenv(compiled.ENV, raising=False)
+        if compiled.unavailable_reason() is not None:
+            pytest.skip(f"the compiled ops are unavailable: {compiled.unavailable_reason()}")
+    runs = {"compiled": 0}
+    original = minimal.compiled_pass
+
+    def counting(cfg, dtype):
+        fused = original(cfg, dtype)
+        runs["compiled"] += fused
+        return fused
+
+    monkeypatch.setattr(minimal, "compiled_pass", counting)
+    return PATHS[request.param], runs, int(request.param == "compiled")
+
+
+def cpu_and_reference(name, *args, mode="sequential", **kwargs):
+    """The same layer on the cpu backend and on the reference loop stepping (equal weights)."""
+    torch.manual_seed(0)
+    ref = LAYERS[name](*args, backend="reference", mode="sequential", dtype=F64, **kwargs)
+    with torch.no_grad():  # pre-activations of both signs and several scales
+        for p in ref.parameters():
+            p.mul_(3.0)
+    fast = LAYERS[name](*args, backend="cpu", mode=mode, dtype=F64, **kwargs)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def forward_and_grads(layer, x, h0, lengths=None):
+    """Outputs (zero-padded), h_n and the gradients of input, h0 and every parameter of a random loss."""
+    x, h0 = x.clone().requires_grad_(), h0.clone().requires_grad_()
+    inp = x if lengths is None else pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, h_n = layer(inp, h0)
+    if lengths is not None:
+        out, _ = pad_packed_sequence(out, total_length=x.shape[0])
+    torch.manual_seed(9)
+    loss = (out * torch.randn_like(out)).sum() + (h_n * torch.randn_like(h_n)).sum()
+    grads = torch.autograd.grad(loss, [x, h0, *layer.parameters()])
+    return [out.detach(), h_n.detach(), *grads]
+
+
+def assert_all_close(got, want, atol=1e-10):
+    for k, (g, w) in enumerate(zip(got, want)):
+        torch.testing.assert_close(g, w, rtol=0, atol=atol * max(1.0, w.abs().max().item()), msg=f"tensor {k}")
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("activation", ["g", "identity"])
+def test_the_cpu_kernel_equals_the_step_loop_packed_both_ways(name, activation, cpu_path):
+    mode, runs, passes = cpu_path
+    fast, ref = cpu_and_reference(name, 3, 4, mode=mode, activation=activation, bidirectional=True, num_layers=2)
+    torch.manual_seed(1)
+    x = 2 * torch.randn(63, 5, 3, dtype=F64)
+    h0 = 4 * torch.randn(4, 5, 4, dtype=F64)  # any sign
+    lengths = torch.tensor([63, 1, 40, 17, 62])
+    assert_all_close(forward_and_grads(fast, x, h0, lengths), forward_and_grads(ref, x, h0, lengths))
+    assert runs["compiled"] == 4 * passes
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_every_path_equals_the_reference_over_4096_steps(name, cpu_path):
+    """The cpu kernel's paths against the reference loop's scan under autograd (which equals its
+    step loop: test_the_scan_equals_the_step_loop), in every gradient."""
+    torch.manual_seed(2)
+    x = 3 * torch.randn(4096, 2, 3, dtype=F64)
+    h0 = 4 * torch.randn(1, 2, 3, dtype=F64)
+    mode, runs, passes = cpu_path
+    fast, ref = cpu_and_reference(name, 3, 3, mode=mode)
+    ref.cell_config.mode = "parallel"  # the reference loop's scan: the step loop under autograd is slow here
+    assert_all_close(forward_and_grads(fast, x, h0), forward_and_grads(ref, x, h0))
+    assert runs["compiled"] == passes
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_the_cpu_kernel_passes_gradcheck_reversed_and_packed(name, cpu_path):
+    torch.manual_seed(4)
+    layer = LAYERS[name](2, 2, mode=cpu_path[0], bidirectional=True, backend="cpu", dtype=F64)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(18, 2, 2, dtype=F64, requires_grad=True)  # the scan: more than one chunk
+    h0 = torch.randn(2, 2, 2, dtype=F64, requires_grad=True)
+    lengths = torch.tensor([18, 5])
+
+    def run(x, h0, *params):
+        out, h_n = torch.func.functional_call(
+            layer, dict(zip(names, params)), (pack_padded_sequence(x, lengths, enforce_sorted=False), h0)
+        )
+        return out.data, h_n
+
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradcheck(run, (x, h0, *params))
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_second_derivatives_replay_the_reference_loop(name, cpu_path):
+    torch.manual_seed(5)
+    layer = LAYERS[name](2, 2, mode=cpu_path[0], backend="cpu", dtype=F64)
+    names = [n for n, _ in layer.named_parameters()]
+    x = torch.randn(5, 2, 2, dtype=F64, requires_grad=True)
+    h0 = torch.randn(1, 2, 2, dtype=F64, requires_grad=True)
+
+    def run(x, h0, *params):
+        return torch.func.functional_call(layer, dict(zip(names, params)), (x, h0))
+
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradgradcheck(run, (x, h0, *params))
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_zoneout_and_recurrent_dropout_run_on_the_reference_loop(name):
+    torch.manual_seed(0)
+    ref = gatedrnn.Recurrent(name, 3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="reference", dtype=F64)
+    fast = gatedrnn.Recurrent(name, 3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="cpu", dtype=F64)
+    fast.load_state_dict(ref.state_dict())
+    x, h0 = torch.randn(9, 2, 3, dtype=F64), torch.randn(1, 2, 4, dtype=F64)
+    results = []
+    for layer in (fast, ref):
+        torch.manual_seed(6)  # the same masks
+        results.append(forward_and_grads(layer, x, h0))
+    assert_all_close(*results)
+
+
+def _graph_size(tensor):
+    seen, todo = set(), [tensor.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_the_cpu_kernels_graph_does_not_grow_with_time(name, mode):
+    layer = LAYERS[name](3, 4, mode=mode, backend="cpu")
+    sizes = [_graph_size(layer(torch.randn(steps, 2, 3, requires_grad=True))[0]) for steps in (3, 100)]
+    assert sizes[0] == sizes[1] < 10
