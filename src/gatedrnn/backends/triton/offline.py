@@ -293,7 +293,7 @@ def compile_layer_kernels(
     from .kernels.slstm import slstm_bwd_kernel, slstm_fwd_kernel
 
     D = H // num_heads
-    BD, BK = slstm._blocks(D, dtype)
+    BD, BK = slstm.tile_sizes(D, dtype)
     acc = launch.accumulation_type(dtype)
     precision = launch.dot_precision(dtype, False)
     recurrence = dict(EXP_FORGET=False, REVERSE=False, BB=slstm.BLOCK_B, BD=BD, BK=BK, ACC=acc, PREC=precision)

@@ -25,8 +25,9 @@ import triton
 from torch import Tensor
 
 from ...cells.family import CellFamily, LayerWeights
+from . import launch
 from .kernels.scan import linear_scan_bwd_kernel, linear_scan_fwd_kernel
-from .launch import _new_buffer, accumulation_dtype, accumulation_type, kernel_lengths, layer_outputs
+from .launch import accumulation_dtype, accumulation_type, kernel_lengths, layer_outputs
 from .op import _no_second_derivative
 
 BLOCK = 128
@@ -43,7 +44,7 @@ def triton_linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor, re
     """hs (T+1, B, H) of h_t = exp(log_a_t) h_{t-1} + b_t over log_a, b (T, B, H) from h0 (B, H),
     laid out by real time (:mod:`.kernels.scan`); padded steps keep the state."""
     T, B, H = b.shape
-    hs = _new_buffer((T + 1, B, H), b.dtype, b.device)
+    hs = launch._new_buffer((T + 1, B, H), b.dtype, b.device)
     hs[T if reverse else 0] = h0
     acc = accumulation_type(b.dtype)
     linear_scan_fwd_kernel[_grid(B * H)](
@@ -65,9 +66,9 @@ def triton_linear_scan_backward(
     """From the gradient of hs (T+1, B, H): (dL/d log_a, dL/d b (T, B, H), dL/d h0 (B, H) in the
     accumulation dtype)."""
     T, B, H = log_a.shape
-    dlog_a = _new_buffer((T, B, H), log_a.dtype, log_a.device)
-    db = _new_buffer((T, B, H), hs.dtype, hs.device)
-    dh0 = _new_buffer((B, H), accumulation_dtype(hs.dtype), hs.device)
+    dlog_a = launch._new_buffer((T, B, H), log_a.dtype, log_a.device)
+    db = launch._new_buffer((T, B, H), hs.dtype, hs.device)
+    dh0 = launch._new_buffer((B, H), accumulation_dtype(hs.dtype), hs.device)
     linear_scan_bwd_kernel[_grid(B * H)](
         dhs,
         log_a,

@@ -28,9 +28,9 @@ import triton
 from torch import Tensor
 
 from ...cells.family import CellFamily, LayerWeights
+from . import launch
 from .kernels.slstm import slstm_bwd_kernel, slstm_fwd_kernel
 from .launch import (
-    _new_buffer,
     accumulation_dtype,
     accumulation_type,
     dot_precision,
@@ -49,7 +49,7 @@ MAX_BLOCK_D = 64
 warps at 64 (the sm_90 build of the float32 forward kernel spills there and does not at 32)."""
 
 
-def _blocks(D: int, dtype: torch.dtype) -> tuple[int, int]:
+def tile_sizes(D: int, dtype: torch.dtype) -> tuple[int, int]:
     """(BD, BK): the unit and column tiles for heads of D units with weights of ``dtype``, powers
     of two from 16 (``tl.dot``'s least) to :data:`MAX_BLOCK_D` (halved for 4-byte dtypes)."""
     limit = MAX_BLOCK_D if dtype.itemsize <= 2 else MAX_BLOCK_D // 2
@@ -77,12 +77,12 @@ def forward(
     heads, _, D = weight_hh.shape
     dev, acc = xw.device, accumulation_dtype(xw.dtype)
     start = T if reverse else 0
-    hs = _new_buffer((T + 1, B, H), xw.dtype, dev)
-    cs, ns, ms = (_new_buffer((T + 1, B, H), acc, dev) for _ in range(3))
+    hs = launch._new_buffer((T + 1, B, H), xw.dtype, dev)
+    cs, ns, ms = (launch._new_buffer((T + 1, B, H), acc, dev) for _ in range(3))
     for buffer, initial in ((hs, h0), (cs, c0), (ns, n0), (ms, m0)):
         buffer[start] = initial
-    pre = _new_buffer((T, B, H4), acc, dev) if store_pre else torch.empty(0, dtype=acc, device=dev)
-    BD, BK = _blocks(D, weight_hh.dtype)
+    pre = launch._new_buffer((T, B, H4), acc, dev) if store_pre else torch.empty(0, dtype=acc, device=dev)
+    BD, BK = tile_sizes(D, weight_hh.dtype)
     slstm_fwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         xw,
         lengths,
@@ -130,10 +130,10 @@ def backward(
     T1, B, H = dhs.shape
     heads, _, D = weight_hh.shape
     dev, acc = dhs.device, cs.dtype
-    dpre = _new_buffer((T1 - 1, B, 4 * H), acc, dev)
+    dpre = launch._new_buffer((T1 - 1, B, 4 * H), acc, dev)
     gh = torch.zeros((B, H), dtype=acc, device=dev)
     gc, gn, gm = (g.to(acc, copy=True).contiguous() for g in (dc, dn, dm))
-    BD, BK = _blocks(D, weight_hh.dtype)
+    BD, BK = tile_sizes(D, weight_hh.dtype)
     slstm_bwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         dhs,
         lengths,
