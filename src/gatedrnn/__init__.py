@@ -8,12 +8,14 @@ Public API at a glance:
 - any cell family on the same layer machinery: :class:`Recurrent`, the base class
   :class:`CellFamily`, :func:`register_family`, :func:`unregister_family`, :func:`registered_families`;
 - gate inspection: :func:`inspect_gates` -> :class:`GateTrace`;
-- what a layer computes: :func:`CellConfig`, :data:`LSTM_VARIANTS`; the backends: :data:`BACKENDS`.
+- what a layer computes: :func:`CellConfig`, :data:`LSTM_VARIANTS`; the backends: :data:`BACKENDS`;
+- deployment: :func:`export_onnx` (ONNX files for onnxruntime; int8 in :mod:`gatedrnn.export`).
 """
 
 from .backends import BACKENDS
 from .cells import LSTM_VARIANTS, CellFamily, register_family, registered_families, unregister_family
 from .config import CellConfig
+from .export import export_onnx
 from .inspect import GateTrace, inspect_gates
 from .nn import GRU, LSTM, RNN, SLSTM, GRUCell, LSTMCell, MinGRU, MinLSTM, Recurrent, RNNCell
 
@@ -35,6 +37,7 @@ __all__ = [
     "RNNCell",
     "Recurrent",
     "SLSTM",
+    "export_onnx",
     "inspect_gates",
     "register_family",
     "registered_families",

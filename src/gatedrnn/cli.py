@@ -538,6 +538,35 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """Export a trained model to an ONNX file for serving (gatedrnn.export_onnx): batch and length
+    dynamic, the cells ONNX computes as its LSTM/GRU/RNN operators and the others as loops over
+    time, checked in onnxruntime on other sizes. MODEL is a run directory of gatedrnn train, one of
+    its checkpoint-N.safetensors, or an exported .safetensors with its .json (--shipped CELL: the
+    character model shipped with gatedrnn). The graph takes the model's input batch first (token
+    ids (B, T) for a character model) and returns its output and final states. --int8 PATH also
+    writes the file with int8 weights (onnxruntime's dynamic quantization)."""
+    from .export import example_input, export_onnx, quantize_int8
+    from .viz.loading import shipped_path
+
+    if (args.model is None) == (args.shipped is None):
+        raise UsageError(
+            "give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
+            f"got {'both' if args.model else 'neither'}"
+        )
+    model_file = saved.read(args.model if args.model is not None else shipped_path(args.shipped))
+    model = saved.rebuild(model_file.meta, model_file.tensors).eval()
+    try:
+        export_onnx(model, example_input(model), args.out, native=not args.loop, check=not args.no_check)
+        print(f"wrote {args.out}")
+        if args.int8 is not None:
+            quantize_int8(args.out, args.int8)
+            print(f"wrote {args.int8} (int8 weights)")
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``gatedrnn`` parser; ``--cell`` takes the families registered when it is called."""
     from .viz.loading import SHIPPED
@@ -682,6 +711,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON too, as the last line")
     add_family_module_option(p)
     p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser(
+        "export", help="export a trained model to ONNX (and int8) for serving", description=run_export.__doc__
+    )
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported .safetensors"
+    )
+    p.add_argument(
+        "--shipped",
+        choices=SHIPPED,
+        metavar="CELL",
+        help=f"export the character model shipped for CELL ({', '.join(SHIPPED)}) instead",
+    )
+    p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
+    p.add_argument("--int8", metavar="PATH", help="also write the model with int8 weights to PATH")
+    p.add_argument("--loop", action="store_true", help="every layer as a loop over time, no ONNX recurrent operators")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check against PyTorch")
+    add_family_module_option(p)
+    p.set_defaults(func=run_export)
 
     from .viz.commands import add_subcommands
 

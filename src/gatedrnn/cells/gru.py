@@ -68,8 +68,11 @@ class GRUFamily(AffineGatesFamily):
 
     def kernels(self) -> dict[str, str]:
         """torch's ``"GRU"`` for torch.nn's form without layer norm; the ``gru`` kernels of the cpu
-        and triton backends for both forms."""
+        and triton backends for both forms; ONNX's operator (:data:`gatedrnn.export.ONNX_OPERATORS`)
+        for both forms without layer norm."""
         fused = {"cpu": "gru", "triton": "gru"}
         if self.reset_after and not self.layer_norm:
             fused["torch"] = "GRU"
+        if not self.layer_norm:
+            fused["onnx"] = "GRU" if self.reset_after else "GRU_RESET_BEFORE"
         return fused

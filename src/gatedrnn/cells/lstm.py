@@ -178,8 +178,12 @@ class LSTMFamily(AffineGatesFamily):
 
     def kernels(self) -> dict[str, str]:
         """torch's ``"LSTM"`` for the plain cell without layer norm; the ``lstm`` kernels of the
-        cpu and triton backends for every variant (each backend's ``supports`` says what it runs)."""
+        cpu and triton backends for every variant (each backend's ``supports`` says what it runs);
+        ONNX's operator (:data:`gatedrnn.export.ONNX_OPERATORS`) for the plain and peephole cells
+        without layer norm or projection."""
         fused = {"cpu": "lstm", "triton": "lstm"}
         if self.variant == "vanilla" and not self.layer_norm:
             fused["torch"] = "LSTM"
+        if self.variant in ("vanilla", "peephole") and not self.layer_norm and self.proj_size == 0:
+            fused["onnx"] = "LSTM_PEEPHOLE" if self.variant == "peephole" else "LSTM"
         return fused

@@ -43,5 +43,7 @@ class RNNFamily(AffineGatesFamily):
         return (h_new,), {"h": h_new}
 
     def kernels(self) -> dict[str, str]:
-        """torch's ``"RNN_TANH"``/``"RNN_RELU"``; the ``rnn`` kernels of the cpu and triton backends."""
-        return {"torch": "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU", "cpu": "rnn", "triton": "rnn"}
+        """torch's ``"RNN_TANH"``/``"RNN_RELU"``, which ONNX's RNN operator computes too
+        (:data:`gatedrnn.export.ONNX_OPERATORS`); the ``rnn`` kernels of the cpu and triton backends."""
+        mode = "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+        return {"torch": mode, "onnx": mode, "cpu": "rnn", "triton": "rnn"}

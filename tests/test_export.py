@@ -1,0 +1,205 @@
+"""ONNX export (gatedrnn.export): every configuration of the shared catalogue exported and run in
+onnxruntime on other lengths and batch sizes, stacked and bidirectional, with and without initial
+states; the refused inputs; int8 quantization; ``gatedrnn export``."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gatedrnn
+from catalogue import family_configurations
+from gatedrnn import saved
+from gatedrnn.cells import family_class, registered_families
+from gatedrnn.cli import main
+from gatedrnn.export import (
+    ExportCheckError,
+    check_onnx,
+    export_onnx,
+    exportable,
+    quantize_int8,
+    run_onnx,
+    session,
+)
+from gatedrnn.viz.loading import shipped_path
+
+pytest.importorskip("onnxruntime")
+
+INPUT, HIDDEN = 3, 5
+EXAMPLE = (7, 2)  # (T, B) traced with: above 1 and unlike every other size
+OTHER = (11, 3)  # (T, B) run with
+
+
+def _op_types(path) -> list[str]:
+    return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+
+def _assert_close(got, expected) -> None:
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-5, rtol=1e-5)
+
+
+def _states(layer: gatedrnn.Recurrent, batch: int, generator: torch.Generator):
+    """Random initial states for ``layer`` (a tensor for a one-state family, else a tuple)."""
+    LD = layer.num_layers * layer.num_directions
+    states = tuple(torch.randn(LD, batch, size, generator=generator) for size in layer.cell_config.state_sizes)
+    if "m" in layer.cell_config.states:  # sLSTM: a normaliser n >= 1 once started, any stabiliser m
+        states = tuple(s.abs() + 1 if name == "n" else s for name, s in zip(layer.cell_config.states, states))
+    return states[0] if len(states) == 1 else states
+
+
+class Catalogue(nn.Module):
+    """One single-layer network per configuration of a family, each run on the same input from its
+    own initial states: one export covers them all."""
+
+    def __init__(self, family: str) -> None:
+        super().__init__()
+        self.configurations = [options for name, options in family_configurations(hidden_size=HIDDEN) if name == family]
+        self.layers = nn.ModuleList(
+            gatedrnn.Recurrent(family, INPUT, HIDDEN, **options) for options in self.configurations
+        )
+
+    def forward(self, x, states):
+        return [layer(x, hx) for layer, hx in zip(self.layers, states)]
+
+    def inputs(self, T: int, B: int, seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        x = torch.randn(T, B, INPUT, generator=generator)
+        return x, tuple(_states(layer, B, generator) for layer in self.layers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", registered_families())
+def test_every_configuration_runs_in_onnxruntime_on_other_sizes(family, tmp_path):
+    """Each configuration is one ONNX operator (those its family maps to one) or one Scan, and
+    gives PyTorch's outputs and final states within 1e-5 on another length and batch size."""
+    model = Catalogue(family).eval()
+    path = tmp_path / f"{family}.onnx"
+    export_onnx(model, model.inputs(*EXAMPLE, seed=0), path, check=False)
+    ops = _op_types(path)
+    kernels = [family_class(family)(HIDDEN, **options).kernel("onnx") for options in model.configurations]
+    native = [gatedrnn.export.ONNX_OPERATORS[k].op_type for k in kernels if k is not None]
+    assert sorted(op for op in ops if op in ("LSTM", "GRU", "RNN")) == sorted(native)
+    assert ops.count("Scan") == kernels.count(None)
+    inputs = model.inputs(*OTHER, seed=1)
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(model(*inputs))
+    _assert_close(run_onnx(session(path), inputs), expected)
+
+
+STACKED = [
+    pytest.param("gru", {"reset_after": False}, id="gru-reset_before-operator"),
+    pytest.param("lstm", {"variant": "peephole"}, id="lstm-peephole-operator"),
+    pytest.param("mingru", {"mode": "sequential"}, id="mingru-loop"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, options", STACKED)
+@pytest.mark.parametrize("given_states", [True, False], ids=["states", "no-states"])
+def test_stacked_bidirectional_batch_first(family, options, given_states, tmp_path):
+    """Two bidirectional layers, batch first: export_onnx's own check compares onnxruntime with
+    PyTorch on grown batch and length, and so does the test, from other states."""
+    layer = gatedrnn.Recurrent(family, INPUT, HIDDEN, num_layers=2, bidirectional=True, batch_first=True, **options)
+    layer.eval()
+    generator = torch.Generator().manual_seed(0)
+    T, B = EXAMPLE
+    x = torch.randn(B, T, INPUT, generator=generator)
+    args = (x, _states(layer, B, generator)) if given_states else (x,)
+    path = tmp_path / "stacked.onnx"
+    export_onnx(layer, args, path)
+    T, B = OTHER
+    x = torch.randn(B, T, INPUT, generator=generator)
+    args = (x, _states(layer, B, generator)) if given_states else (x,)
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(layer(*args))
+    _assert_close(run_onnx(session(path), args), expected)
+
+
+def test_the_check_finds_a_graph_that_differs_from_the_model(tmp_path):
+    gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    path = tmp_path / "gru.onnx"
+    x = torch.randn(*EXAMPLE, INPUT)
+    export_onnx(gru, x, path)
+    with torch.no_grad():
+        gru.weight_hh_l0.add_(0.1)
+    with pytest.raises(ExportCheckError, match="differs from PyTorch's by up to"):
+        check_onnx(gru, (x,), path)
+
+
+def test_a_packed_sequence_is_refused(tmp_path):
+    lstm = gatedrnn.LSTM(INPUT, HIDDEN).eval()
+    packed = pack_padded_sequence(torch.randn(*EXAMPLE, INPUT), torch.tensor([7, 4]))
+    with pytest.raises(TypeError, match="PackedSequence"):
+        export_onnx(lstm, packed, tmp_path / "x.onnx")
+    with pytest.raises(TypeError, match="ONNX export takes a padded input tensor, got a PackedSequence"):
+        exportable(lstm)(packed)
+
+
+def test_zoneout_in_training_mode_is_refused(tmp_path):
+    lstm = gatedrnn.LSTM(INPUT, HIDDEN, zoneout=0.1)
+    with pytest.raises(ValueError, match=r"zoneout=0.1.*call model.eval\(\) before exporting"):
+        export_onnx(lstm, torch.randn(*EXAMPLE, INPUT), tmp_path / "x.onnx")
+
+
+def test_zoneout_in_evaluation_exports_its_expectation(tmp_path):
+    """In eval mode zoneout mixes old and new states by its probability: a loop, not the operator."""
+    lstm = gatedrnn.LSTM(INPUT, HIDDEN, zoneout=0.3).eval()
+    path = tmp_path / "zoneout.onnx"
+    export_onnx(lstm, torch.randn(*EXAMPLE, INPUT), path)  # checked on other sizes
+    assert "Scan" in _op_types(path) and "LSTM" not in _op_types(path)
+
+
+class _Tagger(nn.Module):
+    """An LSTM inside a model: embedding, layer, head."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(11, INPUT)
+        self.rnn = gatedrnn.LSTM(INPUT, HIDDEN, batch_first=True, **options)
+        self.head = nn.Linear(HIDDEN, 11)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.embedding(ids))[0])
+
+
+@pytest.mark.parametrize(
+    "options, quantized_op",
+    [({}, "DynamicQuantizeLSTM"), ({"layer_norm": True}, "MatMulInteger")],
+    ids=["operator", "loop"],
+)
+def test_int8_weights_keep_the_results_close(options, quantized_op, tmp_path):
+    """The LSTM operator has an int8 kernel; a loop's input projection and the head are int8
+    matrix products."""
+    model = _Tagger(**options).eval()
+    ids = torch.randint(0, 11, (2, 7))
+    export_onnx(model, ids, tmp_path / "fp32.onnx")
+    quantize_int8(tmp_path / "fp32.onnx", tmp_path / "int8.onnx")
+    assert quantized_op in _op_types(tmp_path / "int8.onnx")
+    ids = torch.randint(0, 11, (3, 12))
+    (got,) = run_onnx(session(tmp_path / "int8.onnx"), (ids,))
+    with torch.no_grad():
+        expected = model(ids)
+    assert (torch.from_numpy(got) - expected).abs().max() < 0.05
+
+
+def test_cli_exports_a_shipped_model_and_its_int8_form(tmp_path, capsys):
+    out, int8 = tmp_path / "gru.onnx", tmp_path / "gru-int8.onnx"
+    assert main(["export", "--shipped", "gru", "--out", str(out), "--int8", str(int8)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert "GRU" in _op_types(out) and "MatMulInteger" in _op_types(int8)
+    shipped = saved.read(shipped_path("gru"))
+    model = saved.rebuild(shipped.meta, shipped.tensors).eval()
+    ids = torch.randint(1, 78, (3, 20))
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(model(ids))
+    _assert_close(run_onnx(session(out), (ids,)), expected)
+
+
+def test_cli_export_needs_one_model(tmp_path, capsys):
+    assert main(["export", "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "give either MODEL" in capsys.readouterr().err
