@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
-from gatedrnn.backends import reference
+from gatedrnn.backends import choose, reference
+from gatedrnn.backends import cpu as cpu_backend
+from gatedrnn.backends.cpu import compiled
+from gatedrnn.backends.cpu import slstm as slstm_kernel
 from gatedrnn.cells import SLSTMFamily
+from helpers import assert_close_results, random_projection, rel_err, run_and_grad
 
 xlstm_cell = pytest.importorskip("xlstm.blocks.slstm.cell")
 
@@ -160,3 +165,197 @@ def test_bad_options_are_refused():
         gatedrnn.SLSTM(3, 6, num_heads=4)
     with pytest.raises(ValueError, match="forget_gate"):
         gatedrnn.SLSTM(3, 8, forget_gate="tanh")
+
+
+# The cpu backend's fused kernel (gatedrnn.backends.cpu.slstm) against the reference loop. The shared
+# catalogue runs the family's configurations there too; these add what it does not vary.
+
+
+@pytest.fixture(params=["compiled", "python"])
+def kernel_loop(request, monkeypatch):
+    """Which of the kernel's loops runs (the compiled one where it builds, else skipped; or the Python
+    one, switched to as users do), and a record of the loops that ran."""
+    if request.param == "python":
+        monkeypatch.setenv(compiled.ENV, "0")
+    else:
+        monkeypatch.delenv(compiled.ENV, raising=False)
+        if compiled.unavailable_reason() is not None:
+            pytest.skip(f"the compiled loops are unavailable: {compiled.unavailable_reason()}")
+    ran: list[str] = []
+    choose = slstm_kernel._loop
+
+    def recording(dtype):
+        loop = choose(dtype)
+        ran.append("compiled" if loop is slstm_kernel.CompiledLoop else "python")
+        return loop
+
+    monkeypatch.setattr(slstm_kernel, "_loop", recording)
+    return request.param, ran
+
+
+def _pair(seed=0, dtype=torch.float64, I=3, H=6, **kw):
+    """The same perturbed layer on the reference loop and on the cpu backend (gatedrnn.Recurrent's
+    sLSTM, which takes zoneout and recurrent dropout too)."""
+    torch.manual_seed(seed)
+    ref = randomised(gatedrnn.Recurrent("slstm", I, H, dtype=dtype, backend="reference", **kw))
+    fast = gatedrnn.Recurrent("slstm", I, H, dtype=dtype, backend="cpu", **kw)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def _initial_states(layers, B, H, dtype=torch.float64):
+    """Random h, c, m; n positive but 0 in batch row 0 (its first step takes m = i~) and row 2."""
+    h, c, m = (torch.randn(layers, B, H, dtype=dtype) for _ in range(3))
+    n = torch.rand(layers, B, H, dtype=dtype) + 0.5
+    n[:, 0] = 0
+    n[:, 2] = 0
+    return h, c, n, m
+
+
+def _run_both(ref, fast, x, lengths=None, hx=None):
+    def make():
+        leaf = x.clone().requires_grad_(True)
+        return leaf, (leaf if lengths is None else pack_padded_sequence(leaf, lengths, enforce_sorted=False))
+
+    return run_and_grad(fast, make, hx), run_and_grad(ref, make, hx)
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("reverse_first", [False, True], ids=["packed", "packed-one-step-short"])
+def test_the_kernel_matches_the_reference_stacked_bidirectional_packed(kernel_loop, forget_gate, reverse_first):
+    """Two layers both ways over a packed batch, from initial states with n = 0 rows, in float64:
+    outputs, final states and every gradient (initial states' included)."""
+    loop, ran = kernel_loop
+    ref, fast = _pair(num_heads=3, forget_gate=forget_gate, num_layers=2, bidirectional=True)
+    lengths = [9, 8, 8, 9] if reverse_first else [9, 4, 1, 6]
+    x = torch.randn(9, 4, 3, dtype=torch.float64)
+    mine, theirs = _run_both(ref, fast, x, lengths, _initial_states(4, 4, 6))
+    assert_close_results(mine, theirs)
+    assert ran == [loop] * 8  # forward and backward of 2 layers x 2 directions
+
+
+def test_the_kernel_matches_the_reference_with_many_heads_and_rows(kernel_loop):
+    """Heads wider than a vector register and a batch split between two threads, padded input."""
+    loop, ran = kernel_loop
+    ref, fast = _pair(H=40, num_heads=2)
+    x = torch.randn(5, 33, 3, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        mine, theirs = _run_both(ref, fast, x, hx=_initial_states(1, 33, 40))
+    finally:
+        torch.set_num_threads(previous)
+    assert_close_results(mine, theirs)
+    assert set(ran) == {loop}
+
+
+def test_the_kernel_in_float32_is_as_accurate_as_the_reference(kernel_loop):
+    """float32 on both, against a float64 run: the kernel's error is of the reference's order."""
+    ref, fast = _pair(dtype=torch.float32, I=4, H=16, num_heads=4, num_layers=2)
+    exact = gatedrnn.SLSTM(4, 16, num_heads=4, num_layers=2, dtype=torch.float64, backend="reference")
+    exact.load_state_dict({k: v.double() for k, v in ref.state_dict().items()})
+    x = torch.randn(30, 3, 4)
+    with torch.no_grad():
+        want = exact(x.double())[0]
+        errors = [rel_err(m(x)[0].double(), want) for m in (fast, ref)]
+    assert errors[0] < max(10 * errors[1], 1e-6), errors
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+def test_the_kernel_passes_gradcheck(kernel_loop, forget_gate):
+    layer = randomised(gatedrnn.SLSTM(2, 4, num_heads=2, forget_gate=forget_gate, dtype=torch.float64))
+    layer.backend = "cpu"
+    names = [n for n, _ in layer.named_parameters()]
+    # n > 0: n = 0 switches the first-step rule, which a finite difference of n would cross
+    h, c, n, m = (torch.randn(1, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(4))
+    n.data.abs_().add_(0.5)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def run(x, h, c, n, m, *params):
+        out, finals = torch.func.functional_call(layer, dict(zip(names, params)), (x, (h, c, n, m)))
+        return out, *finals
+
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    assert torch.autograd.gradcheck(run, (x, h, c, n, m, *params))
+    assert kernel_loop[1]
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+def test_large_pre_activations_stay_finite_on_the_kernel(kernel_loop, forget_gate):
+    """Pre-activations of +-80 (random signs) over 1000 steps, float32: finite outputs, states and
+    gradients, n >= 1; over the first 100 steps the reference's output, and its gradients where the
+    reference's are finite (on an exp-gate first step where e^(a - m) overflows, the reference
+    loop's clamp backward gives 0 * inf = NaN; the kernel passes the clamp's zero)."""
+    T, B, H = 1000, 2, 4
+    cfg = SLSTMFamily(H, num_heads=2, forget_gate=forget_gate)
+    g = torch.Generator().manual_seed(3)
+    x = 80.0 * torch.where(torch.rand(T, B, 4 * H, generator=g) < 0.5, 1.0, -1.0)
+    weights = {
+        "weight_ih": torch.eye(4 * H),
+        "weight_hh": 0.1 * torch.randn(2, 8, 2, generator=g),
+        "bias_ih": torch.zeros(4 * H),
+        "bias_hh": torch.zeros(4 * H),
+    }
+    states = tuple(torch.zeros(B, H) for _ in range(4))
+
+    def run(backend, steps):
+        leaves = [x[:steps].clone().requires_grad_(), *(w.clone().requires_grad_() for w in weights.values())]
+        out, finals, _ = backend.run_layer(cfg, leaves[0], states, dict(zip(weights, leaves[1:])))
+        grads = torch.autograd.grad(random_projection([out, *finals[:3]], seed=4), leaves)
+        return [out, *finals, *grads]
+
+    long = run(cpu_backend, T)
+    assert all(torch.isfinite(t).all() for t in long)
+    assert (long[3] >= 1).all()
+    mine, theirs = run(cpu_backend, 100), run(reference, 100)
+    assert rel_err(mine[0], theirs[0]) < 1e-5
+    for a, b in zip(mine[5:], theirs[5:], strict=True):
+        if torch.isfinite(b).all():
+            assert rel_err(a, b) < 1e-5
+    assert kernel_loop[1]
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["padded", "packed"])
+def test_second_derivatives_replay_the_reference_loop(kernel_loop, lengths):
+    """A gradient penalty (create_graph=True) through the kernel: its gradients equal the reference's."""
+    ref, fast = _pair(num_heads=2, bidirectional=True)
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    results = []
+    for module in (fast, ref):
+        leaf = x.clone().requires_grad_(True)
+        inp = leaf if lengths is None else pack_padded_sequence(leaf, lengths, enforce_sorted=False)
+        out, finals = module(inp)
+        out = out if lengths is None else out.data
+        (g,) = torch.autograd.grad(random_projection([out, *finals], seed=2), leaf, create_graph=True)
+        penalty = g.square().sum()
+        results.append([g, *torch.autograd.grad(penalty, [leaf, *module.parameters()])])
+    for a, b in zip(*results):
+        assert rel_err(a, b) < 1e-10
+
+
+def test_a_retained_graph_gives_the_same_gradients_twice(kernel_loop):
+    _, fast = _pair(num_heads=2)
+    x = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = fast(x)
+    first = torch.autograd.grad(out.square().sum(), [x, *fast.parameters()], retain_graph=True)
+    second = torch.autograd.grad(out.square().sum(), [x, *fast.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_zoneout_and_recurrent_dropout_run_on_the_reference_loop():
+    """The kernel delegates a call with regularisation noise to the reference loop: same numbers."""
+    ref, fast = _pair(num_heads=2, zoneout=0.3, recurrent_dropout=0.25, bidirectional=True)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    results = []
+    for module in (fast.train(), ref.train()):
+        torch.manual_seed(5)
+        results.append(run_and_grad(module, lambda: (lambda leaf: (leaf, leaf))(x.clone().requires_grad_())))
+    assert_close_results(*results)
+
+
+def test_the_kernel_refuses_other_dtypes_and_auto_runs_the_reference():
+    layer = gatedrnn.SLSTM(3, 4, num_heads=2, dtype=torch.bfloat16)
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    assert "float32 or float64" in cpu_backend.supports(layer.cell_config, x)
+    assert choose("auto", layer.cell_config, x, False) == "reference"
+    assert choose("auto", layer.cell_config, x.float(), False) == "cpu"
