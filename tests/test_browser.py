@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,3 +180,40 @@ def test_hover_shows_every_gate_value(page):
     assert f"position {t}" in tip.inner_text()
     page.hover(f"#text .ch >> nth={UNKNOWN[1]}")
     assert "not in vocabulary" in tip.inner_text()
+
+
+SITE = Path(os.environ.get("GATEDRNN_SITE", Path(__file__).parents[1] / "site"))
+TUTORIAL_PAGE = SITE / "generated" / "tutorial" / "plot_gates_tutorial.html"
+
+
+def test_built_tutorial_page_shows_its_figures_and_rendered_math(browser):
+    """The documentation site's tutorial page (built by ``make docs``; ``.ci/run`` builds it, then
+    runs this test with GATEDRNN_REQUIRE_SITE=1) opens from the file system with every figure
+    loaded, its math typeset by the site's own MathJax, and no request leaving the site."""
+    if not TUTORIAL_PAGE.exists():
+        message = f"no built site at {SITE} (make docs builds it)"
+        if os.environ.get("GATEDRNN_REQUIRE_SITE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    pg = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    requests: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.on("request", lambda r: requests.append(r.url))
+    pg.goto(TUTORIAL_PAGE.resolve().as_uri(), wait_until="load")
+    # MathJax typesets asynchronously: every math element of the page becomes an SVG container
+    pg.wait_for_function(
+        "() => document.querySelectorAll('.math').length > 0 && [...document.querySelectorAll('.math')]"
+        ".every(e => e.querySelector('mjx-container svg'))",
+        timeout=30_000,
+    )
+    figures = pg.eval_on_selector_all(
+        "img.sphx-glr-single-img, img.sphx-glr-multi-img", "els => els.map(e => [e.naturalWidth, e.src])"
+    )
+    maths = pg.eval_on_selector_all(".math mjx-container", "els => els.length")
+    pg.close()
+    assert len(figures) >= 8, f"expected the tutorial's figures, found {len(figures)}"
+    assert all(width > 0 for width, _ in figures), f"figures that did not load: {figures}"
+    assert maths >= 10, f"expected the tutorial's equations typeset, found {maths}"
+    assert errors == [], f"page errors: {errors}"
+    assert [u for u in requests if not u.startswith("file://")] == [], "the page tried to reach the network"

@@ -37,6 +37,15 @@ class GateTrace:
             GRU r, z, n, h; RNN h; a user family its gates, then its states. A gate a variant removes is
             recorded as its constant (i = 1 for ``nig``, i = 1 - f for ``cifg``).
         names: those names, in display order.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> trace = gatedrnn.inspect_gates(gatedrnn.GRU(3, 4, num_layers=2), torch.randn(6, 2, 3))
+        >>> trace.names
+        ('r', 'z', 'n', 'h')
+        >>> sorted(trace.gates), trace.gates[(1, 0)]["z"].shape  # (layer, direction) -> name -> (T, B, H)
+        ([(0, 0), (1, 0)], torch.Size([6, 2, 4]))
     """
 
     output: object
@@ -55,6 +64,17 @@ def inspect_gates(module: Recurrent, input, hx=None) -> GateTrace:
 
     Returns:
         A :class:`GateTrace`.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> lstm = gatedrnn.LSTM(3, 4)
+        >>> x = torch.randn(6, 2, 3)
+        >>> trace = gatedrnn.inspect_gates(lstm, x)
+        >>> trace.gates[(0, 0)]["f"].shape  # the forget gate, (T, B, H)
+        torch.Size([6, 2, 4])
+        >>> torch.allclose(trace.output, lstm(x)[0], atol=1e-6)  # the module's usual output
+        True
     """
     if not isinstance(module, Recurrent):
         raise TypeError(

@@ -609,10 +609,12 @@ class LSTM(Recurrent):
     ``..._reverse``), gate order (i, f, g, o), initialisation, inputs and outputs are torch.nn's.
 
     Args:
-        input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-        proj_size, device, dtype: as :class:`torch.nn.LSTM`.
+        input_size, hidden_size, num_layers, bias, batch_first: as :class:`torch.nn.LSTM`.
+        dropout, bidirectional, proj_size, device, dtype: as :class:`torch.nn.LSTM`.
 
-    Keyword-only args (all off by default, where the module is numerically torch.nn's):
+    The keyword-only args are all off by default, where the module is numerically torch.nn's.
+
+    Keyword-only args:
         variant: the cell: ``"vanilla"``, ``"peephole"``, ``"cifg"``, ``"nig"``, ``"nfg"``,
             ``"nog"``, ``"niaf"``, ``"noaf"``, ``"fgr"`` (see :mod:`gatedrnn.cells.lstm`).
             Variants without a gate have no rows for it (e.g. cifg's weight_ih is (3H, I), rows f, g, o);

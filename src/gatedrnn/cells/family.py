@@ -334,6 +334,24 @@ def register_family(cls: type[CellFamily]) -> type[CellFamily]:
 
     Registering another class under a taken name raises ValueError (call :func:`unregister_family`
     first); the same class, or a re-import of the same module's class, replaces itself.
+
+    Example::
+
+        >>> import torch, gatedrnn
+        >>> @gatedrnn.register_family
+        ... class Leaky(gatedrnn.CellFamily):  # h' = (1 - a) h + a tanh(W x + U h + b), a = 0.5
+        ...     name = "leaky"
+        ...     gates = ("n",)
+        ...     states = ("h",)
+        ...
+        ...     def step(self, x_proj, states, weights):
+        ...         (h,) = states
+        ...         n = torch.tanh(x_proj + h @ weights["weight_hh"].T + weights["bias_hh"])
+        ...         return (0.5 * h + 0.5 * n,), {"n": n}
+        >>> output, h_n = gatedrnn.Recurrent("leaky", 3, 4)(torch.randn(5, 2, 3))
+        >>> output.shape
+        torch.Size([5, 2, 4])
+        >>> gatedrnn.unregister_family("leaky")
     """
     cls = _check_family_class(cls)
     taken = _REGISTRY.get(cls.name)
@@ -347,14 +365,32 @@ def register_family(cls: type[CellFamily]) -> type[CellFamily]:
 
 
 def unregister_family(name: str) -> None:
-    """Remove the family registered as ``name`` (KeyError if none is)."""
+    """Remove the family registered as ``name`` (KeyError if none is).
+
+    Example::
+
+        >>> import gatedrnn
+        >>> class Plain(gatedrnn.cells.rnn.RNNFamily):
+        ...     name = "plain"
+        >>> _ = gatedrnn.register_family(Plain)
+        >>> gatedrnn.unregister_family("plain")
+        >>> "plain" in gatedrnn.registered_families()
+        False
+    """
     if name not in _REGISTRY:
         raise KeyError(f"no cell family named {name!r} is registered; registered: {', '.join(_REGISTRY)}")
     del _REGISTRY[name]
 
 
 def registered_families() -> tuple[str, ...]:
-    """The names of the registered families, in registration order (the built-ins first)."""
+    """The names of the registered families, in registration order (the built-ins first).
+
+    Example::
+
+        >>> import gatedrnn
+        >>> gatedrnn.registered_families()[:3]
+        ('lstm', 'gru', 'rnn')
+    """
     return tuple(_REGISTRY)
 
 
