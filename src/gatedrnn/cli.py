@@ -505,6 +505,33 @@ def run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_path(args: argparse.Namespace) -> str | Path:
+    """The saved model a command names: MODEL, or the shipped model of --shipped CELL (one of them)."""
+    from .viz.loading import shipped_path
+
+    if (args.model is None) == (args.shipped is None):
+        raise UsageError(
+            "give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
+            f"got {'both' if args.model else 'neither'}"
+        )
+    return args.model if args.model is not None else shipped_path(args.shipped)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
+    """MODEL and --shipped CELL, which :func:`_model_path` reads."""
+    from .viz.loading import SHIPPED
+
+    p.add_argument(
+        "model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported .safetensors"
+    )
+    p.add_argument(
+        "--shipped",
+        choices=SHIPPED,
+        metavar="CELL",
+        help=f"{verb} the character model shipped for CELL ({', '.join(SHIPPED)}) instead",
+    )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained model on its task: test loss, accuracy, the task's measures and whether
     its criterion is met. MODEL is a run directory of gatedrnn train, one of its
@@ -513,16 +540,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     which reproduces the run's final test result; --seq-len T asks whether it generalises to
     other lengths, --seed S draws another test set."""
     from .evaluation import evaluate_saved, result_line
-    from .viz.loading import shipped_path
 
-    if (args.model is None) == (args.shipped is None):
-        raise UsageError(
-            "give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
-            f"got {'both' if args.model else 'neither'}"
-        )
-    path = args.model if args.model is not None else shipped_path(args.shipped)
     torch.set_num_threads(args.threads)
-    model_file = saved.read(path)
+    model_file = saved.read(_model_path(args))
     options = parse_task_options(model_file.meta["train"].get("task"), args.task_opt) if args.task_opt else {}
     result = evaluate_saved(
         model_file,
@@ -547,14 +567,8 @@ def run_export(args: argparse.Namespace) -> int:
     ids (B, T) for a character model) and returns its output and final states. --int8 PATH also
     writes the file with int8 weights (onnxruntime's dynamic quantization)."""
     from .export import example_input, export_onnx, quantize_int8
-    from .viz.loading import shipped_path
 
-    if (args.model is None) == (args.shipped is None):
-        raise UsageError(
-            "give either MODEL (a run directory or .safetensors file) or --shipped CELL, "
-            f"got {'both' if args.model else 'neither'}"
-        )
-    model_file = saved.read(args.model if args.model is not None else shipped_path(args.shipped))
+    model_file = saved.read(_model_path(args))
     model = saved.rebuild(model_file.meta, model_file.tensors).eval()
     try:
         export_onnx(model, example_input(model), args.out, native=not args.loop, check=not args.no_check)
@@ -569,8 +583,6 @@ def run_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gatedrnn`` parser; ``--cell`` takes the families registered when it is called."""
-    from .viz.loading import SHIPPED
-
     parser = _Parser(prog="gatedrnn", description="Gated recurrent networks: long-lag experiments and the gate viewer.")
     from . import __version__
 
@@ -681,15 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a trained model on its task, at its own or other sizes",
         description=run_evaluate.__doc__,
     )
-    p.add_argument(
-        "model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported .safetensors"
-    )
-    p.add_argument(
-        "--shipped",
-        choices=SHIPPED,
-        metavar="CELL",
-        help=f"evaluate the character model shipped for CELL ({', '.join(SHIPPED)}) instead",
-    )
+    _add_model_arguments(p, "evaluate")
     p.add_argument("--seq-len", type=_positive_int, metavar="T", help="the task's length T (default: as trained)")
     p.add_argument(
         "--task-opt",
@@ -715,15 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="export a trained model to ONNX (and int8) for serving", description=run_export.__doc__
     )
-    p.add_argument(
-        "model", nargs="?", metavar="MODEL", help="run directory, checkpoint-N.safetensors or exported .safetensors"
-    )
-    p.add_argument(
-        "--shipped",
-        choices=SHIPPED,
-        metavar="CELL",
-        help=f"export the character model shipped for CELL ({', '.join(SHIPPED)}) instead",
-    )
+    _add_model_arguments(p, "export")
     p.add_argument("--out", required=True, metavar="PATH", help="the .onnx file to write")
     p.add_argument("--int8", metavar="PATH", help="also write the model with int8 weights to PATH")
     p.add_argument("--loop", action="store_true", help="every layer as a loop over time, no ONNX recurrent operators")
