@@ -97,6 +97,9 @@ def print_accuracy(workdir: Path, batch: int) -> None:
     print("| model | PyTorch | onnxruntime fp32 | onnxruntime int8 | int8 - fp32 | file fp32 / int8 |")
     print("| --- | --- | --- | --- | --- | --- |")
     for cell in SHIPPED:
+        if not shipped_path(cell).exists():
+            print(f"| {cell} | not installed here | | | | |")
+            continue
         bpc = accuracy(cell, workdir, batch)
         sizes = [os.path.getsize(workdir / f"{cell}{suffix}.onnx") // 1024 for suffix in ("", "-int8")]
         print(
