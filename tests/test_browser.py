@@ -217,3 +217,49 @@ def test_built_tutorial_page_shows_its_figures_and_rendered_math(browser):
     assert maths >= 10, f"expected the tutorial's equations typeset, found {maths}"
     assert errors == [], f"page errors: {errors}"
     assert [u for u in requests if not u.startswith("file://")] == [], "the page tried to reach the network"
+
+
+def newer_record(cell: str) -> GateRecord:
+    """What inspect_gates records of a small random one-layer sLSTM, minGRU or minLSTM on TEXT."""
+    import torch
+
+    import gatedrnn
+
+    torch.manual_seed(0)
+    module = gatedrnn.Recurrent(cell, 3, 8)
+    trace = gatedrnn.inspect_gates(module, torch.randn(len(TEXT), 1, 3))
+    layer = {n: v[:, 0].detach().numpy() for n, v in trace.gates[(0, 0)].items()}
+    return GateRecord(text=TEXT, cell=cell, layers=[layer], cell_config=module.cell_config)
+
+
+@pytest.mark.parametrize(
+    "cell, shown, opens_on, retention",
+    [
+        ("slstm", ["i", "f", "z", "o", "c", "n", "m"], "c", "mean f (retention)"),
+        ("mingru", ["z"], "z", "mean 1 - z (retention)"),
+        ("minlstm", ["f", "i"], "f", "mean f (retention)"),
+    ],
+)
+def test_the_newer_cells_pages_show_their_gates_and_states(browser, tmp_path, cell, shown, opens_on, retention):
+    """sLSTM i f z o c n m, minGRU z, minLSTM f i: the page offers, colours and lists exactly these,
+    opens on the memory and orders units by the family's own retention."""
+    record = newer_record(cell)
+    pg = browser.new_page(viewport={"width": 1200, "height": 700})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(write_gates_html(record, tmp_path / "gates.html").resolve().as_uri())
+    pg.wait_for_selector("body[data-rendered]")
+    assert pg.eval_on_selector_all("#quantity option", "els => els.map(e => e.value)") == shown
+    assert pg.input_value("#quantity") == opens_on
+    assert pg.inner_text("#title") == f"gate viewer: {record.cell_config.title()}"
+    assert retention in pg.eval_on_selector_all("#order option", "els => els.map(e => e.value)")
+    coloured = set()
+    for name in shown:
+        pg.select_option("#quantity", name)
+        coloured.add(tuple(colours(pg)))
+    assert len(coloured) == len(shown)  # each quantity colours the text its own way
+    pg.hover(f"#text .ch >> nth={TEXT.index('v')}")
+    rows = pg.eval_on_selector_all("#tooltip tr", "els => els.map(e => e.dataset.name)")
+    assert rows == shown
+    pg.close()
+    assert errors == []

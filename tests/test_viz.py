@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import re
@@ -19,7 +20,7 @@ import gatedrnn
 from gatedrnn.tasks.charlm import bits_per_char, corpus_vocab
 from gatedrnn.viz import commands, demo, plots
 from gatedrnn.viz.charmodel import CharModel, recurrent_step
-from gatedrnn.viz.loading import UsageError, _vocab, shipped_path
+from gatedrnn.viz.loading import SHIPPED, UsageError, _vocab, shipped_path
 from gatedrnn.viz.page import GateRecord, page_data, render_page, write_gates_html
 from gatedrnn.viz.plots import MAX_WORD_TICKS, _band, _word_ticks, informative_units, plot_gates, plot_memory_span
 from gatedrnn.viz.span import (
@@ -51,13 +52,36 @@ def _keep_torch_threads():
 SENTENCE = "John wanted to visit his friend's house, but he couldn't find the address. He spent hours searching for it."
 
 
+CELLS = ("lstm", "gru", "rnn", "slstm", "mingru", "minlstm")
+
+SHOWN = {
+    "lstm": ("i", "f", "g", "o", "c", "h"),
+    "gru": ("r", "z", "n", "h"),
+    "rnn": ("h",),
+    "slstm": ("i", "f", "z", "o", "c", "n", "m"),
+    "mingru": ("z",),
+    "minlstm": ("f", "i"),
+}
+"""What the viewer shows of each built-in cell."""
+
+RETENTION = {
+    "lstm": "mean f (retention)",
+    "gru": "mean z (retention)",
+    "slstm": "mean f (retention)",
+    "mingru": "mean 1 - z (retention)",
+    "minlstm": "mean f (retention)",
+}
+
+
 def traced(cell: str, text: str, hidden: int = 6, layers: int = 2) -> GateRecord:
-    """A GateRecord from gatedrnn.inspect_gates on a small random module, one input per char."""
+    """A GateRecord from gatedrnn.inspect_gates on a small random module, one input per char (an
+    sLSTM with one head per two units)."""
     torch.manual_seed(0)
-    module = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}[cell](3, hidden, num_layers=layers)
+    options = {"num_heads": hidden // 2} if cell == "slstm" else {}
+    module = gatedrnn.Recurrent(cell, 3, hidden, num_layers=layers, **options)
     trace = gatedrnn.inspect_gates(module, torch.randn(len(text), 1, 3))
     per_layer = [{n: v[:, 0].detach().numpy() for n, v in trace.gates[(k, 0)].items()} for k in range(layers)]
-    return GateRecord(text=text, cell=cell, layers=per_layer)
+    return GateRecord(text=text, cell=cell, layers=per_layer, cell_config=module.cell_config)
 
 
 def embedded_data(html: str) -> dict:
@@ -65,20 +89,37 @@ def embedded_data(html: str) -> dict:
     return json.loads(match.group(1))
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_page_carries_every_gate_of_every_unit(cell):
     text = "ab\ncd e"
     record = traced(cell, text)
     data = embedded_data(render_page(record))
     assert data["text"] == list(text)
-    assert data["names"] == list(gatedrnn.CellConfig(cell, 1).trace_names)
+    assert data["names"] == list(SHOWN[cell])
     for k, layer in enumerate(record.layers):
         for name, values in layer.items():
             # stored unit-major (H, T), rounded to 4 digits
             np.testing.assert_allclose(np.array(data["layers"][k][name]), values.T, atol=1e-4)
     orders = set(data["scores"])
-    assert "activity (std of h)" in orders
-    assert ({"lstm": "mean f (retention)", "gru": "mean z (retention)"}.get(cell) in orders) or cell == "rnn"
+    assert {"activity (std of h)", "activity (std of c)", "activity (std of z)", "activity (std of f)"} & orders
+    assert (RETENTION.get(cell) in orders) or cell == "rnn"
+
+
+@pytest.mark.parametrize("cell", ["slstm", "mingru", "minlstm"])
+def test_the_newer_cells_pages_describe_and_order_by_their_own_retention(cell):
+    """The sLSTM's effective f' after stabilisation, the minGRU's 1 - z and the minLSTM's
+    normalised f' order the units by retention; every shown name has the family's description
+    (the sLSTM's n is its normaliser, not the GRU's candidate); the page opens on the memory."""
+    record = traced(cell, "hello world")
+    data = page_data(record)
+    family = record.cell_config
+    assert data["descriptions"] == {n: family.descriptions[n] for n in SHOWN[cell]}
+    assert "normaliser" in data["descriptions"].get("n", "normaliser")
+    kept = {"slstm": lambda v: v["f"], "mingru": lambda v: 1 - v["z"], "minlstm": lambda v: v["f"]}[cell]
+    for k, layer in enumerate(record.layers):
+        np.testing.assert_allclose(data["scores"][RETENTION[cell]][k], kept(layer).mean(0), atol=1e-4)
+    assert data["initial"] == {"slstm": "c", "mingru": "z", "minlstm": "f"}[cell]
+    assert data["title"] == f"gate viewer: {family.title()}" and family.title().lower() == cell
 
 
 def test_retention_order_is_the_mean_forget_gate():
@@ -224,12 +265,33 @@ VARIANTS = [
     ("lstm", {"proj_size": 3}),
     ("lstm", {"zoneout": 0.3}),
     ("gru", {"layer_norm": True}),
+    ("slstm", {"num_heads": 5}),
+    ("slstm", {"num_heads": 1, "forget_gate": "exp"}),
+    ("mingru", {}),
+    ("minlstm", {}),
 ]
 
 
 def two_layer_module(cell: str, **options):
     torch.manual_seed(1)
-    return MODULES[cell](3, 5, num_layers=2, dtype=torch.float64, **options).eval()
+    layer = MODULES.get(cell, functools.partial(gatedrnn.Recurrent, cell))
+    return layer(3, 5, num_layers=2, dtype=torch.float64, **options).eval()
+
+
+def recorded(module, trace: gatedrnn.GateTrace, name: str, layer: int) -> torch.Tensor | None:
+    """Layer ``layer``'s state ``name`` (T, H) as inspect_gates records it, or the module's output for
+    the top layer's h where the family does not record h (sLSTM, minGRU, minLSTM); else None."""
+    if name in trace.gates[(layer, 0)]:
+        return trace.gates[(layer, 0)][name][:, 0]
+    if name == module.cell_config.states[0] and layer == module.num_layers - 1:
+        return trace.output[:, 0]
+    return None
+
+
+def checkable(module, groups) -> list:
+    """The (name, layer) groups of recurrent_step that :func:`recorded` can check."""
+    trace = gatedrnn.inspect_gates(module, torch.zeros(1, 1, 3, dtype=torch.float64))
+    return [key for key in groups if recorded(module, trace, *key) is not None]
 
 
 def full_per_unit(module, x: torch.Tensor, keys) -> np.ndarray:
@@ -237,8 +299,8 @@ def full_per_unit(module, x: torch.Tensor, keys) -> np.ndarray:
     states named by ``keys``: (name, layer) pairs), by forward-mode autograd (torch.func.jacfwd)."""
 
     def fn(x):  # (T, D) -> (T, 5 len(keys))
-        gates = gatedrnn.inspect_gates(module, x.unsqueeze(0 if module.batch_first else 1)).gates  # (T, 1, H) each
-        return torch.cat([gates[(k, 0)][name][:, 0] for name, k in keys], dim=-1)
+        trace = gatedrnn.inspect_gates(module, x.unsqueeze(0 if module.batch_first else 1))  # (T, 1, H) each
+        return torch.cat([recorded(module, trace, name, k) for name, k in keys], dim=-1)
 
     full = torch.func.jacfwd(fn)(x)  # (T, K, T, D)
     return full.detach().pow(2).sum(-1).sqrt().permute(0, 2, 1).numpy()  # (t, s, k)
@@ -254,7 +316,8 @@ def test_influence_matches_the_full_jacobian(cell, options, window):
     module = two_layer_module(cell, **options)
     x = torch.randn(7, 3, dtype=torch.float64)
     step, z0, groups = recurrent_step(module)
-    keys = list(groups)
+    keys = checkable(module, groups)
+    assert ("h", 1) in keys
     expected = full_per_unit(module, x, keys)
     got = influence(step, x, z0, groups, window=window)
     for i, key in enumerate(keys):
@@ -274,9 +337,10 @@ def test_recurrent_step_runs_the_module(cell, options):
     with torch.no_grad():
         zs = states(step, x, z0)[1:]  # (T, S)
         trace = gatedrnn.inspect_gates(module, x.unsqueeze(1))
-    assert set(groups) == {(n, k) for n in ("h", "c")[: 2 if cell == "lstm" else 1] for k in range(2)}
-    for (name, k), rows in groups.items():
-        torch.testing.assert_close(zs[:, rows], trace.gates[(k, 0)][name][:, 0], rtol=1e-12, atol=1e-14)
+    assert set(groups) == {(n, k) for n in module.cell_config.states for k in range(2)}
+    for name, k in checkable(module, groups):
+        rows = groups[(name, k)]
+        torch.testing.assert_close(zs[:, rows], recorded(module, trace, name, k), rtol=1e-12, atol=1e-14)
     if not options.get("proj_size"):
         torch.testing.assert_close(zs[:, groups[("h", 1)]], trace.output[:, 0], rtol=1e-12, atol=1e-14)
 
@@ -799,7 +863,7 @@ def test_a_vocabulary_saved_as_a_list_of_characters_loads_as_the_string(saved_mo
 def test_bad_vocabularies_and_cells_are_refused():
     with pytest.raises(UsageError, match="task.vocab must be the model's characters"):
         _vocab(["ab", "c"])
-    with pytest.raises(UsageError, match="cell must be one of rnn, lstm, gru, got 'mlp'"):
+    with pytest.raises(UsageError, match=f"cell must be one of {', '.join(SHIPPED)}, got 'mlp'"):
         shipped_path("mlp")
 
 
@@ -882,7 +946,7 @@ def test_cli_registers_the_viewer_commands_and_errors_exit_2(capsys):
     )
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("cell", SHIPPED)
 def test_shipped_model_records_its_command_and_validation_bpc(cell):
     from importlib import resources
 
@@ -907,8 +971,8 @@ def test_gates_on_the_tutorial_sentence_with_the_shipped_models(tmp_path, capsys
 
     assert main(["gates", SENTENCE, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    rows = [line[:8].strip() for line in out.splitlines() if re.match(r"^(RNN|LSTM|GRU)\s", line)]
-    assert rows == ["RNN", "LSTM", "LSTM c", "GRU"], out
+    rows = [line[:8].strip() for line in out.splitlines() if re.match(r"^(RNN|s?LSTM|GRU|min\w+)\s", line)]
+    assert rows == ["RNN", "LSTM", "LSTM c", "GRU", "minGRU", "minLSTM"], out
     data = embedded_data((tmp_path / "gates.html").read_text())
     assert data["cell"] == "lstm" and len(data["text"]) == len(SENTENCE) and data["unknown"] == []
     for name in ("gates.html", "gates.png", "memory_span.png"):
@@ -1077,8 +1141,22 @@ def test_estimate_names_the_distances_measured_and_the_unknown_count(saved_model
     assert "at distances below 6 takes" in out and "note: 2 character(s) outside" in out
 
 
-def test_demo_shows_the_lstm_page(tmp_path, monkeypatch, capsys):
-    """After the comparison, the demo runs `gates` on the tutorial's sentence with the LSTM."""
+def test_gates_for_all_shipped_cells_writes_a_page_of_each_with_its_gates_and_states(tmp_path, capsys):
+    """--cell all: one page and gates.png per shipped cell in --out/<cell>/, each showing its own
+    gates and states (sLSTM i f z o c n m, minGRU z, minLSTM f i) and ordered by its memory span."""
+    assert run_cli("gates", "It is a truth", "--cell", "all", "--out", str(tmp_path), "--span-window", "4") == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "memory_span.png").exists() and not (tmp_path / "gates.html").exists()
+    for cell in SHIPPED:
+        data = embedded_data((tmp_path / cell / "gates.html").read_text())
+        assert data["cell"] == cell and data["names"] == list(SHOWN[cell])
+        assert list(data["scores"])[0].startswith("memory span of ")
+        assert (tmp_path / cell / "gates.png").stat().st_size > 10_000
+        assert f"wrote {tmp_path / cell / 'gates.html'}" in out
+
+
+def test_demo_shows_the_page_of_every_shipped_cell(tmp_path, monkeypatch, capsys):
+    """After the comparison, the demo runs `gates` on the tutorial's sentence with every shipped cell."""
     calls = []
     monkeypatch.setattr(demo, "compare", lambda configs, out: ([], out / "curves.png"))
     monkeypatch.setattr(demo, "comparison_table", lambda summaries: [])
@@ -1087,4 +1165,6 @@ def test_demo_shows_the_lstm_page(tmp_path, monkeypatch, capsys):
     demo.add_demo_arguments(parser)
     assert demo.run_demo(parser.parse_args(["--out", str(tmp_path)])) == 0
     (args,) = calls
-    assert (args.cell, args.model, args.text) == ("lstm", None, commands.TUTORIAL)
+    assert (args.cell, args.model, args.text) == ("all", None, commands.TUTORIAL)
+    out = capsys.readouterr().out
+    assert "RNN, LSTM, GRU, minGRU, minLSTM" in out and "<cell> one of rnn, lstm, gru, mingru" in out

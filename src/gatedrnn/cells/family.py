@@ -92,6 +92,11 @@ class CellFamily:
     """The state that holds the cell's long-term memory, for the viewer (default: the first state)."""
     retention_gate: ClassVar[str | None] = None
     """The gate whose value near 1 keeps the memory (the LSTM's f, the GRU's z), for the viewer; None if none."""
+    display_name: ClassVar[str] = ""
+    """How the viewer names the cell in titles, tables and figures (default: ``name`` in capitals)."""
+    descriptions: ClassVar[Mapping[str, str]] = {}
+    """For the viewer: what each of :attr:`trace_names` means, one line each (default: none; the viewer
+    then names the role the family declares for it: the output, the memory state, the retention gate)."""
 
     def __init__(self, hidden_size: int, *, bias: bool = True, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.option_defaults))
@@ -140,6 +145,22 @@ class CellFamily:
         """Hook: option sets that between them reach every distinct path of the family's math (its
         variants), which the test catalogue and the benchmarks run. Default: the defaults alone."""
         return ({},)
+
+    # ----- the viewer -----------------------------------------------------------------------------
+
+    @classmethod
+    def title(cls) -> str:
+        """The cell's name in the viewer: :attr:`display_name`, else ``name`` in capitals (``"LSTM"``)."""
+        return cls.display_name or cls.name.upper()
+
+    def retention(self, values: Mapping[str, Any]) -> tuple[str, Any] | None:
+        """Hook, for the viewer: the fraction a of its memory the cell keeps from one step to the
+        next, as (how it is computed, its values), from recorded values (:attr:`trace_names` ->
+        arrays or tensors of one shape, e.g. (T, H)). A unit that keeps a fraction a per step holds
+        an input for about 1 / (1 - a) steps. Default: the :attr:`retention_gate`'s values (the
+        LSTM's f, the GRU's z); None for a family without one (the RNN)."""
+        gate = self.retention_gate
+        return None if gate is None else (gate, values[gate])
 
     # ----- sizes and parameters -------------------------------------------------------------------
 

@@ -151,6 +151,12 @@ class MinGRUFamily(MinimalFamily):
 
     name = "mingru"
     gates = ("z", "n")
+    display_name = "minGRU"
+    descriptions = {"z": "update gate: how much of the candidate replaces h (h = (1-z) h_prev + z h̃)"}
+
+    def retention(self, values):
+        """1 - z: the fraction of h kept per step."""
+        return "1 - z", 1 - values["z"]
 
     @property
     def trace_names(self) -> tuple[str, ...]:
@@ -182,6 +188,15 @@ class MinLSTMFamily(MinimalFamily):
 
     name = "minlstm"
     gates = ("f", "i", "n")
+    display_name = "minLSTM"
+    descriptions = {
+        "f": "forget gate f' = f / (f + i), normalised: how much of the previous h is kept",
+        "i": "input gate i' = i / (f + i) = 1 - f': how much of the candidate enters h",
+    }
+
+    def retention(self, values):
+        """The normalised forget gate f': the fraction of h kept per step."""
+        return "f", values["f"]
 
     @property
     def trace_names(self) -> tuple[str, ...]:

@@ -54,6 +54,17 @@ class SLSTMFamily(CellFamily):
     option_defaults = {"num_heads": 4, "forget_gate": "sigmoid"}
     memory_state = "c"
     retention_gate = "f"
+    """The effective forget gate f' after stabilisation: the fraction of c and n kept per step."""
+    display_name = "sLSTM"
+    descriptions = {
+        "i": "input gate i' = exp(ĩ - m), stabilised: how much of tanh(z̃) enters c (and n)",
+        "f": "forget gate f' after stabilisation: how much of the previous c (and n) is kept",
+        "z": "cell input pre-activation z̃: c takes tanh(z̃)",
+        "o": "output gate: how much of c / n is shown as h",
+        "c": "cell state: the memory (h = o c / n)",
+        "n": "normaliser state: the input gates kept, n = f' n_prev + i' (at least 1)",
+        "m": "stabiliser state: the running maximum of the log gates that keeps exp() finite",
+    }
 
     def check_options(self) -> None:
         """num_heads a positive divisor of H; forget_gate one of :data:`FORGET_GATES`."""

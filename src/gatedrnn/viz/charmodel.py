@@ -115,7 +115,8 @@ class CharModel:
         rnn: the :class:`gatedrnn.Recurrent` stack of any cell family (unidirectional).
         head: ``nn.Linear(H, V)`` from the top layer's output to next-character logits.
         vocab: the characters of ids 1..V-1.
-        name: shown in titles and tables, e.g. ``"LSTM"``.
+        name: shown in titles and tables, e.g. ``"LSTM"`` (default: the family's
+            :meth:`~gatedrnn.CellFamily.title`, ``"sLSTM"``, ``"minGRU"``, ...).
     """
 
     embedding: nn.Embedding
@@ -143,12 +144,12 @@ class CharModel:
                 f"the embedding has {parts.embedding.num_embeddings} rows but the vocabulary "
                 f"has {len(vocab)} characters + 1 unknown"
             )
-        parts.name = name or parts.cell.upper()
+        parts.name = name or parts.rnn.cell_config.title()
         return parts
 
     @property
     def cell(self) -> str:
-        """The name of the stack's cell family (``"lstm"``, ``"gru"``, ``"rnn"`` or a user's)."""
+        """The name of the stack's cell family (``"lstm"``, ``"slstm"``, ``"mingru"``, ... or a user's)."""
         return self.rnn.cell_config.name
 
     def encode(self, text: str) -> tuple[Tensor, list[int]]:
@@ -177,19 +178,30 @@ class CharModel:
             unknown=unknown,
             title=f"{self.name}: gates on {len(text)} characters",
             names=trace.names,
+            cell_config=self.rnn.cell_config,
         )
 
     @property
     def memory(self) -> tuple[str, ...]:
-        """The recorded states that carry information forward: the family's ``states`` (LSTM
-        ``("h", "c")``, GRU and RNN ``("h",)``)."""
-        return tuple(self.rnn.cell_config.states)
+        """The states whose memory span is measured: the output h and the family's
+        ``memory_state`` where it declares one (LSTM and sLSTM ``("h", "c")``: not the sLSTM's
+        normaliser n and stabiliser m, which only scale c), else every state (GRU, RNN, minGRU and
+        minLSTM ``("h",)``; a user's family all of its own)."""
+        family = self.rnn.cell_config
+        if family.memory_state is None:
+            return tuple(family.states)
+        return tuple(dict.fromkeys((family.states[0], family.memory_state)))
 
     def span(self, text: str, window: int = WINDOW) -> tuple[list[SpanResult], dict[str, list[np.ndarray]]]:
         """The memory span on ``text`` (see :mod:`gatedrnn.viz.span`): the influence of each
-        character's embedding x_s on the states h_t (and the family's other states, the LSTM's cell
-        states c_t) for the distances t - s < ``window``, exactly, in float64, through the cells'
-        step functions (the reference backend's math; :func:`recurrent_step`).
+        character's embedding x_s on the states h_t (and the family's memory state, the LSTM's and
+        sLSTM's cell states c_t; :attr:`memory`) for the distances t - s < ``window``, exactly, in
+        float64, through the cells' step functions (the reference backend's math;
+        :func:`recurrent_step`). The Jacobians run through every state the cell carries (the sLSTM's
+        n and m too), so what a unit keeps is what the family's retention says it keeps per step
+        (:meth:`gatedrnn.CellFamily.retention`: the LSTM's f, the GRU's z, the sLSTM's effective
+        f' after stabilisation, the minGRU's 1 - z, the minLSTM's normalised f'), compounded over
+        the steps, plus what flows through the recurrent weights.
 
         Returns the top layer's :class:`SpanResult` per state in :attr:`memory` (label ``"LSTM"``
         for h, ``"LSTM c"`` for c) and, per state name, every layer's per-unit influence-weighted

@@ -191,10 +191,30 @@ def _span_estimate(models, length: int, window: int) -> str | None:
     )
 
 
+ALL_CELLS = "all"
+"""``--cell all``: a page and gates.png for each shipped model, in ``--out/<cell>/``."""
+
+
+def _shown(args: argparse.Namespace) -> tuple[list, list]:
+    """(the models whose memory span is measured, those that get a page): the --model alone, or
+    every shipped model and the --cell one (all of them for ``--cell all``)."""
+    if args.model:
+        models = [load_char_model(args.model)]
+        return models, models
+    models = [load_shipped(c) for c in SHIPPED]
+    return models, models if args.cell == ALL_CELLS else [models[SHIPPED.index(args.cell)]]
+
+
+def _page_dirs(out: Path, shown: list) -> list[Path]:
+    """Where each shown model's page and gates.png go: ``out`` for one model, ``out/<cell>`` for several."""
+    return [out] if len(shown) == 1 else [out / m.cell for m in shown]
+
+
 def run_gates(args: argparse.Namespace) -> int:
     """``gatedrnn gates TEXT | --file PATH [--model PATH [--family-module PATH_OR_MODULE] | --cell
-    lstm|gru|rnn] [--out DIR] [--probe EARLY,LATE] [--span-window N]``: write gates.html and
-    gates.png for one model and memory_span.png (the given model, or the three shipped ones side by
+    rnn|lstm|gru|slstm|mingru|minlstm|all] [--out DIR] [--probe EARLY,LATE] [--span-window N]``:
+    write gates.html and gates.png for one model (for ``--cell all``, one of each per shipped model
+    in ``--out/<cell>/``) and memory_span.png (the given model, or the six shipped ones side by
     side), print the memory-span summary and where the files are. A model of a user's cell family
     shows that family's gates and states (its module is imported again from where the run recorded
     it, or given with --family-module)."""
@@ -206,15 +226,12 @@ def run_gates(args: argparse.Namespace) -> int:
         _check_span_window(window)
         text = read_text(args)
         _check_text(text, "gates")
-        if args.model:
-            models = [load_char_model(args.model)]
-            model = models[0]
-        else:
-            models = [load_shipped(c) for c in SHIPPED]
-            model = models[SHIPPED.index(args.cell)]
-        _prepare_out(out)
-        record = model.record(text)
-        note = _unknown_note(model, text)
+        models, shown = _shown(args)
+        dirs = _page_dirs(out, shown)
+        for where in [out, *dirs]:
+            _prepare_out(where)
+        records = [m.record(text) for m in shown]
+        note = _unknown_note(shown[0], text)
         if note:
             print(note)
         figure = None
@@ -223,10 +240,11 @@ def run_gates(args: argparse.Namespace) -> int:
             if note:
                 print(note, flush=True)
             spans = [m.span(text, window) for m in models]
-            record.unit_scores = {
-                f"memory span of {name} (mean influence distance, chars)": distances
-                for name, distances in reversed(spans[models.index(model)][1].items())
-            }
+            for model, record in zip(shown, records):
+                record.unit_scores = {
+                    f"memory span of {name} (mean influence distance, chars)": distances
+                    for name, distances in reversed(spans[models.index(model)][1].items())
+                }
             figure, lines = span_figure([r for results, _ in spans for r in results], text, out, probe or PROBE)
             print("\n".join(lines))
             if probe and not probe_positions(text, *probe):
@@ -243,17 +261,20 @@ def run_gates(args: argparse.Namespace) -> int:
                 f"note: memory span skipped: the text has {len(text)} character(s), the analysis needs at least "
                 f"{MIN_SPAN_TEXT}" + (f"; removed the earlier {stale}" if removed else "")
             )
-        page = write_gates_html(record, out / "gates.html")
-        png = plot_gates(record, out / "gates.png")
+        written = [
+            (m, write_gates_html(r, where / "gates.html"), plot_gates(r, where / "gates.png"))
+            for m, r, where in zip(shown, records, dirs)
+        ]
     except UsageError as e:
         return print_error(str(e))
     except OSError as e:
         return print_error(f"cannot write {(e.filename or args.out)!r}: {e.strerror or e}")
-    print(
-        f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
-        f"{model.rnn.hidden_size} units; open it in a browser)"
-    )
-    print(f"wrote {png}")
+    for model, page, png in written:
+        print(
+            f"wrote {page} ({model.name}: {len(text)} characters, {model.rnn.num_layers} layer(s) x "
+            f"{model.rnn.hidden_size} units; open it in a browser)"
+        )
+        print(f"wrote {png}")
     if figure:
         print(f"wrote {figure}")
     print(f"done in {time.perf_counter() - start:.1f} s")
@@ -286,7 +307,8 @@ def _check_sample_options(length: int, temperature: float) -> None:
         raise UsageError(str(e)) from None
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+def _model_options(p: argparse.ArgumentParser, every: bool = False) -> None:
+    """--model or --cell (``every``: --cell also takes ``all``, the six shipped models)."""
     from ..cli import add_family_module_option
 
     which = p.add_mutually_exclusive_group()
@@ -298,9 +320,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     )
     which.add_argument(
         "--cell",
-        choices=SHIPPED,
+        choices=SHIPPED + ((ALL_CELLS,) if every else ()),
         default="lstm",
-        help="use the model shipped with gatedrnn for this cell (default: lstm)",
+        help="use the model shipped with gatedrnn for this cell (default: lstm)"
+        + (f"; {ALL_CELLS}: a page for each, in --out/<cell>/" if every else ""),
     )
     add_family_module_option(p)
 
@@ -315,7 +338,7 @@ def add_subcommands(subparsers) -> None:
     )
     p.add_argument("text", nargs="?", help="the text to run the model on (or --file)")
     p.add_argument("--file", metavar="PATH", help="read the text from a UTF-8 file instead (- : standard input)")
-    _model_options(p)
+    _model_options(p, every=True)
     p.add_argument("--out", default="gates_out", metavar="DIR", help="output directory (default: gates_out)")
     p.add_argument(
         "--probe",

@@ -3,9 +3,10 @@
 1. Trains a plain RNN, an LSTM and a GRU of the same width on one long-lag task (default: the
    adding problem as in Le et al. 2015, at a length the CPU handles quickly) with the project's
    training loop, and prints the comparison table;
-2. runs the gate viewer and the memory-span analysis on the LSTM tutorial's sentence with the
-   char-level models shipped in ``gatedrnn/pretrained/`` (no training needed) and prints where the
-   page and the figures are.
+2. runs the gate viewer and the memory-span analysis on the LSTM tutorial's sentence with the six
+   char-level models shipped in ``gatedrnn/pretrained/`` (RNN, LSTM, GRU, sLSTM, minGRU, minLSTM;
+   no training needed): a page and gate heatmaps per cell, one memory-span figure and table of all
+   six, and prints where they are.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..cells import family_class
 from ..errors import print_error
 from ..tasks import task_names
 from ..train import ConfigError, TrainConfig, compare, comparison_table
-from .commands import TUTORIAL, add_threads_option, run_gates, set_threads
+from .commands import ALL_CELLS, TUTORIAL, add_threads_option, run_gates, set_threads
 from .loading import SHIPPED, UsageError
+
+COMPARED = ("rnn", "lstm", "gru")
+"""The cells the demo trains on the long-lag task: the plain RNN against the two classic gated cells,
+each a minute or less on a CPU."""
 
 
 def demo_configs(args: argparse.Namespace, out: Path) -> list[TrainConfig]:
-    """One :class:`TrainConfig` per cell of the shipped models (:data:`SHIPPED`: RNN, LSTM, GRU),
-    identical but for the cell (runs in ``out/<cell>``)."""
+    """One :class:`TrainConfig` per cell of :data:`COMPARED` (RNN, LSTM, GRU), identical but for the
+    cell (runs in ``out/<cell>``)."""
     return [
         TrainConfig(
             task=args.task,
@@ -41,7 +47,7 @@ def demo_configs(args: argparse.Namespace, out: Path) -> list[TrainConfig]:
             checkpoint_every=args.steps,
             progress=sys.stderr.isatty(),
         )
-        for cell in SHIPPED
+        for cell in COMPARED
     ]
 
 
@@ -59,7 +65,8 @@ def demo_seq_len(args: argparse.Namespace) -> int | None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """``gatedrnn demo [--task NAME] [--seq-len T] [--steps N] [--out DIR]``: compare RNN, LSTM
-    and GRU on a long-lag task, then the gate viewer and memory span on the tutorial's sentence."""
+    and GRU on a long-lag task, then the gate viewer and memory span of the six shipped cells on the
+    tutorial's sentence."""
     out = Path(args.out)
     try:
         set_threads(args.threads)
@@ -79,12 +86,13 @@ def run_demo(args: argparse.Namespace) -> int:
     print("\n".join(comparison_table(summaries)))
     print(f"learning curves: {curves} (runs and checkpoints in {out / 'compare'}/<cell>)")
     print()
-    print(f'gate viewer on the tutorial\'s sentence: "{TUTORIAL}"')
+    names = ", ".join(family_class(cell).title() for cell in SHIPPED)
+    print(f'gate viewer of the shipped {names} on the tutorial\'s sentence: "{TUTORIAL}"')
     code = run_gates(
-        argparse.Namespace(text=TUTORIAL, model=None, cell="lstm", out=str(out / "gates"), threads=args.threads)
+        argparse.Namespace(text=TUTORIAL, model=None, cell=ALL_CELLS, out=str(out / "gates"), threads=args.threads)
     )
     if code == 0:
-        print(f"open {out / 'gates' / 'gates.html'} in a browser; `gatedrnn gates TEXT --cell gru` shows another cell")
+        print(f"open {out / 'gates'}/<cell>/gates.html in a browser, <cell> one of {', '.join(SHIPPED)}")
     return code
 
 

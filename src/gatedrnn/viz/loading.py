@@ -31,9 +31,10 @@ from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
 from .charmodel import CharModel
 
-SHIPPED = ("rnn", "lstm", "gru")
+SHIPPED = ("rnn", "lstm", "gru", "mingru", "minlstm")
 """The cell families of the models shipped in :data:`SHIPPED_DIR` (their files' stems), in the
-order the figures show them. A model of any other family is loaded from its run (``--model``)."""
+order the figures and tables show them. A model of any other family is loaded from its run
+(``--model``)."""
 
 SHIPPED_DIR = "pretrained"
 """The package directory of the shipped models (not ``models/``: that name is the module

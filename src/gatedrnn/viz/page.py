@@ -8,9 +8,10 @@ file system with no network.
 
 Shapes: T characters, H units per layer; ``layers[k][name]`` is a (T, H) array of layer k's
 ``name``, one per name of the cell family's :attr:`~gatedrnn.CellFamily.trace_names` (LSTM
-``i f g o c h``, GRU ``r z n h``, RNN ``h``, a user's family its gates and states), as
-:func:`gatedrnn.inspect_gates` records for a batch of one. What the page opens on and how it orders
-units come from the family too (its ``memory_state``, its ``retention_gate``).
+``i f g o c h``, GRU ``r z n h``, RNN ``h``, sLSTM ``i f z o c n m``, minGRU ``z``, minLSTM ``f i``, a
+user's family its gates and states), as :func:`gatedrnn.inspect_gates` records for a batch of one.
+What the page opens on, what it says of each name and how it orders units come from the family too
+(its ``memory_state``, ``descriptions`` and :meth:`~gatedrnn.CellFamily.retention`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ BOUNDED = {
 candidates in [-1, 1]), used where the recorded values lie within it; anything else (states, a
 user's gate outside these) is scaled per unit by its largest magnitude on the text."""
 
-DESCRIPTIONS = {
+DESCRIPTIONS = {  # the LSTM's, GRU's and RNN's; a family's own descriptions come first
     "i": "input gate: how much of the candidate g enters the cell",
     "f": "forget gate: how much of the previous cell state is kept",
     "g": "candidate cell update",
@@ -63,10 +64,17 @@ def family_of(cell: str) -> type[CellFamily]:
     return family_class(cell)
 
 
-def initial_quantity(family: CellFamily) -> str:
-    """The quantity the page colours by when it opens: the state that carries the memory (the
-    family's ``memory_state``, else its first state, h)."""
-    return family.memory_state or family.states[0]
+def initial_quantity(family: CellFamily, names: Sequence[str]) -> str:
+    """The quantity the page colours by when it opens: of the recorded ``names``, the state that
+    carries the memory (the family's ``memory_state``), else the output h, else the first name (the
+    minGRU records z alone)."""
+    return next((n for n in (family.memory_state, family.states[0]) if n in names), names[0])
+
+
+def activity_quantity(family: CellFamily, names: Sequence[str]) -> str:
+    """The recorded quantity whose spread over the text says how much a unit reacts to it: the
+    output h, else the memory state (the sLSTM's c), else the first name (minGRU z, minLSTM f)."""
+    return next((n for n in (family.states[0], family.memory_state) if n in names), names[0])
 
 
 BUILT_IN = CellFamily.__module__.rpartition(".")[0]
@@ -74,9 +82,11 @@ BUILT_IN = CellFamily.__module__.rpartition(".")[0]
 
 
 def describe(family: CellFamily, name: str) -> str:
-    """The hover text of ``name``: what it means in the built-in families (:data:`DESCRIPTIONS`);
-    for a user's family, its role as the family declares it (gate or state, the output, the memory,
-    the retention gate)."""
+    """The hover text of ``name``: the family's own ``descriptions``, else what it means in the
+    built-in LSTM, GRU and RNN (:data:`DESCRIPTIONS`); else its role as the family declares it (gate
+    or state, the output, the memory, the retention gate)."""
+    if name in family.descriptions:
+        return family.descriptions[name]
     if type(family).__module__.startswith(f"{BUILT_IN}.") and name in DESCRIPTIONS:
         return DESCRIPTIONS[name]
     role = "state" if name in family.states else "gate"
@@ -104,7 +114,7 @@ class GateRecord:
 
     Attributes:
         text: the input characters, length T.
-        cell: a registered cell family (``"lstm"``, ``"gru"``, ``"rnn"`` or a user's).
+        cell: a registered cell family (``"lstm"``, ``"slstm"``, ``"mingru"``, ... or a user's).
         layers: per layer, name -> (T, H) array.
         unknown: positions of characters outside the model's vocabulary (shown marked).
         unit_scores: extra ways to order units: label -> per layer a (H,) array (larger first),
@@ -112,9 +122,9 @@ class GateRecord:
         title: shown at the top of the page.
         names: the recorded names in display order (:attr:`gatedrnn.GateTrace.names`); default
             the family's :attr:`~gatedrnn.CellFamily.trace_names` in its default configuration.
-
-    ``cell_config`` (set on construction) is the family in its default configuration, which the
-    page asks for its states, memory state and retention gate.
+        cell_config: the configured family that recorded them (a model's ``rnn.cell_config``),
+            which the page asks for its names, states, memory state and retention; default the
+            family ``cell`` in its default configuration at the layers' width H.
     """
 
     text: str
@@ -124,14 +134,17 @@ class GateRecord:
     unit_scores: Mapping[str, Sequence[np.ndarray]] = field(default_factory=dict)
     title: str = ""
     names: Sequence[str] = ()
+    cell_config: CellFamily | None = None
 
     def __post_init__(self):
-        self.cell_config = family_of(self.cell)(1)  # its default configuration: names and roles
-        self.names = tuple(self.names) or self.cell_config.trace_names
         if not self.text:
             raise ValueError("text is empty: the gate viewer needs at least one character")
         if not self.layers:
             raise ValueError("layers is empty: expected one dict of (T, H) arrays per layer")
+        if self.cell_config is None:
+            width = np.shape(next(iter(self.layers[0].values()), np.zeros((0, 1))))[-1]
+            self.cell_config = family_of(self.cell)(width)  # its default configuration: names and roles
+        self.names = tuple(self.names) or self.cell_config.trace_names
         for k, layer in enumerate(self.layers):
             missing = [n for n in self.names if n not in layer]
             if missing:
@@ -152,15 +165,18 @@ class GateRecord:
 def default_unit_scores(record: GateRecord) -> dict[str, list[np.ndarray]]:
     """Per-unit orderings every page offers, before any given in ``record.unit_scores``.
 
-    ``mean <gate> (retention)`` for a family with a retention gate (LSTM f, GRU z): the average
-    fraction of its state a unit keeps per step; a unit that keeps a fraction a holds an input for
-    about 1 / (1 - a) steps. ``activity``: the standard deviation of the output state h over the
-    text (how much the unit reacts to it).
+    ``mean <a> (retention)`` for a family with a retention (:meth:`gatedrnn.CellFamily.retention`:
+    LSTM f, GRU z, sLSTM its stabilised f', minGRU 1 - z, minLSTM its normalised f'): the average
+    fraction of its memory a unit keeps per step; a unit that keeps a fraction a holds an input for
+    about 1 / (1 - a) steps. ``activity``: the standard deviation over the text of the output h (or
+    of :func:`activity_quantity`'s stand-in where h is not recorded): how much the unit reacts to it.
     """
     scores = {}
-    gate, out = record.cell_config.retention_gate, record.cell_config.states[0]
-    if gate is not None:
-        scores[f"mean {gate} (retention)"] = [np.asarray(layer[gate]).mean(axis=0) for layer in record.layers]
+    family = record.cell_config
+    kept = [family.retention({n: np.asarray(v) for n, v in layer.items()}) for layer in record.layers]
+    if kept[0] is not None:
+        scores[f"mean {kept[0][0]} (retention)"] = [values.mean(axis=0) for _, values in kept]
+    out = activity_quantity(family, record.names)
     scores[f"activity (std of {out})"] = [np.asarray(layer[out]).std(axis=0) for layer in record.layers]
     return scores
 
@@ -175,12 +191,12 @@ def page_data(record: GateRecord) -> dict:
     # the caller's orders (e.g. the measured memory span) come first: the page opens with the first
     scores = {**record.unit_scores, **default_unit_scores(record)}
     return {
-        "title": record.title,
+        "title": record.title or f"gate viewer: {record.cell_config.title()}",
         "cell": record.cell,
         "text": list(record.text),
         "unknown": sorted(set(int(t) for t in record.unknown)),
         "names": names,
-        "initial": initial_quantity(record.cell_config),
+        "initial": initial_quantity(record.cell_config, names),
         "descriptions": {n: describe(record.cell_config, n) for n in names},
         "ranges": {n: value_range(n, [layer[n] for layer in record.layers]) for n in names},
         # per layer: name -> (H, T) so one unit's row is contiguous
@@ -199,7 +215,7 @@ def render_page(record: GateRecord) -> str:
     # (a model or file name in the title) keeps the parser from ever closing it; in JSON strings,
     # the only place a "<" can be, \u003c is the same character
     data = json.dumps(page_data(record), separators=(",", ":")).replace("<", "\\u003c")
-    title = html.escape(record.title or f"gatedrnn gate viewer ({record.cell.upper()})")
+    title = html.escape(record.title or f"gatedrnn gate viewer ({record.cell_config.title()})")
     head, tail = _template().split("__DATA__")
     return head.replace("__TITLE__", title) + data + tail
 

@@ -20,14 +20,14 @@ import numpy as np  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 
-from .page import GateRecord, value_range  # noqa: E402
+from .page import GateRecord, activity_quantity, value_range  # noqa: E402
 from .span import BEYOND, THRESHOLD, SpanResult  # noqa: E402
 
 
 def informative_units(layer: Mapping[str, np.ndarray], k: int, output: str = "h") -> np.ndarray:
-    """The k units whose hidden state (``output``, the family's first state) varies most over the
-    text (std of h, (T, H) -> (k,)), most varying first: the units that react to the text rather
-    than sit at a constant."""
+    """The k units whose ``output`` (the hidden state h, or :func:`~gatedrnn.viz.page.activity_quantity`'s
+    stand-in where h is not recorded) varies most over the text (its std, (T, H) -> (k,)), most
+    varying first: the units that react to the text rather than sit at a constant."""
     std = np.asarray(layer[output]).std(axis=0)
     return np.argsort(-std, kind="stable")[:k]
 
@@ -81,12 +81,13 @@ def _char_ticks(ax, text: str) -> None:
 def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) -> Path:
     """Write ``gates.png``: one heatmap per (layer, quantity) of the most informative units.
 
-    Rows are units (the ``units_per_layer`` with the largest std of h, labelled by index), columns
+    Rows are units (the ``units_per_layer`` with the largest std of h, or of its stand-in
+    :func:`~gatedrnn.viz.page.activity_quantity`, labelled by index), columns
     the characters of the text, one panel per recorded name (the family's trace names); gates in
     [0, 1] use a sequential map on [0, 1], the rest a diverging map (on [-1, 1] for the candidates
     g, n, else +-max|value| of the shown units; see :func:`gatedrnn.viz.page.value_range`).
     """
-    names, output = record.names, record.cell_config.states[0]
+    names, output = record.names, activity_quantity(record.cell_config, record.names)
     ranges = {n: value_range(n, [each[n] for each in record.layers]) for n in names}
     rows = [(k, n) for k in range(len(record.layers)) for n in names]
     T = len(record.text)
@@ -112,7 +113,7 @@ def plot_gates(record: GateRecord, path: str | Path, units_per_layer: int = 16) 
             ax.axvline(t, color="red", lw=0.8, ls="--")
         fig.colorbar(im, ax=ax, fraction=0.015, pad=0.005)
     axes[0, 0].set_title(
-        f"{record.title or record.cell.upper()}: gate values of the {units_per_layer} most active "
+        f"{record.title or record.cell_config.title()}: gate values of the {units_per_layer} most active "
         f"units (rows, by std of {output}) per character (columns)"
         + ("; red dashes: characters outside the vocabulary" if len(record.unknown) else ""),
         fontsize=10,
@@ -218,12 +219,17 @@ def _span_words(r: SpanResult) -> str:
     return f"still above 1% at d = {r.window - 1}" + (" (the window)" if r.windowed else "")
 
 
+HEATMAPS_PER_ROW = 3
+"""Most memory-span heatmaps side by side; the six shipped models take two rows."""
+
+
 def plot_memory_span(
     results: Sequence[SpanResult], path: str | Path, marks: Sequence[tuple[str, slice, int]] = ()
 ) -> Path:
     """Write ``memory_span.png``: per model a heatmap of the relative influence on its hidden state
-    h (log scale) and, below, the influence-vs-distance curves of every result (each normalised by
-    its peak; an LSTM's cell state c dashed, in its h's colour) with the 1% line.
+    h (log scale; at most :data:`HEATMAPS_PER_ROW` in a row) and, below, the influence-vs-distance
+    curves of every result (each normalised by its peak; a cell state c dashed, in its h's colour)
+    with the 1% line.
 
     The heatmap is J[t, s] / max J as a triangle (rows t = state, columns s = input) when every
     distance was measured (text no longer than the window), else the band J[t, t - d] / max over
@@ -234,17 +240,19 @@ def plot_memory_span(
     vertical line at their distance on the curves.
     """
     hidden = [r for r in results if r.quantity == "h"]
-    n = len(hidden)
-    fig = plt.figure(figsize=(max(5.0 * n + 1.0, 8.0), 9.5), layout="constrained")  # one model: room for the labels
-    grid = fig.add_gridspec(2, n, height_ratios=[1.25, 1.0])
+    columns = min(len(hidden), HEATMAPS_PER_ROW)
+    rows = math.ceil(len(hidden) / columns)
+    # one model: room for the labels
+    fig = plt.figure(figsize=(max(5.0 * columns + 1.0, 8.0), 5.3 * rows + 4.2), layout="constrained")
+    grid = fig.add_gridspec(rows + 1, columns, height_ratios=[1.25] * rows + [1.0])
     heat_axes = []
     for j, r in enumerate(hidden):
-        ax = fig.add_subplot(grid[0, j])
+        ax = fig.add_subplot(grid[j // columns, j % columns])
         heat_axes.append(ax)
         im = (_band if r.windowed else _triangle)(ax, r, marks)
         ax.set_title(f"{r.label}: ||dh_t/dx_s|| / max", fontsize=10)
     fig.colorbar(im, ax=heat_axes, location="right", shrink=0.8, label="relative influence")
-    ax = fig.add_subplot(grid[1, :])
+    ax = fig.add_subplot(grid[rows, :])
     colours = {}
     for r in results:
         c = r.curve / max(r.curve.max(), 1e-30)
