@@ -1,0 +1,201 @@
+"""The minimal cells on the CPU: gatedrnn.MinGRU and gatedrnn.MinLSTM (the cpu backend's fused
+kernel) beside their reference-loop runs, torch.nn.GRU, torch.nn.LSTM and mingru-pytorch's
+minGRU and minLSTM, in time and in peak training memory.
+
+    python benchmarks/min_cells.py                   # B=32, I=H=256, T=256, 1024, 4096
+    python benchmarks/min_cells.py --quick           # a smoke run
+    python benchmarks/min_cells.py --steps 1024 --repeats 7 --no-memory
+
+Time: each row times one forward and backward pass (the sum of the outputs; the input requires
+grad) per provider, interleaved (A B C ..., A B C ..., ...) after one untimed call each, and
+reports medians in ms and each provider's speed-up over torch.nn.GRU. Memory: each provider
+runs one training step in a fresh subprocess, which resets the kernel's peak-RSS mark
+(``/proc/self/clear_refs``) once the module and input exist and then reads the peak (``VmHWM``)
+after the step: the peak memory the step added, in MiB, and its ratio to torch.nn.LSTM's.
+
+Providers (float32, one layer, one direction): ``gatedrnn.MinGRU`` and ``gatedrnn.MinLSTM`` as a
+user builds them (``backend="auto"``, ``mode="auto"``: the cpu kernel), the same with
+``mode="parallel"`` (the kernel's chunked scan), the same on ``backend="reference"`` (the step loop
+under autograd), ``torch.nn.GRU`` and ``torch.nn.LSTM``, and mingru-pytorch's ``minGRU`` and
+``minLSTM``. The minimal cells are configured as the peer's (no bias, batch-first input, the same
+width); torch.nn's layers take the same values time-major.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import gatedrnn
+from families import load, machine
+
+PROVIDERS = (
+    "gatedrnn.MinGRU",
+    "gatedrnn.MinLSTM",
+    "MinGRU parallel",
+    "MinLSTM parallel",
+    "MinGRU reference",
+    "MinLSTM reference",
+    "torch.nn.GRU",
+    "torch.nn.LSTM",
+    "mingru-pytorch minGRU",
+    "mingru-pytorch minLSTM",
+)
+SPEED_BASELINE, MEMORY_BASELINE = "torch.nn.GRU", "torch.nn.LSTM"
+REFERENCE_MAX_T = 1024
+"""The reference loop's rows stop here (seconds per call beyond)."""
+
+
+def build(provider: str, H: int) -> tuple[torch.nn.Module, bool] | None:
+    """The module a provider times (the same initial weights for every run) and whether it takes
+    batch-first input; None where the provider is not installed."""
+    torch.manual_seed(0)
+    if provider.startswith("torch.nn."):
+        return getattr(torch.nn, provider.removeprefix("torch.nn."))(H, H), False
+    if provider.startswith("mingru-pytorch"):
+        try:
+            from minGRU_pytorch import minGRU
+            from minGRU_pytorch.minLSTM import minLSTM
+        except ImportError:
+            return None
+        return (minGRU if provider.endswith("minGRU") else minLSTM)(H), True
+    cls = gatedrnn.MinGRU if "MinGRU" in provider else gatedrnn.MinLSTM
+    options = {"parallel": dict(mode="parallel"), "reference": dict(backend="reference")}
+    return cls(H, H, bias=False, batch_first=True, **options.get(provider.split()[-1], {})), True
+
+
+def call(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One forward and backward pass of ``module`` on ``x`` (its first output summed)."""
+
+    def forward_backward() -> None:
+        out = module(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+    return forward_backward
+
+
+def inputs(provider_modules: dict, B: int, T: int, H: int) -> dict[str, Callable[[], None]]:
+    """Each provider's call on the same values, batch-first or time-major as it takes them."""
+    torch.manual_seed(1)
+    time_major = torch.randn(T, B, H)
+    batch_first = time_major.transpose(0, 1).contiguous()
+    return {
+        p: call(module, (batch_first if first else time_major).clone().requires_grad_())
+        for p, (module, first) in provider_modules.items()
+    }
+
+
+def time_row(providers: list[str], B: int, T: int, H: int, repeats: int) -> dict[str, list[float]]:
+    """Interleaved repetitions of each provider's call, after one untimed call each; seconds."""
+    modules = {p: m for p in providers if (m := build(p, H)) is not None}
+    fns = inputs(modules, B, T, H)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {p: [] for p in fns}
+    for _ in range(repeats):
+        for p, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[p].append(time.perf_counter() - start)
+    return times
+
+
+def _peak_kib() -> int:
+    """This process's peak resident memory (VmHWM) in KiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
+    """In this process: the peak resident memory one training step adds, MiB (see the module docstring)."""
+    built = build(provider, H)
+    if built is None:
+        return None
+    fn = inputs({provider: built}, B, T, H)[provider]
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:  # peak RSS := current RSS
+        refs.write("5")
+    before = _peak_kib()
+    fn()
+    return (_peak_kib() - before) / 1024
+
+
+def memory_row(providers: list[str], B: int, T: int, H: int, threads: int) -> dict[str, float]:
+    """Each provider's :func:`measure_memory` in a fresh subprocess."""
+    peaks = {}
+    for p in providers:
+        spec = json.dumps(dict(provider=p, B=B, T=T, H=H, threads=threads))
+        done = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() != "null":
+            peaks[p] = float(done.stdout.strip())
+        elif done.returncode != 0:
+            print(f"memory of {p} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return peaks
+
+
+def print_table(results: dict[int, dict[str, float]], unit: str, baseline: str, ratio_name: str) -> None:
+    """One row per provider, per T its value (ms or MiB) and its ratio to the baseline's (speed-up
+    for times, ``value / baseline`` for memory)."""
+    steps = list(results)
+    print("| provider | " + " | ".join(f"T={T} {unit} | {ratio_name}" for T in steps) + " |")
+    print("|---|" + "---|---|" * len(steps))
+    for p in PROVIDERS:
+        cells = []
+        for T in steps:
+            value, base = results[T].get(p), results[T].get(baseline)
+            ratio = "-" if value is None or not base else f"{base / value if unit == 'ms' else value / base:.2f}x"
+            cells += ["-" if value is None else f"{value:.0f}", ratio]
+        print(f"| {p} | " + " | ".join(cells) + " |")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256, help="H (= the input size)")
+    parser.add_argument("--steps", default="256,1024,4096", help="the rows' T, comma-separated")
+    parser.add_argument("--memory-at", type=int, default=1024, help="T of the memory row")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory row")
+    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        spec = json.loads(args.memory_child)
+        torch.set_num_threads(spec["threads"])
+        print(json.dumps(measure_memory(spec["provider"], spec["B"], spec["T"], spec["H"])))
+        return
+    torch.set_num_threads(args.threads)
+    B, H, repeats = args.batch, args.hidden, args.repeats
+    steps = [int(t) for t in args.steps.split(",")]
+    if args.quick:
+        B, H, repeats, steps, args.memory_at = 4, 16, 1, [16, 64], 64
+    providers = list(PROVIDERS)
+    print(f"## Minimal cells on the CPU\n\n{machine()}\n")
+    print(f"Forward + backward, float32, B = {B}, I = H = {H}, medians of {repeats} interleaved calls, ms.\n")
+    times = {}
+    for T in steps:
+        wanted = [p for p in providers if "reference" not in p or T <= REFERENCE_MAX_T]
+        times[T] = {p: 1e3 * statistics.median(v) for p, v in time_row(wanted, B, T, H, repeats).items()}
+        print(f"T = {T} timed, load average {load()}", file=sys.stderr)
+    print_table(times, "ms", SPEED_BASELINE, f"x {SPEED_BASELINE}")
+    print(f"\nload average after the timings {load()}")
+    if not args.no_memory:
+        print("\nPeak memory a training step adds, MiB (each provider in its own process):\n")
+        peaks = {args.memory_at: memory_row(providers, B, args.memory_at, H, args.threads)}
+        print_table(peaks, "MiB", MEMORY_BASELINE, f"/ {MEMORY_BASELINE}")
+    print(f"\nload average at the end {load()}")
+
+
+if __name__ == "__main__":
+    main()
