@@ -52,6 +52,7 @@ The steps run in the compiled loop of ``csrc/slstm_loop.cpp`` where the compiled
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +62,7 @@ from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
 from .. import active_steps, reference, sum_present
 from . import compiled
-from .function import input_grads, input_pre_activations
+from .function import Plan, input_grads, input_pre_activations
 
 DTYPES = (torch.float32, torch.float64)
 """The dtypes the kernel computes in (m's stabiliser dtype is then the parameters' own)."""
@@ -76,42 +77,6 @@ def supports(cfg: CellFamily, x: Tensor) -> str | None:
     if x.dtype not in DTYPES:
         return f"expected a float32 or float64 input, got {x.dtype}"
     return None
-
-
-@dataclass(frozen=True)
-class Meta:
-    """One call's fixed arguments: the cell, direction, the (T, B, 1) activity mask (None when
-    every step is active) and the lengths (for the replay)."""
-
-    cfg: CellFamily
-    reverse: bool
-    active: Tensor | None
-    lengths: Tensor | None
-
-    def steps(self, T: int) -> range:
-        return range(T - 1, -1, -1) if self.reverse else range(T)
-
-    def backward_steps(self, T: int) -> range:
-        return range(T) if self.reverse else range(T - 1, -1, -1)
-
-    def prev(self, t: int) -> int:
-        """Slot of the states before step t in a (T+1)-long buffer."""
-        return t + 1 if self.reverse else t
-
-    def new(self, t: int) -> int:
-        return t if self.reverse else t + 1
-
-    def prev_slice(self, T: int) -> slice:
-        return slice(1, T + 1) if self.reverse else slice(0, T)
-
-    def new_slice(self, T: int) -> slice:
-        return slice(0, T) if self.reverse else slice(1, T + 1)
-
-    def initial(self, T: int) -> int:
-        return T if self.reverse else 0
-
-    def final(self, T: int) -> int:
-        return 0 if self.reverse else T
 
 
 def head_major_rows(cfg: CellFamily, device: torch.device) -> Tensor:
@@ -155,34 +120,47 @@ def run_layer(
     recurrent dropout active, on the reference loop."""
     if noise is not None and noise.active:
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
-    T = x.shape[0]
+    T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
         active = active_steps(lengths, T).to(x.dtype)
     weight_ih, bias = kernel_weights(cfg, weights, x.device)
-    meta = Meta(cfg, reverse, active, lengths)
+    plan = Plan(cfg, T, B, reverse, active, None, None, None, partial(_replay, cfg, reverse, lengths))
     states = tuple(s.to(x.dtype).contiguous() for s in state)
-    out, *final = SLSTMRecurrence.apply(meta, x.contiguous(), weight_ih, bias, *states, weights["weight_hh"])
+    out, *final = SLSTMRecurrence.apply(plan, x.contiguous(), weight_ih, bias, *states, weights["weight_hh"])
     return out, tuple(final), None
 
 
+def _replay(
+    cfg: CellFamily,
+    reverse: bool,
+    lengths: Tensor | None,
+    x: Tensor,
+    weight_ih: Tensor,
+    bias: Tensor | None,
+    initial: tuple[Tensor, ...],
+    weight_hh: Tensor,
+) -> tuple[Tensor, ...]:
+    """The layer :class:`SLSTMRecurrence` ran, on the reference loop from its inputs (the plan's
+    ``replay``): (output, h_n, c_n, n_n, m_n)."""
+    w = module_weights(cfg, weight_ih, bias, weight_hh)
+    out, finals, _ = reference.run_layer(cfg, x, initial, w, reverse=reverse, lengths=lengths)
+    return (out, *finals)
+
+
 class SLSTMRecurrence(torch.autograd.Function):
-    """``apply(meta, x, weight_ih, bias, h0, c0, n0, m0, weight_hh)`` -> (output, h_n, c_n, n_n, m_n)
-    with weight_ih (4H, I) and bias (4H,) in the kernel's row order (:func:`kernel_weights`)."""
+    """``apply(plan, x, weight_ih, bias, h0, c0, n0, m0, weight_hh)`` -> (output, h_n, c_n, n_n, m_n)
+    with weight_ih (4H, I) and bias (4H,) in the kernel's row order (:func:`kernel_weights`). The
+    plan (:class:`.function.Plan`) has no zoneout or dropout masks; its ``replay`` takes
+    ``(x, weight_ih, bias, (h0, c0, n0, m0), weight_hh)``."""
 
     @staticmethod
-    def forward(ctx, meta: Meta, x, weight_ih, bias, h0, c0, n0, m0, weight_hh):
-        pre, _ = input_pre_activations(meta.cfg, x, weight_ih, None, bias)
-        loop = _loop(x.dtype)
-        states = loop.forward(meta, pre, (h0, c0, n0, m0), weight_hh)  # pre now holds the pre-activations
-        T = x.shape[0]
-        out = states[0][meta.new_slice(T)]
-        if meta.active is not None:
-            out = out * meta.active
-        ctx.meta, ctx.initial = meta, (h0, c0, n0, m0)
+    def forward(ctx, plan: Plan, x, weight_ih, bias, h0, c0, n0, m0, weight_hh):
+        pre, _ = input_pre_activations(plan.cfg, x, weight_ih, None, bias)
+        states = _loop(x.dtype).forward(plan, pre, (h0, c0, n0, m0), weight_hh)  # pre: the pre-activations now
+        ctx.plan, ctx.initial = plan, (h0, c0, n0, m0)
         ctx.save_for_backward(x, weight_ih, bias, weight_hh, pre, *states)
-        finals = tuple(s[meta.final(T)].clone() for s in states)
-        return (out, *finals)
+        return (plan.outputs(states[0]), *(s[plan.final].clone() for s in states))
 
     @staticmethod
     def backward(ctx, d_out, *d_finals):
@@ -190,13 +168,13 @@ class SLSTMRecurrence(torch.autograd.Function):
             return SLSTMRecurrence._backward_by_replay(ctx, d_out, *d_finals)
         with torch.no_grad():
             x, weight_ih, bias, weight_hh, pre, *states = ctx.saved_tensors
-            meta = ctx.meta
-            if meta.active is not None:
-                d_out = d_out * meta.active
-            d_pre, d_initial = _loop(x.dtype).backward(meta, pre, states, weight_hh, d_out, d_finals)
-            d_weight_hh = recurrent_weight_grad(meta, d_pre, states[0])
+            plan = ctx.plan
+            if plan.active is not None:
+                d_out = d_out * plan.active
+            d_pre, d_initial = _loop(x.dtype).backward(plan, pre, states, weight_hh, d_out, d_finals)
+            d_weight_hh = recurrent_weight_grad(plan, d_pre, states[0])
             d_x, d_weight_ih, _, d_bias = input_grads(
-                meta.cfg, d_pre, x, weight_ih, None, bias, {}, ctx.needs_input_grad[1]
+                plan.cfg, d_pre, x, weight_ih, None, bias, {}, ctx.needs_input_grad[1]
             )
         return (None, d_x, d_weight_ih, d_bias, *d_initial, d_weight_hh)
 
@@ -205,16 +183,12 @@ class SLSTMRecurrence(torch.autograd.Function):
         """The gradients as a graph: the layer rerun on the reference loop from the saved inputs and
         differentiated with ``create_graph``."""
         x, weight_ih, bias, weight_hh = ctx.saved_tensors[:4]
-        meta = ctx.meta
         inputs = (x, weight_ih, bias, *ctx.initial, weight_hh)
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[1 + i]]
         result: list[Tensor | None] = [None] * len(inputs)
         with torch.enable_grad():
-            w = module_weights(meta.cfg, weight_ih, bias, weight_hh)
-            out, finals, _ = reference.run_layer(
-                meta.cfg, x, ctx.initial, w, reverse=meta.reverse, lengths=meta.lengths
-            )
-            live = [(o, g) for o, g in zip((out, *finals), (d_out, *d_finals)) if o.requires_grad]
+            outputs = ctx.plan.replay(x, weight_ih, bias, ctx.initial, weight_hh)
+            live = [(o, g) for o, g in zip(outputs, (d_out, *d_finals)) if o.requires_grad]
             if live and wanted:
                 found = torch.autograd.grad(
                     [o for o, _ in live], [inputs[i] for i in wanted], [g for _, g in live],
@@ -225,14 +199,13 @@ class SLSTMRecurrence(torch.autograd.Function):
         return (None, *result)
 
 
-def recurrent_weight_grad(meta: Meta, d_pre: Tensor, h_states: Tensor) -> Tensor:
+def recurrent_weight_grad(plan: Plan, d_pre: Tensor, h_states: Tensor) -> Tensor:
     """:math:`\\delta R_k = \\sum_{t,b} \\delta z_{t,b,k}^\\top h_{t-1,b,k}` (K, 4D, D) as one batched
     product over all steps, from d_pre (T, B, 4H) head-major and the (T+1, B, H) h buffer."""
-    cfg = meta.cfg
-    T, B = d_pre.shape[:2]
+    cfg, T, B = plan.cfg, plan.T, plan.B
     K, D = cfg.num_heads, cfg.head_size
     grads = d_pre.view(T * B, K, 4 * D).permute(1, 2, 0)
-    inputs = h_states[meta.prev_slice(T)].reshape(T * B, K, D).transpose(0, 1)
+    inputs = h_states[plan.prev_slice].reshape(T * B, K, D).transpose(0, 1)
     return torch.bmm(grads, inputs)
 
 
@@ -292,19 +265,16 @@ class PythonLoop:
     """The steps in Python, a few aten calls each."""
 
     @staticmethod
-    def forward(meta: Meta, pre: Tensor, initial: tuple[Tensor, ...], weight_hh: Tensor) -> tuple[Tensor, ...]:
+    def forward(plan: Plan, pre: Tensor, initial: tuple[Tensor, ...], weight_hh: Tensor) -> tuple[Tensor, ...]:
         """Add each step's recurrent product into ``pre`` (T, B, 4H) and run the steps: returns the
         (T+1, B, H) buffers of h, c, n, m."""
-        cfg = meta.cfg
-        T, B = pre.shape[:2]
+        cfg, B = plan.cfg, plan.B
         K, D = cfg.num_heads, cfg.head_size
-        states = tuple(s.new_empty((T + 1,) + tuple(s.shape)) for s in initial)
-        for buf, s in zip(states, initial):
-            buf[meta.initial(T)] = s
+        states = tuple(plan.state_buffer(s) for s in initial)
         weight_t = weight_hh.transpose(1, 2)  # (K, D, 4D)
         raw = pre.new_empty(K, B, 4 * D)
-        for t in meta.steps(T):
-            p, n = meta.prev(t), meta.new(t)
+        for t in plan.steps():
+            p, n = plan.prev(t), plan.new(t)
             h_p, c_p, n_p, m_p = (_heads(cfg, s[p]) for s in states)
             torch.bmm(h_p.transpose(0, 1), weight_t, out=raw)
             step = pre[t].view(B, K, 4, D)
@@ -314,8 +284,8 @@ class PythonLoop:
             n_new = g.f * n_p + g.i
             h = g.o * c / n_new
             new = (h, c, n_new, g.m)
-            if meta.active is not None:
-                keep = meta.active[t].unsqueeze(-1) == 0  # (B, 1, 1)
+            if plan.active is not None:
+                keep = plan.active[t].unsqueeze(-1) == 0  # (B, 1, 1)
                 new = tuple(torch.where(keep, old, v) for v, old in zip(new, (h_p, c_p, n_p, m_p)))
             for buf, v in zip(states, new):
                 _heads(cfg, buf[n]).copy_(v)
@@ -323,7 +293,7 @@ class PythonLoop:
 
     @staticmethod
     def backward(
-        meta: Meta,
+        plan: Plan,
         pre: Tensor,
         states: list[Tensor],
         weight_hh: Tensor,
@@ -331,26 +301,25 @@ class PythonLoop:
         d_finals: tuple[Tensor, ...],
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """(d_pre (T, B, 4H) in the kernel's order, the initial states' gradients (h, c, n, m))."""
-        cfg = meta.cfg
-        T, B = pre.shape[:2]
+        cfg, B = plan.cfg, plan.B
         K, D = cfg.num_heads, cfg.head_size
         d_pre = torch.empty_like(pre)
         dh, dc, dn, dm = (_heads(cfg, g).clone() for g in d_finals)
-        for t in meta.backward_steps(T):
-            p = meta.prev(t)
+        for t in plan.backward_steps():
+            p = plan.prev(t)
             c_p, n_p, m_p = (_heads(cfg, s[p]) for s in states[1:])
             step = pre[t].view(B, K, 4, D)
             g = _gates(cfg, step, n_p, m_p)
             dh = dh + _heads(cfg, d_out[t])
             carried = (dh, dc, dn, dm)
-            if meta.active is not None:
-                act = meta.active[t].unsqueeze(-1)  # (B, 1, 1)
+            if plan.active is not None:
+                act = plan.active[t].unsqueeze(-1)  # (B, 1, 1)
                 dh, dc, dn, dm = (v * act for v in carried)
             d = d_pre[t].view(B, K, 4, D)
             dc, dn, da = _step_backward(cfg, g, d, dh, dc, dn, dm, c_p, n_p)
             dh = torch.bmm(d.view(B, K, 4 * D).transpose(0, 1), weight_hh).transpose(0, 1)
             news = (dh, dc * g.f, dn * g.f, da)
-            if meta.active is not None:  # an inactive row's gradients pass to the states before it
+            if plan.active is not None:  # an inactive row's gradients pass to the states before it
                 news = tuple(v + old * (1 - act) for v, old in zip(news, carried))
             dh, dc, dn, dm = news
         return d_pre, tuple(v.reshape(B, K * D) for v in (dh, dc, dn, dm))
@@ -388,16 +357,16 @@ class CompiledLoop:
     """The steps in the compiled loop (``csrc/slstm_loop.cpp``), with :class:`PythonLoop`'s interface."""
 
     @staticmethod
-    def forward(meta: Meta, pre: Tensor, initial: tuple[Tensor, ...], weight_hh: Tensor) -> tuple[Tensor, ...]:
+    def forward(plan: Plan, pre: Tensor, initial: tuple[Tensor, ...], weight_hh: Tensor) -> tuple[Tensor, ...]:
         return tuple(
             torch.ops.gatedrnn_cpu.slstm_forward(
-                pre, *initial, weight_hh, meta.active, meta.reverse, meta.cfg.forget_gate == "exp"
+                pre, *initial, weight_hh, plan.active, plan.reverse, plan.cfg.forget_gate == "exp"
             )
         )
 
     @staticmethod
     def backward(
-        meta: Meta,
+        plan: Plan,
         pre: Tensor,
         states: list[Tensor],
         weight_hh: Tensor,
@@ -405,6 +374,6 @@ class CompiledLoop:
         d_finals: tuple[Tensor, ...],
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         d_pre, *d_initial = torch.ops.gatedrnn_cpu.slstm_backward(
-            pre, *states, weight_hh, d_out, *d_finals, meta.active, meta.reverse, meta.cfg.forget_gate == "exp"
+            pre, *states, weight_hh, d_out, *d_finals, plan.active, plan.reverse, plan.cfg.forget_gate == "exp"
         )
         return d_pre, tuple(d_initial)

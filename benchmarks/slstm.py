@@ -1,0 +1,191 @@
+"""The sLSTM on the CPU: gatedrnn.SLSTM (``backend="auto"``: the cpu backend's fused kernel) beside
+its reference-loop run, torch.nn.LSTM of the same width and the xlstm package's vanilla sLSTM, in
+time and in peak training memory.
+
+    python benchmarks/slstm.py                       # B=32, I=H=256, 4 heads, T=128, 256, 1024
+    python benchmarks/slstm.py --quick               # a smoke run
+    python benchmarks/slstm.py --steps 256 --repeats 7 --no-memory
+
+Time: each row times one forward and backward pass (the sum of the outputs; the input requires
+grad) per provider, interleaved (A B C ..., A B C ..., ...) after one untimed call each, and
+reports medians in ms, ms per step, and each provider's time against torch.nn.LSTM's and the
+xlstm peer's. Memory: each provider runs one training step in a fresh subprocess, which resets
+the kernel's peak-RSS mark (``/proc/self/clear_refs``) once the module and input exist and then
+reads the peak (``VmHWM``) after the step: the peak memory the step added, in MiB, and its ratio
+to torch.nn.LSTM's (see ``benchmarks/min_cells.py``).
+
+Providers (float32, one layer, one direction, time-major): ``gatedrnn.SLSTM`` (4 heads, the
+sigmoid forget gate), the same on ``backend="reference"`` (the step loop under autograd),
+``torch.nn.LSTM(I, H)``, and ``xlstm vanilla``: the xlstm package's ``sLSTMCell_vanilla`` (its
+pure-PyTorch backend) after a bias-free ``torch.nn.Linear(I, 4H)``, configured as
+``tests/test_slstm.py`` checks it computes gatedrnn.SLSTM's numbers. The two Python-loop providers
+run up to T = 256 (seconds per call beyond).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import gatedrnn
+from families import load, machine
+from min_cells import _peak_kib, print_header, print_row
+
+PROVIDERS = ("gatedrnn.SLSTM", "SLSTM reference", "torch.nn.LSTM", "xlstm vanilla")
+BASELINE, PEER = "torch.nn.LSTM", "xlstm vanilla"
+LOOP_MAX_T = 256
+"""The reference loop's and the xlstm peer's rows stop here."""
+HEADS = 4
+
+
+class XLSTMVanilla(torch.nn.Module):
+    """The xlstm package's vanilla sLSTM cell behind a bias-free input projection: (T, B, I) -> (T, B, H)."""
+
+    def __init__(self, I: int, H: int, cell: torch.nn.Module) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(I, 4 * H, bias=False)
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cell(self.proj(x))[0]
+
+
+def build(provider: str, H: int) -> torch.nn.Module | None:
+    """The module a provider times (the same initial weights on every run); None where it is not installed."""
+    torch.manual_seed(0)
+    if provider == "torch.nn.LSTM":
+        return torch.nn.LSTM(H, H)
+    if provider == "xlstm vanilla":
+        try:
+            from xlstm.blocks.slstm.cell import sLSTMCell_vanilla, sLSTMCellConfig
+        except ImportError:
+            return None
+        config = sLSTMCellConfig(
+            hidden_size=H, num_heads=HEADS, backend="vanilla", dtype="float32", input_shape="SBGNH", output_shape="SBH"
+        )
+        return XLSTMVanilla(H, H, sLSTMCell_vanilla(config))
+    backend = "reference" if provider.endswith("reference") else "auto"
+    return gatedrnn.SLSTM(H, H, num_heads=HEADS, backend=backend)
+
+
+def call(module: torch.nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """One forward and backward pass of ``module`` on ``x`` (its first output summed)."""
+
+    def forward_backward() -> None:
+        out = module(x)
+        (out[0] if isinstance(out, tuple) else out).sum().backward()
+
+    return forward_backward
+
+
+def calls(providers: list[str], B: int, T: int, H: int) -> dict[str, Callable[[], None]]:
+    """Each installed provider's call on the same input values."""
+    torch.manual_seed(1)
+    x = torch.randn(T, B, H)
+    modules = {p: m for p in providers if (m := build(p, H)) is not None}
+    return {p: call(m, x.clone().requires_grad_()) for p, m in modules.items()}
+
+
+def time_row(providers: list[str], B: int, T: int, H: int, repeats: int) -> dict[str, list[float]]:
+    """Interleaved repetitions of each provider's call, after one untimed call each; seconds."""
+    fns = calls(providers, B, T, H)
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {p: [] for p in fns}
+    for _ in range(repeats):
+        for p, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[p].append(time.perf_counter() - start)
+    return times
+
+
+def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
+    """In this process: the peak resident memory one training step adds, MiB."""
+    fn = calls([provider], B, T, H).get(provider)
+    if fn is None:
+        return None
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:  # peak RSS := current RSS
+        refs.write("5")
+    before = _peak_kib()
+    fn()
+    return (_peak_kib() - before) / 1024
+
+
+def memory_row(providers: list[str], B: int, T: int, H: int, threads: int) -> dict[str, float]:
+    """Each provider's :func:`measure_memory` in a fresh subprocess."""
+    peaks = {}
+    for p in providers:
+        spec = json.dumps(dict(provider=p, B=B, T=T, H=H, threads=threads))
+        done = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() != "null":
+            peaks[p] = float(done.stdout.strip())
+        elif done.returncode != 0:
+            print(f"memory of {p} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return peaks
+
+
+def print_time_row(T: int, providers: list[str], times: dict[str, list[float]]) -> None:
+    """Medians in ms (and per step), then torch.nn.LSTM's and the peer's time over gatedrnn.SLSTM's."""
+    med = {p: 1e3 * statistics.median(v) for p, v in times.items()}
+    row = [str(T)] + [f"{med[p]:.1f} ({med[p] / T:.2f})" if p in med else "-" for p in providers]
+    ours = med.get(providers[0])
+    row += [f"{med[p] / ours:.2f}x" if ours and p in med else "-" for p in (BASELINE, PEER)]
+    print("| " + " | ".join(row) + " |")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256, help="H (= the input size)")
+    parser.add_argument("--steps", default="128,256,1024", help="the rows' T, comma-separated")
+    parser.add_argument("--memory-at", type=int, default=256, help="T of the memory row")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory row")
+    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        spec = json.loads(args.memory_child)
+        torch.set_num_threads(spec["threads"])
+        print(json.dumps(measure_memory(spec["provider"], spec["B"], spec["T"], spec["H"])))
+        return
+    torch.set_num_threads(args.threads)
+    B, H, repeats = args.batch, args.hidden, args.repeats
+    steps = [int(t) for t in args.steps.split(",")]
+    if args.quick:
+        B, H, repeats, steps, args.memory_at = 4, 16, 1, [16, 64], 64
+    providers = list(PROVIDERS)
+    print(f"## sLSTM on the CPU\n\n{machine()}\n")
+    print(
+        f"Forward + backward, float32, B = {B}, I = H = {H}, {HEADS} heads, medians of {repeats} interleaved calls.\n"
+    )
+    head = ["T"] + [f"{p} ms (/step)" for p in providers] + [f"{BASELINE} / ours", f"{PEER} / ours"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for T in steps:
+        wanted = [p for p in providers if p not in ("SLSTM reference", PEER) or T <= LOOP_MAX_T]
+        print_time_row(T, providers, time_row(wanted, B, T, H, repeats))
+    print(f"\nload average after the timings {load()}")
+    if not args.no_memory:
+        print(f"\nPeak memory of one training step at T = {args.memory_at}, MiB (each its own process):\n")
+        print_header(providers, "MiB", lambda p: f"{p} / {BASELINE}", BASELINE)
+        peaks = memory_row(providers, B, args.memory_at, H, args.threads)
+        print_row(args.memory_at, providers, peaks, lambda base, mib: mib / base, BASELINE)
+    print(f"\nload average at the end {load()}")
+
+
+if __name__ == "__main__":
+    main()
