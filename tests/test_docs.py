@@ -14,7 +14,7 @@ import gatedrnn.nn
 
 ROOT = Path(__file__).parents[1]
 API_PAGE = ROOT / "docs" / "api.rst"
-DOCTEST_MODULES = [gatedrnn.nn, gatedrnn.inspect, gatedrnn.cells.family, gatedrnn.config]
+DOCTEST_MODULES = [gatedrnn.nn, gatedrnn.inspect, gatedrnn.cells.family, gatedrnn.config, gatedrnn.export]
 
 
 @pytest.mark.parametrize("module", DOCTEST_MODULES, ids=lambda m: m.__name__)
