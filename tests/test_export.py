@@ -166,6 +166,13 @@ def test_zoneout_in_evaluation_exports_its_expectation(tmp_path):
     assert "Scan" in _op_types(path) and "LSTM" not in _op_types(path)
 
 
+def test_without_native_operators_every_layer_is_a_loop(tmp_path):
+    rnn = gatedrnn.RNN(INPUT, HIDDEN).eval()
+    path = tmp_path / "rnn.onnx"
+    export_onnx(rnn, torch.randn(*EXAMPLE, INPUT), path, native=False)  # checked on other sizes
+    assert "Scan" in _op_types(path) and "RNN" not in _op_types(path)
+
+
 class _Tagger(nn.Module):
     """An LSTM inside a model: embedding, layer, head."""
 
