@@ -2,8 +2,8 @@
 
 Commands: ``train`` (one run, :func:`gatedrnn.train.train`), ``compare`` (several cells with the
 same budget and seed), ``evaluate`` (a saved model on its task, :mod:`gatedrnn.evaluation`),
-``reproduce hochreiter1997`` (:mod:`gatedrnn.reproduce`), and the gate viewer's ``gates``, ``sample`` and
-``demo`` (:mod:`gatedrnn.viz.commands`).
+``reproduce hochreiter1997`` and ``reproduce formal`` (:mod:`gatedrnn.reproduce`), and the gate
+viewer's ``gates``, ``sample`` and ``demo`` (:mod:`gatedrnn.viz.commands`).
 
 Bad arguments print one ``error: ...`` line on stderr and exit with code 2, never a traceback:
 argparse does this for unknown flags and choices, :class:`gatedrnn.train.ConfigError` carries the
