@@ -969,10 +969,10 @@ def test_shipped_model_records_its_command_and_validation_bpc(cell):
 def test_gates_on_the_tutorial_sentence_with_the_shipped_models(tmp_path, capsys):
     from gatedrnn.cli import main
 
-    assert main(["gates", SENTENCE, "--out", str(tmp_path)]) == 0
+    assert main(["gates", SENTENCE, "--out", str(tmp_path), "--span-window", "32"]) == 0
     out = capsys.readouterr().out
     rows = [line[:8].strip() for line in out.splitlines() if re.match(r"^(RNN|s?LSTM|GRU|min\w+)\s", line)]
-    assert rows == ["RNN", "LSTM", "LSTM c", "GRU", "minGRU", "minLSTM"], out
+    assert rows == ["RNN", "LSTM", "LSTM c", "GRU", "sLSTM", "sLSTM c", "minGRU", "minLSTM"], out
     data = embedded_data((tmp_path / "gates.html").read_text())
     assert data["cell"] == "lstm" and len(data["text"]) == len(SENTENCE) and data["unknown"] == []
     for name in ("gates.html", "gates.png", "memory_span.png"):
@@ -1167,4 +1167,4 @@ def test_demo_shows_the_page_of_every_shipped_cell(tmp_path, monkeypatch, capsys
     (args,) = calls
     assert (args.cell, args.model, args.text) == ("all", None, commands.TUTORIAL)
     out = capsys.readouterr().out
-    assert "RNN, LSTM, GRU, minGRU, minLSTM" in out and "<cell> one of rnn, lstm, gru, mingru" in out
+    assert "RNN, LSTM, GRU, sLSTM, minGRU, minLSTM" in out and "<cell> one of rnn, lstm, gru, slstm" in out

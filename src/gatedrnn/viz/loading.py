@@ -31,7 +31,7 @@ from ..saved import read as read_saved
 from ..tasks.charlm import bits_per_char
 from .charmodel import CharModel
 
-SHIPPED = ("rnn", "lstm", "gru", "mingru", "minlstm")
+SHIPPED = ("rnn", "lstm", "gru", "slstm", "mingru", "minlstm")
 """The cell families of the models shipped in :data:`SHIPPED_DIR` (their files' stems), in the
 order the figures and tables show them. A model of any other family is loaded from its run
 (``--model``)."""
