@@ -52,8 +52,6 @@ autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-# the layers list their keyword-only arguments apart from torch.nn's positional ones
-napoleon_custom_sections = [("Keyword-only args", "params_style")]
 
 # torch's own types appear in signatures; they are not documented on this site
 nitpicky = False
@@ -66,6 +64,9 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "matplotlib_animations": False,
     "show_memory": False,
+    # the last expression of a code block is shown only when it has an HTML form (the tutorial's
+    # equation tables), not the repr of matplotlib's return values
+    "capture_repr": ("_repr_html_",),
     "within_subsection_order": "FileNameSortKey",
     "reset_modules": ("matplotlib",),
     # a failing example fails the build

@@ -88,7 +88,7 @@ class Forecaster(nn.Module):
         return self.head(output[:, -1])  # (B, HORIZON)
 
 
-def train(model, steps=700, batch=64):
+def train(model, steps=300, batch=32):
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(steps):

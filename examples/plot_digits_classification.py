@@ -50,7 +50,7 @@ class Classifier(nn.Module):
         return self.head(output[:, -1])  # (B, 10) logits
 
 
-def train(model, epochs=30, batch=64):
+def train(model, epochs=20, batch=64):
     optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):

@@ -106,7 +106,7 @@ class Classifier(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
-def train(model, epochs=20, batch=64):
+def train(model, epochs=12, batch=64):
     optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
@@ -138,7 +138,8 @@ for name in ("mgu", "gru"):
 # :func:`gatedrnn.inspect_gates` records the gates a family's ``step`` returns: here the MGU's
 # forget-and-update gate f on one test image of each digit, averaged over the units.
 
-trace = gatedrnn.inspect_gates(models["mgu"].rnn, test_x[:200])
+with torch.no_grad():
+    trace = gatedrnn.inspect_gates(models["mgu"].rnn, test_x[:200])
 f = trace.gates[(0, 0)]["f"].mean(-1)  # (T, B): time-major whatever the layout
 fig, ax = plt.subplots(figsize=(6, 3), layout="constrained")
 for digit in range(10):

@@ -373,7 +373,7 @@ def export_onnx(
             layer is a loop; see the module docstring).
         check: with onnxruntime installed, run the file on the example and on inputs whose dynamic
             dimensions are grown (other lengths and batch sizes) and compare with the model's own
-            results; :class:`ExportCheckError` if they differ by more than 1e-5 + 1e-4 * |value|.
+            results; :class:`ExportCheckError` if they differ by more than 1e-5 + 1e-4 * ``|value|``.
         opset_version: the ONNX opset (default: the exporter's).
 
     Returns:

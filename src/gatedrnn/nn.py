@@ -159,7 +159,7 @@ class Recurrent(nn.Module):
         input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, device, dtype:
             as for :class:`torch.nn.LSTM`.
 
-    Keyword-only args:
+    Keyword args:
         backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"cpu"`` or ``"triton"``
             (see :mod:`gatedrnn.backends`); a backend without a kernel for the family refuses it.
         zoneout: probability that each unit of each state keeps its previous value at each step
@@ -168,7 +168,7 @@ class Recurrent(nn.Module):
             sequence and layer (Gal & Ghahramani 2016); training only.
         forget_bias: initial bias of the family's forget gate ``"f"`` (b_ih's f rows; b_hh's f rows
             are zeroed); None leaves the family's initialisation.
-        **family_options: the family's own options (its ``option_defaults``).
+        \*\*family_options: the family's own options (its ``option_defaults``).
 
     Parameters per layer k and direction: the family's (:meth:`CellFamily.parameter_shapes`), named
     ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``..._reverse`` for the
@@ -614,7 +614,7 @@ class LSTM(Recurrent):
 
     The keyword-only args are all off by default, where the module is numerically torch.nn's.
 
-    Keyword-only args:
+    Keyword args:
         variant: the cell: ``"vanilla"``, ``"peephole"``, ``"cifg"``, ``"nig"``, ``"nfg"``,
             ``"nog"``, ``"niaf"``, ``"noaf"``, ``"fgr"`` (see :mod:`gatedrnn.cells.lstm`).
             Variants without a gate have no rows for it (e.g. cifg's weight_ih is (3H, I), rows f, g, o);
