@@ -12,7 +12,7 @@ reports medians in ms, ms per step, and each provider's time against torch.nn.LS
 xlstm peer's. Memory: each provider runs one training step in a fresh subprocess, which resets
 the kernel's peak-RSS mark (``/proc/self/clear_refs``) once the module and input exist and then
 reads the peak (``VmHWM``) after the step: the peak memory the step added, in MiB, and its ratio
-to torch.nn.LSTM's (see ``benchmarks/min_cells.py``).
+to torch.nn.LSTM's.
 
 Providers (float32, one layer, one direction, time-major): ``gatedrnn.SLSTM`` (4 heads, the
 sigmoid forget gate), the same on ``backend="reference"`` (the step loop under autograd),
@@ -37,7 +37,6 @@ import torch
 
 import gatedrnn
 from families import load, machine
-from min_cells import _peak_kib, print_header, print_row
 
 PROVIDERS = ("gatedrnn.SLSTM", "SLSTM reference", "torch.nn.LSTM", "xlstm vanilla")
 BASELINE, PEER = "torch.nn.LSTM", "xlstm vanilla"
@@ -109,6 +108,12 @@ def time_row(providers: list[str], B: int, T: int, H: int, repeats: int) -> dict
     return times
 
 
+def _peak_kib() -> int:
+    """This process's peak resident memory (VmHWM) in KiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
     """In this process: the peak resident memory one training step adds, MiB."""
     fn = calls([provider], B, T, H).get(provider)
@@ -143,6 +148,17 @@ def print_time_row(T: int, providers: list[str], times: dict[str, list[float]]) 
     row += [f"{med[p] / ours:.2f}x" if ours and p in med else "-" for p in (BASELINE, PEER)]
     print("| " + " | ".join(row) + " |")
     sys.stdout.flush()
+
+
+def print_memory_row(T: int, providers: list[str], peaks: dict[str, float]) -> None:
+    """Peaks in MiB, then each against torch.nn.LSTM's."""
+    head = ["T"] + [f"{p} MiB" for p in providers] + [f"{p} / {BASELINE}" for p in providers if p != BASELINE]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    base = peaks.get(BASELINE)
+    row = [str(T)] + [f"{peaks[p]:.0f}" if p in peaks else "-" for p in providers]
+    row += [f"{peaks[p] / base:.2f}x" if base and p in peaks else "-" for p in providers if p != BASELINE]
+    print("| " + " | ".join(row) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,9 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nload average after the timings {load()}")
     if not args.no_memory:
         print(f"\nPeak memory of one training step at T = {args.memory_at}, MiB (each its own process):\n")
-        print_header(providers, "MiB", lambda p: f"{p} / {BASELINE}", BASELINE)
-        peaks = memory_row(providers, B, args.memory_at, H, args.threads)
-        print_row(args.memory_at, providers, peaks, lambda base, mib: mib / base, BASELINE)
+        print_memory_row(args.memory_at, providers, memory_row(providers, B, args.memory_at, H, args.threads))
     print(f"\nload average at the end {load()}")
 
 
