@@ -1,4 +1,5 @@
-"""The gate viewer: see what an LSTM, GRU or RNN remembers and forgets, character by character.
+"""The gate viewer: see what an RNN, LSTM, GRU, sLSTM, minGRU or minLSTM (or a cell family of your
+own) remembers and forgets, character by character.
 
 - :mod:`~gatedrnn.viz.page`: ``gates.html``, one self-contained page (text coloured by any gate
   of any unit, hover for every value, units ordered by how long they hold information);

@@ -1,7 +1,8 @@
 """Memory span: how strongly the state at step t still depends on the input at an earlier step s.
 
 For a recurrent map from inputs x_1..x_T (each a D-vector, here a character's embedding) to states
-z_1..z_T (S numbers: every layer's h, and c for an LSTM), the influence of input s on unit k of a
+z_1..z_T (S numbers: every layer's carried states, e.g. h, and c for an LSTM; h, c, n, m for an
+sLSTM), the influence of input s on unit k of a
 state at t is
 
 .. math::
@@ -53,7 +54,7 @@ THRESHOLD = 0.01
 
 WINDOW = 256
 """Default window W: influence is measured for distances d = t - s < W characters. The shipped
-models' spans are 15 to 75 characters (docs/gates.md), far inside it."""
+models' spans are 7 to 75 characters (docs/gates.md), far inside it."""
 
 JACOBIAN_BLOCK_NUMBERS = 2**20
 """Numbers in one block of per-step Jacobians (A_t, B_t) computed at once (8 MB in float64; 14 steps
