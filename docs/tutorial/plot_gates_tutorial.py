@@ -171,8 +171,9 @@ def char_axis(ax):
 
 
 def gate_figure(trace, name, title, unit, cmap="Blues", limits=(0, 1)):
-    """Heatmap of gate ``name`` for the 24 units whose h varies most, and one unit's line."""
-    units = np.argsort(-trace["h"].std(axis=0), kind="stable")[:24]
+    """Heatmap of gate ``name`` for the 24 units whose h (where recorded, else the gate) varies
+    most, and one unit's line."""
+    units = np.argsort(-trace.get("h", trace[name]).std(axis=0), kind="stable")[:24]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.2), height_ratios=[1.6, 1], layout="constrained")
     image = top.imshow(trace[name][:, units].T, aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1])
     top.set(ylabel="unit (most active first)", yticks=[], title=title)
