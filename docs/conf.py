@@ -64,6 +64,8 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "matplotlib_animations": False,
     "show_memory": False,
+    # the execution-times pages load DataTables from a CDN: the site must work offline
+    "write_computation_times": False,
     # the last expression of a code block is shown only when it has an HTML form (the tutorial's
     # equation tables), not the repr of matplotlib's return values
     "capture_repr": ("_repr_html_",),
