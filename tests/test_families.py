@@ -189,6 +189,19 @@ def test_a_subclass_that_changes_the_math_gets_none_of_its_parents_kernels():
     assert SlowForget(4).kernel("cpu") is None and SlowForget(4).torch_mode is None
 
 
+@pytest.mark.parametrize(
+    "parent, hook",
+    [("slstm", "recurrent_part"), ("lstm", "recurrent_part"), ("mingru", "coefficients"), ("minlstm", "candidate")],
+)
+def test_a_subclass_that_changes_a_factored_out_part_of_the_step_gets_no_kernels(parent, hook):
+    """The built-in families compute parts of their step in helper hooks, which the fused
+    kernels do not call: overriding one changes the math as overriding ``step`` does."""
+    base = family_class(parent)
+    changed = type("Changed", (base,), {"name": "test-changed", hook: getattr(base, hook)})
+    assert base(8).kernel("cpu") is not None
+    assert all(changed(8).kernel(backend) is None for backend in ("cpu", "triton", "torch", "onnx"))
+
+
 def test_a_subclass_that_keeps_the_math_keeps_the_kernels():
     class Named(GRUFamily):
         name = "test-named-gru"

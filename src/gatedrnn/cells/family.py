@@ -43,8 +43,13 @@ _MATH_HOOKS = (
     "input_projection",
     "initial_carry",
     "parameter_shapes",
+    "extra_parameter_shapes",
     "state_sizes",
     "gates",
+    # the parts of the step that the built-in families factor out (a missing name never matches)
+    "recurrent_part",
+    "coefficients",
+    "candidate",
 )
 
 
