@@ -173,6 +173,24 @@ def test_without_native_operators_every_layer_is_a_loop(tmp_path):
     assert "Scan" in _op_types(path) and "RNN" not in _op_types(path)
 
 
+@pytest.mark.parametrize(
+    "family, options",
+    [("lstm", {}), ("lstm", {"variant": "peephole"}), ("gru", {"reset_after": False}), ("slstm", {"num_heads": 5})],
+    ids=["lstm", "lstm-peephole", "gru-reset-before", "slstm"],
+)
+def test_torch_onnx_export_of_the_model_as_it_is_keeps_the_length_dynamic(family, options, tmp_path):
+    """``torch.onnx.export(model, dynamo=True)`` without :func:`export_onnx`: each layer is a loop
+    whose graph runs on other lengths and batch sizes (layer norm there specialises the batch size:
+    :func:`export_onnx` is the path for it)."""
+    layer = gatedrnn.Recurrent(family, INPUT, HIDDEN, num_layers=2, **options).eval()
+    x = torch.randn(EXAMPLE[0], 4, INPUT)  # a batch unlike the 2 layers too: no size is specialised
+    dims = {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}
+    path = tmp_path / "direct.onnx"
+    torch.onnx.export(layer, (x,), dynamo=True, dynamic_shapes=(dims,), verbose=False).save(str(path))
+    assert "Scan" in _op_types(path)
+    check_onnx(layer, (x,), path)  # the example, then other lengths and batch sizes
+
+
 class _Tagger(nn.Module):
     """An LSTM inside a model: embedding, layer, head."""
 

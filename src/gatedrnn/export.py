@@ -18,10 +18,13 @@ chosen per layer by its family's ``kernels()["onnx"]``:
 :func:`exportable` is the model the exporter sees: a copy whose gatedrnn layers take these paths.
 Export it yourself with ``torch.onnx.export(exportable(model), args, path, dynamo=True,
 custom_translation_table=ONNX_TRANSLATIONS, dynamic_shapes=...)``; with ``native=False`` every layer
-is a loop and no translation table is needed. The TorchScript exporter (``dynamo=False``) unrolls
-loops over time and is not used. Refused, with an error saying why: a ``PackedSequence`` input
-(export the padded batch; an ONNX graph takes tensors) and zoneout or recurrent dropout in training
-mode (random masks; export the model in ``eval()`` mode, where zoneout is its expectation).
+is a loop and no translation table is needed. ``torch.onnx.export(model, ..., dynamo=True)`` of the
+model as it is also keeps T symbolic: each layer sees the export and runs as a loop (a layer-norm
+layer then fixes the batch size, which :func:`export_onnx` keeps dynamic). The TorchScript exporter
+(``dynamo=False``) unrolls loops over time and is not used. Refused, with an error saying why: a
+``PackedSequence`` input (export the padded batch; an ONNX graph takes tensors) and zoneout or
+recurrent dropout in training mode (random masks; export the model in ``eval()`` mode, where
+zoneout is its expectation).
 
 int8: :func:`quantize_int8` applies onnxruntime's dynamic quantization to an exported file: weights
 of matrix products (``MatMul``, ``Gemm``) and of the ``LSTM`` operator stored as int8, activations
@@ -311,9 +314,9 @@ class ExportableLayer(nn.Module):
         noise = Noise(zoneout=layer.zoneout) if layer.zoneout > 0 else None
         outputs, finals = [], []
         for d in range(layer.num_directions):
-            out, final = scan_layer(
-                layer.cell_config, x, tuple(s[d] for s in states), layer.layer_weights(k, d), noise, reverse=d == 1
-            )
+            # detached: the exporter fails to lower a scan over parameters that require grad
+            weights = {key: w.detach() for key, w in layer.layer_weights(k, d).items()}
+            out, final = scan_layer(layer.cell_config, x, tuple(s[d] for s in states), weights, noise, reverse=d == 1)
             outputs.append(out)
             finals.append(final)
         out = torch.cat(outputs, dim=-1) if len(outputs) == 2 else outputs[0]

@@ -85,6 +85,12 @@ def pack_states(states: tuple[Tensor, ...]):
     return states[0] if len(states) == 1 else tuple(states)
 
 
+def _onnx_dynamo_exporting() -> bool:
+    """Whether ``torch.onnx.export(..., dynamo=True)`` is capturing the model (the TorchScript
+    exporter, which traces, keeps the layers' own paths)."""
+    return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
 def _under_cpu_autocast(input) -> bool:
     """Whether CPU autocast is on and ``input`` (a tensor or PackedSequence) is on the CPU."""
     data = input.data if isinstance(input, PackedSequence) else input
@@ -401,6 +407,8 @@ class Recurrent(nn.Module):
         return self._forward(input, hx)
 
     def _forward(self, input, hx):
+        if _onnx_dynamo_exporting():
+            return self._forward_for_onnx(input, hx)
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
         T, B = prep.like.shape[:2]
@@ -431,6 +439,15 @@ class Recurrent(nn.Module):
         else:
             output = out.transpose(0, 1) if self.batch_first else out
         return output, pack_states(finals)
+
+    def _forward_for_onnx(self, input, hx):
+        """Under ``torch.onnx.export(..., dynamo=True)`` of a model as it is: every layer a loop over
+        time (:class:`gatedrnn.export.ExportableLayer` without ONNX's own operators), whose graph
+        keeps T symbolic where the backends' choice would depend on it. :func:`gatedrnn.export_onnx`
+        also maps the cells ONNX computes to its operators and checks the file."""
+        from .export import ExportableLayer  # export builds on this module
+
+        return ExportableLayer(self, native=False)(input, hx)
 
     def forward_with_gates(self, input, hx=None):
         """``forward(input, hx)`` on the reference loop, recording every layer's gates: returns

@@ -60,9 +60,10 @@ def recurrent_step(rnn: Recurrent) -> tuple[Callable[[Tensor, Tensor], Tensor], 
 
     z is the concatenation over layers of what the time loop carries (the family's
     :meth:`~gatedrnn.CellFamily.initial_carry`: LSTM h (R), c (H), for ``fgr`` also the previous i,
-    f, o (3H); sLSTM h, c, n, m (H each); GRU, RNN, minGRU and minLSTM h (H)) and, for a family whose carried h is not H wide (an LSTM with a
-    projection), the layer's recorded h (H): an output of the step that it does not read back, so
-    that h means what :func:`gatedrnn.inspect_gates` records as ``"h"``.
+    f, o (3H); sLSTM h, c, n, m (H each); GRU, RNN, minGRU and minLSTM h (H)) and, for a family
+    whose carried h is not H wide (an LSTM with a projection), the layer's recorded h (H): an output
+    of the step that it does not read back, so that h means what :func:`gatedrnn.inspect_gates`
+    records as ``"h"``.
 
     Returns ``step`` ((D,), (S,) -> (S,)), the initial state z_0 (zeros, S) and the rows of each
     layer's states: ``groups[(name, layer)]`` for each name of the family's ``states`` (LSTM h, c;
