@@ -5,6 +5,7 @@ minGRU and minLSTM, in time and in peak training memory.
     python benchmarks/min_cells.py                   # B=32, I=H=256, T=256, 1024, 4096
     python benchmarks/min_cells.py --quick           # a smoke run
     python benchmarks/min_cells.py --steps 1024 --repeats 7 --no-memory
+    python benchmarks/min_cells.py --providers gatedrnn.MinGRU,torch.nn.GRU
 
 Time: each row times one forward and backward pass (the sum of the outputs; the input requires
 grad) per provider, interleaved (A B C ..., A B C ..., ...) after one untimed call each, and
@@ -148,7 +149,7 @@ def print_table(results: dict[int, dict[str, float]], unit: str, baseline: str, 
     steps = list(results)
     print("| provider | " + " | ".join(f"T={T} {unit} | {ratio_name}" for T in steps) + " |")
     print("|---|" + "---|---|" * len(steps))
-    for p in PROVIDERS:
+    for p in [p for p in PROVIDERS if any(p in row for row in results.values())]:
         cells = []
         for T in steps:
             value, base = results[T].get(p), results[T].get(baseline)
@@ -167,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="256,1024,4096", help="the rows' T, comma-separated")
     parser.add_argument("--memory-at", type=int, default=1024, help="T of the memory row")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory row")
+    parser.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated (default all)")
     parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -180,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     steps = [int(t) for t in args.steps.split(",")]
     if args.quick:
         B, H, repeats, steps, args.memory_at = 4, 16, 1, [16, 64], 64
-    providers = list(PROVIDERS)
+    providers = args.providers.split(",")
+    unknown = sorted(set(providers) - set(PROVIDERS))
+    if unknown:
+        parser.error(f"unknown providers {unknown}: expected some of {', '.join(PROVIDERS)}")
     print(f"## Minimal cells on the CPU\n\n{machine()}\n")
     print(f"Forward + backward, float32, B = {B}, I = H = {H}, medians of {repeats} interleaved calls, ms.\n")
     times = {}

@@ -43,12 +43,17 @@ MODES = ("auto", "parallel", "sequential")
 SCAN_CHUNK = 16
 """C, the steps of one chunk of :func:`linear_scan`."""
 PARALLEL_FROM_T = 64
-"""``mode="auto"`` scans sequences of at least this many steps on an accelerator; on the CPU, where
-the scan was measured slower than the step loop at every length tried (T = 8 .. 1024), it steps."""
+"""Where the layer runs through :meth:`MinimalFamily.run_sequence` (the reference loop, and a backend
+that asks it), ``mode="auto"`` scans sequences of at least this many steps on an accelerator; on
+the CPU, where the scan under autograd was measured slower than the step loop at every length tried
+(T = 8 .. 1024), it steps. The cpu backend's kernel (:mod:`gatedrnn.backends.cpu.minimal`) does not
+ask: its ``auto`` is its compiled sequential pass, measured faster than its own scan at every length
+(BENCHMARKS.md, "Minimal cells on the CPU")."""
 
 
 def scan_pays(x_proj: Tensor) -> bool:
-    """Whether ``mode="auto"`` scans this (T, B, G*H) input projection (see :data:`PARALLEL_FROM_T`)."""
+    """Whether ``mode="auto"`` scans this (T, B, G*H) input projection on the reference loop (see
+    :data:`PARALLEL_FROM_T`)."""
     return x_proj.device.type != "cpu" and x_proj.shape[0] >= PARALLEL_FROM_T
 
 
