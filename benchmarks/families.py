@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import platform
 import statistics
@@ -78,16 +79,7 @@ def time_row(providers: list[str], B: int, T: int, H: int, packed: bool, repeats
     x = torch.randn(T, B, H, requires_grad=True)
     lengths = [T - (T // 2) * b // max(B - 1, 1) for b in range(B)] if packed else None
     fns = {p: call(build(p, H, H), x, lengths) for p in providers}
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {p: [] for p in fns}
-    for _ in range(repeats):
-        for p, fn in fns.items():
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times[p].append(time.perf_counter() - start)
-    return times
+    return interleaved_times(fns, repeats)
 
 
 def print_header() -> None:
@@ -106,6 +98,52 @@ def print_row(B: int, H: int, T: int, packed: bool, times: dict[str, list[float]
     cells += [f"{ref / med[p]:.2f}x" if ref and p in med else "-" for p in PROVIDERS[1:]]
     print("| " + " | ".join(cells) + " |")
     sys.stdout.flush()
+
+
+def interleaved_times(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
+    """One untimed call of each (allocator, thread pool, lazy initialisation), then ``repeats``
+    rounds calling every provider in turn: each provider's times in seconds."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {p: [] for p in fns}
+    for _ in range(repeats):
+        for p, fn in fns.items():
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            times[p].append(time.perf_counter() - start)
+    return times
+
+
+def _peak_kib() -> int:
+    """This process's peak resident memory (VmHWM) in KiB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def added_peak_mib(fn: Callable[[], None]) -> float:
+    """The peak resident memory one call of ``fn`` adds, MiB: the kernel's peak-RSS mark reset to
+    the current RSS (``/proc/self/clear_refs``), then ``VmHWM`` after the call (Linux)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    before = _peak_kib()
+    fn()
+    return (_peak_kib() - before) / 1024
+
+
+def memory_in_subprocesses(script: str, providers: list[str], **spec) -> dict[str, float]:
+    """Each provider's memory measured by ``script --memory-child JSON`` (``spec`` plus the
+    provider) in a fresh process, which prints a number of MiB or ``null``."""
+    peaks = {}
+    for p in providers:
+        child = json.dumps(dict(spec, provider=p))
+        done = subprocess.run([sys.executable, script, "--memory-child", child], capture_output=True, text=True)
+        if done.returncode == 0 and done.stdout.strip() != "null":
+            peaks[p] = float(done.stdout.strip())
+        elif done.returncode != 0:
+            print(f"memory of {p} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    return peaks
 
 
 def load() -> str:

@@ -25,18 +25,15 @@ width); torch.nn's layers take the same values time-major.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
 import gatedrnn
-from families import load, machine
+from families import added_peak_mib, interleaved_times, load, machine, memory_in_subprocesses
 
 PROVIDERS = (
     "gatedrnn.MinGRU",
@@ -98,22 +95,7 @@ def time_row(providers: list[str], B: int, T: int, H: int, repeats: int) -> dict
     """Interleaved repetitions of each provider's call, after one untimed call each; seconds."""
     modules = {p: m for p in providers if (m := build(p, H)) is not None}
     fns = inputs(modules, B, T, H)
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {p: [] for p in fns}
-    for _ in range(repeats):
-        for p, fn in fns.items():
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times[p].append(time.perf_counter() - start)
-    return times
-
-
-def _peak_kib() -> int:
-    """This process's peak resident memory (VmHWM) in KiB."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return interleaved_times(fns, repeats)
 
 
 def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
@@ -122,25 +104,12 @@ def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
     if built is None:
         return None
     fn = inputs({provider: built}, B, T, H)[provider]
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as refs:  # peak RSS := current RSS
-        refs.write("5")
-    before = _peak_kib()
-    fn()
-    return (_peak_kib() - before) / 1024
+    return added_peak_mib(fn)
 
 
 def memory_row(providers: list[str], B: int, T: int, H: int, threads: int) -> dict[str, float]:
     """Each provider's :func:`measure_memory` in a fresh subprocess."""
-    peaks = {}
-    for p in providers:
-        spec = json.dumps(dict(provider=p, B=B, T=T, H=H, threads=threads))
-        done = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip() != "null":
-            peaks[p] = float(done.stdout.strip())
-        elif done.returncode != 0:
-            print(f"memory of {p} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-    return peaks
+    return memory_in_subprocesses(__file__, providers, B=B, T=T, H=H, threads=threads)
 
 
 def print_table(results: dict[int, dict[str, float]], unit: str, baseline: str, ratio_name: str) -> None:

@@ -25,18 +25,15 @@ run up to T = 256 (seconds per call beyond).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 
 import torch
 
 import gatedrnn
-from families import load, machine
+from families import added_peak_mib, interleaved_times, load, machine, memory_in_subprocesses
 
 PROVIDERS = ("gatedrnn.SLSTM", "SLSTM reference", "torch.nn.LSTM", "xlstm vanilla")
 BASELINE, PEER = "torch.nn.LSTM", "xlstm vanilla"
@@ -96,22 +93,7 @@ def calls(providers: list[str], B: int, T: int, H: int) -> dict[str, Callable[[]
 def time_row(providers: list[str], B: int, T: int, H: int, repeats: int) -> dict[str, list[float]]:
     """Interleaved repetitions of each provider's call, after one untimed call each; seconds."""
     fns = calls(providers, B, T, H)
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {p: [] for p in fns}
-    for _ in range(repeats):
-        for p, fn in fns.items():
-            gc.collect()
-            start = time.perf_counter()
-            fn()
-            times[p].append(time.perf_counter() - start)
-    return times
-
-
-def _peak_kib() -> int:
-    """This process's peak resident memory (VmHWM) in KiB."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return interleaved_times(fns, repeats)
 
 
 def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
@@ -119,25 +101,12 @@ def measure_memory(provider: str, B: int, T: int, H: int) -> float | None:
     fn = calls([provider], B, T, H).get(provider)
     if fn is None:
         return None
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as refs:  # peak RSS := current RSS
-        refs.write("5")
-    before = _peak_kib()
-    fn()
-    return (_peak_kib() - before) / 1024
+    return added_peak_mib(fn)
 
 
 def memory_row(providers: list[str], B: int, T: int, H: int, threads: int) -> dict[str, float]:
     """Each provider's :func:`measure_memory` in a fresh subprocess."""
-    peaks = {}
-    for p in providers:
-        spec = json.dumps(dict(provider=p, B=B, T=T, H=H, threads=threads))
-        done = subprocess.run([sys.executable, __file__, "--memory-child", spec], capture_output=True, text=True)
-        if done.returncode == 0 and done.stdout.strip() != "null":
-            peaks[p] = float(done.stdout.strip())
-        elif done.returncode != 0:
-            print(f"memory of {p} failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-    return peaks
+    return memory_in_subprocesses(__file__, providers, B=B, T=T, H=H, threads=threads)
 
 
 def print_time_row(T: int, providers: list[str], times: dict[str, list[float]]) -> None:
