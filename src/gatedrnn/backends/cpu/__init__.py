@@ -51,9 +51,11 @@ _KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn, "mingru": minimal, "minlstm": 
   kernel's own order of the gate blocks; default the family's) and ``kept_shift_rows(cfg)`` (how
   many last rows' recurrent shift stays inside the recurrence; default none, see
   :func:`gatedrnn.backends.recurrent_shifts`);
-- layer kernels, modules with their own ``run_layer`` (this module's signature and contract) for
-  families whose layer does not fit that loop, and optionally ``supports(cfg, x)`` (a reason to
-  refuse a call this module's :func:`supports` accepts, or None)."""
+- layer kernels, modules with their own ``run_layer(cfg, x, state, weights, *, reverse, lengths)``
+  (this module's contract, without regularisation: calls with zoneout or recurrent dropout acting
+  run on the reference loop, as recording ones do) for families whose layer does not fit that
+  loop, and optionally ``supports(cfg, x)`` (a reason to refuse a call this module's
+  :func:`supports` accepts, or None)."""
 _PARAMS = ("weight_hh", "rec_gain", "rec_shift", "weight_ch", "weight_gg", "ln_weight_c", "ln_bias_c", "weight_hr")
 
 
@@ -329,7 +331,9 @@ def run_layer(
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     layer_kernel = getattr(_kernel(cfg), "run_layer", None)
     if layer_kernel is not None:
-        return layer_kernel(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+        if noise is not None and noise.active:
+            return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+        return layer_kernel(cfg, x, state, weights, reverse=reverse, lengths=lengths)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
     plan = make_plan(cfg, x, lengths, noise, reverse)
     c0 = state[1].contiguous() if len(cfg.states) > 1 else None

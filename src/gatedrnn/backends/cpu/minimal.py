@@ -50,7 +50,6 @@ from torch import Tensor
 
 from ...cells.family import CellFamily, LayerWeights
 from ...cells.mingru import linear_scan
-from ...config import Noise
 from .. import active_steps, reference
 from . import compiled
 from .function import input_grads, input_pre_activations
@@ -79,12 +78,9 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
-    noise: Noise | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], None]:
-    """Run one layer and direction (see the module docstring); zoneout and recurrent dropout on the
-    reference loop."""
-    if noise is not None and noise.active:
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+    """Run one layer and direction (see the module docstring; zoneout and recurrent dropout never
+    reach it: the backend runs them on the reference loop)."""
     T = x.shape[0]
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64)

@@ -39,7 +39,7 @@ derivative is softplus's (exactly 1 where :math:`\tilde f < -20`). Then
 
 Sequence lengths: an inactive step keeps every state and outputs zero; its gradients pass
 straight to the states before it. Zoneout and recurrent dropout are not in the kernel: a call
-with either active runs on the reference loop (:func:`run_layer` delegates), as does gate
+with either active runs on the reference loop (the backend sends it there), as does gate
 recording. A gradient asked with ``create_graph=True`` replays the layer on the reference loop
 and differentiates that, as :class:`.function.Recurrence` does. float32 and float64 only
 (:func:`supports`); m is kept in the parameters' dtype, which is the family's stabiliser dtype
@@ -59,7 +59,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...cells.family import CellFamily, LayerWeights
-from ...config import Noise
 from .. import active_steps, reference, sum_present
 from . import compiled
 from .function import Plan, input_grads, input_pre_activations
@@ -114,12 +113,9 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
-    noise: Noise | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], None]:
-    """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`); with zoneout or
-    recurrent dropout active, on the reference loop."""
-    if noise is not None and noise.active:
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+    """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`; zoneout and
+    recurrent dropout never reach it: the backend runs them on the reference loop)."""
     T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
