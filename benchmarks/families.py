@@ -146,6 +146,41 @@ def memory_in_subprocesses(script: str, providers: list[str], **spec) -> dict[st
     return peaks
 
 
+def sweep_parser(description: str, steps: str, memory_at: int) -> argparse.ArgumentParser:
+    """The options of a script that times layers of one size over several T and measures their
+    peak memory at one T (``--memory-child`` is the subprocess side of
+    :func:`memory_in_subprocesses`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256, help="H (= the input size)")
+    parser.add_argument("--steps", default=steps, help="the rows' T, comma-separated")
+    parser.add_argument("--memory-at", type=int, default=memory_at, help="T of the memory row")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory row")
+    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    return parser
+
+
+def answer_memory_child(child: str, measure: Callable[[str, int, int, int], float | None]) -> None:
+    """The subprocess side of :func:`memory_in_subprocesses`: print ``measure(provider, B, T, H)``
+    for the JSON spec ``child`` as JSON."""
+    spec = json.loads(child)
+    torch.set_num_threads(spec["threads"])
+    print(json.dumps(measure(spec["provider"], spec["B"], spec["T"], spec["H"])))
+
+
+def sweep_sizes(args: argparse.Namespace) -> tuple[int, int, int, list[int]]:
+    """(B, H, repeats, steps) of a :func:`sweep_parser` run, small with ``--quick`` (which also moves
+    the memory row to T = 64); sets the intra-op threads."""
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.memory_at = 64
+        return 4, 16, 1, [16, 64]
+    return args.batch, args.hidden, args.repeats, [int(t) for t in args.steps.split(",")]
+
+
 def load() -> str:
     return ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 

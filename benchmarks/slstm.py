@@ -24,8 +24,6 @@ run up to T = 256 (seconds per call beyond).
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -33,7 +31,16 @@ from collections.abc import Callable
 import torch
 
 import gatedrnn
-from families import added_peak_mib, interleaved_times, load, machine, memory_in_subprocesses
+from families import (
+    added_peak_mib,
+    answer_memory_child,
+    interleaved_times,
+    load,
+    machine,
+    memory_in_subprocesses,
+    sweep_parser,
+    sweep_sizes,
+)
 
 PROVIDERS = ("gatedrnn.SLSTM", "SLSTM reference", "torch.nn.LSTM", "xlstm vanilla")
 BASELINE, PEER = "torch.nn.LSTM", "xlstm vanilla"
@@ -131,27 +138,12 @@ def print_memory_row(T: int, providers: list[str], peaks: dict[str, float]) -> N
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per provider and row (median)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=256, help="H (= the input size)")
-    parser.add_argument("--steps", default="128,256,1024", help="the rows' T, comma-separated")
-    parser.add_argument("--memory-at", type=int, default=256, help="T of the memory row")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory row")
-    parser.add_argument("--quick", action="store_true", help="small sizes and 1 repeat: a smoke run")
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser = sweep_parser(__doc__, steps="128,256,1024", memory_at=256)
     args = parser.parse_args(argv)
     if args.memory_child:
-        spec = json.loads(args.memory_child)
-        torch.set_num_threads(spec["threads"])
-        print(json.dumps(measure_memory(spec["provider"], spec["B"], spec["T"], spec["H"])))
+        answer_memory_child(args.memory_child, measure_memory)
         return
-    torch.set_num_threads(args.threads)
-    B, H, repeats = args.batch, args.hidden, args.repeats
-    steps = [int(t) for t in args.steps.split(",")]
-    if args.quick:
-        B, H, repeats, steps, args.memory_at = 4, 16, 1, [16, 64], 64
+    B, H, repeats, steps = sweep_sizes(args)
     providers = list(PROVIDERS)
     print(f"## sLSTM on the CPU\n\n{machine()}\n")
     print(
