@@ -324,9 +324,14 @@ def run_layer(
     lengths: Tensor | None = None,
     noise: Noise | None = None,
     record: bool = False,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
     require_support(name, supports(cfg, x))
+    if reset is not None:
+        return reference.run_layer(
+            cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
+        )
     if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
         return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     layer_kernel = getattr(_kernel(cfg), "run_layer", None)
