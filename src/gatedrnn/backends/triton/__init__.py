@@ -182,14 +182,22 @@ def run_layer(
     lengths: Tensor | None = None,
     noise: Noise | None = None,
     record: bool = False,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`).
 
     Under autocast every operand runs in autocast's dtype, as cuDNN's do (float32 accumulation and
-    cell state as always): see :func:`_in_autocast_dtype`."""
+    cell state as always): see :func:`_in_autocast_dtype`. A call with ``reset`` runs on the
+    reference loop."""
     require_support(name, supports(cfg, x))
     if autocast_on(x.device.type):
-        return _in_autocast_dtype(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
+        return _in_autocast_dtype(
+            cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
+        )
+    if reset is not None:
+        return reference.run_layer(
+            cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
+        )
     fused = not record and x.shape[0] > 0 and x.shape[1] > 0  # T or B = 0: the state passes through
     layer_kernel = LAYER_KERNELS.get(cfg.kernel(name))
     if layer_kernel is not None and fused and noise is None:
