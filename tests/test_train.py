@@ -534,6 +534,37 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
         TrainConfig(variant="cifg", input_bias=-1.0).validate()
 
 
+@pytest.mark.parametrize("variant", ["vanilla", "nfg"])
+def test_chrono_initialisation_spreads_forgetting_times_over_the_task_length(variant):
+    """chrono: per unit b_f = log u, u ~ U[1, T - 1], b_i = -b_f in bias_ih (bias_hh's rows zero),
+    a fresh draw per layer, the same for the same seed; the nfg cell gets its input-gate half."""
+    from gatedrnn.config import LSTM_VARIANTS
+    from gatedrnn.train import build_model, gate_biases
+
+    T, H = 400, 300
+    config = TrainConfig(task="adding", seq_len=T, hidden=H, layers=2, variant=variant, lstm_init="chrono")
+    config.validate()
+    model = build_model(config, make_task("adding", seq_len=T))
+    gates = LSTM_VARIANTS[variant]
+    rows = {g: slice(gates.index(g) * H, (gates.index(g) + 1) * H) for g in ("i", "f") if g in gates}
+    drawn = []
+    for layer in range(2):
+        b_ih, b_hh = getattr(model.rnn, f"bias_ih_l{layer}"), getattr(model.rnn, f"bias_hh_l{layer}")
+        b_i = b_ih[rows["i"]].detach()
+        u = (-b_i).exp()
+        assert u.min() >= 1 - 1e-5 and u.max() <= T - 1 + 1e-3
+        assert 0.4 < float(((u - 1) / (T - 2)).mean()) < 0.6  # uniform over [1, T - 1]
+        if "f" in rows:
+            assert torch.equal(b_ih[rows["f"]], -b_i)
+        for rows_of_gate in rows.values():
+            assert (b_hh[rows_of_gate] == 0).all()
+        drawn.append(b_i)
+    assert not torch.equal(drawn[0], drawn[1])
+    again = build_model(config, make_task("adding", seq_len=T))
+    assert torch.equal(again.rnn.bias_ih_l1[rows["i"]], model.rnn.bias_ih_l1[rows["i"]])  # the seed's draw
+    assert gate_biases(config) == (None, None)
+
+
 def test_a_sequence_model_refuses_lstm_options_for_other_cells():
     """variant (like forget_bias and input_bias) applies to the LSTM only."""
     with pytest.raises(ValueError, match="variant applies to lstm only, got cell='gru'"):
@@ -564,7 +595,11 @@ def test_a_sequence_model_refuses_lstm_options_for_other_cells():
         (dict(device="tpu"), "device must be auto, cpu or cuda, got 'tpu'"),
         (dict(cell="gru", variant="nfg"), "--variant applies to --cell lstm only, got --cell gru"),
         (dict(cell="rnn", input_bias=-1.0), "--input-bias needs the 'i' gate, but --cell rnn has none"),
-        (dict(lstm_init="xavier"), "lstm-init must be one of long-lag, torch, got 'xavier'"),
+        (dict(lstm_init="xavier"), "lstm-init must be one of long-lag, torch, chrono, got 'xavier'"),
+        (
+            dict(lstm_init="chrono", forget_bias=2.0),
+            "lstm-init chrono draws both the forget- and the input-gate biases; got it with forget-bias 2.0",
+        ),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )

@@ -261,8 +261,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--lstm-init",
         default=_UNSET,
         choices=tuple(LSTM_INITS),
-        help="long-lag (default): forget-gate bias +3, input-gate bias -3; torch: torch.nn's init "
-        "(for a family whose memory a forget gate f keeps, as the LSTM's)",
+        help="long-lag (default): forget-gate bias +3, input-gate bias -3; chrono: per unit b_f = log u, "
+        "u ~ U[1, T-1] for the task's length T, b_i = -b_f (lags of hundreds of steps and more); torch: "
+        "torch.nn's init (for a family whose memory a forget gate f keeps, as the LSTM's)",
     )
     p.add_argument(
         "--family-opt",

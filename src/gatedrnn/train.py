@@ -55,8 +55,9 @@ class ConfigError(ValueError):
     with different settings); the CLI prints it as one ``error:`` line and exits with code 2."""
 
 
-LSTM_INITS: dict[str, dict[str, float]] = {"long-lag": {"f": 3.0, "i": -3.0}, "torch": {}}
-"""Gate biases each ``lstm_init`` sets (where the family has the gate), see :class:`TrainConfig`."""
+LSTM_INITS: dict[str, dict[str, float]] = {"long-lag": {"f": 3.0, "i": -3.0}, "torch": {}, "chrono": {}}
+"""Gate biases each ``lstm_init`` sets (where the family has the gate), see :class:`TrainConfig`;
+``"chrono"`` draws its biases per unit instead (:func:`chrono_biases`)."""
 
 RESUMABLE_CHANGES = {
     "steps",
@@ -94,8 +95,13 @@ class TrainConfig:
             (f = 0.95) and take in little (i = 0.05); the paper's negative input-gate bias against
             internal state drift (Hochreiter & Schmidhuber 1997, sec. 4). With torch.nn's
             initialisation the 1997 adding problem at T = 100 stayed on its plateau for 15,000
-            steps; with these biases it is solved in about 1,000. ``"torch"``: the layer's own
-            initialisation. Other families keep their own.
+            steps; with these biases it is solved in about 1,000. ``"chrono"``: for lags far
+            beyond 100 steps, the chrono initialisation (Tallec & Ollivier 2018, "Can recurrent
+            neural networks warp time?"): per unit, b_f = log u with u ~ U[1, T - 1] for the
+            task's length T, and b_i = -b_f, so that the units' initial forgetting times
+            1 / (1 - f) ~ u spread evenly over the lags the task asks for; with +3 (f = 0.95) a
+            mark fades as 0.95^T, to 7e-12 over 500 steps (see :func:`chrono_biases`).
+            ``"torch"``: the layer's own initialisation. Other families keep their own.
         family_options: the family's other options by name (its ``option_defaults``; ``--family-opt
             KEY=VALUE``), e.g. ``{"layer_norm": True}``.
         hidden, layers, embedding_dim: model sizes (embedding only for token tasks).
@@ -156,6 +162,12 @@ class TrainConfig:
             raise ConfigError(f"family_options must be a dict, got {type(self.family_options).__name__}")
         if self.lstm_init not in LSTM_INITS:
             raise ConfigError(f"lstm-init must be one of {', '.join(LSTM_INITS)}, got {self.lstm_init!r}")
+        if self.lstm_init == "chrono" and (self.forget_bias is not None or self.input_bias is not None):
+            raise ConfigError(
+                "lstm-init chrono draws both the forget- and the input-gate biases; got it with "
+                f"forget-bias {self.forget_bias} and input-bias {self.input_bias} (drop those, or use "
+                "lstm-init long-lag with them)"
+            )
         for name in (
             "hidden",
             "layers",
@@ -325,8 +337,43 @@ def gate_biases(config: TrainConfig) -> tuple[float | None, float | None]:
     return bias(config.forget_bias, "f"), bias(config.input_bias, "i")
 
 
+def chrono_biases(rnn: nn.Module, lag: int, generator: torch.Generator) -> None:
+    """The chrono initialisation (Tallec & Ollivier 2018) of ``rnn``'s gate biases: per unit of each
+    layer and direction, b_f = log u with u ~ U[1, lag - 1] (drawn from ``generator``) and
+    b_i = -b_f, in ``bias_ih``'s rows of the gates the family has (``bias_hh``'s rows zeroed).
+
+    A unit with forget gate f = sigmoid(b_f) keeps a fraction f^k of what it holds over k steps, a
+    forgetting time of about 1 / (1 - f) = 1 + u steps; spreading u over [1, lag - 1] gives units
+    for every lag the task asks about, and the input gate starts as closed as the forget gate is
+    open (i = 1 - f), so that the cells take in little at first."""
+    gates = rnn.cell_config.gates
+    H = rnn.hidden_size
+    present = [g for g in ("f", "i") if g in gates]
+    with torch.no_grad():
+        for name, param in rnn.named_parameters():
+            if not name.startswith(("bias_ih", "bias_hh")):
+                continue
+            b_f = torch.empty(H, dtype=torch.float64).uniform_(1.0, max(lag - 1, 1), generator=generator).log()
+            for gate in present:
+                rows = slice(gates.index(gate) * H, (gates.index(gate) + 1) * H)
+                value = (b_f if gate == "f" else -b_f) if name.startswith("bias_ih") else torch.zeros(H)
+                param[rows] = value.to(param.dtype)
+
+
+CHRONO_SEED_OFFSET = 7919
+"""Added to the run's seed for :func:`chrono_biases`' generator, apart from the weights' and the data's."""
+
+
 def build_model(config: TrainConfig, task: Task) -> SequenceModel:
     forget_bias, input_bias = gate_biases(config)
+    model = _model_for(config, task, forget_bias, input_bias)
+    family = model.rnn.cell_config
+    if config.lstm_init == "chrono" and family.retention_gate == "f":
+        chrono_biases(model.rnn, task.seq_len, torch.Generator().manual_seed(config.seed + CHRONO_SEED_OFFSET))
+    return model
+
+
+def _model_for(config: TrainConfig, task: Task, forget_bias: float | None, input_bias: float | None) -> SequenceModel:
     return model_for_task(
         task,
         config.cell,
