@@ -351,6 +351,30 @@ def test_reproduce_runs_each_row_its_seeds_at_its_budget(tmp_path, monkeypatch, 
     assert [c.out for c in runs] == [str(tmp_path / "2a" / f"seed{s}") for s in range(seeds)]
 
 
+def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch):
+    """--cells lstm,gru,rnn: each row for each cell at the row's settings and budget (the LSTM's init
+    for the LSTM only), the controls in out/<row>-<cell>, a cell column in the table."""
+    runs = []
+
+    def fake_train(config):
+        runs.append(config)
+        return {"solved_sequences": 640 if config.cell == "lstm" else None, "seconds": 1.0, "batch": config.batch}
+
+    monkeypatch.setattr(reproduce, "train", fake_train)
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: {"wrong": 0, "sequences": 2})
+    table, path = reproduce.reproduce(
+        "hochreiter1997", out=tmp_path, rows="4-500", cells="lstm,gru,rnn", seeds=2, progress=False
+    )
+    assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in ("lstm", "gru", "rnn") for s in range(2)]
+    assert {c.steps for c in runs} == {3000} and {c.seq_len for c in runs} == {500}
+    assert {c.lstm_init for c in runs} == {"chrono"}  # a setting of the LSTM's, which GRU and RNN ignore
+    assert runs[2].out == str(tmp_path / "4-500-gru" / "seed0") and runs[0].out == str(tmp_path / "4-500" / "seed0")
+    assert path == tmp_path / "hochreiter1997-quick-lstm-gru-rnn.md" and path.read_text() == table
+    assert "LSTM and the controls GRU, RNN" in table and "| 4-500 | adding, T = 500 (tab. 7), chrono init | gru |" in table
+    assert "| 2/2 (100%) | 640 |" in table and "| 0/2 (0%) | not solved |" in table
+    assert "- 4-500, rnn: `gatedrnn train --task adding --cell rnn --seq-len 500 --lstm-init chrono" in table
+
+
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
 def test_reproduce_refuses_a_budget_scale_that_is_not_positive(tmp_path, scale):
     with pytest.raises(ConfigError, match="--budget-scale must be positive"):
@@ -640,7 +664,7 @@ def test_reproduce_formal_quick_table_on_tiny_budgets(tmp_path, capsys, monkeypa
     "argv, expected",
     [
         (["formal", "--variant", "nfg"], "--variant applies to hochreiter1997 only, got --variant nfg for formal"),
-        (["hochreiter1997", "--cells", "lstm"], "--cells applies to the formal table only"),
+        (["hochreiter1997", "--cells", "lstm,tree"], "unknown cell 'tree'; expected registered cells: "),
         (["formal", "--cells", "lstm,mgu"], "unknown cell 'mgu'; the formal table runs rnn, lstm"),
         (["formal", "--rows", "parity,nope"], "unknown row 'nope'; expected one of parity, modular-arithmetic"),
     ],

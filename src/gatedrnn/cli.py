@@ -659,7 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rows", metavar="NAMES", help="comma-separated rows to run, e.g. 2a,4 or parity,copy (default: all)"
     )
-    p.add_argument("--cells", metavar="NAMES", help="formal: comma-separated cells to run (default: all six)")
+    p.add_argument(
+        "--cells",
+        metavar="NAMES",
+        help="comma-separated cells to run: formal: of the six (default all); hochreiter1997: the LSTM and "
+        "controls at the same settings, e.g. lstm,gru,rnn (default lstm)",
+    )
     p.add_argument(
         "--jobs",
         type=_positive_int,

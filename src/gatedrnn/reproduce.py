@@ -84,7 +84,14 @@ class Row:
 
 
 def _lstm(
-    task: str, seq_len: int | None, hidden: int, lr: float, batch: int = 32, eval_every: int = 100, **task_options: Any
+    task: str,
+    seq_len: int | None,
+    hidden: int,
+    lr: float,
+    batch: int = 32,
+    eval_every: int = 100,
+    lstm_init: str = "long-lag",
+    **task_options: Any,
 ) -> TrainConfig:
     return TrainConfig(
         task=task,
@@ -95,6 +102,7 @@ def _lstm(
         lr=lr,
         batch=batch,
         eval_every=eval_every,
+        lstm_init=lstm_init,
     )
 
 
@@ -151,10 +159,20 @@ HOCHREITER_1997: tuple[Row, ...] = (
         paper_errors="1 / 2560",
     ),
     Row(
+        "4-500",
+        "adding, T = 500 (tab. 7), chrono init",
+        _lstm("adding", 500, 64, 1e-2, eval_every=250, lstm_init="chrono"),
+        quick_steps=3000,
+        paper_success="",
+        paper_sequences=209_000,
+        paper_errors="0 / 2560",
+        full_only=True,
+    ),
+    Row(
         "4-1000",
-        "adding, T = 1000 (tab. 7)",
-        _lstm("adding", 1000, 64, 1e-2, eval_every=500),
-        quick_steps=8000,
+        "adding, T = 1000 (tab. 7), chrono init",
+        _lstm("adding", 1000, 64, 1e-2, eval_every=250, lstm_init="chrono"),
+        quick_steps=3000,
         paper_success="",
         paper_sequences=853_000,
         paper_errors="1 / 2560",
@@ -416,10 +434,11 @@ def command_line(config: TrainConfig) -> str:
 
 @dataclass
 class RowResult:
-    """What one row measured over its seeds."""
+    """What one row measured over its seeds, for one cell."""
 
     row: Row
     summaries: list[dict[str, Any]] = field(default_factory=list)
+    cell: str = "lstm"
 
     @property
     def solved(self) -> list[dict[str, Any]]:
@@ -437,27 +456,38 @@ class RowResult:
 
 
 def markdown_table(results: list[RowResult], budget: str, variant: str = "vanilla") -> str:
-    """The table: the paper's numbers beside ours, then the command that reruns each row."""
-    cell = "LSTM" if variant == "vanilla" else f"LSTM variant {variant}"
+    """The table: the paper's numbers beside ours, then the command that reruns each row; a cell
+    column when a cell other than the LSTM ran (the controls)."""
+    lstm = "LSTM" if variant == "vanilla" else f"LSTM variant {variant}"
+    controls = sorted({r.cell.upper() for r in results if r.cell != "lstm"})
+    who = lstm if not controls else f"{lstm} and the controls {', '.join(controls)}"
+    by_cell = bool(controls)
     lines = [
-        f"Hochreiter & Schmidhuber 1997, section 5, {budget} budget: {cell} (gatedrnn, Adam) against the paper's",
+        f"Hochreiter & Schmidhuber 1997, section 5, {budget} budget: {who} (gatedrnn, Adam) against the paper's",
         "",
-        "| exp | experiment | paper: success | paper: sequences until solved | paper: wrong test seqs | "
+        "| exp | experiment | "
+        + ("cell | " if by_cell else "")
+        + "paper: success | paper: sequences until solved | paper: wrong test seqs | "
         "measured: success | measured: sequences until solved | measured: wrong test seqs (held-out set, at end) | "
         "budget (sequences) "
         "| seconds (all seeds) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|" + ("---|" if by_cell else "") + "---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         row, config = r.row, r.summaries[0]
         rate, sequences, wrong, seconds = r.cells()
+        cell = f"{r.cell} | " if by_cell else ""
         lines.append(
-            f"| {row.key} | {row.title} | {row.paper_success or '-'} | {row.paper_sequences:,} | "
+            f"| {row.key} | {row.title} | {cell}{row.paper_success or '-'} | {row.paper_sequences:,} | "
             f"{row.paper_errors or '-'} | {rate} | {sequences} | {wrong} | "
             f"{config['budget_steps'] * config['batch']:,} | {seconds} |"
         )
     lines += ["", "Rerun a row (seed 0; `--seed S` for the others):", ""]
-    lines += [f"- {r.row.key}: `{command_line(TrainConfig.from_dict(r.summaries[0]['config']))}`" for r in results]
+    lines += [
+        f"- {r.row.key}{f', {r.cell}' if by_cell else ''}: "
+        f"`{command_line(TrainConfig.from_dict(r.summaries[0]['config']))}`"
+        for r in results
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -477,7 +507,10 @@ def reproduce(
     """Run the table (each row ``seeds`` times: default 3 quick, 10 full; runs in
     ``out/<row>[-<variant>]/seed<S>``), write ``out/<paper>-<quick|full>[-<variant>].md`` (and the
     run summaries as ``.json``) and print it; returns the table and its path. ``variant`` trains
-    another LSTM variant (``nfg``: the paper's LSTM without forget gate); ``budget_scale``
+    another LSTM variant (``nfg``: the paper's LSTM without forget gate); ``cells`` (default
+    ``"lstm"``) runs each row with these registered cells too, at the same settings and budget, as
+    controls (``"lstm,gru,rnn"``; runs of a cell c other than the LSTM in ``out/<row>-<c>/seed<S>``,
+    the table ``...-<cells>.md``); ``budget_scale``
     multiplies every row's steps; ``jobs`` runs that many trainings at a time. Without
     ``overwrite``, a table or run already in ``out`` that this call would replace is refused
     (ConfigError) before any training. ``paper="formal"`` runs :func:`reproduce_formal` (``cells``
@@ -487,31 +520,50 @@ def reproduce(
         if variant != "vanilla":
             raise ConfigError(f"--variant applies to hochreiter1997 only, got --variant {variant} for formal")
         return reproduce_formal(full, out, seeds, rows, cells, budget_scale, progress, overwrite, jobs)
-    if cells is not None:
-        raise ConfigError(f"--cells applies to the formal table only, got --cells {cells} for {paper}")
     if variant not in LSTM_VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(LSTM_VARIANTS)}")
     selected = rows_for(paper, full, _names(rows))
+    chosen = _control_cells(cells)
     seeds = seeds or (10 if full else 3)
     budget = "full" if full else "quick"
     suffix = "" if variant == "vanilla" else f"-{variant}"
-    path = out / f"{paper}-{budget}{suffix}.md"
+    name = f"{paper}-{budget}{suffix}" + ("" if chosen == ["lstm"] else "-" + "-".join(chosen))
+    path = out / f"{name}.md"
+    runs = [(row, cell, seed) for row in selected for cell in chosen for seed in range(seeds)]
+
+    def run_dir(row: Row, cell: str, seed: int) -> Path:
+        return out / (f"{row.key}{suffix}" if cell == "lstm" else f"{row.key}-{cell}") / f"seed{seed}"
+
     if not overwrite:
-        _refuse_to_replace_results(
-            path, [out / f"{row.key}{suffix}" / f"seed{seed}" for row in selected for seed in range(seeds)]
+        _refuse_to_replace_results(path, [run_dir(*run) for run in runs])
+    configs = [
+        _run_config(
+            row.config,
+            _scaled(row.full_steps() if full else row.quick_steps, budget_scale),
+            seed,
+            run_dir(row, cell, seed),
+            cell=cell,
+            **settings_for(cell, variant),
         )
-    configs = []
-    for row in selected:
-        steps = _scaled(row.full_steps() if full else row.quick_steps, budget_scale)
-        configs += [
-            _run_config(row.config, steps, seed, out / f"{row.key}{suffix}" / f"seed{seed}", variant=variant)
-            for seed in range(seeds)
-        ]
+        for row, cell, seed in runs
+    ]
     summaries = iter(_run_all(configs, jobs, f"{paper} {budget}", progress))
-    results = [RowResult(row, [next(summaries) for _ in range(seeds)]) for row in selected]
+    results = [RowResult(row, [next(summaries) for _ in range(seeds)], cell) for row in selected for cell in chosen]
     table = markdown_table(results, budget, variant)
-    _write(out, f"{paper}-{budget}{suffix}", table, [r.summaries for r in results])
+    _write(out, name, table, [r.summaries for r in results])
     return table, path
+
+
+def _control_cells(cells: str | None) -> list[str]:
+    """The cells of a hochreiter1997 run: ``"lstm"`` alone by default, else the registered families
+    named (ConfigError naming an unknown one)."""
+    from .cells import registered_families
+
+    chosen = _names(cells) or ["lstm"]
+    unknown = [c for c in chosen if c not in registered_families()]
+    if unknown:
+        raise ConfigError(f"unknown cell {unknown[0]!r}; expected registered cells: {', '.join(registered_families())}")
+    return list(dict.fromkeys(chosen))
 
 
 def _check_budget(budget_scale: float, jobs: int) -> None:
