@@ -62,13 +62,18 @@ def g(v: Tensor) -> Tensor:
     return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
 
 
-def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK) -> Tensor:
+def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK, restart: Tensor | None = None) -> Tensor:
     """All h_t of h_t = a_t h_{t-1} + b_t for t = 0 .. T-1 (see the module docstring).
 
     Args:
-        log_a: (T, B, H) log of the decays a_t in (0, 1] (may be -inf for a_t = 0).
+        log_a: (T, B, H) log of the decays a_t in (0, 1] (one of them -inf, a_t = 0, makes the
+            chunk's later exponents NaN: ``restart`` is the exact form of a_t = 0).
         b: (T, B, H) the inputs b_t, any sign.
         h0: (B, H) the state before t = 0, any sign.
+        restart: (T, B, H) or (T, B, 1) bool, or None: a_t = 0 where set (h_t = b_t; ``log_a`` is
+            not read there). Within a chunk, with k_t the number of restarts at steps <= t, b_s
+            keeps its weight e^{L_t - L_s} only where k_t = k_s and the chunk's start state
+            only where k_t = 0; one level up, a chunk with a restart restarts the chunks' recurrence.
     Returns:
         (T, B, H) the states h_0' .. h_{T-1}' after each step.
     """
@@ -77,16 +82,25 @@ def linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, chunk: int = SCAN_CHUNK) -
     if pad:  # identity steps (a = 1, b = 0) fill the last chunk
         log_a = torch.cat([log_a, log_a.new_zeros(pad, B, H)])
         b = torch.cat([b, b.new_zeros(pad, B, H)])
+        if restart is not None:
+            restart = torch.cat([restart, restart.new_zeros((pad,) + restart.shape[1:])])
     n = (T + pad) // chunk
-    L = log_a.view(n, chunk, B, H).cumsum(1)  # (n, C, B, H)
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=b.device).tril()  # [t, s]: s <= t
+    linked = causal[None, :, :, None, None]  # where b_s reaches h_t within the chunk
+    if restart is not None:
+        log_a = log_a.masked_fill(restart, 0.0)
+        count = restart.view((n, chunk) + restart.shape[1:]).cumsum(1)  # (n, C, B, 1 or H)
+        linked = linked & (count.unsqueeze(2) == count.unsqueeze(1))
+    L = log_a.view(n, chunk, B, H).cumsum(1)  # (n, C, B, H)
     exponent = L.unsqueeze(2) - L.unsqueeze(1)  # (n, C_t, C_s, B, H)
-    weights = torch.exp(torch.where(causal[None, :, :, None, None], exponent, float("-inf")))
+    weights = torch.exp(torch.where(linked, exponent, float("-inf")))
     local = (weights * b.view(n, 1, chunk, B, H)).sum(2)  # (n, C, B, H): each chunk from a zero start
     decay = L.exp()  # (n, C, B, H): the factor each chunk's start state gets
+    if restart is not None:
+        decay = decay.masked_fill(count > 0, 0.0)
     starts = h0.unsqueeze(0)  # (n, B, H): the state before each chunk
     if n > 1:  # the chunks' ends form the same recurrence, one level up
-        ends = linear_scan(L[:, -1], local[:, -1], h0, chunk)
+        ends = linear_scan(L[:, -1], local[:, -1], h0, chunk, None if restart is None else count[:, -1] > 0)
         starts = torch.cat([starts, ends[:-1]])
     h = local + decay * starts.unsqueeze(1)
     return h.reshape(n * chunk, B, H)[:T]
