@@ -147,8 +147,11 @@ class SLSTMFamily(CellFamily):
         log_f = -F.softplus(-f_raw) if self.forget_gate == "sigmoid" else f_raw
         m = m.to(wide)
         m_new = torch.where(n == 0, i_raw, torch.maximum(log_f + m, i_raw))
-        i_gate = torch.exp(i_raw - m_new).clamp(max=1.0)
-        f_gate = torch.exp(log_f + m - m_new).clamp(max=1.0)
+        # min(e^a, 1) as e^min(a, 0): the same values and subgradients (clamp passes its bound), but an
+        # exponent that would overflow (an exp forget gate's first step) is cut before exp, so its zero
+        # gradient is not 0 * inf = NaN
+        i_gate = torch.exp((i_raw - m_new).clamp(max=0.0))
+        f_gate = torch.exp((log_f + m - m_new).clamp(max=0.0))
         c_new = f_gate * c + i_gate * torch.tanh(z_raw)
         n_new = f_gate * n + i_gate
         o_gate = torch.sigmoid(o_raw)
