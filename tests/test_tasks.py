@@ -858,3 +858,15 @@ def test_formal_sizes_are_checked():
     task = make_task("modular-arithmetic", modulus=7)
     assert (task.input_size, task.output_size, task.chance) == (12, 7, 1 / 7)
     assert make_task("parity").baseline == pytest.approx(math.log(2))
+
+
+def test_one_hot_codes_ids_and_zeros_the_padding():
+    """The local coding equals torch's one_hot in float32, with zero rows where ``active`` is False."""
+    from gatedrnn.tasks.base import one_hot, step_mask
+
+    ids = torch.randint(7, (3, 5), generator=torch.Generator().manual_seed(0))
+    active = step_mask(torch.tensor([5, 2, 4]), 3, 5)
+    expected = F.one_hot(ids, 7).float()
+    assert torch.equal(one_hot(ids, 7), expected) and one_hot(ids, 7).dtype == torch.float32
+    assert torch.equal(one_hot(ids, 7, active), expected * active.unsqueeze(-1))
+    assert one_hot(ids, 7, active)[1, 2:].abs().sum() == 0

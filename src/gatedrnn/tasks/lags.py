@@ -132,5 +132,5 @@ class NoiseFreeLag2c(LastStepClassification):
         ids[:, 0] = b
         ids[:, 1] = x + keys
         ids[torch.arange(batch_size), lengths - 1] = e
-        inputs = one_hot(ids, p + 4) * step_mask(lengths, batch_size, steps).unsqueeze(-1)
+        inputs = one_hot(ids, p + 4, step_mask(lengths, batch_size, steps))
         return Batch(inputs, keys, lengths)

@@ -94,7 +94,7 @@ class EmbeddedReber(Task):
             for t, allowed in enumerate(legal):
                 mask[b, t, [_ID[c] for c in allowed]] = True
         lengths = torch.tensor([len(s) - 1 for s, _ in strings])
-        inputs = one_hot(ids[:, :-1].clamp(min=0), len(SYMBOLS)) * step_mask(lengths, batch_size, steps).unsqueeze(-1)
+        inputs = one_hot(ids[:, :-1].clamp(min=0), len(SYMBOLS), step_mask(lengths, batch_size, steps))
         # targets: (B, L, 1 + 7): the next symbol's id, then the legal-next-symbol mask.
         targets = torch.cat([ids[:, 1:].unsqueeze(-1), mask.long()], -1)
         return Batch(inputs, targets, lengths)
