@@ -72,3 +72,26 @@ def assert_close_results(a, b, tol=1e-10):
 def metrics_records(out) -> list[dict]:
     """The records of a run directory's ``metrics.jsonl``, one dict per line."""
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def layer_run_and_grad(backend, cfg, x, state, weights, seed=1234, **kwargs):
+    """One layer and direction, ``backend.run_layer(cfg, x, state, weights, **kwargs)``, and the
+    gradients of a fixed random-weighted scalar loss over its output and final states.
+
+    Returns (outputs, grads): [output, *final states] and the gradients with respect to x, each
+    initial state and each weight, in that order (zeros for one the loss does not reach)."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, *state, *weights.values())]
+    n = len(state)
+    states, layer_weights = tuple(leaves[1 : 1 + n]), dict(zip(weights, leaves[1 + n :]))
+    out, final, _ = backend.run_layer(cfg, leaves[0], states, layer_weights, **kwargs)
+    outs = [out, *final]
+    grads = torch.autograd.grad(random_projection(outs, seed), leaves, allow_unused=True)
+    grads = [torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)]
+    return [o.detach() for o in outs], grads
+
+
+def assert_close_lists(a, b, tol=1e-10, what="tensor"):
+    """Each tensor of the list ``a`` within ``tol`` relative error of the same one of ``b``."""
+    assert len(a) == len(b), f"{len(a)} {what}s against {len(b)}"
+    for k, (x, y) in enumerate(zip(a, b)):
+        assert rel_err(x, y) < tol, f"{what} {k}: rel err {rel_err(x, y)}"

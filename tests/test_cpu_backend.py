@@ -24,11 +24,18 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import catalogue
 import gatedrnn
-from gatedrnn.backends import choose
+from gatedrnn.backends import choose, reference, reset_in_walk_order
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled, function
 from gatedrnn.config import LSTM_VARIANTS, CellConfig, Noise
-from helpers import assert_close_results, random_projection, rel_err, run_and_grad
+from helpers import (
+    assert_close_lists,
+    assert_close_results,
+    layer_run_and_grad,
+    random_projection,
+    rel_err,
+    run_and_grad,
+)
 
 I, H, T, B = 3, 5, 7, 4
 LENGTHS = [7, 3, 1, 5]
@@ -305,7 +312,7 @@ def test_gradcheck(cls, kw):
 
     def f(x, *rest):
         states, ps = rest[:n_states], rest[n_states:]
-        hx = states if n_states == 2 else states[0]
+        hx = states if n_states > 1 else states[0]
         out, state = functional_call(module, dict(zip(names, ps)), (x, hx))
         return (out,) + (state if isinstance(state, tuple) else (state,))
 
@@ -1053,9 +1060,262 @@ def test_the_compiled_ops_refuse_masks_of_the_wrong_length(loop):
     xw, h0, w = torch.randn(T, B, 3 * H), torch.randn(B, H), torch.randn(3 * H, H)
     with pytest.raises(RuntimeError, match=r"keep_h must be \(T=7, B=4 or 1"):
         torch.ops.gatedrnn_cpu.gru_forward(
-            xw, h0, w, None, None, None, None, torch.rand(T - 1, B, H), None, True, False, 1e-5
+            xw, h0, w, None, None, None, None, torch.rand(T - 1, B, H), None, None, True, False, 1e-5
         )
     with pytest.raises(RuntimeError, match=r"recurrent_mask must be \(B=4 or 1"):
         torch.ops.gatedrnn_cpu.gru_forward(
-            xw, h0, w, None, None, None, None, None, torch.rand(B + 1, H), True, False, 1e-5
+            xw, h0, w, None, None, None, None, None, torch.rand(B + 1, H), None, True, False, 1e-5
         )
+    with pytest.raises(RuntimeError, match=r"restart must be a \(T=7, B=4\) bool tensor"):
+        torch.ops.gatedrnn_cpu.gru_forward(
+            xw, h0, w, None, None, None, None, None, None, torch.ones(T, B + 1, dtype=torch.bool), True, False, 1e-5
+        )
+
+
+# ----- restarts (reset=) and fgr's carried gates -------------------------------------------------------
+
+
+def _layer(name: str, kw: dict, hidden: int = H):
+    """(cell config, perturbed float64 weights of layer 0) of a family's layer."""
+    torch.manual_seed(1)
+    module = gatedrnn.Recurrent(name, I, hidden, dtype=torch.float64, backend="reference", **kw)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return module.cell_config, module.layer_weights(0, 0)
+
+
+def _initial_state(cfg, batch: int = B) -> tuple[torch.Tensor, ...]:
+    """Random initial states (fgr's carried gates included); the sLSTM's normaliser n positive but 0
+    in batch row 0, where its first step takes m = i~."""
+    states = [torch.randn(batch, size, dtype=torch.float64) for size in cfg.state_sizes]
+    if "n" in cfg.states:
+        n = states[cfg.states.index("n")]
+        n.abs_().add_(0.5)[0] = 0.0
+    return tuple(states)
+
+
+def _restarts(steps: int = T, batch: int = B, seed: int = 3) -> torch.Tensor:
+    """A (T, B) restart mask: about a third of the steps, the first step of row 0 (a restart of the
+    initial state), two restarts in a row (row 1, steps 1 and 2) and the last step of row 2."""
+    g = torch.Generator().manual_seed(seed)
+    reset = torch.rand(steps, batch, generator=g) < 0.3
+    reset[0, 0] = reset[1, 1] = reset[2, 1] = reset[steps - 1, 2] = True
+    return reset
+
+
+def _restart_cases():
+    """(reverse, lengths): both directions, over padded and packed batches."""
+    return [(reverse, lengths) for reverse in (False, True) for lengths in (None, torch.tensor(LENGTHS))]
+
+
+@pytest.mark.parametrize("name,kw", [p.values for p in catalogue.configurations("cpu")],
+                         ids=[p.id for p in catalogue.configurations("cpu")])  # fmt: skip
+def test_restarts_match_the_reference(loop, name, kw):
+    """Every catalogue configuration the cpu backend runs, restarted at random steps (the initial
+    state's first step and consecutive ones included), in both directions over padded and packed
+    batches from random initial states: output, final states and the gradients of the input, the
+    initial states and every weight equal the reference loop's in float64; the compiled loops
+    ran where they take the cell; and the restarts changed the output."""
+    cfg, w = _layer(name, kw)
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    for reverse, lengths in _restart_cases():
+        reset = reset_in_walk_order(_restarts(), lengths, reverse)
+        runs = dict(_RUNS)
+        fast = layer_run_and_grad(cpu_backend, cfg, x, state, w, reverse=reverse, lengths=lengths, reset=reset)
+        passes = int(_RUNS["loop"] == "compiled" and _compiled_expected(cfg))
+        assert (_RUNS["forward"] - runs["forward"], _RUNS["backward"] - runs["backward"]) == (passes, passes)
+        want = layer_run_and_grad(reference, cfg, x, state, w, reverse=reverse, lengths=lengths, reset=reset)
+        assert_close_lists(fast[0], want[0], what="output or final state")
+        assert_close_lists(fast[1], want[1], what="gradient")
+    plain = cpu_backend.run_layer(cfg, x, state, w)[0]
+    assert not torch.allclose(plain, fast[0][0]), "the restarts made no difference"
+
+
+def test_restarts_run_inside_the_fused_kernels(loop, monkeypatch):
+    """With the reference loop unavailable, a restarted call of every kernel still runs, forward
+    and backward (the create_graph replay aside, nothing of it is the reference loop's)."""
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the reference loop ran")
+
+    layers = [_layer(name, kw) for name, kw in catalogue.family_configurations("cpu")]
+    for reverse, lengths in _restart_cases():
+        kwargs = dict(reverse=reverse, lengths=lengths, reset=reset_in_walk_order(_restarts(), lengths, reverse))
+        for cfg, w in layers:
+            x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+            want = layer_run_and_grad(reference, cfg, x, state, w, **kwargs)
+            with monkeypatch.context() as patch:
+                patch.setattr(reference, "run_layer", refused)
+                fast = layer_run_and_grad(cpu_backend, cfg, x, state, w, **kwargs)
+            assert_close_lists(fast[0] + fast[1], want[0] + want[1])
+
+
+def test_a_mask_that_restarts_nothing_runs_the_plain_path(loop):
+    """An all-False reset gives the call without one, to the last bit (the plain path runs)."""
+    cfg, w = _layer("lstm", dict(variant="fgr", layer_norm=True))
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    none = layer_run_and_grad(cpu_backend, cfg, x, state, w, lengths=torch.tensor(LENGTHS))
+    quiet = torch.zeros(T, B, dtype=torch.bool)
+    given = layer_run_and_grad(cpu_backend, cfg, x, state, w, lengths=torch.tensor(LENGTHS), reset=quiet)
+    assert all(torch.equal(a, b) for a, b in zip(none[0] + none[1], given[0] + given[1]))
+
+
+RESTARTED_NOISE = [
+    pytest.param("lstm", dict(variant="peephole", proj_size=2), id="lstm-peephole-proj"),
+    pytest.param("lstm", dict(variant="fgr", layer_norm=True), id="lstm-fgr-ln"),
+    pytest.param("gru", dict(reset_after=True, layer_norm=True), id="gru-ra1-ln"),
+    pytest.param("gru", dict(reset_after=False), id="gru-ra0"),
+    pytest.param("rnn", dict(nonlinearity="tanh"), id="rnn"),
+]
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["training", "evaluation"])
+@pytest.mark.parametrize("name,kw", RESTARTED_NOISE)
+def test_restarts_with_zoneout_and_recurrent_dropout(loop, name, kw, sampled):
+    """Zoneout (sampled masks in training, the expectation in evaluation) and recurrent dropout on
+    restarted rows: a restarted step mixes its new state with the zeroed old one, as the reference."""
+    cfg, w = _layer(name, kw)
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    sizes = cfg.state_sizes[: cfg.zoneout_states]
+    masks = [torch.rand(T, B, s, dtype=torch.float64).lt(0.3).double() if sampled else None for s in sizes]
+    noise = Noise(
+        recurrent_mask=torch.rand(B, cfg.output_size, dtype=torch.float64).lt(0.75).double() / 0.75,
+        zoneout=0.3,
+        zoneout_h=masks[0],
+        zoneout_c=masks[1] if len(masks) > 1 else None,
+    )
+    for reverse, lengths in _restart_cases():
+        reset = reset_in_walk_order(_restarts(), lengths, reverse)
+        kwargs = dict(reverse=reverse, lengths=lengths, noise=noise, reset=reset)
+        fast = layer_run_and_grad(cpu_backend, cfg, x, state, w, **kwargs)
+        want = layer_run_and_grad(reference, cfg, x, state, w, **kwargs)
+        assert_close_lists(fast[0] + fast[1], want[0] + want[1])
+
+
+@pytest.mark.parametrize("name,kw", [("lstm", dict(variant="fgr", layer_norm=True, proj_size=2)), ("gru", dict())],
+                         ids=["lstm-fgr-ln-proj", "gru"])  # fmt: skip
+def test_gradcheck_with_restarts(loop, name, kw):
+    """torch's gradcheck of a restarted layer (packed, reverse) in every input: x, the initial
+    states (fgr's gates too) and the weights."""
+    torch.manual_seed(0)
+    module = gatedrnn.Recurrent(name, 2, 3, dtype=torch.float64, backend="reference", **kw)
+    cfg, w = module.cell_config, module.layer_weights(0, 0)
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    state = _initial_state(cfg, batch=3)
+    lengths = torch.tensor([5, 3, 4])
+    reset = reset_in_walk_order(_restarts(5, 3, seed=4), lengths, reverse=True)
+    n = len(state)
+
+    def f(x, *rest):
+        states, weights = rest[:n], dict(zip(w, rest[n:]))
+        out, final, _ = cpu_backend.run_layer(cfg, x, states, weights, reverse=True, lengths=lengths, reset=reset)
+        return (out, *final)
+
+    inputs = tuple(t.detach().clone().requires_grad_(True) for t in (x, *state, *w.values()))
+    assert gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,kw",
+    [("gru", dict()), ("lstm", dict(variant="fgr")), ("gru", dict(reset_after=False, layer_norm=True))],
+    ids=["gru-plain", "lstm-fgr", "gru-ra0-ln"],
+)
+def test_second_derivatives_with_restarts_replay_the_reference_loop(loop, monkeypatch, name, kw):
+    """A gradient penalty through a restarted layer: the create_graph backward replays it on the
+    reference loop with the restarts (the plain GRU too, whose replay on torch's kernel cannot take
+    them), and its gradients equal the reference backend's."""
+    replays = []
+    for kind in ("_torch_gru_replay", "_replay"):
+        monkeypatch.setattr(
+            cpu_backend,
+            kind,
+            lambda *a, _f=getattr(cpu_backend, kind), _k=kind, **k: replays.append(_k) or _f(*a, **k),  # noqa: B008
+        )
+    cfg, w = _layer(name, kw)
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    reset = reset_in_walk_order(_restarts(), None, reverse=False)
+    results = []
+    for backend in (cpu_backend, reference):
+        leaves = [t.detach().clone().requires_grad_(True) for t in (x, *state, *w.values())]
+        states, weights = tuple(leaves[1 : 1 + len(state)]), dict(zip(w, leaves[1 + len(state) :]))
+        out, final, _ = backend.run_layer(cfg, leaves[0], states, weights, reset=reset)
+        first = torch.autograd.grad(random_projection([out, *final], seed=7), leaves, create_graph=True)
+        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), leaves)
+        results.append([*first, *second])
+    assert replays == ["_replay"], replays
+    assert_close_lists(results[0], results[1])
+
+
+def test_fgr_continues_across_calls_from_its_carried_gates(loop):
+    """fgr's third state is the gates its next step reads: a sequence run in two calls, the second
+    from the first's final (h, c, gates), equals it run in one, in both directions."""
+    cfg, w = _layer("lstm", dict(variant="fgr", layer_norm=True))
+    assert cfg.states == ("h", "c", "gates") and cfg.state_sizes[2] == 3 * H
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    with torch.no_grad():
+        whole, final, _ = cpu_backend.run_layer(cfg, x, state, w)
+        head, middle, _ = cpu_backend.run_layer(cfg, x[:3], state, w)
+        tail, split_final, _ = cpu_backend.run_layer(cfg, x[3:], middle, w)
+        assert_close_lists([torch.cat([head, tail]), *split_final], [whole, *final])
+        whole, final, _ = cpu_backend.run_layer(cfg, x, state, w, reverse=True)
+        tail, middle, _ = cpu_backend.run_layer(cfg, x[3:], state, w, reverse=True)
+        head, split_final, _ = cpu_backend.run_layer(cfg, x[:3], middle, w, reverse=True)
+        assert_close_lists([torch.cat([head, tail]), *split_final], [whole, *final])
+    assert not torch.allclose(final[2], state[2])
+
+
+def _captured_op_args(monkeypatch, names, run) -> dict:
+    """The arguments of the last call of each compiled op in ``names`` during ``run()``."""
+    ops, captured = torch.ops.gatedrnn_cpu, {}
+    for name in names:
+
+        def recording(*args, _op=getattr(ops, name), _name=name):  # noqa: B008 -- binds the original now
+            captured[_name] = args
+            return _op(*args)
+
+        monkeypatch.setattr(ops, name, recording)
+    run()
+    monkeypatch.undo()
+    return captured
+
+
+MUTATING_OPS = ("slstm_forward",)
+"""Ops that write an argument in place (the sLSTM's pre-activations), which AOT autograd's
+functionalisation cannot trace: opcheck runs its other checks on them."""
+
+
+def _opcheck(captured: dict) -> None:
+    for name, args in captured.items():
+        plain = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        checks = ("test_schema", "test_autograd_registration", "test_faketensor")
+        kwargs = dict(test_utils=checks) if name in MUTATING_OPS else {}
+        torch.library.opcheck(getattr(torch.ops.gatedrnn_cpu, name).default, plain, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,kw,ops",
+    [
+        ("lstm", dict(variant="fgr", layer_norm=True), "lstm"),
+        ("gru", dict(reset_after=False), "gru"),
+        ("slstm", dict(num_heads=1), "slstm"),
+        ("minlstm", dict(mode="sequential"), "min_scan"),
+    ],
+    ids=["lstm-fgr-ln", "gru-ra0", "slstm", "minlstm"],
+)
+def test_the_compiled_ops_fakes_match_them_with_restarts(loop, monkeypatch, name, kw, ops):
+    """torch.library.opcheck on the arguments of a restarted call (reverse, packed; fgr's initial
+    gates given): the restart mask and the carried gates in the schemas and the fakes."""
+    if loop != "compiled":
+        pytest.skip("the compiled ops' own test")
+    cfg, w = _layer(name, kw)
+    x, state = torch.randn(T, B, I, dtype=torch.float64), _initial_state(cfg)
+    lengths = torch.tensor(LENGTHS)
+    reset = reset_in_walk_order(_restarts(), lengths, reverse=True)
+
+    def run():
+        layer_run_and_grad(cpu_backend, cfg, x, state, w, reverse=True, lengths=lengths, reset=reset)
+
+    captured = _captured_op_args(monkeypatch, (f"{ops}_forward", f"{ops}_backward"), run)
+    assert sorted(captured) == [f"{ops}_backward", f"{ops}_forward"]
+    _opcheck(captured)

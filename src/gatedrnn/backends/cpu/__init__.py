@@ -19,11 +19,16 @@ second derivatives, gradient penalties), it replays the layer on the reference l
 inputs (:func:`module_weights` undoes :func:`prepare`; the plain GRU over full lengths on torch's
 kernel, :func:`replay_for`) and differentiates that instead.
 
+Restarts (``reset``: the carry of a sequence zeroed before a step) run inside every kernel's
+loop, forward and backward (see :mod:`.function`, :mod:`.slstm`, :mod:`.minimal`); a call whose
+mask restarts nothing runs the plain path.
+
 The LSTM's gate rows are reordered inside the backend so that the sigmoid gates (those of i, f, o
 that the variant has) come first and g last: one sigmoid and one tanh per step cover all gates,
-and ``fgr``'s (i, f, o) block is contiguous. Runs every configuration of a family that names one
-of its kernels (:data:`_KERNELS`; the LSTM, GRU and RNN name theirs) on CPU tensors; gate
-recording (:func:`gatedrnn.inspect_gates`) runs on the reference loop.
+and ``fgr``'s (i, f, o) block is contiguous, in the order of the family's ``gates`` state. Runs
+every configuration of a family that names one of its kernels (:data:`_KERNELS`; the LSTM, GRU
+and RNN name theirs) on CPU tensors; gate recording (:func:`gatedrnn.inspect_gates`) runs on the
+reference loop.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
 from .. import active_steps, no_kernel, recurrent_shifts, reference, require_support, sum_present
 from . import compiled, gru, lstm, minimal, rnn, slstm
-from .function import Plan, Recurrence
+from .function import Plan, Recurrence, restarts
 
 name = "cpu"
 
@@ -48,10 +53,12 @@ _KERNELS = {"lstm": lstm, "gru": gru, "rnn": rnn, "mingru": minimal, "minlstm": 
 
 - step kernels, modules with ``forward`` and ``backward`` for :class:`.function.Recurrence` (one
   or two carried states, a dense recurrent matrix), and optionally ``internal_order(cfg)`` (the
-  kernel's own order of the gate blocks; default the family's) and ``kept_shift_rows(cfg)`` (how
+  kernel's own order of the gate blocks; default the family's), ``kept_shift_rows(cfg)`` (how
   many last rows' recurrent shift stays inside the recurrence; default none, see
-  :func:`gatedrnn.backends.recurrent_shifts`);
-- layer kernels, modules with their own ``run_layer(cfg, x, state, weights, *, reverse, lengths)``
+  :func:`gatedrnn.backends.recurrent_shifts`) and ``gate_state_size(cfg)`` (the width of the
+  previous step's gate activations the kernel carries as a third state; default none);
+- layer kernels, modules with their own ``run_layer(cfg, x, state, weights, *, reverse, lengths,
+  reset)``
   (this module's contract, without regularisation: calls with zoneout or recurrent dropout acting
   run on the reference loop, as recording ones do) for families whose layer does not fit that
   loop, and optionally ``supports(cfg, x)`` (a reason to refuse a call this module's
@@ -216,26 +223,26 @@ def _replay(
     cfg: CellFamily,
     reverse: bool,
     lengths: Tensor | None,
+    reset: Tensor | None,
     noise: Noise | None,
     x: Tensor,
     weight_ih: Tensor,
     in_gain: Tensor | None,
     bias: Tensor | None,
-    h0: Tensor,
-    c0: Tensor | None,
+    initial: tuple[Tensor, ...],
     params: dict[str, Tensor | None],
 ) -> tuple[Tensor, ...]:
     """The layer :class:`.function.Recurrence` ran, as the reference loop on its inputs:
-    (output, h_n[, c_n]) (the plan's ``replay``)."""
-    state = (h0,) if c0 is None else (h0, c0)
+    (output, *final states) (the plan's ``replay``)."""
     out, final, _ = reference.run_layer(
         cfg,
         x,
-        state,
+        initial[: len(cfg.states)],
         module_weights(cfg, weight_ih, in_gain, bias, params),
         reverse=reverse,
         lengths=lengths,
         noise=noise,
+        reset=reset,
     )
     return (out, *final)
 
@@ -247,8 +254,7 @@ def _torch_gru_replay(
     weight_ih: Tensor,
     in_gain: None,
     bias: Tensor | None,
-    h0: Tensor,
-    c0: None,
+    initial: tuple[Tensor],
     params: dict[str, Tensor | None],
 ) -> tuple[Tensor, Tensor]:
     """The plain GRU's replay over full-length sequences on torch's own kernel (``aten.gru``),
@@ -257,16 +263,25 @@ def _torch_gru_replay(
     one, so batches of unequal lengths replay on the reference loop.)"""
     w = module_weights(cfg, weight_ih, in_gain, bias, params)
     flat = [w["weight_ih"], w["weight_hh"]] + ([w["bias_ih"], w["bias_hh"]] if cfg.bias else [])
-    out, h_n = _VF.gru(x.flip(0) if reverse else x, h0.unsqueeze(0), flat, cfg.bias, 1, 0.0, False, False, False)
+    h0 = initial[0].unsqueeze(0)
+    out, h_n = _VF.gru(x.flip(0) if reverse else x, h0, flat, cfg.bias, 1, 0.0, False, False, False)
     return (out.flip(0) if reverse else out), h_n[0]
 
 
-def replay_for(cfg: CellFamily, reverse: bool, lengths: Tensor | None, noise: Noise | None, full: bool):
-    """The plan's ``replay``: torch's kernel for the plain GRU without masks over sequences all T
-    long (``full``; what ``auto`` runs here), else the reference loop."""
-    if cfg.torch_mode == "GRU" and (noise is None or not noise.active) and full:
+def replay_for(
+    cfg: CellFamily,
+    reverse: bool,
+    lengths: Tensor | None,
+    noise: Noise | None,
+    full: bool,
+    reset: Tensor | None = None,
+):
+    """The plan's ``replay``: torch's kernel for the plain GRU without masks or restarts over
+    sequences all T long (``full``; what ``auto`` runs here), else the reference loop (with the
+    restarts ``reset`` (T, B) in walk order, which torch's kernel cannot take)."""
+    if cfg.torch_mode == "GRU" and (noise is None or not noise.active) and full and reset is None:
         return partial(_torch_gru_replay, cfg, reverse)
-    return partial(_replay, cfg, reverse, lengths, noise)
+    return partial(_replay, cfg, reverse, lengths, reset, noise)
 
 
 def _keep(noise: Noise | None, mask: Tensor | None, active: Tensor | None, T: int, x: Tensor) -> Tensor | None:
@@ -281,7 +296,16 @@ def _keep(noise: Noise | None, mask: Tensor | None, active: Tensor | None, T: in
     return 1.0 - (1.0 - keep) * active
 
 
-def make_plan(cfg: CellFamily, x: Tensor, lengths: Tensor | None, noise: Noise | None, reverse: bool) -> Plan:
+def make_plan(
+    cfg: CellFamily,
+    x: Tensor,
+    lengths: Tensor | None,
+    noise: Noise | None,
+    reverse: bool,
+    reset: Tensor | None = None,
+) -> Plan:
+    """The :class:`.function.Plan` of one call: its masks from ``lengths``, ``noise`` and the
+    restarts ``reset`` (T, B) bool in walk order (:func:`restarts`), and its replay."""
     T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
@@ -300,7 +324,8 @@ def make_plan(cfg: CellFamily, x: Tensor, lengths: Tensor | None, noise: Noise |
         keep_h,
         keep_c,
         recurrent_mask,
-        replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), full=active is None),
+        replay_for(cfg, reverse, lengths, _replay_noise(noise, keep_h, keep_c), active is None, reset),
+        *restarts(reset),
     )
 
 
@@ -326,21 +351,24 @@ def run_layer(
     record: bool = False,
     reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
-    """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`)."""
+    """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`); the restarts
+    ``reset`` run inside every kernel's loop."""
     require_support(name, supports(cfg, x))
-    if reset is not None:
+    if reset is not None and not bool(reset.any()):
+        reset = None  # nothing restarts: the plain path, which costs nothing extra
+    if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
         return reference.run_layer(
             cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
         )
-    if record or x.shape[0] == 0 or x.shape[1] == 0:  # no steps or no sequences: nothing to fuse
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
     layer_kernel = getattr(_kernel(cfg), "run_layer", None)
     if layer_kernel is not None:
         if noise is not None and noise.active:
-            return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
-        return layer_kernel(cfg, x, state, weights, reverse=reverse, lengths=lengths)
+            return reference.run_layer(
+                cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, reset=reset
+            )
+        return layer_kernel(cfg, x, state, weights, reverse=reverse, lengths=lengths, reset=reset)
     weight_ih, in_gain, bias, params = prepare(cfg, weights, x.device)
-    plan = make_plan(cfg, x, lengths, noise, reverse)
+    plan = make_plan(cfg, x, lengths, noise, reverse, reset)
     c0 = state[1].contiguous() if len(cfg.states) > 1 else None
     kernel = compiled.loop_for(cfg, x.dtype) or _kernel(cfg)
     out, *final = Recurrence.apply(
@@ -353,6 +381,17 @@ def run_layer(
         bias,
         state[0].contiguous(),
         c0,
+        _initial_gates(cfg, state, x),
         *(params.get(k) for k in _PARAMS),
     )
-    return out, tuple(final), None
+    return out, tuple(final[: len(cfg.states)]), None
+
+
+def _initial_gates(cfg: CellFamily, state: tuple[Tensor, ...], x: Tensor) -> Tensor | None:
+    """The previous step's gate activations a step kernel carries besides h and c (the LSTM
+    ``fgr``'s (i, f, o), ``gate_state_size(cfg)`` wide): the family's third state, zeros where it
+    carries none; None for a kernel that carries no gates."""
+    size = getattr(_kernel(cfg), "gate_state_size", lambda cfg: 0)(cfg)
+    if not size:
+        return None
+    return state[2].contiguous() if len(state) > 2 else x.new_zeros(x.shape[1], size)

@@ -11,7 +11,8 @@ compute what the Python loops compute and are tested against the reference loop 
 like them.
 
 They cover every LSTM variant (``fgr``'s gate recurrence included) and both GRU forms, in float32
-and float64, with layer norm, projection, peepholes, zoneout, packed lengths and recurrent dropout.
+and float64, with layer norm, projection, peepholes, zoneout, packed lengths, recurrent dropout
+and restarts (``reset``).
 
 Building needs a C++ compiler and ninja (a dependency of gatedrnn); it takes about 30 s once per
 machine, torch version and source, in torch's extension cache (``TORCH_EXTENSIONS_DIR``, by
@@ -270,8 +271,13 @@ def _weights(w: dict[str, Tensor | None]) -> list[Tensor | None]:
     ]
 
 
+def restart_mask(plan: Plan) -> Tensor | None:
+    """The ops' ``restart`` (T, B) bool: the plan's restarts in walk order, or None."""
+    return None if plan.reset is None else plan.reset[..., 0]
+
+
 def _masks(plan: Plan) -> list[Tensor | None]:
-    return [plan.keep_h, plan.keep_c, plan.recurrent_mask, plan.active]
+    return [plan.keep_h, plan.keep_c, plan.recurrent_mask, plan.active, restart_mask(plan)]
 
 
 def _present(grads: dict[str, Tensor], w: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
@@ -301,26 +307,41 @@ class LSTMLoop:
     normalises_input = True
 
     @staticmethod
-    def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor | None]):
+    def forward(plan: Plan, xw: Tensor, initial: tuple[Tensor, ...], w: dict[str, Tensor | None]):
         cfg = plan.cfg
+        h0, c0, gates0 = (*initial, None)[:3]
         results = torch.ops.gatedrnn_cpu.lstm_forward(
-            xw, h0, c0, *_weights(w), *_masks(plan), _layout(cfg), plan.reverse, cfg.eps
+            xw, h0, c0, gates0, *_weights(w), *_masks(plan), _layout(cfg), plan.reverse, cfg.eps
         )
         saved = _saved(_SAVED, results, xw, w)
         states, cells = saved["states"], saved["cells"]
         outputs = (plan.outputs(states), states[plan.final].clone(), cells[plan.final].clone())
+        if gates0 is not None:  # fgr: the final carried gates, and the initial ones by value for backward
+            outputs += (results[len(_SAVED)],)
+            saved["gates0"] = gates0.clone()
         return outputs, saved
 
     @staticmethod
     def backward(
         plan: Plan, w: dict[str, Tensor | None], saved: dict[str, Tensor | None], grads: tuple[Tensor, ...]
     ) -> dict[str, Tensor | None]:
-        d_out, d_hn, d_cn = grads
+        d_out, d_hn, d_cn = grads[:3]
+        d_gates_n = grads[3] if len(grads) > 3 else None
         d_out = d_out if plan.active is None else d_out * plan.active
         s = [saved[k] for k in _SAVED]
-        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gg = (
+        d_z, dh, dc, d_hh, d_gain, d_peep, d_ln_w, d_ln_b, d_hr, d_in_gain, d_in_bias, d_gg, d_gates0 = (
             torch.ops.gatedrnn_cpu.lstm_backward(
-                d_out, d_hn, d_cn, saved.get("xa"), *s, *_weights(w), *_masks(plan), _layout(plan.cfg), plan.reverse
+                d_out,
+                d_hn,
+                d_cn,
+                d_gates_n,
+                saved.get("xa"),
+                *s,
+                saved.get("gates0"),
+                *_weights(w),
+                *_masks(plan),
+                _layout(plan.cfg),
+                plan.reverse,
             )
         )
         present = {
@@ -333,7 +354,8 @@ class LSTMLoop:
             "in_bias": d_in_bias,
             "weight_gg": d_gg,
         }
-        return {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_hh, **_present(present, w)}
+        gates0 = d_gates0 if saved.get("gates0") is not None else None
+        return {"xw": d_z, "h0": dh, "c0": dc, "gates0": gates0, "weight_hh": d_hh, **_present(present, w)}
 
 
 _GRU_SAVED = ("states", "acts", "normed", "rstd", "in_stats")
@@ -350,10 +372,18 @@ class GRULoop:
     normalises_input = True
 
     @staticmethod
-    def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor | None]):
+    def forward(plan: Plan, xw: Tensor, initial: tuple[Tensor], w: dict[str, Tensor | None]):
         cfg = plan.cfg
         results = torch.ops.gatedrnn_cpu.gru_forward(
-            xw, h0, *_gru_weights(w), plan.keep_h, plan.recurrent_mask, cfg.reset_after, plan.reverse, cfg.eps
+            xw,
+            initial[0],
+            *_gru_weights(w),
+            plan.keep_h,
+            plan.recurrent_mask,
+            restart_mask(plan),
+            cfg.reset_after,
+            plan.reverse,
+            cfg.eps,
         )
         saved = _saved(_GRU_SAVED, results, xw, w)
         states = saved["states"]
@@ -373,6 +403,7 @@ class GRULoop:
             *_gru_weights(w),
             plan.keep_h,
             plan.recurrent_mask,
+            restart_mask(plan),
             plan.cfg.reset_after,
             plan.reverse,
         )

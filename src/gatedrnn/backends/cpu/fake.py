@@ -3,8 +3,9 @@
 Tracers (``torch.export``, ``torch.compile``'s AOT autograd) run an op on fake tensors, which
 have shapes and dtypes but no data; an op without a fake implementation stops them
 ("UnsupportedOperatorException"). Each function here returns the empty tensors the C++ op
-(``csrc/lstm_loop.cpp``, ``csrc/gru_loop.cpp``) returns, of the same shapes: the saved buffers,
-and the gradients, where an output the configuration does not have is a (0,) tensor. Registered by
+(``csrc/lstm_loop.cpp``, ``csrc/gru_loop.cpp``, ``csrc/slstm_loop.cpp``, ``csrc/min_scan.cpp``)
+returns, of the same shapes: the saved buffers, and the gradients, where an output the
+configuration does not have is a (0,) tensor. Registered by
 :func:`register` once the ops are loaded; ``torch.library.opcheck`` checks them against the real
 ops in the tests.
 
@@ -28,6 +29,7 @@ def lstm_forward(
     xw,
     h0,
     c0,
+    gates0,
     weight_hh,
     in_gain,
     in_bias,
@@ -41,12 +43,13 @@ def lstm_forward(
     keep_c,
     recurrent_mask,
     active,
+    restart,
     layout,
     reverse,
     eps,
 ) -> list[Tensor]:
     """[states (T+1, B, R), cells (T+1, B, H), acts (T, B, GH), c_new (T, B, H), h_hat (T, B, H),
-    normed (T, B, GH), rstd (T, B, G), in_stats (T, B, G, 2), c_stats (T, B, 2)]."""
+    normed (T, B, GH), rstd (T, B, G), in_stats (T, B, G, 2), c_stats (T, B, 2), gates_n (B, 3H)]."""
     T, B, GH = xw.shape
     H, R = c0.shape[1], h0.shape[1]
     G, norm, cell_norm = GH // H, rec_gain is not None, ln_weight_c is not None
@@ -60,6 +63,7 @@ def lstm_forward(
         _maybe(xw, norm, T, B, G),
         _maybe(xw, norm, T, B, G, 2),
         _maybe(xw, cell_norm, T, B, 2),
+        _maybe(xw, weight_gg is not None, B, 3 * H),
     ]
 
 
@@ -67,6 +71,7 @@ def lstm_backward(
     d_out,
     d_hn,
     d_cn,
+    d_gates_n,
     xw,
     states,
     cells,
@@ -77,6 +82,7 @@ def lstm_backward(
     rstd,
     in_stats,
     c_stats,
+    gates0,
     weight_hh,
     in_gain,
     in_bias,
@@ -90,12 +96,13 @@ def lstm_backward(
     keep_c,
     recurrent_mask,
     active,
+    restart,
     layout,
     reverse,
 ) -> list[Tensor]:
     """[d_z (T, B, GH), dh (B, R), dc (B, H), d_weight_hh (GH, R), d_rec_gain (GH), d_peep (3H),
     d_ln_weight_c (H), d_ln_bias_c (H), d_weight_hr (R, H), d_in_gain (GH), d_in_bias (GH),
-    d_weight_gg (3H, 3H)]."""
+    d_weight_gg (3H, 3H), d_gates0 (B, 3H)]."""
     T, B, GH = acts.shape
     H, R = cells.shape[2], states.shape[2]
     norm, cell_norm = rec_gain is not None, ln_weight_c is not None
@@ -112,11 +119,12 @@ def lstm_backward(
         _maybe(acts, norm, GH),
         _maybe(acts, norm, GH),
         _maybe(acts, weight_gg is not None, 3 * H, 3 * H),
+        _maybe(acts, weight_gg is not None, B, 3 * H),
     ]
 
 
 def gru_forward(
-    xw, h0, weight_hh, in_gain, in_bias, rec_gain, rec_shift, keep_h, recurrent_mask, reset_after, reverse, eps
+    xw, h0, weight_hh, in_gain, in_bias, rec_gain, rec_shift, keep_h, recurrent_mask, restart, reset_after, reverse, eps
 ) -> list[Tensor]:
     """[states (T+1, B, H), acts (T, B, 4H with the reset after, else 3H), normed (T, B, 3H),
     rstd (T, B, 3), in_stats (T, B, 3, 2)]."""
@@ -131,7 +139,7 @@ def gru_forward(
     ]
 
 
-def slstm_forward(pre, h0, c0, n0, m0, weight_hh, active, reverse, exp_gate) -> list[Tensor]:
+def slstm_forward(pre, h0, c0, n0, m0, weight_hh, active, restart, reverse, exp_gate) -> list[Tensor]:
     """[h, c, n, m (T+1, B, H)] of the sLSTM's pass (``csrc/slstm_loop.cpp``; it also adds the
     recurrent products into ``pre`` in place)."""
     T, B = pre.shape[:2]
@@ -139,7 +147,7 @@ def slstm_forward(pre, h0, c0, n0, m0, weight_hh, active, reverse, exp_gate) -> 
 
 
 def slstm_backward(
-    pre, hs, cs, ns, ms, weight_hh, d_out, dh_n, dc_n, dn_n, dm_n, active, reverse, exp_gate
+    pre, hs, cs, ns, ms, weight_hh, d_out, dh_n, dc_n, dn_n, dm_n, active, restart, reverse, exp_gate
 ) -> list[Tensor]:
     """[d_pre (T, B, 4H), dh0, dc0, dn0, dm0 (B, H)]."""
     return [torch.empty_like(pre)] + [torch.empty_like(dh_n) for _ in range(4)]
@@ -161,6 +169,7 @@ def gru_backward(
     rec_shift,
     keep_h,
     recurrent_mask,
+    restart,
     reset_after,
     reverse,
 ) -> list[Tensor]:
@@ -179,13 +188,13 @@ def gru_backward(
     ]
 
 
-def min_scan_forward(xp, h0, lengths, kind, g_activation, reverse) -> list[Tensor]:
+def min_scan_forward(xp, h0, lengths, restart, kind, g_activation, reverse) -> list[Tensor]:
     """[output (T, B, H), h_n (B, H)] of the minimal cells' pass (``csrc/min_scan.cpp``)."""
     T, B, _ = xp.shape
     return [xp.new_empty(T, B, h0.shape[1]), h0.new_empty(h0.shape)]
 
 
-def min_scan_backward(xp, out, h0, d_out, d_hn, lengths, kind, g_activation, reverse) -> list[Tensor]:
+def min_scan_backward(xp, out, h0, d_out, d_hn, lengths, restart, kind, g_activation, reverse) -> list[Tensor]:
     """[d xp (T, B, G*H), d h0 (B, H)]."""
     return [torch.empty_like(xp), torch.empty_like(h0)]
 

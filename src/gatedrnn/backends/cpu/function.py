@@ -6,6 +6,12 @@ slot ``prev(t)`` and writes slot ``new(t)`` (t and t+1 forward, t+1 and t in rev
 outputs and the previous states of all steps are each one contiguous slice, ready for the weight
 gradients' single matmul over all steps.
 
+A restart (``reset``, see :mod:`gatedrnn.backends.reference`) zeroes the carry of some rows just
+before a step: the buffers keep what each step wrote (the outputs), and a step that restarts rows
+reads its carry through :meth:`Plan.entering`, zero on those rows; the weight gradients read the
+same values (:meth:`Plan.carried`). Backward, the gradient reaching the carry before such a step is
+zeroed on the restarted rows (:meth:`Plan.zero_restarted`). Steps that restart no row cost nothing extra.
+
 Zoneout and sequence lengths act the same way on a carried state s: the new state is
 :math:`s_t = k_t s_{t-1} + (1 - k_t) \\tilde s_t` with a keep weight :math:`k_t` that is the
 zoneout mask (or its expectation p in evaluation) on active steps and 1 on inactive ones,
@@ -48,11 +54,14 @@ class Plan:
             kernel of one state.
         recurrent_mask: (B, R) recurrent-dropout mask multiplied into h_{t-1} before the matmul.
         replay: the same layer as a differentiable function of the Function's tensor inputs,
-            ``replay(x, weight_ih, in_gain, bias, h0, c0, params) -> (output, h_n[, c_n])`` with
-            ``params`` the dict of the named ones (the reference loop with the same masks, or
-            torch's kernel for the plain GRU: :func:`gatedrnn.backends.cpu.replay_for`), which
-            the backward pass differentiates where its own gradients must be differentiable
-            again.
+            ``replay(x, weight_ih, in_gain, bias, initial, params) -> (output, *finals)`` with
+            ``initial`` the initial states (h0[, c0[, gates0]]) and ``params`` the dict of the
+            named weights (the reference loop with the same masks, or torch's kernel for the plain
+            GRU: :func:`gatedrnn.backends.cpu.replay_for`), which the backward pass differentiates
+            where its own gradients must be differentiable again.
+        reset: (T, B, 1) bool, True where the carry of sequence b is zeroed just before step t
+            (the walk order's mask, :mod:`gatedrnn.backends.reference`); None for no restart.
+        restarted_steps: the steps t at which ``reset`` restarts at least one row.
     """
 
     cfg: CellFamily
@@ -64,6 +73,8 @@ class Plan:
     keep_c: Tensor | None
     recurrent_mask: Tensor | None
     replay: Callable[..., tuple[Tensor, ...]]
+    reset: Tensor | None = None
+    restarted_steps: frozenset[int] = frozenset()
 
     def steps(self) -> range:
         """The time indices in the order the forward pass visits them."""
@@ -110,13 +121,46 @@ class Plan:
         return torch.mul(h, self.recurrent_mask, out=out)
 
     def matmul_inputs(self, states: Tensor) -> Tensor:
-        """The same for the (T, B, R) states before every step."""
-        return states[self.prev_slice] if self.recurrent_mask is None else states[self.prev_slice] * self.recurrent_mask
+        """The same for the (T, B, R) states before every step (zero on restarted rows)."""
+        before = self.carried(states)
+        return before if self.recurrent_mask is None else before * self.recurrent_mask
+
+    def restart(self, t: int) -> Tensor | None:
+        """(B, 1) bool: the rows whose carry is zeroed just before step t; None where step t
+        restarts no row."""
+        return self.reset[t] if t in self.restarted_steps else None
+
+    def entering(self, t: int, buffer: Tensor) -> Tensor:
+        """The carried state before step t as the step reads it, from a (T+1, B, size) buffer:
+        the slot ``prev(t)``, or a copy of it zeroed on the rows step t restarts (a select: an
+        infinite or NaN state becomes 0)."""
+        return self.zero_restarted(t, buffer[self.prev(t)])
+
+    def carried(self, buffer: Tensor) -> Tensor:
+        """(T, B, size): the carried state before every step, in time order, as the steps read it
+        (:meth:`entering` for all of them at once)."""
+        before = buffer[self.prev_slice]
+        return before if self.reset is None else before.masked_fill(self.reset, 0.0)
+
+    def zero_restarted(self, t: int, value: Tensor) -> Tensor:
+        """``value`` (B, ·), a carried value before step t or its gradient, with the rows step t
+        restarts set to zero (a new tensor where it restarts any, else ``value`` itself): the
+        carry the step reads forward, and backward the cut through which nothing flows back."""
+        restart = self.restart(t)
+        return value if restart is None else value.masked_fill(restart, 0.0)
 
     def outputs(self, states: Tensor) -> Tensor:
         """(T, B, R) output: the states after each step, zero where the step is inactive."""
         out = states[self.new_slice]
         return out if self.active is None else out * self.active
+
+
+def restarts(reset: Tensor | None) -> tuple[Tensor | None, frozenset[int]]:
+    """A plan's ``reset`` (T, B, 1) and ``restarted_steps`` from the (T, B) bool mask in walk order
+    (``(None, frozenset())`` for None)."""
+    if reset is None:
+        return None, frozenset()
+    return reset.unsqueeze(-1), frozenset(torch.nonzero(reset.any(1)).flatten().tolist())
 
 
 def blend(keep: Tensor | None, t: int, new: Tensor, old: Tensor, out: Tensor) -> None:
@@ -310,9 +354,12 @@ def _stacked(saved: dict[str, Tensor | list[Tensor]]) -> dict[str, Tensor]:
 class Recurrence(torch.autograd.Function):
     """One layer and direction: forward and backward through time on one kernel.
 
-    ``apply(plan, kernel, names, x, weight_ih, in_gain, bias, h0, c0, *params)`` with ``kernel`` a
-    module or class offering ``forward(plan, xw, h0, c0, w) -> (outputs, saved)`` and
-    ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n]).
+    ``apply(plan, kernel, names, x, weight_ih, in_gain, bias, h0, c0, gates0, *params)`` with
+    ``kernel`` a module or class offering ``forward(plan, xw, initial, w) -> (outputs, saved)``
+    and ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n[, gates_n]]).
+    ``c0`` is None for a kernel of one state, ``gates0`` (B, 3H) for all but the LSTM's ``fgr``
+    (its previous step's (i, f, o) activations); ``initial`` is the tuple of the given ones, and
+    the backward pass's dict has their gradients as ``h0``, ``c0``, ``gates0``.
 
     A kernel whose ``normalises_input`` is True (the compiled loops) takes the input's layer
     norm over: with layer norm it receives the plain product ``x W^T`` as ``xw``, the input gain
@@ -332,6 +379,7 @@ class Recurrence(torch.autograd.Function):
         bias: Tensor | None,
         h0: Tensor,
         c0: Tensor | None,
+        gates0: Tensor | None,
         *params: Tensor,
     ):
         w = dict(zip(names, params))
@@ -341,14 +389,15 @@ class Recurrence(torch.autograd.Function):
             w.update(in_gain=in_gain, in_bias=bias if bias is not None else torch.zeros_like(in_gain))
         else:
             xw, saved = input_pre_activations(plan.cfg, x, weight_ih, in_gain, bias)
-        outputs, loop_saved = kernel.forward(plan, xw, h0, c0, w)
+        initial = tuple(s for s in (h0, c0, gates0) if s is not None)
+        outputs, loop_saved = kernel.forward(plan, xw, initial, w)
         del xw  # before stacking the per-step lists: the two would otherwise meet at the peak
         saved.update(_stacked(loop_saved))
         ctx.plan, ctx.kernel, ctx.names, ctx.saved_names, ctx.fused = plan, kernel, names, tuple(saved), fused
         ctx.save_for_backward(x, weight_ih, in_gain, bias, *params, *saved.values())
         # the initial states only for the replay: outside the saved set's version check, so that a
         # first-order backward still runs after a stateful loop overwrote them in place
-        ctx.initial = (h0, c0)
+        ctx.initial = (h0, c0, gates0)
         return outputs
 
     @staticmethod
@@ -365,12 +414,13 @@ class Recurrence(torch.autograd.Function):
         with ``create_graph``. The fused backward pass is first order; this path costs the replay's
         forward and backward and is taken only when asked for."""
         x, weight_ih, in_gain, bias, *rest = ctx.saved_tensors
-        (h0, c0), params = ctx.initial, rest[: len(ctx.names)]
-        inputs = (x, weight_ih, in_gain, bias, h0, c0, *params)
+        params = rest[: len(ctx.names)]
+        inputs = (x, weight_ih, in_gain, bias, *ctx.initial, *params)
         wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[3 + i]]
         result: list[Tensor | None] = [None] * len(inputs)
+        initial = tuple(s for s in ctx.initial if s is not None)
         with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
-            outputs = ctx.plan.replay(x, weight_ih, in_gain, bias, h0, c0, dict(zip(ctx.names, params)))
+            outputs = ctx.plan.replay(x, weight_ih, in_gain, bias, initial, dict(zip(ctx.names, params)))
             # an output may depend on nothing that requires grad (c_n of one step with only the
             # projection trainable): autograd refuses those
             live = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
@@ -401,4 +451,5 @@ class Recurrence(torch.autograd.Function):
         else:
             d = ctx.kernel.backward(ctx.plan, w, saved, grads)
             d_x, d_w, d_gain, d_bias = input_grads(ctx.plan.cfg, d["xw"], x, weight_ih, in_gain, bias, saved, need_x)
-        return (None, None, None, d_x, d_w, d_gain, d_bias, d["h0"], d.get("c0"), *(d.get(n) for n in ctx.names))
+        d_initial = (d["h0"], d.get("c0"), d.get("gates0"))
+        return (None, None, None, d_x, d_w, d_gain, d_bias, *d_initial, *(d.get(n) for n in ctx.names))

@@ -53,10 +53,11 @@ def _products(
     ], [prefix for prefix, _ in parts]
 
 
-def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
-    """Run the steps; returns ((output, h_n), saved). Saves r, z, n (and v for reset after)."""
+def forward(plan: Plan, xw: Tensor, initial: tuple[Tensor], w: dict[str, Tensor]):
+    """Run the steps from ``initial`` (h0,); returns ((output, h_n), saved). Saves r, z, n (and v
+    for reset after)."""
     cfg, T, B, H = plan.cfg, plan.T, plan.B, plan.cfg.hidden_size
-    states = plan.state_buffer(h0)
+    states = plan.state_buffer(initial[0])
     products, prefixes = _products(plan, w)
     acts = xw.new_empty(T, B, (4 if cfg.reset_after else 3) * H)  # r, z, n[, v]
     u = xw.new_empty(B, 3 * H) if cfg.reset_after else None
@@ -65,7 +66,7 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
     h_new = xw.new_empty(B, H) if plan.keep_h is not None else None
     shift = w.get("rec_shift")
     for t in plan.steps():
-        h_prev, target = states[plan.prev(t)], states[plan.new(t)]
+        h_prev, target = plan.entering(t, states), states[plan.new(t)]
         a, x_t = acts[t], xw[t]
         r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
         h_in = plan.matmul_input(h_prev, hm)
@@ -110,7 +111,7 @@ def backward(
         a, d = acts[t], d_pre[t]
         r, z, n = a[:, :H], a[:, H : 2 * H], a[:, 2 * H : 3 * H]
         dr, dz, dn = d[:, :H], d[:, H : 2 * H], d[:, 2 * H :]
-        h_prev = states[plan.prev(t)]
+        h_prev = plan.entering(t, states)
         h_in = plan.matmul_input(h_prev, hm)
         dh_carry = d_new * z
         torch.sub(d_new, dh_carry, out=dn)
@@ -134,6 +135,7 @@ def backward(
         dh.add_(dh_carry)
         if d_old is not None:
             dh += d_old
+        dh = plan.zero_restarted(t, dh)
     inputs = plan.matmul_inputs(states)
     if cfg.reset_after:
         d_weight, d_gain = products[0].grads(d_prod, inputs)

@@ -26,6 +26,11 @@ where :math:`\\delta u` is :math:`\\delta z` through the recurrent layer norm. A
 :math:`\\delta U = \\sum_t \\delta u_t^\\top \\tilde h_{t-1}`, :math:`\\delta W_{gg} = \\sum_t
 \\delta z_{i,f,o}^\\top q_{t-1}`, :math:`\\delta p_{i,f} = \\sum \\delta z_{i,f} c_{t-1}`,
 :math:`\\delta p_o = \\sum \\delta z_o c_t`, and the cell layer norm's gain and shift.
+
+fgr carries q, its (i, f, o) activations, as a third state: q_{t-1} is the initial ``gates0``
+before the first step, held (with h and c) over inactive steps, and q_t the final ``gates_n``.
+A restart zeroes h, c and q before its step (:class:`.function.Plan`), and backward the gradients
+:math:`\\delta h_{t-1}, \\delta c_{t-1}, \\delta q_{t-1}` on its rows.
 """
 
 from __future__ import annotations
@@ -89,8 +94,22 @@ def _squash(
     return (c if cfg.variant == "noaf" else torch.tanh(c, out=out)), mean, rstd
 
 
-def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor]):
-    """Run the steps; returns ((output, h_n, c_n), saved)."""
+def gate_state_size(cfg: CellFamily) -> int:
+    """The width of the gates ``fgr`` carries, its (i, f, o) activations (3H; the first 3H columns
+    of the backend's order, in the family's order of its ``gates`` state); 0 for the others."""
+    return 3 * cfg.hidden_size if cfg.variant == "fgr" else 0
+
+
+def _carry_gates(plan: Plan, t: int, gates: Tensor, q_prev: Tensor) -> Tensor:
+    """fgr's carried (i, f, o) after step t: the step's ``gates``, or the carry before it held on
+    the rows where the step is inactive."""
+    return gates if plan.active is None else torch.where(plan.active[t] > 0, gates, q_prev)
+
+
+def forward(plan: Plan, xw: Tensor, initial: tuple[Tensor, ...], w: dict[str, Tensor]):
+    """Run the steps from ``initial`` (h0, c0[, gates0 for fgr]); returns ((output, h_n, c_n[,
+    gates_n]), saved)."""
+    h0, c0 = initial[:2]
     cfg, T, B, H = plan.cfg, plan.T, plan.B, plan.cfg.hidden_size
     lay = Layout.of(cfg)
     states, cells = plan.state_buffer(h0), plan.state_buffer(c0)
@@ -102,15 +121,16 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor]
     product = RecurrentProduct(w["weight_hh"], w.get("rec_gain"), cfg, T=T, B=B)
     peep = w["weight_ch"].view(3, H) if cfg.variant == "peephole" else None
     gg_t = w["weight_gg"].t() if cfg.variant == "fgr" else None
-    q_prev = xw.new_zeros(B, 3 * H) if gg_t is not None else None
+    q_prev = initial[2] if gg_t is not None else None  # the (i, f, o) carried into the step
     y_buf = xw.new_empty(B, H)
     # the cell layer norm's statistics per step (y itself is recomputed in the backward pass)
     c_stats: dict[str, list] = {"c_mean": [None] * T, "c_rstd": [None] * T}
     for t in plan.steps():
-        p, n = plan.prev(t), plan.new(t)
-        h_prev, c_prev, a = states[p], cells[p], acts[t]
+        n = plan.new(t)
+        h_prev, c_prev, a = plan.entering(t, states), plan.entering(t, cells), acts[t]
         product.forward(t, plan.matmul_input(h_prev, hm), xw[t], a)
         if gg_t is not None:
+            q_prev = plan.zero_restarted(t, q_prev)
             a[:, : 3 * H].addmm_(q_prev, gg_t)
         if peep is not None:
             a[:, : 2 * H].unflatten(-1, (2, H)).addcmul_(peep[:2], c_prev.unsqueeze(1))
@@ -131,33 +151,45 @@ def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: Tensor, w: dict[str, Tensor]
         if plan.keep_c is not None:
             blend(plan.keep_c, t, c, c_prev, cells[n])
         if q_prev is not None:
-            q_prev = a[:, : 3 * H] if plan.active is None else a[:, : 3 * H] * plan.active[t]
+            q_prev = _carry_gates(plan, t, a[:, : 3 * H], q_prev)
     saved = {"states": states, "cells": cells, "acts": acts, "h_hat": h_hat, **product.saved("rec")}
     if plan.keep_c is not None:
         saved["c_new"] = c_new
     if cfg.layer_norm:
         saved.update(c_stats)
     outputs = (plan.outputs(states), states[plan.final].clone(), cells[plan.final].clone())
+    if q_prev is not None:
+        # by value: a stateful loop may overwrite the initial state in place before backward
+        saved["gates0"] = initial[2].clone()
+        outputs += (q_prev.clone(),)
     return outputs, saved
 
 
-def gate_weight_grad(plan: Plan, d_gates: Tensor, acts: Tensor) -> Tensor:
+def gate_weight_grad(plan: Plan, d_gates: Tensor, acts: Tensor, gates0: Tensor) -> Tensor:
     """:math:`\\delta W_{gg} = \\sum_t \\delta z_{i,f,o,t}^\\top q_{t-1}` (3H, 3H), from the gradient at the
-    (i, f, o) pre-activations ``d_gates`` (T, B, 3H) and the activations ``acts`` (T, B, G*H):
-    q_{t-1} is the (i, f, o) activations of the step before t (t - 1, or t + 1 in reverse), zero
-    after an inactive step; the first step has none. One product of shifted views (no copy
-    unless there are inactive steps)."""
+    (i, f, o) pre-activations ``d_gates`` (T, B, 3H), the activations ``acts`` (T, B, G*H) and the
+    initial carry ``gates0`` (B, 3H). q_{t-1}, the (i, f, o) carried into step t, is the
+    activations of the step before (t - 1, or t + 1 in reverse) where that one was active, else
+    the carry it held: ``gates0`` (an active step follows inactive ones only in reverse, where all
+    steps before it are inactive); ``gates0`` before the first step; zero on the rows step t
+    restarts. One product of shifted views (no copy unless there are inactive or restarted
+    steps) and the first step's."""
     q = acts[..., : 3 * plan.cfg.hidden_size]
-    if plan.active is not None:
-        q = q * plan.active
     later, earlier = (slice(0, -1), slice(1, None)) if plan.reverse else (slice(1, None), slice(0, -1))
-    return d_gates[later].flatten(0, 1).t().mm(q[earlier].flatten(0, 1))
+    first = plan.T - 1 if plan.reverse else 0
+    q_before = q[earlier]
+    if plan.active is not None:
+        q_before = torch.where(plan.active[earlier] > 0, q_before, gates0)
+    if plan.reset is not None:
+        q_before = q_before.masked_fill(plan.reset[later], 0.0)
+    grad = d_gates[later].flatten(0, 1).t().mm(q_before.flatten(0, 1))
+    return grad.addmm_(d_gates[first].t(), plan.zero_restarted(first, gates0))
 
 
 def backward(
     plan: Plan, w: dict[str, Tensor], saved: dict[str, Tensor], grads: tuple[Tensor, ...]
 ) -> dict[str, Tensor]:
-    d_out, d_hn, d_cn = grads
+    d_out, d_hn, d_cn = grads[:3]
     cfg, T, B, H = plan.cfg, plan.T, plan.B, plan.cfg.hidden_size
     lay = Layout.of(cfg)
     states, cells, acts, h_hat = saved["states"], saved["cells"], saved["acts"], saved["h_hat"]
@@ -171,17 +203,18 @@ def backward(
     d_ln = acts.new_empty(T, B, H) if cfg.layer_norm else None  # gradient at the cell layer norm's output
     sig_if = slice(0, lay.sigmoid_first.stop - (H if lay.o is not None and peep is None else 0))
     y_tmp = acts.new_empty(B, H)
-    dh, dc, dq = d_hn, d_cn, None
+    # dq: the gradient at the (i, f, o) carried after the step (fgr), from the final one's; an
+    # inactive row's carry is the one before the step (held: weight 1), so its gradient passes there
+    dh, dc, dq = d_hn, d_cn, grads[3] if fgr else None
+    held = None if plan.active is None or not fgr else 1.0 - plan.active
     for t in plan.backward_steps():
-        p = plan.prev(t)
-        a, d, c, c_prev = acts[t], d_z[t], c_new[t], cells[p]
+        a, d, c, c_prev = acts[t], d_z[t], c_new[t], plan.entering(t, cells)
         dh_new, dh_old = split_grad(plan.keep_h, t, dh + d_out[t])
         dc_new, dc_old = split_grad(plan.keep_c, t, dc)
         if d_h_new is not None:
             d_h_new[t] = dh_new
             dh_new = dh_new.mm(w["weight_hr"])
-        if dq is not None and plan.active is not None:
-            dq = dq * plan.active[t]
+        dq, dq_held = (dq, None) if held is None else split_grad(held, t, dq)
         y, mean, rstd = _squash(cfg, c, w, y_tmp)
         if lay.o is not None:
             o, do = a[:, lay.o], d[:, lay.o]
@@ -218,15 +251,19 @@ def backward(
             dh += dh_old
         if fgr:
             dq = d[:, : 3 * H].mm(w["weight_gg"])
+            if dq_held is not None:
+                dq += dq_held
+            dq = plan.zero_restarted(t, dq)
+        dh, dc = plan.zero_restarted(t, dh), plan.zero_restarted(t, dc)
     d_weight, d_gain = product.grads(d_z, plan.matmul_inputs(states))
-    grads = {"xw": d_z, "h0": dh, "c0": dc, "weight_hh": d_weight, "rec_gain": d_gain}
+    grads = {"xw": d_z, "h0": dh, "c0": dc, "gates0": dq, "weight_hh": d_weight, "rec_gain": d_gain}
     if h_hat is not None:
         grads["weight_hr"] = d_h_new.flatten(0, 1).t().mm(h_hat.flatten(0, 1))
     if peep is not None:
-        d_if = (d_z[..., : 2 * H].unflatten(-1, (2, H)) * cells[plan.prev_slice].unsqueeze(2)).sum((0, 1))
+        d_if = (d_z[..., : 2 * H].unflatten(-1, (2, H)) * plan.carried(cells).unsqueeze(2)).sum((0, 1))
         grads["weight_ch"] = torch.cat([d_if.flatten(), (d_z[..., lay.o] * c_new).sum((0, 1))])
     if fgr:
-        grads["weight_gg"] = gate_weight_grad(plan, d_z[..., : 3 * H], acts)
+        grads["weight_gg"] = gate_weight_grad(plan, d_z[..., : 3 * H], acts, saved["gates0"])
     if d_ln is not None:
         mean, rstd = saved["c_mean"], saved["c_rstd"]
         grads["ln_weight_c"] = sum(((d_ln[c] * (c_new[c] - mean[c])).mul_(rstd[c])).sum((0, 1)) for c in chunks(T))

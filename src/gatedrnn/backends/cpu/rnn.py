@@ -13,16 +13,16 @@ from torch import Tensor
 from .function import Plan, RecurrentProduct, blend, split_grad
 
 
-def forward(plan: Plan, xw: Tensor, h0: Tensor, c0: None, w: dict[str, Tensor]):
-    """Run the steps; returns ((output, h_n), saved)."""
+def forward(plan: Plan, xw: Tensor, initial: tuple[Tensor], w: dict[str, Tensor]):
+    """Run the steps from ``initial`` (h0,); returns ((output, h_n), saved)."""
     relu = plan.cfg.nonlinearity == "relu"
-    states = plan.state_buffer(h0)
+    states = plan.state_buffer(initial[0])
     # the step's own h before zoneout/length blending, kept only when blending makes it differ
     acts = xw.new_empty(xw.shape) if plan.keep_h is not None else None
     prod = RecurrentProduct(w["weight_hh"], w.get("rec_gain"), plan.cfg, T=plan.T, B=plan.B)
     hm = xw.new_empty(states.shape[1:]) if plan.recurrent_mask is not None else None
     for t in plan.steps():
-        h_prev, target = states[plan.prev(t)], states[plan.new(t)]
+        h_prev, target = plan.entering(t, states), states[plan.new(t)]
         z = acts[t] if acts is not None else target
         prod.forward(t, plan.matmul_input(h_prev, hm), xw[t], z)
         z.relu_() if relu else z.tanh_()
@@ -52,5 +52,6 @@ def backward(
         dh = prod.backward(t, d_z[t], plan.recurrent_mask)
         if d_old is not None:
             dh += d_old
+        dh = plan.zero_restarted(t, dh)
     d_weight, d_gain = prod.grads(d_z, plan.matmul_inputs(states))
     return {"xw": d_z, "h0": dh, "weight_hh": d_weight, "rec_gain": d_gain}

@@ -38,7 +38,10 @@ derivative is softplus's (exactly 1 where :math:`\tilde f < -20`). Then
 :math:`\delta x` and the bias's gradient one matmul or sum each (:func:`.function.input_grads`).
 
 Sequence lengths: an inactive step keeps every state and outputs zero; its gradients pass
-straight to the states before it. Zoneout and recurrent dropout are not in the kernel: a call
+straight to the states before it. Restarts (``reset``): a step that restarts a row reads h, c, n,
+m = 0 there (:meth:`.function.Plan.entering`), so n_{t-1} = 0 makes it take the first-step rule
+m_t = ĩ (keyed on n per element, not on t), and the gradients at those states before it are zero
+(:meth:`.function.Plan.zero_restarted`). Zoneout and recurrent dropout are not in the kernel: a call
 with either active runs on the reference loop (the backend sends it there), as does gate
 recording. A gradient asked with ``create_graph=True`` replays the layer on the reference loop
 and differentiates that, as :class:`.function.Recurrence` does. float32 and float64 only
@@ -61,7 +64,7 @@ from torch import Tensor
 from ...cells.family import CellFamily, LayerWeights
 from .. import active_steps, reference, sum_present
 from . import compiled
-from .function import Plan, input_grads, input_pre_activations
+from .function import Plan, input_grads, input_pre_activations, restarts
 
 DTYPES = (torch.float32, torch.float64)
 """The dtypes the kernel computes in (m's stabiliser dtype is then the parameters' own)."""
@@ -113,6 +116,7 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], None]:
     """Run one layer and direction (contract: :mod:`gatedrnn.backends.reference`; zoneout and
     recurrent dropout never reach it: the backend runs them on the reference loop)."""
@@ -121,7 +125,8 @@ def run_layer(
     if lengths is not None and bool((lengths < T).any()):
         active = active_steps(lengths, T).to(x.dtype)
     weight_ih, bias = kernel_weights(cfg, weights, x.device)
-    plan = Plan(cfg, T, B, reverse, active, None, None, None, partial(_replay, cfg, reverse, lengths))
+    replay = partial(_replay, cfg, reverse, lengths, reset)
+    plan = Plan(cfg, T, B, reverse, active, None, None, None, replay, *restarts(reset))
     states = tuple(s.to(x.dtype).contiguous() for s in state)
     out, *final = SLSTMRecurrence.apply(plan, x.contiguous(), weight_ih, bias, *states, weights["weight_hh"])
     return out, tuple(final), None
@@ -131,6 +136,7 @@ def _replay(
     cfg: CellFamily,
     reverse: bool,
     lengths: Tensor | None,
+    reset: Tensor | None,
     x: Tensor,
     weight_ih: Tensor,
     bias: Tensor | None,
@@ -140,7 +146,7 @@ def _replay(
     """The layer :class:`SLSTMRecurrence` ran, on the reference loop from its inputs (the plan's
     ``replay``): (output, h_n, c_n, n_n, m_n)."""
     w = module_weights(cfg, weight_ih, bias, weight_hh)
-    out, finals, _ = reference.run_layer(cfg, x, initial, w, reverse=reverse, lengths=lengths)
+    out, finals, _ = reference.run_layer(cfg, x, initial, w, reverse=reverse, lengths=lengths, reset=reset)
     return (out, *finals)
 
 
@@ -201,7 +207,7 @@ def recurrent_weight_grad(plan: Plan, d_pre: Tensor, h_states: Tensor) -> Tensor
     cfg, T, B = plan.cfg, plan.T, plan.B
     K, D = cfg.num_heads, cfg.head_size
     grads = d_pre.view(T * B, K, 4 * D).permute(1, 2, 0)
-    inputs = h_states[plan.prev_slice].reshape(T * B, K, D).transpose(0, 1)
+    inputs = plan.carried(h_states).reshape(T * B, K, D).transpose(0, 1)
     return torch.bmm(grads, inputs)
 
 
@@ -270,8 +276,8 @@ class PythonLoop:
         weight_t = weight_hh.transpose(1, 2)  # (K, D, 4D)
         raw = pre.new_empty(K, B, 4 * D)
         for t in plan.steps():
-            p, n = plan.prev(t), plan.new(t)
-            h_p, c_p, n_p, m_p = (_heads(cfg, s[p]) for s in states)
+            n = plan.new(t)
+            h_p, c_p, n_p, m_p = (_heads(cfg, plan.entering(t, s)) for s in states)
             torch.bmm(h_p.transpose(0, 1), weight_t, out=raw)
             step = pre[t].view(B, K, 4, D)
             step.add_(raw.transpose(0, 1).view(B, K, 4, D))
@@ -302,8 +308,7 @@ class PythonLoop:
         d_pre = torch.empty_like(pre)
         dh, dc, dn, dm = (_heads(cfg, g).clone() for g in d_finals)
         for t in plan.backward_steps():
-            p = plan.prev(t)
-            c_p, n_p, m_p = (_heads(cfg, s[p]) for s in states[1:])
+            c_p, n_p, m_p = (_heads(cfg, plan.entering(t, s)) for s in states[1:])
             step = pre[t].view(B, K, 4, D)
             g = _gates(cfg, step, n_p, m_p)
             dh = dh + _heads(cfg, d_out[t])
@@ -317,7 +322,7 @@ class PythonLoop:
             news = (dh, dc * g.f, dn * g.f, da)
             if plan.active is not None:  # an inactive row's gradients pass to the states before it
                 news = tuple(v + old * (1 - act) for v, old in zip(news, carried))
-            dh, dc, dn, dm = news
+            dh, dc, dn, dm = (_heads(cfg, plan.zero_restarted(t, v.reshape(B, K * D))) for v in news)
         return d_pre, tuple(v.reshape(B, K * D) for v in (dh, dc, dn, dm))
 
 
@@ -356,7 +361,13 @@ class CompiledLoop:
     def forward(plan: Plan, pre: Tensor, initial: tuple[Tensor, ...], weight_hh: Tensor) -> tuple[Tensor, ...]:
         return tuple(
             torch.ops.gatedrnn_cpu.slstm_forward(
-                pre, *initial, weight_hh, plan.active, plan.reverse, plan.cfg.forget_gate == "exp"
+                pre,
+                *initial,
+                weight_hh,
+                plan.active,
+                compiled.restart_mask(plan),
+                plan.reverse,
+                plan.cfg.forget_gate == "exp",
             )
         )
 
@@ -370,6 +381,14 @@ class CompiledLoop:
         d_finals: tuple[Tensor, ...],
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         d_pre, *d_initial = torch.ops.gatedrnn_cpu.slstm_backward(
-            pre, *states, weight_hh, d_out, *d_finals, plan.active, plan.reverse, plan.cfg.forget_gate == "exp"
+            pre,
+            *states,
+            weight_hh,
+            d_out,
+            *d_finals,
+            plan.active,
+            compiled.restart_mask(plan),
+            plan.reverse,
+            plan.cfg.forget_gate == "exp",
         )
         return d_pre, tuple(d_initial)

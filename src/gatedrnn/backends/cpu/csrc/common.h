@@ -1,5 +1,6 @@
-// What the compiled loops (lstm_loop.cpp, gru_loop.cpp) share: time bookkeeping, row blocks,
-// and the vectorised row operations (activations, reductions, layer norm and its backward).
+// What the compiled loops (lstm_loop.cpp, gru_loop.cpp, slstm_loop.cpp, min_scan.cpp) share: time
+// bookkeeping, restarts, row blocks, and the vectorised row operations (activations, reductions,
+// layer norm and its backward).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -175,6 +176,68 @@ inline void check_masks(const OptTensor& keep_h, const OptTensor& keep_c, const 
   check_step_mask(keep_h, "keep_h", T, B), check_step_mask(keep_c, "keep_c", T, B);
   check_step_mask(active, "active", T, B), check_row_mask(rec_mask, "recurrent_mask", B);
 }
+
+// Whether row b is active at step t under an ``active`` mask (T, B, 1) of 1 and 0 (all rows
+// without one).
+inline bool row_active(const OptTensor& active, int64_t t, int64_t B, int64_t b) {
+  if (!active) return true;
+  const Tensor& a = *active;
+  return a.scalar_type() == at::kDouble ? a.data_ptr<double>()[t * B + b] != 0
+                                        : a.data_ptr<float>()[t * B + b] != 0;
+}
+
+// The restarts of a call (the layer's ``reset``, in the order the pass walks): a (T, B) bool
+// mask, true where row b's carry (every state, and whatever else the cell carries) is zeroed
+// just before step t. Zeroing is a select (masked_fill), so an infinite or NaN carry becomes 0;
+// backward, the gradient reaching the carry before such a step is zeroed on those rows. A step
+// that restarts no row runs as without a mask, and without one nothing is checked per step.
+class Restarts {
+ public:
+  Restarts(const OptTensor& mask, int64_t T, int64_t B) : B_(B) {
+    TORCH_CHECK(!mask || (mask->scalar_type() == at::kBool && mask->dim() == 2 && mask->size(0) == T &&
+                          mask->size(1) == B),
+                "gatedrnn: restart must be a (T=", T, ", B=", B, ") bool tensor, got ", mask->scalar_type(), " ",
+                mask->sizes());
+    if (mask) {
+      mask_ = mask->contiguous();
+      data_ = mask_.data_ptr<bool>();
+    }
+  }
+  bool present() const { return data_ != nullptr; }
+  bool row(int64_t t, int64_t b) const { return data_ != nullptr && data_[t * B_ + b]; }
+  // Whether step t restarts any row.
+  bool any(int64_t t) const {
+    return data_ != nullptr && std::any_of(data_ + t * B_, data_ + (t + 1) * B_, [](bool v) { return v; });
+  }
+  // Zeroes, in place, the rows of ``value`` (B, ...) that step t restarts.
+  void zero(Tensor& value, int64_t t) const {
+    if (any(t)) value.masked_fill_(at_step(t), 0);
+  }
+  // The carry before step t as the step reads it: ``slot`` itself, or where the step restarts a
+  // row, ``scratch`` (shaped like it) holding it with those rows zeroed.
+  Tensor entering(const Tensor& slot, Tensor& scratch, int64_t t) const {
+    if (!any(t)) return slot;
+    scratch.copy_(slot);
+    scratch.masked_fill_(at_step(t), 0);
+    return scratch;
+  }
+  // The carried values before every step (T, B, ...) as the steps read them.
+  Tensor carried(const Tensor& before) const {
+    if (!present()) return before;
+    std::vector<int64_t> shape(before.dim(), 1);
+    shape[0] = mask_.size(0), shape[1] = B_;
+    return before.masked_fill(mask_.view(shape), 0);
+  }
+  // Step t's rows as a (B, 1) bool mask.
+  Tensor at_step(int64_t t) const { return part(mask_, t, 1, false).unsqueeze(1); }
+  // Steps [first, first + count) as a (count, B, 1) bool mask.
+  Tensor steps(int64_t first, int64_t count) const { return mask_.narrow(0, first, count).unsqueeze(-1); }
+
+ private:
+  Tensor mask_;
+  const bool* data_ = nullptr;
+  int64_t B_;
+};
 
 // x[t], for a (T, ...) tensor.
 inline Tensor step_of(const Tensor& x, int64_t t) {

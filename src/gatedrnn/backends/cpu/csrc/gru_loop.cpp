@@ -5,7 +5,9 @@
 // step over blocks of batch rows, each task running its rows' products and gate math.
 //
 // Gate blocks r, z, n of H columns. Saved activations per step: r, z, n, and for reset after
-// v = u_n + s_n (the n block's recurrent part with its shift, which r multiplies).
+// v = u_n + s_n (the n block's recurrent part with its shift, which r multiplies). A restart (the
+// layer's reset mask, common.h's Restarts; not the reset gate r) zeroes h before its step, and
+// backward the gradient at h_{t-1} on its rows.
 
 #include "common.h"
 
@@ -71,8 +73,8 @@ void new_state(const T* a, const T* h_prev, T* h, int64_t H) {
 
 std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tensor& weight_hh, const OptTensor& in_gain_,
                                 const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& rec_shift_,
-                                const OptTensor& keep_h, const OptTensor& rec_mask_, bool reset_after, bool reverse,
-                                double eps) {
+                                const OptTensor& keep_h, const OptTensor& rec_mask_, const OptTensor& restart,
+                                bool reset_after, bool reverse, double eps) {
   const NoAutograd no_autograd;
   const Tensor xw = xw_.contiguous();
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
@@ -84,6 +86,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value(),
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
   check_masks(keep_h, std::nullopt, std::nullopt, rec_mask, T, B);
+  const Restarts restarts(restart, T, B);
 
   Tensor states = at::empty({T + 1, B, H}, opts);
   states.select(0, slot.prev(slot.step(0))).copy_(h0);
@@ -97,6 +100,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
   Tensor rh = reset_after ? Tensor() : at::empty({B, H}, opts);        // r * h_{t-1}, reset before
   Tensor h_tmp = keep_h ? at::empty({B, H}, opts) : Tensor();
   Tensor masked = rec_mask ? at::empty({B, H}, opts) : Tensor();
+  Tensor h_entering = restarts.present() ? at::empty({B, H}, opts) : Tensor();  // h_{t-1} of a restarting step
   // U^T (H, 3H), or its (r, z) and n columns when the reset comes first (see product_operand)
   const Tensor weight_t = reset_after ? product_operand(weight_hh, T) : Tensor();
   const Tensor w_rz = reset_after ? Tensor() : product_operand(weight_hh.narrow(0, 0, 2 * H), T);
@@ -109,7 +113,7 @@ std::vector<Tensor> gru_forward(const Tensor& xw_, const Tensor& h0, const Tenso
                                ptr<scalar>(rec_shift)};
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = slot.step(k), p = slot.prev(t), n = slot.next(t);
-      const Tensor h_prev = step_of(states, p), h_next = step_of(states, n);
+      const Tensor h_prev = restarts.entering(step_of(states, p), h_entering, t), h_next = step_of(states, n);
       const Tensor h_out = keep_h ? h_tmp : h_next;
       parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
@@ -235,7 +239,8 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
                                  const Tensor& acts, const OptTensor& normed, const OptTensor& rstd,
                                  const OptTensor& in_stats, const Tensor& weight_hh, const OptTensor& in_gain_,
                                  const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& rec_shift_,
-                                 const OptTensor& keep_h, const OptTensor& rec_mask_, bool reset_after, bool reverse) {
+                                 const OptTensor& keep_h, const OptTensor& rec_mask_, const OptTensor& restart,
+                                 bool reset_after, bool reverse) {
   const NoAutograd no_autograd;
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
                   rec_shift = contiguous(rec_shift_), rec_mask = contiguous(rec_mask_), xw = contiguous(xw_);
@@ -247,6 +252,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
   TORCH_CHECK(norm == in_gain.has_value() && norm == in_bias.has_value() && norm == xw.has_value(),
               "gatedrnn: layer norm needs x W^T, in_gain, in_bias and rec_gain together");
   check_masks(keep_h, std::nullopt, std::nullopt, rec_mask, T, B);
+  const Restarts restarts(restart, T, B);
 
   Tensor d_z = at::empty({T, B, 3 * H}, opts);  // at the pre-activations (= at xw); with layer norm at x W^T
   // the gradient at the recurrent products and the n product's input r h (reset before), a ring
@@ -256,10 +262,12 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
   Tensor rh = reset_after ? Tensor() : at::empty({chunks.size, B, H}, opts);
   Tensor d_weight_hh = at::zeros({3 * H, H}, opts);
   const at::indexing::Slice prev_slice = reverse ? at::indexing::Slice(1, T + 1) : at::indexing::Slice(0, T);
-  const Tensor inputs = rec_mask ? states.index({prev_slice}) * *rec_mask : states.index({prev_slice});
+  const Tensor before = restarts.carried(states.index({prev_slice}));  // h_{t-1} as each step read it
+  const Tensor inputs = rec_mask ? before * *rec_mask : before;
   Tensor dh = d_hn.contiguous().clone();
   Tensor gh = at::empty({B, H}, opts), dh_next = at::empty({B, H}, opts), carry = at::empty({B, H}, opts);
   Tensor d_rh = reset_after ? Tensor() : at::empty({B, H}, opts);
+  Tensor h_entering = restarts.present() ? at::empty({B, H}, opts) : Tensor();
   const Tensor w_rz = weight_hh.narrow(0, 0, 2 * H), w_n = weight_hh.narrow(0, 2 * H, H);
   const int64_t threads = at::get_num_threads();
   std::vector<Tensor> sums;
@@ -275,7 +283,8 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
     for (int64_t k = 0; k < threads; ++k) scratch.emplace_back(H, norm, shift);
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t t = slot.step(k), p = slot.prev(t), c = chunks.slot(t);
-      const Tensor h_prev = step_of(states, p), d_out_t = step_of(d_out_c, t), d_raw_t = step_of(d_raw, c);
+      const Tensor h_prev = restarts.entering(step_of(states, p), h_entering, t);
+      const Tensor d_out_t = step_of(d_out_c, t), d_raw_t = step_of(d_raw, c);
       parallel_rows(tls, B, row_grain(A), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         GruScratch<scalar>& s = scratch[at::get_thread_num()];
@@ -344,6 +353,7 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
         if (keep_h) dh_rows.add_(d_old);
       });
       std::swap(dh, dh_next);
+      restarts.zero(dh, t);  // nothing flows back through a restart
       if (chunks.completes(t)) {
         const int64_t t0 = chunks.first(t), n = chunks.length(t);
         const Tensor d_chunk = d_raw.narrow(0, 0, n).view({n * B, 3 * H});
@@ -369,11 +379,12 @@ std::vector<Tensor> gru_backward(const Tensor& d_out, const Tensor& d_hn, const 
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("gru_forward(Tensor xw, Tensor h0, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, Tensor? rec_gain, "
-        "Tensor? rec_shift, Tensor? keep_h, Tensor? recurrent_mask, bool reset_after, bool reverse, float eps) "
-        "-> Tensor[]");
+        "Tensor? rec_shift, Tensor? keep_h, Tensor? recurrent_mask, Tensor? restart, bool reset_after, "
+        "bool reverse, float eps) -> Tensor[]");
   m.def("gru_backward(Tensor d_out, Tensor d_hn, Tensor? xw, Tensor states, Tensor acts, Tensor? normed, "
         "Tensor? rstd, Tensor? in_stats, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, Tensor? rec_gain, "
-        "Tensor? rec_shift, Tensor? keep_h, Tensor? recurrent_mask, bool reset_after, bool reverse) -> Tensor[]");
+        "Tensor? rec_shift, Tensor? keep_h, Tensor? recurrent_mask, Tensor? restart, bool reset_after, "
+        "bool reverse) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gatedrnn_cpu, CPU, m) {

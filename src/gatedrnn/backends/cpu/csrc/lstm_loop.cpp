@@ -9,8 +9,10 @@
 // H columns in the backend's order (the variant's sigmoid gates among i, f, o, then g).
 // Carried states live in (T+1, B, .) buffers: step t reads slot prev(t) and writes new(t).
 // fgr's gate recurrence adds q_{t-1} W_gg^T to the (i, f, o) pre-activations (columns [0, 3H)),
-// q_{t-1} being the previous step's (i, f, o) activations, zero before the first step and after
-// an inactive one (the `active` mask, 1 where t < length).
+// q_{t-1} being the (i, f, o) activations it carries as a third state: the initial gates0 before
+// the first step, then each step's, held over inactive steps (the `active` mask, 1 where
+// t < length) like h and c; the last is returned as gates_n. A restart (common.h's Restarts)
+// zeroes h, c and q before its step, and backward their gradients on its rows.
 
 #include "common.h"
 
@@ -47,6 +49,14 @@ struct Weights {
       : in_gain(ptr<T>(in_gain_)), in_bias(ptr<T>(in_bias_)), rec_gain(ptr<T>(gain)), peep(ptr<T>(peep_)),
         ln_w(ptr<T>(w)), ln_b(ptr<T>(b)) {}
 };
+
+// fgr's initial carried gates (B, 3H): gates0 where given, else zeros.
+inline Tensor initial_gates(const OptTensor& gates0, int64_t B, int64_t width, const at::TensorOptions& opts) {
+  if (!gates0) return at::zeros({B, width}, opts);
+  TORCH_CHECK(gates0->dim() == 2 && gates0->size(0) == B && gates0->size(1) == width,
+              "gatedrnn: gates0 must be (B=", B, ", 3H=", width, "), got ", gates0->sizes());
+  return gates0->contiguous().clone();
+}
 
 // ---------------------------------------------------------------------------------------------
 // Forward
@@ -108,12 +118,15 @@ void forward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, dou
   }
 }
 
-std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tensor& c0, const Tensor& weight_hh,
+std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tensor& c0, const OptTensor& gates0,
+                                 const Tensor& weight_hh,
                                  const OptTensor& in_gain_, const OptTensor& in_bias_, const OptTensor& rec_gain_, const OptTensor& peep_, const OptTensor& ln_w_,
                                  const OptTensor& ln_b_, const OptTensor& weight_hr_, const OptTensor& weight_gg_,
                                  const OptTensor& keep_h, const OptTensor& keep_c, const OptTensor& rec_mask_,
-                                 const OptTensor& active, at::IntArrayRef layout, bool reverse, double eps) {
+                                 const OptTensor& active_, const OptTensor& restart, at::IntArrayRef layout,
+                                 bool reverse, double eps) {
   const NoAutograd no_autograd;
+  const OptTensor active = contiguous(active_);
   const Layout L(layout);
   const Tensor xw = xw_.contiguous();
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
@@ -128,6 +141,7 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
               "gatedrnn: layer norm needs in_gain, in_bias and rec_gain together");
   check_gate_recurrence(L, fgr, H);
   check_masks(keep_h, keep_c, active, rec_mask, T, B);
+  const Restarts restarts(restart, T, B);
 
   Tensor states = at::empty({T + 1, B, R}, opts), cells = at::empty({T + 1, B, H}, opts);
   states.select(0, slot.prev(slot.step(0))).copy_(h0);
@@ -145,8 +159,11 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
   // the transposed weights (made contiguous once for a long call, see product_operand)
   const Tensor weight_t = product_operand(weight_hh, T), proj_t = proj ? product_operand(*weight_hr, T) : Tensor();
   const Tensor gg_t = fgr ? product_operand(*weight_gg_, T) : Tensor();  // W_gg^T (3H, 3H)
-  Tensor q = fgr ? at::zeros({B, 3 * H}, opts) : Tensor();             // q_{t-1}
+  Tensor q = fgr ? initial_gates(gates0, B, 3 * H, opts) : Tensor();  // q_{t-1}, then the final gates_n
   Tensor gate_rec = fgr ? at::empty({B, 3 * H}, opts) : Tensor();      // q_{t-1} W_gg^T
+  // the carries before a step that restarts rows, with those rows zeroed
+  Tensor h_entering = restarts.present() ? at::empty({B, R}, opts) : Tensor();
+  Tensor c_entering = restarts.present() ? at::empty({B, H}, opts) : Tensor();
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "gatedrnn_lstm_forward", [&] {
@@ -154,12 +171,14 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
     const Weights<scalar> w(in_gain, in_bias, rec_gain, peep, ln_w, ln_b);
     for (int64_t k = 0; k < T; ++k) {
       const int64_t t = slot.step(k), p = slot.prev(t), n = slot.next(t);
-      const Tensor h_prev = step_of(states, p), c_prev = step_of(cells, p), a = step_of(acts, t);
+      const Tensor h_prev = restarts.entering(step_of(states, p), h_entering, t);
+      const Tensor c_prev = restarts.entering(step_of(cells, p), c_entering, t), a = step_of(acts, t);
       const Tensor h_next = step_of(states, n), c_next = step_of(cells, n);
+      if (fgr) restarts.zero(q, t);
       const Tensor c = keep_c ? step_of(c_new, t) : c_next;
       const Tensor h = proj ? step_of(h_hat, t) : (keep_h ? h_tmp : h_next);  // h before projection and blend
       const Tensor h_out = keep_h ? h_tmp : h_next;                                 // h before the blend
-      const bool gate_recurrence = fgr && k > 0;  // q_{t-1} is zero at the first step
+      const bool gate_recurrence = fgr && (k > 0 || gates0.has_value());  // else q_{t-1} is zero
       // one parallel region per step: each task runs its rows' product, gate math, projection, blend
       parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
@@ -195,14 +214,17 @@ std::vector<Tensor> lstm_forward(const Tensor& xw_, const Tensor& h0, const Tens
           Tensor out = rows(c_next);
           at::lerp_out(out, rows(c), rows(c_prev), rows(step_of(*keep_c, t)));
         }
-        if (fgr && k < T - 1) {  // q_t for the next step: this step's (i, f, o), zero on an inactive row
-          Tensor out = rows(q), gates = rows(a).narrow(1, 0, 3 * H);
-          active ? at::mul_out(out, gates, rows(step_of(*active, t))) : out.copy_(gates);
+        if (fgr) {  // q_t for the next step: this step's (i, f, o), the carry held on an inactive row
+          for (int64_t b = begin; b < end; ++b) {
+            if (!row_active(active, t, B, b)) continue;
+            const scalar* gates = ptr<scalar>(a) + b * GH;
+            std::copy(gates, gates + 3 * H, ptr<scalar>(q) + b * 3 * H);
+          }
         }
       });
     }
   });
-  return {states, cells, acts, c_new, h_hat, normed, rstd, in_stats, c_stats};
+  return {states, cells, acts, c_new, h_hat, normed, rstd, in_stats, c_stats, fgr ? q : at::empty({0}, opts)};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,33 +338,44 @@ void backward_row(const Layout& L, const Weights<T>& w, int64_t H, int64_t G, co
   }
 }
 
-// fgr's weight gradient over steps [t0, t0 + n): dW_gg += sum_t d_t^T q_{t-1} for the steps that
-// have a previous one, d_block (n, B, 3H) holding the gradient at their (i, f, o) pre-activations
-// and q_{t-1} being the previous step's (i, f, o) activations in acts, zero where it was inactive.
-void add_gate_weight_grad(Tensor& d_weight_gg, const Tensor& d_block, const Tensor& acts, const OptTensor& active,
-                          const Slots& slot, int64_t t0, int64_t n) {
+// fgr's weight gradient over steps [t0, t0 + n): dW_gg += sum_t d_t^T q_{t-1}, d_block (n, B, 3H)
+// holding the gradient at the steps' (i, f, o) pre-activations and q_{t-1} being the (i, f, o)
+// carried into step t: gates0 before the first step; else the previous step's activations in acts
+// where that step was active, and the carry it held where not, which is gates0 (an active step
+// follows an inactive one only in reverse, where every step before it is inactive); zero on the
+// rows step t restarts.
+void add_gate_weight_grad(Tensor& d_weight_gg, const Tensor& d_block, const Tensor& acts, const Tensor& gates0,
+                          const OptTensor& active, const Restarts& restarts, const Slots& slot, int64_t t0,
+                          int64_t n) {
+  const int64_t Q = d_block.size(2), start = slot.step(0);
+  if (start >= t0 && start < t0 + n) {  // the first step reads gates0
+    const Tensor q0 = restarts.any(start) ? gates0.masked_fill(restarts.at_step(start), 0) : gates0;
+    d_weight_gg.addmm_(d_block.select(0, start - t0).t(), q0);
+  }
   const int64_t first = slot.reverse ? t0 : std::max<int64_t>(t0, 1);          // steps [first, last)
   const int64_t last = slot.reverse ? std::min<int64_t>(t0 + n, slot.T - 1) : t0 + n;
   if (last <= first) return;
   const int64_t count = last - first, before = slot.reverse ? first + 1 : first - 1;  // q_{t-1} of `first`
-  const int64_t Q = d_block.size(2);
   Tensor q = acts.narrow(0, before, count).narrow(2, 0, Q);
-  if (active) q = q * active->narrow(0, before, count);
+  if (active) q = at::where(active->narrow(0, before, count) > 0, q, gates0);
+  if (restarts.present()) q = q.masked_fill(restarts.steps(first, count), 0);
   const Tensor d = d_block.narrow(0, first - t0, count);
   d_weight_gg.addmm_(d.reshape({-1, Q}).t(), q.reshape({-1, Q}));
 }
 
-std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const Tensor& d_cn, const OptTensor& xw_,
-                                  const Tensor& states, const Tensor& cells, const Tensor& acts,
-                                  const OptTensor& c_new, const OptTensor& h_hat, const OptTensor& normed,
-                                  const OptTensor& rstd, const OptTensor& in_stats, const OptTensor& c_stats,
+std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const Tensor& d_cn,
+                                  const OptTensor& d_gates_n, const OptTensor& xw_, const Tensor& states,
+                                  const Tensor& cells, const Tensor& acts, const OptTensor& c_new,
+                                  const OptTensor& h_hat, const OptTensor& normed, const OptTensor& rstd,
+                                  const OptTensor& in_stats, const OptTensor& c_stats, const OptTensor& gates0,
                                   const Tensor& weight_hh, const OptTensor& in_gain_, const OptTensor& in_bias_,
                                   const OptTensor& rec_gain_,
                                   const OptTensor& peep_, const OptTensor& ln_w_, const OptTensor& ln_b_,
                                   const OptTensor& weight_hr_, const OptTensor& weight_gg_, const OptTensor& keep_h,
-                                  const OptTensor& keep_c, const OptTensor& rec_mask_, const OptTensor& active,
-                                  at::IntArrayRef layout, bool reverse) {
+                                  const OptTensor& keep_c, const OptTensor& rec_mask_, const OptTensor& active_,
+                                  const OptTensor& restart, at::IntArrayRef layout, bool reverse) {
   const NoAutograd no_autograd;
+  const OptTensor active = contiguous(active_);
   const Layout L(layout);
   const OptTensor in_gain = contiguous(in_gain_), in_bias = contiguous(in_bias_), rec_gain = contiguous(rec_gain_),
                   peep = contiguous(peep_), ln_w = contiguous(ln_w_), ln_b = contiguous(ln_b_),
@@ -362,6 +395,7 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   const bool fgr = weight_gg.has_value();
   check_gate_recurrence(L, fgr, H);
   check_masks(keep_h, keep_c, active, rec_mask, T, B);
+  const Restarts restarts(restart, T, B);
   Tensor d_z = at::empty({T, B, GH}, opts);  // at the pre-activations (= at xw); with layer norm at x W^T
   // The gradient at the recurrent product h_{t-1} U^T, for dh and for dU = sum_t d_raw_t^T h_{t-1}.
   // Without layer norm it is d_z itself, and dU is one product after the loop. With it, it is a
@@ -371,7 +405,8 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   Tensor d_raw = norm ? at::empty({chunks.size, B, GH}, opts) : d_z;
   Tensor d_weight_hh = norm ? at::zeros({GH, R}, opts) : Tensor();
   const at::indexing::Slice prev_slice = reverse ? at::indexing::Slice(1, T + 1) : at::indexing::Slice(0, T);
-  const Tensor inputs = rec_mask ? states.index({prev_slice}) * *rec_mask : states.index({prev_slice});
+  const Tensor before = restarts.carried(states.index({prev_slice}));  // h_{t-1} as each step read it
+  const Tensor inputs = rec_mask ? before * *rec_mask : before;
   Tensor d_h_new = proj ? at::empty({T, B, R}, opts) : Tensor();       // at the projected h_t
   Tensor dh_hat = proj ? at::empty({B, H}, opts) : Tensor();
   Tensor dh = d_hn.contiguous().clone(), dc = d_cn.contiguous().clone();
@@ -383,7 +418,12 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
   // (the layer norms' backward overwrites d_z) a ring of chunk steps, like d_raw
   Tensor d_gates = fgr ? (norm ? at::empty({chunks.size, B, 3 * H}, opts) : d_z.narrow(2, 0, 3 * H)) : Tensor();
   Tensor d_weight_gg = fgr ? at::zeros({3 * H, 3 * H}, opts) : at::empty({0}, opts);
-  Tensor dq = fgr ? at::empty({B, 3 * H}, opts) : Tensor();
+  // the gradient at the (i, f, o) carried after the step, from the final one's (dq_held: its part
+  // that an inactive row's held carry passes to the one before)
+  Tensor dq = fgr ? (d_gates_n ? d_gates_n->contiguous().clone() : at::zeros({B, 3 * H}, opts)) : Tensor();
+  Tensor dq_held = fgr && active ? at::empty({B, 3 * H}, opts) : Tensor();
+  const Tensor q0 = fgr ? initial_gates(gates0, B, 3 * H, opts) : Tensor();
+  Tensor c_entering = restarts.present() ? at::empty({B, H}, opts) : Tensor();  // c_{t-1} of a restarting step
 
   const at::ThreadLocalState tls;  // for the steps' worker threads (see parallel_rows)
   AT_DISPATCH_FLOATING_TYPES(acts.scalar_type(), "gatedrnn_lstm_backward", [&] {
@@ -398,21 +438,25 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       scalar* d = ptr<scalar>(d_z) + t * B * GH;
       scalar* dr = ptr<scalar>(d_raw) + chunks.slot(t) * B * GH;
       const scalar* c = keep_c ? ptr<scalar>(c_out) + t * B * H : ptr<scalar>(c_out) + slot.next(t) * B * H;
-      const scalar* cp = ptr<scalar>(cells) + p * B * H;
+      const Tensor c_prev = restarts.entering(step_of(cells, p), c_entering, t);
+      const scalar* cp = ptr<scalar>(c_prev);
       const scalar* nrm = norm ? ptr<scalar>(normed) + t * B * GH : nullptr;
       const scalar* rs = norm ? ptr<scalar>(rstd) + t * B * G : nullptr;
       const scalar* ins = norm ? ptr<scalar>(in_stats) + t * B * G * 2 : nullptr;
       const scalar* x = norm ? ptr<scalar>(xw) + t * B * GH : nullptr;
       const scalar* cs = cell_norm ? ptr<scalar>(c_stats) + t * B * 2 : nullptr;
       const Tensor d_out_t = step_of(d_out_c, t), d_raw_t = step_of(d_raw, chunks.slot(t));
-      const bool read_later = fgr && k < T - 1;  // a later step's gate recurrence read q_t
-      scalar* dqp = read_later ? ptr<scalar>(dq) : nullptr;
+      scalar* dqp = fgr ? ptr<scalar>(dq) : nullptr;
       scalar* dg = fgr && norm ? ptr<scalar>(d_gates) + chunks.slot(t) * B * 3 * H : nullptr;
       // one parallel region per step, as in the forward pass
       parallel_rows(tls, B, row_grain(GH), [&](int64_t begin, int64_t end) {
         const Rows rows{begin, end};
         RowScratch<scalar>& s = scratch[at::get_thread_num()];
-        if (read_later && active) rows(dq).mul_(rows(step_of(*active, t)));  // q_t is zero where t is inactive
+        if (fgr && active) {  // an inactive row's q_t is q_{t-1} held: its gradient passes there
+          Tensor dq_rows = rows(dq), held = rows(dq_held), act = rows(step_of(*active, t));
+          at::sub_out(held, dq_rows, dq_rows * act);
+          dq_rows.mul_(act);
+        }
         Tensor g = rows(gh);
         at::add_out(g, rows(dh), rows(d_out_t));  // the gradient at the carried h_t
         Tensor dh_step = g, dh_old, dc_step = rows(dc), dc_old;
@@ -441,9 +485,10 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
                        dhp + (b - begin) * H, dcp + (b - begin) * H, dqp ? dqp + b * 3 * H : nullptr,
                        dg ? dg + b * 3 * H : nullptr, dcn + b * H, s);
         }
-        if (fgr && k > 0) {  // the gradient at q_{t-1}, for the step before
+        if (fgr) {  // the gradient at q_{t-1}, for the step before (or gates0)
           Tensor out = rows(dq);
           at::mm_out(out, rows(step_of(d_gates, chunks.slot(t))), *weight_gg);
+          if (active) out.add_(rows(dq_held));
         }
         Tensor dh_rows = rows(dh_next);
         at::mm_out(dh_rows, rows(d_raw_t), weight_hh);
@@ -453,10 +498,13 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
       });
       std::swap(dh, dh_next);
       std::swap(dc, dc_next);
+      restarts.zero(dh, t);  // nothing flows back through a restart
+      restarts.zero(dc, t);
+      if (fgr) restarts.zero(dq, t);
       if (norm && chunks.completes(t)) {
         const int64_t t0 = chunks.first(t), n = chunks.length(t);
         d_weight_hh.addmm_(d_raw.narrow(0, 0, n).view({n * B, GH}).t(), inputs.narrow(0, t0, n).reshape({n * B, R}));
-        if (fgr) add_gate_weight_grad(d_weight_gg, d_gates.narrow(0, 0, n), acts, active, slot, t0, n);
+        if (fgr) add_gate_weight_grad(d_weight_gg, d_gates.narrow(0, 0, n), acts, q0, active, restarts, slot, t0, n);
       }
     }
     // the threads' parameter-gradient sums, added up
@@ -467,24 +515,25 @@ std::vector<Tensor> lstm_backward(const Tensor& d_out, const Tensor& d_hn, const
                     to_tensor(total.d_in_gain, opts), to_tensor(total.d_in_bias, opts)};
   });
   if (!norm) d_weight_hh = d_raw.view({T * B, GH}).t().mm(inputs.reshape({T * B, R}));
-  if (fgr && !norm) add_gate_weight_grad(d_weight_gg, d_gates, acts, active, slot, 0, T);
+  if (fgr && !norm) add_gate_weight_grad(d_weight_gg, d_gates, acts, q0, active, restarts, slot, 0, T);
   Tensor d_weight_hr = proj ? d_h_new.view({T * B, R}).t().mm(h_hat->view({T * B, H})) : at::empty({0}, opts);
   return {d_z, dh, dc, d_weight_hh, scratch_sums[0], scratch_sums[1], scratch_sums[2], scratch_sums[3], d_weight_hr,
-          scratch_sums[4], scratch_sums[5], d_weight_gg};
+          scratch_sums[4], scratch_sums[5], d_weight_gg, fgr ? dq : at::empty({0}, opts)};
 }
 
 }  // namespace
 
 TORCH_LIBRARY(gatedrnn_cpu, m) {
-  m.def("lstm_forward(Tensor xw, Tensor h0, Tensor c0, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, "
-        "Tensor? rec_gain, Tensor? peep, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, "
-        "Tensor? weight_gg, Tensor? keep_h, Tensor? keep_c, Tensor? recurrent_mask, Tensor? active, int[] layout, "
-        "bool reverse, float eps) -> Tensor[]");
-  m.def("lstm_backward(Tensor d_out, Tensor d_hn, Tensor d_cn, Tensor? xw, Tensor states, Tensor cells, "
-        "Tensor acts, Tensor? c_new, Tensor? h_hat, Tensor? normed, Tensor? rstd, Tensor? in_stats, "
-        "Tensor? c_stats, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, Tensor? rec_gain, Tensor? peep, "
-        "Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, Tensor? weight_gg, Tensor? keep_h, "
-        "Tensor? keep_c, Tensor? recurrent_mask, Tensor? active, int[] layout, bool reverse) -> Tensor[]");
+  m.def("lstm_forward(Tensor xw, Tensor h0, Tensor c0, Tensor? gates0, Tensor weight_hh, Tensor? in_gain, "
+        "Tensor? in_bias, Tensor? rec_gain, Tensor? peep, Tensor? ln_weight_c, Tensor? ln_bias_c, "
+        "Tensor? weight_hr, Tensor? weight_gg, Tensor? keep_h, Tensor? keep_c, Tensor? recurrent_mask, "
+        "Tensor? active, Tensor? restart, int[] layout, bool reverse, float eps) -> Tensor[]");
+  m.def("lstm_backward(Tensor d_out, Tensor d_hn, Tensor d_cn, Tensor? d_gates_n, Tensor? xw, Tensor states, "
+        "Tensor cells, Tensor acts, Tensor? c_new, Tensor? h_hat, Tensor? normed, Tensor? rstd, Tensor? in_stats, "
+        "Tensor? c_stats, Tensor? gates0, Tensor weight_hh, Tensor? in_gain, Tensor? in_bias, Tensor? rec_gain, "
+        "Tensor? peep, Tensor? ln_weight_c, Tensor? ln_bias_c, Tensor? weight_hr, Tensor? weight_gg, "
+        "Tensor? keep_h, Tensor? keep_c, Tensor? recurrent_mask, Tensor? active, Tensor? restart, int[] layout, "
+        "bool reverse) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gatedrnn_cpu, CPU, m) {

@@ -8,6 +8,10 @@
 // Kinds: 0 minGRU (blocks z, n: a = 1 - z, b = z h~), 1 minLSTM (blocks f, i, n:
 // a = f / (f + i), b = i / (f + i) h~, from log-sigmoids so that it neither overflows nor divides
 // 0 by 0). h~ = g(n) (``g_activation``: n + 1/2 for n >= 0, sigmoid(n) below) or n itself.
+//
+// A restart (``restart`` (T, B) bool, where given: the layer's reset mask) zeroes row b's state
+// just before step t, so that h_t = b_t: the step reads h_{t-1} = 0 (a select: an infinite state
+// becomes 0 too), its a_t has no gradient, and nothing flows back to the steps before.
 
 #include "common.h"
 
@@ -108,8 +112,8 @@ void for_each_task(int64_t B, int64_t H, const F& f) {
 }
 
 template <typename T>
-void forward_impl(const Shape& s, const T* xp, const T* h0, const int64_t* lengths, int kind, bool g_activation,
-                  T* out, T* h_n) {
+void forward_impl(const Shape& s, const T* xp, const T* h0, const int64_t* lengths, const bool* restart, int kind,
+                  bool g_activation, T* out, T* h_n) {
   for_each_task<T>(s.B, s.H, [&](const std::vector<Lane>& lanes, int64_t width) {
     std::vector<T> carry(width);  // h_{t-1} of every lane
     for (const Lane& l : lanes) Vec<T>::loadu(h0 + l.b * s.H + l.j, l.count).store(carry.data() + l.slot, l.count);
@@ -122,6 +126,7 @@ void forward_impl(const Shape& s, const T* xp, const T* h0, const int64_t* lengt
           continue;
         }
         const auto c = coefficients<T>(xp + (t * s.B + l.b) * s.GH, l.j, s.H, kind, g_activation, l.count);
+        if (restart != nullptr && restart[t * s.B + l.b]) Vec<T>(T(0)).store(carry.data() + l.slot, l.count);
         const Vec<T> h = c.a * Vec<T>::loadu(carry.data() + l.slot, l.count) + c.b;
         h.store(o, l.count);
         h.store(carry.data() + l.slot, l.count);
@@ -133,7 +138,7 @@ void forward_impl(const Shape& s, const T* xp, const T* h0, const int64_t* lengt
 
 template <typename T>
 void backward_impl(const Shape& s, const T* xp, const T* out, const T* h0, const T* d_out, const T* d_hn,
-                   const int64_t* lengths, int kind, bool g_activation, T* d_xp, T* d_h0) {
+                   const int64_t* lengths, const bool* restart, int kind, bool g_activation, T* d_xp, T* d_h0) {
   const int64_t G = s.GH / s.H;
   for_each_task<T>(s.B, s.H, [&](const std::vector<Lane>& lanes, int64_t width) {
     std::vector<T> carry(width);  // dL/dh_t carried from the later steps, starting with dL/dh_n
@@ -148,15 +153,17 @@ void backward_impl(const Shape& s, const T* xp, const T* out, const T* h0, const
           continue;
         }
         const auto c = coefficients<T>(xp + (t * s.B + l.b) * s.GH, l.j, s.H, kind, g_activation, l.count);
-        // h_{t-1}: the previous step's output where it was active, else h0
+        const bool restarts = restart != nullptr && restart[t * s.B + l.b];
+        // h_{t-1}: zero on a restart, else the previous step's output where it was active, else h0
         const T* h_prev = p >= 0 && p < length ? out + (p * s.B + l.b) * s.H : h0 + l.b * s.H;
+        const Vec<T> hp = restarts ? Vec<T>(T(0)) : Vec<T>::loadu(h_prev + l.j, l.count);
         const Vec<T> g = Vec<T>::loadu(carry.data() + l.slot, l.count) +
                          Vec<T>::loadu(d_out + (t * s.B + l.b) * s.H + l.j, l.count);
-        const Vec<T> D = g * (c.c - Vec<T>::loadu(h_prev + l.j, l.count));
+        const Vec<T> D = g * (c.c - hp);
         (c.d_first * D).store(d_row + l.j, l.count);
         if (kind == 1) (c.d_second * D).store(d_row + s.H + l.j, l.count);
         (g * c.gate * c.dc).store(d_row + (G - 1) * s.H + l.j, l.count);
-        (c.a * g).store(carry.data() + l.slot, l.count);
+        (restarts ? Vec<T>(T(0)) : c.a * g).store(carry.data() + l.slot, l.count);
       }
     }
     for (const Lane& l : lanes) Vec<T>::loadu(carry.data() + l.slot, l.count).store(d_h0 + l.b * s.H + l.j, l.count);
@@ -168,7 +175,8 @@ int gates_of(int64_t kind) {
   return kind == 0 ? 2 : 3;
 }
 
-Shape check_shapes(const Tensor& xp, const Tensor& h0, const OptTensor& lengths, int64_t kind, bool reverse) {
+Shape check_shapes(const Tensor& xp, const Tensor& h0, const OptTensor& lengths, const OptTensor& restart,
+                   int64_t kind, bool reverse) {
   TORCH_CHECK(xp.dim() == 3 && h0.dim() == 2, "gatedrnn: min_scan expects xp (T, B, G*H) and h0 (B, H), got ",
               xp.sizes(), " and ", h0.sizes());
   const int64_t T = xp.size(0), B = xp.size(1), H = h0.size(1);
@@ -178,31 +186,32 @@ Shape check_shapes(const Tensor& xp, const Tensor& h0, const OptTensor& lengths,
               "gatedrnn: min_scan expects int64 lengths (B=", B, ",)");
   TORCH_CHECK(xp.scalar_type() == h0.scalar_type(), "gatedrnn: min_scan expects one dtype, got ", xp.scalar_type(),
               " and ", h0.scalar_type());
+  const Restarts checked(restart, T, B);  // checks the mask's dtype and shape
   return {T, B, H, xp.size(2), reverse};
 }
 
-std::vector<Tensor> min_scan_forward(const Tensor& xp_, const Tensor& h0_, const OptTensor& lengths_, int64_t kind,
-                                     bool g_activation, bool reverse) {
+std::vector<Tensor> min_scan_forward(const Tensor& xp_, const Tensor& h0_, const OptTensor& lengths_,
+                                     const OptTensor& restart_, int64_t kind, bool g_activation, bool reverse) {
   const NoAutograd no_autograd;
   const Tensor xp = xp_.contiguous(), h0 = h0_.contiguous();
-  const OptTensor lengths = contiguous(lengths_);
-  const Shape s = check_shapes(xp, h0, lengths, kind, reverse);
+  const OptTensor lengths = contiguous(lengths_), restart = contiguous(restart_);
+  const Shape s = check_shapes(xp, h0, lengths, restart, kind, reverse);
   Tensor out = at::empty({s.T, s.B, s.H}, xp.options()), h_n = at::empty({s.B, s.H}, xp.options());
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "min_scan_forward", [&] {
-    forward_impl<scalar_t>(s, ptr<scalar_t>(xp), ptr<scalar_t>(h0), ptr<int64_t>(lengths), static_cast<int>(kind),
-                           g_activation, ptr<scalar_t>(out), ptr<scalar_t>(h_n));
+    forward_impl<scalar_t>(s, ptr<scalar_t>(xp), ptr<scalar_t>(h0), ptr<int64_t>(lengths), ptr<bool>(restart),
+                           static_cast<int>(kind), g_activation, ptr<scalar_t>(out), ptr<scalar_t>(h_n));
   });
   return {out, h_n};
 }
 
 std::vector<Tensor> min_scan_backward(const Tensor& xp_, const Tensor& out_, const Tensor& h0_, const Tensor& d_out_,
-                                      const Tensor& d_hn_, const OptTensor& lengths_, int64_t kind, bool g_activation,
-                                      bool reverse) {
+                                      const Tensor& d_hn_, const OptTensor& lengths_, const OptTensor& restart_,
+                                      int64_t kind, bool g_activation, bool reverse) {
   const NoAutograd no_autograd;
   const Tensor xp = xp_.contiguous(), out = out_.contiguous(), h0 = h0_.contiguous();
   const Tensor d_out = d_out_.contiguous(), d_hn = d_hn_.contiguous();
-  const OptTensor lengths = contiguous(lengths_);
-  const Shape s = check_shapes(xp, h0, lengths, kind, reverse);
+  const OptTensor lengths = contiguous(lengths_), restart = contiguous(restart_);
+  const Shape s = check_shapes(xp, h0, lengths, restart, kind, reverse);
   TORCH_CHECK(out.sizes() == d_out.sizes() && out.size(0) == s.T && out.size(1) == s.B && out.size(2) == s.H &&
                   d_hn.sizes() == h0.sizes(),
               "gatedrnn: min_scan_backward expects out and d_out (T, B, H) and d_hn (B, H), got ", out.sizes(), ", ",
@@ -210,8 +219,8 @@ std::vector<Tensor> min_scan_backward(const Tensor& xp_, const Tensor& out_, con
   Tensor d_xp = at::empty_like(xp), d_h0 = at::empty_like(h0);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "min_scan_backward", [&] {
     backward_impl<scalar_t>(s, ptr<scalar_t>(xp), ptr<scalar_t>(out), ptr<scalar_t>(h0), ptr<scalar_t>(d_out),
-                            ptr<scalar_t>(d_hn), ptr<int64_t>(lengths), static_cast<int>(kind), g_activation,
-                            ptr<scalar_t>(d_xp), ptr<scalar_t>(d_h0));
+                            ptr<scalar_t>(d_hn), ptr<int64_t>(lengths), ptr<bool>(restart), static_cast<int>(kind),
+                            g_activation, ptr<scalar_t>(d_xp), ptr<scalar_t>(d_h0));
   });
   return {d_xp, d_h0};
 }
@@ -219,10 +228,10 @@ std::vector<Tensor> min_scan_backward(const Tensor& xp_, const Tensor& out_, con
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
-  m.def("min_scan_forward(Tensor xp, Tensor h0, Tensor? lengths, int kind, bool g_activation, bool reverse) "
-        "-> Tensor[]");
-  m.def("min_scan_backward(Tensor xp, Tensor out, Tensor h0, Tensor d_out, Tensor d_hn, Tensor? lengths, int kind, "
-        "bool g_activation, bool reverse) -> Tensor[]");
+  m.def("min_scan_forward(Tensor xp, Tensor h0, Tensor? lengths, Tensor? restart, int kind, bool g_activation, "
+        "bool reverse) -> Tensor[]");
+  m.def("min_scan_backward(Tensor xp, Tensor out, Tensor h0, Tensor d_out, Tensor d_hn, Tensor? lengths, "
+        "Tensor? restart, int kind, bool g_activation, bool reverse) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gatedrnn_cpu, CPU, m) {

@@ -10,6 +10,9 @@
 // pre-activations (the recurrent product added), which the backward pass recomputes the gates
 // from. The states h, c, n, m live in (T+1, B, H) buffers: step t reads slot prev(t), writes next(t).
 // ``active`` (T, B, 1), where given, is 1 on a step that runs, 0 on one that keeps the states.
+// ``restart`` (T, B) bool, where given, zeroes h, c, n and m of row b just before step t
+// (common.h's Restarts); n = 0 then makes the step take the first-step rule m_t = i~, as at the
+// start, and backward the gradients at the states before the step are zeroed on those rows.
 
 #include "common.h"
 
@@ -123,24 +126,39 @@ struct Shape {
   }
 };
 
-inline bool row_active(const OptTensor& active, int64_t t, int64_t B, int64_t b) {
-  if (!active) return true;
-  const Tensor& a = *active;
-  return a.scalar_type() == at::kDouble ? a.data_ptr<double>()[t * B + b] != 0
-                                        : a.data_ptr<float>()[t * B + b] != 0;
+// The states before step t as the step reads them: the (T+1, B, H) buffers' slot prev(t), or
+// where the step restarts rows, copies in ``entering`` (one (B, H) row per state) with those
+// rows zeroed. Returns the (B, H) tensors, in the order of ``buffers``.
+std::vector<Tensor> states_entering(const std::vector<Tensor>& buffers, std::vector<Tensor>& entering,
+                                    const Restarts& restarts, const Slots& slot, int64_t t) {
+  std::vector<Tensor> before;
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    before.push_back(restarts.entering(step_of(buffers[i], slot.prev(t)), entering[i], t));
+  }
+  return before;
+}
+
+// One (B, H) scratch row per state, for states_entering (none without restarts).
+std::vector<Tensor> entering_scratch(const Restarts& restarts, int64_t count, int64_t B, int64_t H,
+                                     const at::TensorOptions& opts) {
+  std::vector<Tensor> scratch;
+  for (int64_t i = 0; i < count; ++i) scratch.push_back(restarts.present() ? at::empty({B, H}, opts) : Tensor());
+  return scratch;
 }
 
 std::vector<Tensor> slstm_forward(Tensor& pre, const Tensor& h0, const Tensor& c0, const Tensor& n0,
                                   const Tensor& m0, const Tensor& weight_hh, const OptTensor& active_,
-                                  bool reverse, bool exp_gate) {
+                                  const OptTensor& restart, bool reverse, bool exp_gate) {
   const NoAutograd no_autograd;
   TORCH_CHECK(pre.is_contiguous(), "gatedrnn: sLSTM pre-activations must be contiguous");
   const Shape s(pre, h0, weight_hh);
   const int64_t T = s.T, B = s.B, H = s.H, K = s.K, D = s.D;
   const OptTensor active = contiguous(active_);
   check_step_mask(active, "active", T, B);
+  const Restarts restarts(restart, T, B);
   const Slots slot{T, reverse};
   const auto opts = pre.options();
+  std::vector<Tensor> entering = entering_scratch(restarts, 4, B, H, opts);
   std::vector<Tensor> states;
   for (const Tensor* init : {&h0, &c0, &n0, &m0}) {
     Tensor buf = at::empty({T + 1, B, H}, opts);
@@ -154,24 +172,30 @@ std::vector<Tensor> slstm_forward(Tensor& pre, const Tensor& h0, const Tensor& c
     scalar *h = ptr<scalar>(states[0]), *c = ptr<scalar>(states[1]), *n = ptr<scalar>(states[2]),
            *m = ptr<scalar>(states[3]), *p_all = ptr<scalar>(pre), *w = ptr<scalar>(weight_t);
     for (int64_t k_step = 0; k_step < T; ++k_step) {
-      const int64_t t = slot.step(k_step), sp = slot.prev(t) * B * H, sn = slot.next(t) * B * H;
+      const int64_t t = slot.step(k_step), sn = slot.next(t) * B * H;
+      const std::vector<Tensor> before = states_entering(states, entering, restarts, slot, t);
+      // the states before the step (B, H each), and those it writes (row b at b * H)
+      const scalar *hp = ptr<scalar>(before[0]), *cp = ptr<scalar>(before[1]), *np = ptr<scalar>(before[2]),
+                   *mp = ptr<scalar>(before[3]);
       scalar* p_t = p_all + t * B * 4 * H;
       parallel_rows(tls, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
         const int64_t rows = end - begin;
         for (int64_t k = 0; k < K; ++k) {  // pre[t, rows, head k] += h_{t-1}[rows, head k] R_k^T
           Tensor out = block(p_t + begin * 4 * H + k * 4 * D, rows, 4 * D, 4 * H, 1, opts);
-          out.addmm_(block(h + sp + begin * H + k * D, rows, D, H, 1, opts),
+          out.addmm_(block(const_cast<scalar*>(hp) + begin * H + k * D, rows, D, H, 1, opts),
                      block(w + k * D * 4 * D, D, 4 * D, 4 * D, 1, opts));
         }
         for (int64_t b = begin; b < end; ++b) {
-          const int64_t row_p = sp + b * H, row_n = sn + b * H;
+          const int64_t row_p = b * H, row_n = sn + b * H;
           if (!row_active(active, t, B, b)) {
-            for (scalar* buf : {h, c, n, m}) std::copy(buf + row_p, buf + row_p + H, buf + row_n);
+            for (auto [from, to] : {std::pair{hp, h}, std::pair{cp, c}, std::pair{np, n}, std::pair{mp, m}}) {
+              std::copy(from + row_p, from + row_p + H, to + row_n);
+            }
             continue;
           }
           for (int64_t k = 0; k < K; ++k) {
             const int64_t u = k * D;
-            forward_head<scalar>(exp_gate, p_t + b * 4 * H + 4 * u, D, c + row_p + u, n + row_p + u, m + row_p + u,
+            forward_head<scalar>(exp_gate, p_t + b * 4 * H + 4 * u, D, cp + row_p + u, np + row_p + u, mp + row_p + u,
                                  h + row_n + u, c + row_n + u, n + row_n + u, m + row_n + u);
           }
         }
@@ -186,28 +210,32 @@ std::vector<Tensor> slstm_forward(Tensor& pre, const Tensor& h0, const Tensor& c
 std::vector<Tensor> slstm_backward(const Tensor& pre_, const Tensor& hs, const Tensor& cs, const Tensor& ns,
                                    const Tensor& ms, const Tensor& weight_hh_, const Tensor& d_out_,
                                    const Tensor& dh_n, const Tensor& dc_n, const Tensor& dn_n, const Tensor& dm_n,
-                                   const OptTensor& active_, bool reverse, bool exp_gate) {
+                                   const OptTensor& active_, const OptTensor& restart, bool reverse,
+                                   bool exp_gate) {
   const NoAutograd no_autograd;
   const Tensor pre = pre_.contiguous(), weight_hh = weight_hh_.contiguous(), d_out = d_out_.contiguous();
-  const Tensor h_s = hs.contiguous(), c_s = cs.contiguous(), n_s = ns.contiguous(), m_s = ms.contiguous();
+  const Tensor c_s = cs.contiguous(), n_s = ns.contiguous(), m_s = ms.contiguous();  // h is not read
   const Shape s(pre, dh_n, weight_hh);
   const int64_t T = s.T, B = s.B, H = s.H, K = s.K, D = s.D;
   const OptTensor active = contiguous(active_);
   check_step_mask(active, "active", T, B);
+  const Restarts restarts(restart, T, B);
   const Slots slot{T, reverse};
   const auto opts = pre.options();
+  std::vector<Tensor> entering = entering_scratch(restarts, 3, B, H, opts);
   Tensor d_pre = at::empty({T, B, 4 * H}, opts);
   Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone(), dn = dn_n.contiguous().clone(),
          dm = dm_n.contiguous().clone();
   const at::ThreadLocalState tls;
   AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "gatedrnn_slstm_backward", [&] {
     using scalar = scalar_t;
-    const scalar *p_all = ptr<scalar>(pre), *c = ptr<scalar>(c_s), *n = ptr<scalar>(n_s), *m = ptr<scalar>(m_s),
-                 *g_out = ptr<scalar>(d_out);
+    const scalar *p_all = ptr<scalar>(pre), *g_out = ptr<scalar>(d_out);
     scalar *d_h = ptr<scalar>(dh), *d_c = ptr<scalar>(dc), *d_n = ptr<scalar>(dn), *d_m = ptr<scalar>(dm),
            *w = ptr<scalar>(weight_hh), *dp_all = ptr<scalar>(d_pre);
     for (int64_t k_step = T - 1; k_step >= 0; --k_step) {
-      const int64_t t = slot.step(k_step), sp = slot.prev(t) * B * H;
+      const int64_t t = slot.step(k_step);
+      const std::vector<Tensor> before = states_entering({c_s, n_s, m_s}, entering, restarts, slot, t);
+      const scalar *c = ptr<scalar>(before[0]), *n = ptr<scalar>(before[1]), *m = ptr<scalar>(before[2]);
       const scalar* p_t = p_all + t * B * 4 * H;
       scalar* dp_t = dp_all + t * B * 4 * H;
       parallel_rows(tls, B, row_grain(4 * H), [&](int64_t begin, int64_t end) {
@@ -220,7 +248,7 @@ std::vector<Tensor> slstm_backward(const Tensor& pre_, const Tensor& hs, const T
           at::vec::map2([](Vec<scalar> x, Vec<scalar> y) { return x + y; }, row_dh, row_dh,
                         g_out + (t * B + b) * H, H);
           for (int64_t k = 0; k < K; ++k) {
-            const int64_t u = k * D, ps = sp + b * H + u;
+            const int64_t u = k * D, ps = b * H + u;
             backward_head<scalar>(exp_gate, p_t + b * 4 * H + 4 * u, D, c + ps, n + ps, m + ps, row_dh + u,
                                   d_c + b * H + u, d_n + b * H + u, d_m + b * H + u, dp_t + b * 4 * H + 4 * u);
           }
@@ -233,6 +261,7 @@ std::vector<Tensor> slstm_backward(const Tensor& pre_, const Tensor& hs, const T
                      block(w + k * 4 * D * D, 4 * D, D, D, 1, opts));
         }
       });
+      for (Tensor* grad : {&dh, &dc, &dn, &dm}) restarts.zero(*grad, t);  // nothing flows back through a restart
     }
   });
   return {d_pre, dh, dc, dn, dm};
@@ -242,10 +271,10 @@ std::vector<Tensor> slstm_backward(const Tensor& pre_, const Tensor& hs, const T
 
 TORCH_LIBRARY_FRAGMENT(gatedrnn_cpu, m) {
   m.def("slstm_forward(Tensor(a!) pre, Tensor h0, Tensor c0, Tensor n0, Tensor m0, Tensor weight_hh, "
-        "Tensor? active, bool reverse, bool exp_gate) -> Tensor[]");
+        "Tensor? active, Tensor? restart, bool reverse, bool exp_gate) -> Tensor[]");
   m.def("slstm_backward(Tensor pre, Tensor hs, Tensor cs, Tensor ns, Tensor ms, Tensor weight_hh, Tensor d_out, "
-        "Tensor dh_n, Tensor dc_n, Tensor dn_n, Tensor dm_n, Tensor? active, bool reverse, bool exp_gate) "
-        "-> Tensor[]");
+        "Tensor dh_n, Tensor dc_n, Tensor dn_n, Tensor dm_n, Tensor? active, Tensor? restart, bool reverse, "
+        "bool exp_gate) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(gatedrnn_cpu, CPU, m) {
