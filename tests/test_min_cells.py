@@ -8,7 +8,10 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
+from gatedrnn.backends import cpu as cpu_backend
+from gatedrnn.backends import reference, reset_in_walk_order
 from gatedrnn.cells.mingru import linear_scan
+from helpers import assert_close_lists, layer_run_and_grad
 
 mingru_pytorch = pytest.importorskip("minGRU_pytorch")
 
@@ -82,6 +85,29 @@ def test_linear_scan_keeps_signs_and_tiny_decays():
         h = log_a[t].exp() * h + b[t]
         want.append(h)
     torch.testing.assert_close(linear_scan(log_a, b, h0), torch.stack(want), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("T", [1, 16, 17, 300], ids=["T1", "T16-one-chunk", "T17", "T300-two-levels"])
+@pytest.mark.parametrize("where", ["random", "every-step", "first-step"])
+def test_linear_scan_restarts_exactly(T, where):
+    """``restart`` zeroes the state before its step (a = 0 exactly, no NaN), within a chunk, at a
+    chunk's first step and across the recursion's levels, against the step loop; a (T, B, 1) mask
+    and a (T, B, H) one give the same."""
+    g = torch.Generator().manual_seed(T)
+    log_a = -2 * torch.rand(T, 3, 4, generator=g, dtype=F64)
+    b, h0 = torch.randn(T, 3, 4, generator=g, dtype=F64), torch.randn(3, 4, generator=g, dtype=F64)
+    restart = {
+        "random": torch.rand(T, 3, 1, generator=g) < 0.2,
+        "every-step": torch.ones(T, 3, 1, dtype=torch.bool),
+        "first-step": (torch.arange(T) == 0)[:, None, None].expand(T, 3, 1),
+    }[where]
+    h, want = h0, []
+    for t in range(T):
+        h = log_a[t].exp() * torch.where(restart[t], 0.0, h) + b[t]
+        want.append(h)
+    got = linear_scan(log_a, b, h0, restart=restart)
+    torch.testing.assert_close(got, torch.stack(want), rtol=0, atol=1e-12)
+    torch.testing.assert_close(linear_scan(log_a, b, h0, restart=restart.expand(T, 3, 4)), got, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
@@ -291,3 +317,49 @@ def test_the_cpu_kernels_graph_does_not_grow_with_time(name, mode):
     layer = LAYERS[name](3, 4, mode=mode, backend="cpu")
     sizes = [_graph_size(layer(torch.randn(steps, 2, 3, requires_grad=True))[0]) for steps in (3, 100)]
     assert sizes[0] == sizes[1] < 10
+
+
+def _restarts(steps, batch, lengths, reverse, seed=7):
+    """A restart mask in walk order: a fifth of the steps, row 0's first and two in a row in row 1."""
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.rand(steps, batch, generator=g) < 0.2
+    raw[0, 0] = raw[3, 1] = raw[4, 1] = True
+    return reset_in_walk_order(raw, lengths, reverse)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("activation", ["g", "identity"])
+def test_the_cpu_kernel_restarts_like_the_step_loop(name, activation, cpu_path):
+    """Restarts on every path of the cpu kernel (the scans over several chunks), both directions,
+    padded and packed, from an initial state of any sign: outputs, h_n and the gradients of the
+    input, h0 and the weights equal the reference loop's steps in float64 (no NaN from a = 0)."""
+    mode, runs, passes = cpu_path
+    fast, ref = cpu_and_reference(name, 3, 4, mode=mode, activation=activation)
+    w = fast.layer_weights(0, 0)
+    torch.manual_seed(1)
+    x, h0 = 2 * torch.randn(40, 5, 3, dtype=F64), 4 * torch.randn(5, 4, dtype=F64)
+    for reverse in (False, True):
+        for lengths in (None, torch.tensor([40, 1, 33, 17, 39])):
+            kwargs = dict(reverse=reverse, lengths=lengths, reset=_restarts(40, 5, lengths, reverse))
+            got = layer_run_and_grad(cpu_backend, fast.cell_config, x, (h0,), w, **kwargs)
+            want = layer_run_and_grad(reference, ref.cell_config, x, (h0,), w, **kwargs)
+            assert_close_lists(got[0] + got[1], want[0] + want[1])
+    assert runs["compiled"] == 4 * passes
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_the_cpu_kernel_passes_gradcheck_with_restarts(name, cpu_path):
+    torch.manual_seed(4)
+    layer = LAYERS[name](2, 2, mode=cpu_path[0], backend="cpu", dtype=F64)
+    cfg, w = layer.cell_config, layer.layer_weights(0, 0)
+    lengths = torch.tensor([18, 5])
+    reset = _restarts(18, 2, lengths, reverse=True)
+
+    def run(x, h0, *params):
+        out, (h_n,), _ = cpu_backend.run_layer(
+            cfg, x, (h0,), dict(zip(w, params)), reverse=True, lengths=lengths, reset=reset
+        )
+        return out, h_n
+
+    inputs = [torch.randn(18, 2, 2, dtype=F64), torch.randn(2, 2, dtype=F64), *w.values()]
+    assert torch.autograd.gradcheck(run, tuple(t.detach().clone().requires_grad_() for t in inputs))

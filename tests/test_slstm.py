@@ -8,12 +8,19 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
-from gatedrnn.backends import choose, reference
+from gatedrnn.backends import choose, reference, reset_in_walk_order
 from gatedrnn.backends import cpu as cpu_backend
 from gatedrnn.backends.cpu import compiled
 from gatedrnn.backends.cpu import slstm as slstm_kernel
 from gatedrnn.cells import SLSTMFamily
-from helpers import assert_close_results, random_projection, rel_err, run_and_grad
+from helpers import (
+    assert_close_lists,
+    assert_close_results,
+    layer_run_and_grad,
+    random_projection,
+    rel_err,
+    run_and_grad,
+)
 
 xlstm_cell = pytest.importorskip("xlstm.blocks.slstm.cell")
 
@@ -335,6 +342,59 @@ def test_second_derivatives_replay_the_reference_loop(kernel_loop, lengths):
         results.append([g, *torch.autograd.grad(penalty, [leaf, *module.parameters()])])
     for a, b in zip(*results):
         assert rel_err(a, b) < 1e-10
+
+
+def _restarts(steps, batch, lengths, reverse):
+    """A restart mask in walk order: a quarter of the steps, row 1's first and two in a row in
+    the last row, and the last step of row 0 (forward; after the shift, the next to last in
+    reverse)."""
+    g = torch.Generator().manual_seed(5)
+    raw = torch.rand(steps, batch, generator=g) < 0.25
+    raw[0, 1] = raw[3, batch - 1] = raw[4, batch - 1] = raw[steps - 1, 0] = True
+    return reset_in_walk_order(raw, lengths, reverse)
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+def test_the_kernel_restarts_like_the_reference(kernel_loop, forget_gate):
+    """Restarts at random steps, in both directions over padded and packed batches, from initial
+    states with n = 0 in some rows: outputs, final states and every gradient equal the reference
+    loop's in float64. A restarted step takes the first-step rule from its zeroed n: where row 0
+    restarts at the last step, m_n is that step's input-gate pre-activation (the recurrent part
+    of h = 0 adds nothing), which a rule keyed on t = 0 would miss."""
+    loop, ran = kernel_loop
+    ref, _ = _pair(num_heads=3, forget_gate=forget_gate)
+    cfg, w = ref.cell_config, ref.layer_weights(0, 0)
+    T, B, H = 9, 4, 6
+    x = torch.randn(T, B, 3, dtype=torch.float64)
+    state = tuple(s[0] for s in _initial_states(1, B, H))
+    for reverse in (False, True):
+        for lengths in (None, torch.tensor([9, 4, 1, 6])):
+            kwargs = dict(reverse=reverse, lengths=lengths, reset=_restarts(T, B, lengths, reverse))
+            mine = layer_run_and_grad(cpu_backend, cfg, x, state, w, **kwargs)
+            theirs = layer_run_and_grad(reference, cfg, x, state, w, **kwargs)
+            assert_close_lists(mine[0] + mine[1], theirs[0] + theirs[1])
+            if not reverse:
+                pre_i = (x[T - 1, 0] @ w["weight_ih"].T + w["bias_ih"] + w["bias_hh"])[:H]
+                assert rel_err(mine[0][4][0], pre_i) < 1e-12
+    assert ran == [loop] * 8  # forward and backward of four calls
+
+
+def test_the_kernel_passes_gradcheck_with_restarts(kernel_loop):
+    layer = randomised(gatedrnn.SLSTM(2, 4, num_heads=2, dtype=torch.float64))
+    cfg, w = layer.cell_config, layer.layer_weights(0, 0)
+    # n > 0: n = 0 switches the first-step rule, which a finite difference of n would cross
+    h, c, n, m = (torch.randn(3, 4, dtype=torch.float64) for _ in range(4))
+    n.abs_().add_(0.5)
+    lengths = torch.tensor([5, 3, 4])
+    reset = _restarts(5, 3, lengths, reverse=False)
+
+    def run(x, h, c, n, m, *params):
+        out, finals, _ = cpu_backend.run_layer(cfg, x, (h, c, n, m), dict(zip(w, params)), lengths=lengths, reset=reset)
+        return out, *finals
+
+    inputs = (torch.randn(5, 3, 2, dtype=torch.float64), h, c, n, m, *w.values())
+    assert torch.autograd.gradcheck(run, tuple(t.detach().clone().requires_grad_() for t in inputs))
+    assert kernel_loop[1]
 
 
 def test_a_retained_graph_gives_the_same_gradients_twice(kernel_loop):
