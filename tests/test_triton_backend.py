@@ -98,12 +98,13 @@ def layer_weights(cfg: CellConfig, input_size: int, dtype=torch.float64, device=
     return weights
 
 
-def layer_run(backend, cfg, x, state, weights, reverse, lengths, noise=None):
+def layer_run(backend, cfg, x, state, weights, reverse, lengths, noise=None, reset=None):
     """Outputs and every gradient of a fixed random projection of (output, final state)."""
     x = x.detach().clone().requires_grad_(True)
     state = tuple(s.detach().clone().requires_grad_(True) for s in state)
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in weights.items()}
-    out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise)
+    options = {} if reset is None else {"reset": reset}
+    out, final, _ = backend.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, **options)
     gen = torch.Generator(device=x.device).manual_seed(7)
     results = [out, *final]
     loss = sum(
@@ -138,11 +139,23 @@ def sample_noise(cfg, T, B, mode, device="cpu") -> Noise | None:
 
 
 def compare_layer(
-    cfg, T, B, I, reverse, lengths, dtype=torch.float64, device="cpu", tol=1e-12, noise=None, zero_states=()
+    cfg,
+    T,
+    B,
+    I,
+    reverse,
+    lengths,
+    dtype=torch.float64,
+    device="cpu",
+    tol=1e-12,
+    noise=None,
+    zero_states=(),
+    reset=None,
 ):
     """Triton in ``dtype`` against the float64 reference on the same (``dtype``-rounded) inputs and
-    weights (and regularisation ``noise``): every output, final state and gradient within
-    relative error ``tol``. Initial states random, but zero for the state names in ``zero_states``."""
+    weights (and regularisation ``noise``, and restarts ``reset`` (T, B) in walk order): every
+    output, final state and gradient within relative error ``tol``. Initial states random, but zero
+    for the state names in ``zero_states``."""
     cast = lambda t: t.to(dtype)  # noqa: E731
     x = cast(torch.randn(T, B, I, dtype=torch.float64, device=device))
     state = tuple(
@@ -159,9 +172,10 @@ def compare_layer(
         reverse,
         lengths,
         noise,
+        reset,
     )
     got = layer_run(
-        triton_backend, cfg, x, state, weights, reverse, lengths, None if noise is None else noise.to(dtype)
+        triton_backend, cfg, x, state, weights, reverse, lengths, None if noise is None else noise.to(dtype), reset
     )
     for k, (a, b) in enumerate(zip(got[0], expected[0])):
         assert rel_err(a.double(), b) <= tol, f"output {k}: rel err {rel_err(a.double(), b):.2e}"
@@ -457,16 +471,25 @@ def reads_past_the_end_are_nan(monkeypatch):
 
 @interpreter
 @pytest.mark.parametrize(
-    "name, tuning, noise",
+    "name, tuning, noise, restart",
     [
-        ("lstm_peephole_proj_nobias", {}, None),
-        ("gru_reset_before", {}, "train"),
-        ("gru", {"resident": False, "block_k": 2, "block_b": 2}, None),
-        ("lstm_fgr_proj_ln", {}, "eval"),
+        ("lstm_peephole_proj_nobias", {}, None, False),
+        ("gru_reset_before", {}, "train", False),
+        ("gru", {"resident": False, "block_k": 2, "block_b": 2}, None, False),
+        ("lstm_fgr_proj_ln", {}, "eval", False),
+        ("lstm_fgr_proj_ln", {}, None, True),
+        ("gru_reset_before", {"resident": False, "block_k": 2, "block_b": 2}, "train", True),
     ],
-    ids=["lstm_peephole_proj", "gru_before_train", "gru_streamed", "lstm_fgr_proj_ln_eval"],
+    ids=[
+        "lstm_peephole_proj",
+        "gru_before_train",
+        "gru_streamed",
+        "lstm_fgr_proj_ln_eval",
+        "lstm_fgr_proj_ln_restart",
+        "gru_before_streamed_train_restart",
+    ],
 )
-def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, reads_past_the_end_are_nan):
+def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, restart, reads_past_the_end_are_nan):
     """Every kernel read stays inside its tensor: each input and buffer is followed in memory by
     NaN, so a load whose mask lets one element past the end (an off-by-one ``<=`` against a tile
     boundary, multiplied by an operand that is zero there) turns the result NaN instead of passing
@@ -474,11 +497,18 @@ def test_no_read_past_the_end_of_any_tensor(name, tuning, noise, reads_past_the_
     block and weight row, and the last rows of each tensor end just before the poison. A mask
     that lets column R or row H through reads the next row's first element inside a tensor
     (harmless, as the other operand is zero there) and NaN after its last row; the result must
-    still match the reference."""
+    still match the reference. The restart mask's tail is True: a read past it restarts a row."""
     launch.tuning = launch.Tuning(**tuning)
-    cfg = CONFIGS[name]
+    cfg, lengths = CONFIGS[name], torch.tensor([4, 1, 3])
     compare_layer(
-        cfg, T=4, B=3, I=2, reverse=True, lengths=torch.tensor([4, 1, 3]), noise=sample_noise(cfg, 4, 3, noise)
+        cfg,
+        T=4,
+        B=3,
+        I=2,
+        reverse=True,
+        lengths=lengths,
+        noise=sample_noise(cfg, 4, 3, noise),
+        reset=walk_restarts(4, 3, lengths, True) if restart else None,
     )
 
 
@@ -712,24 +742,26 @@ def test_compiles_with_torch_compile():
 
 @interpreter
 @pytest.mark.parametrize(
-    "name, mode",
+    "name, mode, restart",
     [
-        ("lstm_peephole_proj_nobias", None),
-        ("gru", None),
-        ("gru_reset_before", None),
-        ("lstm_proj_ln", None),
-        ("gru_ln", None),
-        ("lstm_peephole", "train"),
-        ("rnn_tanh", "train"),
-        ("gru_reset_before", "eval"),
-        ("lstm_fgr", None),
-        ("lstm_fgr_proj_ln", "train"),
+        ("lstm_peephole_proj_nobias", None, False),
+        ("gru", None, False),
+        ("gru_reset_before", None, False),
+        ("lstm_proj_ln", None, False),
+        ("gru_ln", None, False),
+        ("lstm_peephole", "train", False),
+        ("rnn_tanh", "train", False),
+        ("gru_reset_before", "eval", False),
+        ("lstm_fgr", None, False),
+        ("lstm_fgr_proj_ln", "train", False),
+        ("lstm_fgr", None, True),
+        ("gru_reset_before_ln", "train", True),
     ],
 )
-def test_custom_op_registration(name, mode):
+def test_custom_op_registration(name, mode, restart):
     """torch.library's own check of the ops: schema, fake implementation (shapes under
     FakeTensor, i.e. torch.compile tracing) and the registered autograd formula; also with
-    zoneout and recurrent dropout."""
+    zoneout and recurrent dropout, and with restarts."""
     cfg = CONFIGS[name]
     T, B, H, R = 3, 2, cfg.hidden_size, cfg.output_size
     w = layer_weights(cfg, 2)
@@ -749,6 +781,7 @@ def test_custom_op_registration(name, mode):
         keep_h=keep_h,
         keep_c=keep_c,
         rmask=rmask,
+        restart=torch.tensor([[True, False], [False, True], [True, False]]) if restart else None,
     )
     settings = op.Settings(cfg.kernel("triton"), spec.variant, spec.reset_after, zoneout=zoneout, eps=cfg.eps)
     args = (
@@ -1013,6 +1046,21 @@ SM90_CASES = {
     ),
     # fgr: the streamed gate-to-gate product beside resident or streamed weight_hh
     "lstm_fgr_bf16_H1024_fwd_resident": (launch.KernelSpec("lstm", "fgr"), False, torch.bfloat16, 1024, 1024),
+    # restarts: the mask's reads beside every state read (forward) and carried gradient (backward)
+    "lstm_fgr_restart_bf16_H1024_bwd_streamed": (
+        launch.KernelSpec("lstm", "fgr", restart=True),
+        True,
+        torch.bfloat16,
+        1024,
+        1024,
+    ),
+    "gru_before_ln_restart_bf16_H512_fwd_resident": (
+        launch.KernelSpec("gru", reset_after=False, layer_norm=True, restart=True),
+        False,
+        torch.bfloat16,
+        512,
+        512,
+    ),
     "lstm_fgr_ln_bf16_H1024_bwd_streamed": (
         launch.KernelSpec("lstm", "fgr", layer_norm=True),
         True,
@@ -1076,13 +1124,14 @@ def test_kernels_compile_for_hopper():
 
 
 @pytest.mark.slow
-def test_layer_kernels_compile_for_hopper():
+@pytest.mark.parametrize("restart", [False, True], ids=["plain", "restart"])
+def test_layer_kernels_compile_for_hopper(restart):
     """The sLSTM and scan kernels, forward and backward, built for sm_90 with their launchers'
-    blocks at the benchmark's largest size (bf16, B=32, H=1024, 4 heads of 256 units): they
-    compile, and none spills to local memory."""
+    blocks at the benchmark's largest size (bf16, B=32, H=1024, 4 heads of 256 units), with and
+    without restarts: they compile, and none spills to local memory."""
     script = (
-        "import json, torch; from gatedrnn.backends.triton import offline; "
-        "print(json.dumps(offline.compile_layer_kernels(offline.H100, torch.bfloat16, 32, 1024, 4)))"
+        "import json, torch; from gatedrnn.backends.triton import offline; print(json.dumps("
+        f"offline.compile_layer_kernels(offline.H100, torch.bfloat16, 32, 1024, 4, restart={restart})))"
     )
     for kernel, b in _compiled_path_json(script).items():
         assert 0 < b["registers"] <= 255 and b["spill_stores"] == b["spill_loads"] == 0, f"{kernel}: {b}"
@@ -1134,9 +1183,10 @@ def test_layer_kernels_leave_regularised_calls_to_the_reference_loop(monkeypatch
 
 
 @interpreter
-@pytest.mark.parametrize("exp_forget", [False, True], ids=["sigmoid", "exp"])
-def test_slstm_op_registration(exp_forget):
-    """torch.library's check of the sLSTM op: schema, fake implementation, autograd formula."""
+@pytest.mark.parametrize("exp_forget, restart", [(False, False), (True, True)], ids=["sigmoid", "exp_restart"])
+def test_slstm_op_registration(exp_forget, restart):
+    """torch.library's check of the sLSTM op: schema, fake implementation, autograd formula (with
+    and without restarts)."""
     T, B, H, heads = 3, 2, 4, 2
     state = [torch.randn(B, H, dtype=torch.float64, requires_grad=True) for _ in range(4)]
     args = (
@@ -1148,6 +1198,7 @@ def test_slstm_op_registration(exp_forget):
         False,
         False,
         True,
+        torch.tensor([[False, True], [True, False], [False, False]]) if restart else None,
     )
     torch.library.opcheck(
         triton_backend.slstm.triton_slstm,
@@ -1157,9 +1208,10 @@ def test_slstm_op_registration(exp_forget):
 
 
 @interpreter
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-def test_scan_op_registration(reverse):
-    """torch.library's check of the scan op: schema, fake implementation, autograd formula."""
+@pytest.mark.parametrize("reverse, restart", [(False, False), (True, True)], ids=["forward", "reverse_restart"])
+def test_scan_op_registration(reverse, restart):
+    """torch.library's check of the scan op: schema, fake implementation, autograd formula (with
+    and without restarts)."""
     T, B, H = 3, 2, 4
     args = (
         -torch.rand(T, B, H, dtype=torch.float64).requires_grad_(True),
@@ -1167,6 +1219,7 @@ def test_scan_op_registration(reverse):
         torch.randn(B, H, dtype=torch.float64, requires_grad=True),
         torch.tensor([3, 2], dtype=torch.int32),
         reverse,
+        torch.tensor([[False, True], [True, False], [False, False]]) if restart else None,
     )
     torch.library.opcheck(
         triton_backend.scan.triton_linear_scan,
@@ -1186,6 +1239,153 @@ def test_layer_kernels_compile_with_torch_compile():
     out.sum().backward()
     assert rel_err(out, ref(x.detach())[0]) < 1e-12
     assert x.grad is not None and all(p.grad is not None for p in fast.parameters())
+
+
+# ----- restarts inside a call (reset) ---------------------------------------------------------
+
+
+def walk_restarts(T: int, B: int, lengths: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """A (T, B) restart mask in walk order, as a layer backend takes it: restarts at about a third
+    of the active steps, always at row 0's first step in walk order (its initial state then reaches
+    nothing) and at two steps in a row of row 2; False at every inactive step."""
+    gen = torch.Generator().manual_seed(3)
+    restart = torch.rand(T, B, generator=gen) < 0.35
+    restart[int(lengths[0]) - 1 if reverse else 0, 0] = True
+    restart[1:3, 2] = True
+    return (restart & (torch.arange(T)[:, None] < lengths.cpu()[None, :])).to(lengths.device)
+
+
+@pytest.fixture
+def kernels_only(monkeypatch):
+    """The backend's way to the reference loop raises: a call that passes ran on the kernels."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the call ran on the reference loop instead of the kernels")
+
+    monkeypatch.setattr(triton_backend, "reference", mock.Mock(run_layer=refuse))
+
+
+# every kernel and the options that read a carried state differently: each cell's forms, the
+# LSTM's peepholes, layer norm, projection and gate recurrence, the sLSTM's forget gates, the scan
+RESTART_CASES = [
+    ("lstm", False),
+    ("lstm", True),
+    ("lstm_peephole", True),
+    ("lstm_cifg_ln", False),
+    ("lstm_proj", True),
+    ("lstm_fgr", False),
+    ("lstm_fgr", True),
+    ("gru", False),
+    ("gru", True),
+    ("gru_reset_before_ln", False),
+    ("rnn_relu", True),
+    ("slstm_num_heads-5", False),
+    ("slstm_num_heads-5_forget_gate-exp", True),
+    ("mingru_activation-g_mode-parallel", True),
+    ("minlstm_activation-identity_mode-sequential", False),
+]
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "name, reverse", RESTART_CASES, ids=[f"{n}-{'reverse' if r else 'forward'}" for n, r in RESTART_CASES]
+)
+def test_restarts_match_reference(name, reverse, kernels_only):
+    """``reset`` runs inside the kernels (the reference loop is out of their reach here) and matches
+    the reference loop: outputs, every final state (fgr's gates too, from a random initial gates
+    state) and the gradients w.r.t. x, every initial state and every weight, with padded sequences
+    of mixed lengths, restarts at a row's first step and at consecutive steps."""
+    lengths = torch.tensor([5, 2, 4])
+    compare_layer(
+        CONFIGS[name], T=5, B=3, I=3, reverse=reverse, lengths=lengths, reset=walk_restarts(5, 3, lengths, reverse)
+    )
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "name, how",
+    [("lstm_fgr_proj_ln", "persistent"), ("gru_reset_before", "streamed"), ("lstm_proj", "split")],
+)
+def test_restarts_on_every_launch_path(name, how, kernels_only):
+    """Restarts in the persistent kernel, with streamed weights (chunked products and gathers),
+    and with one unit per program and one row per batch block (every slice boundary)."""
+    launch.tuning = {
+        "persistent": launch.Tuning(mode="persistent"),
+        "streamed": launch.Tuning(resident=False, block_k=2, block_b=2),
+        "split": launch.Tuning(block_h=1, block_b=1),
+    }[how]
+    lengths = torch.tensor([4, 1, 3])
+    compare_layer(CONFIGS[name], T=4, B=3, I=2, reverse=True, lengths=lengths, reset=walk_restarts(4, 3, lengths, True))
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "name, mode", [("lstm_peephole", "train"), ("gru_reset_before", "eval"), ("lstm_fgr", "train")]
+)
+def test_restarts_with_zoneout_and_dropout(name, mode, kernels_only):
+    """Zoneout mixes a restarted step's fresh state with the zero state, and recurrent dropout's
+    product reads zeros there, as the reference loop's step does after zeroing its carry."""
+    cfg, lengths = CONFIGS[name], torch.tensor([5, 2, 4])
+    compare_layer(
+        cfg,
+        T=5,
+        B=3,
+        I=3,
+        reverse=False,
+        lengths=lengths,
+        noise=sample_noise(cfg, 5, 3, mode),
+        reset=walk_restarts(5, 3, lengths, False),
+    )
+
+
+@interpreter
+@pytest.mark.parametrize(
+    "name", ["lstm_fgr", "gru_reset_before", "slstm_num_heads-1", "minlstm_activation-g_mode-parallel"]
+)
+def test_a_restart_replaces_even_an_infinite_state(name, kernels_only):
+    """A restart selects zeros (it does not multiply by zero): a row whose initial states are all
+    infinite and that restarts at its first step gives finite outputs, final states and gradients,
+    those of the reference loop, and its initial states get no gradient."""
+    cfg = CONFIGS[name]
+    x = torch.randn(3, 2, 2, dtype=torch.float64)
+    state = tuple(torch.randn(2, s, dtype=torch.float64) for s in cfg.state_sizes)
+    for s in state:
+        s[0] = float("inf")
+    restart = torch.tensor([[True, False], [False, False], [False, True]])
+    weights = layer_weights(cfg, 2)
+    got = layer_run(triton_backend, cfg, x, state, weights, False, None, reset=restart)
+    expected = layer_run(reference, cfg, x, state, weights, False, None, reset=restart)
+    for a, b in zip(got[0], expected[0]):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-12
+    for key, grad in expected[1].items():
+        assert torch.isfinite(got[1][key]).all() and rel_err(got[1][key], grad) < 1e-12, key
+    assert all(got[1][f"state{k}"][0].abs().max() == 0 for k in range(len(state)))
+
+
+@interpreter
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_fgr_gates_state_carries_over_and_rows_without_steps_keep_it(reverse, kernels_only):
+    """fgr's third state: the kernels start from a given gates state (not zeros) and return the
+    final one, and a row of length 0 returns its initial gates state, with its gradient."""
+    cfg = CONFIGS["lstm_fgr"]
+    assert cfg.states == ("h", "c", "gates")
+    compare_layer(cfg, T=3, B=3, I=2, reverse=reverse, lengths=torch.tensor([3, 0, 2]))
+
+
+@interpreter
+def test_restarts_under_autocast(kernels_only):
+    """Under autocast the restarts reach the kernels with the casts: bitwise the float16 layer's."""
+    cfg = CONFIGS["lstm_proj"]
+    x = torch.randn(4, 3, 2)
+    state = tuple(torch.randn(3, s) for s in cfg.state_sizes)
+    weights = {k: v.float() for k, v in layer_weights(cfg, 2).items()}
+    restart = walk_restarts(4, 3, torch.tensor([4, 4, 4]), False)
+    with torch.autocast("cpu", dtype=torch.float16):
+        got = triton_backend.run_layer(cfg, x, state, weights, reset=restart)
+    half = triton_backend.run_layer(
+        cfg, x.half(), tuple(s.half() for s in state), {k: v.half() for k, v in weights.items()}, reset=restart
+    )
+    assert all(a.dtype == torch.float16 and torch.equal(a, b) for a, b in zip([got[0], *got[1]], [half[0], *half[1]]))
 
 
 # ----- auto's measured table (gatedrnn.backends.triton.measured) -------------------------------
@@ -1508,6 +1708,62 @@ def test_gpu_layer_kernels_match_float64_reference(name, dtype_name):
             tol=tol,
             zero_states=("n",),
         )
+
+
+# restarts in the compiled kernels: the persistent plan, streamed weights, per-step launches, the
+# layer norm's exchanges, fgr's gate recurrence
+GPU_RESTART_CASES = [
+    ("lstm", "fp32", "auto"),
+    ("lstm_fgr", "bf16", "auto"),
+    ("gru_reset_before", "bf16", "streamed"),
+    ("lstm_proj_ln", "bf16", "stepwise"),
+    ("gru_ln", "fp32", "auto"),
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name, dtype_name, path", GPU_RESTART_CASES, ids=["-".join(c) for c in GPU_RESTART_CASES])
+def test_gpu_restarts_match_float64_reference(name, dtype_name, path):
+    """Restarts inside the compiled recurrence kernels, T=128, B=16, mixed lengths: outputs, final
+    states and every gradient against float64 within GPU_DTYPES' error."""
+    dtype, tf32, tol = GPU_DTYPES[dtype_name]
+    launch.tuning = launch.Tuning(**GPU_PATHS[path])
+    lengths, reverse = _gpu_lengths(128, 16), name == "lstm_fgr"
+    with _tf32(tf32):
+        compare_layer(
+            GPU_CONFIGS[name],
+            T=128,
+            B=16,
+            I=64,
+            reverse=reverse,
+            lengths=lengths,
+            dtype=dtype,
+            device="cuda",
+            tol=tol,
+            reset=walk_restarts(128, 16, lengths, reverse),
+        )
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", list(GPU_LAYER_KERNEL_CONFIGS))
+def test_gpu_layer_kernel_restarts_match_float64_reference(name):
+    """Restarts inside the compiled sLSTM and scan kernels, bfloat16, B=32, T=64, mixed lengths."""
+    dtype, tf32, tol = GPU_DTYPES["bf16"]
+    lengths = _gpu_lengths(64, 32)
+    compare_layer(
+        GPU_LAYER_KERNEL_CONFIGS[name],
+        T=64,
+        B=32,
+        I=64,
+        reverse="exp" in name,
+        lengths=lengths,
+        dtype=dtype,
+        device="cuda",
+        tol=tol,
+        reset=walk_restarts(64, 32, lengths, "exp" in name),
+    )
 
 
 @pytest.mark.gpu

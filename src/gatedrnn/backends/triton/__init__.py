@@ -27,7 +27,10 @@ over every program: its statistics are exchanged between programs with one more 
 normalisation (:mod:`.kernels.layer_norm`). ``fgr``'s gate-to-gate recurrence, the previous step's
 saved (i, f, o) times ``weight_gg``, is a second product in the cell's phase, always streamed (its
 weight, padded to (4H, 4H), is four times ``weight_hh`` at R = H), and its gradient a second
-gather in the backward pass.
+gather in the backward pass; its third state, the previous step's (i, f, o), enters through the
+input projection at each row's first real step (:func:`with_initial_gates`) and comes back as the
+activations of its last (:func:`final_gates`). A call's ``reset`` (sequences restarted inside the
+call) runs inside every kernel, the layer kernels' too (:mod:`.kernels.restart`).
 
 On CUDA the kernels run on a GPU where the GPU tests passed, as recorded in :mod:`.measured`
 (``benchmarks/gpu_check.sh`` records it), or with ``GATEDRNN_TRITON_CUDA=1``; ``"auto"`` picks
@@ -64,7 +67,7 @@ name = "triton"
 
 LAYER_KERNELS = {"slstm": slstm, "linear_scan": scan}
 """Layer kernels by the names families give them: modules with their own ``run_layer(cfg, x,
-state, weights, *, reverse, lengths)`` for families whose layer does not fit the recurrence op
+state, weights, *, reverse, lengths, reset)`` for families whose layer does not fit the recurrence op
 (:mod:`.slstm`: the sLSTM's head-blocked recurrence; :mod:`.scan`: the minimal cells' linear
 scan). They take no regularisation: those calls, like recording ones, run on the reference loop."""
 
@@ -184,38 +187,38 @@ def run_layer(
     record: bool = False,
     reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
-    """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`).
+    """Run one layer and direction on the kernels (contract: :mod:`gatedrnn.backends.reference`,
+    ``reset`` included: the kernels restart the rows it marks, see :mod:`.kernels.restart`).
 
     Under autocast every operand runs in autocast's dtype, as cuDNN's do (float32 accumulation and
-    cell state as always): see :func:`_in_autocast_dtype`. A call with ``reset`` runs on the
-    reference loop."""
+    cell state as always): see :func:`_in_autocast_dtype`."""
     require_support(name, supports(cfg, x))
     if autocast_on(x.device.type):
         return _in_autocast_dtype(
             cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
         )
-    if reset is not None:
-        return reference.run_layer(
-            cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
-        )
     fused = not record and x.shape[0] > 0 and x.shape[1] > 0  # T or B = 0: the state passes through
     layer_kernel = LAYER_KERNELS.get(cfg.kernel(name))
     if layer_kernel is not None and fused and noise is None:
-        return layer_kernel.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths)
+        return layer_kernel.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, reset=reset)
     regularisation = None if layer_kernel is not None else kernel_noise(cfg, noise, x)
     if not fused or regularisation is None:
-        return reference.run_layer(cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record)
+        return reference.run_layer(
+            cfg, x, state, weights, reverse=reverse, lengths=lengths, noise=noise, record=record, reset=reset
+        )
     T, B = x.shape[:2]
     xw, bias_hn = input_projection(cfg, x, weights)
     lens = kernel_lengths(lengths, T, B, x.device)
     spec = KernelSpec.from_config(cfg)
-    cell = len(cfg.states) > 1  # a second state, the LSTM's cell c
+    cell = spec.has_cell_state  # a second state, the LSTM's cell c
+    if spec.fgr:
+        xw = with_initial_gates(xw, state[2], weights["weight_gg"], lens, reverse, reset)
 
     def given(key: str, present: bool = True) -> Tensor | None:
         return weights[key].contiguous() if present else None
 
     zoneout, keep_h, keep_c, rmask = regularisation
-    hs, c_final, *_ = recurrence(
+    hs, c_final, g_final, *_ = recurrence(
         xw.contiguous(),
         lens,
         state[0].contiguous(),
@@ -239,7 +242,37 @@ def run_layer(
         zoneout,
         reverse,
         bool(torch.backends.cuda.matmul.allow_tf32),
+        reset,
     )
     out, h_final = layer_outputs(hs, lengths, reverse)
     final = (h_final, c_final.to(x.dtype)) if cell else (h_final,)
+    if spec.fgr:
+        final += (final_gates(g_final, state[2], lens),)
     return out, final, None
+
+
+def with_initial_gates(
+    xw: Tensor, gates0: Tensor, weight_gg: Tensor, lengths: Tensor, reverse: bool, reset: Tensor | None
+) -> Tensor:
+    """fgr: the input projection xw (T, B, 4H) with the initial gates state's share of the gate
+    recurrence added at each row's first real step (t = 0, or lengths[b] - 1 in reverse), where the
+    kernels find no previous step of their own: ``gates0 @ weight_gg^T`` (gates0 (B, 3H) and the
+    product's rows in the order i, f, o) into the i, f and o blocks; nothing on a row that ``reset``
+    restarts at that step. Differentiable: autograd carries its gradient to gates0 and weight_gg."""
+    T, B, _ = xw.shape
+    H = gates0.shape[-1] // 3
+    rows = torch.arange(B, device=xw.device)
+    first = (lengths.long() - 1).clamp(min=0) if reverse else torch.zeros_like(rows)
+    if reset is not None:  # a select before the product, as the reference loop zeros its carry
+        gates0 = torch.where(reset[first, rows].unsqueeze(-1), gates0.new_zeros(()), gates0)
+    i_f, o = gates0.matmul(weight_gg.t()).split([2 * H, H], dim=-1)
+    term = torch.cat([i_f, i_f.new_zeros(B, H), o], dim=-1)  # (B, 4H) in the gate order i, f, g, o
+    return xw.index_put((first, rows), term.to(xw.dtype), accumulate=True)
+
+
+def final_gates(g_final: Tensor, gates0: Tensor, lengths: Tensor) -> Tensor:
+    """fgr's final gates state (B, 3H): the (i, f, o) blocks of the kernels' last activations
+    ``g_final`` (B, 4H), and the initial state ``gates0`` on rows without a real step."""
+    H = gates0.shape[-1] // 3
+    i_f, _, o = g_final.split([2 * H, H, H], dim=-1)
+    return torch.where((lengths > 0).unsqueeze(-1), torch.cat([i_f, o], dim=-1).to(gates0.dtype), gates0)

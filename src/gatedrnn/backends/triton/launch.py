@@ -81,7 +81,9 @@ class KernelSpec:
     """The compile-time shape of a recurrence, from a cell family (:meth:`from_config`; the ops':
     from their settings and operands, :meth:`.op.Settings.spec`) and the call's regularisation:
     ``cell`` the kernel's name (a key of :data:`CELLS`), ``zoneout`` 0 (none), 1 (sampled masks)
-    or 2 (their expectation), ``dropout`` a recurrent dropout mask (see ``kernels/noise.py``)."""
+    or 2 (their expectation), ``dropout`` a recurrent dropout mask (see ``kernels/noise.py``),
+    ``restart`` a (T, B) mask of restarts inside the sequence (the call's ``reset``, see
+    ``kernels/restart.py``)."""
 
     cell: str
     variant: str = "vanilla"
@@ -91,6 +93,7 @@ class KernelSpec:
     layer_norm: bool = False
     zoneout: int = 0
     dropout: bool = False
+    restart: bool = False
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
@@ -215,6 +218,7 @@ class KernelSpec:
             ZO=self.zoneout,
             DROP=self.dropout,
             FGR=self.fgr,
+            RESTART=self.restart,
         )
 
 
@@ -462,10 +466,13 @@ def forward(
     noise: NoiseBuffers,
     reverse: bool,
     allow_tf32: bool,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """Run the forward recurrence over xw (T, B, G*H); returns (hs, cs, gates, aux, hat, hatc, rstd)
     (the last three, the layer norms' saved statistics, empty without layer norm). ``weight_gg``
-    is fgr's, padded to (4H, 4H) (:func:`padded_gate_weight`)."""
+    is fgr's, padded to (4H, 4H) (:func:`padded_gate_weight`); ``restart`` (T, B) bool, in walk
+    order, restarts row b from the zero state before step t where set (``spec.restart`` says
+    whether it is given)."""
     T, B, _ = xw.shape
     H = weight_hh.shape[0] // spec.num_gates
     R = weight_hh.shape[1]
@@ -490,6 +497,7 @@ def forward(
     args = (
         xw,
         lengths,
+        restart_arg(restart, none),
         weight_hh,
         _or(weight_hr, none),
         _or(weight_ch, none),
@@ -524,6 +532,7 @@ def backward(
     spec: KernelSpec,
     dhs: Tensor,
     dc: Tensor | None,
+    dg: Tensor | None,
     lengths: Tensor,
     hs: Tensor,
     cs: Tensor,
@@ -539,8 +548,11 @@ def backward(
     noise: NoiseBuffers,
     reverse: bool,
     allow_tf32: bool,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
-    """Run the backward recurrence. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
+    """Run the backward recurrence from dL/dhs (T+1, B, R), the final cell's dL/dc (B, H) and, for
+    fgr, the final gates state's dL/dg (B, 4H) in the saved activations' layout (None: zero), with
+    the forward's ``restart``. Returns (d, drec, dprod, ghr, dchat, carry_h, carry_c): d
     (T, B, G*H) the gradients of the input-side pre-activations; drec those of the recurrent terms
     as they are added (empty when equal to d); dprod those of the recurrent products h_{t-1} U^T
     (empty when equal to drec: without layer norm); ghr (T, B, R) dL/dh_r (empty without
@@ -562,13 +574,17 @@ def backward(
         carry_c = dc.to(acc, copy=True).contiguous() if dc is not None else torch.zeros((B, H), dtype=acc, device=dev)
     else:
         carry_c = hs.new_empty(0, dtype=acc)
+    if spec.fgr:
+        dg = torch.zeros((B, 4 * H), dtype=acc, device=dev) if dg is None else dg.to(acc).contiguous()
     rec = _or(drec, d)
     args = (
         lengths,
+        restart_arg(restart, none),
         weight_hh,
         _or(weight_hr, none),
         _or(weight_ch, none),
         _or(weight_gg, none),
+        _or(dg, none),
         hs,
         _or(cs, none),
         _or(gates, none),
@@ -622,6 +638,11 @@ def _noise_args(noise: NoiseBuffers, none: Tensor) -> tuple[Tensor, Tensor, Tens
 
 def _or(tensor: Tensor | None, fallback: Tensor) -> Tensor:
     return fallback if tensor is None or tensor.numel() == 0 else tensor
+
+
+def restart_arg(restart: Tensor | None, none: Tensor) -> Tensor:
+    """The kernels' (T, B) restart mask as bytes (a view of the bool mask), or ``none`` without one."""
+    return none if restart is None else restart.contiguous().view(torch.uint8)
 
 
 def kernel_lengths(lengths: Tensor | None, T: int, B: int, device: torch.device) -> Tensor:

@@ -34,10 +34,12 @@ from . import launch
 from .launch import KernelSpec
 
 #: kernel arguments that are always float32 (accumulation-precision buffers) in a float16 /
-#: bfloat16 / float32 build; the others take the compute dtype, ``len_ptr`` and ``bar_ptr`` int32
+#: bfloat16 / float32 build; the others take the compute dtype, ``len_ptr`` and ``bar_ptr`` int32,
+#: ``restart_ptr`` bytes
 FLOAT32_BUFFERS = (
     "cs_ptr",
     "gates_ptr",
+    "dg_ptr",
     "carry_h_ptr",
     "carry_c_ptr",
     "hat_ptr",
@@ -124,6 +126,19 @@ def plan_for(
 _DIVISIBLE_BY_16 = [["tt.divisibility", 16]]
 
 
+def _pointer_type(name: str, consts: dict[str, object], dtype: torch.dtype) -> str:
+    """The Triton pointer type of kernel argument ``name`` in a ``dtype`` build: int32 lengths and
+    barrier, the restart mask's bytes, float32 for :data:`FLOAT32_BUFFERS` (and zoneout's
+    expectation), else ``dtype``."""
+    if name in ("len_ptr", "bar_ptr"):
+        return "*i32"
+    if name == "restart_ptr":
+        return "*u8"
+    if name in FLOAT32_BUFFERS or (name in ZONEOUT_KEEPS and consts.get("ZO") == 2):
+        return "*fp32"
+    return _POINTER_TYPES[dtype]
+
+
 def _specialise(
     kernel, consts: dict[str, object], dtype: torch.dtype, ints: dict[str, int]
 ) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
@@ -141,10 +156,7 @@ def _specialise(
         elif name == "eps":
             signature[name] = "fp32"
         elif name.endswith("_ptr"):
-            float32 = name in FLOAT32_BUFFERS or (name in ZONEOUT_KEEPS and consts.get("ZO") == 2)
-            signature[name] = (
-                "*i32" if name in ("len_ptr", "bar_ptr") else "*fp32" if float32 else _POINTER_TYPES[dtype]
-            )
+            signature[name] = _pointer_type(name, consts, dtype)
             attrs[(i,)] = _DIVISIBLE_BY_16
         elif ints[name] == 1:
             signature[name] = "constexpr"
@@ -276,10 +288,11 @@ def step_loop_spills(listing: str) -> int:
 
 
 def compile_layer_kernels(
-    device: Device, dtype: torch.dtype, B: int, H: int, num_heads: int, T: int = 512
+    device: Device, dtype: torch.dtype, B: int, H: int, num_heads: int, T: int = 512, restart: bool = False
 ) -> dict[str, dict[str, int]]:
     """Compile the layer kernels (:mod:`.kernels.slstm` with ``num_heads`` heads, saving its
-    pre-activations, and :mod:`.kernels.scan`; forward and backward) for ``device`` with the blocks
+    pre-activations, and :mod:`.kernels.scan`; forward and backward; with ``restart``, taking a
+    restart mask) for ``device`` with the blocks
     and warps their launchers choose and the specialisation a call with these sizes gets, and read
     their resources: ``{kernel: {"shared", "registers", "spill_stores", "spill_loads"}}``. Needs
     the compiled path, as :func:`compile_for`."""
@@ -296,8 +309,10 @@ def compile_layer_kernels(
     BD, BK = slstm.tile_sizes(D, dtype)
     acc = launch.accumulation_type(dtype)
     precision = launch.dot_precision(dtype, False)
-    recurrence = dict(EXP_FORGET=False, REVERSE=False, BB=slstm.BLOCK_B, BD=BD, BK=BK, ACC=acc, PREC=precision)
-    scanning = dict(REVERSE=False, BLOCK=scan.BLOCK, ACC=acc)
+    recurrence = dict(
+        EXP_FORGET=False, REVERSE=False, RESTART=restart, BB=slstm.BLOCK_B, BD=BD, BK=BK, ACC=acc, PREC=precision
+    )
+    scanning = dict(REVERSE=False, RESTART=restart, BLOCK=scan.BLOCK, ACC=acc)
     builds = {
         "slstm forward": (slstm_fwd_kernel, dict(recurrence, STORE_PRE=True), {"T": T, "B": B, "H": H, "D": D}),
         "slstm backward": (slstm_bwd_kernel, recurrence, {"T": T, "B": B, "H": H, "D": D}),

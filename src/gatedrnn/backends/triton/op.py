@@ -16,11 +16,14 @@ The weight gradients are large matmuls over all steps at once, after the backwar
     \\frac{\\partial L}{\\partial p_o} = \\sum_{t,b} \\delta^{o}_t c_t, \\quad
     \\frac{\\partial L}{\\partial W_{gg}} = \\sum_t \\delta_t^\\top a_{t-1}
 
-and for the GRU with the reset before the matmul the n rows of U take :math:`r_t \\odot h_{t-1}`; with
-recurrent dropout :math:`h_{t-1}` is the masked :math:`m \\odot h_{t-1}` that entered the product,
-and with zoneout :math:`c_t` of the output peephole is the cell's own :math:`f c_{t-1} + i g`; for fgr,
-:math:`a_{t-1}` are the previous step's saved activations (zero where it did not run) and
-:math:`W_{gg}` the padded (4H, 4H) weight (:func:`.launch.padded_gate_weight`). With
+where :math:`h_{t-1}`, :math:`c_{t-1}` and :math:`a_{t-1}` are the states step t saw: zero on the
+rows the call's ``reset`` restarted at t. For the GRU with the reset before the matmul the n rows
+of U take :math:`r_t \\odot h_{t-1}`; with recurrent dropout :math:`h_{t-1}` is the masked
+:math:`m \\odot h_{t-1}` that entered the product, and with zoneout :math:`c_t` of the output
+peephole is the cell's own :math:`f c_{t-1} + i g`; for fgr, :math:`a_{t-1}` are the previous
+step's saved activations (zero where it did not run: the initial gates state's share is
+autograd's, see :func:`gatedrnn.backends.triton.with_initial_gates`) and :math:`W_{gg}` the padded
+(4H, 4H) weight (:func:`.launch.padded_gate_weight`). With
 layer norm, :math:`\\delta^{rec}` is the gradient of the raw product before its normalisation,
 and the gains take :math:`\\sum_{t,b} \\delta_t \\odot \\hat a_t` (products) and
 :math:`\\sum_{t,b} \\delta^{\\hat c}_t \\odot \\hat c_t` (cell), the cell's shift :math:`\\sum \\delta^{\\hat c}_t`.
@@ -44,9 +47,10 @@ class Operands(NamedTuple):
     """The ops' optional tensors, by name: the LSTM's initial cell ``c0`` (B, H); the weights
     beyond ``weight_hh``: ``weight_hr`` (R, H), the peepholes ``weight_ch`` (3H,), fgr's
     ``weight_gg`` padded to (4H, 4H), the GRU's ``bias_hn`` (H,) when it stays inside the
-    recurrence, the layer norms' gains and cell shift (see :class:`.launch.LayerNormWeights`); and
-    the call's regularisation ``keep_h``, ``keep_c``, ``rmask`` (see :class:`.launch.NoiseBuffers`).
-    None where absent.
+    recurrence, the layer norms' gains and cell shift (see :class:`.launch.LayerNormWeights`);
+    the call's regularisation ``keep_h``, ``keep_c``, ``rmask`` (see :class:`.launch.NoiseBuffers`);
+    and its restarts ``restart`` (T, B) bool in walk order (the layer's ``reset``: row b starts
+    again from the zero state before step t where set). None where absent.
 
     The ops take them as one ``list[Tensor]`` in this order (:meth:`pack`), an absent one as an
     empty tensor: torch.library's autograd reaches the tensors of a list only when the list
@@ -63,6 +67,7 @@ class Operands(NamedTuple):
     keep_h: Tensor | None = None
     keep_c: Tensor | None = None
     rmask: Tensor | None = None
+    restart: Tensor | None = None
 
     def pack(self, like: Tensor) -> list[Tensor]:
         """The ops' ``operands`` argument: each tensor, or an empty one of ``like``'s device and dtype."""
@@ -127,6 +132,7 @@ class Settings:
             operands.ln_weight_hh is not None,
             self.zoneout,
             operands.rmask is not None,
+            operands.restart is not None,
         )
 
 
@@ -141,9 +147,11 @@ def triton_recurrence(
     variant: str,
     flags: int,
     eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Forward recurrence over xw (T, B, G*H) from h0 (B, R): returns (hs (T+1, B, R), c_final (B, H)
-    or empty, cs, gates, aux, hat, hatc, rstd), see :func:`.launch.forward`. ``operands``: the
+    or empty, g_final or empty, cs, gates, aux, hat, hatc, rstd), see :func:`.launch.forward`;
+    g_final (B, 4H) is fgr's: the saved activations of each row's last real step (a row without
+    one has no final gates of its own: the caller keeps its initial state). ``operands``: the
     optional tensors (:meth:`Operands.pack`); ``cell, variant, flags, eps``: :class:`Settings`."""
     given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     reverse = settings.reverse
@@ -162,9 +170,19 @@ def triton_recurrence(
         given.noise(),
         reverse,
         settings.allow_tf32,
+        given.restart,
     )
     c_final = cs[0 if reverse else -1].clone() if cs.numel() else cs.new_empty(0)
-    return hs, c_final, cs, gates, aux, hat, hatc, rstd
+    g_final = _last_step_values(gates, lengths, reverse) if given.weight_gg is not None else gates.new_empty(0)
+    return hs, c_final, g_final, cs, gates, aux, hat, hatc, rstd
+
+
+def _last_step_values(values: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
+    """(B, N): each row's values (T, B, N) at its last real step: t = lengths[b] - 1, or 0 in reverse
+    (step 0 for a row of length 0)."""
+    B = values.shape[1]
+    last = torch.zeros_like(lengths) if reverse else (lengths.long() - 1).clamp(min=0)
+    return values[last, torch.arange(B, device=values.device)]
 
 
 @triton_recurrence.register_fake
@@ -178,6 +196,7 @@ def _(xw, lengths, h0, weight_hh, operands, cell, variant, flags, eps):
     return (
         xw.new_empty((T + 1, B, R)),
         xw.new_empty((B, H) if lstm else (0,), dtype=acc),
+        xw.new_empty((B, 4 * H) if spec.fgr else (0,), dtype=acc),
         xw.new_empty((T + 1, B, H) if lstm else (0,), dtype=acc),
         xw.new_empty((T, B, spec.saved_gates * H), dtype=acc),
         xw.new_empty((T, B, H) if spec.two_phase else (0,)),
@@ -211,11 +230,23 @@ def recurrence(
     zoneout: int,
     reverse: bool,
     allow_tf32: bool,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, ...]:
     """:func:`triton_recurrence` with every operand and setting named: the optional tensors are
     gathered into :class:`Operands`, the settings into :class:`Settings`."""
     operands = Operands(
-        c0, weight_hr, weight_ch, weight_gg, bias_hn, ln_weight_hh, ln_weight_c, ln_bias_c, keep_h, keep_c, rmask
+        c0,
+        weight_hr,
+        weight_ch,
+        weight_gg,
+        bias_hn,
+        ln_weight_hh,
+        ln_weight_c,
+        ln_bias_c,
+        keep_h,
+        keep_c,
+        rmask,
+        restart,
     )
     settings = Settings(cell, variant, reset_after, relu, zoneout, reverse, allow_tf32, eps)
     return triton_recurrence(xw, lengths, h0, weight_hh, operands.pack(xw), *settings.arguments())
@@ -236,6 +267,7 @@ class Saved(NamedTuple):
 def triton_recurrence_backward(
     dhs: Tensor,
     dc: Tensor | None,
+    dg: Tensor | None,
     lengths: Tensor,
     weight_hh: Tensor,
     saved: list[Tensor],
@@ -245,14 +277,16 @@ def triton_recurrence_backward(
     flags: int,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`.
-    ``saved``: :class:`Saved`; the rest as :func:`triton_recurrence` (``c0`` and ``bias_hn`` unused)."""
+    """Backward recurrence: (d, drec, dprod, ghr, dchat, carry_h, carry_c), see :func:`.launch.backward`
+    (``dc``, ``dg``: the gradients of the final cell and gates). ``saved``: :class:`Saved`; the rest
+    as :func:`triton_recurrence` (``c0`` and ``bias_hn`` unused)."""
     given, settings = Operands.unpack(operands), Settings.from_arguments(cell, variant, flags, eps)
     hs, cs, gates, hat, hatc, rstd = saved
     return launch.backward(
         settings.spec(given),
         dhs,
         dc,
+        dg,
         lengths,
         hs,
         cs,
@@ -268,11 +302,12 @@ def triton_recurrence_backward(
         given.noise(),
         settings.reverse,
         settings.allow_tf32,
+        given.restart,
     )
 
 
 @triton_recurrence_backward.register_fake
-def _(dhs, dc, lengths, weight_hh, saved, operands, cell, variant, flags, eps):
+def _(dhs, dc, dg, lengths, weight_hh, saved, operands, cell, variant, flags, eps):
     spec = Settings.from_arguments(cell, variant, flags, eps).spec(Operands.unpack(operands))
     T1, B, R = dhs.shape
     GH = weight_hh.shape[0]
@@ -293,14 +328,14 @@ def _(dhs, dc, lengths, weight_hh, saved, operands, cell, variant, flags, eps):
 
 def _setup_context(ctx, inputs, output) -> None:
     xw, lengths, h0, weight_hh, operands, *settings = inputs
-    hs, _, cs, gates, aux, hat, hatc, rstd = output
+    hs, _, _, cs, gates, aux, hat, hatc, rstd = output
     ctx.settings = settings  # (cell, variant, flags, eps)
     ctx.mark_non_differentiable(cs, gates, aux, hat, hatc, rstd)
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(lengths, weight_hh, aux, *Saved(hs, cs, gates, hat, hatc, rstd), *operands)
 
 
-def _backward(ctx, dhs, dc, *_non_differentiable):
+def _backward(ctx, dhs, dc, dg, *_non_differentiable):
     lengths, weight_hh, aux, *rest = ctx.saved_tensors
     saved, operands = Saved(*rest[: len(Saved._fields)]), rest[len(Saved._fields) :]
     given = Operands.unpack(operands)
@@ -309,19 +344,21 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
     hs, cs, gates = saved.hs, saved.cs, saved.gates
     dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
     d, drec, dprod, ghr, dchat, carry_h, carry_c = triton_recurrence_backward(
-        dhs, dc, lengths, weight_hh, list(saved), operands, *ctx.settings
+        dhs, dc, dg, lengths, weight_hh, list(saved), operands, *ctx.settings
     )
     T, B = d.shape[:2]
     H = weight_hh.shape[0] // spec.num_gates
     added = drec if spec.split_recurrent_grad else d  # dL/d(recurrent term as added to the pre-activation)
     prod = dprod if spec.layer_norm else added  # dL/d(h_{t-1} U^T)
     first, start = (T - 1, T) if reverse else (0, 0)
-    h_prev = hs[1:] if reverse else hs[:-1]  # (T, B, R): h_{t-1} of every step t
+    restart = given.restart
+    h_prev = carried_values(hs[1:] if reverse else hs[:-1], restart)  # (T, B, R): h_{t-1} of every step t
     if given.rmask is not None:
         h_prev = h_prev * given.rmask  # as it entered the recurrent product
     rows = spec.matmul_gates * H
-    # the last gather of the recurrence: dL/dh_{-1} through the first step's recurrent matmul
-    gather = prod[first, :, :rows].matmul(weight_hh[:rows])
+    # the last gather of the recurrence: dL/dh_{-1} through the first step's recurrent matmul (none
+    # on the rows that step restarted)
+    gather = carried_values(prod[first, :, :rows].matmul(weight_hh[:rows]), None if restart is None else restart[first])
     dh0 = carry_h + dhs[start] + (gather if given.rmask is None else gather * given.rmask).to(carry_h.dtype)
     flat = prod.reshape(T * B, -1)
     if spec.gru_before:
@@ -337,6 +374,7 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
         grads["weight_hr"] = ghr.reshape(T * B, -1).t().matmul(aux.reshape(T * B, -1))
     if given.weight_ch is not None:
         c_prev, c_new = (cs[1:], cs[:-1]) if reverse else (cs[:-1], cs[1:])
+        c_prev = carried_values(c_prev, restart)
         if spec.zoneout:  # the carried cell is zoned out: p_o saw the cell's own f c_{t-1} + i g
             i, f, g, _ = gates.split(H, dim=-1)
             c_new = f * c_prev + i * g
@@ -344,7 +382,7 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
         d_weight_ch = torch.cat([(gi * c_prev).sum((0, 1)), (gf * c_prev).sum((0, 1)), (go * c_new).sum((0, 1))])
         grads["weight_ch"] = d_weight_ch.to(given.weight_ch.dtype)
     if given.weight_gg is not None:
-        grads["weight_gg"] = _gate_weight_grad(d, gates, lengths, reverse).to(given.weight_gg.dtype)
+        grads["weight_gg"] = _gate_weight_grad(d, gates, lengths, reverse, restart).to(given.weight_gg.dtype)
     if given.bias_hn is not None:
         grads["bias_hn"] = added[..., 2 * H :].sum((0, 1))
     if spec.layer_norm:
@@ -356,11 +394,24 @@ def _backward(ctx, dhs, dc, *_non_differentiable):
     return d, None, dh0.to(hs.dtype), d_weight_hh.to(weight_hh.dtype), list(Operands(**grads)), None, None, None, None
 
 
-def _gate_weight_grad(d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
+def carried_values(values: Tensor, restart: Tensor | None) -> Tensor:
+    """``values`` (..., B, N), each step's state before it (or what flows back to it), as the step
+    saw it: zero on the rows ``restart`` (..., B) restarted there (a select), or unchanged without
+    restarts."""
+    if restart is None:
+        return values
+    return torch.where(restart.unsqueeze(-1), torch.zeros((), dtype=values.dtype, device=values.device), values)
+
+
+def _gate_weight_grad(
+    d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool, restart: Tensor | None = None
+) -> Tensor:
     """fgr: dL/d(padded weight_gg) = sum_t d_t^T a_{t'}, d (T, B, 4H) the pre-activation gradients,
     a_{t'} (T, B, 4H) the saved activations of the step before t in processing order (t - 1, or
     t + 1 in reverse), zero where that step did not run (before the first, and the padded steps a
-    reversed row starts with)."""
+    reversed row starts with) and where step t restarted the row (``restart``). The initial gates
+    state's share is not here: it enters the input projection (see
+    :func:`gatedrnn.backends.triton.with_initial_gates`)."""
     T, B, _ = gates.shape
     previous = torch.zeros_like(gates)
     if reverse:
@@ -370,6 +421,7 @@ def _gate_weight_grad(d: Tensor, gates: Tensor, lengths: Tensor, reverse: bool) 
     t_prev = torch.arange(T, device=gates.device) + (1 if reverse else -1)
     ran = (t_prev[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1); t_prev = -1 is already zero
     previous.masked_fill_(~ran, 0)
+    previous = carried_values(previous, restart)
     return d.reshape(T * B, -1).t().to(gates.dtype).matmul(previous.reshape(T * B, -1))
 
 

@@ -27,7 +27,7 @@ from torch import Tensor
 from ...cells.family import CellFamily, LayerWeights
 from . import launch
 from .kernels.scan import linear_scan_bwd_kernel, linear_scan_fwd_kernel
-from .launch import accumulation_dtype, accumulation_type, kernel_lengths, layer_outputs
+from .launch import accumulation_dtype, accumulation_type, kernel_lengths, layer_outputs, restart_arg
 from .op import _no_second_derivative
 
 BLOCK = 128
@@ -40,31 +40,46 @@ def _grid(units: int) -> tuple[int]:
 
 
 @torch.library.custom_op("gatedrnn::triton_linear_scan", mutates_args=())
-def triton_linear_scan(log_a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor, reverse: bool) -> Tensor:
+def triton_linear_scan(
+    log_a: Tensor, b: Tensor, h0: Tensor, lengths: Tensor, reverse: bool, restart: Tensor | None
+) -> Tensor:
     """hs (T+1, B, H) of h_t = exp(log_a_t) h_{t-1} + b_t over log_a, b (T, B, H) from h0 (B, H),
-    laid out by real time (:mod:`.kernels.scan`); padded steps keep the state."""
+    laid out by real time (:mod:`.kernels.scan`); padded steps keep the state, and the rows
+    ``restart`` (T, B) bool marks (in walk order, or None) start step t from h_{t-1} = 0."""
     T, B, H = b.shape
     hs = launch._new_buffer((T + 1, B, H), b.dtype, b.device)
     hs[T if reverse else 0] = h0
     acc = accumulation_type(b.dtype)
     linear_scan_fwd_kernel[_grid(B * H)](
-        log_a, b, lengths, hs, T, B * H, H, REVERSE=reverse, BLOCK=BLOCK, ACC=acc, num_warps=NUM_WARPS
+        log_a,
+        b,
+        lengths,
+        restart_arg(restart, b),
+        hs,
+        T,
+        B * H,
+        H,
+        REVERSE=reverse,
+        RESTART=restart is not None,
+        BLOCK=BLOCK,
+        ACC=acc,
+        num_warps=NUM_WARPS,
     )
     return hs
 
 
 @triton_linear_scan.register_fake
-def _(log_a, b, h0, lengths, reverse):
+def _(log_a, b, h0, lengths, reverse, restart):
     T, B, H = b.shape
     return b.new_empty((T + 1, B, H))
 
 
 @torch.library.custom_op("gatedrnn::triton_linear_scan_backward", mutates_args=())
 def triton_linear_scan_backward(
-    dhs: Tensor, log_a: Tensor, hs: Tensor, lengths: Tensor, reverse: bool
+    dhs: Tensor, log_a: Tensor, hs: Tensor, lengths: Tensor, reverse: bool, restart: Tensor | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """From the gradient of hs (T+1, B, H): (dL/d log_a, dL/d b (T, B, H), dL/d h0 (B, H) in the
-    accumulation dtype)."""
+    """From the gradient of hs (T+1, B, H), with the forward's ``restart``: (dL/d log_a, dL/d b
+    (T, B, H), dL/d h0 (B, H) in the accumulation dtype)."""
     T, B, H = log_a.shape
     dlog_a = launch._new_buffer((T, B, H), log_a.dtype, log_a.device)
     db = launch._new_buffer((T, B, H), hs.dtype, hs.device)
@@ -73,6 +88,7 @@ def triton_linear_scan_backward(
         dhs,
         log_a,
         lengths,
+        restart_arg(restart, log_a),
         hs,
         dlog_a,
         db,
@@ -81,6 +97,7 @@ def triton_linear_scan_backward(
         B * H,
         H,
         REVERSE=reverse,
+        RESTART=restart is not None,
         BLOCK=BLOCK,
         ACC=accumulation_type(hs.dtype),
         num_warps=NUM_WARPS,
@@ -89,21 +106,21 @@ def triton_linear_scan_backward(
 
 
 @triton_linear_scan_backward.register_fake
-def _(dhs, log_a, hs, lengths, reverse):
+def _(dhs, log_a, hs, lengths, reverse, restart):
     T, B, H = log_a.shape
     return log_a.new_empty((T, B, H)), hs.new_empty((T, B, H)), hs.new_empty((B, H), dtype=accumulation_dtype(hs.dtype))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    log_a, _, h0, lengths, reverse = inputs
+    log_a, _, h0, lengths, reverse, restart = inputs
     ctx.reverse, ctx.h0_dtype = reverse, h0.dtype
-    ctx.save_for_backward(log_a, output, lengths)
+    ctx.save_for_backward(log_a, output, lengths, restart)
 
 
 def _backward(ctx, dhs):
-    log_a, hs, lengths = ctx.saved_tensors
-    dlog_a, db, dh0 = triton_linear_scan_backward(dhs.contiguous(), log_a, hs, lengths, ctx.reverse)
-    return dlog_a, db, dh0.to(ctx.h0_dtype), None, None
+    log_a, hs, lengths, restart = ctx.saved_tensors
+    dlog_a, db, dh0 = triton_linear_scan_backward(dhs.contiguous(), log_a, hs, lengths, ctx.reverse, restart)
+    return dlog_a, db, dh0.to(ctx.h0_dtype), None, None, None
 
 
 triton_linear_scan.register_autograd(_backward, setup_context=_setup_context)
@@ -118,13 +135,19 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], None]:
     """One minimal-cell layer and direction over x (T, B, I) from (h0,) (B, H) (contract:
-    :mod:`gatedrnn.backends.reference`, without regularisation or recording)."""
+    :mod:`gatedrnn.backends.reference`, ``reset`` included, without regularisation or recording)."""
     T, B = x.shape[:2]
     log_a, b = cfg.coefficients(cfg.input_projection(x, weights))  # (T, B, H) each
     hs = triton_linear_scan(
-        log_a.contiguous(), b.contiguous(), state[0].contiguous(), kernel_lengths(lengths, T, B, x.device), reverse
+        log_a.contiguous(),
+        b.contiguous(),
+        state[0].contiguous(),
+        kernel_lengths(lengths, T, B, x.device),
+        reverse,
+        reset,
     )
     out, h_n = layer_outputs(hs, lengths, reverse)
     return out, (h_n,), None

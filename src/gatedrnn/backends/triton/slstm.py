@@ -13,7 +13,8 @@ Per layer and direction:
     \frac{\partial L}{\partial R_k} = \sum_t \delta_t[k]^\top h_{t-1}[k]
 
 with :math:`\delta_t[k]` (B, 4D) head k's pre-activation gradients and :math:`h_{t-1}[k]` (B, D)
-its units of h. The input projection's gradient is :math:`\delta_t` itself.
+its units of h (zero where the call's ``reset`` restarted the row at t). The input projection's
+gradient is :math:`\delta_t` itself.
 
 c, n and m are carried in float32 (float64 for float64 inputs) inside the kernels; the final c and
 n come back in the input's dtype, the final m in float32 (float64), as the family's step gives
@@ -36,8 +37,9 @@ from .launch import (
     dot_precision,
     kernel_lengths,
     layer_outputs,
+    restart_arg,
 )
-from .op import _no_second_derivative
+from .op import _no_second_derivative, carried_values
 
 BLOCK_B = 16
 """Batch rows per program: the smallest tile ``tl.dot`` takes, for the most programs per head."""
@@ -69,9 +71,11 @@ def forward(
     reverse: bool,
     allow_tf32: bool,
     store_pre: bool,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the forward recurrence over xw (T, B, 4H); returns (hs, cs, ns, ms, pre), see
-    :mod:`.kernels.slstm` (``pre`` empty without ``store_pre``)."""
+    """Run the forward recurrence over xw (T, B, 4H), restarting the rows ``restart`` (T, B) marks
+    (in walk order); returns (hs, cs, ns, ms, pre), see :mod:`.kernels.slstm` (``pre`` empty
+    without ``store_pre``)."""
     T, B, H4 = xw.shape
     H = H4 // 4
     heads, _, D = weight_hh.shape
@@ -86,6 +90,7 @@ def forward(
     slstm_fwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         xw,
         lengths,
+        restart_arg(restart, xw),
         weight_hh,
         hs,
         cs,
@@ -99,6 +104,7 @@ def forward(
         EXP_FORGET=exp_forget,
         REVERSE=reverse,
         STORE_PRE=store_pre,
+        RESTART=restart is not None,
         BB=BLOCK_B,
         BD=BD,
         BK=BK,
@@ -123,10 +129,11 @@ def backward(
     exp_forget: bool,
     reverse: bool,
     allow_tf32: bool,
+    restart: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Run the backward recurrence from the gradients of hs (T+1, B, H) and of the final c, n, m
-    (B, H); returns (dpre (T, B, 4H), and the gradients of the initial h (less ``dhs`` at its
-    slot), c, n, m (B, H)), all in the accumulation dtype."""
+    (B, H), with the forward's ``restart``; returns (dpre (T, B, 4H), and the gradients of the
+    initial h (less ``dhs`` at its slot), c, n, m (B, H)), all in the accumulation dtype."""
     T1, B, H = dhs.shape
     heads, _, D = weight_hh.shape
     dev, acc = dhs.device, cs.dtype
@@ -137,6 +144,7 @@ def backward(
     slstm_bwd_kernel[(triton.cdiv(B, BLOCK_B), heads)](
         dhs,
         lengths,
+        restart_arg(restart, dhs),
         weight_hh,
         cs,
         ns,
@@ -153,6 +161,7 @@ def backward(
         D,
         EXP_FORGET=exp_forget,
         REVERSE=reverse,
+        RESTART=restart is not None,
         BB=BLOCK_B,
         BD=BD,
         BK=BK,
@@ -176,17 +185,21 @@ def triton_slstm(
     reverse: bool,
     allow_tf32: bool,
     store_pre: bool,
+    restart: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The sLSTM recurrence over xw (T, B, 4H) from (h0, c0, n0, m0) (B, H) with the heads' blocks
-    ``weight_hh`` (NH, 4D, D): returns (hs (T+1, B, H), the final c, n, m (B, H) in the
-    accumulation dtype, then the saved cs, ns, ms and pre), see :func:`forward`."""
-    hs, cs, ns, ms, pre = forward(xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, store_pre)
+    ``weight_hh`` (NH, 4D, D) and the restarts ``restart`` (T, B) bool or None: returns (hs
+    (T+1, B, H), the final c, n, m (B, H) in the accumulation dtype, then the saved cs, ns, ms and
+    pre), see :func:`forward`."""
+    hs, cs, ns, ms, pre = forward(
+        xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, store_pre, restart
+    )
     last = 0 if reverse else -1
     return hs, cs[last].clone(), ns[last].clone(), ms[last].clone(), cs, ns, ms, pre
 
 
 @triton_slstm.register_fake
-def _(xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, store_pre):
+def _(xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, store_pre, restart):
     T, B, H4 = xw.shape
     H, acc = H4 // 4, accumulation_dtype(xw.dtype)
     states = [xw.new_empty((B, H), dtype=acc) for _ in range(3)]
@@ -207,46 +220,47 @@ def triton_slstm_backward(
     exp_forget: bool,
     reverse: bool,
     allow_tf32: bool,
+    restart: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The backward recurrence, see :func:`backward`; ``saved`` is the forward's (cs, ns, ms, pre)."""
-    return backward(dhs, dc, dn, dm, lengths, weight_hh, *saved, exp_forget, reverse, allow_tf32)
+    return backward(dhs, dc, dn, dm, lengths, weight_hh, *saved, exp_forget, reverse, allow_tf32, restart)
 
 
 @triton_slstm_backward.register_fake
-def _(dhs, dc, dn, dm, lengths, weight_hh, saved, exp_forget, reverse, allow_tf32):
+def _(dhs, dc, dn, dm, lengths, weight_hh, saved, exp_forget, reverse, allow_tf32, restart):
     T1, B, H = dhs.shape
     acc = saved[0].dtype
     return (dhs.new_empty((T1 - 1, B, 4 * H), dtype=acc), *(dhs.new_empty((B, H), dtype=acc) for _ in range(4)))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, _ = inputs
+    xw, lengths, h0, c0, n0, m0, weight_hh, exp_forget, reverse, allow_tf32, _, restart = inputs
     hs, _, _, _, cs, ns, ms, pre = output
     ctx.settings = (exp_forget, reverse, allow_tf32)
     ctx.dtypes = (xw.dtype, h0.dtype, c0.dtype, n0.dtype, m0.dtype)
     ctx.mark_non_differentiable(cs, ns, ms, pre)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(lengths, weight_hh, hs, cs, ns, ms, pre)
+    ctx.save_for_backward(lengths, weight_hh, hs, cs, ns, ms, pre, restart)
 
 
 def _backward(ctx, dhs, dc, dn, dm, *_non_differentiable):
-    lengths, weight_hh, hs, cs, ns, ms, pre = ctx.saved_tensors
+    lengths, weight_hh, hs, cs, ns, ms, pre, restart = ctx.saved_tensors
     exp_forget, reverse, allow_tf32 = ctx.settings
     x_dtype, h_dtype, c_dtype, n_dtype, m_dtype = ctx.dtypes
     final = cs[0]
     dhs = torch.zeros_like(hs) if dhs is None else dhs.contiguous()
     dc, dn, dm = (torch.zeros_like(final) if g is None else g for g in (dc, dn, dm))
     dpre, gh, gc, gn, gm = triton_slstm_backward(
-        dhs, dc, dn, dm, lengths, weight_hh, [cs, ns, ms, pre], exp_forget, reverse, allow_tf32
+        dhs, dc, dn, dm, lengths, weight_hh, [cs, ns, ms, pre], exp_forget, reverse, allow_tf32, restart
     )
     T, B, H4 = dpre.shape
     heads, _, D = weight_hh.shape
-    h_prev = hs[1:] if reverse else hs[:-1]  # (T, B, H): h_{t-1} of every step t
+    h_prev = carried_values(hs[1:] if reverse else hs[:-1], restart)  # (T, B, H): h_{t-1} of every step t
     d_weight_hh = torch.einsum(
         "tbgkj,tbkd->kgjd", dpre.view(T, B, 4, heads, D), h_prev.to(dpre.dtype).view(T, B, heads, D)
     ).reshape(heads, 4 * D, D)
     dh0 = gh + dhs[T if reverse else 0]
-    # one gradient per input of triton_slstm; none for the lengths and the settings
+    # one gradient per input of triton_slstm; none for the lengths, the settings and the restarts
     return (
         dpre.to(x_dtype),
         None,
@@ -255,6 +269,7 @@ def _backward(ctx, dhs, dc, dn, dm, *_non_differentiable):
         gn.to(n_dtype),
         gm.to(m_dtype),
         d_weight_hh.to(weight_hh.dtype),
+        None,
         None,
         None,
         None,
@@ -278,9 +293,11 @@ def run_layer(
     *,
     reverse: bool = False,
     lengths: Tensor | None = None,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], None]:
     """One sLSTM layer and direction over x (T, B, I) from the states (h, c, n, m), each (B, H)
-    (contract: :mod:`gatedrnn.backends.reference`, without regularisation or recording)."""
+    (contract: :mod:`gatedrnn.backends.reference`, ``reset`` included, without regularisation or
+    recording)."""
     T, B = x.shape[:2]
     xw = cfg.input_projection(x, weights)  # (T, B, 4H)
     if "bias_hh" in weights:
@@ -300,6 +317,7 @@ def run_layer(
         reverse,
         bool(torch.backends.cuda.matmul.allow_tf32),
         store,
+        reset,
     )
     out, h_n = layer_outputs(hs, lengths, reverse)
     return out, (h_n, c_n.to(x.dtype), n_n.to(x.dtype), m_n), None

@@ -60,7 +60,17 @@ own c_t is recomputed from the gates, the RNN's own h_t saved in ``gates``.
 The LSTM's ``fgr`` (``FGR``) adds, in the cell's phase, the previous step's saved activations
 times the padded (4H, 4H) ``weight_gg`` (:func:`fgr_product`: no extra exchange, ``gates`` was
 written a barrier earlier), and backward gathers the next step's pre-activation gradients
-through it into dL/d(i, f, o) (:func:`fgr_gathered`).
+through it into dL/d(i, f, o) (:func:`fgr_gathered`). Its initial gates state enters ``xw`` at each
+row's first real step, where no previous step ran (the backend's ``run_layer``); its final one is
+the saved activations of each row's last real step, whose gradient ``dg`` the backward pass adds to
+dL/d(i, f, o) there.
+
+Restarts (``RESTART``, the layer's ``reset``; :mod:`.restart`): a (T, B) mask marks the rows that
+start step t from the zero state. Every read of a state before a step (h_{t-1} in the product and
+in the pointwise step, c_{t-1}, fgr's previous activations) leaves those rows out and reads zeros,
+while ``hs`` and ``cs`` keep the real states (step t-1's outputs). Backward, what step t carries to
+h_{t-1} and c_{t-1} is zero on those rows: the local parts (``carry_h``, ``carry_c``) and, at step
+t-1, the gather of step t's gradients (fgr's included).
 
 The backward pass carries the gradient w.r.t. the state in ``carry_h`` (B, R) and ``carry_c``
 (B, H): the part of it that is local to a program's units (e.g. z * dh for the GRU, f * dc for
@@ -94,6 +104,7 @@ from .primitives import (
     sigmoid,
     tanh,
 )
+from .restart import carried_mask, carried_only, carried_rows
 
 
 @triton.jit
@@ -280,7 +291,8 @@ def fgr_product(
     """(BB, 4*BH) gate-major, fgr's gate-to-gate recurrence: the previous step's saved (i, f, g, o)
     of all H units times gg[S]^T, gg = weight_gg padded to (4H, 4H) with zero g row and column
     blocks; streamed in chunks of KG columns. Zero for rows whose previous step did not run (the
-    first step, and a reversed row's first real step after its padding)."""
+    first step, and a reversed row's first real step after its padding; the initial gates state
+    enters the input projection there instead) and for rows not in ``mb`` (restarted at t)."""
     t_prev = t - 1 + 2 * REVERSE
     ran = mb & ((offs_b * 0 + t_prev) >= 0) & (t_prev < tl.load(len_ptr + offs_b, mask=mb, other=0))
     prev_row = gates_ptr + tl.maximum(t_prev, 0).to(tl.int64) * B * (4 * H)
@@ -291,11 +303,16 @@ def fgr_product(
 def fgr_gathered(
     d_ptr,
     gg_ptr,
+    dg_ptr,
+    len_ptr,
     t_next,
     s,
     m: tl.constexpr,
     offs_b,
     mb,
+    next_rows,
+    offs_j,
+    mask,
     s0,
     B,
     H,
@@ -307,16 +324,25 @@ def fgr_gathered(
     ACC: tl.constexpr,
     PREC: tl.constexpr,
 ):
-    """(BB, BH) with ``FGR``, else 0: dL/d(the step's activation block m)[S] through the next step's
+    """(BB, BH) with ``FGR``, else 0: dL/d(the step's activation block m)[S]: through the next step's
     gate-to-gate product, d_{t_next} @ gg[:, m*H + S] (d the (T, B, 4H) pre-activation gradients;
-    see :func:`fgr_product`)."""
+    see :func:`fgr_product`) on ``next_rows`` (the rows of ``mb`` not restarted at t_next), and on
+    the rows whose last real step this is (none follows: s == 0, or t_next >= lengths[b]) the
+    gradient of the final gates state, ``dg`` (B, 4H)."""
     if FGR:  # both branches (one return each): the compiler sees only the taken one
-        return gathered_product(
+        lens = tl.load(len_ptr + offs_b, mask=mb, other=0)
+        last = mb & (((offs_b * 0 + s) == 0) | (t_next >= lens))
+        final = tl.load(
+            dg_ptr + offs_b[:, None].to(tl.int64) * (4 * H) + m * H + offs_j[None, :],
+            mask=mask & last[:, None],
+            other=0.0,
+        )
+        return final + gathered_product(
             d_ptr,
             t_next,
             s,
             offs_b,
-            mb,
+            next_rows,
             gg_ptr + m * H,
             0,
             s0,
@@ -536,6 +562,7 @@ def _lstm_store_h(
     mb,
     offs_j,
     mask,
+    prev_mask,
     hs_ptr,
     aux_ptr,
     hin_ptr,
@@ -550,11 +577,12 @@ def _lstm_store_h(
     ACC: tl.constexpr,
 ):
     """The LSTM's h_t (BB, BH): before the projection into ``aux`` (phase B projects and stores
-    it), else the carried state into ``hs`` (:func:`.noise.store_h`)."""
+    it), else the carried state into ``hs`` (:func:`.noise.store_h`; h_{t-1} read with
+    ``prev_mask``, zero on restarted rows)."""
     if PROJ:
         tl.store(rows_of(aux_ptr, t, offs_b, B, H) + offs_j[None, :], h, mask=mask)
     else:
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=prev_mask, other=0.0)
         store_h(
             hs_ptr,
             hin_ptr,
@@ -586,6 +614,7 @@ def _fwd_phase_a(
     s0,
     xw_ptr,
     len_ptr,
+    restart_ptr,
     u_ptr,
     bn_ptr,
     peep_ptr,
@@ -629,6 +658,7 @@ def _fwd_phase_a(
     ZO: tl.constexpr,
     DROP: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     REVERSE: tl.constexpr,
     RESIDENT: tl.constexpr,
     STAGES: tl.constexpr,
@@ -643,12 +673,15 @@ def _fwd_phase_a(
     """h_{t-1} @ U[S]^T (with LN: its normalised form, from phase SA's raw product and partials;
     with ``FGR`` plus the gate recurrence, :func:`fgr_product`) and the cell's pointwise step for
     batch rows b0.. and units s0.., the new state zoned out (with LN the LSTM stops at c_t and its
-    partials, unzoned; phase C finishes h_t and c_t)."""
+    partials, unzoned; phase C finishes h_t and c_t). The states before the step are read as zero
+    on the rows restarted at t."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
+    keep = carried_rows(restart_ptr, t, offs_b, mb, B, RESTART)
+    prev_mask = carried_mask(mask, keep, RESTART)
     if LN:
         acc = normalized_products(
             hat_ptr, rstd_ptr, gln_ptr, part_ptr, t, offs_b, mb, offs_j, mask, s0, B, H, eps, G, GA, NS, BH, GAP, PP
@@ -657,7 +690,7 @@ def _fwd_phase_a(
         acc = fwd_product_a(
             product_input(hs_ptr, hin_ptr, prev, B, R, DROP),
             offs_b,
-            mb,
+            keep,
             u_ptr,
             u_tile,
             s0,
@@ -675,12 +708,14 @@ def _fwd_phase_a(
             PREC,
         )
     if FGR:
-        acc += fgr_product(gates_ptr, gg_ptr, len_ptr, t, offs_b, mb, s0, B, H, REVERSE, STAGES, BB, BH, KG, ACC, PREC)
+        acc += fgr_product(
+            gates_ptr, gg_ptr, len_ptr, t, offs_b, keep, s0, B, H, REVERSE, STAGES, BB, BH, KG, ACC, PREC
+        )
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     x_row = rows_of(xw_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     if CELL == 0:
-        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=prev_mask, other=0.0)
         c, h = _lstm_fwd_a(
             x_row,
             g_row,
@@ -721,6 +756,7 @@ def _fwd_phase_a(
                 mb,
                 offs_j,
                 mask,
+                prev_mask,
                 hs_ptr,
                 aux_ptr,
                 hin_ptr,
@@ -735,7 +771,7 @@ def _fwd_phase_a(
                 ACC,
             )
     else:
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=prev_mask, other=0.0)
         if CELL == 2:
             a = _pre_activation(acc, x_row, 0, H, mask, BB, GAP, BH, ACC)
             if RELU:
@@ -811,6 +847,7 @@ def _fwd_phase_b(
     s0,
     xw_ptr,
     len_ptr,
+    restart_ptr,
     u_ptr,
     whr_ptr,
     hs_ptr,
@@ -836,6 +873,7 @@ def _fwd_phase_b(
     PP: tl.constexpr,
     ZO: tl.constexpr,
     DROP: tl.constexpr,
+    RESTART: tl.constexpr,
     RESIDENT: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
@@ -845,7 +883,8 @@ def _fwd_phase_b(
     PREC: tl.constexpr,
 ):
     """LSTM: h_r[S] = h_pre @ W_hr[S]^T. GRU (reset before): n = tanh(x_n + (r h) @ U_n[S]^T), h_t
-    (with LN the product's normalised form, from phase SB). The new h is zoned out."""
+    (with LN the product's normalised form, from phase SB). The new h is zoned out (against zero
+    on the rows restarted at t)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -864,7 +903,8 @@ def _fwd_phase_b(
             aux_ptr, t, offs_b, mb, u_ptr, whr_ptr, w_tile, s0, B, H, R, CELL, RESIDENT, STAGES, BB, BH, KB, ACC, PREC
         )
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
-    h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+    prev_mask = carried_mask(mask, carried_rows(restart_ptr, t, offs_b, mb, B, RESTART), RESTART)
+    h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=prev_mask, other=0.0)
     h = acc
     if CELL == 1:
         g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
@@ -884,6 +924,7 @@ def _fwd_stats(
     prev,
     b0,
     s0,
+    restart_ptr,
     hs_ptr,
     aux_ptr,
     u_ptr,
@@ -901,6 +942,7 @@ def _fwd_stats(
     GA: tl.constexpr,
     NS: tl.constexpr,
     DROP: tl.constexpr,
+    RESTART: tl.constexpr,
     RESIDENT: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
@@ -913,7 +955,8 @@ def _fwd_stats(
 ):
     """LN phase SA (``SIDE_B`` False): h_{t-1} @ U[S]^T for gate blocks 0 .. GA-1; phase SB (the GRU
     with the reset before): (r h) @ U_n[S]^T for block 2. Saves the raw products to ``hat`` and
-    this program's partial moments of each block."""
+    this program's partial moments of each block. h_{t-1} is zero on the rows restarted at t (and
+    so is r h, which phase A formed from it)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
@@ -929,7 +972,7 @@ def _fwd_stats(
         acc = fwd_product_a(
             product_input(hs_ptr, hin_ptr, prev, B, R, DROP),
             offs_b,
-            mb,
+            carried_rows(restart_ptr, t, offs_b, mb, B, RESTART),
             u_ptr,
             u_tile,
             s0,
@@ -960,6 +1003,7 @@ def _fwd_phase_c(
     b0,
     s0,
     len_ptr,
+    restart_ptr,
     hs_ptr,
     cs_ptr,
     gates_ptr,
@@ -985,18 +1029,20 @@ def _fwd_phase_c(
     NS: tl.constexpr,
     ZO: tl.constexpr,
     DROP: tl.constexpr,
+    RESTART: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
     PP: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """LN LSTM phase C: h_t = o ⊙ tanh(γ_c ĉ_t + β_c), ĉ_t the normalised cell (from phase A's
-    partials); then c_t (and h_t without projection) zoned out."""
+    partials); then c_t (and h_t without projection) zoned out (against zero on restarted rows)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
+    prev_mask = carried_mask(mask, carried_rows(restart_ptr, t, offs_b, mb, B, RESTART), RESTART)
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
     c_row = rows_of(cs_ptr, new, offs_b, B, H) + offs_j[None, :]
     xc = normalize(
@@ -1027,7 +1073,7 @@ def _fwd_phase_c(
     else:
         h = o * chat
     if ZO > 0:
-        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=prev_mask, other=0.0)
         c_new = tl.load(c_row, mask=mask, other=0.0)
         tl.debug_barrier()  # every thread has read c_t (here and in normalize) before it is overwritten
         zoned_store(c_row, c_prev, c_new, act, keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
@@ -1041,6 +1087,7 @@ def _fwd_phase_c(
         mb,
         offs_j,
         mask,
+        prev_mask,
         hs_ptr,
         aux_ptr,
         hin_ptr,
@@ -1060,6 +1107,7 @@ def _fwd_phase_c(
 def recurrence_fwd_kernel(
     xw_ptr,  # (T, B, G*H) input projections W_ih x_t + folded biases (and layer-norm shifts)
     len_ptr,  # (B,) int32 sequence lengths
+    restart_ptr,  # (T, B) uint8: the state restarts from zero before step t where nonzero (RESTART)
     u_ptr,  # (G*H, R) weight_hh
     whr_ptr,  # (R, H) weight_hr (PROJ)
     peep_ptr,  # (3H,) weight_ch (PEEP)
@@ -1111,6 +1159,7 @@ def recurrence_fwd_kernel(
     ZO: tl.constexpr,  # zoneout: 0 none, 1 sampled masks, 2 expectation (kernels/noise.py)
     DROP: tl.constexpr,  # recurrent dropout mask on h_{t-1} in the recurrent product
     FGR: tl.constexpr,  # LSTM fgr: the previous step's gates times weight_gg (fgr_product)
+    RESTART: tl.constexpr,  # restarts inside the sequence (kernels/restart.py)
     PH_SA: tl.constexpr,
     PH_A: tl.constexpr,
     PH_SB: tl.constexpr,
@@ -1149,6 +1198,7 @@ def recurrence_fwd_kernel(
                     prev,
                     b0,
                     s0,
+                    restart_ptr,
                     hs_ptr,
                     aux_ptr,
                     u_ptr,
@@ -1166,6 +1216,7 @@ def recurrence_fwd_kernel(
                     GA,
                     NS,
                     DROP,
+                    RESTART,
                     RESIDENT,
                     STAGES,
                     BB,
@@ -1188,6 +1239,7 @@ def recurrence_fwd_kernel(
                     s0,
                     xw_ptr,
                     len_ptr,
+                    restart_ptr,
                     u_ptr,
                     bn_ptr,
                     peep_ptr,
@@ -1231,6 +1283,7 @@ def recurrence_fwd_kernel(
                     ZO,
                     DROP,
                     FGR,
+                    RESTART,
                     REVERSE,
                     RESIDENT,
                     STAGES,
@@ -1251,6 +1304,7 @@ def recurrence_fwd_kernel(
                     prev,
                     b0,
                     s0,
+                    restart_ptr,
                     hs_ptr,
                     aux_ptr,
                     u_ptr,
@@ -1268,6 +1322,7 @@ def recurrence_fwd_kernel(
                     GA,
                     NS,
                     DROP,
+                    RESTART,
                     RESIDENT,
                     STAGES,
                     BB,
@@ -1289,6 +1344,7 @@ def recurrence_fwd_kernel(
                     b0,
                     s0,
                     len_ptr,
+                    restart_ptr,
                     hs_ptr,
                     cs_ptr,
                     gates_ptr,
@@ -1314,6 +1370,7 @@ def recurrence_fwd_kernel(
                     NS,
                     ZO,
                     DROP,
+                    RESTART,
                     BB,
                     BH,
                     PP,
@@ -1331,6 +1388,7 @@ def recurrence_fwd_kernel(
                     s0,
                     xw_ptr,
                     len_ptr,
+                    restart_ptr,
                     u_ptr,
                     whr_ptr,
                     hs_ptr,
@@ -1356,6 +1414,7 @@ def recurrence_fwd_kernel(
                     PP,
                     ZO,
                     DROP,
+                    RESTART,
                     RESIDENT,
                     STAGES,
                     BB,
@@ -1369,6 +1428,15 @@ def recurrence_fwd_kernel(
 
 
 # ----- backward -----------------------------------------------------------------------------------
+
+
+@triton.jit
+def _bwd_restarts(restart_ptr, t, t_next, offs_b, mb, mask, B, RESTART: tl.constexpr):
+    """A backward step's rows by restart (:mod:`.restart`): (those not restarted at t, which carry a
+    gradient to the states before it; the load mask of those states; those not restarted at
+    t_next, which gather the next step's gradients)."""
+    keep = carried_rows(restart_ptr, t, offs_b, mb, B, RESTART)
+    return keep, carried_mask(mask, keep, RESTART), carried_rows(restart_ptr, t_next, offs_b, mb, B, RESTART)
 
 
 @triton.jit
@@ -1419,6 +1487,8 @@ def _lstm_bwd_cell(
     offs_j,
     mask,
     act,
+    keep,
+    prev_mask,
     cs_ptr,
     gates_ptr,
     d_ptr,
@@ -1436,12 +1506,14 @@ def _lstm_bwd_cell(
     G_ACT: tl.constexpr,
     ZO: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
 ):
     """From dL/dc_t before zoneout (the carried ``gc_in``'s fresh part under the keep ``kc``, plus
     ``dcell`` from the output side and the output peephole's da_o p_o) to the i, f, g
     pre-activation gradients (with ``FGR`` i and f also through ``dgi``, ``dgf``, their gradients
     from the next step's gate recurrence); carries dL/dc_{t-1} (its kept part added; ``gc_in``
-    passes unchanged through an inactive step)."""
+    passes unchanged through an inactive step; zero on the rows not in ``keep``, restarted at t,
+    whose c_{t-1}, read with ``prev_mask``, was zero)."""
     mj = offs_j < H
     gc, gc_kept = zone_grads(gc_in, kc, ZO)
     gc += dcell
@@ -1449,7 +1521,7 @@ def _lstm_bwd_cell(
         gc += da_o * tl.load(peep_ptr + 2 * H + offs_j, mask=mj, other=0.0)[None, :]
     g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
-    c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+    c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=prev_mask, other=0.0)
     i, f, g = _lstm_saved_ifg(g_row, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
     zero = tl.zeros(g.shape, g.dtype)
     di = gc * g
@@ -1474,7 +1546,8 @@ def _lstm_bwd_cell(
         tl.store(d_row + IDX_F * H, tl.where(act, da_f, zero), mask=mask)
         if PEEP:
             gc_prev += da_f * tl.load(peep_ptr + H + offs_j, mask=mj, other=0.0)[None, :]
-    tl.store(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], tl.where(act, gc_prev + gc_kept, gc_in), mask=mask)
+    gc_prev = carried_only(gc_prev + gc_kept, keep, RESTART)
+    tl.store(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], tl.where(act, gc_prev, gc_in), mask=mask)
 
 
 @triton.jit
@@ -1490,6 +1563,8 @@ def _lstm_bwd(
     offs_j,
     mask,
     act,
+    keep,
+    prev_mask,
     cs_ptr,
     gates_ptr,
     d_ptr,
@@ -1510,6 +1585,7 @@ def _lstm_bwd(
     O_ACT: tl.constexpr,
     ZO: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     ACC: tl.constexpr,
 ):
     """From dL/dh_t (before projection and zoneout) to the gate pre-activation gradients; carries
@@ -1518,7 +1594,7 @@ def _lstm_bwd(
     d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
     gc_in = tl.load(carry_c_ptr + offs_b[:, None] * H + offs_j[None, :], mask=mask, other=0.0)
     if ZO > 0:  # the carried c_t is zoned out: the cell's own f c_{t-1} + i g, as the forward computed it
-        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
+        c_prev = tl.load(rows_of(cs_ptr, prev, offs_b, B, H) + offs_j[None, :], mask=prev_mask, other=0.0)
         i, f, g = _lstm_saved_ifg(g_row, mask, H, IDX_I, IDX_F, IDX_G, CIFG)
         c = f * c_prev + i * g
     else:
@@ -1539,6 +1615,8 @@ def _lstm_bwd(
         offs_j,
         mask,
         act,
+        keep,
+        prev_mask,
         cs_ptr,
         gates_ptr,
         d_ptr,
@@ -1556,6 +1634,7 @@ def _lstm_bwd(
         G_ACT,
         ZO,
         FGR,
+        RESTART,
     )
 
 
@@ -1614,7 +1693,11 @@ def _lstm_bwd_from_h(
     offs_j,
     mask,
     act,
+    keep,
+    prev_mask,
+    next_rows,
     s0,
+    len_ptr,
     cs_ptr,
     gates_ptr,
     d_ptr,
@@ -1622,6 +1705,7 @@ def _lstm_bwd_from_h(
     peep_ptr,
     keep_c_ptr,
     gg_ptr,
+    dg_ptr,
     hatc_ptr,
     cw_ptr,
     cb_ptr,
@@ -1643,6 +1727,7 @@ def _lstm_bwd_from_h(
     LN: tl.constexpr,
     ZO: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
@@ -1652,8 +1737,33 @@ def _lstm_bwd_from_h(
 ):
     """The LSTM's backward from dL/dh_t (before projection, the fresh part under zoneout): the whole
     step (:func:`_lstm_bwd`), or with LN its first half (:func:`_lstm_bwd_out_ln`; phase C
-    finishes it); with ``FGR`` the gate recurrence's gradients gathered from step t_next."""
-    dgo = fgr_gathered(d_ptr, gg_ptr, t_next, s, 3, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+    finishes it); with ``FGR`` the gate recurrence's gradients gathered from step t_next (on
+    ``next_rows``) and the final gates' (:func:`fgr_gathered`). ``keep``, ``prev_mask``: the rows
+    not restarted at t and the load mask of the states before it (:mod:`.restart`)."""
+    dgo = fgr_gathered(
+        d_ptr,
+        gg_ptr,
+        dg_ptr,
+        len_ptr,
+        t_next,
+        s,
+        3,
+        offs_b,
+        mb,
+        next_rows,
+        offs_j,
+        mask,
+        s0,
+        B,
+        H,
+        FGR,
+        STAGES,
+        BB,
+        BH,
+        KG,
+        ACC,
+        PREC,
+    )
     if LN:
         _lstm_bwd_out_ln(
             gh,
@@ -1681,8 +1791,54 @@ def _lstm_bwd_from_h(
             FGR,
         )
     else:
-        dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
-        dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+        dgi = fgr_gathered(
+            d_ptr,
+            gg_ptr,
+            dg_ptr,
+            len_ptr,
+            t_next,
+            s,
+            0,
+            offs_b,
+            mb,
+            next_rows,
+            offs_j,
+            mask,
+            s0,
+            B,
+            H,
+            FGR,
+            STAGES,
+            BB,
+            BH,
+            KG,
+            ACC,
+            PREC,
+        )
+        dgf = fgr_gathered(
+            d_ptr,
+            gg_ptr,
+            dg_ptr,
+            len_ptr,
+            t_next,
+            s,
+            1,
+            offs_b,
+            mb,
+            next_rows,
+            offs_j,
+            mask,
+            s0,
+            B,
+            H,
+            FGR,
+            STAGES,
+            BB,
+            BH,
+            KG,
+            ACC,
+            PREC,
+        )
         _lstm_bwd(
             gh,
             dgi,
@@ -1695,6 +1851,8 @@ def _lstm_bwd_from_h(
             offs_j,
             mask,
             act,
+            keep,
+            prev_mask,
             cs_ptr,
             gates_ptr,
             d_ptr,
@@ -1715,6 +1873,7 @@ def _lstm_bwd_from_h(
             O_ACT,
             ZO,
             FGR,
+            RESTART,
             ACC,
         )
 
@@ -1728,12 +1887,14 @@ def _bwd_phase_c(
     b0,
     s0,
     len_ptr,
+    restart_ptr,
     cs_ptr,
     gates_ptr,
     d_ptr,
     carry_c_ptr,
     peep_ptr,
     gg_ptr,
+    dg_ptr,
     hat_ptr,
     hatc_ptr,
     rstd_ptr,
@@ -1756,6 +1917,7 @@ def _bwd_phase_c(
     G_ACT: tl.constexpr,
     ZO: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
     BH: tl.constexpr,
@@ -1766,14 +1928,15 @@ def _bwd_phase_c(
 ):
     """LN LSTM, second half: dL/dc_t = the carry's part through zoneout + the cell layer norm's
     backward (with every program's sums) + the output peephole; the gate gradients (with ``FGR``
-    i and f also through the next step's gate recurrence); this program's sums for each gate
-    block's layer-norm backward (finished in phase D)."""
+    i and f also through the next step's gate recurrence and the final gates'); this program's
+    sums for each gate block's layer-norm backward (finished in phase D)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
+    keep, prev_mask, next_rows = _bwd_restarts(restart_ptr, t, t_next, offs_b, mb, mask, B, RESTART)
     dcell = tl.load(rows_of(dchat_ptr, t, offs_b, B, H) + offs_j[None, :], mask=mask, other=0.0)
     xc, cw = block_xhat_gain(hatc_ptr, cw_ptr, t, 0, H, offs_b, B, offs_j, mj, mask)
     rstd = tl.load(rstd_rows(rstd_ptr, t, offs_b, B, NS) + G, mask=mb, other=0.0)
@@ -1784,8 +1947,54 @@ def _bwd_phase_c(
     if PEEP:  # the output gate's gradient, stored by phase A or B
         da_o = tl.load(d_row + IDX_O * H, mask=mask, other=0.0)
     kc = zone_keep(keep_c_ptr, t, offs_b, offs_j, mask, B, H, ZO, ACC)
-    dgi = fgr_gathered(d_ptr, gg_ptr, t_next, s, 0, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
-    dgf = fgr_gathered(d_ptr, gg_ptr, t_next, s, 1, offs_b, mb, s0, B, H, FGR, STAGES, BB, BH, KG, ACC, PREC)
+    dgi = fgr_gathered(
+        d_ptr,
+        gg_ptr,
+        dg_ptr,
+        len_ptr,
+        t_next,
+        s,
+        0,
+        offs_b,
+        mb,
+        next_rows,
+        offs_j,
+        mask,
+        s0,
+        B,
+        H,
+        FGR,
+        STAGES,
+        BB,
+        BH,
+        KG,
+        ACC,
+        PREC,
+    )
+    dgf = fgr_gathered(
+        d_ptr,
+        gg_ptr,
+        dg_ptr,
+        len_ptr,
+        t_next,
+        s,
+        1,
+        offs_b,
+        mb,
+        next_rows,
+        offs_j,
+        mask,
+        s0,
+        B,
+        H,
+        FGR,
+        STAGES,
+        BB,
+        BH,
+        KG,
+        ACC,
+        PREC,
+    )
     _lstm_bwd_cell(
         dnorm,
         gc_in,
@@ -1799,6 +2008,8 @@ def _bwd_phase_c(
         offs_j,
         mask,
         act,
+        keep,
+        prev_mask,
         cs_ptr,
         gates_ptr,
         d_ptr,
@@ -1816,6 +2027,7 @@ def _bwd_phase_c(
         G_ACT,
         ZO,
         FGR,
+        RESTART,
     )
     # the gate gradients are read back by other threads of this program
     tl.debug_barrier()
@@ -1834,9 +2046,11 @@ def _bwd_phase_a(
     b0,
     s0,
     len_ptr,
+    restart_ptr,
     u_ptr,
     peep_ptr,
     gg_ptr,
+    dg_ptr,
     hs_ptr,
     cs_ptr,
     gates_ptr,
@@ -1881,6 +2095,7 @@ def _bwd_phase_a(
     ZO: tl.constexpr,
     DROP: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     RESIDENT: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
@@ -1893,12 +2108,15 @@ def _bwd_phase_a(
 ):
     """dL/dh_t[S] = carry + dL/dhs + dprod_{t+1} @ U[:, S] (times the dropout mask), split by
     zoneout into the fresh h_t's part and the part kept for h_{t-1}; then the cell's pointwise
-    backward (with LN as far as the first exchange of layer-norm sums)."""
+    backward (with LN as far as the first exchange of layer-norm sums). The gather leaves out the
+    rows restarted at t+1 (their h_t did not enter that step), and what this step carries to
+    h_{t-1} is zero on the rows restarted at t."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & (offs_j < R)[None, :]
+    keep, prev_mask, next_rows = _bwd_restarts(restart_ptr, t, t_next, offs_b, mb, mask, B, RESTART)
     ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
     gh = bwd_gathered_dh(
         dprod_ptr,
@@ -1908,7 +2126,7 @@ def _bwd_phase_a(
         new,
         s,
         offs_b,
-        mb,
+        next_rows,
         offs_j,
         mask,
         u_ptr,
@@ -1950,7 +2168,11 @@ def _bwd_phase_a(
                 offs_j,
                 mask,
                 act,
+                keep,
+                prev_mask,
+                next_rows,
                 s0,
+                len_ptr,
                 cs_ptr,
                 gates_ptr,
                 d_ptr,
@@ -1958,6 +2180,7 @@ def _bwd_phase_a(
                 peep_ptr,
                 keep_c_ptr,
                 gg_ptr,
+                dg_ptr,
                 hatc_ptr,
                 cw_ptr,
                 cb_ptr,
@@ -1979,6 +2202,7 @@ def _bwd_phase_a(
                 LN,
                 ZO,
                 FGR,
+                RESTART,
                 STAGES,
                 BB,
                 BH,
@@ -1986,7 +2210,7 @@ def _bwd_phase_a(
                 ACC,
                 PREC,
             )
-        tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
+        tl.store(ch_ptr, tl.where(act, carried_only(gk, keep, RESTART), gh), mask=mask)
     elif CELL == 2:
         if ZO > 0:  # h before zoneout, saved by the forward
             h_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
@@ -1998,13 +2222,13 @@ def _bwd_phase_a(
         else:
             da = gn * (1.0 - h * h)
         tl.store(rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :], tl.where(act, da, zero), mask=mask)
-        tl.store(ch_ptr, tl.where(act, gk, gh), mask=mask)
+        tl.store(ch_ptr, tl.where(act, carried_only(gk, keep, RESTART), gh), mask=mask)
     else:
         g_row = rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :]
         d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
         z = tl.load(g_row + H, mask=mask, other=0.0)
         n = tl.load(g_row + 2 * H, mask=mask, other=0.0)
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0).to(ACC)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=prev_mask, other=0.0).to(ACC)
         da_n = tl.where(act, gn * (1.0 - z) * (1.0 - n * n), zero)
         da_z = tl.where(act, gn * (h_prev - n) * z * (1.0 - z), zero)
         tl.store(d_row + H, da_z, mask=mask)
@@ -2025,7 +2249,7 @@ def _bwd_phase_a(
                 )
         elif LN:
             store_block_grad_sums(da_n, 2, t, offs_b, mb, offs_j, mj, mask, hat_ptr, gln_ptr, part_ptr, B, H, G, NS)
-        tl.store(ch_ptr, tl.where(act, gk + gn * z, gh), mask=mask)
+        tl.store(ch_ptr, tl.where(act, carried_only(gk + gn * z, keep, RESTART), gh), mask=mask)
 
 
 @triton.jit
@@ -2038,6 +2262,7 @@ def _bwd_phase_b(
     b0,
     s0,
     len_ptr,
+    restart_ptr,
     u_ptr,
     whr_ptr,
     hs_ptr,
@@ -2045,6 +2270,7 @@ def _bwd_phase_b(
     gates_ptr,
     peep_ptr,
     gg_ptr,
+    dg_ptr,
     d_ptr,
     dprod_ptr,
     ghr_ptr,
@@ -2079,6 +2305,7 @@ def _bwd_phase_b(
     ZO: tl.constexpr,
     DROP: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     RESIDENT: tl.constexpr,
     STAGES: tl.constexpr,
     BB: tl.constexpr,
@@ -2090,13 +2317,15 @@ def _bwd_phase_b(
 ):
     """LSTM: dh_pre[S] = dh_r @ W_hr[:, S], then the LSTM backward. GRU (reset before):
     d(r h)[S] = dprod_n @ U_n[:, S] (da_n, or with LN the gradient of the product it normalises),
-    giving da_r and the r * d(r h) part of dL/dh_{t-1} (h_{t-1} and that part times the dropout mask)."""
+    giving da_r and the r * d(r h) part of dL/dh_{t-1} (h_{t-1} and that part times the dropout mask;
+    h_{t-1} zero and nothing carried to it on the rows restarted at t)."""
     offs_b = b0 + tl.arange(0, BB)
     mb = offs_b < B
     offs_j = s0 + tl.arange(0, BH)
     mj = offs_j < H
     mask = mb[:, None] & mj[None, :]
     act = (t < tl.load(len_ptr + offs_b, mask=mb, other=0))[:, None]
+    keep, prev_mask, next_rows = _bwd_restarts(restart_ptr, t, t_next, offs_b, mb, mask, B, RESTART)
     # the GRU's n block of dprod: the raw product's gradient with LN, else the same buffer as d
     prod = bwd_product_b(
         ghr_ptr,
@@ -2134,7 +2363,11 @@ def _bwd_phase_b(
             offs_j,
             mask,
             act,
+            keep,
+            prev_mask,
+            next_rows,
             s0,
+            len_ptr,
             cs_ptr,
             gates_ptr,
             d_ptr,
@@ -2142,6 +2375,7 @@ def _bwd_phase_b(
             peep_ptr,
             keep_c_ptr,
             gg_ptr,
+            dg_ptr,
             hatc_ptr,
             cw_ptr,
             cb_ptr,
@@ -2163,6 +2397,7 @@ def _bwd_phase_b(
             LN,
             ZO,
             FGR,
+            RESTART,
             STAGES,
             BB,
             BH,
@@ -2173,14 +2408,14 @@ def _bwd_phase_b(
     else:
         drh = prod
         r = tl.load(rows_of(gates_ptr, t, offs_b, B, GS * H) + offs_j[None, :], mask=mask, other=0.0)
-        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=mask, other=0.0)
+        h_prev = tl.load(rows_of(hs_ptr, prev, offs_b, B, R) + offs_j[None, :], mask=prev_mask, other=0.0)
         h_in = dropped(h_prev, rmask_ptr, offs_b, mb, offs_j, R, DROP).to(ACC)  # as it entered r * h
         zero = tl.zeros(drh.shape, ACC)
         d_row = rows_of(d_ptr, t, offs_b, B, G * H) + offs_j[None, :]
         da_r = tl.where(act, h_in * drh * r * (1.0 - r), zero)
         tl.store(d_row, da_r, mask=mask)
         ch_ptr = carry_h_ptr + offs_b[:, None] * R + offs_j[None, :]
-        dh_in = dropped(r * drh, rmask_ptr, offs_b, mb, offs_j, R, DROP)
+        dh_in = carried_only(dropped(r * drh, rmask_ptr, offs_b, mb, offs_j, R, DROP), keep, RESTART)
         tl.store(ch_ptr, tl.load(ch_ptr, mask=mask, other=0.0) + tl.where(act, dh_in, zero), mask=mask)
         if LN:
             da_z = tl.load(d_row + H, mask=mask, other=0.0)
@@ -2191,10 +2426,12 @@ def _bwd_phase_b(
 @triton.jit
 def recurrence_bwd_kernel(
     len_ptr,  # (B,) int32 sequence lengths
+    restart_ptr,  # (T, B) uint8: the forward restarted the state from zero before step t where nonzero (RESTART)
     u_ptr,  # (G*H, R) weight_hh
     whr_ptr,  # (R, H) weight_hr (PROJ)
     peep_ptr,  # (3H,) weight_ch (PEEP)
     gg_ptr,  # (4H, 4H) weight_gg padded (FGR, see fgr_product)
+    dg_ptr,  # (B, 4H) FGR: dL/d(the final gates state), in the saved activations' layout
     hs_ptr,  # (T+1, B, R) forward's carried h
     cs_ptr,  # (T+1, B, H) forward's LSTM cells
     gates_ptr,  # (T, B, GS*H) forward's activations
@@ -2246,6 +2483,7 @@ def recurrence_bwd_kernel(
     ZO: tl.constexpr,
     DROP: tl.constexpr,
     FGR: tl.constexpr,
+    RESTART: tl.constexpr,
     PH_A: tl.constexpr,
     PH_DN: tl.constexpr,
     PH_B: tl.constexpr,
@@ -2288,9 +2526,11 @@ def recurrence_bwd_kernel(
                     b0,
                     s0,
                     len_ptr,
+                    restart_ptr,
                     u_ptr,
                     peep_ptr,
                     gg_ptr,
+                    dg_ptr,
                     hs_ptr,
                     cs_ptr,
                     gates_ptr,
@@ -2335,6 +2575,7 @@ def recurrence_bwd_kernel(
                     ZO,
                     DROP,
                     FGR,
+                    RESTART,
                     RESIDENT,
                     STAGES,
                     BB,
@@ -2365,6 +2606,7 @@ def recurrence_bwd_kernel(
                     b0,
                     s0,
                     len_ptr,
+                    restart_ptr,
                     u_ptr,
                     whr_ptr,
                     hs_ptr,
@@ -2372,6 +2614,7 @@ def recurrence_bwd_kernel(
                     gates_ptr,
                     peep_ptr,
                     gg_ptr,
+                    dg_ptr,
                     d_ptr,
                     dprod_ptr,
                     ghr_ptr,
@@ -2406,6 +2649,7 @@ def recurrence_bwd_kernel(
                     ZO,
                     DROP,
                     FGR,
+                    RESTART,
                     RESIDENT,
                     STAGES,
                     BB,
@@ -2427,12 +2671,14 @@ def recurrence_bwd_kernel(
                     b0,
                     s0,
                     len_ptr,
+                    restart_ptr,
                     cs_ptr,
                     gates_ptr,
                     d_ptr,
                     carry_c_ptr,
                     peep_ptr,
                     gg_ptr,
+                    dg_ptr,
                     hat_ptr,
                     hatc_ptr,
                     rstd_ptr,
@@ -2455,6 +2701,7 @@ def recurrence_bwd_kernel(
                     G_ACT,
                     ZO,
                     FGR,
+                    RESTART,
                     STAGES,
                     BB,
                     BH,

@@ -43,6 +43,11 @@ where :math:`\pi_i` is the share of :math:`m_t` that :math:`\tilde\imath_t` rece
 for ``maximum``); the bracket is the clamp's pass-through. A step where ``t >= lengths[b]`` keeps
 every state, saves zero pre-activation gradients and passes the carried gradients through.
 
+With ``RESTART``, a step whose row the (T, B) mask ``restart`` marks reads the states before it as
+zero (:mod:`.restart`): n_{t-1} = 0 there, so the first step's rule (keyed on n_{t-1} = 0 per unit,
+not on t) sets m_t = i~ as at t = 0; backward, the gradients it carries to the states before it
+(g_{h,t-1}, g_{c,t-1}, g_{n,t-1}, g_{m,t-1}) are zero on those rows.
+
 Buffers, by real time t (``reverse`` changes only the order): ``hs``, ``cs``, ``ns``, ``ms``
 (T+1, B, H) with the state before step t at ``t + REVERSE`` and after it at ``t + 1 - REVERSE``
 (h in the input's dtype, c, n, m in the accumulation dtype); ``pre`` (T, B, 4H) the
@@ -54,6 +59,7 @@ import triton
 import triton.language as tl
 
 from .primitives import sigmoid, step_slots, tanh
+from .restart import carried_mask, carried_only, carried_rows
 
 
 @triton.jit
@@ -99,6 +105,17 @@ def _stabiliser(i_raw, a, n_prev):
 
 
 @triton.jit
+def _cell_states_before(cs_ptr, ns_ptr, ms_ptr, at_prev, prev_mask, keep, RESTART: tl.constexpr):
+    """(c, n, m) before a step at ``at_prev``, read with ``prev_mask`` (:func:`.restart.carried_mask`):
+    zero on the rows not in ``keep``, restarted there (n = 0 sets the first step's rule), and n = 1
+    on the padding of a tile (no division by zero there)."""
+    c_prev = tl.load(cs_ptr + at_prev, mask=prev_mask, other=0.0)
+    n_prev = carried_only(tl.load(ns_ptr + at_prev, mask=prev_mask, other=1.0), keep, RESTART)
+    m_prev = tl.load(ms_ptr + at_prev, mask=prev_mask, other=0.0)
+    return c_prev, n_prev, m_prev
+
+
+@triton.jit
 def _cell(i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, EXP_FORGET: tl.constexpr):
     """One step's states (h, c, n, m) from the pre-activations and the states before it."""
     a = _log_forget(f_raw, EXP_FORGET) + m_prev
@@ -115,6 +132,7 @@ def _cell(i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, EXP_FORGET: tl.con
 def slstm_fwd_kernel(
     xw_ptr,  # (T, B, 4H) input projection plus b_ih + b_hh, gate-major i, f, z, o
     len_ptr,  # (B,) int32 sequence lengths, each <= T
+    restart_ptr,  # (T, B) uint8: the states restart from zero before step t where nonzero (RESTART)
     r_ptr,  # (NH, 4D, D) the heads' recurrent blocks
     hs_ptr,  # (T+1, B, H) h in xw's dtype; the initial slot filled by the host, the rest here
     cs_ptr,  # (T+1, B, H) accumulation dtype: c, likewise
@@ -128,6 +146,7 @@ def slstm_fwd_kernel(
     EXP_FORGET: tl.constexpr,  # the forget gate is exp (else sigmoid)
     REVERSE: tl.constexpr,  # walk t = T-1 .. 0
     STORE_PRE: tl.constexpr,  # save the pre-activations for the backward pass
+    RESTART: tl.constexpr,  # restarts inside the sequence (kernels/restart.py)
     BB: tl.constexpr,  # batch rows per program
     BD: tl.constexpr,  # units per tile of the gate loop
     BK: tl.constexpr,  # columns per tile of the product
@@ -139,6 +158,7 @@ def slstm_fwd_kernel(
     for s in range(T):
         t, prev, new = step_slots(s, T, REVERSE)
         active = (t < lens)[:, None]  # (BB, 1)
+        keep = carried_rows(restart_ptr, t, offs_b, mb, B, RESTART)  # rows whose states carry into t
         for j0 in range(0, D, BD):
             offs_j = j0 + tl.arange(0, BD)
             mj = offs_j < D
@@ -150,7 +170,7 @@ def slstm_fwd_kernel(
                 offs_k = k0 + tl.arange(0, BK)
                 mk = offs_k < D
                 h_ptrs = hs_ptr + (tl.cast(prev, tl.int64) * B + offs_b[:, None]) * H + head * D + offs_k[None, :]
-                h_tile = tl.load(h_ptrs, mask=mb[:, None] & mk[None, :], other=0.0)  # (BB, BK)
+                h_tile = tl.load(h_ptrs, mask=keep[:, None] & mk[None, :], other=0.0)  # (BB, BK)
                 w = _weight_tile_t(r_head, 0, offs_j, mj, offs_k, mk, D)
                 acc_i += tl.dot(h_tile.to(w.dtype), w, out_dtype=ACC, input_precision=PREC)
                 w = _weight_tile_t(r_head, 1, offs_j, mj, offs_k, mk, D)
@@ -174,10 +194,9 @@ def slstm_fwd_kernel(
                 tl.store(p_row + 3 * H, o_raw, mask=m2)
             at_prev = (tl.cast(prev, tl.int64) * B + offs_b[:, None]) * H + cols
             at_new = (tl.cast(new, tl.int64) * B + offs_b[:, None]) * H + cols
-            h_prev = tl.load(hs_ptr + at_prev, mask=m2, other=0.0)
-            c_prev = tl.load(cs_ptr + at_prev, mask=m2, other=0.0)
-            n_prev = tl.load(ns_ptr + at_prev, mask=m2, other=1.0)
-            m_prev = tl.load(ms_ptr + at_prev, mask=m2, other=0.0)
+            prev_mask = carried_mask(m2, keep, RESTART)
+            h_prev = tl.load(hs_ptr + at_prev, mask=prev_mask, other=0.0)
+            c_prev, n_prev, m_prev = _cell_states_before(cs_ptr, ns_ptr, ms_ptr, at_prev, prev_mask, keep, RESTART)
             h, c, n, m = _cell(i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, EXP_FORGET)
             tl.store(hs_ptr + at_new, tl.where(active, h.to(h_prev.dtype), h_prev), mask=m2)
             tl.store(cs_ptr + at_new, tl.where(active, c, c_prev), mask=m2)
@@ -222,6 +241,7 @@ def _cell_backward(i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, g_h, g_c,
 def slstm_bwd_kernel(
     dhs_ptr,  # (T+1, B, H) dL/d hs: the (masked) outputs' gradients and the final h's
     len_ptr,  # (B,) int32 sequence lengths, each <= T
+    restart_ptr,  # (T, B) uint8: the forward restarted the states before step t where nonzero (RESTART)
     r_ptr,  # (NH, 4D, D) the heads' recurrent blocks
     cs_ptr,  # (T+1, B, H) the forward's c
     ns_ptr,  # (T+1, B, H) the forward's n
@@ -238,6 +258,7 @@ def slstm_bwd_kernel(
     D,  # units per head
     EXP_FORGET: tl.constexpr,  # the forget gate is exp (else sigmoid)
     REVERSE: tl.constexpr,  # the forward walked t = T-1 .. 0
+    RESTART: tl.constexpr,  # restarts inside the sequence (kernels/restart.py)
     BB: tl.constexpr,  # batch rows per program
     BD: tl.constexpr,  # units per tile of the gate loop
     BK: tl.constexpr,  # columns per tile of the gather
@@ -249,6 +270,7 @@ def slstm_bwd_kernel(
     for s in range(T - 1, -1, -1):
         t, prev, new = step_slots(s, T, REVERSE)
         active = (t < lens)[:, None]  # (BB, 1)
+        keep = carried_rows(restart_ptr, t, offs_b, mb, B, RESTART)  # rows whose states carried into t
         # phase 1: the pointwise step backwards, unit tile by unit tile
         for j0 in range(0, D, BD):
             offs_j = j0 + tl.arange(0, BD)
@@ -263,14 +285,16 @@ def slstm_bwd_kernel(
             g_c = tl.load(gc_ptr + at_state, mask=m2, other=0.0)
             g_n = tl.load(gn_ptr + at_state, mask=m2, other=0.0)
             g_m = tl.load(gm_ptr + at_state, mask=m2, other=0.0)
+            prev_mask = carried_mask(m2, keep, RESTART)
+            c_prev, n_prev, m_prev = _cell_states_before(cs_ptr, ns_ptr, ms_ptr, at_prev, prev_mask, keep, RESTART)
             d_i, d_f, d_z, d_o, gc, gn, gm = _cell_backward(
                 tl.load(pre_ptr + p_row, mask=m2, other=0.0),
                 tl.load(pre_ptr + p_row + H, mask=m2, other=0.0),
                 tl.load(pre_ptr + p_row + 2 * H, mask=m2, other=0.0),
                 tl.load(pre_ptr + p_row + 3 * H, mask=m2, other=0.0),
-                tl.load(cs_ptr + at_prev, mask=m2, other=0.0),
-                tl.load(ns_ptr + at_prev, mask=m2, other=1.0),
-                tl.load(ms_ptr + at_prev, mask=m2, other=0.0),
+                c_prev,
+                n_prev,
+                m_prev,
                 g_h,
                 g_c,
                 g_n,
@@ -281,9 +305,10 @@ def slstm_bwd_kernel(
             tl.store(dpre_ptr + p_row + H, tl.where(active, d_f, 0.0), mask=m2)
             tl.store(dpre_ptr + p_row + 2 * H, tl.where(active, d_z, 0.0), mask=m2)
             tl.store(dpre_ptr + p_row + 3 * H, tl.where(active, d_o, 0.0), mask=m2)
-            tl.store(gc_ptr + at_state, tl.where(active, gc, g_c), mask=m2)
-            tl.store(gn_ptr + at_state, tl.where(active, gn, g_n), mask=m2)
-            tl.store(gm_ptr + at_state, tl.where(active, gm, g_m), mask=m2)
+            # nothing flows back through a restart: the states before it were not carried
+            tl.store(gc_ptr + at_state, tl.where(active, carried_only(gc, keep, RESTART), g_c), mask=m2)
+            tl.store(gn_ptr + at_state, tl.where(active, carried_only(gn, keep, RESTART), g_n), mask=m2)
+            tl.store(gm_ptr + at_state, tl.where(active, carried_only(gm, keep, RESTART), g_m), mask=m2)
             tl.store(gh_ptr + at_state, g_h, mask=m2)  # what an inactive step passes on
         tl.debug_barrier()
         # phase 2: dL/dh_{t-1} = delta_t R_k over the head's 4D rows, for the active rows
@@ -302,5 +327,5 @@ def slstm_bwd_kernel(
             at_k = offs_b[:, None] * H + (head * D + offs_k)[None, :]
             mk2 = mb[:, None] & mk[None, :]
             carried = tl.load(gh_ptr + at_k, mask=mk2, other=0.0)
-            tl.store(gh_ptr + at_k, tl.where(active, gather, carried), mask=mk2)
+            tl.store(gh_ptr + at_k, tl.where(active, carried_only(gather, keep, RESTART), carried), mask=mk2)
         tl.debug_barrier()
