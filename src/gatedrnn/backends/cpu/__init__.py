@@ -305,7 +305,7 @@ def make_plan(
     reset: Tensor | None = None,
 ) -> Plan:
     """The :class:`.function.Plan` of one call: its masks from ``lengths``, ``noise`` and the
-    restarts ``reset`` (T, B) bool in walk order (:func:`restarts`), and its replay."""
+    restarts ``reset`` (T, B) bool in walk order (:func:`.function.restarts`), and its replay."""
     T, B = x.shape[:2]
     active = None
     if lengths is not None and bool((lengths < T).any()):
