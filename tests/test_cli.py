@@ -345,7 +345,7 @@ def test_reproduce_runs_each_row_its_seeds_at_its_budget(tmp_path, monkeypatch, 
         return {"solved_sequences": None, "seconds": 0.0, "batch": config.batch}
 
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: {"wrong": 0, "sequences": 2})
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed, test_batch: {"wrong": 0, "sequences": 2})
     reproduce.reproduce("hochreiter1997", full=full, out=tmp_path, rows="2a", budget_scale=scale, progress=False)
     assert [c.seed for c in runs] == list(range(seeds)) and {c.steps for c in runs} == {steps}
     assert [c.out for c in runs] == [str(tmp_path / "2a" / f"seed{s}") for s in range(seeds)]
@@ -361,16 +361,18 @@ def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch)
         return {"solved_sequences": 640 if config.cell == "lstm" else None, "seconds": 1.0, "batch": config.batch}
 
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: {"wrong": 0, "sequences": 2})
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed, test_batch: {"wrong": 0, "sequences": 2})
     table, path = reproduce.reproduce(
         "hochreiter1997", out=tmp_path, rows="4-500", cells="lstm,gru,rnn", seeds=2, progress=False
     )
     assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in ("lstm", "gru", "rnn") for s in range(2)]
     assert {c.steps for c in runs} == {3000} and {c.seq_len for c in runs} == {500}
     assert {c.lstm_init for c in runs} == {"chrono"}  # a setting of the LSTM's, which GRU and RNN ignore
+    assert {c.test_batch for c in runs} == {1024}
     assert runs[2].out == str(tmp_path / "4-500-gru" / "seed0") and runs[0].out == str(tmp_path / "4-500" / "seed0")
     assert path == tmp_path / "hochreiter1997-quick-lstm-gru-rnn.md" and path.read_text() == table
-    assert "LSTM and the controls GRU, RNN" in table and "| 4-500 | adding, T = 500 (tab. 7), chrono init | gru |" in table
+    assert "LSTM and the controls GRU, RNN" in table
+    assert "| 4-500 | adding, T = 500 (tab. 7), chrono init | gru |" in table
     assert "| 2/2 (100%) | 640 |" in table and "| 0/2 (0%) | not solved |" in table
     assert "- 4-500, rnn: `gatedrnn train --task adding --cell rnn --seq-len 500 --lstm-init chrono" in table
 
@@ -627,7 +629,7 @@ def test_reproduce_formal_runs_every_cell_on_each_row(tmp_path, monkeypatch, ful
 
     held_out = {"wrong": 1, "sequences": 2, "accuracy": 0.5, "solved": False, "acc_1_40": 1.0, "score": 0.25}
     monkeypatch.setattr(reproduce, "train", fake_train)
-    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed: held_out)
+    monkeypatch.setattr(reproduce, "evaluate_saved", lambda path, seed, test_batch: held_out)
     table, path = reproduce.reproduce("formal", full=full, out=tmp_path, rows="parity", progress=False)
     assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in SIX_CELLS.split(",") for s in range(seeds)]
     assert {c.steps for c in runs} == {steps} and {c.task for c in runs} == {"parity"}
