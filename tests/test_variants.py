@@ -127,6 +127,39 @@ def test_extra_connections_zeroed_give_vanilla_and_matter_otherwise(x, variant, 
     assert rel_err(module(x)[0], vanilla(x)[0]) < 1e-14
 
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_fgr_carries_the_previous_gates_as_a_third_state(x, backend):
+    """fgr returns (h_n, c_n, gates_n), gates_n the last step's (i, f, o); given back as hx it continues
+    the sequence exactly, and other gates_0 give other outputs."""
+    module = gatedrnn.LSTM(4, 5, num_layers=2, variant="fgr", dtype=torch.float64, backend=backend)
+    out, (h, c, gates) = module(x)
+    assert gates.shape == (2, 3, 15)
+    last = gatedrnn.inspect_gates(module, x).gates[(1, 0)]
+    assert rel_err(gates[1], torch.cat([last[name][-1] for name in ("i", "f", "o")], dim=-1)) < 1e-12
+    first, state = module(x[:3])
+    rest, final = module(x[3:], state)
+    assert rel_err(torch.cat([first, rest]), out) < 1e-12
+    assert all(rel_err(a, e) < 1e-12 for a, e in zip(final, (h, c, gates)))
+    zeros = (torch.zeros_like(h), torch.zeros_like(c))
+    assert rel_err(module(x, (*zeros, torch.zeros_like(gates)))[0], out) < 1e-12, "omitted states are zeros"
+    assert rel_err(module(x, (*zeros, torch.rand_like(gates)))[0], out) > 1e-3
+    with pytest.raises(TypeError, match=r"expected hx to be a tuple \(h_0, c_0, gates_0\) of three tensors"):
+        module(x, zeros)
+    with pytest.raises(ValueError, match=r"gates_0 of shape .*3 \* hidden_size\) = \(2, 3, 15\), got \(2, 3, 5\)"):
+        module(x, (*zeros, torch.zeros_like(c)))
+
+
+def test_zoneout_leaves_fgr_gates_state_to_the_step(x):
+    """Total zoneout freezes h and c; the carried gates are the last step's all the same."""
+    module = gatedrnn.LSTM(4, 5, variant="fgr", zoneout=1.0, dtype=torch.float64).train()
+    states = tuple(torch.rand(1, 3, size, dtype=torch.float64) for size in (5, 5, 15))
+    _, (h, c, gates) = module(x, states)
+    assert torch.equal(h, states[0]) and torch.equal(c, states[1])
+    last = gatedrnn.inspect_gates(module, x, states).gates[(0, 0)]
+    assert rel_err(gates[0], torch.cat([last[name][-1] for name in ("i", "f", "o")], dim=-1)) < 1e-12
+    assert rel_err(gates, states[2]) > 1e-3
+
+
 def test_peephole_step_matches_hand_computation():
     cell = gatedrnn.LSTMCell(3, 2, variant="peephole", dtype=torch.float64)
     x, h, c = (

@@ -387,7 +387,7 @@ class Recurrent(nn.Module):
         out = []
         for name, value, size in zip(legends, states, sizes):
             check.float_tensor(owner, name, value, p.dtype, p.device)
-            what = "hidden_size" if size == self.hidden_size else ("proj_size" if size == self.proj_size else str(size))
+            what = self._size_legend(size)
             if prep.batched:
                 check.shape(owner, name, value, (LD, B, size), f"(num_layers * num_directions, batch, {what})")
                 out.append(value)
@@ -397,6 +397,14 @@ class Recurrent(nn.Module):
                 )
                 out.append(value.unsqueeze(1))
         return tuple(out)
+
+    def _size_legend(self, size: int) -> str:
+        """How an error message names a state's size: hidden_size, proj_size, or k * hidden_size."""
+        if size == self.hidden_size:
+            return "hidden_size"
+        if size == self.proj_size:
+            return "proj_size"
+        return f"{size // self.hidden_size} * hidden_size" if size % self.hidden_size == 0 else str(size)
 
     def _regularised(self) -> bool:
         return self.zoneout > 0 or (self.training and self.recurrent_dropout > 0)
@@ -501,7 +509,8 @@ class Recurrent(nn.Module):
             keep = 1.0 - self.recurrent_dropout
             noise.recurrent_mask = torch.bernoulli(x.new_full((B, cfg.output_size), keep)) / keep
         if self.training and self.zoneout > 0:
-            masks = [torch.bernoulli(x.new_full((T, B, size), self.zoneout)) for size in cfg.state_sizes]
+            sizes = cfg.state_sizes[: cfg.zoneout_states]
+            masks = [torch.bernoulli(x.new_full((T, B, size), self.zoneout)) for size in sizes]
             noise.zoneout_h = masks[0]
             noise.zoneout_c = masks[1] if len(masks) > 1 else None
             noise.zoneout_rest = tuple(masks[2:])
@@ -635,7 +644,8 @@ class LSTM(Recurrent):
         variant: the cell: ``"vanilla"``, ``"peephole"``, ``"cifg"``, ``"nig"``, ``"nfg"``,
             ``"nog"``, ``"niaf"``, ``"noaf"``, ``"fgr"`` (see :mod:`gatedrnn.cells.lstm`).
             Variants without a gate have no rows for it (e.g. cifg's weight_ih is (3H, I), rows f, g, o);
-            peephole adds ``weight_ch_l{k}`` (3H,), fgr adds ``weight_gg_l{k}`` (3H, 3H).
+            peephole adds ``weight_ch_l{k}`` (3H,), fgr adds ``weight_gg_l{k}`` (3H, 3H) and a third
+            state, ``gates``: the previous step's (i, f, o) activations.
         layer_norm: layer-normalised gates and cell (Ba et al. 2016); adds ``ln_weight_ih_l{k}``,
             ``ln_bias_ih_l{k}``, ``ln_weight_hh_l{k}``, ``ln_bias_hh_l{k}`` (G*H,) and
             ``ln_weight_c_l{k}``, ``ln_bias_c_l{k}`` (H,).
@@ -651,10 +661,13 @@ class LSTM(Recurrent):
     Inputs: input, (h_0, c_0)
         - input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a PackedSequence.
         - h_0: (L*D, B, R) or (L*D, R) unbatched; c_0: (L*D, B, H) or (L*D, H). Zeros if omitted.
+          ``fgr`` takes (h_0, c_0, gates_0), gates_0 (L*D, B, 3H) or (L*D, 3H).
 
     Outputs: output, (h_n, c_n)
         - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).
-        - h_n: (L*D, B, R); c_n: (L*D, B, H): the states after each sequence's last element.
+        - h_n: (L*D, B, R); c_n: (L*D, B, H): the states after each sequence's last element;
+          ``fgr`` returns (h_n, c_n, gates_n), gates_n (L*D, B, 3H): the last step's (i, f, o), which
+          continue the sequence when given back as hx.
 
     Example::
 

@@ -46,8 +46,9 @@ def recurrent_weights(weights: LayerWeights) -> LayerWeights:
 def _apply_zoneout(
     cfg: CellFamily, old: tuple[Tensor, ...], new: tuple[Tensor, ...], noise: Noise, t: int
 ) -> tuple[Tensor, ...]:
-    """Zone out each state at time t; other carried values (fgr's gates) are taken as new."""
-    n = len(cfg.states)
+    """Zone out the states zoneout acts on (:attr:`~gatedrnn.CellFamily.zoneout_states`) at time t;
+    the other states and carried values (the LSTM fgr's previous gates) are taken as new."""
+    n = cfg.zoneout_states
     keeps = noise.zoneout_keeps + (None,) * n
     mixed = [
         zoneout_mix(o, v, noise.zoneout, None if keep is None else keep[t])

@@ -180,6 +180,12 @@ class CellFamily:
         return (self.hidden_size,) * len(self.states)
 
     @property
+    def zoneout_states(self) -> int:
+        """How many of the leading states zoneout acts on (default: all); the others are taken as
+        the step computes them (the LSTM ``fgr`` variant's previous gates)."""
+        return len(self.states)
+
+    @property
     def output_size(self) -> int:
         """R, the size of h as the layer outputs it (the first state)."""
         return self.state_sizes[0]

@@ -23,7 +23,9 @@ Variants (Greff et al. 2017, "LSTM: A Search Space Odyssey", and their sources):
 - ``niaf``: no input activation, :math:`g_t` is the raw pre-activation.
 - ``noaf``: no output activation, :math:`h_t = o_t \\odot c_t`.
 - ``fgr``: full gate recurrence: the pre-activations of (i, f, o) also receive
-  ``weight_gg`` (3H, 3H) times the previous step's (i, f, o) activations (zero at the start).
+  ``weight_gg`` (3H, 3H) times the previous step's (i, f, o) activations. Those activations are a
+  third state, ``gates`` (B, 3H) in the order i, f, o (zeros unless given, as h and c): the
+  layer takes and returns (h, c, gates), so that a sequence continues exactly across calls.
 
 With ``layer_norm`` the gate blocks are normalised (see :mod:`gatedrnn.cells.common`) and
 :math:`h_t = o_t \\odot \\tanh(\\mathrm{LN}(c_t; \\gamma_c, \\beta_c))`; the carried c is not normalised.
@@ -59,7 +61,8 @@ FGR_GATES = ("i", "f", "o")
 
 @register_family
 class LSTMFamily(AffineGatesFamily):
-    """The LSTM family: states (h, c), gates i, f, g, o (fewer for the variants without a gate).
+    """The LSTM family: states (h, c), for ``fgr`` (h, c, gates); gates i, f, g, o (fewer for the
+    variants without a gate).
 
     Options: ``variant`` (a name of :data:`LSTM_VARIANTS`), ``layer_norm``, ``eps`` (layer norm's),
     ``proj_size`` (torch.nn's: h projected to P < H features by ``weight_hr`` (P, H)).
@@ -67,7 +70,6 @@ class LSTMFamily(AffineGatesFamily):
     """
 
     name = "lstm"
-    states = ("h", "c")
     option_defaults = {"proj_size": 0, "variant": "vanilla", "layer_norm": False, "eps": 1e-5}
     trace_names = ("i", "f", "g", "o", "c", "h")
     memory_state = "c"
@@ -92,6 +94,22 @@ class LSTMFamily(AffineGatesFamily):
         """The gates with their own rows: i, f, g, o less the variant's removed gate."""
         return LSTM_VARIANTS[self.variant]
 
+    @property
+    def states(self) -> tuple[str, ...]:
+        """(h, c); ``fgr`` also carries ``gates``, the previous step's (i, f, o) activations."""
+        return ("h", "c", "gates") if self.variant == "fgr" else ("h", "c")
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """(R, H), and 3H for ``fgr``'s gates."""
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        return sizes + (len(FGR_GATES) * self.hidden_size,) if self.variant == "fgr" else sizes
+
+    @property
+    def zoneout_states(self) -> int:
+        """Zoneout acts on h and c; ``fgr``'s gates are always the step's own."""
+        return 2
+
     def extra_parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         """``weight_hr`` (P, H) with a projection, ``weight_ch`` (3H,) for peepholes, ``weight_gg``
         (3H, 3H) for fgr, and with layer norm the gate blocks' ``ln_*`` (G*H,) and the cell's
@@ -109,13 +127,6 @@ class LSTMFamily(AffineGatesFamily):
             shapes.update(ln_weight_c=(H,), ln_bias_c=(H,))
         return shapes
 
-    def initial_carry(self, states: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        """(h, c), plus zero previous gates (B, 3H) for ``fgr``."""
-        if self.variant == "fgr":
-            h, c = states
-            return (h, c, c.new_zeros(c.shape[:-1] + (3 * self.hidden_size,)))
-        return tuple(states)
-
     def step(
         self, x_proj: Tensor, states: tuple[Tensor, ...], weights: LayerWeights, h_in: Tensor | None = None
     ) -> tuple[tuple[Tensor, ...], dict[str, Tensor]]:
@@ -123,7 +134,7 @@ class LSTMFamily(AffineGatesFamily):
 
         Args:
             x_proj: (B, G*H) the input projection.
-            states: (h, c) of shapes (B, R) and (B, H); for ``fgr`` a third element (B, 3H) carries
+            states: (h, c) of shapes (B, R) and (B, H); for ``fgr`` a third state ``gates`` (B, 3H),
                 the previous step's (i, f, o).
             weights: the layer's weights.
             h_in: h_{t-1} as it enters the recurrent matmul (after recurrent dropout); defaults to
