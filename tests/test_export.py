@@ -152,6 +152,19 @@ def test_a_packed_sequence_is_refused(tmp_path):
         exportable(lstm)(packed)
 
 
+def test_a_reset_is_refused_rather_than_ignored(monkeypatch):
+    """An exported graph has no reset input: the exportable layer and a layer under
+    ``torch.onnx.export(..., dynamo=True)`` refuse one."""
+    gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    x, reset = torch.randn(*EXAMPLE, INPUT), torch.zeros(EXAMPLE, dtype=torch.bool)
+    with pytest.raises(ValueError, match="an exported graph has no reset input"):
+        exportable(gru)(x, reset=reset)
+    monkeypatch.setattr(gatedrnn.nn, "_onnx_dynamo_exporting", lambda: True)
+    assert torch.equal(gru(x)[0], exportable(gru, native=False)(x)[0])
+    with pytest.raises(ValueError, match="an exported graph has no reset input"):
+        gru(x, reset=reset)
+
+
 def test_zoneout_in_training_mode_is_refused(tmp_path):
     lstm = gatedrnn.LSTM(INPUT, HIDDEN, zoneout=0.1)
     with pytest.raises(ValueError, match=r"zoneout=0.1.*call model.eval\(\) before exporting"):

@@ -24,7 +24,9 @@ layer then fixes the batch size, which :func:`export_onnx` keeps dynamic). The T
 (``dynamo=False``) unrolls loops over time and is not used. Refused, with an error saying why: a
 ``PackedSequence`` input (export the padded batch; an ONNX graph takes tensors) and zoneout or
 recurrent dropout in training mode (random masks; export the model in ``eval()`` mode, where
-zoneout is its expectation).
+zoneout is its expectation), and a ``reset=`` (the graph has no input for it: start a new sequence
+with zero states in a call of its own). The LSTM ``fgr`` variant's loop carries and returns its
+third state, the previous step's gates, as any other state.
 
 int8: :func:`quantize_int8` applies onnxruntime's dynamic quantization to an exported file: weights
 of matrix products (``MatMul``, ``Gemm``) and of the ``LSTM`` operator stored as int8, activations
@@ -267,9 +269,15 @@ class ExportableLayer(nn.Module):
                 for i, value in enumerate(operator_weights(self.operator, directions)):
                     self.register_buffer(f"onnx_weight_{i}_l{k}", value)
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None):
         layer = self.layer
         owner = type(layer).__name__
+        if reset is not None:
+            raise ValueError(
+                f"{owner}: an exported graph has no reset input and cannot restart sequences inside a call, "
+                "got reset=; export the model without it and start each new sequence from zero states "
+                "(hx of zeros) in a call of its own"
+            )
         if isinstance(input, PackedSequence):
             raise TypeError(
                 f"{owner}: ONNX export takes a padded input tensor, got a PackedSequence (an ONNX graph "

@@ -29,7 +29,8 @@ class GateTrace:
     """The result of :func:`inspect_gates`.
 
     Attributes:
-        output: exactly what ``module(input, hx)`` returns as output (for the same random masks).
+        output: exactly what ``module(input, hx, reset=reset)`` returns as output (for the same random
+            masks).
         final_state: what it returns as the final state.
         gates: ``gates[(layer, direction)][name]`` is a (T, B, H) tensor, time-major whatever the
             input layout (padded positions of shorter sequences are zero); the names are the family's
@@ -54,13 +55,14 @@ class GateTrace:
     names: tuple[str, ...]
 
 
-def inspect_gates(module: Recurrent, input, hx=None) -> GateTrace:
+def inspect_gates(module: Recurrent, input, hx=None, *, reset=None) -> GateTrace:
     """Run ``module`` on ``input`` (any layout its forward accepts) and record its gates.
 
     Args:
         module: a :class:`gatedrnn.Recurrent` layer: :class:`gatedrnn.LSTM`, :class:`gatedrnn.GRU`,
             :class:`gatedrnn.RNN` or a layer of any registered family.
-        input, hx: as for ``module(input, hx)``.
+        input, hx, reset: as for ``module(input, hx, reset=reset)`` (``reset`` marks the steps where a
+            sequence restarts from zero states).
 
     Returns:
         A :class:`GateTrace`.
@@ -82,5 +84,5 @@ def inspect_gates(module: Recurrent, input, hx=None) -> GateTrace:
             f"{type(module).__name__}; load torch.nn weights into the gatedrnn module of the same configuration "
             "with load_state_dict"
         )
-    output, final_state, traces = module.forward_with_gates(input, hx)
+    output, final_state, traces = module.forward_with_gates(input, hx, reset=reset)
     return GateTrace(output, final_state, traces, module.cell_config.trace_names)

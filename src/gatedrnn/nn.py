@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import _VF, Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks as check
-from .backends import check_backend_name, choose, load_layer_backend
+from .backends import check_backend_name, choose, load_layer_backend, reset_in_walk_order
 from .backends.reference import recurrent_weights
 from .cells.family import TORCH_KEYS, CellFamily, LayerWeights, family_class
 from .config import Noise
@@ -180,10 +180,20 @@ class Recurrent(nn.Module):
     ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``..._reverse`` for the
     backward direction) and so on.
 
-    Inputs: input, hx
+    Inputs: input, hx, reset
         - input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a PackedSequence.
         - hx: each state (L*D, B, size) or (L*D, size) unbatched: a tensor for one state, a tuple for
           several. Zeros if omitted.
+        - reset (keyword-only, optional): a bool tensor on the input's device, (T, B), (B, T) with
+          ``batch_first``, (T,) unbatched; for a PackedSequence (T, B) or (B, T) as
+          ``pad_packed_sequence`` pads it (the original batch order). ``reset[t, b]`` restarts
+          sequence b at step t from zero states (an episode boundary in a streamed batch): each
+          sequence is cut before every marked step, and every layer and direction computes each
+          piece as a sequence of its own, with no gradient across a cut. hx starts the first piece
+          (a reverse direction: the last; a reset at step 0 replaces the forward direction's hx by
+          zeros), and the final states are those after the last piece (a reverse direction: the
+          first). Marks past a packed sequence's length are ignored. torch's kernels cannot restart
+          sequences inside a call: ``backend="auto"`` then runs a layer backend.
 
     Outputs: output, h_n
         - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).
@@ -409,16 +419,17 @@ class Recurrent(nn.Module):
     def _regularised(self) -> bool:
         return self.zoneout > 0 or (self.training and self.recurrent_dropout > 0)
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None):
         if _under_cpu_autocast(input):
-            return _outside_cpu_autocast(self._forward, input, hx, self._param.dtype)
-        return self._forward(input, hx)
+            return _outside_cpu_autocast(partial(self._forward, reset=reset), input, hx, self._param.dtype)
+        return self._forward(input, hx, reset)
 
-    def _forward(self, input, hx):
+    def _forward(self, input, hx, reset=None):
         if _onnx_dynamo_exporting():
-            return self._forward_for_onnx(input, hx)
+            return self._forward_for_onnx(input, hx, reset)
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
+        restarts = self._restarts(reset, prep)
         T, B = prep.like.shape[:2]
         if T == 0 or B == 0:
             out = prep.like.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
@@ -431,11 +442,43 @@ class Recurrent(nn.Module):
                 self._regularised(),
                 single_layer=self.num_layers == 1 and self.num_directions == 1,
                 ragged=prep.ragged,
+                reset=restarts is not None,
             )
             if backend == "torch":
                 return self._forward_torch(input, states, prep)
-            out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend)
+            out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend, reset=restarts)
         return self._finish(out, tuple(finals), prep)
+
+    def _restarts(self, reset, prep: _Prepared) -> Tensor | None:
+        """The caller's ``reset`` checked (a bool tensor of the input's layout and device, see the
+        class docstring) and made time-major (T, B); None without one or with nothing to run (T or
+        B zero)."""
+        if reset is None:
+            return None
+        owner = type(self).__name__
+        if not isinstance(reset, Tensor):
+            raise TypeError(f"{owner}: expected reset to be a bool Tensor or None, got {type(reset).__name__}")
+        if reset.dtype != torch.bool:
+            raise check.InputTypeError(
+                f"{owner}: expected reset to be a bool tensor (True where a sequence restarts), got dtype {reset.dtype}"
+            )
+        T, B = prep.like.shape[:2]
+        if not prep.batched:
+            expected, legend = (T,), "(T,) for unbatched input"
+        elif self.batch_first:
+            expected, legend = (B, T), "(B, T) with batch_first"
+        else:
+            expected, legend = (T, B), "(T, B)"
+        if prep.packed is not None:
+            legend += " as pad_packed_sequence pads the PackedSequence"
+        check.shape(owner, "reset", reset, expected, legend)
+        if reset.device != prep.like.device:
+            raise check.InputError(f"{owner}: reset is on {reset.device} but the input is on {prep.like.device}")
+        if T == 0 or B == 0:
+            return None
+        if not prep.batched:
+            return reset.unsqueeze(1)
+        return reset.transpose(0, 1) if self.batch_first else reset
 
     def _finish(self, out: Tensor, finals: tuple[Tensor, ...], prep: _Prepared):
         """Turn time-major results back into the caller's layout (packed, batch_first, unbatched)."""
@@ -448,24 +491,28 @@ class Recurrent(nn.Module):
             output = out.transpose(0, 1) if self.batch_first else out
         return output, pack_states(finals)
 
-    def _forward_for_onnx(self, input, hx):
+    def _forward_for_onnx(self, input, hx, reset=None):
         """Under ``torch.onnx.export(..., dynamo=True)`` of a model as it is: every layer a loop over
         time (:class:`gatedrnn.export.ExportableLayer` without ONNX's own operators), whose graph
         keeps T symbolic where the backends' choice would depend on it. :func:`gatedrnn.export_onnx`
-        also maps the cells ONNX computes to its operators and checks the file."""
+        also maps the cells ONNX computes to its operators and checks the file. A ``reset`` is
+        refused there: the exported graph has no input for it."""
         from .export import ExportableLayer  # export builds on this module
 
-        return ExportableLayer(self, native=False)(input, hx)
+        return ExportableLayer(self, native=False)(input, hx, reset=reset)
 
-    def forward_with_gates(self, input, hx=None):
-        """``forward(input, hx)`` on the reference loop, recording every layer's gates: returns
-        (output, final states, gates) with ``gates[(layer, direction)][name]`` (T, B, H) for the
-        family's :attr:`~CellFamily.trace_names`. The hook :func:`gatedrnn.inspect_gates` calls."""
+    def forward_with_gates(self, input, hx=None, *, reset=None):
+        """``forward(input, hx, reset=reset)`` on the reference loop, recording every layer's gates:
+        returns (output, final states, gates) with ``gates[(layer, direction)][name]`` (T, B, H) for
+        the family's :attr:`~CellFamily.trace_names`. The hook :func:`gatedrnn.inspect_gates` calls."""
 
         def record(input, hx):
             prep = self._prepare(input)
             states = self._initial_states(hx, prep)
-            out, finals, traces = self.run_layers(prep.x, states, prep.lengths, backend="reference", record=True)
+            restarts = self._restarts(reset, prep)
+            out, finals, traces = self.run_layers(
+                prep.x, states, prep.lengths, backend="reference", record=True, reset=restarts
+            )
             return (*self._finish(out, finals, prep), traces)
 
         if _under_cpu_autocast(input):  # as forward runs: the gates in the parameters' dtype
@@ -523,6 +570,7 @@ class Recurrent(nn.Module):
         lengths: Tensor | None = None,
         backend: str = "reference",
         record: bool = False,
+        reset: Tensor | None = None,
     ) -> tuple[Tensor, tuple[Tensor, ...], dict[tuple[int, int], dict[str, Tensor]]]:
         """Run the stack one layer and direction at a time on a layer backend.
 
@@ -532,6 +580,8 @@ class Recurrent(nn.Module):
             lengths: (B,) sequence lengths, or None when all are T.
             backend: a layer backend name (``"reference"``, ``"cpu"``, ``"triton"``).
             record: also return each layer's and direction's gate activations.
+            reset: (T, B) bool, True where a sequence restarts from zero states, or None; each
+                direction gets it in its walk order (:func:`gatedrnn.backends.reset_in_walk_order`).
 
         Returns:
             output (T, B, D*R), final states (each (L*D, B, size)) and the gate traces keyed by
@@ -539,6 +589,7 @@ class Recurrent(nn.Module):
         """
         module = load_layer_backend(backend)
         D = self.num_directions
+        resets = [None if reset is None else reset_in_walk_order(reset, lengths, d == 1) for d in range(D)]
         finals: list[tuple[Tensor, ...]] = []
         traces: dict[tuple[int, int], dict[str, Tensor]] = {}
         layer_input = x
@@ -555,6 +606,7 @@ class Recurrent(nn.Module):
                     lengths=lengths,
                     noise=self._noise(layer_input),
                     record=record,
+                    reset=resets[direction],
                 )
                 outputs.append(out)
                 finals.append(final)
@@ -658,10 +710,12 @@ class LSTM(Recurrent):
         backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"cpu"`` or ``"triton"``
             (see :mod:`gatedrnn.backends`).
 
-    Inputs: input, (h_0, c_0)
+    Inputs: input, (h_0, c_0), reset
         - input: (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a PackedSequence.
         - h_0: (L*D, B, R) or (L*D, R) unbatched; c_0: (L*D, B, H) or (L*D, H). Zeros if omitted.
           ``fgr`` takes (h_0, c_0, gates_0), gates_0 (L*D, B, 3H) or (L*D, 3H).
+        - reset (keyword-only, optional): bool (T, B), True where a sequence restarts from zero
+          states (see :class:`Recurrent`).
 
     Outputs: output, (h_n, c_n)
         - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).

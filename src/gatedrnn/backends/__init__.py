@@ -15,7 +15,8 @@ run on the reference loop.
 
 - ``"auto"``, per call:
 
-  1. ``"torch"`` where it applies (on CUDA ``"triton"`` instead where a recorded measurement on
+  1. ``"torch"`` where it applies, unless the call restarts sequences inside it (``reset=``,
+     which torch's kernels cannot do) (on CUDA ``"triton"`` instead where a recorded measurement on
      this GPU says the kernels beat cuDNN at this size: see
      :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
      measurements say it is faster: :func:`gatedrnn.backends.cpu.beats_torch`);
@@ -66,18 +67,25 @@ def load_layer_backend(name: str) -> ModuleType | None:
 
 
 def choose(
-    backend: str, cfg: CellFamily, x: Tensor, regularised: bool, single_layer: bool = True, ragged: bool = False
+    backend: str,
+    cfg: CellFamily,
+    x: Tensor,
+    regularised: bool,
+    single_layer: bool = True,
+    ragged: bool = False,
+    reset: bool = False,
 ) -> str:
     """Resolve ``backend`` (a name from :data:`BACKENDS`) for this configuration and input.
 
     ``regularised`` is True when zoneout or recurrent dropout act on this call, which torch's
     kernels cannot do; ``single_layer`` when the module has one layer and one direction (the shape
     the GPU measurements cover); ``ragged`` when some sequences of a packed batch are shorter
-    than T. Raises ValueError when an explicitly named backend cannot run it.
+    than T; ``reset`` when the call restarts sequences inside it, which torch's kernels cannot do
+    either. Raises ValueError when an explicitly named backend cannot run it.
     """
     torch_ok = cfg.torch_mode is not None and not regularised
     if backend == "auto":
-        if torch_ok:
+        if torch_ok and not reset:
             if single_layer and _triton_measured_faster(cfg, x):
                 return "triton"
             return "cpu" if _cpu_measured_faster(cfg, x, ragged) else "torch"
@@ -91,6 +99,12 @@ def choose(
             raise ValueError(
                 "backend='torch' runs only what torch.nn computes (plain LSTM, GRU with reset_after=True, "
                 f"RNN; no layer norm, zoneout or recurrent dropout), got {describe(cfg, regularised)}"
+            )
+        if reset:
+            raise ValueError(
+                "backend='torch' runs torch's kernels, which cannot restart sequences inside a call, got "
+                f"reset=; the layer backends {', '.join(map(repr, LAYER_BACKENDS))} can (backend='auto' "
+                "picks one)"
             )
         return "torch"
     module = load_layer_backend(backend)
@@ -173,3 +187,20 @@ def recurrent_shifts(w: LayerWeights, kept_rows: int = 0) -> tuple[Tensor | None
 def describe(cfg: CellFamily, regularised: bool = False) -> str:
     """A short human description of a configuration, for error messages."""
     return cfg.describe() + (" zoneout/recurrent dropout" if regularised else "")
+
+
+def reset_in_walk_order(reset: Tensor, lengths: Tensor | None, reverse: bool) -> Tensor:
+    """The (T, B) bool mask a layer backend's ``reset`` takes, from the caller's (T, B) ``reset`` (step t
+    of sequence b starts a new sequence: the state is restarted from zeros before it).
+
+    Forward, a backend zeros the carry before step t where ``reset[t]``. A reverse direction walks
+    t = T-1 .. 0 and meets the boundary after step t, so it zeros the carry before step t - 1: its
+    mask is ``reset`` shifted one step earlier. Both keep the state held at inactive steps
+    (``t >= lengths[b]``): a reset there, or at a reverse walk's first step, has nothing to act on."""
+    T = reset.shape[0]
+    if reverse:
+        reset = torch.cat([reset[1:], reset.new_zeros((1,) + reset.shape[1:])])
+        active = None if lengths is None else active_steps(lengths, T + 1)[1:, :, 0]
+    else:
+        active = None if lengths is None else active_steps(lengths, T)[:, :, 0]
+    return reset if active is None else reset & active

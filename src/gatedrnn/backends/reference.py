@@ -17,6 +17,14 @@ One call runs one layer in one direction over a padded, time-major batch:
   does so when nothing asks for steps (no regularisation noise, no recording).
 - Zoneout mixes the new and old states after the step; recurrent dropout multiplies the mask into
   h_{t-1} where it enters the recurrence (see :class:`gatedrnn.config.Noise`).
+- ``reset`` (T, B) bool, or None: where ``reset[t, b]``, everything the loop carries for sequence b
+  (:meth:`~gatedrnn.CellFamily.initial_carry`: the states and whatever else the family carries) is
+  replaced by zeros just before step t is computed, in the order the loop walks (the caller shifts
+  the mask of a reverse direction, see :func:`gatedrnn.backends.reset_in_walk_order`). Nothing flows
+  back through a reset: the carry before it gets no gradient from the steps after it. A family
+  with a rule for its first step (sLSTM's stabiliser, keyed on its normaliser n = 0) applies it there
+  as at t = 0. The caller leaves ``reset`` False at inactive steps (``t >= lengths[b]``), where the
+  state is held.
 
 Returns ``(output (T, B, R), final_state, gates)`` where ``gates`` maps each name of the family's
 :attr:`~gatedrnn.CellFamily.trace_names` to (T, B, H) when ``record`` is set, else None.
@@ -57,6 +65,12 @@ def _apply_zoneout(
     return tuple(mixed) + tuple(new[n:])
 
 
+def zero_where(restart: Tensor, carry: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """``carry`` with the rows where ``restart`` (B, 1) bool is set replaced by zeros (a select, not
+    a product: an infinite state is zeroed too, and no gradient reaches the replaced rows)."""
+    return tuple(torch.where(restart, torch.zeros((), dtype=c.dtype, device=c.device), c) for c in carry)
+
+
 def layer_step(
     cfg: CellFamily,
     x_proj_t: Tensor,
@@ -88,6 +102,7 @@ def run_layer(
     lengths: Tensor | None = None,
     noise: Noise | None = None,
     record: bool = False,
+    reset: Tensor | None = None,
 ) -> tuple[Tensor, tuple[Tensor, ...], dict[str, Tensor] | None]:
     """Run one layer and direction with the plain time loop (see the module docstring)."""
     T = x.shape[0]
@@ -95,7 +110,7 @@ def run_layer(
     # indexing x_proj[t] would give each step's gradient a zero-filled (T, B, G*H) tensor of its own
     x_proj_all = cfg.input_projection(x, weights)
     step_weights = recurrent_weights(weights)
-    if not record and noise is None and T > 0:
+    if not record and noise is None and reset is None and T > 0:
         whole = cfg.run_sequence(x_proj_all, tuple(state), step_weights, lengths, reverse)
         if whole is not None:
             return whole[0], tuple(whole[1]), None
@@ -104,7 +119,10 @@ def run_layer(
     outputs: list[Tensor] = [x.new_empty(0)] * T
     trace: dict[str, list[Tensor]] = {k: [x.new_empty(0)] * T for k in cfg.trace_names} if record else {}
     times = range(T - 1, -1, -1) if reverse else range(T)
+    restarts = None if reset is None else reset.unsqueeze(-1).unbind(0)  # T views (B, 1)
     for t in times:
+        if restarts is not None:
+            carry = zero_where(restarts[t], carry)
         new, gates = layer_step(cfg, x_proj[t], carry, step_weights, noise, t)
         if lengths is not None:
             active = (t < lengths).unsqueeze(-1)  # (B, 1)
