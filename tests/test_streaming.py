@@ -417,3 +417,40 @@ def test_auto_runs_no_torch_kernel_for_a_call_with_reset(monkeypatch):
     assert calls == [1]
     module.backend = "reference"
     assert rel_err(out, module(x, reset=reset_mask())[0]) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("shape", list(SHAPES), ids=list(SHAPES))
+def test_restarts_at_step_0_only_keep_auto_on_torchs_kernel(monkeypatch, name, shape):
+    """A stream restarting only at the start of a call (reset[0]) restarts the initial states of every
+    layer's forward direction, so ``auto`` folds it into them and keeps the backend it takes without
+    a reset, torch's kernel included: outputs, final states and the initial states' gradients equal
+    the reference loop with the same reset."""
+    torch.manual_seed(0)
+    module = getattr(gatedrnn, name)(I, H, dtype=DT, **SHAPES[shape])
+    D = 2 if module.bidirectional else 1
+    x = torch.randn(T, B, I, dtype=DT)
+    states = tuple(torch.randn(module.num_layers * D, B, s, dtype=DT) for s in module.cell_config.state_sizes)
+    reset = torch.zeros(T, B, dtype=torch.bool)
+    reset[0, 1] = True
+    calls = []
+    original = gatedrnn.Recurrent._forward_torch
+    monkeypatch.setattr(gatedrnn.Recurrent, "_forward_torch", lambda *a: calls.append(1) or original(*a))
+
+    def run(backend):
+        module.backend = backend
+        hx = tuple(s.clone().requires_grad_() for s in states)
+        out, finals = module(x, pack_states(hx), reset=reset)
+        finals = finals if isinstance(finals, tuple) else (finals,)
+        grads = torch.autograd.grad(random_projection([out, *finals], seed=1), hx)
+        return [out, *finals, *grads]
+
+    fast, spec = run("auto"), run("reference")
+    # the backend auto takes without a reset (torch's kernel, or the cpu one for the GRU in training)
+    assert calls == ([1] if choose("auto", module.cell_config, x, regularised=False) == "torch" else [])
+    for a, b in zip(fast, spec, strict=True):
+        assert rel_err(a, b) < 1e-12
+    first_grad = fast[len(fast) - len(states)]
+    assert (first_grad[0::D, 1] == 0).all() and (first_grad[:, 0] != 0).all()
+    if D == 2:
+        assert (first_grad[1::D, 1] != 0).all()  # the reverse direction meets step 0 last

@@ -91,6 +91,14 @@ def _onnx_dynamo_exporting() -> bool:
     return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
+def _first_step_only(restarts: Tensor) -> bool:
+    """Whether a (T, B) restart mask restarts nothing after step 0 (read from the data: not while
+    torch.compile or a tracer captures the call, where it answers False)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return not bool(restarts[1:].any())
+
+
 def _under_cpu_autocast(input) -> bool:
     """Whether CPU autocast is on and ``input`` (a tensor or PackedSequence) is on the CPU."""
     data = input.data if isinstance(input, PackedSequence) else input
@@ -381,7 +389,10 @@ class Recurrent(nn.Module):
         return _Prepared(x, None, batched)
 
     def _state_legends(self) -> tuple[str, ...]:
-        return tuple(f"{name}_0" for name in self.cell_config.states)
+        legends = self.__dict__.get("_legends")
+        if legends is None:  # once per module: every call with hx asks
+            legends = self.__dict__["_legends"] = tuple(f"{name}_0" for name in self.cell_config.states)
+        return legends
 
     def _initial_states(self, hx, prep: _Prepared) -> tuple[Tensor, ...]:
         """Check the user's initial states and return them as a tuple of (L*D, B, size) tensors."""
@@ -430,6 +441,8 @@ class Recurrent(nn.Module):
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
         restarts = self._restarts(reset, prep)
+        if restarts is not None and self.backend == "auto" and _first_step_only(restarts):
+            states, restarts = self._restart_initial_states(states, restarts[0]), None
         T, B = prep.like.shape[:2]
         if T == 0 or B == 0:
             out = prep.like.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
@@ -448,6 +461,16 @@ class Recurrent(nn.Module):
                 return self._forward_torch(input, states, prep)
             out, finals, _ = self.run_layers(prep.x, states, prep.lengths, backend, reset=restarts)
         return self._finish(out, tuple(finals), prep)
+
+    def _restart_initial_states(self, states: tuple[Tensor, ...], first: Tensor) -> tuple[Tensor, ...]:
+        """The initial states with the rows that restart at step 0 (``first`` (B,) bool) zeroed in every
+        layer's forward direction: what those restarts do, so that a call whose only restarts are
+        there (a stream restarting at the start of a chunk) runs as one without any, on every backend
+        ``auto`` may choose, torch's kernels included. A reverse direction meets step 0 last, after
+        which nothing is restarted."""
+        forward = torch.arange(self.num_layers * self.num_directions, device=first.device) % self.num_directions == 0
+        rows = (forward[:, None] & first[None, :]).unsqueeze(-1)  # (L*D, B, 1)
+        return tuple(torch.where(rows, torch.zeros((), dtype=s.dtype, device=s.device), s) for s in states)
 
     def _restarts(self, reset, prep: _Prepared) -> Tensor | None:
         """The caller's ``reset`` checked (a bool tensor of the input's layout and device, see the
@@ -519,11 +542,21 @@ class Recurrent(nn.Module):
             return _outside_cpu_autocast(record, input, hx, self._param.dtype)
         return record(input, hx)
 
-    # torch.compile does not trace torch's fused RNN kernels (dynamo leaves torch.nn.LSTM/GRU/RNN
-    # to run eagerly); we do the same so compiled modules stay correct.
-    @torch.compiler.disable
     def _forward_torch(self, input, states: tuple[Tensor, ...], prep: _Prepared):
-        """Run torch's own fused kernels over the whole stack, exactly as torch.nn does."""
+        """Run torch's own fused kernels over the whole stack, exactly as torch.nn does; under
+        torch.compile outside the compiled graph (:meth:`_forward_torch_eagerly`)."""
+        if torch.compiler.is_compiling():
+            return self._forward_torch_eagerly(input, states, prep)
+        return self._run_torch_kernels(input, states, prep)
+
+    # torch.compile does not trace torch's fused RNN kernels (dynamo leaves torch.nn.LSTM/GRU/RNN
+    # to run eagerly); we do the same so compiled modules stay correct. (Eager calls skip the
+    # wrapper, which costs a one-step call several microseconds.)
+    @torch.compiler.disable
+    def _forward_torch_eagerly(self, input, states: tuple[Tensor, ...], prep: _Prepared):
+        return self._run_torch_kernels(input, states, prep)
+
+    def _run_torch_kernels(self, input, states: tuple[Tensor, ...], prep: _Prepared):
         fn = _TORCH_LAYER_FNS[self.cell_config.torch_mode]
         hx = pack_states(states)
         args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)

@@ -16,9 +16,10 @@ run on the reference loop.
 - ``"auto"``, per call:
 
   1. ``"torch"`` where it applies, unless the call restarts sequences inside it (``reset=``,
-     which torch's kernels cannot do) (on CUDA ``"triton"`` instead where a recorded measurement on
-     this GPU says the kernels beat cuDNN at this size: see
-     :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
+     which torch's kernels cannot do; a module whose only restarts are at step 0 folds them into
+     the initial states first, so a stream restarting at the start of a chunk keeps this rule)
+     (on CUDA ``"triton"`` instead where a recorded measurement on this GPU says the kernels beat
+     cuDNN at this size: see :mod:`gatedrnn.backends.triton.measured`; on the CPU ``"cpu"`` for the plain GRU where its
      measurements say it is faster: :func:`gatedrnn.backends.cpu.beats_torch`);
   2. else the device's fused backend (``"cpu"`` on the CPU, ``"triton"`` on CUDA) where the
      family has a kernel there and the backend supports the call (not under ``torch.func``

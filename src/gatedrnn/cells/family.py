@@ -310,19 +310,33 @@ class CellFamily:
     def kernel(self, backend: str) -> str | None:
         """The kernel of ``backend`` that computes this cell, or None. A subclass that overrides the
         math (:data:`_MATH_HOOKS`) without declaring kernels of its own gets none of its parent's."""
-        owner = _defining_class(type(self), "kernels")
-        if any(
-            _defining_class(type(self), hook) is not owner and issubclass(_defining_class(type(self), hook), owner)
-            for hook in _MATH_HOOKS
-        ):
-            return None
-        return self.kernels().get(backend)
+        names = self.__dict__.get("_kernel_names")
+        if names is None:  # looked up once per configured family: every forward call asks
+            names = dict(self.kernels()) if _keeps_its_kernels(type(self)) else {}
+            self.__dict__["_kernel_names"] = names
+        return names.get(backend)
 
     @property
     def torch_mode(self) -> str | None:
         """torch's own mode name (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``) when torch.nn
         computes exactly this cell, else None."""
         return self.kernel("torch")
+
+
+_KEEPS_KERNELS: dict[type, bool] = {}  # a plain dict, not functools.cache: dynamo warns on that
+
+
+def _keeps_its_kernels(cls: type) -> bool:
+    """Whether the kernels ``cls`` declares (or inherits) compute its math: False when a class below
+    the one that declares :meth:`CellFamily.kernels` overrides a hook of :data:`_MATH_HOOKS`. Looked
+    up once per class (every forward call asks)."""
+    if cls not in _KEEPS_KERNELS:
+        owner = _defining_class(cls, "kernels")
+        _KEEPS_KERNELS[cls] = not any(
+            _defining_class(cls, hook) is not owner and issubclass(_defining_class(cls, hook), owner)
+            for hook in _MATH_HOOKS
+        )
+    return _KEEPS_KERNELS[cls]
 
 
 def _defining_class(cls: type, attr: str) -> type:
