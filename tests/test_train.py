@@ -565,6 +565,19 @@ def test_chrono_initialisation_spreads_forgetting_times_over_the_task_length(var
     assert gate_biases(config) == (None, None)
 
 
+def test_a_sequence_model_passes_reset_to_its_layer():
+    """reset (B, T) restarts a sequence inside the call: the outputs from there on are the ones a
+    fresh call on the rest of the sequence gives."""
+    torch.manual_seed(0)
+    model = SequenceModel(ModelConfig(cell="lstm", input_size=3, output_size=2, hidden_size=4)).double()
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    reset = torch.zeros(2, 7, dtype=torch.bool)
+    reset[1, 4] = True
+    out, _ = model(x, reset=reset)
+    torch.testing.assert_close(out[1, 4:], model(x[1:, 4:])[0][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[0], model(x[:1])[0][0], rtol=0, atol=1e-12)
+
+
 def test_a_sequence_model_refuses_lstm_options_for_other_cells():
     """variant (like forget_bias and input_bias) applies to the LSTM only."""
     with pytest.raises(ValueError, match="variant applies to lstm only, got cell='gru'"):

@@ -107,10 +107,11 @@ def option_takers(option: str) -> str:
 class SequenceModel(nn.Module):
     """Recurrent layer + linear head, batch first; see the module docstring for the shapes.
 
-    ``forward(inputs, hx=None)`` returns ``(output, state)``: the head's output at every step,
-    (B, T, O), and the recurrent layer's final state (a tuple for a family of several states, such
-    as the LSTM's ``(h, c)``, else ``h``), which can be fed back as ``hx`` to continue a sequence
-    (sampling, the gate viewer).
+    ``forward(inputs, hx=None, *, reset=None)`` returns ``(output, state)``: the head's output at
+    every step, (B, T, O), and the recurrent layer's final state (a tuple for a family of several
+    states, such as the LSTM's ``(h, c)``, else ``h``), which can be fed back as ``hx`` to continue a
+    sequence (sampling, the gate viewer); ``reset`` (B, T) bool restarts sequence b from the zero
+    state before step t, as the layer's (:class:`gatedrnn.Recurrent`).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -140,9 +141,9 @@ class SequenceModel(nn.Module):
         if config.input_bias is not None:
             _set_gate_bias(self.rnn, "i", config.input_bias)
 
-    def forward(self, inputs: Tensor, hx=None):
+    def forward(self, inputs: Tensor, hx=None, *, reset: Tensor | None = None):
         x = self.embedding(inputs) if self.embedding is not None else inputs  # (B, T, I or E)
-        hidden, state = self.rnn(x, hx)  # (B, T, R)
+        hidden, state = self.rnn(x, hx, reset=reset)  # (B, T, R)
         return self.head(hidden), state  # (B, T, O)
 
 
