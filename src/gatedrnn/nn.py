@@ -201,7 +201,8 @@ class Recurrent(nn.Module):
           (a reverse direction: the last; a reset at step 0 replaces the forward direction's hx by
           zeros), and the final states are those after the last piece (a reverse direction: the
           first). Marks past a packed sequence's length are ignored. torch's kernels cannot restart
-          sequences inside a call: ``backend="auto"`` then runs a layer backend.
+          sequences inside a call: ``backend="auto"`` then runs a layer backend, except where the
+          only restarts are at step 0, which it turns into zero initial states.
 
     Outputs: output, h_n
         - output: (T, B, D*R) (batch first if set; a PackedSequence for packed input).
