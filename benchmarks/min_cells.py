@@ -19,7 +19,10 @@ user builds them (``backend="auto"``, ``mode="auto"``: the cpu kernel), the same
 ``mode="parallel"`` (the kernel's chunked scan), the same on ``backend="reference"`` (the step loop
 under autograd), ``torch.nn.GRU`` and ``torch.nn.LSTM``, and mingru-pytorch's ``minGRU`` and
 ``minLSTM``. The minimal cells are configured as the peer's (no bias, batch-first input, the same
-width); torch.nn's layers take the same values time-major.
+width); torch.nn's layers take the same values time-major. ``... projection alone`` is a
+``torch.nn.Linear(H, G*H)`` (G = 2 for minGRU, 3 for minLSTM) on the same input: forward and
+backward, its three products (x W^T, the input's and the weight's gradients) are those every
+provider of that cell computes, the floor the recurrence adds to.
 """
 
 from __future__ import annotations
@@ -53,7 +56,11 @@ PROVIDERS = (
     "torch.nn.LSTM",
     "mingru-pytorch minGRU",
     "mingru-pytorch minLSTM",
+    "MinGRU projection alone",
+    "MinLSTM projection alone",
 )
+PROJECTION_WIDTH = {"MinGRU": 2, "MinLSTM": 3}
+"""Gate blocks of each cell's input projection (z, h; f, i, h)."""
 SPEED_BASELINE, MEMORY_BASELINE = "torch.nn.GRU", "torch.nn.LSTM"
 REFERENCE_MAX_T = 1024
 """The reference loop's rows stop here (seconds per call beyond)."""
@@ -72,7 +79,10 @@ def build(provider: str, H: int) -> tuple[torch.nn.Module, bool] | None:
         except ImportError:
             return None
         return (minGRU if provider.endswith("minGRU") else minLSTM)(H), True
-    cls = gatedrnn.MinGRU if "MinGRU" in provider else gatedrnn.MinLSTM
+    cell = "MinGRU" if "MinGRU" in provider else "MinLSTM"
+    if provider.endswith("projection alone"):
+        return torch.nn.Linear(H, PROJECTION_WIDTH[cell] * H, bias=False), True
+    cls = getattr(gatedrnn, cell)
     options = {"parallel": dict(mode="parallel"), "reference": dict(backend="reference")}
     return cls(H, H, bias=False, batch_first=True, **options.get(provider.split()[-1], {})), True
 

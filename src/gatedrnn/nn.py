@@ -91,12 +91,10 @@ def _onnx_dynamo_exporting() -> bool:
     return torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
 
 
-def _first_step_only(restarts: Tensor) -> bool:
-    """Whether a (T, B) restart mask restarts nothing after step 0 (read from the data: not while
-    torch.compile or a tracer captures the call, where it answers False)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    return not bool(restarts[1:].any())
+def _capturing() -> bool:
+    """Whether torch.compile or a tracer is capturing the call, where reading a tensor's values to
+    choose a path would break or freeze the graph."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _under_cpu_autocast(input) -> bool:
@@ -297,8 +295,11 @@ class Recurrent(nn.Module):
     @property
     def _flat_weights(self) -> list[Tensor]:
         """torch.nn's weights for the fused kernels, in their order (per layer and direction:
-        w_ih, w_hh, [b_ih, b_hh], [w_hr])."""
-        return [getattr(self, name) for name in self._flat_weights_names]
+        w_ih, w_hh, [b_ih, b_hh], [w_hr]). Read from the parameter table (every forward call asks;
+        ``getattr`` goes through ``Module.__getattr__``), except a name it no longer holds, such as
+        one a parametrization replaced."""
+        table = self._parameters
+        return [table[name] if name in table else getattr(self, name) for name in self._flat_weights_names]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -409,16 +410,17 @@ class Recurrent(nn.Module):
         out = []
         for name, value, size in zip(legends, states, sizes):
             check.float_tensor(owner, name, value, p.dtype, p.device)
-            what = self._size_legend(size)
-            if prep.batched:
-                check.shape(owner, name, value, (LD, B, size), f"(num_layers * num_directions, batch, {what})")
-                out.append(value)
-            else:
-                check.shape(
-                    owner, name, value, (LD, size), f"(num_layers * num_directions, {what}) for unbatched input"
-                )
-                out.append(value.unsqueeze(1))
+            expected = (LD, B, size) if prep.batched else (LD, size)
+            if value.shape != expected:  # the message is built only for the error
+                check.shape(owner, name, value, expected, self._state_shape_legend(size, prep.batched))
+            out.append(value if prep.batched else value.unsqueeze(1))
         return tuple(out)
+
+    def _state_shape_legend(self, size: int, batched: bool) -> str:
+        """How an error message names the shape a state must have."""
+        if batched:
+            return f"(num_layers * num_directions, batch, {self._size_legend(size)})"
+        return f"(num_layers * num_directions, {self._size_legend(size)}) for unbatched input"
 
     def _size_legend(self, size: int) -> str:
         """How an error message names a state's size: hidden_size, proj_size, or k * hidden_size."""
@@ -442,8 +444,11 @@ class Recurrent(nn.Module):
         prep = self._prepare(input)
         states = self._initial_states(hx, prep)
         restarts = self._restarts(reset, prep)
-        if restarts is not None and self.backend == "auto" and _first_step_only(restarts):
-            states, restarts = self._restart_initial_states(states, restarts[0]), None
+        if restarts is not None and self.backend == "auto" and not _capturing():
+            if not bool(restarts.any()):  # nothing restarts in this call: a call without reset
+                restarts = None
+            elif not bool(restarts[1:].any()):
+                states, restarts = self._restart_initial_states(states, restarts[0]), None
         T, B = prep.like.shape[:2]
         if T == 0 or B == 0:
             out = prep.like.new_zeros(T, B, self.num_directions * self.cell_config.output_size)
@@ -467,8 +472,8 @@ class Recurrent(nn.Module):
         """The initial states with the rows that restart at step 0 (``first`` (B,) bool) zeroed in every
         layer's forward direction: what those restarts do, so that a call whose only restarts are
         there (a stream restarting at the start of a chunk) runs as one without any, on every backend
-        ``auto`` may choose, torch's kernels included. A reverse direction meets step 0 last, after
-        which nothing is restarted."""
+        ``auto`` may choose, torch's kernels included (as does a call whose mask restarts nothing).
+        A reverse direction meets step 0 last, after which nothing is restarted."""
         forward = torch.arange(self.num_layers * self.num_directions, device=first.device) % self.num_directions == 0
         rows = (forward[:, None] & first[None, :]).unsqueeze(-1)  # (L*D, B, 1)
         return tuple(torch.where(rows, torch.zeros((), dtype=s.dtype, device=s.device), s) for s in states)
