@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from . import _checks as check
 from .backends import check_backend_name, choose, load_layer_backend, reset_in_walk_order
-from .backends.reference import recurrent_weights
+from .backends.reference import recurrent_weights, zero_where
 from .cells.family import TORCH_KEYS, CellFamily, LayerWeights, family_class
 from .config import Noise
 
@@ -475,8 +475,7 @@ class Recurrent(nn.Module):
         ``auto`` may choose, torch's kernels included (as does a call whose mask restarts nothing).
         A reverse direction meets step 0 last, after which nothing is restarted."""
         forward = torch.arange(self.num_layers * self.num_directions, device=first.device) % self.num_directions == 0
-        rows = (forward[:, None] & first[None, :]).unsqueeze(-1)  # (L*D, B, 1)
-        return tuple(torch.where(rows, torch.zeros((), dtype=s.dtype, device=s.device), s) for s in states)
+        return zero_where((forward[:, None] & first[None, :]).unsqueeze(-1), states)  # rows (L*D, B, 1)
 
     def _restarts(self, reset, prep: _Prepared) -> Tensor | None:
         """The caller's ``reset`` checked (a bool tensor of the input's layout and device, see the

@@ -366,15 +366,7 @@ CHRONO_SEED_OFFSET = 7919
 
 def build_model(config: TrainConfig, task: Task) -> SequenceModel:
     forget_bias, input_bias = gate_biases(config)
-    model = _model_for(config, task, forget_bias, input_bias)
-    family = model.rnn.cell_config
-    if config.lstm_init == "chrono" and family.retention_gate == "f":
-        chrono_biases(model.rnn, task.seq_len, torch.Generator().manual_seed(config.seed + CHRONO_SEED_OFFSET))
-    return model
-
-
-def _model_for(config: TrainConfig, task: Task, forget_bias: float | None, input_bias: float | None) -> SequenceModel:
-    return model_for_task(
+    model = model_for_task(
         task,
         config.cell,
         config.hidden,
@@ -385,6 +377,9 @@ def _model_for(config: TrainConfig, task: Task, forget_bias: float | None, input
         input_bias,
         config.family_options,
     )
+    if config.lstm_init == "chrono" and model.rnn.cell_config.retention_gate == "f":
+        chrono_biases(model.rnn, task.seq_len, torch.Generator().manual_seed(config.seed + CHRONO_SEED_OFFSET))
+    return model
 
 
 def import_run_family(cell: str, run_dir: str | Path) -> None:

@@ -66,8 +66,9 @@ def _apply_zoneout(
 
 
 def zero_where(restart: Tensor, carry: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-    """``carry`` with the rows where ``restart`` (B, 1) bool is set replaced by zeros (a select, not
-    a product: an infinite state is zeroed too, and no gradient reaches the replaced rows)."""
+    """``carry`` with the rows where ``restart`` (B, 1) bool (or any shape that broadcasts to each
+    tensor's) is set replaced by zeros (a select, not a product: an infinite state is zeroed too, and
+    no gradient reaches the replaced rows)."""
     return tuple(torch.where(restart, torch.zeros((), dtype=c.dtype, device=c.device), c) for c in carry)
 
 

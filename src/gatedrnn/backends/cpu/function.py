@@ -357,8 +357,8 @@ class Recurrence(torch.autograd.Function):
     ``apply(plan, kernel, names, x, weight_ih, in_gain, bias, h0, c0, gates0, *params)`` with
     ``kernel`` a module or class offering ``forward(plan, xw, initial, w) -> (outputs, saved)``
     and ``backward(plan, w, saved, grads) -> dict``; returns (output, h_n[, c_n[, gates_n]]).
-    ``c0`` is None for a kernel of one state, ``gates0`` (B, 3H) for all but the LSTM's ``fgr``
-    (its previous step's (i, f, o) activations); ``initial`` is the tuple of the given ones, and
+    ``c0`` is None for a kernel of one state, ``gates0`` None for all but the LSTM's ``fgr`` (for
+    it, (B, 3H): its previous step's (i, f, o) activations); ``initial`` is the tuple of the given ones, and
     the backward pass's dict has their gradients as ``h0``, ``c0``, ``gates0``.
 
     A kernel whose ``normalises_input`` is True (the compiled loops) takes the input's layer

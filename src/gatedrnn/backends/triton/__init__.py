@@ -50,6 +50,7 @@ from ...cells.common import gatewise_layer_norm
 from ...cells.family import CellFamily, LayerWeights
 from ...config import Noise
 from .. import compute_dtype, no_kernel, recurrent_shifts, reference, require_support, sum_present
+from ..reference import zero_where
 from . import measured, scan, slstm
 from .launch import (
     CELLS,
@@ -264,7 +265,7 @@ def with_initial_gates(
     rows = torch.arange(B, device=xw.device)
     first = (lengths.long() - 1).clamp(min=0) if reverse else torch.zeros_like(rows)
     if reset is not None:  # a select before the product, as the reference loop zeros its carry
-        gates0 = torch.where(reset[first, rows].unsqueeze(-1), gates0.new_zeros(()), gates0)
+        (gates0,) = zero_where(reset[first, rows].unsqueeze(-1), (gates0,))
     i_f, o = gates0.matmul(weight_gg.t()).split([2 * H, H], dim=-1)
     term = torch.cat([i_f, i_f.new_zeros(B, H), o], dim=-1)  # (B, 4H) in the gate order i, f, g, o
     return xw.index_put((first, rows), term.to(xw.dtype), accumulate=True)
