@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -357,6 +358,17 @@ def test_a_bool_argument_is_taken_or_refused_as_torch_nn_does(name, argument, va
         assert isinstance(ours, type(theirs)), f"torch.nn raised {theirs!r}, we raised {ours!r}"
 
 
+def test_a_message_names_a_numpy_type_with_its_module():
+    """numpy 2's bool is called ``bool`` too: "should be of type bool, got: bool" would say nothing."""
+    assert (check.type_name(True), check.type_name(np.True_), check.type_name(np.int64(1))) == (
+        "bool",
+        "numpy.bool",
+        "numpy.int64",
+    )
+    with pytest.raises(TypeError, match=r"got: numpy\.bool \(np\.True_\)"):
+        gatedrnn.GRU(3, 4, batch_first=np.True_)
+
+
 @pytest.mark.parametrize("value", BOOL_VALUES.values(), ids=BOOL_VALUES.keys())
 @pytest.mark.parametrize("argument", ["bias", "batch_first", "bidirectional"])
 def test_layer_flag_takes_what_torch_nn_layers_run_with(argument, value):
@@ -367,7 +379,8 @@ def test_layer_flag_takes_what_torch_nn_layers_run_with(argument, value):
         assert check.layer_flag("GRU", argument, value) is value
     else:
         assert isinstance(theirs, TypeError)
-        expected = rf"GRU: {argument} should be of type bool \(True or False\), got: {type(value).__name__} \("
+        given = re.escape(check.type_name(value))
+        expected = rf"GRU: {argument} should be of type bool \(True or False\), got: {given} \("
         with pytest.raises(TypeError, match=expected):
             check.layer_flag("GRU", argument, value)
 

@@ -42,9 +42,16 @@ def _is_numpy_bool(value: object) -> bool:
     return numpy is not None and isinstance(value, numpy.bool_)
 
 
+def type_name(value: object) -> str:
+    """The name of ``value``'s type for a message: ``int``, ``str`` for the built-in types, with its
+    module for the others (``numpy.bool``, ``numpy.float32``), which may share a built-in's name."""
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def positive_int(owner: str, name: str, value: object) -> int:
     if not _is_integer(value):
-        raise TypeError(f"{owner}: {name} must be an int, got {type(value).__name__} ({value!r})")
+        raise TypeError(f"{owner}: {name} must be an int, got {type_name(value)} ({value!r})")
     if value <= 0:
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value}")
     return int(value)
@@ -55,7 +62,7 @@ def flag(owner: str, name: str, value: object) -> bool:
     have: a bool, a numpy bool, or the int 0 or 1."""
     if isinstance(value, bool) or _is_numpy_bool(value) or (_is_integer(value) and value in (0, 1)):
         return bool(value)
-    raise TypeError(f"{owner}: {name} must be a bool (or 0 or 1), got {type(value).__name__} ({value!r})")
+    raise TypeError(f"{owner}: {name} must be a bool (or 0 or 1), got {type_name(value)} ({value!r})")
 
 
 def layer_flag(owner: str, name: str, value: object) -> bool:
@@ -67,7 +74,7 @@ def layer_flag(owner: str, name: str, value: object) -> bool:
     their forward refuses all but a bool with a TypeError; here it is refused when built."""
     if isinstance(value, bool):
         return value
-    raise TypeError(f"{owner}: {name} should be of type bool (True or False), got: {type(value).__name__} ({value!r})")
+    raise TypeError(f"{owner}: {name} should be of type bool (True or False), got: {type_name(value)} ({value!r})")
 
 
 def cell_bias(value: object) -> bool:
@@ -81,7 +88,7 @@ def cell_bias(value: object) -> bool:
 def probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
     """A number in [0, 1] (``allow_one``) or [0, 1)."""
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise ArgumentTypeError(f"{owner}: {name} must be a number, got {type(value).__name__} ({value!r})")
+        raise ArgumentTypeError(f"{owner}: {name} must be a number, got {type_name(value)} ({value!r})")
     upper_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and upper_ok):
         interval = "[0, 1]" if allow_one else "[0, 1)"
@@ -102,7 +109,7 @@ def variant(owner: str, value: object) -> str:
 
 def proj_size(owner: str, value: object, hidden_size: int) -> int:
     if not _is_integer(value):
-        raise TypeError(f"{owner}: proj_size must be an int, got {type(value).__name__} ({value!r})")
+        raise TypeError(f"{owner}: proj_size must be an int, got {type_name(value)} ({value!r})")
     if value < 0 or value >= hidden_size:
         raise ValueError(
             f"{owner}: proj_size must be 0 (no projection) or in [1, hidden_size={hidden_size}), got {value}"
@@ -114,7 +121,7 @@ def forget_bias(owner: str, value: object, *, bias: bool, has_forget_gate: bool)
     if value is None:
         return None
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{owner}: forget_bias must be a number or None, got {type(value).__name__} ({value!r})")
+        raise TypeError(f"{owner}: forget_bias must be a number or None, got {type_name(value)} ({value!r})")
     if not bias:
         raise ValueError(f"{owner}: forget_bias={value} needs bias=True, got bias=False")
     if not has_forget_gate:
@@ -134,7 +141,7 @@ def autocast_on(device_type: str) -> bool:
 def float_tensor(owner: str, name: str, value: object, dtype: torch.dtype, device: torch.device) -> Tensor:
     """``value`` must be a floating-point tensor of the parameters' dtype and device."""
     if not isinstance(value, Tensor):
-        raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(value).__name__}")
+        raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type_name(value)}")
     if not value.is_floating_point():
         raise InputTypeError(
             f"{owner}: expected {name} to be a floating-point tensor of dtype {dtype}, got dtype {value.dtype}"
