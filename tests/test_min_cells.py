@@ -290,8 +290,8 @@ def test_second_derivatives_replay_the_reference_loop(name, cpu_path):
 @pytest.mark.parametrize("name", ["mingru", "minlstm"])
 def test_zoneout_and_recurrent_dropout_run_on_the_reference_loop(name):
     torch.manual_seed(0)
-    ref = gatedrnn.Recurrent(name, 3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="reference", dtype=F64)
-    fast = gatedrnn.Recurrent(name, 3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="cpu", dtype=F64)
+    ref = LAYERS[name](3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="reference", dtype=F64)
+    fast = LAYERS[name](3, 4, zoneout=0.3, recurrent_dropout=0.2, backend="cpu", dtype=F64)
     fast.load_state_dict(ref.state_dict())
     x, h0 = torch.randn(9, 2, 3, dtype=F64), torch.randn(1, 2, 4, dtype=F64)
     results = []

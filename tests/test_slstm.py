@@ -207,11 +207,10 @@ def kernel_loop(request, monkeypatch):
 
 
 def _pair(seed=0, dtype=torch.float64, I=3, H=6, **kw):
-    """The same perturbed layer on the reference loop and on the cpu backend (gatedrnn.Recurrent's
-    sLSTM, which takes zoneout and recurrent dropout too)."""
+    """The same perturbed layer on the reference loop and on the cpu backend."""
     torch.manual_seed(seed)
-    ref = randomised(gatedrnn.Recurrent("slstm", I, H, dtype=dtype, backend="reference", **kw))
-    fast = gatedrnn.Recurrent("slstm", I, H, dtype=dtype, backend="cpu", **kw)
+    ref = randomised(gatedrnn.SLSTM(I, H, dtype=dtype, backend="reference", **kw))
+    fast = gatedrnn.SLSTM(I, H, dtype=dtype, backend="cpu", **kw)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 

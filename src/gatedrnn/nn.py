@@ -954,10 +954,12 @@ class SLSTM(Recurrent):
 
     with :math:`\log f_t = \operatorname{logsigmoid}(\tilde f_t)` (``forget_gate="sigmoid"``) or
     :math:`\tilde f_t` (``"exp"``), :math:`m_t = \tilde\imath_t` where :math:`n_{t-1} = 0`, and R
-    block-diagonal over ``num_heads`` heads (see :mod:`gatedrnn.cells.slstm`). m is float32.
+    block-diagonal over ``num_heads`` heads (see :mod:`gatedrnn.cells.slstm`). m is float32 (float64 in a
+    float64 layer).
 
     Arguments are torch.nn.LSTM's without ``proj_size``; keyword-only ``num_heads`` (divides
-    hidden_size), ``forget_gate`` and ``backend``. Parameters per layer: ``weight_ih_l{k}`` (4H, I)
+    hidden_size), ``forget_gate``, ``backend``, ``zoneout`` (on h and c) and ``recurrent_dropout`` (on
+    h_{t-1} in the recurrent product), as for :class:`Recurrent`. Parameters per layer: ``weight_ih_l{k}`` (4H, I)
     in gate order i, f, z, o, ``weight_hh_l{k}`` (num_heads, 4D, D) with D = H / num_heads,
     ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,); initialised as the xlstm package does (forget-gate
     bias from 5 down to -7 across each head's units, zero recurrent weights).
@@ -991,6 +993,8 @@ class SLSTM(Recurrent):
         num_heads: int = 4,
         forget_gate: str = "sigmoid",
         backend: str = "auto",
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             "slstm",
@@ -1004,6 +1008,8 @@ class SLSTM(Recurrent):
             device,
             dtype,
             backend=backend,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
             num_heads=num_heads,
             forget_gate=forget_gate,
         )
@@ -1027,6 +1033,8 @@ class _MinimalRecurrent(Recurrent):
         activation: str = "g",
         mode: str = "auto",
         backend: str = "auto",
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ) -> None:
         super().__init__(
             self._family,
@@ -1040,6 +1048,8 @@ class _MinimalRecurrent(Recurrent):
             device,
             dtype,
             backend=backend,
+            zoneout=zoneout,
+            recurrent_dropout=recurrent_dropout,
             activation=activation,
             mode=mode,
         )
@@ -1057,7 +1067,9 @@ class MinGRU(_MinimalRecurrent):
     scan over time (``mode="parallel"``), step by step (``"sequential"``), or picks by length
     (``"auto"``); both compute the same h (:mod:`gatedrnn.cells.mingru`).
 
-    Arguments are torch.nn.GRU's; keyword-only ``activation``, ``mode`` and ``backend``.
+    Arguments are torch.nn.GRU's; keyword-only ``activation``, ``mode``, ``backend``, ``zoneout``
+    and ``recurrent_dropout`` (as for :class:`Recurrent`; with no recurrent product, its mask acts
+    on h_{t-1} where the step carries it over).
     Parameters per layer: ``weight_ih_l{k}`` (2H, I) in row order z, h and ``bias_ih_l{k}`` (2H,);
     no recurrent weights. Shapes: input (T, B, I) / (B, T, I) / (T, I) / PackedSequence;
     h_0 and h_n (L*D, B, H); output (T, B, D*H).
@@ -1083,7 +1095,8 @@ class MinLSTM(_MinimalRecurrent):
         h_t = \frac{f_t}{f_t + i_t} \odot h_{t-1} + \frac{i_t}{f_t + i_t} \odot \tilde h_t
         \end{array}
 
-    with g, ``activation``, ``mode`` and ``backend`` as for :class:`MinGRU`. Parameters per layer:
+    with g, ``activation``, ``mode``, ``backend``, ``zoneout`` and ``recurrent_dropout`` as for
+    :class:`MinGRU`. Parameters per layer:
     ``weight_ih_l{k}`` (3H, I) in row order f, i, h and ``bias_ih_l{k}`` (3H,). Shapes as :class:`MinGRU`.
 
     Example::
