@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 import gatedrnn
-from gatedrnn import reproduce
+from gatedrnn import cli, reproduce
 from gatedrnn.cli import build_parser, config_from_args, main, parse_task_options
 from gatedrnn.tasks import make_task, task_names
 from gatedrnn.train import TEST_SEED_OFFSET, ConfigError, TrainConfig, build_model, build_task
@@ -61,6 +62,17 @@ def one_error_line(capsys, argv: list[str]) -> str:
         (["train", "--task", "adding", "--variant", "forgetless"], "invalid choice: 'forgetless'"),
         (["train", "--task", "adding", "--cell", "gru", "--variant", "nfg"], "--variant applies to --cell lstm only"),
         (["train", "--task", "adding", "--variant", "nfg", "--forget-bias", "1"], "variant 'nfg' has none"),
+        (
+            ["train", "--task", "adding", "--cell", "gru", "--lstm-init", "chrono"],
+            "--lstm-init chrono initialises a family whose memory a forget gate 'f' keeps (lstm, slstm), but "
+            "--cell gru is not one (its retention gate is 'z'): leave --lstm-init out (or give torch)",
+        ),
+        (
+            ["train", "--task", "adding", "--cell", "rnn", "--lstm-init", "long-lag"],
+            "--lstm-init long-lag initialises a family whose memory a forget gate 'f' keeps (lstm, slstm), but "
+            "--cell rnn is not one (it has no retention gate)",
+        ),
+        (["train", "--task", "adding", "--cell", "minlstm", "--lstm-init", "chrono"], "--cell minlstm is not one"),
         (["train", "--task", "adding", "--hidden", "0"], "--hidden: expected a positive integer, got 0"),
         (["train", "--task", "adding", "--steps", "-5"], "--steps: expected a positive integer, got -5"),
         (["train", "--task", "adding", "--seq-len", "0"], "--seq-len: expected a positive integer, got 0"),
@@ -219,13 +231,27 @@ def test_compare_prints_one_table_and_writes_a_figure(capsys, tmp_path):
 
 
 def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
-    """``compare --variant nfg --input-bias -1`` trains the LSTM as asked and the other cells
-    plainly (their configs validate)."""
-    args = build_parser().parse_args(["compare", "--task", "adding-modern", "--variant", "nfg", "--input-bias", "-1"])
-    lstm, gru = (config_from_args(args, cell, str(tmp_path / cell)) for cell in ("lstm", "gru"))
-    assert (lstm.variant, lstm.input_bias) == ("nfg", -1.0)
-    assert (gru.variant, gru.input_bias, gru.forget_bias) == ("vanilla", None, None)
+    """``compare --variant nfg --input-bias -1 --lstm-init chrono`` trains the LSTM as asked and
+    the other cells plainly (their configs validate); the sLSTM, whose memory a forget gate keeps
+    too, takes the initialisation."""
+    args = build_parser().parse_args(
+        ["compare", "--task", "adding-modern", "--variant", "nfg", "--input-bias", "-1", "--lstm-init", "torch"]
+    )
+    lstm, gru, rnn = (config_from_args(args, cell, str(tmp_path / cell)) for cell in ("lstm", "gru", "rnn"))
+    assert (lstm.variant, lstm.input_bias, lstm.lstm_init) == ("nfg", -1.0, "torch")
+    assert (gru.variant, gru.input_bias, gru.forget_bias, gru.lstm_init) == ("vanilla", None, None, "long-lag")
     gru.validate()
+    args = build_parser().parse_args(["compare", "--task", "adding-modern", "--lstm-init", "chrono"])
+    configs = {c: config_from_args(args, c, str(tmp_path / c)) for c in ("lstm", "slstm", "gru", "rnn", "minlstm")}
+    assert {c: config.lstm_init for c, config in configs.items()} == {
+        "lstm": "chrono",
+        "slstm": "chrono",
+        "gru": "long-lag",
+        "rnn": "long-lag",
+        "minlstm": "long-lag",
+    }
+    for config in configs.values():
+        config.validate()
 
 
 @pytest.mark.parametrize(
@@ -351,9 +377,11 @@ def test_reproduce_runs_each_row_its_seeds_at_its_budget(tmp_path, monkeypatch, 
     assert [c.out for c in runs] == [str(tmp_path / "2a" / f"seed{s}") for s in range(seeds)]
 
 
-def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch):
-    """--cells lstm,gru,rnn: each row for each cell at the row's settings and budget (the LSTM's init
-    for the LSTM only), the controls in out/<row>-<cell>, a cell column in the table."""
+def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch, capsys):
+    """--cells lstm,gru,rnn: each row for each cell at the row's settings and budget, the controls
+    in out/<row>-<cell>, a cell column in the table. The LSTM's chrono init is the LSTM's alone: the
+    controls run with everything else the LSTM's (seeds too), keep torch.nn's init, say so in the
+    table, and their printed commands run as printed."""
     runs = []
 
     def fake_train(config):
@@ -367,14 +395,29 @@ def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch)
     )
     assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in ("lstm", "gru", "rnn") for s in range(2)]
     assert {c.steps for c in runs} == {3000} and {c.seq_len for c in runs} == {500}
-    assert {c.lstm_init for c in runs} == {"chrono"}  # a setting of the LSTM's, which GRU and RNN ignore
+    assert [c.lstm_init for c in runs] == ["chrono"] * 2 + ["long-lag"] * 4
     assert {c.test_batch for c in runs} == {1024}
+    for control in runs[2:]:  # the LSTM's run of its seed but for the cell, its directory and the init
+        lstm = runs[control.seed]
+        assert replace(control, cell="lstm", out=lstm.out, lstm_init="chrono") == lstm
+        control.validate()
     assert runs[2].out == str(tmp_path / "4-500-gru" / "seed0") and runs[0].out == str(tmp_path / "4-500" / "seed0")
     assert path == tmp_path / "hochreiter1997-quick-lstm-gru-rnn.md" and path.read_text() == table
     assert "LSTM and the controls GRU, RNN" in table
-    assert "| 4-500 | adding, T = 500 (tab. 7), chrono init | gru |" in table
+    assert "| 4-500 | adding, T = 500 (tab. 7), chrono init | lstm |" in table
+    assert "| 4-500 | adding, T = 500 (tab. 7), control: torch.nn's init | gru |" in table
     assert "| 2/2 (100%) | 640 |" in table and "| 0/2 (0%) | not solved |" in table
-    assert "- 4-500, rnn: `gatedrnn train --task adding --cell rnn --seq-len 500 --lstm-init chrono" in table
+    commands = dict(re.findall(r"^- 4-500, (\w+): `gatedrnn (.*)`$", table, re.M))
+    assert "--lstm-init chrono" in commands["lstm"] and "--lstm-init" not in commands["rnn"]
+    ran = []
+    monkeypatch.setattr(cli, "train", lambda config: ran.append(config) or {"rank": 1})  # rank 1 prints nothing
+    for cell, command in commands.items():
+        assert main([*command.split(), "--out", str(tmp_path / "rerun" / cell)]) == 0, capsys.readouterr().err
+    assert [(c.cell, c.lstm_init, c.seq_len, c.steps) for c in ran] == [
+        ("lstm", "chrono", 500, 3000),
+        ("gru", "long-lag", 500, 3000),
+        ("rnn", "long-lag", 500, 3000),
+    ]
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
@@ -452,6 +495,24 @@ def test_resume_keeps_the_settings_left_out_and_refuses_one_changed(capsys, tmp_
     config = json.loads((out / "config.json").read_text())["train"]
     assert (config["cell"], config["seq_len"], config["hidden"], config["batch"]) == ("gru", 12, 8, 8)
     assert config["task_options"] == {"tolerance": 0.1} and config["checkpoint_every"] == 5
+
+
+def test_a_family_without_a_forget_gate_resumes_whatever_lstm_init_its_run_recorded(capsys, tmp_path):
+    """``--lstm-init torch`` names what a GRU keeps, its own initialisation, and is taken (recorded
+    as the default, which the GRU ignores alike); a GRU run that recorded chrono (as the controls of
+    the chrono rows of ``reproduce`` once did) resumes: a value its family ignores is no difference."""
+    out = tmp_path / "run"
+    argv = ["train", "--task", "adding-modern", "--cell", "gru", *TINY, "--out", str(out)]
+    assert main([*argv, "--lstm-init", "torch"]) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["lstm_init"] == "long-lag"
+    pointer = out / "checkpoint.json"
+    meta = json.loads(pointer.read_text())
+    meta["extra"]["config"]["lstm_init"] = "chrono"
+    pointer.write_text(json.dumps(meta))
+    capsys.readouterr()
+    resumed = ["train", "--task", "adding-modern", "--steps", "30", "--no-progress", "--out", str(out), "--resume"]
+    assert main([*resumed, "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 30
 
 
 def test_resume_under_another_task_machine_and_stopping_rule(capsys, tmp_path):

@@ -534,6 +534,41 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
         TrainConfig(variant="cifg", input_bias=-1.0).validate()
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn", "mingru", "minlstm"])
+def test_a_family_without_a_forget_gate_keeps_its_own_initialisation(cell, tmp_path):
+    """lstm_init initialises a family whose retention gate is f: another (decided by its
+    retention gate, the minLSTM's f gate notwithstanding) is built alike under any of its values,
+    validates with the default or torch (what it keeps) but refuses chrono, is given the default
+    by settings_for, and resumes a run recorded with another value it ignores alike."""
+    from gatedrnn.train import build_model, settings_for
+
+    task = make_task("adding-modern", seq_len=5)
+
+    def weights(lstm_init: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        config = TrainConfig(task="adding-modern", seq_len=5, cell=cell, hidden=6, lstm_init=lstm_init)
+        return build_model(config, task).state_dict()
+
+    own = weights("torch")
+    for lstm_init in ("long-lag", "chrono"):
+        assert all(torch.equal(own[k], v) for k, v in weights(lstm_init).items()), lstm_init
+    TrainConfig(cell=cell, lstm_init="torch").validate()
+    with pytest.raises(ConfigError, match=f"--lstm-init chrono initialises .* but --cell {cell} is not one"):
+        TrainConfig(cell=cell, lstm_init="chrono").validate()
+    assert settings_for(cell, lstm_init="chrono")["lstm_init"] == "long-lag"
+    train(tiny_config(tmp_path, cell=cell, lstm_init="torch", steps=2, checkpoint_every=2))
+    assert train(tiny_config(tmp_path, cell=cell, steps=4, resume=True))["steps"] == 4
+
+
+@pytest.mark.parametrize("cell, variant", [("lstm", "vanilla"), ("lstm", "nfg"), ("slstm", "vanilla")])
+def test_settings_for_keeps_the_lstm_init_of_a_family_whose_memory_a_forget_gate_keeps(cell, variant):
+    """The LSTM (its nfg variant too, whose input-gate biases chrono sets) and the sLSTM take it."""
+    from gatedrnn.train import family_settings_problem, settings_for
+
+    assert settings_for(cell, variant, lstm_init="chrono")["lstm_init"] == "chrono"
+    assert family_settings_problem(cell, variant, lstm_init="chrono", hidden=8) is None
+
+
 @pytest.mark.parametrize("variant", ["vanilla", "nfg"])
 def test_chrono_initialisation_spreads_forgetting_times_over_the_task_length(variant):
     """chrono: per unit b_f = log u, u ~ U[1, T - 1], b_i = -b_f in bias_ih (bias_hh's rows zero),
@@ -613,6 +648,12 @@ def test_a_sequence_model_refuses_lstm_options_for_other_cells():
             dict(lstm_init="chrono", forget_bias=2.0),
             "lstm-init chrono draws both the forget- and the input-gate biases; got it with forget-bias 2.0",
         ),
+        (
+            dict(lstm_init="chrono", cell="gru"),
+            "--lstm-init chrono initialises a family whose memory a forget gate 'f' keeps (lstm, slstm), "
+            "but --cell gru is not one (its retention gate is 'z')",
+        ),
+        (dict(lstm_init="chrono", cell="minlstm"), "--cell minlstm is not one (it has no retention gate)"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else None,
 )

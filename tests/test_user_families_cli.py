@@ -224,6 +224,11 @@ def test_family_options_and_gate_flags_are_decided_by_what_the_family_takes(tmp_
         (["--family-opt", "activation"], "--family-opt expects KEY=VALUE, got 'activation'"),
         (["--input-bias", "-1"], "--input-bias needs the 'i' gate, but --cell mgu has none (its gates: f, n)"),
         (["--variant", "nfg"], "--variant applies to --cell lstm only, got --cell mgu"),
+        (
+            ["--lstm-init", "chrono"],  # its gate f is not declared its retention gate
+            "--lstm-init chrono initialises a family whose memory a forget gate 'f' keeps (lstm, slstm), "
+            "but --cell mgu is not one (it has no retention gate)",
+        ),
     ]
     for flags, expected in cases:
         assert expected in error_line(

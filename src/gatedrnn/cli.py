@@ -42,7 +42,9 @@ from .train import (
     compare,
     comparison_table,
     family_settings_problem,
+    forget_gate_families,
     import_run_family,
+    lstm_init_for,
     refuse_to_replace,
     settings_for,
     train,
@@ -261,9 +263,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--lstm-init",
         default=_UNSET,
         choices=tuple(LSTM_INITS),
-        help="long-lag (default): forget-gate bias +3, input-gate bias -3; chrono: per unit b_f = log u, "
+        help=f"the initialisation of a family whose memory a forget gate f keeps ({', '.join(forget_gate_families())}"
+        "): long-lag (default): forget-gate bias +3, input-gate bias -3; chrono: per unit b_f = log u, "
         "u ~ U[1, T-1] for the task's length T, b_i = -b_f (lags of hundreds of steps and more); torch: "
-        "torch.nn's init (for a family whose memory a forget gate f keeps, as the LSTM's)",
+        "torch.nn's init. Another family keeps its own initialisation (torch.nn's): train refuses "
+        "long-lag and chrono for it, compare gives them to the cells with f only",
     )
     p.add_argument(
         "--family-opt",
@@ -377,7 +381,13 @@ def config_from_args(
     )
     values.update(
         settings_for(
-            cell, values["variant"], values["forget_bias"], values["input_bias"], family_options, values["hidden"]
+            cell,
+            values["variant"],
+            values["forget_bias"],
+            values["input_bias"],
+            family_options,
+            values["hidden"],
+            values["lstm_init"],
         ),
         progress=given.get("progress", DEFAULTS.progress) and sys.stderr.isatty(),
     )
@@ -405,6 +415,7 @@ def _checkpointed_config(args: argparse.Namespace) -> TrainConfig:
         import_run_family(saved_config["cell"], run_dir)
     try:
         base = replace(TrainConfig.from_dict(saved_config), **{k: getattr(DEFAULTS, k) for k in MACHINE_FLAGS})
+        base.lstm_init = lstm_init_for(base.cell, base.lstm_init)  # what the run's family takes of it
         if not isinstance(base.task_options, dict):
             raise TypeError(f"task_options must be a JSON object, got {type(base.task_options).__name__}")
         base.validate()
@@ -443,6 +454,7 @@ def run_train(args: argparse.Namespace) -> int:
         given.get("input_bias"),
         options,
         given.get("hidden", base.hidden),
+        given.get("lstm_init"),
     )
     if problem:
         raise UsageError(problem)

@@ -45,9 +45,12 @@ from tqdm import tqdm
 
 from .config import LSTM_VARIANTS
 from .evaluation import evaluate_saved
-from .train import ConfigError, TrainConfig, refuse_to_replace, settings_for, train
+from .train import DEFAULT_LSTM_INIT, ConfigError, TrainConfig, refuse_to_replace, settings_for, train
 
 PAPERS = ("hochreiter1997", "formal")
+
+INIT_NAMES = {DEFAULT_LSTM_INIT: "", "chrono": ", chrono init", "torch": ", torch.nn's init"}
+"""What a row's title says of each ``lstm_init`` (:meth:`Row.label`): nothing of the default."""
 
 HELD_OUT_SEED_OFFSET = 1000
 """The final net's wrong sequences are counted on the test set of seed ``seed + 1000``, not on the
@@ -60,8 +63,9 @@ class Row:
 
     Attributes:
         key: the row's short name (``--rows``), the experiment's number in the paper.
-        title: what the row is, for the table.
-        config: the run (seed, steps and output directory are set per run).
+        title: what the row is, for the table (its initialisation added by :meth:`label`).
+        config: the LSTM's run (seed, steps and output directory are set per run; a control cell
+            takes the settings its family takes, :func:`gatedrnn.train.settings_for`).
         quick_steps: optimiser steps per run in ``--quick``.
         paper_success: the paper's fraction of successful trials, as printed there ("" if not given).
         paper_sequences: the paper's mean number of training sequences until its stopping criterion.
@@ -81,6 +85,14 @@ class Row:
     def full_steps(self) -> int:
         """Three times the paper's mean number of training sequences, in steps of our batch."""
         return math.ceil(3 * self.paper_sequences / self.config.batch)
+
+    def label(self, lstm_init: str) -> str:
+        """The title of a run of the row whose config has ``lstm_init``: the row's initialisation
+        named where it is not the default; a run without the row's (a control whose family has no
+        forget gate to keep its memory, which ``lstm_init`` does not act on) keeps torch.nn's."""
+        if lstm_init != self.config.lstm_init:
+            return f"{self.title}, control: torch.nn's init"
+        return self.title + INIT_NAMES[lstm_init]
 
 
 def _lstm(
@@ -135,7 +147,7 @@ HOCHREITER_1997: tuple[Row, ...] = (
     ),
     Row(
         "2c-1000",
-        "no local regularities, q = p = 1000 (tab. 3), chrono init",
+        "no local regularities, q = p = 1000 (tab. 3)",
         # a test batch of 1024 one-hot sequences of 1000 steps over 1004 symbols would take 4 GB
         _lstm("lag-2c", 1000, 32, 1e-2, eval_every=250, lstm_init="chrono", test_batch=128),
         quick_steps=3000,
@@ -163,7 +175,7 @@ HOCHREITER_1997: tuple[Row, ...] = (
     ),
     Row(
         "4-500",
-        "adding, T = 500 (tab. 7), chrono init",
+        "adding, T = 500 (tab. 7)",
         _lstm("adding", 500, 64, 1e-2, eval_every=250, lstm_init="chrono"),
         quick_steps=3000,
         paper_success="",
@@ -173,7 +185,7 @@ HOCHREITER_1997: tuple[Row, ...] = (
     ),
     Row(
         "4-1000",
-        "adding, T = 1000 (tab. 7), chrono init",
+        "adding, T = 1000 (tab. 7)",
         _lstm("adding", 1000, 64, 1e-2, eval_every=250, lstm_init="chrono"),
         quick_steps=3000,
         paper_success="",
@@ -478,13 +490,13 @@ def markdown_table(results: list[RowResult], budget: str, variant: str = "vanill
         "|---|---|" + ("---|" if by_cell else "") + "---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        row, config = r.row, r.summaries[0]
+        row, first = r.row, r.summaries[0]
         rate, sequences, wrong, seconds = r.cells()
         cell = f"{r.cell} | " if by_cell else ""
         lines.append(
-            f"| {row.key} | {row.title} | {cell}{row.paper_success or '-'} | {row.paper_sequences:,} | "
-            f"{row.paper_errors or '-'} | {rate} | {sequences} | {wrong} | "
-            f"{config['budget_steps'] * config['batch']:,} | {seconds} |"
+            f"| {row.key} | {row.label(first['config']['lstm_init'])} | {cell}{row.paper_success or '-'} | "
+            f"{row.paper_sequences:,} | {row.paper_errors or '-'} | {rate} | {sequences} | {wrong} | "
+            f"{first['budget_steps'] * first['batch']:,} | {seconds} |"
         )
     lines += ["", "Rerun a row (seed 0; `--seed S` for the others):", ""]
     lines += [
@@ -547,7 +559,7 @@ def reproduce(
             seed,
             run_dir(row, cell, seed),
             cell=cell,
-            **settings_for(cell, variant),
+            **settings_for(cell, variant, lstm_init=row.config.lstm_init),
         )
         for row, cell, seed in runs
     ]

@@ -59,6 +59,13 @@ LSTM_INITS: dict[str, dict[str, float]] = {"long-lag": {"f": 3.0, "i": -3.0}, "t
 """Gate biases each ``lstm_init`` sets (where the family has the gate), see :class:`TrainConfig`;
 ``"chrono"`` draws its biases per unit instead (:func:`chrono_biases`)."""
 
+DEFAULT_LSTM_INIT = "long-lag"
+""":class:`TrainConfig`'s ``lstm_init`` when none is chosen."""
+
+OWN_INIT = "torch"
+"""The ``lstm_init`` that leaves the layer's own initialisation: what every family whose retention
+gate is not ``f`` gets, so the one value besides the default that such a family is given."""
+
 RESUMABLE_CHANGES = {
     "steps",
     "resume",
@@ -101,7 +108,10 @@ class TrainConfig:
             task's length T, and b_i = -b_f, so that the units' initial forgetting times
             1 / (1 - f) ~ u spread evenly over the lags the task asks for; with +3 (f = 0.95) a
             mark fades as 0.95^T, to 7e-12 over 500 steps (see :func:`chrono_biases`).
-            ``"torch"``: the layer's own initialisation. Other families keep their own.
+            ``"torch"``: the layer's own initialisation. A family whose retention gate is not ``f``
+            (GRU, RNN, minGRU, minLSTM) keeps its own initialisation: it takes the default or
+            ``"torch"`` (:meth:`validate` refuses ``"chrono"`` for it, ``gatedrnn train`` any other
+            ``--lstm-init`` given, and :func:`settings_for` gives it the default).
         family_options: the family's other options by name (its ``option_defaults``; ``--family-opt
             KEY=VALUE``), e.g. ``{"layer_norm": True}``.
         hidden, layers, embedding_dim: model sizes (embedding only for token tasks).
@@ -128,7 +138,7 @@ class TrainConfig:
     variant: str = "vanilla"
     forget_bias: float | None = None
     input_bias: float | None = None
-    lstm_init: str = "long-lag"
+    lstm_init: str = DEFAULT_LSTM_INIT
     family_options: dict[str, Any] = field(default_factory=dict)
     hidden: int = 64
     layers: int = 1
@@ -182,7 +192,13 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         problem = family_settings_problem(  # at the run's width, once it is known to be one
-            self.cell, self.variant, self.forget_bias, self.input_bias, self.family_options, self.hidden
+            self.cell,
+            self.variant,
+            self.forget_bias,
+            self.input_bias,
+            self.family_options,
+            self.hidden,
+            None if self.lstm_init == DEFAULT_LSTM_INIT else self.lstm_init,  # the default: not chosen
         )
         if problem:
             raise ConfigError(problem)
@@ -268,12 +284,15 @@ def family_settings_problem(
     input_bias: float | None = None,
     family_options: dict[str, Any] | None = None,
     hidden: int = 1,
+    lstm_init: str | None = None,
 ) -> str | None:
     """Why the registered family ``cell`` cannot take these settings, as one line naming the flag
     (the first problem), or None. What decides is what the family takes, never its name: a
     ``variant`` option, the options of its ``option_defaults`` (``family_options``), the gates
     ``f`` and ``i`` of its configuration (an LSTM variant may lack one), configured with ``hidden``
-    units (an option may constrain them: the sLSTM's heads divide them)."""
+    units (an option may constrain them: the sLSTM's heads divide them), and its retention gate:
+    an ``lstm_init`` chosen (None: none) other than :data:`OWN_INIT` needs a family whose memory a
+    forget gate ``f`` keeps, since no other family's initialisation changes with it."""
     family_options = family_options or {}
     cls = family_class(cell)
     if variant != "vanilla" and "variant" not in cls.option_defaults:
@@ -294,7 +313,31 @@ def family_settings_problem(
     for (flag, gate), value in zip(GATE_FLAGS, (forget_bias, input_bias)):
         if value is not None and gate not in family.gates:
             return f"{flag} needs the {gate!r} gate, but {what} has none (its gates: {', '.join(family.gates)})"
+    if lstm_init not in (None, OWN_INIT) and family.retention_gate != "f":
+        kept = (
+            f"its retention gate is {family.retention_gate!r}" if family.retention_gate else "it has no retention gate"
+        )
+        return (
+            f"--lstm-init {lstm_init} initialises a family whose memory a forget gate 'f' keeps "
+            f"({', '.join(forget_gate_families()) or 'none'}), but {what} is not one ({kept}): leave "
+            f"--lstm-init out (or give {OWN_INIT}), and the family keeps its own initialisation"
+        )
     return None
+
+
+def forget_gate_families() -> list[str]:
+    """The registered families whose retention gate is a forget gate ``f`` (the LSTM, the sLSTM):
+    those that ``lstm_init`` initialises."""
+    return [name for name in registered_families() if family_class(name).retention_gate == "f"]
+
+
+def lstm_init_for(cell: str, lstm_init: str) -> str:
+    """``lstm_init`` for a run of the family ``cell``: itself for a family whose retention gate is a
+    forget gate ``f``, else :data:`DEFAULT_LSTM_INIT` (such a family keeps its own initialisation
+    whatever the value); itself too for a cell not registered (:meth:`TrainConfig.validate` names it)."""
+    if cell not in registered_families() or family_class(cell).retention_gate == "f":
+        return lstm_init
+    return DEFAULT_LSTM_INIT
 
 
 def settings_for(
@@ -304,11 +347,12 @@ def settings_for(
     input_bias: float | None = None,
     family_options: dict[str, Any] | None = None,
     hidden: int = 1,
+    lstm_init: str = DEFAULT_LSTM_INIT,
 ) -> dict[str, Any]:
     """Of these settings, those the registered family ``cell`` takes (see
-    :func:`family_settings_problem`), the others at their unset values: what ``compare`` gives
-    each of its cells. Returns the TrainConfig fields variant, forget_bias, input_bias,
-    family_options."""
+    :func:`family_settings_problem`), the others at their unset values (``lstm_init``: its
+    default, :func:`lstm_init_for`): what ``compare`` and ``reproduce`` give each of their cells.
+    Returns the TrainConfig fields variant, forget_bias, input_bias, family_options, lstm_init."""
     cls = family_class(cell)
     variant = variant if "variant" in cls.option_defaults else "vanilla"
     options = {k: v for k, v in (family_options or {}).items() if k in cls.option_defaults and k != "variant"}
@@ -321,6 +365,7 @@ def settings_for(
         "family_options": options,
         "forget_bias": forget_bias if "f" in gates else None,
         "input_bias": input_bias if "i" in gates else None,
+        "lstm_init": lstm_init_for(cell, lstm_init),
     }
 
 
@@ -725,6 +770,8 @@ def _restore(
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     mine = config.to_dict()
+    if isinstance(saved.get("lstm_init"), str):  # a value the run's family ignores is no difference
+        saved["lstm_init"] = lstm_init_for(config.cell, saved["lstm_init"])
     changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k))
     if changed:
         diffs = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {mine.get(k)!r}" for k in changed)
