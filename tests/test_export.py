@@ -4,6 +4,9 @@ states; the refused inputs; int8 quantization; ``gatedrnn export``."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import onnx
 import pytest
 import torch
@@ -11,11 +14,12 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
-from catalogue import family_configurations
+from catalogue import LAYER_SHAPES, family_configurations
 from gatedrnn import saved
 from gatedrnn.cells import family_class, registered_families
 from gatedrnn.cli import main
 from gatedrnn.export import (
+    INSTALL,
     ExportCheckError,
     check_onnx,
     export_onnx,
@@ -102,6 +106,40 @@ def test_every_configuration_runs_in_onnxruntime_on_other_sizes(family, configur
     with torch.no_grad():
         expected = torch.utils._pytree.tree_leaves(model(*inputs))
     _assert_close(run_onnx(session(path), inputs), expected)
+
+
+def _export_forms(family: str) -> list[dict]:
+    """The family's first catalogue configuration of each export form: an ONNX operator, a loop."""
+    options = [o for name, o in family_configurations(hidden_size=HIDDEN) if name == family]
+    native = [o for o in options if family_class(family)(HIDDEN, **o).kernel("onnx") is not None]
+    loop = [o for o in options if family_class(family)(HIDDEN, **o).kernel("onnx") is None]
+    return native[:1] + loop[:1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", registered_families())
+def test_initial_states_of_one_layer_and_of_stacked_bidirectional_layers(family, tmp_path):
+    """Streaming: each export form of the family, one layer one way and two layers both ways, from
+    given initial states. The graph's states are (L*D, batch, size) with L*D fixed and the batch the
+    input's; export_onnx's own check runs the graph on grown batch and length, and so does the test."""
+    configurations = [{**options, **shape} for options in _export_forms(family) for shape in LAYER_SHAPES.values()]
+    model = Catalogue(family, configurations).eval()
+    path = tmp_path / f"{family}.onnx"
+    export_onnx(model, model.inputs(*EXAMPLE, seed=0), path)  # checked on other sizes
+    sess = session(path)
+    x, *states = sess.get_inputs()
+    length, batch, _ = x.shape
+    assert isinstance(length, str) and isinstance(batch, str) and length != batch
+    shapes = [
+        (layer.num_layers * layer.num_directions, batch, size)
+        for layer in model.layers
+        for size in layer.cell_config.state_sizes
+    ]
+    assert [tuple(state.shape) for state in states] == shapes
+    inputs = model.inputs(*OTHER, seed=1)
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(model(*inputs))
+    _assert_close(run_onnx(sess, inputs), expected)
 
 
 STACKED = [
@@ -237,10 +275,28 @@ def test_int8_weights_keep_the_results_close(options, quantized_op, tmp_path):
     assert (torch.from_numpy(got) - expected).abs().max() < 0.05
 
 
-def test_cli_exports_a_shipped_model_and_its_int8_form(tmp_path, capsys):
-    out, int8 = tmp_path / "gru.onnx", tmp_path / "gru-int8.onnx"
-    assert main(["export", "--shipped", "gru", "--out", str(out), "--int8", str(int8)]) == 0
-    assert f"wrote {out}" in capsys.readouterr().out
+def test_export_onnx_prints_nothing_and_returns_nothing(tmp_path, capsys):
+    """A library call is silent on success; it returns None, which an interactive session does not
+    echo (an ONNXProgram prints its whole graph)."""
+    gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    assert export_onnx(gru, torch.randn(*EXAMPLE, INPUT), tmp_path / "gru.onnx") is None  # and checked
+    quantize_int8(tmp_path / "gru.onnx", tmp_path / "gru-int8.onnx")
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_cli_exports_a_shipped_model_and_its_int8_form(tmp_path):
+    """In a process of its own (the exporter's and onnxruntime's messages come once per process): the
+    output is the command's own lines, nothing on stderr, the folders of both files created."""
+    out, int8 = tmp_path / "new" / "gru.onnx", tmp_path / "other" / "gru-int8.onnx"
+    command = [sys.executable, "-m", "gatedrnn", "export", "--shipped", "gru", "--out", str(out), "--int8", str(int8)]
+    ran = subprocess.run(command, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == [
+        f"wrote {out} (checked in onnxruntime against PyTorch on other batch sizes and lengths)",
+        f"wrote {int8} (int8 weights)",
+    ]
+    assert ran.stderr == ""
     assert "GRU" in _op_types(out) and "MatMulInteger" in _op_types(int8)
     shipped = saved.read(shipped_path("gru"))
     model = saved.rebuild(shipped.meta, shipped.tensors).eval()
@@ -253,3 +309,53 @@ def test_cli_exports_a_shipped_model_and_its_int8_form(tmp_path, capsys):
 def test_cli_export_needs_one_model(tmp_path, capsys):
     assert main(["export", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "give either MODEL" in capsys.readouterr().err
+
+
+def _without_onnxruntime():
+    raise ImportError("No module named 'onnxruntime'")
+
+
+def test_cli_int8_without_onnxruntime_fails_before_writing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gatedrnn.export, "_onnxruntime", _without_onnxruntime)
+    out, int8 = tmp_path / "gru.onnx", tmp_path / "gru-int8.onnx"
+    assert main(["export", "--shipped", "gru", "--out", str(out), "--int8", str(int8)]) == 2
+    error = capsys.readouterr().err
+    assert "onnx, onnxscript and onnxruntime must be installed (No module named 'onnxruntime')" in error
+    assert INSTALL in error and INSTALL == 'pip install "gatedrnn[onnx]"'
+    assert not out.exists() and not int8.exists()
+
+
+def test_cli_without_onnxruntime_exports_and_says_it_did_not_check(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gatedrnn.export, "_onnxruntime", _without_onnxruntime)
+    monkeypatch.setattr(gatedrnn.export, "check_onnx", lambda *args: pytest.fail("checked without onnxruntime"))
+    out = tmp_path / "gru.onnx"
+    assert main(["export", "--shipped", "gru", "--out", str(out)]) == 0
+    expected = f"wrote {out} (not checked against PyTorch: onnxruntime is not installed; {INSTALL})"
+    assert capsys.readouterr().out.splitlines() == [expected]
+    assert "GRU" in _op_types(out)
+
+
+def test_cli_no_check_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(gatedrnn.export, "check_onnx", lambda *args: pytest.fail("checked with --no-check"))
+    out = tmp_path / "gru.onnx"
+    assert main(["export", "--shipped", "gru", "--out", str(out), "--no-check"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"wrote {out} (not checked against PyTorch: --no-check)"]
+
+
+def test_the_library_names_the_extra_before_any_work(tmp_path, monkeypatch):
+    def without_onnxscript():
+        raise ImportError("No module named 'onnxscript'")
+
+    monkeypatch.setattr(gatedrnn.export, "_exporter_packages", without_onnxscript)
+    gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    with pytest.raises(
+        ImportError, match=r"onnx and onnxscript must be installed \(No module named 'onnxscript'\)"
+    ) as e:
+        export_onnx(gru, torch.randn(*EXAMPLE, INPUT), tmp_path / "gru.onnx")
+    assert str(e.value).endswith(INSTALL) and not (tmp_path / "gru.onnx").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(gatedrnn.export, "_onnxruntime", _without_onnxruntime)
+    for call in (lambda: session(tmp_path / "gru.onnx"), lambda: quantize_int8(tmp_path / "a", tmp_path / "b")):
+        with pytest.raises(ImportError, match=r"onnxruntime must be installed \(No module named 'onnxruntime'\)") as e:
+            call()
+        assert str(e.value).endswith(INSTALL)

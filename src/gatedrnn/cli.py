@@ -578,19 +578,30 @@ def run_export(args: argparse.Namespace) -> int:
     its checkpoint-N.safetensors, or an exported .safetensors with its .json (--shipped CELL: the
     character model shipped with gatedrnn). The graph takes the model's input batch first (token
     ids (B, T) for a character model) and returns its output and final states. --int8 PATH also
-    writes the file with int8 weights (onnxruntime's dynamic quantization)."""
-    from .export import example_input, export_onnx, quantize_int8
+    writes the file with int8 weights (onnxruntime's dynamic quantization). Needs onnx, onnxscript
+    and onnxruntime: pip install "gatedrnn[onnx]" (without onnxruntime, no --int8 and no check).
+    The folders of --out and --int8 are created."""
+    from .export import INSTALL, example_input, export_onnx, has_onnxruntime, quantize_int8, require_onnx
 
+    try:
+        require_onnx(runtime=args.int8 is not None)
+    except ImportError as e:
+        raise UsageError(f"gatedrnn export{' --int8' if args.int8 is not None else ''}: {e}") from None
     model_file = saved.read(_model_path(args))
     model = saved.rebuild(model_file.meta, model_file.tensors).eval()
-    try:
-        export_onnx(model, example_input(model), args.out, native=not args.loop, check=not args.no_check)
-        print(f"wrote {args.out}")
-        if args.int8 is not None:
-            quantize_int8(args.out, args.int8)
-            print(f"wrote {args.int8} (int8 weights)")
-    except ImportError as e:
-        raise UsageError(str(e)) from None
+    check = not args.no_check and has_onnxruntime()
+    for path in (args.out, args.int8):
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, example_input(model), args.out, native=not args.loop, check=check)
+    if check:
+        print(f"wrote {args.out} (checked in onnxruntime against PyTorch on other batch sizes and lengths)")
+    else:
+        why = "--no-check" if args.no_check else f"onnxruntime is not installed; {INSTALL}"
+        print(f"wrote {args.out} (not checked against PyTorch: {why})")
+    if args.int8 is not None:
+        quantize_int8(args.out, args.int8)
+        print(f"wrote {args.int8} (int8 weights)")
     return 0
 
 

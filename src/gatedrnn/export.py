@@ -1,10 +1,11 @@
 """Deployment: ONNX export of every family and variant, and int8 inference on the CPU.
 
 :func:`export_onnx` writes a model holding gatedrnn layers (a layer itself, or any module around
-them) to an ONNX file with the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), every input
-dimension dynamic, and checks the file in onnxruntime on other batch sizes and lengths when
-onnxruntime is installed. Each :class:`~gatedrnn.Recurrent` layer is exported in one of two forms,
-chosen per layer by its family's ``kernels()["onnx"]``:
+them) to an ONNX file with the dynamo exporter (``torch.onnx.export(..., dynamo=True)``), the batch
+and the length dynamic (initial states included: their L*D is fixed, their batch the input's), and
+checks the file in onnxruntime on other batch sizes and lengths when onnxruntime is installed. Each
+:class:`~gatedrnn.Recurrent` layer is exported in one of two forms, chosen per layer by its family's
+``kernels()["onnx"]``:
 
 - ONNX's own operator where one computes the cell (onnxruntime runs these fast, and has int8 kernels
   for LSTM): ``LSTM`` (the plain cell, ONNX gate order i, o, f, c), ``LSTM`` with its peephole input
@@ -28,6 +29,9 @@ zoneout is its expectation), and a ``reset=`` (the graph has no input for it: st
 with zero states in a call of its own). The LSTM ``fgr`` variant's loop carries and returns its
 third state, the previous step's gates, as any other state.
 
+The export needs onnx and onnxscript, the check and int8 onnxruntime too: ``pip install
+"gatedrnn[onnx]"`` installs the three (:func:`require_onnx` says which is missing).
+
 int8: :func:`quantize_int8` applies onnxruntime's dynamic quantization to an exported file: weights
 of matrix products (``MatMul``, ``Gemm``) and of the ``LSTM`` operator stored as int8, activations
 quantized per call. onnxruntime has int8 kernels for its LSTM operator only: a ``GRU`` or ``RNN``
@@ -38,9 +42,12 @@ recurrence are quantized.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,7 +71,9 @@ __all__ = [
     "OnnxOperator",
     "export_onnx",
     "exportable",
+    "has_onnxruntime",
     "quantize_int8",
+    "require_onnx",
 ]
 
 
@@ -234,7 +243,10 @@ def scan_layer(
         new, _ = layer_step(cfg, x_proj_t, carry, step_weights, noise)
         return new, new[0].clone()
 
-    carry, output = scan(combine, cfg.initial_carry(states), x_proj, reverse=reverse)
+    # the carry starts from copies: a state that is a view of a graph input (a static L*D of 1 makes
+    # the layer's slice of it the input itself) would alias the scan's input, which it refuses
+    initial = tuple(c.clone() for c in cfg.initial_carry(states))
+    carry, output = scan(combine, initial, x_proj, reverse=reverse)
     return output, tuple(carry[: len(cfg.states)])
 
 
@@ -356,10 +368,14 @@ def _as_args(example_input) -> tuple:
 
 
 def _dynamic_shapes(args: tuple) -> tuple:
-    """Every dimension of every tensor argument dynamic where the model allows (``Dim.AUTO``)."""
+    """Every dimension of every tensor argument dynamic where the model allows (``Dim.AUTO``), except
+    those of size 1, which are static: a size-1 example cannot stand for other sizes (it is the L*D of a
+    one-layer, one-direction state; a batch or a length is traced with a size above 1)."""
 
     def dims(value):
-        return {i: torch.export.Dim.AUTO for i in range(value.dim())} if isinstance(value, Tensor) else None
+        if not isinstance(value, Tensor):
+            return None
+        return {i: torch.export.Dim.STATIC if n == 1 else torch.export.Dim.AUTO for i, n in enumerate(value.shape)}
 
     return tuple(pytree.tree_map(dims, a, is_leaf=lambda v: v is None) for a in args)
 
@@ -372,33 +388,41 @@ def export_onnx(
     native: bool = True,
     check: bool = True,
     opset_version: int | None = None,
-):
-    """Export ``model`` to the ONNX file ``path``, every input dimension dynamic (batch and length).
+) -> None:
+    """Export ``model`` to the ONNX file ``path``, every input dimension the model allows dynamic (the
+    batch and the length; a state's L*D and the feature sizes are fixed numbers in the graph).
+
+    Needs onnx and onnxscript, and onnxruntime for the check: ``pip install "gatedrnn[onnx]"`` (an
+    ImportError saying so before any work otherwise). Prints nothing: the file is the result.
 
     Args:
         model: a gatedrnn layer or any module holding them; put it in ``eval()`` mode first.
-        example_input: the input, or a tuple of the arguments, to trace with (sizes above 1 and
-            different from one another, so that no dimension is mistaken for a fixed one).
+        example_input: the input, or a tuple of the arguments (the input and initial states, for
+            instance), to trace with. A dimension of size 1 stays fixed (a one-layer, one-direction
+            state's L*D); give the batch and the length sizes above 1 and different from one
+            another, so that no dimension is mistaken for a fixed one.
         path: where to write the ``.onnx`` file.
         native: export the cells ONNX computes as its ``LSTM``/``GRU``/``RNN`` operators (else every
             layer is a loop; see the module docstring).
         check: with onnxruntime installed, run the file on the example and on inputs whose dynamic
             dimensions are grown (other lengths and batch sizes) and compare with the model's own
             results; :class:`ExportCheckError` if they differ by more than 1e-5 + 1e-4 * ``|value|``.
+            Without onnxruntime the check is skipped (``has_onnxruntime()`` tells).
         opset_version: the ONNX opset (default: the exporter's).
 
-    Returns:
-        The ``torch.onnx.ONNXProgram``.
+    Returns None (an ``ONNXProgram`` would print its whole graph in an interactive session): for the
+    program itself, call ``torch.onnx.export(exportable(model), ...)`` as the module docstring says.
 
     Example (two GRU layers, each ONNX's GRU operator; a layer-norm GRU would be a Scan loop)::
 
         >>> import os, tempfile, onnx, torch, gatedrnn
         >>> gru = gatedrnn.GRU(8, 16, num_layers=2).eval()
         >>> path = os.path.join(tempfile.mkdtemp(), "gru.onnx")
-        >>> program = gatedrnn.export_onnx(gru, torch.randn(5, 3, 8), path)  # checked on other sizes
+        >>> gatedrnn.export_onnx(gru, torch.randn(5, 3, 8), path)  # checked on other sizes
         >>> [node.op_type for node in onnx.load(path).graph.node if node.op_type in ("GRU", "Scan")]
         ['GRU', 'GRU']
     """
+    require_onnx()
     args = _as_args(example_input)
     if any(isinstance(a, PackedSequence) for a in pytree.tree_leaves(args, is_leaf=_is_packed)):
         raise TypeError("export_onnx: expected padded input tensors, got a PackedSequence (export the padded batch)")
@@ -406,20 +430,20 @@ def export_onnx(
         if isinstance(layer, Recurrent):
             check_exportable(layer)
     ready = exportable(model, native)
-    program = torch.onnx.export(
-        ready,
-        args,
-        dynamo=True,
-        dynamic_shapes=_dynamic_shapes(args),
-        custom_translation_table=ONNX_TRANSLATIONS if native else None,
-        opset_version=opset_version,
-        verbose=False,
-    )
-    _fix_static_dimensions(program)
-    program.save(str(path))
-    if check and _onnxruntime() is not None:
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            ready,
+            args,
+            dynamo=True,
+            dynamic_shapes=_dynamic_shapes(args),
+            custom_translation_table=ONNX_TRANSLATIONS if native else None,
+            opset_version=opset_version,
+            verbose=False,
+        )
+        _fix_static_dimensions(program)
+        program.save(str(path))
+    if check and has_onnxruntime():
         check_onnx(model, args, path)
-    return program
 
 
 def _fix_static_dimensions(program) -> None:
@@ -434,20 +458,94 @@ def _fix_static_dimensions(program) -> None:
             value.shape = Shape([fixed.get(str(d), d) for d in value.shape])
 
 
+# ----- what an export needs, and the messages that are not the caller's business -------------------------
+
+INSTALL = 'pip install "gatedrnn[onnx]"'
+"""The command that installs what an export needs: onnx, onnxscript and onnxruntime."""
+
+
+def _exporter_packages() -> None:
+    """Import what torch's dynamo exporter needs (an ImportError where one is missing)."""
+    import onnx  # noqa: F401
+    import onnxscript  # noqa: F401
+
+
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        return None
+    """The onnxruntime module (an ImportError where it is not installed)."""
+    import onnxruntime
+
     return onnxruntime
 
 
+def require_onnx(*, runtime: bool = False) -> None:
+    """Raise an ImportError naming :data:`INSTALL` unless the exporter's packages (onnx, onnxscript)
+    and, with ``runtime`` (a session, int8 quantization), onnxruntime are importable."""
+    for load in (_exporter_packages, _onnxruntime) if runtime else (_exporter_packages,):
+        try:
+            load()
+        except ImportError as e:
+            needs = "onnx, onnxscript and onnxruntime" if runtime else "onnx and onnxscript"
+            raise ImportError(f"{needs} must be installed ({e}): {INSTALL}") from None
+
+
+def has_onnxruntime() -> bool:
+    """Whether onnxruntime is installed (:func:`export_onnx` checks its file only then)."""
+    try:
+        _onnxruntime()
+    except ImportError:
+        return False
+    return True
+
+
+class _DropMessages(logging.Filter):
+    """A logging filter that drops the records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _filtered_logger(name: str, *prefixes: str):
+    """Within the block, the logger ``name`` (``""``: the root) drops the messages starting with one of
+    ``prefixes``. A root logger without handlers gets a stderr handler meanwhile, so that a module-level
+    ``logging.warning`` does not configure it (``basicConfig``) for good."""
+    logger = logging.getLogger(name)
+    drop = _DropMessages(*prefixes)
+    stand_in = logging.StreamHandler() if logger is logging.getLogger() and not logger.handlers else None
+    logger.addFilter(drop)
+    if stand_in is not None:
+        logger.addHandler(stand_in)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+        if stand_in is not None:
+            logger.removeHandler(stand_in)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx.export without its notes on the torchvision operators it skips (torchvision absent)
+    and the deprecation warning that torch's own pytree code raises inside it."""
+    with (
+        _filtered_logger("torch.onnx._internal.exporter._registration", "torchvision is not installed"),
+        warnings.catch_warnings(),
+    ):
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+        yield
+
+
 def session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session for the file ``path`` (``threads``: intra-op threads)."""
+    """An onnxruntime CPU session for the file ``path`` (``threads``: intra-op threads), which logs
+    errors only."""
+    require_onnx(runtime=True)
     ort = _onnxruntime()
-    if ort is None:
-        raise ImportError("onnxruntime is not installed: pip install onnxruntime")
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors: not onnxruntime's notes on how it optimised the graph
     if threads is not None:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -461,9 +559,10 @@ def run_onnx(sess, args: Sequence) -> list:
 
 
 def grown_inputs(sess, args: tuple) -> tuple:
-    """``args`` with each dimension the graph left symbolic grown, by 1 for the first symbol, 2 for
-    the second and so on (the same for every input that shares it), repeating the input's own values
-    (so token ids stay valid)."""
+    """``args`` with each dimension the graph left symbolic (the batch and the length: the graph's
+    fixed sizes, a state's L*D among them, are numbers) grown, by 1 for the first symbol, 2 for the
+    second and so on (the same for every input that shares it), repeating the input's own values (so
+    token ids stay valid)."""
     leaves, spec = pytree.tree_flatten(args)
     tensors = [i for i, v in enumerate(leaves) if isinstance(v, Tensor)]
     symbols: dict[str, int] = {}
@@ -518,9 +617,11 @@ def example_input(model: nn.Module, batch: int = 2, length: int = 7) -> Tensor:
 
 def quantize_int8(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Write to ``target`` the ONNX file ``source`` with int8 weights (onnxruntime's dynamic
-    quantization, signed int8 weights): what it quantizes is in the module docstring."""
-    if _onnxruntime() is None:
-        raise ImportError("onnxruntime is not installed: pip install onnxruntime")
+    quantization, signed int8 weights): what it quantizes is in the module docstring. Needs
+    onnxruntime (:data:`INSTALL`); prints nothing."""
+    require_onnx(runtime=True)
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    # its advice to pre-process the model (shape inference for static-shape models) does not apply here
+    with _filtered_logger("", "Please consider to run pre-processing", "Please consider pre-processing"):
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
