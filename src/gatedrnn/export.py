@@ -388,7 +388,7 @@ def export_onnx(
     native: bool = True,
     check: bool = True,
     opset_version: int | None = None,
-) -> None:
+) -> torch.onnx.ONNXProgram:
     """Export ``model`` to the ONNX file ``path``, every input dimension the model allows dynamic (the
     batch and the length; a state's L*D and the feature sizes are fixed numbers in the graph).
 
@@ -410,15 +410,15 @@ def export_onnx(
             Without onnxruntime the check is skipped (``has_onnxruntime()`` tells).
         opset_version: the ONNX opset (default: the exporter's).
 
-    Returns None (an ``ONNXProgram`` would print its whole graph in an interactive session): for the
-    program itself, call ``torch.onnx.export(exportable(model), ...)`` as the module docstring says.
+    Returns:
+        The ``torch.onnx.ONNXProgram`` written to ``path``.
 
     Example (two GRU layers, each ONNX's GRU operator; a layer-norm GRU would be a Scan loop)::
 
         >>> import os, tempfile, onnx, torch, gatedrnn
         >>> gru = gatedrnn.GRU(8, 16, num_layers=2).eval()
         >>> path = os.path.join(tempfile.mkdtemp(), "gru.onnx")
-        >>> gatedrnn.export_onnx(gru, torch.randn(5, 3, 8), path)  # checked on other sizes
+        >>> program = gatedrnn.export_onnx(gru, torch.randn(5, 3, 8), path)  # checked on other sizes
         >>> [node.op_type for node in onnx.load(path).graph.node if node.op_type in ("GRU", "Scan")]
         ['GRU', 'GRU']
     """
@@ -444,6 +444,7 @@ def export_onnx(
         program.save(str(path))
     if check and has_onnxruntime():
         check_onnx(model, args, path)
+    return program
 
 
 def _fix_static_dimensions(program) -> None:
