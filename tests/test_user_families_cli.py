@@ -10,6 +10,7 @@ The family is the minimal gated unit (Zhou et al. 2016), written to a file as a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 import gatedrnn
 from gatedrnn import checkpoint, saved
-from gatedrnn.cli import main
+from gatedrnn.cli import build_parser, main
 
 MGU_SOURCE = '''
 import torch
@@ -332,6 +333,28 @@ def test_a_fresh_process_names_the_missing_family_and_rebuilds_it_from_the_named
     ):
         assert error_line(capsys, argv).startswith(expected)
     assert main(["evaluate", str(run), "--family-module", str(family_file)]) == 0
+
+
+def test_each_command_s_help_says_what_its_family_module_is_for():
+    """--cell (train) and --cells (compare) name the families a module registers; evaluate, export,
+    gates and sample, which have no --cell for them, take the module of the saved model's family,
+    which a file's family needs (a run never executes the file it names, as the test above shows)."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def help_of(command: str) -> str:
+        return next(a.help for a in commands[command]._actions if "--family-module" in a.option_strings)
+
+    assert "can be named by --cell; with --resume, the one that registers the run's family" in help_of("train")
+    assert help_of("compare").endswith("gatedrnn.register_family can be named by --cells")
+    for command, whose in [("evaluate", "the saved model's"), ("export", "the saved model's")] + [
+        (c, "the cell family of --model") for c in ("gates", "sample")
+    ]:
+        text = help_of(command)
+        assert f"the one that registers {whose}" in text and "--cell " not in text and "--cell;" not in text
+    for command in ("train", "evaluate", "export", "gates", "sample"):
+        assert "a family defined in a file, which a saved run names but never executes" in help_of(command)
+    gates = commands["gates"].description
+    assert "one defined in a file is not" in gates and "give that file with --family-module" in gates
 
 
 def test_an_unregistered_cell_or_a_broken_module_is_one_error_line(tmp_path, capsys):

@@ -12,9 +12,12 @@ rest (unknown task option, non-positive size, an ``--out`` that is a file, ...).
 Cell families: ``--cell`` (``--cells``) names any registered family. ``--family-module PATH_OR_MODULE``
 (repeatable, on every command that builds or loads a model) imports a Python file or module before
 the arguments are parsed, so the families it registers (:func:`gatedrnn.register_family`) can be
-named; ``--family-opt KEY=VALUE`` sets a family option (its ``option_defaults``), the value a Python
-literal (a bare word is a string). A saved run records where its family came from and is rebuilt
-from there (:func:`gatedrnn.models.require_family`).
+named by ``train``'s ``--cell`` and ``compare``'s ``--cells``, and rebuild a saved model of theirs;
+``--family-opt KEY=VALUE`` sets a family option (its ``option_defaults``), the value a Python
+literal (a bare word is a string). A saved run records where its family came from: a family of an
+installed module is imported from there, one defined in a file is not (a run never executes a file
+it names), so ``evaluate``, ``export``, ``gates``/``sample --model`` and ``train --resume`` take its
+``--family-module`` again (:func:`gatedrnn.models.require_family`).
 """
 
 from __future__ import annotations
@@ -165,15 +168,26 @@ def _family_name(text: str) -> str:
     return text
 
 
-def add_family_module_option(p: argparse.ArgumentParser) -> None:
-    """``--family-module PATH_OR_MODULE`` on a command's parser (:func:`main` imports them first)."""
+REBUILT_FAMILY = (
+    "needed for a family defined in a file, which a saved run names but never executes; a family of an "
+    "installed module is imported from the module the run records"
+)
+"""How a saved run's family is found again (:func:`gatedrnn.models.require_family`), for the help."""
+
+SAVED_FAMILY = f"the one that registers the saved model's cell family, if it is not built in ({REBUILT_FAMILY})"
+"""What ``--family-module`` does on a command that loads a saved model (:func:`add_family_module_option`)."""
+
+
+def add_family_module_option(p: argparse.ArgumentParser, use: str = SAVED_FAMILY) -> None:
+    """``--family-module PATH_OR_MODULE`` on a command's parser (:func:`main` imports them first),
+    its help saying what the modules are for on that command (``use``; default: the family of the
+    saved model it loads)."""
     p.add_argument(
         "--family-module",
         action="append",
         default=[],
         metavar="PATH_OR_MODULE",
-        help="a Python file or module to import first: the cell families it registers with "
-        "gatedrnn.register_family can be named by --cell (repeatable)",
+        help=f"a Python file or module to import first (repeatable): {use}",
     )
 
 
@@ -217,10 +231,11 @@ RUN_FLAGS = (
 """The :class:`TrainConfig` fields the run flags set (``_`` -> ``-``, plus ``--task-opt``, ``--cell``)."""
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    """The flags of ``train`` and ``compare``. None has a parser default: a flag left out takes the
-    base config's value (:func:`config_from_args`), the defaults named in the help, or with
-    ``--resume`` the checkpointed run's."""
+def _add_run_options(p: argparse.ArgumentParser, family_use: str) -> None:
+    """The flags of ``train`` and ``compare`` (``family_use``: what ``--family-module`` is for on
+    the command). None has a parser default: a flag left out takes the base config's value
+    (:func:`config_from_args`), the defaults named in the help, or with ``--resume`` the
+    checkpointed run's."""
     d = DEFAULTS
     p.add_argument("--task", required=True, metavar="NAME", help=f"the experiment: {', '.join(task_names())}")
     p.add_argument(
@@ -276,7 +291,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="an option of the cell family, e.g. --family-opt layer_norm=True (a Python literal; repeatable)",
     )
-    add_family_module_option(p)
+    add_family_module_option(p, family_use)
     p.add_argument(
         "--hidden", type=_positive_int, default=_UNSET, metavar="N", help=f"hidden units (default {d.hidden})"
     )
@@ -614,7 +629,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train one network on one task", description=run_train.__doc__)
-    _add_run_options(p)
+    _add_run_options(
+        p,
+        "the cell families it registers with gatedrnn.register_family can be named by --cell; with "
+        f"--resume, the one that registers the run's family ({REBUILT_FAMILY})",
+    )
     p.add_argument(
         "--cell",
         default=_UNSET,
@@ -644,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train several cells with the same budget and seed, print a table",
         description=run_compare.__doc__,
     )
-    _add_run_options(p)
+    _add_run_options(p, "the cell families it registers with gatedrnn.register_family can be named by --cells")
     p.add_argument(
         "--cells", default="rnn,lstm,gru", help="comma-separated registered cell families (default rnn,lstm,gru)"
     )

@@ -216,8 +216,9 @@ def run_gates(args: argparse.Namespace) -> int:
     write gates.html and gates.png for one model (for ``--cell all``, one of each per shipped model
     in ``--out/<cell>/``) and memory_span.png (the given model, or the six shipped ones side by
     side), print the memory-span summary and where the files are. A model of a user's cell family
-    shows that family's gates and states (its module is imported again from where the run recorded
-    it, or given with --family-module)."""
+    shows that family's gates and states. The family must be found: one of an installed module is
+    imported from the module the run records; one defined in a file is not (a saved run names the
+    file but never executes it): give that file with --family-module."""
     start = time.perf_counter()
     out, probe = Path(args.out), getattr(args, "probe", None)
     window = getattr(args, "span_window", WINDOW)
@@ -309,7 +310,7 @@ def _check_sample_options(length: int, temperature: float) -> None:
 
 def _model_options(p: argparse.ArgumentParser, every: bool = False) -> None:
     """--model or --cell (``every``: --cell also takes ``all``, the six shipped models)."""
-    from ..cli import add_family_module_option
+    from ..cli import REBUILT_FAMILY, add_family_module_option
 
     which = p.add_mutually_exclusive_group()
     which.add_argument(
@@ -325,7 +326,9 @@ def _model_options(p: argparse.ArgumentParser, every: bool = False) -> None:
         help="use the model shipped with gatedrnn for this cell (default: lstm)"
         + (f"; {ALL_CELLS}: a page for each, in --out/<cell>/" if every else ""),
     )
-    add_family_module_option(p)
+    add_family_module_option(
+        p, f"the one that registers the cell family of --model, if it is not built in ({REBUILT_FAMILY})"
+    )
 
 
 def add_subcommands(subparsers) -> None:
