@@ -397,8 +397,13 @@ def test_reset_shape_follows_batch_first_unbatched_and_packed_input():
 def test_backend_torch_refuses_a_reset_and_names_the_backends_that_restart():
     module = gatedrnn.LSTM(I, H, backend="torch")
     x = torch.randn(T, B, I)
-    with pytest.raises(ValueError, match=r"cannot restart sequences inside a call.*'reference', 'cpu', 'triton'"):
+    expected = (
+        "backend='torch' runs torch's kernels, which cannot restart sequences inside a call, got a reset mask "
+        "(reset=...); the layer backends 'reference', 'cpu', 'triton' can (backend='auto' picks one)"
+    )
+    with pytest.raises(ValueError) as refused:
         module(x, reset=reset_mask())
+    assert str(refused.value) == expected
     with pytest.raises(ValueError, match="cannot restart sequences"):
         choose("torch", module.cell_config, x, regularised=False, reset=True)
 

@@ -104,8 +104,8 @@ def choose(
         if reset:
             raise ValueError(
                 "backend='torch' runs torch's kernels, which cannot restart sequences inside a call, got "
-                f"reset=; the layer backends {', '.join(map(repr, LAYER_BACKENDS))} can (backend='auto' "
-                "picks one)"
+                f"a reset mask (reset=...); the layer backends {', '.join(map(repr, LAYER_BACKENDS))} can "
+                "(backend='auto' picks one)"
             )
         return "torch"
     module = load_layer_backend(backend)
