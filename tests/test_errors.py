@@ -152,6 +152,31 @@ def test_gru_and_rnn_cell_errors():
             cell(torch.ones(2, 3, dtype=torch.long), torch.zeros(2, 4))
 
 
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (
+            lambda: gatedrnn.MinGRU(4, 8, mode="x"),
+            "minGRU: expected mode to be one of 'auto', 'parallel', 'sequential', got 'x'",
+        ),
+        (
+            lambda: gatedrnn.Recurrent("minlstm", 4, 8, activation="relu"),
+            "minLSTM: expected activation to be one of 'g', 'identity', got 'relu'",
+        ),
+        (
+            lambda: gatedrnn.Recurrent("gru", 4, 8, foo=1),
+            "GRU: unknown option(s) foo; the family 'gru' takes: layer_norm, reset_after, eps",
+        ),
+    ],
+    ids=["mingru-mode", "minlstm-activation", "gru-option"],
+)
+def test_a_family_s_option_error_names_the_cell_not_its_class(build, message):
+    """The cell as the user names it (minGRU, GRU), never the Python class that implements it."""
+    with pytest.raises((ValueError, TypeError)) as refused:
+        build()
+    assert str(refused.value) == message
+
+
 def test_backend_that_cannot_run_the_config():
     with pytest.raises(ValueError, match="backend='torch' runs only what torch.nn computes.*variant='peephole'"):
         gatedrnn.LSTM(3, 4, variant="peephole", backend="torch")(torch.randn(2, 1, 3))

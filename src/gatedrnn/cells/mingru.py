@@ -119,7 +119,7 @@ class MinimalFamily(CellFamily):
             value = getattr(self, key)
             if value not in allowed:
                 raise ValueError(
-                    f"{type(self).__name__}: expected {key} to be one of {', '.join(map(repr, allowed))}, got {value!r}"
+                    f"{self.title()}: expected {key} to be one of {', '.join(map(repr, allowed))}, got {value!r}"
                 )
 
     @classmethod
