@@ -98,6 +98,26 @@ def test_bad_arguments_exit_2_with_one_line(capsys, argv, expected):
     assert expected in one_error_line(capsys, argv)
 
 
+REQUIRED = {
+    "train": ["--task", "adding"],
+    "compare": ["--task", "adding"],
+    "reproduce": ["hochreiter1997"],
+    "export": ["--out", "model.onnx"],
+    "sample": ["--prompt", "It"],
+}
+"""What each subcommand needs to parse, so that an unknown flag is the one problem."""
+
+
+def test_an_unknown_flag_points_at_its_subcommand_s_help(capsys):
+    """Every subcommand: argparse reports an unknown flag from the top parser; the error names the
+    subcommand and its help, where its flags are listed."""
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(REQUIRED) <= set(commands)
+    for command in commands:
+        line = one_error_line(capsys, [command, *REQUIRED.get(command, []), "--bogus"])
+        assert line == f"error: gatedrnn {command}: unrecognized arguments: --bogus (see gatedrnn {command} --help)"
+
+
 def test_out_that_is_a_file_is_refused(capsys, tmp_path):
     path = tmp_path / "a-file"
     path.write_text("")

@@ -57,10 +57,28 @@ DEFAULTS = TrainConfig()
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (``error: ...``, exit code 2) instead of the usage block."""
+    """argparse with its errors on one line (``error: ...``, exit code 2) instead of the usage block,
+    each pointing at the help of the command it is about (``gatedrnn train --help``)."""
 
     def error(self, message: str):
         sys.exit(print_error(f"{self.prog}: {message} (see {self.prog} --help)"))
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        """argparse's, but arguments no parser recognises are reported by the subcommand's parser
+        (argparse reports them from the top one, whose help does not list the subcommand's flags)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._subcommand_parser(getattr(parsed, "command", None)).error(
+                f"unrecognized arguments: {' '.join(extras)}"
+            )
+        return parsed
+
+    def _subcommand_parser(self, command: str | None) -> argparse.ArgumentParser:
+        """The parser of subcommand ``command``; this one when it has none of that name."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                return action.choices[command]
+        return self
 
 
 def _positive_int(text: str) -> int:
