@@ -10,7 +10,7 @@ import torch
 
 from gatedrnn import checkpoint, saved
 from gatedrnn.cli import main
-from gatedrnn.evaluation import evaluate_saved
+from gatedrnn.evaluation import evaluate_saved, result_line
 from gatedrnn.tasks import make_task
 from gatedrnn.train import ConfigError, TrainConfig, build_model, evaluate, train
 from test_cli import TINY, one_error_line
@@ -89,6 +89,27 @@ def test_the_shipped_model_reproduces_its_recorded_validation_bits_per_character
     result = _evaluate_json(capsys, ["--shipped", "lstm"])
     assert result["task"] == "charlm" and result["step"] == recorded["steps"]
     assert result["bpc"] == pytest.approx(recorded["valid_bpc"], abs=6e-5)
+
+
+def test_a_language_model_is_reported_in_bits_per_character_without_sequences_correct():
+    """A task that measures bpc: its bits per character, the loss in nats beside the baseline's
+    in both units, and its target; no "correct" or "solved", which say little of a language model.
+    Another task keeps its sequences correct and criterion."""
+    common = dict(cell="lstm", variant="vanilla", hidden=128, layers=1, step=4000, seed=0, sequences=512)
+    charlm = dict(common, task="charlm", seq_len=128, trained_seq_len=128, baseline=3.0639, loss=1.2518)
+    charlm.update(accuracy=0.047, wrong=488, bpc=1.8059, solved=False)
+    assert result_line(charlm) == (
+        "charlm lstm (hidden 128, step 4000), T=128, test seed 0: 1.806 bits per character on 512 test "
+        "windows (test loss 1.252 nats per character; no-memory baseline 4.42 bpc, 3.064 nats); the task's "
+        "target_bpc is not reached"
+    )
+    assert result_line(dict(charlm, solved=True)).endswith("the task's target_bpc is reached")
+    adding = dict(common, task="adding", seq_len=100, trained_seq_len=100, baseline=0.04, loss=0.001)
+    adding.update(accuracy=0.5, wrong=256, abs_error=0.02, solved=False)
+    assert result_line(adding).endswith(
+        "test loss 0.001 (no-memory baseline 0.04), mean abs_error 0.02; 50.0% of 512 test sequences correct "
+        "(256 wrong); not solved by the task's criterion"
+    )
 
 
 def test_sizes_that_change_the_models_inputs_are_refused(capsys, tmp_path):

@@ -12,6 +12,7 @@ fixed split, charlm and digits, use the same one).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -110,21 +111,46 @@ def _device(name: str) -> torch.device:
 
 
 def result_line(result: dict[str, Any]) -> str:
-    """One line for the terminal: what was evaluated and how it did."""
+    """One line for the terminal: what was evaluated and how it did. A language model (a task that
+    measures ``bpc``, bits per character) is told by its bits per character, its loss in nats per
+    character beside the no-memory baseline's and whether it reaches the task's ``target_bpc``: the
+    fraction of test windows "correct" and "solved" that the other tasks print say little of it."""
     at = f"step {result['step']}" if result["step"] is not None else "final weights"
     lengths = (
         f"T={result['seq_len']}"
         if result["seq_len"] == result["trained_seq_len"]
         else f"T={result['seq_len']} (trained at T={result['trained_seq_len']})"
     )
+    head = (
+        f"{result['task']} {result['cell']}{'' if result['variant'] == 'vanilla' else '-' + result['variant']} "
+        f"(hidden {result['hidden']}, {at}), {lengths}, test seed {result['seed']}: "
+    )
+    return head + (_language_model_result(result) if "bpc" in result else _task_result(result))
+
+
+def _task_result(result: dict[str, Any]) -> str:
+    """Test loss (beside the no-memory baseline), the task's measures, the sequences correct and
+    the task's criterion."""
     baseline = f" (no-memory baseline {result['baseline']:.4g})" if result["baseline"] is not None else ""
     measures = "".join(f", mean {k} {result[k]:.4g}" for k in result if k not in _NOT_MEASURES)
     return (
-        f"{result['task']} {result['cell']}{'' if result['variant'] == 'vanilla' else '-' + result['variant']} "
-        f"(hidden {result['hidden']}, {at}), {lengths}, test seed {result['seed']}: test loss "
-        f"{result['loss']:.4g}{baseline}{measures}; {result['accuracy']:.1%} of {result['sequences']} "
+        f"test loss {result['loss']:.4g}{baseline}{measures}; {result['accuracy']:.1%} of {result['sequences']} "
         f"test sequences correct ({result['wrong']} wrong); {'solved' if result['solved'] else 'not solved'} "
         "by the task's criterion"
+    )
+
+
+def _language_model_result(result: dict[str, Any]) -> str:
+    """Bits per character over the test windows, the loss in nats per character (beside the
+    no-memory baseline's, in both units), and whether the task's ``target_bpc`` is reached."""
+    baseline = result["baseline"]
+    beside = (
+        f"; no-memory baseline {baseline / math.log(2.0):.4g} bpc, {baseline:.4g} nats" if baseline is not None else ""
+    )
+    return (
+        f"{result['bpc']:.4g} bits per character on {result['sequences']} test windows (test loss "
+        f"{result['loss']:.4g} nats per character{beside}); the task's target_bpc is "
+        f"{'reached' if result['solved'] else 'not reached'}"
     )
 
 
