@@ -284,6 +284,126 @@ def test_export_onnx_prints_nothing(tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
+NAMED = [
+    pytest.param("lstm", {}, True, ["input", "h_0", "c_0"], ["output", "h_n", "c_n"], id="lstm-states"),
+    pytest.param(
+        "lstm", {"num_layers": 2, "bidirectional": True}, False, ["input"], ["output", "h_n", "c_n"], id="lstm-2x2"
+    ),
+    pytest.param("gru", {}, True, ["input", "h_0"], ["output", "h_n"], id="gru-states"),
+    pytest.param(
+        "slstm",
+        {"num_heads": 5},
+        True,
+        ["input", "h_0", "c_0", "n_0", "m_0"],
+        ["output", "h_n", "c_n", "n_n", "m_n"],
+        id="slstm-states",
+    ),
+    pytest.param(
+        "lstm",
+        {"variant": "fgr"},
+        True,
+        ["input", "h_0", "c_0", "gates_0"],
+        ["output", "h_n", "c_n", "gates_n"],
+        id="lstm-fgr-states",
+    ),
+]
+
+
+def _layer_args(layer: gatedrnn.Recurrent, given_states: bool, T: int, B: int, seed: int) -> tuple:
+    """(x,) or (x, initial states), x (T, B, I)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, INPUT, generator=generator)
+    return (x, _states(layer, B, generator)) if given_states else (x,)
+
+
+def _io_names(path) -> tuple[list[str], list[str]]:
+    graph = onnx.load(str(path)).graph
+    return [value.name for value in graph.input], [value.name for value in graph.output]
+
+
+def _run_by_name(path, inputs: list[str], args: tuple, outputs: list[str]) -> list:
+    """onnxruntime fed ``{name: tensor}`` and asked for ``outputs`` by name, in that order."""
+    tensors = torch.utils._pytree.tree_leaves(args)
+    return session(path).run(outputs, {name: t.numpy() for name, t in zip(inputs, tensors, strict=True)})
+
+
+@pytest.mark.parametrize("family, options, given_states, inputs, outputs", NAMED)
+def test_a_layer_names_its_inputs_and_outputs_as_torch_nn_does(
+    family, options, given_states, inputs, outputs, tmp_path
+):
+    """The graph of a layer takes "input" and the initial states given (their names, suffix _0) and
+    returns "output" and every final state (suffix _n); a session fed and fetched by those names, the
+    outputs asked for in reverse order, gives PyTorch's results on other sizes."""
+    layer = gatedrnn.Recurrent(family, INPUT, HIDDEN, **options).eval()
+    path = tmp_path / "layer.onnx"
+    export_onnx(layer, _layer_args(layer, given_states, *EXAMPLE, seed=0), path)  # its check runs on the names
+    assert _io_names(path) == (inputs, outputs)
+    args = _layer_args(layer, given_states, *OTHER, seed=1)
+    with torch.no_grad():
+        expected = torch.utils._pytree.tree_leaves(layer(*args))
+    _assert_close(_run_by_name(path, inputs, args, outputs[::-1])[::-1], expected)
+
+
+def test_given_names_are_the_files_and_a_container_keeps_the_exporters(tmp_path):
+    """Names given name the first inputs and outputs, the others keep the exporter's; a module around
+    the layers keeps the exporter's names unless given; a name the exporter had given another value
+    of the graph is the file's all the same (that value renamed, the graph valid)."""
+    lstm = gatedrnn.LSTM(INPUT, HIDDEN).eval()
+    args = _layer_args(lstm, True, *EXAMPLE, seed=0)
+    path = tmp_path / "lstm.onnx"
+    export_onnx(lstm, args, path, input_names=("x", "h"), output_names=["y"])
+    inputs, outputs = _io_names(path)
+    assert inputs[:2] == ["x", "h"] and outputs[0] == "y" and len(inputs) == len(outputs) == 3
+    model = _Tagger(layer_norm=True).eval()
+    ids = torch.randint(0, 11, (2, 7))
+    export_onnx(model, ids, tmp_path / "tagger.onnx", check=False)
+    inputs, outputs = _io_names(tmp_path / "tagger.onnx")
+    assert inputs == ["ids"] and outputs != ["output"]  # the exporter's: forward's argument, an operation's
+    graph = onnx.load(str(tmp_path / "tagger.onnx")).graph
+    internal = next(name for node in graph.node for name in node.output if name not in {o.name for o in graph.output})
+    export_onnx(model, ids, tmp_path / "named.onnx", input_names=["tokens"], output_names=[internal])  # checked
+    assert _io_names(tmp_path / "named.onnx") == (["tokens"], [internal])
+    onnx.checker.check_model(onnx.load(str(tmp_path / "named.onnx")), full_check=True)
+    ids = torch.randint(0, 11, (3, 12))
+    with torch.no_grad():
+        expected = model(ids)
+    _assert_close(_run_by_name(tmp_path / "named.onnx", ["tokens"], (ids,), [internal]), [expected])
+
+
+@pytest.mark.parametrize(
+    "names, error, message",
+    [
+        ({"input_names": "input"}, TypeError, "expected input_names as a list of str, got 'input'"),
+        ({"output_names": ["output", 1]}, TypeError, r"expected output_names as a list of str, got \['output', 1\]"),
+        ({"input_names": ["input", ""]}, ValueError, "expected non-empty input_names"),
+        ({"output_names": ["y", "h", "y"]}, ValueError, r"expected distinct output_names.*\(repeated: \['y'\]\)"),
+        ({"input_names": ["x"], "output_names": ["x"]}, ValueError, r"no name in common, got \['x'\] in both"),
+    ],
+    ids=["a-str", "not-str", "empty", "duplicate", "input-and-output"],
+)
+def test_bad_names_are_refused_before_the_export(names, error, message, tmp_path):
+    gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    with pytest.raises(error, match=message):
+        export_onnx(gru, torch.randn(*EXAMPLE, INPUT), tmp_path / "gru.onnx", **names)
+    assert not (tmp_path / "gru.onnx").exists()
+
+
+def test_more_names_than_inputs_or_outputs_are_refused(tmp_path):
+    """The exporter would drop the extra names: refused, saying how many the graph has, no file
+    written; the check's runner refuses another number of tensors than the graph's inputs."""
+    lstm = gatedrnn.LSTM(INPUT, HIDDEN).eval()
+    x = torch.randn(*EXAMPLE, INPUT)
+    path = tmp_path / "lstm.onnx"
+    with pytest.raises(ValueError, match=r"expected at most 1 input_names \(one per graph input\), got 2"):
+        export_onnx(lstm, x, path, input_names=["input", "h_0"])
+    with pytest.raises(ValueError, match=r"expected at most 3 output_names \(one per graph output\), got 4"):
+        export_onnx(lstm, x, path, output_names=["output", "h_n", "c_n", "extra"])
+    assert not path.exists()
+    export_onnx(lstm, x, path)
+    with pytest.raises(ValueError, match=r"expected 1 tensors for the graph's inputs \['input'\], got 2"):
+        run_onnx(session(path), (x, torch.zeros(1, EXAMPLE[1], HIDDEN)))
+
+
 @pytest.mark.slow
 def test_cli_exports_a_shipped_model_and_its_int8_form(tmp_path):
     """In a process of its own (the exporter's and onnxruntime's messages come once per process): the

@@ -29,6 +29,11 @@ zoneout is its expectation), and a ``reset=`` (the graph has no input for it: st
 with zero states in a call of its own). The LSTM ``fgr`` variant's loop carries and returns its
 third state, the previous step's gates, as any other state.
 
+A layer's graph names its inputs and outputs as torch.nn does (``"input"``, ``"h_0"``, ``"c_0"`` ->
+``"output"``, ``"h_n"``, ``"c_n"``; :func:`default_names`), so that a serving program feeds and fetches
+them by name; another module's graph keeps the exporter's names unless ``input_names`` and
+``output_names`` are given.
+
 The export needs onnx and onnxscript, the check and int8 onnxruntime too: ``pip install
 "gatedrnn[onnx]"`` installs the three (:func:`require_onnx` says which is missing).
 
@@ -69,11 +74,13 @@ __all__ = [
     "ONNX_TRANSLATIONS",
     "ExportCheckError",
     "OnnxOperator",
+    "default_names",
     "export_onnx",
     "exportable",
     "has_onnxruntime",
     "quantize_int8",
     "require_onnx",
+    "session",
 ]
 
 
@@ -388,6 +395,8 @@ def export_onnx(
     native: bool = True,
     check: bool = True,
     opset_version: int | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
 ) -> torch.onnx.ONNXProgram:
     """Export ``model`` to the ONNX file ``path``, every input dimension the model allows dynamic (the
     batch and the length; a state's L*D and the feature sizes are fixed numbers in the graph).
@@ -409,6 +418,15 @@ def export_onnx(
             results; :class:`ExportCheckError` if they differ by more than 1e-5 + 1e-4 * ``|value|``.
             Without onnxruntime the check is skipped (``has_onnxruntime()`` tells).
         opset_version: the ONNX opset (default: the exporter's).
+        input_names, output_names: the names of the graph's inputs (the tensors of ``example_input``
+            in order, nested tuples flattened) and outputs (the tensors the model returns, in
+            order), by which a serving program feeds and fetches them: a list of distinct,
+            non-empty str, at most one per input (output), naming the first ones; a name may not be
+            both an input's and an output's. They are the file's names: any other value of the
+            graph that the exporter had given one of them is renamed. None: for a
+            :class:`~gatedrnn.Recurrent` layer, :func:`default_names` (``"input"``, ``"h_0"``,
+            ``"c_0"``, ... -> ``"output"``, ``"h_n"``, ``"c_n"``, ..., as torch.nn names them); for
+            any other module, the exporter's names.
 
     Returns:
         The ``torch.onnx.ONNXProgram`` written to ``path``.
@@ -421,6 +439,9 @@ def export_onnx(
         >>> program = gatedrnn.export_onnx(gru, torch.randn(5, 3, 8), path)  # checked on other sizes
         >>> [node.op_type for node in onnx.load(path).graph.node if node.op_type in ("GRU", "Scan")]
         ['GRU', 'GRU']
+        >>> graph = onnx.load(path).graph  # with initial states given, a graph input "h_0" too
+        >>> [value.name for value in graph.input], [value.name for value in graph.output]
+        (['input'], ['output', 'h_n'])
     """
     require_onnx()
     args = _as_args(example_input)
@@ -429,6 +450,11 @@ def export_onnx(
     for layer in model.modules():
         if isinstance(layer, Recurrent):
             check_exportable(layer)
+    input_names, output_names = _name_lists(input_names, output_names)
+    if isinstance(model, Recurrent):
+        default_inputs, default_outputs = default_names(model, given_states=len(_tensors(args)) - 1)
+        input_names = default_inputs if input_names is None else input_names
+        output_names = default_outputs if output_names is None else output_names
     ready = exportable(model, native)
     with _quiet_exporter():
         program = torch.onnx.export(
@@ -438,13 +464,113 @@ def export_onnx(
             dynamic_shapes=_dynamic_shapes(args),
             custom_translation_table=ONNX_TRANSLATIONS if native else None,
             opset_version=opset_version,
+            input_names=input_names,
+            output_names=output_names,
             verbose=False,
         )
+        _check_name_counts(program, input_names, output_names)
         _fix_static_dimensions(program)
+        _make_names_unique(program, input_names, output_names)
         program.save(str(path))
     if check and has_onnxruntime():
         check_onnx(model, args, path)
     return program
+
+
+def default_names(layer: Recurrent, given_states: int) -> tuple[list[str], list[str]]:
+    """The graph input and output names :func:`export_onnx` gives a :class:`~gatedrnn.Recurrent`
+    layer exported with ``given_states`` initial states (0: the input alone), as torch.nn names them:
+    inputs ``"input"`` then the first ``given_states`` of the family's state names
+    (``cell_config.states``) with the suffix ``_0``, outputs ``"output"`` then every state's name
+    with the suffix ``_n``. An LSTM: ``["input", "h_0", "c_0"]`` -> ``["output", "h_n", "c_n"]``; an
+    sLSTM's states are h, c, n, m, the LSTM ``fgr`` variant's h, c, gates.
+
+        >>> import gatedrnn
+        >>> gatedrnn.export.default_names(gatedrnn.LSTM(8, 16), given_states=2)
+        (['input', 'h_0', 'c_0'], ['output', 'h_n', 'c_n'])
+        >>> gatedrnn.export.default_names(gatedrnn.GRU(8, 16), given_states=0)
+        (['input'], ['output', 'h_n'])
+    """
+    states = layer.cell_config.states
+    if not 0 <= given_states <= len(states):
+        raise ValueError(
+            f"default_names: {type(layer).__name__} has {len(states)} states {list(states)}, "
+            f"got given_states={given_states}"
+        )
+    return ["input", *(f"{s}_0" for s in states[:given_states])], ["output", *(f"{s}_n" for s in states)]
+
+
+def _name_list(names, argument: str) -> list[str] | None:
+    """``names`` as a list, checked: None, or a list (tuple) of distinct non-empty str."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise TypeError(f"export_onnx: expected {argument} as a list of str, got {names!r}")
+    if not all(isinstance(name, str) for name in names):
+        raise TypeError(f"export_onnx: expected {argument} as a list of str, got {list(names)!r}")
+    if not all(names):
+        raise ValueError(f"export_onnx: expected non-empty {argument}, got {list(names)!r}")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"export_onnx: expected distinct {argument}, got {list(names)!r} (repeated: {repeated})")
+    return list(names)
+
+
+def _name_lists(input_names, output_names) -> tuple[list[str] | None, list[str] | None]:
+    """The checked ``input_names`` and ``output_names`` (:func:`_name_list`), which share no name."""
+    inputs, outputs = _name_list(input_names, "input_names"), _name_list(output_names, "output_names")
+    shared = sorted(set(inputs or ()) & set(outputs or ()))
+    if shared:
+        raise ValueError(
+            f"export_onnx: expected input_names and output_names with no name in common, got {shared} in both"
+        )
+    return inputs, outputs
+
+
+def _check_name_counts(program, input_names: list[str] | None, output_names: list[str] | None) -> None:
+    """Raise a ValueError if more names were given than the graph has inputs or outputs (the exporter
+    itself would drop the extra names)."""
+    graph = program.model.graph
+    for kind, names, values in (("input", input_names, graph.inputs), ("output", output_names, graph.outputs)):
+        if names is not None and len(names) > len(values):
+            raise ValueError(
+                f"export_onnx: expected at most {len(values)} {kind}_names (one per graph {kind}), "
+                f"got {len(names)}: {names}"
+            )
+
+
+def _graph_values(graph) -> list:
+    """Every value an ONNX IR graph defines: its inputs, initializers and node outputs, and those of
+    the graphs inside its nodes (a ``Scan`` body), recursively."""
+    from onnx_ir import Attr, AttributeType
+
+    values = [*graph.inputs, *graph.initializers.values()]
+    for node in graph:
+        values.extend(node.outputs)
+        for attribute in node.attributes.values():
+            if isinstance(attribute, Attr) and attribute.type == AttributeType.GRAPH:
+                values.extend(_graph_values(attribute.value))
+            elif isinstance(attribute, Attr) and attribute.type == AttributeType.GRAPHS:
+                values.extend(v for subgraph in attribute.value for v in _graph_values(subgraph))
+    return values
+
+
+def _make_names_unique(program, input_names: list[str] | None, output_names: list[str] | None) -> None:
+    """Give a fresh name (``name_1``, ...) to every value of the graph, other than the named inputs
+    and outputs, that carries one of their names: ONNX names each value once, and the exporter's
+    renaming does not look at the rest of the graph."""
+    graph = program.model.graph
+    named = [*graph.inputs[: len(input_names or ())], *graph.outputs[: len(output_names or ())]]
+    taken = {value.name for value in named}
+    values = _graph_values(graph)
+    used = {value.name for value in values}
+    for value in values:
+        if value.name in taken and not any(value is n for n in named):
+            suffix = 1
+            while f"{value.name}_{suffix}" in used:
+                suffix += 1
+            value.name = f"{value.name}_{suffix}"
+            used.add(value.name)
 
 
 def _fix_static_dimensions(program) -> None:
@@ -552,10 +678,23 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _tensors(args) -> list[Tensor]:
+    """The tensors of ``args`` (nested tuples, lists and dicts flattened), in order: the graph's inputs."""
+    return [a for a in pytree.tree_leaves(tuple(args)) if isinstance(a, Tensor)]
+
+
 def run_onnx(sess, args: Sequence) -> list:
-    """Run an onnxruntime session on the tensors of ``args`` (in order, as exported); numpy results."""
-    leaves = [a for a in pytree.tree_leaves(tuple(args)) if isinstance(a, Tensor)]
-    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), leaves)}
+    """Run an onnxruntime session on the tensors of ``args`` (in order, as exported: each fed by the
+    name the graph gives its input in that position, whatever the names); numpy results, every output
+    in the graph's order. A ValueError if ``args`` holds another number of tensors than the graph has
+    inputs."""
+    tensors, graph_inputs = _tensors(args), sess.get_inputs()
+    if len(tensors) != len(graph_inputs):
+        raise ValueError(
+            f"run_onnx: expected {len(graph_inputs)} tensors for the graph's inputs "
+            f"{[i.name for i in graph_inputs]}, got {len(tensors)}"
+        )
+    feeds = {i.name: t.detach().cpu().numpy() for i, t in zip(graph_inputs, tensors)}
     return sess.run(None, feeds)
 
 
