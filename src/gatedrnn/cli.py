@@ -610,11 +610,12 @@ def run_export(args: argparse.Namespace) -> int:
     time, checked in onnxruntime on other sizes. MODEL is a run directory of gatedrnn train, one of
     its checkpoint-N.safetensors, or an exported .safetensors with its .json (--shipped CELL: the
     character model shipped with gatedrnn). The graph takes the model's input batch first (token
-    ids (B, T) for a character model) and returns its output and final states. --int8 PATH also
+    ids (B, T) for a character model), named "input", and returns its output and final states,
+    named "output", "h_n" (, "c_n", ...: the family's states with the suffix _n). --int8 PATH also
     writes the file with int8 weights (onnxruntime's dynamic quantization). Needs onnx, onnxscript
     and onnxruntime: pip install "gatedrnn[onnx]" (without onnxruntime, no --int8 and no check).
     The folders of --out and --int8 are created."""
-    from .export import INSTALL, example_input, export_onnx, has_onnxruntime, quantize_int8, require_onnx
+    from .export import INSTALL, default_names, example_input, export_onnx, has_onnxruntime, quantize_int8, require_onnx
 
     try:
         require_onnx(runtime=args.int8 is not None)
@@ -626,7 +627,9 @@ def run_export(args: argparse.Namespace) -> int:
     for path in (args.out, args.int8):
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, example_input(model), args.out, native=not args.loop, check=check)
+    inputs, outputs = default_names(model.rnn, given_states=0)
+    sizes = example_input(model)
+    export_onnx(model, sizes, args.out, native=not args.loop, check=check, input_names=inputs, output_names=outputs)
     if check:
         print(f"wrote {args.out} (checked in onnxruntime against PyTorch on other batch sizes and lengths)")
     else:
