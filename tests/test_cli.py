@@ -111,7 +111,7 @@ REQUIRED = {
 def test_an_unknown_flag_points_at_its_subcommand_s_help(capsys):
     """Every subcommand: argparse reports an unknown flag from the top parser; the error names the
     subcommand and its help, where its flags are listed."""
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = build_parser().subcommands()
     assert set(REQUIRED) <= set(commands)
     for command in commands:
         line = one_error_line(capsys, [command, *REQUIRED.get(command, []), "--bogus"])
@@ -251,7 +251,7 @@ def test_compare_prints_one_table_and_writes_a_figure(capsys, tmp_path):
 
 
 def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
-    """``compare --variant nfg --input-bias -1 --lstm-init chrono`` trains the LSTM as asked and
+    """``compare --variant nfg --input-bias -1 --lstm-init torch`` trains the LSTM as asked and
     the other cells plainly (their configs validate); the sLSTM, whose memory a forget gate keeps
     too, takes the initialisation."""
     args = build_parser().parse_args(
@@ -259,16 +259,16 @@ def test_compare_gives_the_lstm_flags_to_the_lstm_only(tmp_path):
     )
     lstm, gru, rnn = (config_from_args(args, cell, str(tmp_path / cell)) for cell in ("lstm", "gru", "rnn"))
     assert (lstm.variant, lstm.input_bias, lstm.lstm_init) == ("nfg", -1.0, "torch")
-    assert (gru.variant, gru.input_bias, gru.forget_bias, gru.lstm_init) == ("vanilla", None, None, "long-lag")
+    assert (gru.variant, gru.input_bias, gru.forget_bias, gru.lstm_init) == ("vanilla", None, None, "torch")
     gru.validate()
     args = build_parser().parse_args(["compare", "--task", "adding-modern", "--lstm-init", "chrono"])
     configs = {c: config_from_args(args, c, str(tmp_path / c)) for c in ("lstm", "slstm", "gru", "rnn", "minlstm")}
     assert {c: config.lstm_init for c, config in configs.items()} == {
         "lstm": "chrono",
         "slstm": "chrono",
-        "gru": "long-lag",
-        "rnn": "long-lag",
-        "minlstm": "long-lag",
+        "gru": "torch",
+        "rnn": "torch",
+        "minlstm": "torch",
     }
     for config in configs.values():
         config.validate()
@@ -415,7 +415,7 @@ def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch,
     )
     assert [(c.cell, c.seed) for c in runs] == [(c, s) for c in ("lstm", "gru", "rnn") for s in range(2)]
     assert {c.steps for c in runs} == {3000} and {c.seq_len for c in runs} == {500}
-    assert [c.lstm_init for c in runs] == ["chrono"] * 2 + ["long-lag"] * 4
+    assert [c.lstm_init for c in runs] == ["chrono"] * 2 + ["torch"] * 4
     assert {c.test_batch for c in runs} == {1024}
     for control in runs[2:]:  # the LSTM's run of its seed but for the cell, its directory and the init
         lstm = runs[control.seed]
@@ -435,8 +435,8 @@ def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch,
         assert main([*command.split(), "--out", str(tmp_path / "rerun" / cell)]) == 0, capsys.readouterr().err
     assert [(c.cell, c.lstm_init, c.seq_len, c.steps) for c in ran] == [
         ("lstm", "chrono", 500, 3000),
-        ("gru", "long-lag", 500, 3000),
-        ("rnn", "long-lag", 500, 3000),
+        ("gru", "torch", 500, 3000),
+        ("rnn", "torch", 500, 3000),
     ]
 
 
@@ -518,13 +518,13 @@ def test_resume_keeps_the_settings_left_out_and_refuses_one_changed(capsys, tmp_
 
 
 def test_a_family_without_a_forget_gate_resumes_whatever_lstm_init_its_run_recorded(capsys, tmp_path):
-    """``--lstm-init torch`` names what a GRU keeps, its own initialisation, and is taken (recorded
-    as the default, which the GRU ignores alike); a GRU run that recorded chrono (as the controls of
+    """``--lstm-init torch`` names what a GRU keeps, its own initialisation, and is taken (and what
+    a GRU run records, given or not); a GRU run that recorded chrono (as the controls of
     the chrono rows of ``reproduce`` once did) resumes: a value its family ignores is no difference."""
     out = tmp_path / "run"
     argv = ["train", "--task", "adding-modern", "--cell", "gru", *TINY, "--out", str(out)]
     assert main([*argv, "--lstm-init", "torch"]) == 0
-    assert json.loads((out / "config.json").read_text())["train"]["lstm_init"] == "long-lag"
+    assert json.loads((out / "config.json").read_text())["train"]["lstm_init"] == "torch"
     pointer = out / "checkpoint.json"
     meta = json.loads(pointer.read_text())
     meta["extra"]["config"]["lstm_init"] = "chrono"

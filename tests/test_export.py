@@ -4,6 +4,7 @@ states; the refused inputs; int8 quantization; ``gatedrnn export``."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -275,12 +276,16 @@ def test_int8_weights_keep_the_results_close(options, quantized_op, tmp_path):
     assert (torch.from_numpy(got) - expected).abs().max() < 0.05
 
 
-def test_export_onnx_prints_nothing(tmp_path, capsys):
-    """A library call is silent on success: no exporter notes, no onnxruntime advice."""
+def test_export_onnx_prints_nothing(tmp_path, capsys, caplog):
+    """A library call prints nothing and quantization logs no advice (the exporter's notes come once
+    per process: the CLI test below checks them in a process of its own)."""
+    caplog.set_level(logging.INFO)
     gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
     program = export_onnx(gru, torch.randn(*EXAMPLE, INPUT), tmp_path / "gru.onnx")  # and checked
     assert isinstance(program, torch.onnx.ONNXProgram)
+    caplog.clear()
     quantize_int8(tmp_path / "gru.onnx", tmp_path / "gru-int8.onnx")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert capsys.readouterr().out == ""
 
 
@@ -468,8 +473,10 @@ def test_the_library_names_the_extra_before_any_work(tmp_path, monkeypatch):
     def without_onnxscript():
         raise ImportError("No module named 'onnxscript'")
 
-    monkeypatch.setattr(gatedrnn.export, "_exporter_packages", without_onnxscript)
     gru = gatedrnn.GRU(INPUT, HIDDEN).eval()
+    export_onnx(gru, torch.randn(*EXAMPLE, INPUT), tmp_path / "served.onnx")
+    monkeypatch.setattr(gatedrnn.export, "_exporter_packages", without_onnxscript)
+    assert session(tmp_path / "served.onnx") is not None  # serving needs onnxruntime alone
     with pytest.raises(
         ImportError, match=r"onnx and onnxscript must be installed \(No module named 'onnxscript'\)"
     ) as e:

@@ -538,8 +538,8 @@ def test_lstm_gate_bias_initialisation(variant, lstm_init, forget, input_):
 def test_a_family_without_a_forget_gate_keeps_its_own_initialisation(cell, tmp_path):
     """lstm_init initialises a family whose retention gate is f: another (decided by its
     retention gate, the minLSTM's f gate notwithstanding) is built alike under any of its values,
-    validates with the default or torch (what it keeps) but refuses chrono, is given the default
-    by settings_for, and resumes a run recorded with another value it ignores alike."""
+    validates with the default or torch (what it keeps) but refuses chrono, is given torch by
+    settings_for, and resumes a run recorded with another value it ignores alike."""
     from gatedrnn.train import build_model, settings_for
 
     task = make_task("adding-modern", seq_len=5)
@@ -555,7 +555,7 @@ def test_a_family_without_a_forget_gate_keeps_its_own_initialisation(cell, tmp_p
     TrainConfig(cell=cell, lstm_init="torch").validate()
     with pytest.raises(ConfigError, match=f"--lstm-init chrono initialises .* but --cell {cell} is not one"):
         TrainConfig(cell=cell, lstm_init="chrono").validate()
-    assert settings_for(cell, lstm_init="chrono")["lstm_init"] == "long-lag"
+    assert settings_for(cell, lstm_init="chrono")["lstm_init"] == "torch"
     train(tiny_config(tmp_path, cell=cell, lstm_init="torch", steps=2, checkpoint_every=2))
     assert train(tiny_config(tmp_path, cell=cell, steps=4, resume=True))["steps"] == 4
 

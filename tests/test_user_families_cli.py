@@ -10,7 +10,6 @@ The family is the minimal gated unit (Zhou et al. 2016), written to a file as a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -339,7 +338,7 @@ def test_each_command_s_help_says_what_its_family_module_is_for():
     """--cell (train) and --cells (compare) name the families a module registers; evaluate, export,
     gates and sample, which have no --cell for them, take the module of the saved model's family,
     which a file's family needs (a run never executes the file it names, as the test above shows)."""
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    commands = build_parser().subcommands()
 
     def help_of(command: str) -> str:
         return next(a.help for a in commands[command]._actions if "--family-module" in a.option_strings)

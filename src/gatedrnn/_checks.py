@@ -43,10 +43,13 @@ def _is_numpy_bool(value: object) -> bool:
 
 
 def type_name(value: object) -> str:
-    """The name of ``value``'s type for a message: ``int``, ``str`` for the built-in types, with its
-    module for the others (``numpy.bool``, ``numpy.float32``), which may share a built-in's name."""
+    """The name of ``value``'s type for a message: ``int``, ``str``, ``Tensor`` for Python's and
+    torch's types, with its module for the others (``numpy.bool``, ``numpy.ndarray``), which may
+    share a built-in's name."""
     kind = type(value)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    if kind.__module__.partition(".")[0] in ("builtins", "torch"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def positive_int(owner: str, name: str, value: object) -> int:

@@ -75,10 +75,14 @@ class _Parser(argparse.ArgumentParser):
 
     def _subcommand_parser(self, command: str | None) -> argparse.ArgumentParser:
         """The parser of subcommand ``command``; this one when it has none of that name."""
+        return self.subcommands().get(command, self)
+
+    def subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        """The subcommands' parsers by name (``train``, ``evaluate``, ...)."""
         for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-                return action.choices[command]
-        return self
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
 
 
 def _positive_int(text: str) -> int:
@@ -580,7 +584,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, verb: str) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a trained model on its task: test loss, accuracy, the task's measures and whether
-    its criterion is met. MODEL is a run directory of gatedrnn train, one of its
+    its criterion is met (a character model: bits per character, and whether the task's target is
+    reached). MODEL is a run directory of gatedrnn train, one of its
     checkpoint-N.safetensors, or an exported .safetensors with its .json (--shipped CELL: the
     character model shipped with gatedrnn). By default at the sizes and seed it was trained with,
     which reproduces the run's final test result; --seq-len T asks whether it generalises to
@@ -628,8 +633,8 @@ def run_export(args: argparse.Namespace) -> int:
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
     inputs, outputs = default_names(model.rnn, given_states=0)
-    sizes = example_input(model)
-    export_onnx(model, sizes, args.out, native=not args.loop, check=check, input_names=inputs, output_names=outputs)
+    example = example_input(model)
+    export_onnx(model, example, args.out, native=not args.loop, check=check, input_names=inputs, output_names=outputs)
     if check:
         print(f"wrote {args.out} (checked in onnxruntime against PyTorch on other batch sizes and lengths)")
     else:

@@ -294,8 +294,8 @@ class ExportableLayer(nn.Module):
         if reset is not None:
             raise ValueError(
                 f"{owner}: an exported graph has no reset input and cannot restart sequences inside a call, "
-                "got reset=; export the model without it and start each new sequence from zero states "
-                "(hx of zeros) in a call of its own"
+                "got a reset mask (reset=...); export the model without it and start each new sequence from zero "
+                "states (hx of zeros) in a call of its own"
             )
         if isinstance(input, PackedSequence):
             raise TypeError(
@@ -606,12 +606,20 @@ def _onnxruntime():
 
 def require_onnx(*, runtime: bool = False) -> None:
     """Raise an ImportError naming :data:`INSTALL` unless the exporter's packages (onnx, onnxscript)
-    and, with ``runtime`` (a session, int8 quantization), onnxruntime are importable."""
-    for load in (_exporter_packages, _onnxruntime) if runtime else (_exporter_packages,):
+    and, with ``runtime`` (int8 quantization), onnxruntime are importable."""
+    if runtime:
+        _require("onnx, onnxscript and onnxruntime", _exporter_packages, _onnxruntime)
+    else:
+        _require("onnx and onnxscript", _exporter_packages)
+
+
+def _require(needs: str, *loads) -> None:
+    """Call each of ``loads``; an ImportError saying ``needs`` must be installed, with :data:`INSTALL`,
+    at the first that fails."""
+    for load in loads:
         try:
             load()
         except ImportError as e:
-            needs = "onnx, onnxscript and onnxruntime" if runtime else "onnx and onnxscript"
             raise ImportError(f"{needs} must be installed ({e}): {INSTALL}") from None
 
 
@@ -668,8 +676,8 @@ def _quiet_exporter():
 
 def session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU session for the file ``path`` (``threads``: intra-op threads), which logs
-    errors only."""
-    require_onnx(runtime=True)
+    errors only. Needs onnxruntime alone (a serving machine need not have the exporter's packages)."""
+    _require("onnxruntime", _onnxruntime)
     ort = _onnxruntime()
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors: not onnxruntime's notes on how it optimised the graph

@@ -71,10 +71,10 @@ def unpack_states(owner: str, hx: object, names: tuple[str, ...]) -> tuple:
     if len(names) == 1:
         if isinstance(hx, (tuple, list)):
             name = "" if names[0] == "hx" else f" {names[0]}"
-            raise TypeError(f"{owner}: expected hx to be a Tensor{name}, got a {type(hx).__name__}")
+            raise TypeError(f"{owner}: expected hx to be a Tensor{name}, got a {check.type_name(hx)}")
         return (hx,)
     if not isinstance(hx, (tuple, list)) or len(hx) != len(names):
-        got = f"a {type(hx).__name__} of length {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+        got = f"a {check.type_name(hx)} of length {len(hx)}" if isinstance(hx, (tuple, list)) else check.type_name(hx)
         count = _COUNTS.get(len(names), str(len(names)))
         raise TypeError(f"{owner}: expected hx to be a tuple ({', '.join(names)}) of {count} tensors, got {got}")
     return tuple(hx)
@@ -485,7 +485,7 @@ class Recurrent(nn.Module):
             return None
         owner = type(self).__name__
         if not isinstance(reset, Tensor):
-            raise TypeError(f"{owner}: expected reset to be a bool Tensor or None, got {type(reset).__name__}")
+            raise TypeError(f"{owner}: expected reset to be a bool Tensor or None, got {check.type_name(reset)}")
         if reset.dtype != torch.bool:
             raise check.InputTypeError(
                 f"{owner}: expected reset to be a bool tensor (True where a sequence restarts), got dtype {reset.dtype}"
@@ -958,7 +958,7 @@ class SLSTM(Recurrent):
     float64 layer).
 
     Arguments are torch.nn.LSTM's without ``proj_size``; keyword-only ``num_heads`` (divides
-    hidden_size), ``forget_gate``, ``backend``, ``zoneout`` (on h and c) and ``recurrent_dropout`` (on
+    hidden_size), ``forget_gate``, ``backend``, ``zoneout`` (on h, c, n and m) and ``recurrent_dropout`` (on
     h_{t-1} in the recurrent product), as for :class:`Recurrent`. Parameters per layer: ``weight_ih_l{k}`` (4H, I)
     in gate order i, f, z, o, ``weight_hh_l{k}`` (num_heads, 4D, D) with D = H / num_heads,
     ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (4H,); initialised as the xlstm package does (forget-gate

@@ -408,7 +408,7 @@ def reproduce_formal(
             seed,
             out / row.key / cell / f"seed{seed}",
             cell=cell,
-            **settings_for(cell),
+            **settings_for(cell, lstm_init=row.config.lstm_init),
         )
         for row, cell, seed in runs
     ]
@@ -420,8 +420,9 @@ def reproduce_formal(
 
 
 def command_line(config: TrainConfig) -> str:
-    """The ``gatedrnn train`` command that runs ``config`` (the settings that differ from the defaults)."""
-    defaults = TrainConfig()
+    """The ``gatedrnn train`` command that runs ``config`` (the settings that differ from the defaults
+    ``train`` gives its cell)."""
+    defaults = TrainConfig(**settings_for(config.cell))
     parts = ["gatedrnn train", f"--task {config.task}", f"--cell {config.cell}"]
     if config.seq_len is not None:
         parts.append(f"--seq-len {config.seq_len}")

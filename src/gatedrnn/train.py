@@ -333,11 +333,12 @@ def forget_gate_families() -> list[str]:
 
 def lstm_init_for(cell: str, lstm_init: str) -> str:
     """``lstm_init`` for a run of the family ``cell``: itself for a family whose retention gate is a
-    forget gate ``f``, else :data:`DEFAULT_LSTM_INIT` (such a family keeps its own initialisation
-    whatever the value); itself too for a cell not registered (:meth:`TrainConfig.validate` names it)."""
+    forget gate ``f``, else :data:`OWN_INIT` (such a family keeps its own initialisation whatever the
+    value, and its run records that); itself too for a cell not registered (:meth:`TrainConfig.validate`
+    names it)."""
     if cell not in registered_families() or family_class(cell).retention_gate == "f":
         return lstm_init
-    return DEFAULT_LSTM_INIT
+    return OWN_INIT
 
 
 def settings_for(
@@ -350,9 +351,10 @@ def settings_for(
     lstm_init: str = DEFAULT_LSTM_INIT,
 ) -> dict[str, Any]:
     """Of these settings, those the registered family ``cell`` takes (see
-    :func:`family_settings_problem`), the others at their unset values (``lstm_init``: its
-    default, :func:`lstm_init_for`): what ``compare`` and ``reproduce`` give each of their cells.
-    Returns the TrainConfig fields variant, forget_bias, input_bias, family_options, lstm_init."""
+    :func:`family_settings_problem`), the others at their unset values (``lstm_init``:
+    :data:`OWN_INIT` for a family it does not act on, :func:`lstm_init_for`): what ``compare`` and
+    ``reproduce`` give each of their cells. Returns the TrainConfig fields variant, forget_bias,
+    input_bias, family_options, lstm_init."""
     cls = family_class(cell)
     variant = variant if "variant" in cls.option_defaults else "vanilla"
     options = {k: v for k, v in (family_options or {}).items() if k in cls.option_defaults and k != "variant"}
@@ -770,8 +772,9 @@ def _restore(
     except (checkpoint.CheckpointError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"cannot resume {config.run_dir}: {_damage(e)}") from e
     mine = config.to_dict()
-    if isinstance(saved.get("lstm_init"), str):  # a value the run's family ignores is no difference
-        saved["lstm_init"] = lstm_init_for(config.cell, saved["lstm_init"])
+    for settings in (saved, mine):  # a value the run's family ignores is no difference
+        if isinstance(settings.get("lstm_init"), str):
+            settings["lstm_init"] = lstm_init_for(config.cell, settings["lstm_init"])
     changed = sorted(k for k in saved if k not in RESUMABLE_CHANGES and saved[k] != mine.get(k))
     if changed:
         diffs = ", ".join(f"{k}: checkpoint {saved[k]!r}, now {mine.get(k)!r}" for k in changed)

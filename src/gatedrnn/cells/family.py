@@ -108,8 +108,7 @@ class CellFamily:
         if unknown:
             known = ", ".join(self.option_defaults) or "none"
             raise TypeError(
-                f"{self.title()}: unknown option(s) {', '.join(unknown)}; "
-                f"the family {self.name!r} takes: {known}"
+                f"{self.title()}: unknown option(s) {', '.join(unknown)}; the family {self.name!r} takes: {known}"
             )
         self.hidden_size = hidden_size
         self.bias = bias
