@@ -440,6 +440,26 @@ def test_reproduce_runs_the_controls_at_the_rows_settings(tmp_path, monkeypatch,
     ]
 
 
+@pytest.mark.parametrize(
+    "config",
+    [pytest.param(row.config, id=row.key) for row in reproduce.HOCHREITER_1997]
+    + [
+        pytest.param(replace(row.config, cell=cell), id=f"{row.key}-{cell}")
+        for row in reproduce.FORMAL
+        for cell in "lstm gru".split()
+    ],
+)
+def test_every_row_s_rerun_command_runs_the_row_s_settings(config, tmp_path):
+    """The command REPRODUCTION.md and the tables print for a row (its non-default settings, the
+    2c rows' smaller test batches included) parses, and trains what the row trains."""
+    config = replace(config, **reproduce.settings_for(config.cell, lstm_init=config.lstm_init), steps=7)
+    command = reproduce.command_line(config).split()
+    assert command[0] == "gatedrnn"
+    parsed = config_from_args(build_parser().parse_args(command[1:]), config.cell, str(tmp_path))
+    fields = "task seq_len task_options cell lstm_init hidden lr batch steps eval_every test_batch".split()
+    assert {f: getattr(parsed, f) for f in fields} == {f: getattr(config, f) for f in fields}
+
+
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan])
 def test_reproduce_refuses_a_budget_scale_that_is_not_positive(tmp_path, scale):
     with pytest.raises(ConfigError, match="--budget-scale must be positive"):

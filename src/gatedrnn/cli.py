@@ -246,6 +246,7 @@ RUN_FLAGS = (
     "threads",
     "checkpoint_every",
     "eval_every",
+    "test_batch",
     "log_every",
     "stop_when_solved",
     "progress",
@@ -363,6 +364,13 @@ def _add_run_options(p: argparse.ArgumentParser, family_use: str) -> None:
         default=_UNSET,
         metavar="N",
         help=f"steps between test evaluations, 0 for only at the end (default {d.eval_every})",
+    )
+    p.add_argument(
+        "--test-batch",
+        type=_positive_int,
+        default=_UNSET,
+        metavar="N",
+        help=f"test sequences per forward pass, smaller for long one-hot sequences (default {d.test_batch})",
     )
     p.add_argument(
         "--log-every",
