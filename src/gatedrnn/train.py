@@ -111,7 +111,7 @@ class TrainConfig:
             ``"torch"``: the layer's own initialisation. A family whose retention gate is not ``f``
             (GRU, RNN, minGRU, minLSTM) keeps its own initialisation: it takes the default or
             ``"torch"`` (:meth:`validate` refuses ``"chrono"`` for it, ``gatedrnn train`` any other
-            ``--lstm-init`` given, and :func:`settings_for` gives it the default).
+            ``--lstm-init`` given, and :func:`settings_for` gives it ``"torch"``, which its run records).
         family_options: the family's other options by name (its ``option_defaults``; ``--family-opt
             KEY=VALUE``), e.g. ``{"layer_norm": True}``.
         hidden, layers, embedding_dim: model sizes (embedding only for token tasks).
